@@ -1,0 +1,81 @@
+"""The Typer app and what every command shares: error handling, output helpers."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from cnnctl.errors import CnnctlError
+
+app = typer.Typer(
+    name="cnnctl",
+    help="Train, evaluate and run image-classification CNNs. Add --debug anywhere for full tracebacks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+class _State:
+    debug = False
+
+
+state = _State()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one line on stderr and exit with ``code``."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn cnnctl's errors (and anything unexpected) into one stderr line and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except CnnctlError as error:
+            if state.debug:
+                traceback.print_exc()
+            fail(str(error), error.exit_code)
+        except KeyboardInterrupt:
+            if state.debug:
+                traceback.print_exc()
+            fail("interrupted", 130)
+        except Exception as error:  # noqa: BLE001 - the last line of defence, shown fully with --debug
+            if state.debug:
+                raise
+            fail(f"unexpected {type(error).__name__}: {error} (run again with --debug for the traceback)")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command(name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
+    """``@command()`` = ``@app.command()`` with cnnctl's error handling."""
+
+    def decorate(func: F) -> F:
+        app.command(name, **kwargs)(handle_errors(func))
+        return func
+
+    return decorate
+
+
+def print_json(data: Any) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,106 @@
+"""``cnnctl list`` and ``cnnctl summary``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cnnctl.cli._common import command, print_json
+from cnnctl.errors import UsageError
+
+
+@command("list")
+def list_command(
+    what: Annotated[str, typer.Argument(help="all, architectures (archs, models) or datasets")] = "all",
+    json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    root: Annotated[str | None, typer.Option(help="data folder to check for local copies [env: CNNCTL_DATA]")] = None,
+) -> None:
+    """List the registered architectures and datasets."""
+    from pathlib import Path
+
+    from cnnctl import registry
+    from cnnctl.data.download import is_present
+
+    kinds = {"all": ("architectures", "datasets"), "architectures": ("architectures",), "archs": ("architectures",),
+             "models": ("architectures",), "datasets": ("datasets",)}
+    if what not in kinds:
+        raise registry.suggest(what, sorted(kinds), "list")
+    output: dict[str, list[dict[str, object]]] = {}
+    if "architectures" in kinds[what]:
+        output["architectures"] = [
+            {"name": spec.name, "family": spec.family, "source": spec.source,
+             "input_size": list(spec.input_size), "fixed_input": spec.fixed_input, "min_input": spec.min_input,
+             "params": spec.params, "description": spec.description}
+            for spec in registry.models().values()
+        ]
+    if "datasets" in kinds[what]:
+        root_path = Path(root) if root else None
+        output["datasets"] = [
+            {"name": spec.name, "classes": len(spec.classes), "image_shape": list(spec.image_shape),
+             "train_size": spec.train_size, "test_size": spec.test_size,
+             "local": bool(spec.files) and is_present(spec.name, spec.files, root_path),
+             "description": spec.description}
+            for spec in registry.datasets().values()
+        ]
+    if json_output:
+        print_json(output)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if "architectures" in output:
+        table = Table(title="architectures", title_justify="left")
+        for column in ("name", "input", "params (10 classes)", "description"):
+            table.add_column(column, justify="right" if column.startswith("params") else "left")
+        for row in output["architectures"]:
+            size = "x".join(map(str, row["input_size"])) + ("" if row["fixed_input"] else "+")
+            params = f"{row['params']:,}" if row["params"] else "—"
+            table.add_row(str(row["name"]), size, params, str(row["description"]))
+        console.print(table)
+    if "datasets" in output:
+        table = Table(title="datasets", title_justify="left")
+        for column in ("name", "classes", "image", "train", "test", "local", "description"):
+            table.add_column(column, justify="right" if column in ("classes", "train", "test") else "left")
+        for row in output["datasets"]:
+            table.add_row(str(row["name"]), str(row["classes"]), "x".join(map(str, row["image_shape"])),
+                          f"{row['train_size']:,}", f"{row['test_size']:,}", "yes" if row["local"] else "no",
+                          str(row["description"]))
+        console.print(table)
+
+
+@command()
+def summary(
+    target: Annotated[str, typer.Argument(help="architecture name or checkpoint (.safetensors or run folder)")],
+    input_size: Annotated[str | None, typer.Option(help="CxHxW, e.g. 1x32x32 (default: the model's own)")] = None,
+    num_classes: Annotated[int | None, typer.Option(min=1, help="classes (default 10, or the checkpoint's)")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Per-layer table, parameter counts and MACs of an architecture or checkpoint."""
+    from cnnctl.summary import summarize_target
+
+    if num_classes is not None and num_classes < 1:
+        raise UsageError("--num-classes must be at least 1")
+    result = summarize_target(target, input_size, num_classes)
+    if json_output:
+        print_json(result.as_dict())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result.arch}  input {'x'.join(map(str, result.input_shape))}, "
+                        f"{result.num_classes} classes", title_justify="left")
+    table.add_column("layer")
+    table.add_column("type")
+    table.add_column("output shape")
+    table.add_column("params", justify="right")
+    for row in result.layers:
+        table.add_row(row.name, row.type, "x".join(map(str, row.output_shape)), f"{row.parameters:,}")
+    console = Console()
+    console.print(table)
+    console.print(f"total parameters:         {result.total_parameters:,}\n"
+                  f"trainable parameters:     {result.trainable_parameters:,}\n"
+                  f"non-trainable parameters: {result.non_trainable_parameters:,}\n"
+                  f"MACs:                     {result.macs:,} ({result.macs / 1e9:.3f} G)\n"
+                  f"parameter size:           {result.parameter_mb:.2f} MB", highlight=False)

@@ -1,0 +1,61 @@
+"""The in-memory form every dataset loads into, and the preprocessing a checkpoint carries."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class ImageTensors:
+    """A split held in memory: ``images`` uint8 N×C×H×W, ``labels`` int64 N."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    source: str = ""
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: torch.Tensor) -> ImageTensors:
+        return ImageTensors(self.images[indices], self.labels[indices], self.classes, self.source)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a raw image becomes model input; stored in every checkpoint so eval/predict need no flags.
+
+    An image is converted to ``channels``, resized to ``image_size`` (H, W) if it differs, zero-padded by
+    ``pad`` pixels on each side, scaled to [0, 1] and normalised with ``mean``/``std``.
+    """
+
+    channels: int
+    image_size: tuple[int, int]
+    pad: int = 0
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.image_size[0] + 2 * self.pad, self.image_size[1] + 2 * self.pad)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return cls(
+            channels=int(data["channels"]),
+            image_size=(int(data["image_size"][0]), int(data["image_size"][1])),
+            pad=int(data.get("pad", 0)),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+            extra=dict(data.get("extra", {})),
+        )

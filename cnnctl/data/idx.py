@@ -1,0 +1,141 @@
+"""IDX files (the MNIST family's format): a big-endian header, then raw uint8 data, usually gzip-compressed."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnctl.data.download import RemoteFile
+from cnnctl.errors import DataError
+from cnnctl.registry import DatasetSpec, register_dataset
+
+if TYPE_CHECKING:
+    from cnnctl.data.base import ImageTensors
+
+_UBYTE = 0x08
+_MAX_DIMS = 4
+_MAX_BYTES = 2**31  # no IDX file we read is anywhere near 2 GiB; a header claiming more is corrupt
+
+
+def parse_idx(data: bytes, *, source: str = "<bytes>") -> Any:
+    """Parse IDX bytes into a numpy uint8 array, checking the header against the payload size."""
+    import numpy as np
+
+    if len(data) < 4:
+        raise DataError(f"{source}: too short to be an IDX file ({len(data)} bytes)")
+    zero1, zero2, dtype, ndim = data[0], data[1], data[2], data[3]
+    if zero1 != 0 or zero2 != 0:
+        raise DataError(f"{source}: not an IDX file (bad magic number {data[:4].hex()})")
+    if dtype != _UBYTE:
+        raise DataError(f"{source}: unsupported IDX data type 0x{dtype:02x} (only unsigned bytes are used)")
+    if not 1 <= ndim <= _MAX_DIMS:
+        raise DataError(f"{source}: unsupported IDX rank {ndim}")
+    header_end = 4 + 4 * ndim
+    if len(data) < header_end:
+        raise DataError(f"{source}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", data[4:header_end])
+    expected = 1
+    for dim in shape:
+        expected *= dim
+    if expected > _MAX_BYTES:
+        raise DataError(f"{source}: header claims {expected} bytes, more than any IDX file should hold")
+    payload = len(data) - header_end
+    if payload != expected:
+        raise DataError(
+            f"{source}: header says {'x'.join(map(str, shape))} = {expected} bytes but the file holds {payload}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header_end).reshape(shape)
+
+
+def read_idx(path: Path) -> Any:
+    """Read a (possibly gzipped) IDX file."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except FileNotFoundError as error:
+        raise DataError(f"{path} is missing", hint="run `cnnctl download` for this dataset") from error
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"{path} is corrupt or truncated ({error})", hint="delete it and download again") from error
+    return parse_idx(raw, source=str(path))
+
+
+def load_idx_pair(images_path: Path, labels_path: Path, classes: tuple[str, ...]) -> ImageTensors:
+    """Images (N×H×W) and labels (N) → an :class:`ImageTensors` with a channel axis."""
+    import torch
+
+    from cnnctl.data.base import ImageTensors
+
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.ndim != 3:
+        raise DataError(f"{images_path}: expected N×H×W images, found shape {images.shape}")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected a vector of labels, found shape {labels.shape}")
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{images_path} holds {images.shape[0]} images but {labels_path} {labels.shape[0]} labels")
+    if labels.size and int(labels.max()) >= len(classes):
+        raise DataError(f"{labels_path}: label {int(labels.max())} out of range for {len(classes)} classes")
+    image_tensor = torch.from_numpy(images.copy()).unsqueeze(1)
+    label_tensor = torch.from_numpy(labels.astype("int64"))
+    return ImageTensors(image_tensor, label_tensor, classes, source=str(images_path.parent))
+
+
+def _idx_loader(prefixes: dict[str, str], classes: tuple[str, ...]) -> Any:
+    def load(directory: Path, split: str) -> ImageTensors:
+        prefix = prefixes[split]
+        return load_idx_pair(
+            directory / f"{prefix}-images-idx3-ubyte.gz", directory / f"{prefix}-labels-idx1-ubyte.gz", classes
+        )
+
+    return load
+
+
+_MNIST_SPLITS = {"train": "train", "test": "t10k"}
+
+MNIST = register_dataset(
+    DatasetSpec(
+        name="mnist",
+        description="handwritten digits (LeCun, Cortes, Burges)",
+        classes=tuple(str(digit) for digit in range(10)),
+        image_shape=(1, 28, 28),
+        mean=(0.1307,),
+        std=(0.3081,),
+        train_size=60_000,
+        test_size=10_000,
+        loader=_idx_loader(_MNIST_SPLITS, tuple(str(digit) for digit in range(10))),
+        files=(
+            RemoteFile(
+                "train-images-idx3-ubyte.gz",
+                content_sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+                content_md5="6bbc9ace898e44ae57da46a324031adb",
+                file_md5="f68b3c2dcbe37b7e1ff6ee1cb9c2d8f1",
+            ),
+            RemoteFile(
+                "train-labels-idx1-ubyte.gz",
+                content_sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+                content_md5="a25bea736e30d166cdddb491f175f624",
+                file_md5="d53e105ee54ea40749a09fcbcd1e9432",
+            ),
+            RemoteFile(
+                "t10k-images-idx3-ubyte.gz",
+                content_sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+                content_md5="2646ac647ad5339dbf082846283269ea",
+                file_md5="9fb629c4189551a2d022fa330f9573f3",
+            ),
+            RemoteFile(
+                "t10k-labels-idx1-ubyte.gz",
+                content_sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+                content_md5="27ae3e4e09519cfbb04c329615203637",
+                file_md5="ec29112dd5afa0611ce80d1b7f02629c",
+            ),
+        ),
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        default_val_split=5000,
+    )
+)

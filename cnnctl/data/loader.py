@@ -1,0 +1,138 @@
+"""Batches from in-memory uint8 tensors: index, convert, augment and normalise with tensor ops on the device.
+
+This is the fast path: no per-sample Python, no PIL, no worker processes. A whole MNIST epoch costs a few
+hundred tensor operations on top of the model's own work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnctl.data.base import ImageTensors, Preprocessing
+
+
+
+def fit_to_input(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """Resize (if the stored size differs) and zero-pad uint8 images to the model's input size, once per dataset."""
+    import torch.nn.functional as F
+
+    height, width = preprocessing.image_size
+    if tuple(images.shape[-2:]) != (height, width):
+        from torchvision.transforms.v2 import functional as TF
+
+        images = TF.resize(images, [height, width], antialias=True)
+    if images.shape[1] != preprocessing.channels:
+        images = convert_channels(images, preprocessing.channels)
+    if preprocessing.pad:
+        pad = preprocessing.pad
+        images = F.pad(images, (pad, pad, pad, pad), value=0)
+    return images.contiguous()
+
+
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 N×C×H×W to ``channels`` (1 or 3): luminance for grey, repetition for colour."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if images.shape[1] == channels:
+        return images
+    if channels == 1:
+        return TF.rgb_to_grayscale(images[:, :3], num_output_channels=1)
+    if images.shape[1] == 1:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    return images[:, :channels]
+
+
+class Normalizer:
+    """uint8 → float, scaled to [0, 1] then standardised, in one fused multiply-add per batch."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                 dtype: torch.dtype | None = None):
+        import torch
+
+        dtype = dtype or torch.float32
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = (1.0 / (255.0 * std_t)).to(dtype)
+        self.shift = (-mean_t / std_t).to(dtype)
+        self.dtype = dtype
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.addcmul(self.shift, images.to(self.dtype), self.scale)
+
+
+class BatchLoader:
+    """Iterate over (inputs, labels) batches of an in-memory split, shuffled with its own generator.
+
+    Images are moved to ``device`` once as uint8 (CIFAR-10 is 150 MB, MNIST 47 MB) and fitted to the model's
+    input size once; each batch is then only an index, a cast, an optional augmentation and a normalisation.
+    """
+
+    def __init__(
+        self,
+        data: ImageTensors,
+        preprocessing: Preprocessing,
+        *,
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        channels_last: bool = False,
+        drop_last: bool = False,
+    ):
+        import torch
+
+        self.device = device
+        self.images = fit_to_input(data.images, preprocessing).to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.channels_last = channels_last
+        self.drop_last = drop_last
+        self.normalize = Normalizer(preprocessing.mean, preprocessing.std, device)
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed)
+        self.shard: tuple[int, int] = (0, 1)  # (rank, world size) for distributed training
+
+    def __len__(self) -> int:
+        count = self._indices_count()
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    def _indices_count(self) -> int:
+        rank, world = self.shard
+        total = int(self.labels.shape[0])
+        return total // world if world > 1 else total
+
+    def epoch_indices(self) -> torch.Tensor:
+        import torch
+
+        total = int(self.labels.shape[0])
+        order = torch.randperm(total, generator=self.generator) if self.shuffle else torch.arange(total)
+        rank, world = self.shard
+        if world > 1:
+            per_rank = total // world
+            order = order[rank * per_rank : (rank + 1) * per_rank]
+        return order
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        import torch
+
+        order = self.epoch_indices().to(self.device)
+        count = int(order.shape[0])
+        stop = count - count % self.batch_size if self.drop_last else count
+        for start in range(0, stop, self.batch_size):
+            index = order[start : start + self.batch_size]
+            images = self.images.index_select(0, index)
+            if self.augment is not None:
+                images = self.augment(images, self.generator)
+            inputs = self.normalize(images)
+            if self.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            yield inputs, self.labels.index_select(0, index)

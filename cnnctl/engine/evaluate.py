@@ -1,0 +1,117 @@
+"""Evaluation: loss, top-1, top-5 and the confusion matrix over a whole split, in one pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    count: int
+    confusion: Any  # torch.Tensor [true, predicted]
+
+    def as_dict(self, classes: list[str] | None = None) -> dict[str, Any]:
+        from cnnctl.engine.metrics import per_class_report
+
+        result: dict[str, Any] = {"loss": self.loss, "accuracy": self.top1, "top5": self.top5, "count": self.count}
+        if classes is not None:
+            result.update(per_class_report(self.confusion, classes))
+            result["confusion"] = self.confusion.tolist()
+        return result
+
+
+def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+             *, max_batches: int | None = None, autocast: Any = None) -> EvalResult:
+    """Run ``model`` in eval mode over ``batches``; sums stay on the device until the end (one sync)."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    from cnnctl.engine.metrics import confusion_matrix
+
+    was_training = model.training
+    model.eval()
+    loss_sum = None
+    top5_hits = None
+    confusion = None
+    count = 0
+    k = min(5, num_classes)
+    with torch.inference_mode(), (autocast or contextlib.nullcontext()):
+        for index, (inputs, labels) in enumerate(batches):
+            if max_batches is not None and index >= max_batches:
+                break
+            logits = model(inputs).float()
+            batch_loss = F.cross_entropy(logits, labels, reduction="sum")
+            topk = logits.topk(k, dim=1).indices
+            hits = (topk == labels.unsqueeze(1)).any(dim=1).sum()
+            batch_confusion = confusion_matrix(labels, topk[:, 0], num_classes)
+            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+            top5_hits = hits if top5_hits is None else top5_hits + hits
+            confusion = batch_confusion if confusion is None else confusion + batch_confusion
+            count += int(labels.shape[0])
+    model.train(was_training)
+    if count == 0:
+        return EvalResult(float("nan"), float("nan"), float("nan"), 0, torch.zeros(num_classes, num_classes))
+    confusion = confusion.cpu()
+    return EvalResult(
+        loss=float(loss_sum) / count,
+        top1=float(confusion.diagonal().sum()) / count,
+        top5=float(top5_hits) / count,
+        count=count,
+        confusion=confusion,
+    )
+
+
+def load_eval_split(meta: Any, *, dataset: str | None = None, split: str = "test", root: str | None = None,
+                    mirror: str | None = None, log: Any = None) -> Any:
+    """The split a checkpoint should be evaluated on; ``val`` is rebuilt exactly as training held it out."""
+    from cnnctl.data.splits import load_split, split_train_val
+    from cnnctl.errors import UsageError
+    from cnnctl.registry import get_dataset_spec
+
+    name = dataset or meta.dataset
+    if not name:
+        raise UsageError("the checkpoint does not say which dataset it was trained on", hint="pass --dataset")
+    spec = get_dataset_spec(name)
+    if len(spec.classes) != meta.num_classes:
+        raise UsageError(f"{spec.name} has {len(spec.classes)} classes but the checkpoint predicts "
+                         f"{meta.num_classes}")
+    log = log or (lambda _: None)
+    if split == "test":
+        return load_split(spec, "test", root=root, mirror=mirror, log=log)
+    if split not in ("train", "val"):
+        raise UsageError(f"unknown split {split!r}; choose test, val or train")
+    train = load_split(spec, "train", root=root, mirror=mirror, log=log)
+    config = meta.config or {}
+    val_split = config.get("val_split")
+    val_split = spec.default_val_split if val_split is None else val_split
+    train, val = split_train_val(train, val_split, int(config.get("seed", 0)))
+    if split == "train":
+        return train
+    if val is None:
+        raise UsageError("this run held out no validation split", hint="use --split test")
+    return val
+
+
+def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "test", batch_size: int = 1000,
+                        root: str | None = None, mirror: str | None = None, device: str = "auto",
+                        log: Any = None) -> tuple[EvalResult, Any]:
+    """Evaluate a checkpoint on a split of its dataset; every other setting comes from its metadata."""
+    from cnnctl import checkpoint
+    from cnnctl.data.loader import BatchLoader
+    from cnnctl.engine.device import resolve_device
+
+    torch_device = resolve_device(device)
+    model, meta = checkpoint.load(path, device=torch_device)
+    data = load_eval_split(meta, dataset=dataset, split=split, root=root, mirror=mirror, log=log)
+    batches = BatchLoader(data, meta.preprocessing, batch_size=batch_size, device=torch_device)
+    return evaluate(model, batches, meta.num_classes), meta

@@ -1,0 +1,171 @@
+"""Prediction on image files: decode (torchvision.io), fit to the checkpoint's preprocessing, batch, classify."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnctl.errors import CnnctlError, DataError
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnctl.checkpoint import CheckpointMeta
+    from cnnctl.data.base import Preprocessing
+
+# torchvision 0.29 deprecates torchvision.io's decoders in favour of torchcodec; they still work, and are the
+# dependency we already have. Say nothing to users about it.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: int | None = None
+    class_name: str | None = None
+    probability: float | None = None
+    topk: list[tuple[int, str, float]] = field(default_factory=list)
+    error: str | None = None
+
+
+def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], int]:
+    """Expand folders (recursively, sorted) into image files. Hidden files and non-image files inside folders
+    are skipped and counted; a file named explicitly is always kept (and fails later if it is not an image)."""
+    found: list[Path] = []
+    skipped = 0
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    candidate = Path(root) / name
+                    if not name.startswith(".") and candidate.suffix.lower() in IMAGE_SUFFIXES:
+                        found.append(candidate)
+                    else:
+                        skipped += 1
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise CnnctlError(f"{path} does not exist", hint="pass image files or folders of images")
+    return found, skipped
+
+
+def decode_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
+    """Read one image as uint8 C×H×W with the checkpoint's channel count and size (not yet padded)."""
+    from torchvision.io import ImageReadMode, read_file
+    from torchvision.io import decode_image as tv_decode
+    from torchvision.transforms.v2 import functional as TF
+
+    mode = ImageReadMode.GRAY if preprocessing.channels == 1 else ImageReadMode.RGB
+    try:
+        image = tv_decode(read_file(str(path)), mode=mode)
+    except (RuntimeError, ValueError, OSError) as error:
+        reason = str(error).splitlines()[0][:100] if str(error) else type(error).__name__
+        raise DataError(f"{path}: not a readable image ({reason})") from error
+    if tuple(image.shape[-2:]) != tuple(preprocessing.image_size):
+        image = TF.resize(image, list(preprocessing.image_size), antialias=True)
+    return image
+
+
+def load_for_inference(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Preprocessing]:
+    from cnnctl import checkpoint
+    from cnnctl.engine.device import resolve_device
+
+    model, meta = checkpoint.load(path, device=resolve_device(device))
+    model.cnnctl_meta = meta  # type: ignore[attr-defined]
+    return model, meta.preprocessing
+
+
+class Predictor:
+    """Batched inference for one checkpoint; decoding runs in a thread pool while the model works."""
+
+    def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, *, batch_size: int = 256, topk: int = 5,
+                 workers: int | None = None):
+        import torch
+
+        from cnnctl.data.loader import Normalizer
+
+        self.model = model.eval()
+        self.meta = meta
+        self.preprocessing = meta.preprocessing
+        self.device = next(model.parameters()).device
+        self.batch_size = batch_size
+        self.topk = max(1, min(topk, meta.num_classes))
+        self.workers = workers or min(8, (os.cpu_count() or 1) * 2)
+        self.normalize = Normalizer(self.preprocessing.mean, self.preprocessing.std, self.device)
+        self._torch = torch
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N×C×H×W at ``image_size`` → logits."""
+        import torch.nn.functional as F
+
+        images = images.to(self.device)
+        pad = self.preprocessing.pad
+        if pad:
+            images = F.pad(images, (pad, pad, pad, pad), value=0)
+        with self._torch.inference_mode():
+            return self.model(self.normalize(images)).float()
+
+    def predict_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probabilities = self.logits(images).softmax(dim=1).cpu()
+        return probabilities.argmax(dim=1), probabilities
+
+    def predict_files(self, files: Sequence[Path]) -> Iterator[Prediction]:
+        def safe_decode(path: Path) -> torch.Tensor | str:
+            try:
+                return decode_image(path, self.preprocessing)
+            except DataError as error:
+                return str(error)
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            for start in range(0, len(files), self.batch_size):
+                chunk = files[start:start + self.batch_size]
+                decoded = list(pool.map(safe_decode, chunk))
+                good = [i for i, item in enumerate(decoded) if not isinstance(item, str)]
+                results: dict[int, Prediction] = {}
+                if good:
+                    batch = self._torch.stack([decoded[i] for i in good])
+                    _, probabilities = self.predict_tensor(batch)
+                    top_p, top_i = probabilities.topk(self.topk, dim=1)
+                    for row, i in enumerate(good):
+                        ranked = [(int(c), self.meta.classes[int(c)], float(p))
+                                  for p, c in zip(top_p[row], top_i[row])]
+                        label, name, probability = ranked[0]
+                        results[i] = Prediction(str(chunk[i]), label, name, probability, ranked)
+                for i, item in enumerate(decoded):
+                    if isinstance(item, str):
+                        results[i] = Prediction(str(chunk[i]), error=item)
+                for i in range(len(chunk)):
+                    yield results[i]
+
+
+def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str = "cpu"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cnnctl.predict``: labels (int64 N) and class probabilities (N×classes) for files, folders or a uint8
+    N×C×H×W tensor already at the checkpoint's image size."""
+    import torch
+
+    if isinstance(model_or_path, (str, Path)):
+        model, _ = load_for_inference(model_or_path, device=device)
+    else:
+        model = model_or_path
+    meta = getattr(model, "cnnctl_meta", None)
+    if meta is None:
+        raise CnnctlError("cnnctl.predict needs a model from cnnctl.load() or a checkpoint path")
+    predictor = Predictor(model, meta, topk=topk)
+    if isinstance(images, torch.Tensor):
+        return predictor.predict_tensor(images)
+    files, _ = find_images([images] if isinstance(images, (str, Path)) else images)
+    if not files:
+        raise DataError("no images to predict")
+    batch = torch.stack([decode_image(path, meta.preprocessing) for path in files])
+    return predictor.predict_tensor(batch)

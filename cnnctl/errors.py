@@ -1,0 +1,34 @@
+"""The one error type users see: a message saying what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class CnnctlError(Exception):
+    """A user-facing failure. The CLI prints ``str(error)`` as one line and exits with ``exit_code``."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int | None = None):
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+        super().__init__(message if not hint else f"{message} — {hint}")
+
+
+class UsageError(CnnctlError):
+    """Bad options or names: exit code 2, like a command-line parse error."""
+
+    exit_code = 2
+
+
+class DataError(CnnctlError):
+    """A dataset file that is missing, corrupt or inconsistent."""
+
+
+class CheckpointError(CnnctlError):
+    """A checkpoint that cannot be read or does not match its architecture."""
+
+
+class DownloadError(DataError):
+    """Every mirror failed, or what arrived did not verify."""

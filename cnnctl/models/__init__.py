@@ -1,0 +1,17 @@
+"""Architectures. Each module registers its family with :mod:`cnnctl.registry` when imported.
+
+Modules must not import torch at import time (``cnnctl list`` stays instant); builders import it when called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def build_model(name: str, *, num_classes: int, in_channels: int, **arch_args: Any) -> Any:
+    """Build a registered architecture by name."""
+    from cnnctl.registry import get_model_spec
+
+    spec = get_model_spec(name)
+    args = {**spec.default_args, **arch_args}
+    return spec.builder(num_classes=num_classes, in_channels=in_channels, **args)

@@ -1,0 +1,156 @@
+"""Name → architecture / dataset registry.
+
+Entries are plain metadata plus a builder, declared at import time by the file that implements them
+(``@register_model`` / ``register_dataset``). Importing the registry never imports torch: builders import it
+when called, so ``cnnctl list`` stays instant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cnnctl.errors import UsageError
+
+_PACKAGES_TO_SCAN = ("cnnctl.models", "cnnctl.data")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What an architecture is and how to build it.
+
+    ``builder(num_classes=, in_channels=, **arch_args)`` returns an ``nn.Module``.
+    ``input_size`` is the (H, W) the model was designed for; ``fixed_input`` means it only accepts that size
+    (its classifier is sized for it), so data of another size is padded or resized to fit.
+    """
+
+    name: str
+    builder: Callable[..., Any]
+    description: str
+    family: str
+    input_size: tuple[int, int]
+    in_channels: int = 1
+    fixed_input: bool = False
+    min_input: int = 1
+    params: int | None = None  # at the default input and 10 classes; checked by the tests
+    source: str = "cnnctl"  # "cnnctl" or "torchvision"
+    classifier: str = "fc"  # prefix of the final layer's parameters (reset for a new number of classes)
+    default_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset's metadata and loader.
+
+    ``loader(root, split)`` returns an ``ImageTensors`` (uint8 N×C×H×W images and int64 labels) and
+    ``files`` lists what ``cnnctl download`` fetches and verifies.
+    """
+
+    name: str
+    description: str
+    classes: tuple[str, ...]
+    image_shape: tuple[int, int, int]  # C, H, W
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_size: int
+    test_size: int
+    loader: Callable[..., Any]
+    files: tuple[Any, ...] = ()
+    mirrors: tuple[str, ...] = ()
+    default_val_split: int = 5000
+    augment: str = "none"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_MODELS: dict[str, ModelSpec] = {}
+_DATASETS: dict[str, DatasetSpec] = {}
+_loaded = False
+
+
+def register_model(
+    name: str, *, description: str, family: str, input_size: tuple[int, int], **metadata: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``builder`` under ``name``."""
+
+    def decorate(builder: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _MODELS:
+            raise ValueError(f"architecture {name!r} registered twice")
+        _MODELS[name] = ModelSpec(
+            name=name, builder=builder, description=description, family=family, input_size=input_size, **metadata
+        )
+        return builder
+
+    return decorate
+
+
+def add_model(spec: ModelSpec) -> None:
+    """Register a ready-made spec (for families that register many names in a loop)."""
+    if spec.name in _MODELS:
+        raise ValueError(f"architecture {spec.name!r} registered twice")
+    _MODELS[spec.name] = spec
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name in _DATASETS:
+        raise ValueError(f"dataset {spec.name!r} registered twice")
+    _DATASETS[spec.name] = spec
+    return spec
+
+
+def _load_all() -> None:
+    """Import every module of the model and data packages so that they register themselves."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for package_name in _PACKAGES_TO_SCAN:
+        package = importlib.import_module(package_name)
+        for module in pkgutil.iter_modules(package.__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{package_name}.{module.name}")
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> UsageError:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return UsageError(f"unknown {kind} {name!r}: did you mean {close[0]}?")
+    return UsageError(f"unknown {kind} {name!r}; choose one of: {', '.join(known)}")
+
+
+def models() -> dict[str, ModelSpec]:
+    _load_all()
+    return dict(_MODELS)
+
+
+def datasets() -> dict[str, DatasetSpec]:
+    _load_all()
+    return dict(_DATASETS)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    _load_all()
+    key = name.strip()
+    if key in _MODELS:
+        return _MODELS[key]
+    lowered = key.lower().replace("-", "_")
+    for candidate in _MODELS:
+        if candidate.lower().replace("-", "_") == lowered:
+            return _MODELS[candidate]
+    raise _unknown("architecture", name, sorted(_MODELS))
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    _load_all()
+    key = name.strip().lower().replace("_", "-")
+    if key in _DATASETS:
+        return _DATASETS[key]
+    raise _unknown("dataset", name, sorted(_DATASETS))
+
+
+def suggest(name: str, choices: list[str], kind: str) -> UsageError:
+    """An error for a value that is not among ``choices``, with a close match if there is one."""
+    return _unknown(kind, name, choices)

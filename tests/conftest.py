@@ -1,0 +1,82 @@
+"""Fixtures that write tiny datasets in the real on-disk formats, so nothing is downloaded."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnctl import registry
+from cnnctl.data.download import RemoteFile
+from cnnctl.registry import DatasetSpec
+
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Serialise a uint8 array in the IDX format (magic 0x0000 08 ndim, big-endian dims, data)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def synthetic_digits(count: int, seed: int, size: int = 28, classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 'digits': class k is a bright 6x6 square at one of 10 positions, plus noise and jitter."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, count).astype(np.uint8)
+    images = rng.integers(0, 60, (count, size, size)).astype(np.uint8)
+    for index, label in enumerate(labels):
+        row = 3 + (int(label) // 5) * 13 + int(rng.integers(-1, 2))
+        col = 2 + (int(label) % 5) * 5 + int(rng.integers(-1, 2))
+        images[index, row:row + 6, col:col + 6] = 255
+    return images, labels
+
+
+def write_idx_mirror(directory: Path, train_count: int = 1200, test_count: int = 300) -> dict[str, bytes]:
+    """Write the four MNIST-named .gz files of a synthetic dataset; return their decompressed contents."""
+    directory.mkdir(parents=True, exist_ok=True)
+    train_images, train_labels = synthetic_digits(train_count, seed=1)
+    test_images, test_labels = synthetic_digits(test_count, seed=2)
+    contents = {
+        "train-images-idx3-ubyte.gz": idx_bytes(train_images),
+        "train-labels-idx1-ubyte.gz": idx_bytes(train_labels),
+        "t10k-images-idx3-ubyte.gz": idx_bytes(test_images),
+        "t10k-labels-idx1-ubyte.gz": idx_bytes(test_labels),
+    }
+    for name, content in contents.items():
+        (directory / name).write_bytes(gzip.compress(content, mtime=0))
+    return contents
+
+
+@pytest.fixture(scope="session")
+def digits_mirror(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    directory = tmp_path_factory.mktemp("mirror")
+    return directory, write_idx_mirror(directory)
+
+
+@pytest.fixture()
+def tiny_digits(digits_mirror: tuple[Path, dict[str, bytes]], tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[DatasetSpec]:
+    """A registered dataset ``tinydigits`` in the IDX format (like MNIST), served from a local mirror folder,
+    with a fresh, empty data root per test."""
+    from cnnctl.data.idx import MNIST
+
+    mirror, contents = digits_mirror
+    files = tuple(
+        RemoteFile(name, content_sha256=hashlib.sha256(content).hexdigest()) for name, content in contents.items()
+    )
+    registry.datasets()  # make sure the real ones are loaded first
+    spec = DatasetSpec(
+        name="tinydigits", description="synthetic digits for tests", classes=DIGIT_CLASSES, image_shape=(1, 28, 28),
+        mean=(0.13,), std=(0.31,), train_size=1200, test_size=300, loader=MNIST.loader, files=files,
+        mirrors=("http://127.0.0.1:9/unreachable/",), default_val_split=200,
+    )
+    registry.register_dataset(spec)
+    monkeypatch.setenv("CNNCTL_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("CNNCTL_MIRROR", str(mirror))
+    yield spec
+    registry._DATASETS.pop("tinydigits", None)
