@@ -102,5 +102,10 @@ def summary(
     console.print(f"total parameters:         {result.total_parameters:,}\n"
                   f"trainable parameters:     {result.trainable_parameters:,}\n"
                   f"non-trainable parameters: {result.non_trainable_parameters:,}\n"
-                  f"MACs:                     {result.macs:,} ({result.macs / 1e9:.3f} G)\n"
+                  f"MACs:                     {result.macs:,} ({_scaled(result.macs)})\n"
                   f"parameter size:           {result.parameter_mb:.2f} MB", highlight=False)
+
+
+def _scaled(count: int) -> str:
+    """1814073344 → '1.814 G', 416520 → '0.417 M'."""
+    return f"{count / 1e9:.3f} G" if count >= 1e9 else f"{count / 1e6:.3f} M"

@@ -15,7 +15,8 @@ def train(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="registered dataset name")] = "mnist",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
     batch_size: Annotated[int, typer.Option(help="images per step")] = 128,
-    lr: Annotated[float | None, typer.Option(help="(peak) learning rate [default: adam 5e-3 with onecycle, else 1e-3; sgd 0.1 / 0.05]")] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="(peak) learning rate [default: adam 5e-3 with onecycle, else 1e-3; sgd 0.1 / 0.05]")] = None,
     optimizer: Annotated[str, typer.Option(help="adam or sgd")] = "adam",
     scheduler: Annotated[str, typer.Option(help="learning-rate schedule: onecycle, cosine or none")] = "onecycle",
     momentum: Annotated[float, typer.Option(help="SGD momentum")] = 0.9,
@@ -41,7 +42,8 @@ def train(
     from cnnctl.progress import make_reporter
 
     config = TrainConfig(
-        arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler,
+        arch=arch, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        scheduler=scheduler,
         momentum=momentum, weight_decay=weight_decay, seed=seed, device=device, val_split=val_split,
         augment=augment, img_size=img_size, out=out, name=name, root=root, mirror=mirror, threads=threads,
         channels_last=channels_last,

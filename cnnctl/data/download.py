@@ -308,7 +308,6 @@ def _fetch_http(url: str, part: Path, remote: RemoteFile, meter: _Meter, log: Ca
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    log(f"downloading {url}" + (f" (resuming at {offset:,} bytes)" if offset else ""))
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_SECONDS)
     except urllib.error.HTTPError as error:
@@ -318,6 +317,7 @@ def _fetch_http(url: str, part: Path, remote: RemoteFile, meter: _Meter, log: Ca
         raise _MirrorFailure(_describe(error)) from error
     except (OSError, http.client.HTTPException, ValueError) as error:
         raise _MirrorFailure(_describe(error)) from error
+    log(f"downloading {url}" + (f" (resuming at {offset:,} bytes)" if offset else ""))
 
     with response:
         status = getattr(response, "status", None) or 200
@@ -440,12 +440,13 @@ def _download(dataset: str, remote: RemoteFile, directory: Path, mirrors: Sequen
         try:
             _from_mirror(mirror, dataset, remote, part, _Meter(show), log)
         except _MirrorFailure as failure:
-            log(f"{remote.name}: {where}: {failure.reason}")
+            # Reported once: in the final error if every mirror fails, else in the success line below.
             tried.append(f"{where} ({failure.reason})")
             continue
         _promote(part, path)
         size = path.stat().st_size
-        log(f"{remote.name}: verified ({size:,} bytes in {time.monotonic() - started:.1f} s)")
+        fallback = f" after {len(tried)} failed mirror(s): {'; '.join(tried)}" if tried else ""
+        log(f"{remote.name}: verified ({size:,} bytes in {time.monotonic() - started:.1f} s){fallback}")
         return
     attempts = "; ".join(tried) if tried else "no mirror is known for it"
     raise DownloadError(f"could not download {remote.name} for {dataset}: tried {attempts}",
@@ -522,7 +523,8 @@ def _check_files(dataset: str, files: Sequence[RemoteFile], directory: Path, log
 
 def ensure_files(dataset: str, files: Sequence[RemoteFile], official_mirrors: Sequence[str], *,
                  root: Path | None = None, mirror: str | None = None, check: bool = False,
-                 log: Callable[[str], None] = _stderr_log, progress: bool | None = None) -> Path:
+                 log: Callable[[str], None] = _stderr_log, progress: bool | None = None,
+                 report_present: bool = True) -> Path:
     """Make sure every file of ``dataset`` is present and verified, downloading what is missing.
 
     Returns ``(root or default_root()) / dataset``. With ``check`` nothing is downloaded: every file is re-hashed
@@ -541,10 +543,12 @@ def ensure_files(dataset: str, files: Sequence[RemoteFile], official_mirrors: Se
         path = directory / remote.name
         if path.is_file():
             if _trusted(marker, path, remote):
-                log(f"{dataset}/{remote.name}: already there")
+                if report_present:
+                    log(f"{dataset}/{remote.name}: already there")
                 continue
             if verify_file(path, remote):
-                log(f"{dataset}/{remote.name}: already there (verified)")
+                if report_present:
+                    log(f"{dataset}/{remote.name}: already there (verified)")
                 marker[remote.name] = _stat_entry(path, remote)
                 changed = True
                 continue
@@ -562,7 +566,8 @@ def ensure_files(dataset: str, files: Sequence[RemoteFile], official_mirrors: Se
             path = directory / remote.name
             marker = _read_marker(directory)  # another process may have finished it while we waited
             if path.is_file() and _trusted(marker, path, remote):
-                log(f"{dataset}/{remote.name}: already there")
+                if report_present:
+                    log(f"{dataset}/{remote.name}: already there")
                 continue
             _download(dataset, remote, directory, mirrors, show, log)
             marker[remote.name] = _stat_entry(path, remote)

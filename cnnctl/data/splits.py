@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cnnctl.data.base import ImageTensors, Preprocessing
 from cnnctl.errors import UsageError
 from cnnctl.registry import DatasetSpec, ModelSpec
-
-if TYPE_CHECKING:
-    pass
 
 
 def dataset_directory(spec: DatasetSpec, *, root: str | None, mirror: str | None,
@@ -20,7 +16,7 @@ def dataset_directory(spec: DatasetSpec, *, root: str | None, mirror: str | None
     from cnnctl.data.download import ensure_files
 
     return ensure_files(spec.name, spec.files, spec.mirrors, root=Path(root) if root else None, mirror=mirror,
-                        log=log)
+                        log=log, report_present=False)
 
 
 def load_split(spec: DatasetSpec, split: str, *, root: str | None = None, mirror: str | None = None,
