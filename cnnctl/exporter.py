@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -52,8 +53,7 @@ class ExportResult:
 
 
 def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dynamic_batch: bool = False,
-           opset: int | None = None, root: Any = None, tolerance: float = TOLERANCE,
-           log: Callable[[str], None] | None = None) -> ExportResult:
+           opset: int | None = None, root: Any = None, tolerance: float = TOLERANCE) -> ExportResult:
     """Export ``checkpoint_path`` (a .safetensors file or run folder) and verify it; see the module docstring.
 
     ``output`` is the model file to write (or a folder to write it in); by default it goes beside the
@@ -69,12 +69,11 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
         raise UsageError("--opset applies only to --format onnx")
     if format == "onnx":
         require_onnx()
-    log = log or (lambda _: None)
     source = checkpoint._existing(Path(checkpoint_path))  # a run folder means its best.safetensors
     model, meta = checkpoint.load(source, device="cpu")
     model_path, preprocessing_path = output_paths(source, format, output)
 
-    inputs, verified_on = verification_inputs(meta, root=root, log=log)
+    inputs, verified_on = verification_inputs(meta, root=root)
     import torch
 
     with torch.inference_mode():
@@ -132,23 +131,24 @@ def output_paths(source: Path, format: str, output: Any = None) -> tuple[Path, P
     if output is None:
         model_path = source.with_name(default_name)
     else:
+        folder = str(output).endswith(("/", os.sep)) or Path(output).expanduser().is_dir()
         output = Path(output).expanduser()
-        model_path = output / default_name if output.is_dir() else output
+        model_path = output / default_name if folder else output
     if model_path.resolve() == source.resolve():
         raise UsageError(f"--output {model_path} is the checkpoint itself", hint="choose another file name")
     stem = model_path.name.removesuffix(suffix) if model_path.name.endswith(suffix) else model_path.stem
     return model_path, model_path.with_name(stem + ".preprocessing.json")
 
 
-def verification_inputs(meta: CheckpointMeta, *, root: Any = None, count: int = VERIFY_COUNT,
-                        log: Callable[[str], None] = lambda _: None) -> tuple[torch.Tensor, str]:
+def verification_inputs(meta: CheckpointMeta, *, root: Any = None,
+                        count: int = VERIFY_COUNT) -> tuple[torch.Tensor, str]:
     """A normalised batch to compare the export on: the first ``count`` test images of the checkpoint's dataset
     if it is on this machine (nothing is downloaded), else deterministic random pixels. Also says which."""
     import torch
 
     from cnnctl.data.loader import Normalizer, fit_to_input
 
-    images, described = _local_test_images(meta, root, count, log)
+    images, described = _local_test_images(meta, root, count)
     if images is None:
         channels, (height, width) = meta.preprocessing.channels, meta.preprocessing.image_size
         generator = torch.Generator().manual_seed(0)
@@ -159,8 +159,7 @@ def verification_inputs(meta: CheckpointMeta, *, root: Any = None, count: int = 
     return normalize(fitted).contiguous(), described
 
 
-def _local_test_images(meta: CheckpointMeta, root: Any, count: int,
-                       log: Callable[[str], None]) -> tuple[torch.Tensor | None, str]:
+def _local_test_images(meta: CheckpointMeta, root: Any, count: int) -> tuple[torch.Tensor | None, str]:
     from cnnctl.data.download import is_present
     from cnnctl.data.splits import load_split
     from cnnctl.registry import datasets
@@ -173,7 +172,7 @@ def _local_test_images(meta: CheckpointMeta, root: Any, count: int,
     if not spec.files or not is_present(spec.name, spec.files, Path(root) if root else None):
         return None, f"the {spec.name} test split is not on this machine; `cnnctl download {spec.name}` fetches it"
     try:
-        test = load_split(spec, "test", root=str(root) if root else None, log=log)
+        test = load_split(spec, "test", root=str(root) if root else None)
     except CnnctlError as error:
         return None, f"the {spec.name} test split could not be read: {error.message}"
     taken = min(count, len(test))
@@ -189,14 +188,24 @@ def _chunks(inputs: torch.Tensor, batch: int | None) -> Iterator[torch.Tensor]:
 
 @contextlib.contextmanager
 def _quiet_exporters() -> Iterator[None]:
-    """The exporters warn about their own future (TorchScript is deprecated) and tracing details; a user who
-    asked for the format gains nothing from those."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", module=r"torch\..*")
-        warnings.filterwarnings("ignore", module=r"onnxscript\..*")
-        yield
+    """The exporters warn and log about their own future (TorchScript is deprecated), opset conversion and
+    tracing details; cnnctl checks the result itself and reports what matters in one line."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", module=r"torch\..*")
+            warnings.filterwarnings("ignore", module=r"onnxscript\..*")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _export_onnx(model: torch.nn.Module, inputs: torch.Tensor, path: Path, *, dynamic_batch: bool,
@@ -218,7 +227,11 @@ def _export_onnx(model: torch.nn.Module, inputs: torch.Tensor, path: Path, *, dy
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
-    return next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+    written = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+    if opset is not None and written != opset:  # the exporter falls back silently when it cannot convert
+        raise CnnctlError(f"could not export {arch} to ONNX opset {opset}: the exporter could only write opset "
+                          f"{written}; nothing was written", hint=f"use --opset {written}, or leave it out")
+    return written
 
 
 def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:

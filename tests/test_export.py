@@ -136,8 +136,7 @@ def small_checkpoint(tmp_path: Path) -> Path:
 def test_export_of_a_run_folder_to_a_folder_with_an_opset(small_checkpoint: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CNNCTL_DATA", str(tmp_path / "empty"))  # mnist is not here: random inputs, said so
-    (tmp_path / "out").mkdir()
-    result = export_cli(str(small_checkpoint.parent), "--opset", "18", "--output", str(tmp_path / "out"))
+    result = export_cli(str(small_checkpoint.parent), "--opset", "18", "--output", f"{tmp_path / 'out'}/")
     assert "ONNX opset 18" in result.stdout
     assert "16 random images (seed 0; the mnist test split is not on this machine" in result.stdout
     import onnx
@@ -184,3 +183,11 @@ def test_refuses_to_overwrite_the_checkpoint(small_checkpoint: Path) -> None:
     result = runner.invoke(app, ["export", str(small_checkpoint), "--output", str(small_checkpoint)])
     assert result.exit_code == 2 and "is the checkpoint itself" in result.stderr
     assert small_checkpoint.read_bytes() == before
+
+
+def test_an_opset_the_exporter_cannot_reach_fails_and_writes_nothing(small_checkpoint: Path) -> None:
+    result = runner.invoke(app, ["export", str(small_checkpoint), "--opset", "9"])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: could not export simplecnn to ONNX opset 9: the exporter could only "
+                                    "write opset 18; nothing was written")
+    assert sorted(p.name for p in small_checkpoint.parent.iterdir()) == ["best.safetensors"]

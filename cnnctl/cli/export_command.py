@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cnnctl.cli._common import command, print_json, stderr_line
+from cnnctl.cli._common import command, print_json
 
 
 @command("export")
@@ -26,7 +26,7 @@ def export_command(
     from cnnctl.exporter import export
 
     result = export(checkpoint_path, format=format, output=output, dynamic_batch=dynamic_batch, opset=opset,
-                    root=root, log=stderr_line)
+                    root=root)
     if json_output:
         print_json(result.to_dict())
         return
