@@ -14,11 +14,11 @@ def export_command(
     checkpoint_path: Annotated[str, typer.Argument(metavar="CHECKPOINT", help=".safetensors file or run folder")],
     format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript")] = "onnx",
     dynamic_batch: Annotated[bool, typer.Option(
-        "--dynamic-batch", help="accept any batch size [default: batches of exactly 1 image]")] = False,
-    opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset [default: the exporter's]")] = None,
+        "--dynamic-batch", help="accept any batch size (default: exactly 1 image per call)")] = False,
+    opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset (default: the exporter's own)")] = None,
     output: Annotated[str | None, typer.Option(
-        "--output", "-o", help="model file or folder to write [default: beside the checkpoint]")] = None,
-    root: Annotated[str | None, typer.Option(help="data folder with the test images [env: CNNCTL_DATA]")] = None,
+        "--output", "-o", help="model file or folder to write (default: beside the checkpoint)")] = None,
+    root: Annotated[str | None, typer.Option(help="data folder with the test images (default: $CNNCTL_DATA)")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript, check that the exported model gives PyTorch's outputs (within
