@@ -58,8 +58,8 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
 
     ``output`` is the model file to write (or a folder to write it in); by default it goes beside the
     checkpoint as ``<stem>.onnx`` / ``<stem>.torchscript.pt``. Without ``dynamic_batch`` the model takes
-    batches of exactly one image (an ONNX model refuses others; TorchScript is traced and checked at 1). Raises ``CnnctlError`` when the outputs differ by more than ``tolerance``;
-    then nothing is written.
+    batches of exactly one image (an ONNX model refuses others; TorchScript is traced and checked at 1).
+    Raises ``CnnctlError`` when the outputs differ by more than ``tolerance``; then nothing is written.
     """
     from cnnctl import checkpoint
     from cnnctl.fsutil import atomic_path, atomic_write_text
