@@ -1,42 +1,35 @@
 """cnnctl: train, evaluate and run image-classification CNNs from the command line or Python.
 
-The Python API mirrors the CLI::
+The Python API mirrors the CLI (see docs/api.md)::
 
     import cnnctl
-    run = cnnctl.train(arch="lenet5", dataset="mnist", epochs=2)
-    model, preprocessing = cnnctl.load(run.best_path)
+    run = cnnctl.train("lenet5", dataset="mnist", epochs=2)   # a FitResult; run.run_dir is the run folder
+    model, preprocessing = cnnctl.load(run)                    # its best checkpoint, in eval mode
     labels, probabilities = cnnctl.predict(model, ["digit.png"])
+    cnnctl.export(run, "onnx")                                 # best.onnx + best.preprocessing.json
 
-Everything heavy (torch, torchvision) is imported on first use, so ``import cnnctl`` is instant.
+Every failure raises ``cnnctl.CnnctlError`` with a one-line message. Everything heavy (torch, torchvision) is
+imported on first use, so ``import cnnctl`` is instant.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "train", "load", "predict", "CnnctlError"]
+__all__ = ["__version__", "train", "load", "predict", "export", "CnnctlError"]
 
 from cnnctl.errors import CnnctlError
 
+if TYPE_CHECKING:
+    from cnnctl.api import export, load, predict, train
+else:
 
-def train(config: Any = None, **options: Any) -> Any:
-    """Train like ``cnnctl train``; keyword arguments are TrainConfig fields. Returns a FitResult."""
-    from cnnctl.engine.fit import train as _train
+    def __getattr__(name: str) -> Any:
+        """``cnnctl.train`` and friends live in cnnctl.api, imported on first use."""
+        if name in ("train", "load", "predict", "export"):
+            from cnnctl import api
 
-    return _train(config, **options)
-
-
-def load(path: Any, device: str = "cpu") -> Any:
-    """Load a checkpoint: returns ``(model in eval mode, preprocessing)``; the model carries ``cnnctl_meta``."""
-    from cnnctl.engine.predict import load_for_inference
-
-    return load_for_inference(path, device=device)
-
-
-def predict(model_or_path: Any, images: Any, **options: Any) -> Any:
-    """Predict image files, folders or tensors: returns ``(labels, probabilities)``."""
-    from cnnctl.engine.predict import predict_api
-
-    return predict_api(model_or_path, images, **options)
+            return getattr(api, name)
+        raise AttributeError(f"module 'cnnctl' has no attribute {name!r}")

@@ -25,11 +25,16 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr
 
 @dataclass
 class FitResult:
+    """What a training run produced. It is path-like (its run folder), so ``cnnctl.load(run)`` works."""
+
     run_dir: Path
     best_path: Path
     last_path: Path
     history: list[dict[str, float]] = field(default_factory=list)
     test: dict[str, Any] | None = None
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.run_dir)
 
 
 def create_run_dir(out: str | Path, name: str) -> Path:

@@ -1,0 +1,121 @@
+"""The Python API (``cnnctl.train``, ``load``, ``predict``, ``export``): the CLI's commands as functions.
+
+They do what the commands do, without Typer: every bad input raises a ``CnnctlError`` (the same one-line
+messages the CLI prints), and nothing here exits the interpreter or prints unless asked to.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnctl.errors import CnnctlError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnctl.config import TrainConfig
+    from cnnctl.data.base import Preprocessing
+    from cnnctl.engine.fit import FitResult
+    from cnnctl.exporter import ExportResult
+
+
+def train(arch: str | TrainConfig | None = None, *, progress: bool = False, **options: Any) -> FitResult:
+    """``cnnctl train ARCH --option value`` as ``train("ARCH", option=value)``; options are TrainConfig's fields
+    (``dataset``, ``epochs``, ``batch_size``, ``lr``, ``out``, ...). A TrainConfig may be passed instead of the
+    name, and options then override its fields.
+
+    Returns a ``FitResult``: the run folder (``.run_dir``; the result itself is path-like, so
+    ``cnnctl.load(run)`` and ``Path(run)`` work), ``.best_path``, ``.last_path``, ``.history`` (one dict per
+    epoch) and ``.test`` (the final test metrics). ``progress=True`` prints a line per epoch.
+    """
+    from cnnctl.config import TrainConfig
+    from cnnctl.engine.fit import train as fit_train
+    from cnnctl.progress import PlainReporter
+
+    if isinstance(arch, TrainConfig):
+        options = {**asdict(arch), **options}
+    elif arch is not None:
+        if "arch" in options:
+            raise UsageError("cnnctl.train got the architecture twice (positionally and as arch=)")
+        options = {"arch": arch, **options}
+    if not options.get("arch"):
+        raise UsageError("cnnctl.train needs an architecture", hint='e.g. cnnctl.train("lenet5", dataset="mnist")')
+    config = TrainConfig.from_dict(options, source="cnnctl.train()")
+    return fit_train(config, reporter=PlainReporter() if progress else None)
+
+
+def load(path: str | os.PathLike[str], device: str = "cpu") -> tuple[torch.nn.Module, Preprocessing]:
+    """A checkpoint (``.safetensors`` file, run folder, or what ``train`` returned) as ``(model, preprocessing)``.
+
+    The model is in eval mode on ``device``; ``model.cnnctl_meta`` holds the rest of the checkpoint's metadata
+    (``classes``, ``arch``, ``dataset``, ``metrics``).
+    """
+    from cnnctl.engine.predict import load_for_inference
+
+    return load_for_inference(_as_path(path, "cnnctl.load"), device=device)
+
+
+def predict(model_or_path: Any, images: Any, *, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Classify ``images`` — an image file, a folder, a list of them, or a uint8 tensor (C×H×W or N×C×H×W at the
+    checkpoint's image size) — with a model from ``load`` or a checkpoint path.
+
+    Returns ``(labels, probabilities)``: int64 class indices (N) and softmax probabilities (N×classes). The
+    class names are ``model.cnnctl_meta.classes``. Preprocessing comes from the checkpoint, as in the CLI.
+    """
+    import torch
+
+    from cnnctl.engine.predict import predict_api
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        model_or_path, _ = load(model_or_path, device=device)
+    meta = getattr(model_or_path, "cnnctl_meta", None)
+    if meta is None:
+        raise CnnctlError("cnnctl.predict needs a model from cnnctl.load() or a checkpoint path",
+                          hint=f"got {type(model_or_path).__name__}")
+    if isinstance(images, torch.Tensor):
+        images = _checked_batch(images, meta.preprocessing)
+    elif isinstance(images, (str, os.PathLike)):
+        images = Path(images)
+    elif isinstance(images, (list, tuple)):
+        images = [_as_path(image, "cnnctl.predict") for image in images]
+    else:
+        raise UsageError(f"cnnctl.predict cannot read images from a {type(images).__name__}",
+                         hint="pass image files, folders, or a uint8 tensor")
+    return predict_api(model_or_path, images, device=device)
+
+
+def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", *, output: Any = None,
+           dynamic_batch: bool = False, opset: int | None = None, root: Any = None) -> ExportResult:
+    """``cnnctl export``: write ``<stem>.onnx`` or ``<stem>.torchscript.pt`` and ``<stem>.preprocessing.json``
+    beside the checkpoint (or at ``output``), after checking that the exported model gives PyTorch's outputs
+    within 1e-4. Returns the paths and the measured difference."""
+    from cnnctl.exporter import export as _export
+
+    return _export(_as_path(checkpoint_path, "cnnctl.export"), format=format, output=output,
+                   dynamic_batch=dynamic_batch, opset=opset, root=root)
+
+
+def _as_path(value: Any, caller: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise UsageError(f"{caller} expected a path, got {type(value).__name__}")
+    return Path(value)
+
+
+def _checked_batch(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """Tensors skip decoding, so check here what decoding would have guaranteed."""
+    import torch
+
+    expected = (preprocessing.channels, *preprocessing.image_size)
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dtype != torch.uint8:
+        raise UsageError(f"cnnctl.predict expects uint8 pixel values (0-255), got a {images.dtype} tensor",
+                         hint="pass the raw image, not a normalised one")
+    if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+        wanted = "x".join(str(n) for n in expected)
+        raise UsageError(f"cnnctl.predict expects images of shape N x {wanted}, got {tuple(images.shape)}",
+                         hint="pass image files to have them converted and resized")
+    return images

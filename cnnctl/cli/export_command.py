@@ -1,0 +1,37 @@
+"""``cnnctl export``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cnnctl.cli._common import command, print_json
+
+
+@command("export")
+def export_command(
+    checkpoint_path: Annotated[str, typer.Argument(metavar="CHECKPOINT", help=".safetensors file or run folder")],
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript")] = "onnx",
+    dynamic_batch: Annotated[bool, typer.Option(
+        "--dynamic-batch", help="accept any batch size (default: exactly 1 image per call)")] = False,
+    opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset (default: the exporter's own)")] = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help="model file or folder to write (default: beside the checkpoint)")] = None,
+    root: Annotated[str | None, typer.Option(help="data folder with the test images (default: $CNNCTL_DATA)")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Export a checkpoint to ONNX or TorchScript, check that the exported model gives PyTorch's outputs (within
+    1e-4, on test images of its dataset when present here), and write its preprocessing beside it as JSON."""
+    from cnnctl.exporter import export
+
+    result = export(checkpoint_path, format=format, output=output, dynamic_batch=dynamic_batch, opset=opset,
+                    root=root)
+    if json_output:
+        print_json(result.to_dict())
+        return
+    kind = f"ONNX opset {result.opset}" if result.format == "onnx" else "TorchScript"
+    batch = "any batch size" if result.dynamic_batch else "batch size 1"
+    print(f"wrote {result.model_path} ({kind}, {batch}) and {result.preprocessing_path.name}")
+    print(f"verified on {result.verified_on}: max abs difference from PyTorch {result.max_abs_diff:.2e} "
+          f"(tolerance {result.tolerance:g})")

@@ -1,0 +1,103 @@
+"""The Python API: results as documented, and every bad input raised as a CnnctlError (never a Typer exit)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnctl
+from cnnctl import checkpoint
+from cnnctl.checkpoint import CheckpointMeta
+from cnnctl.data.base import Preprocessing
+from cnnctl.errors import UsageError
+from cnnctl.models import build_model
+
+
+@pytest.fixture(scope="module")
+def simplecnn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    meta = CheckpointMeta(arch="simplecnn", arch_args={}, classes=[f"c{i}" for i in range(10)],
+                          preprocessing=Preprocessing(1, (28, 28), 0, (0.13,), (0.31,)), dataset="mnist")
+    path = tmp_path_factory.mktemp("api") / "best.safetensors"
+    return checkpoint.save(path, build_model("simplecnn", num_classes=10, in_channels=1), meta)
+
+
+def test_import_cnnctl_does_not_import_torch() -> None:
+    code = "import sys, cnnctl; cnnctl.train; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_train_returns_the_run_folder(tiny_digits, tmp_path: Path) -> None:
+    run = cnnctl.train("simplecnn", dataset="tinydigits", epochs=1, batch_size=64, out=str(tmp_path))
+    assert run.run_dir == tmp_path / "simplecnn-tinydigits" / "1"
+    assert Path(run) == run.run_dir and os.fspath(run) == str(run.run_dir)
+    assert run.best_path == run.run_dir / "best.safetensors" and run.best_path.is_file()
+    assert [row["epoch"] for row in run.history] == [1] and 0 <= run.test["test_acc"] <= 1
+    model, preprocessing = cnnctl.load(run)  # the run itself stands for its folder, i.e. best.safetensors
+    assert not model.training and preprocessing == checkpoint.read_meta(run.best_path).preprocessing
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+def test_load_and_predict_agree_with_the_model(simplecnn_checkpoint: Path, tmp_path: Path) -> None:
+    from torchvision.io import write_png
+
+    model, preprocessing = cnnctl.load(simplecnn_checkpoint)
+    assert not model.training and preprocessing.image_size == (28, 28)
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels, probabilities = cnnctl.predict(model, images)
+    with torch.inference_mode():
+        expected = torch.softmax(model((images.float() / 255 - 0.13) / 0.31), dim=1)
+    torch.testing.assert_close(probabilities, expected, atol=1e-6, rtol=0)
+    assert labels.tolist() == expected.argmax(1).tolist()
+    # the same images as PNG files, through a path, a folder and a single C×H×W tensor
+    for index, image in enumerate(images):
+        write_png(image, str(tmp_path / f"{index}.png"))
+    by_files, _ = cnnctl.predict(str(simplecnn_checkpoint), [tmp_path / f"{i}.png" for i in range(3)])
+    by_folder, _ = cnnctl.predict(simplecnn_checkpoint, tmp_path)
+    single, _ = cnnctl.predict(model, images[1])
+    assert by_files.tolist() == by_folder.tolist() == labels.tolist() and single.tolist() == labels[1:2].tolist()
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: cnnctl.train(dataset="mnist"), "cnnctl.train needs an architecture"),
+    (lambda: cnnctl.train("lenet5", epoch=2), "unknown option in cnnctl.train(): 'epoch': did you mean epochs?"),
+    (lambda: cnnctl.train("lenet5", epochs=0), "--epochs must be at least 1, got 0"),
+    (lambda: cnnctl.train("simplecnm"), "unknown architecture 'simplecnm': did you mean simplecnn?"),
+    (lambda: cnnctl.load("no/such.safetensors"), "checkpoint no/such.safetensors does not exist"),
+    (lambda: cnnctl.load(42), "cnnctl.load expected a path, got int"),
+    (lambda: cnnctl.predict(torch.nn.Linear(2, 2), []), "cnnctl.predict needs a model from cnnctl.load()"),
+    (lambda: cnnctl.export("no/such.safetensors"), "checkpoint no/such.safetensors does not exist"),
+])
+def test_bad_calls_raise_cnnctl_errors(call, message: str) -> None:
+    with pytest.raises(cnnctl.CnnctlError) as raised:
+        call()
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+@pytest.mark.parametrize(("images", "message"), [
+    (torch.zeros(2, 1, 28, 28), "cnnctl.predict expects uint8 pixel values (0-255), got a torch.float32 tensor"),
+    (torch.zeros(2, 3, 28, 28, dtype=torch.uint8), "cnnctl.predict expects images of shape N x 1x28x28"),
+    (torch.zeros(2, 1, 32, 32, dtype=torch.uint8), "cnnctl.predict expects images of shape N x 1x28x28"),
+    (12, "cnnctl.predict cannot read images from a int"),
+    ([], "no images to predict"),
+    (["missing.png"], "missing.png does not exist"),
+])
+def test_bad_images_raise_cnnctl_errors(simplecnn_checkpoint: Path, images, message: str) -> None:
+    model, _ = cnnctl.load(simplecnn_checkpoint)
+    with pytest.raises(cnnctl.CnnctlError, match=f"^{message[:40]}".replace("(", r"\(").replace(")", r"\)")):
+        cnnctl.predict(model, images)
+
+
+def test_a_train_config_can_be_passed_and_overridden(tiny_digits, tmp_path: Path) -> None:
+    from cnnctl.config import TrainConfig
+
+    config = TrainConfig(arch="simplecnn", dataset="tinydigits", epochs=5, out=str(tmp_path))
+    with pytest.raises(UsageError, match="--batch-size must be at least 1"):
+        cnnctl.train(config, batch_size=0)  # options override the config's fields
+    assert config.batch_size == 128  # and the config passed in is not changed
