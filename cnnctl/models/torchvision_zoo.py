@@ -41,7 +41,6 @@ ZOO: tuple[ZooEntry, ...] = (
              "MobileNetV3-Small (SE blocks, hard-swish)"),
     ZooEntry("mobilenet_v3_large", "mobilenet", 4_214_842, 1, "classifier.3", 0.2, "MobileNetV3-Large"),
     ZooEntry("efficientnet_b0", "efficientnet", 4_020_358, 1, "classifier.1", 0.2, "EfficientNet-B0"),
-    ZooEntry("efficientnet_v2_s", "efficientnet", 20_190_298, 1, "classifier.1", 0.2, "EfficientNetV2-S"),
     ZooEntry("alexnet", "alexnet", 57_044_810, 63, "classifier.6", 0.5, "AlexNet (one-GPU variant)"),
     ZooEntry("vgg11", "vgg", 128_807_306, 32, "classifier.6", 0.5, "VGG-11 (configuration A, no batch norm)"),
     ZooEntry("vgg16", "vgg", 134_301_514, 32, "classifier.6", 0.5, "VGG-16 (configuration D, no batch norm)"),
@@ -53,7 +52,6 @@ ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("densenet121", "densenet", 6_964_106, 29, "classifier", None, "DenseNet-121"),
     ZooEntry("squeezenet1_1", "squeezenet", 727_626, 17, "classifier.1", 0.5,
              "SqueezeNet 1.1 (the classifier is a 1x1 convolution)"),
-    ZooEntry("mnasnet1_0", "mnasnet", 3_115_122, 1, "classifier.1", 0.2, "MNASNet 1.0"),
 )
 
 
