@@ -17,7 +17,7 @@ from cnnctl.checkpoint import CheckpointMeta
 from cnnctl.data.base import Preprocessing
 from cnnctl.errors import UsageError
 from cnnctl.models import build_model
-from cnnctl.summary import summarize_target
+from cnnctl.summary import summarize, summarize_target
 
 ALL_ARCHS = sorted(registry.models())
 # Cheap enough on two shared CPU cores to run forward+backward at their default 224x224; the heavier zoo models
@@ -72,6 +72,11 @@ def test_architecture_trains_and_round_trips(name: str, tmp_path: Path) -> None:
     assert logits.shape == (2, 10)
     logits.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+    summary = summarize(model, (spec.in_channels, *size), arch=name, num_classes=10)
+    assert summary.total_parameters == spec.params and summary.macs > 0
+    head = next(row for row in summary.layers if row.name == spec.classifier)
+    assert head.output_shape[:2] == [1, 10]
 
     path = checkpoint.save(tmp_path / "model.safetensors", model, meta_for(spec, spec.in_channels, size))
     model.eval()
@@ -181,3 +186,26 @@ def test_summary_refuses_inputs_the_network_shrinks_away() -> None:
         summarize_target("alexnet", "3x32x32", 10)
     ok = summarize_target("alexnet", "3x63x63", 10)
     assert ok.total_parameters == registry.get_model_spec("alexnet").params
+
+
+def test_summary_of_a_checkpoint_and_the_list(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from cnnctl.cli import app
+
+    spec = registry.get_model_spec("mobilenet_v3_small")
+    model = build_model(spec.name, num_classes=10, in_channels=1)
+    checkpoint.save(tmp_path / "grey.safetensors", model, meta_for(spec, 1, (28, 28)))
+    runner = CliRunner()
+    result = runner.invoke(app, ["summary", str(tmp_path / "grey.safetensors"), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["arch"] == "mobilenet_v3_small" and report["input_shape"] == [1, 28, 28]
+    assert report["total_parameters"] == parameter_count(model) == spec.params - 2 * 16 * 3 * 3
+    listed = json.loads(runner.invoke(app, ["list", "archs", "--json"]).stdout)["architectures"]
+    by_name = {row["name"]: row for row in listed}
+    assert by_name["vgg16"]["min_input"] == 32 and by_name["vgg16"]["params"] == 134_301_514
+    assert by_name["resnet18"]["source"] == "cnnctl" and by_name["tv:resnet18"]["source"] == "torchvision"
+    assert by_name["mobilenet_v3_small"]["aliases"] == ["tv:mobilenet_v3_small"]

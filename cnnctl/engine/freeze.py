@@ -49,7 +49,8 @@ class HeadOnlyPhase:
             self._freeze()
             head = sum(p.numel() for p in self.head)
             body = sum(p.numel() for p in self.body)
-            log(f"epochs {epoch}-{self.epochs}: training only the classifier {self.classifier} ({head:,} "
+            span = f"epoch {epoch}" if epoch == self.epochs else f"epochs {epoch}-{self.epochs}"
+            log(f"{span}: training only the classifier {self.classifier} ({head:,} "
                 f"parameters); the other {body:,} are frozen")
         else:
             self._unfreeze()

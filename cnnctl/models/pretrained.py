@@ -160,7 +160,8 @@ def load_pretrained(model: torch.nn.Module, spec: Any, path: str | Path,
         sample = ", ".join(list(tensors)[:3])
         raise CheckpointError(f"--pretrained {path}: none of its {len(tensors)} tensors match {spec.name} "
                               f"(its keys look like {sample})", hint="the weights are for another architecture")
-    report.loaded = sorted(accepted)
+    report.loaded = [key for key in own if key in accepted]  # the model's order, not the file's
+    report.reinitialised = [key for key in own if key in report.reinitialised]
     # BatchNorm step counters are bookkeeping, not weights; old checkpoints lack them.
     report.missing = [key for key in own if key not in accepted and key not in report.reinitialised
                       and not key.endswith("num_batches_tracked")]
