@@ -36,6 +36,9 @@ class TrainConfig:
     img_size: int | None = None
     channels_last: bool = False
     arch_args: dict[str, Any] = field(default_factory=dict)
+    # architectures: start from local weights (--pretrained), train only the classifier first (--freeze-epochs)
+    pretrained: str | None = None
+    freeze_epochs: int = 0
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -67,6 +70,8 @@ class TrainConfig:
             raise UsageError(f"--val-split must be >= 0, got {self.val_split}")
         if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
             raise UsageError(f"unknown device {self.device!r}; choose auto, cpu, cuda, cuda:N or mps")
+        if self.freeze_epochs < 0:
+            raise UsageError(f"--freeze-epochs must be >= 0, got {self.freeze_epochs}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -40,6 +40,7 @@ class ModelSpec:
     source: str = "cnnctl"  # "cnnctl" or "torchvision"
     classifier: str = "fc"  # prefix of the final layer's parameters (reset for a new number of classes)
     default_args: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()  # other names that resolve to this one (e.g. "tv:mobilenet_v3_small")
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,9 @@ def get_model_spec(name: str) -> ModelSpec:
     if key in _MODELS:
         return _MODELS[key]
     lowered = key.lower().replace("-", "_")
-    for candidate in _MODELS:
-        if candidate.lower().replace("-", "_") == lowered:
-            return _MODELS[candidate]
+    for spec in _MODELS.values():
+        if lowered in (candidate.lower().replace("-", "_") for candidate in (spec.name, *spec.aliases)):
+            return spec
     raise _unknown("architecture", name, sorted(_MODELS))
 
 

@@ -121,5 +121,16 @@ def summarize_target(target: str, input_size: str | None, num_classes: int | Non
         raise UsageError(f"{spec.name} takes {spec.input_size[0]}x{spec.input_size[1]} inputs, not "
                          f"{shape[1]}x{shape[2]}", hint=f"use --input-size {shape[0]}x{spec.input_size[0]}x"
                                                         f"{spec.input_size[1]}")
+    check_input_size(spec, shape)
     model = build_model(spec.name, num_classes=classes, in_channels=shape[0])
     return summarize(model, shape, arch=spec.name, num_classes=classes)
+
+
+def check_input_size(spec: Any, shape: tuple[int, int, int]) -> None:
+    """Refuse, before building anything, an input the network would shrink below 1×1."""
+    channels, height, width = shape
+    if not spec.fixed_input and min(height, width) < spec.min_input:
+        size = spec.min_input
+        raise UsageError(f"{spec.name} would shrink a {height}x{width} input below 1x1: it needs at least "
+                         f"{size}x{size}", hint=f"use --input-size {channels}x{size}x{size} (to train on smaller "
+                                                f"images, pass --img-size {size} or larger)")

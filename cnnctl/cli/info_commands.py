@@ -31,7 +31,8 @@ def list_command(
         output["architectures"] = [
             {"name": spec.name, "family": spec.family, "source": spec.source,
              "input_size": list(spec.input_size), "fixed_input": spec.fixed_input, "min_input": spec.min_input,
-             "params": spec.params, "description": spec.description}
+             "params": spec.params, "classifier": spec.classifier, "aliases": list(spec.aliases),
+             "description": spec.description}
             for spec in registry.models().values()
         ]
     if "datasets" in kinds[what]:
@@ -51,13 +52,17 @@ def list_command(
 
     console = Console()
     if "architectures" in output:
-        table = Table(title="architectures", title_justify="left")
-        for column in ("name", "input", "params (10 classes)", "description"):
-            table.add_column(column, justify="right" if column.startswith("params") else "left")
+        table = Table(title="architectures", title_justify="left", caption_justify="left",
+                      caption="+ : larger inputs too.  torchvision models also answer to tv:NAME; plain "
+                              "resnet18/34/50 are the small-image versions, tv:resnet18/34/50 the ImageNet ones.")
+        for column in ("name", "source", "input", "min input", "params (10 classes)", "description"):
+            table.add_column(column, justify="right" if column.startswith(("params", "min")) else "left")
         for row in output["architectures"]:
             size = "x".join(map(str, row["input_size"])) + ("" if row["fixed_input"] else "+")
+            minimum = size.rstrip("+") if row["fixed_input"] else (
+                "any" if row["min_input"] <= 1 else f"{row['min_input']}x{row['min_input']}")
             params = f"{row['params']:,}" if row["params"] else "—"
-            table.add_row(str(row["name"]), size, params, str(row["description"]))
+            table.add_row(str(row["name"]), str(row["source"]), size, minimum, params, str(row["description"]))
         console.print(table)
     if "datasets" in output:
         table = Table(title="datasets", title_justify="left")

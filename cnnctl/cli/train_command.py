@@ -35,6 +35,13 @@ def train(
     threads: Annotated[int | None, typer.Option(help="CPU threads [default: torch's choice]")] = None,
     channels_last: Annotated[bool, typer.Option(help="channels-last memory format")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the final result")] = False,
+    pretrained: Annotated[str | None, typer.Option(
+        help="start from local weights: .safetensors, or a .pth/.pt state dict (never downloaded)")] = None,
+    freeze_epochs: Annotated[int, typer.Option(
+        min=0, help="train only the classifier for the first N epochs, then every layer")] = 0,
+    dropout: Annotated[float | None, typer.Option(
+        help="dropout before the classifier, for architectures whose head has one [default: the architecture's]"
+    )] = None,
 ) -> None:
     """Train ARCH on a dataset; writes runs/ARCH-DATASET/N/ with checkpoints, metrics.csv and config.json."""
     from cnnctl.config import TrainConfig
@@ -47,6 +54,7 @@ def train(
         momentum=momentum, weight_decay=weight_decay, seed=seed, device=device, val_split=val_split,
         augment=augment, img_size=img_size, out=out, name=name, root=root, mirror=mirror, threads=threads,
         channels_last=channels_last,
+        pretrained=pretrained, freeze_epochs=freeze_epochs, arch_args={} if dropout is None else {"dropout": dropout},
     )
     reporter = make_reporter(quiet=quiet)
     try:

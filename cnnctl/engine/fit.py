@@ -119,8 +119,15 @@ class Trainer:
         augment = make_augmentation(augment_name, data.preprocessing.image_size)
         model = build_model(config.arch, num_classes=len(data.classes), in_channels=data.preprocessing.channels,
                             **config.arch_args).to(device)
+        if config.pretrained:
+            from cnnctl.models.pretrained import load_pretrained
+
+            load_pretrained(model, model_spec, config.pretrained, log=self.reporter.message)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        from cnnctl.engine.freeze import HeadOnlyPhase
+
+        head_only = HeadOnlyPhase(model, model_spec.classifier, config.freeze_epochs)
         optimizer = build_optimizer(config, model.parameters())
 
         def loader(split: ImageTensors, shuffle: bool, seed: int = config.seed) -> BatchLoader:
@@ -154,6 +161,7 @@ class Trainer:
         history: list[dict[str, float]] = []
         best_value: float | None = None
         for epoch in range(1, config.epochs + 1):
+            head_only.begin_epoch(epoch, self.reporter.message)
             row = self._train_epoch(model, optimizer, schedule, train_batches, epoch)
             if val_batches is not None:
                 from cnnctl.engine.evaluate import evaluate

@@ -1,0 +1,172 @@
+"""``--pretrained PATH``: start training from local weights (safetensors, or a plain ``.pth``/``.pt`` state dict).
+
+Nothing is ever downloaded. The file's tensors are matched to the model by name after stripping wrapper prefixes
+(``module.`` from DataParallel, ``model.`` from Lightning, ``_orig_mod.`` from torch.compile, ``pretrain_``);
+the first convolution is adapted to the input channels (3-channel filters summed for 1-channel images, as timm
+does); a classifier whose shape differs (another number of classes) keeps the new model's fresh initialisation.
+Everything that did not load — missing keys, unexpected keys, the re-initialised head — is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnctl.errors import CheckpointError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.", "pretrain_")
+# Where training frameworks put the weights inside a .pth file (Lightning: state_dict; many scripts: model).
+NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+@dataclass
+class PretrainedReport:
+    """What happened to each tensor; ``lines()`` is what the user sees."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    stripped_prefixes: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)  # "name: 3 → 1 input channels"
+    reinitialised: list[str] = field(default_factory=list)  # classifier keys kept at their fresh initialisation
+    head_change: str = ""  # "1000 → 10 classes"
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        prefixes = f" (stripped prefix {', '.join(repr(p) for p in self.stripped_prefixes)})" \
+            if self.stripped_prefixes else ""
+        found = [f"pretrained: loaded {len(self.loaded)} tensors from {self.path}{prefixes}"]
+        if self.adapted:
+            found.append(f"pretrained: first convolution adapted: {'; '.join(self.adapted)}")
+        if self.reinitialised:
+            found.append(f"pretrained: classifier re-initialised ({self.head_change}): {', '.join(self.reinitialised)}")
+        if self.missing:
+            found.append(f"pretrained: {len(self.missing)} missing, left at their initial values: "
+                         f"{', '.join(self.missing)}")
+        if self.unexpected:
+            found.append(f"pretrained: {len(self.unexpected)} unexpected, ignored: {', '.join(self.unexpected)}")
+        return found
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a local weights file. ``.pth``/``.pt`` go through ``torch.load(weights_only=True)``, which
+    refuses arbitrary pickled objects; a cnnctl run folder means its best checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        from cnnctl.checkpoint import _existing
+
+        path = _existing(path)
+    if not path.is_file():
+        raise CheckpointError(f"--pretrained {path} does not exist",
+                              hint="cnnctl never downloads weights: download the file yourself and pass its path")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from cnnctl.checkpoint import read_tensors
+
+        return read_tensors(path)
+    if suffix not in TORCH_SUFFIXES:
+        raise UsageError(f"--pretrained {path}: unknown weights format {suffix or '(no suffix)'}",
+                         hint="pass a .safetensors file, or a .pth/.pt state dict")
+    import torch
+
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError for objects weights_only refuses, RuntimeError for bad files
+        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"--pretrained {path} cannot be read as plain tensors ({first})",
+            hint="cnnctl loads .pth files with torch.load(weights_only=True) only; re-save it with "
+                 "torch.save(model.state_dict(), path) or convert it to safetensors",
+        ) from error
+    return _state_dict_in(content, path)
+
+
+def _state_dict_in(content: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded .pth: a plain state dict, or one nested under a key like ``state_dict``."""
+    import torch
+
+    if isinstance(content, dict):
+        tensors = {str(k): v for k, v in content.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+        for key in NESTED_STATE_KEYS:
+            if isinstance(content.get(key), dict):
+                return _state_dict_in(content[key], path)
+    raise CheckpointError(f"--pretrained {path} holds no state dict of tensors "
+                          f"(found {type(content).__name__}{_keys_of(content)})",
+                          hint="save it with torch.save(model.state_dict(), path)")
+
+
+def _keys_of(content: Any) -> str:
+    return f" with keys {', '.join(map(str, list(content)[:5]))}" if isinstance(content, dict) and content else ""
+
+
+def _strip_prefixes(key: str, known: set[str], stripped: list[str]) -> str:
+    """Remove wrapper prefixes from ``key`` while it is not one of the model's own keys."""
+    while key not in known:
+        prefix = next((p for p in WRAPPER_PREFIXES if key.startswith(p)), None)
+        if prefix is None:
+            break
+        key = key[len(prefix):]
+        if prefix not in stripped:
+            stripped.append(prefix)
+    return key
+
+
+def load_pretrained(model: torch.nn.Module, spec: Any, path: str | Path,
+                    log: Callable[[str], None] | None = None) -> PretrainedReport:
+    """Load the weights at ``path`` into ``model`` (built for ``spec``) as far as they fit; see the module
+    docstring. Shape mismatches outside the classifier and the first convolution are errors (wrong
+    architecture), as is a file none of whose tensors fit."""
+    from cnnctl.models._adapt import adapt_input_conv, first_conv_name
+
+    tensors = read_weights(path)
+    report = PretrainedReport(str(path))
+    own = model.state_dict()
+    own_keys = set(own)
+    first_conv = f"{first_conv_name(model)}.weight"
+    head = f"{spec.classifier}."
+    accepted: dict[str, Any] = {}
+    mismatched: list[str] = []
+    for original, tensor in tensors.items():
+        key = _strip_prefixes(original, own_keys, report.stripped_prefixes)
+        if key not in own:
+            report.unexpected.append(original)
+            continue
+        want = own[key].shape
+        if tensor.shape == want:
+            accepted[key] = tensor
+        elif (key == first_conv and tensor.ndim == 4 and tensor.shape[0] == want[0]
+              and tensor.shape[2:] == want[2:]):
+            accepted[key] = adapt_input_conv(tensor.float(), want[1]).to(tensor.dtype)
+            report.adapted.append(f"{key} {tensor.shape[1]} → {want[1]} input channels")
+        elif key.startswith(head):
+            report.reinitialised.append(key)
+            if key.endswith("weight"):
+                report.head_change = f"the weights have {tensor.shape[0]} classes, the model {want[0]}"
+        else:
+            mismatched.append(f"{key} {tuple(tensor.shape)} vs {tuple(want)}")
+    if mismatched:
+        shown = ", ".join(mismatched[:3]) + (f" and {len(mismatched) - 3} more" if len(mismatched) > 3 else "")
+        raise CheckpointError(f"--pretrained {path} does not fit {spec.name}: shape mismatch {shown}",
+                              hint="the weights are probably for another architecture")
+    if not accepted:
+        sample = ", ".join(list(tensors)[:3])
+        raise CheckpointError(f"--pretrained {path}: none of its {len(tensors)} tensors match {spec.name} "
+                              f"(its keys look like {sample})", hint="the weights are for another architecture")
+    report.loaded = [key for key in own if key in accepted]  # the model's order, not the file's
+    report.reinitialised = [key for key in own if key in report.reinitialised]
+    # BatchNorm step counters are bookkeeping, not weights; old checkpoints lack them.
+    report.missing = [key for key in own if key not in accepted and key not in report.reinitialised
+                      and not key.endswith("num_batches_tracked")]
+    own.update(accepted)  # in place: keeps the state dict's _metadata (versions some modules check on load)
+    model.load_state_dict(own, strict=True)
+    for line in report.lines():
+        (log or (lambda _: None))(line)
+    return report

@@ -1,0 +1,91 @@
+"""The torchvision classification zoo, built with ``torchvision.models.get_model(name, weights=None)`` and
+adapted to the dataset: the number of classes, and the first convolution for the number of input channels.
+
+Naming: every model here answers to ``tv:<torchvision name>``. The plain torchvision name works too, except where
+cnnctl has its own small-image version of that name (``resnet18``, ``resnet34``, ``resnet50``): those plain names
+mean the small-image versions and the torchvision ones are only ``tv:resnet18`` etc.
+
+The state-dict keys are torchvision's own (layers are replaced in place, at the same attribute path), so weights
+saved by cnnctl load into ``torchvision.models.get_model(name, num_classes=N)`` directly (3-channel models; for
+another channel count, replace the first convolution the same way first). No weights are ever downloaded.
+
+The metadata below is static so that ``cnnctl list`` needs no torch; the tests rebuild every model and check it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+from cnnctl.models.resnet import SMALL_IMAGE_RESNETS
+from cnnctl.registry import ModelSpec, add_model
+
+
+class ZooEntry(NamedTuple):
+    tv_name: str
+    family: str
+    params: int  # 3×224×224 input, 10 classes
+    min_input: int  # smallest square input the network does not shrink below 1×1
+    classifier: str  # state-dict prefix of the final layer
+    dropout: float | None  # torchvision's default dropout before the final layer, None if the head has none
+    description: str
+
+
+ZOO: tuple[ZooEntry, ...] = (
+    ZooEntry("resnet18", "resnet", 11_181_642, 1, "fc", None, "ResNet-18, ImageNet version (7x7 stem, max-pool)"),
+    ZooEntry("resnet34", "resnet", 21_289_802, 1, "fc", None, "ResNet-34, ImageNet version (7x7 stem, max-pool)"),
+    ZooEntry("resnet50", "resnet", 23_528_522, 1, "fc", None, "ResNet-50, ImageNet version (bottleneck blocks)"),
+    ZooEntry("resnext50_32x4d", "resnet", 23_000_394, 1, "fc", None, "ResNeXt-50 32x4d"),
+    ZooEntry("mobilenet_v2", "mobilenet", 2_236_682, 1, "classifier.1", 0.2, "MobileNetV2 (inverted residuals)"),
+    ZooEntry("mobilenet_v3_small", "mobilenet", 1_528_106, 1, "classifier.3", 0.2,
+             "MobileNetV3-Small (SE blocks, hard-swish)"),
+    ZooEntry("mobilenet_v3_large", "mobilenet", 4_214_842, 1, "classifier.3", 0.2, "MobileNetV3-Large"),
+    ZooEntry("efficientnet_b0", "efficientnet", 4_020_358, 1, "classifier.1", 0.2, "EfficientNet-B0"),
+    ZooEntry("alexnet", "alexnet", 57_044_810, 63, "classifier.6", 0.5, "AlexNet (one-GPU variant)"),
+    ZooEntry("vgg11", "vgg", 128_807_306, 32, "classifier.6", 0.5, "VGG-11 (configuration A, no batch norm)"),
+    ZooEntry("vgg16", "vgg", 134_301_514, 32, "classifier.6", 0.5, "VGG-16 (configuration D, no batch norm)"),
+    ZooEntry("shufflenet_v2_x0_5", "shufflenet", 352_042, 1, "fc", None, "ShuffleNetV2 0.5x"),
+    ZooEntry("shufflenet_v2_x1_0", "shufflenet", 1_263_854, 1, "fc", None, "ShuffleNetV2 1.0x"),
+    ZooEntry("regnet_x_400mf", "regnet", 5_098_986, 1, "fc", None, "RegNetX-400MF"),
+    ZooEntry("regnet_y_400mf", "regnet", 3_907_554, 1, "fc", None, "RegNetY-400MF (with SE)"),
+    ZooEntry("convnext_tiny", "convnext", 27_827_818, 32, "classifier.2", None, "ConvNeXt-Tiny"),
+    ZooEntry("densenet121", "densenet", 6_964_106, 29, "classifier", None, "DenseNet-121"),
+    ZooEntry("squeezenet1_1", "squeezenet", 727_626, 17, "classifier.1", 0.5,
+             "SqueezeNet 1.1 (the classifier is a 1x1 convolution)"),
+)
+
+
+def registered_name(tv_name: str) -> str:
+    """The name cnnctl registers a torchvision model under (``tv:`` only where cnnctl has its own version)."""
+    return f"tv:{tv_name}" if tv_name in SMALL_IMAGE_RESNETS else tv_name
+
+
+def build_torchvision(tv_name: str, num_classes: int = 1000, in_channels: int = 3, **options: Any) -> Any:
+    """``get_model(tv_name, weights=None, num_classes=...)``, with the first convolution replaced (same path)
+    when the input does not have 3 channels. ``options`` go to the torchvision builder (e.g. ``dropout``)."""
+    from torchvision.models import get_model
+
+    from cnnctl.models._adapt import replace_first_conv
+
+    model = get_model(tv_name, weights=None, num_classes=num_classes, **options)
+    if in_channels != 3:
+        replace_first_conv(model, in_channels)
+    return model
+
+
+for _entry in ZOO:
+    _name = registered_name(_entry.tv_name)
+    add_model(ModelSpec(
+        name=_name,
+        builder=functools.partial(build_torchvision, _entry.tv_name),
+        description=_entry.description,
+        family=_entry.family,
+        input_size=(224, 224),
+        in_channels=3,
+        min_input=_entry.min_input,
+        params=_entry.params,
+        source="torchvision",
+        classifier=_entry.classifier,
+        default_args={} if _entry.dropout is None else {"dropout": _entry.dropout},
+        aliases=() if _name.startswith("tv:") else (f"tv:{_entry.tv_name}",),
+    ))
