@@ -36,6 +36,8 @@ class TrainConfig:
     img_size: int | None = None
     channels_last: bool = False
     arch_args: dict[str, Any] = field(default_factory=dict)
+    # datasets area
+    limit: int | None = None  # train on this many randomly chosen training images (after the validation split)
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -67,6 +69,11 @@ class TrainConfig:
             raise UsageError(f"--val-split must be >= 0, got {self.val_split}")
         if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
             raise UsageError(f"unknown device {self.device!r}; choose auto, cpu, cuda, cuda:N or mps")
+        # datasets area
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {self.limit}")
+        if self.img_size is not None and self.img_size < 1:
+            raise UsageError(f"--img-size must be at least 1, got {self.img_size}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

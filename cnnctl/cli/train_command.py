@@ -34,6 +34,11 @@ def train(
     threads: Annotated[int | None, typer.Option(help="CPU threads [default: torch's choice]")] = None,
     channels_last: Annotated[bool, typer.Option(help="channels-last memory format")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the final result")] = False,
+    # datasets area
+    data: Annotated[str | None, typer.Option(
+        help="train on your own images: a folder with one sub-folder per class, or with train/ (val/, test/) "
+             "holding them; resized to --img-size [default 64]")] = None,
+    limit: Annotated[int | None, typer.Option(help="train on this many randomly chosen training images")] = None,
 ) -> None:
     """Train ARCH on a dataset; writes runs/ARCH-DATASET/N/ with checkpoints, metrics.csv and config.json."""
     from cnnctl.config import TrainConfig
@@ -45,6 +50,7 @@ def train(
         momentum=momentum, weight_decay=weight_decay, seed=seed, device=device, val_split=val_split,
         augment=augment, img_size=img_size, out=out, name=name, root=root, mirror=mirror, threads=threads,
         channels_last=channels_last,
+        data_dir=data, limit=limit,
     )
     reporter = make_reporter(quiet=quiet)
     try:
