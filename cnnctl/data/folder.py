@@ -212,6 +212,8 @@ def decode_files(files: Sequence[Path], size: tuple[int, int], *, workers: int |
     import torch
     from torch.utils.data import DataLoader
 
+    from cnnctl.data.images import is_grey
+
     count = len(files)
     needed = count * 3 * size[0] * size[1]
     free = _free_memory()
@@ -233,8 +235,7 @@ def decode_files(files: Sequence[Path], size: tuple[int, int], *, workers: int |
                     continue
                 images[position] = image
                 ok[position] = True
-                if grey and not (torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])):
-                    grey = False
+                grey = grey and bool(is_grey(image))
     kept = ok.nonzero().flatten()
     return Decoded(images[kept] if len(kept) < count else images, kept.tolist(), failures, grey)
 
@@ -376,8 +377,6 @@ def load_folder_eval_split(meta: Any, *, split: str = "test", data_dir: str | No
 
     A folder without ``test/`` is evaluated on the validation images held out in training.
     """
-    from cnnctl.data.loader import convert_channels
-
     folder = data_dir or meta.data_dir
     if not folder:
         raise UsageError("the checkpoint does not say which folder it was trained on", hint="pass --data PATH")
@@ -402,9 +401,10 @@ def load_folder_eval_split(meta: Any, *, split: str = "test", data_dir: str | No
     if len(data) == 0:
         raise DataError(f"none of the {split} images in {root} could be read")
     from cnnctl.data.base import ImageTensors
+    from cnnctl.data.images import to_grey
 
-    images = convert_channels(data.images, meta.preprocessing.channels)
-    return ImageTensors(images.contiguous(), data.labels, data.classes, data.source)
+    images = to_grey(data.images) if meta.preprocessing.channels == 1 else data.images
+    return ImageTensors(images, data.labels, data.classes, data.source)
 
 
 def _not_directly(directory: Path, split: str) -> Any:

@@ -48,28 +48,49 @@ def _read_with_pillow(path: Path, channels: int) -> torch.Tensor:
 def read_image(path: str | Path, channels: int = 3) -> torch.Tensor:
     """Decode ``path`` as uint8 ``channels``×H×W (1: grey, 3: RGB; alpha is dropped, palettes are expanded).
 
-    Raises ``DataError`` naming the file if it cannot be decoded.
+    Grey comes from :func:`to_grey`, so a grey image gives the same pixels whichever way it is read. Raises
+    ``DataError`` naming the file if it cannot be decoded.
     """
     import torch
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     path = Path(path)
     if path.suffix.lower() in _PILLOW_ONLY:
-        return _read_with_pillow(path, channels)
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    try:
-        image = decode_image(read_file(str(path)), mode=mode)
-    except (RuntimeError, ValueError, OSError) as error:
-        # A file whose suffix lies (a BMP saved as .png) still gets a chance with Pillow.
+        image = _read_with_pillow(path, 3)
+    else:
         try:
-            return _read_with_pillow(path, channels)
-        except DataError:
-            raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
-    if image.dtype != torch.uint8:  # 16-bit PNGs
-        from torchvision.transforms.v2 import functional as TF
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError, OSError) as error:
+            # A file whose suffix lies (a BMP saved as .png) still gets a chance with Pillow.
+            try:
+                image = _read_with_pillow(path, 3)
+            except DataError:
+                raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
+        if image.dtype != torch.uint8:  # 16-bit PNGs
+            from torchvision.transforms.v2 import functional as TF
 
-        image = TF.to_dtype(image, torch.uint8, scale=True)
-    return image
+            image = TF.to_dtype(image, torch.uint8, scale=True)
+    return to_grey(image) if channels == 1 else image
+
+
+def is_grey(images: torch.Tensor) -> torch.Tensor:
+    """Per image of uint8 (N×)3×H×W: True where R, G and B are equal everywhere."""
+    same = (images[..., 0, :, :] == images[..., 1, :, :]) & (images[..., 1, :, :] == images[..., 2, :, :])
+    return same.flatten(-2).all(-1)
+
+
+def to_grey(images: torch.Tensor) -> torch.Tensor:
+    """RGB (N×)3×H×W → (N×)1×H×W: the shared channel of grey images exactly, luminance for colour ones."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    if images.shape[-3] == 1:
+        return images
+    grey = is_grey(images)
+    if bool(grey.all()):
+        return images[..., :1, :, :].contiguous()
+    luminance = TF.rgb_to_grayscale(images[..., :3, :, :], num_output_channels=1)
+    return torch.where(grey.view(*grey.shape, 1, 1, 1), images[..., :1, :, :], luminance).contiguous()
 
 
 def resize_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
