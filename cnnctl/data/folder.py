@@ -205,8 +205,7 @@ class Decoded:
     grey: bool  # every decoded image has equal R, G and B
 
 
-def decode_files(files: Sequence[Path], size: tuple[int, int], *, workers: int | None = None,
-                 log: Log = lambda _: None) -> Decoded:
+def decode_files(files: Sequence[Path], size: tuple[int, int], *, workers: int | None = None) -> Decoded:
     """Decode and resize ``files`` into one uint8 tensor, in DataLoader workers. Unreadable files are reported
     back, not raised: one broken file should not stop a training run."""
     import torch
@@ -226,7 +225,6 @@ def decode_files(files: Sequence[Path], size: tuple[int, int], *, workers: int |
     grey = True
     failures: list[tuple[Path, str]] = []
     if count:
-        log(f"decoding {count:,} images at {size[0]}x{size[1]}" + (f" with {workers} workers" if workers else ""))
         batches = DataLoader(_DecodeFiles(files, size), batch_size=64, num_workers=workers, collate_fn=_collate)
         for batch in batches:
             for position, image, problem in batch:
@@ -304,7 +302,7 @@ def load_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: tu
 
     from cnnctl.data.base import ImageTensors
 
-    decoded = decode_files([path for path, _ in items], size, workers=workers, log=log)
+    decoded = decode_files([path for path, _ in items], size, workers=workers)
     _report_failures(decoded.failures, log)
     labels = torch.tensor([items[i][1] for i in decoded.kept], dtype=torch.int64)
     return ImageTensors(decoded.images, labels, classes, source=source), decoded.grey
@@ -322,7 +320,7 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log
                               str]:
     """Training's view of ``config.data_dir``: (train, val, test, classes, preprocessing, dataset label).
 
-    Records the absolute folder and the image size in ``config`` so the checkpoint can find them again.
+    Records the absolute folder in ``config`` so the checkpoint (and eval) can find it again.
     """
     from cnnctl.data.splits import resolve_preprocessing
 
@@ -334,12 +332,12 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log
     scan = scan_folder(root, log=log)
     chosen = choose_splits(scan, val_split=config.val_split, seed=config.seed, limit=config.limit)
     side = DEFAULT_IMAGE_SIZE if config.img_size is None else config.img_size
-    if side < 1:
-        raise UsageError(f"--img-size must be at least 1, got {side}")
     # Decode straight to the size the model will see (a fixed-input model may ask for another one).
     size = resolve_preprocessing(model, (3, side, side), (0.0,) * 3, (1.0,) * 3, None).image_size
     loaded: dict[str, ImageTensors | None] = {}
     all_grey = True
+    total = sum(len(items or ()) for items in (chosen.train, chosen.val, chosen.test))
+    log(f"decoding {total:,} images from {root} at {size[0]}x{size[1]} (kept in memory)")
     for split in ("train", "val", "test"):
         items = getattr(chosen, split)
         if not items:
@@ -373,9 +371,9 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log
 
 def load_folder_eval_split(meta: Any, *, split: str = "test", data_dir: str | None = None,
                            log: Log = lambda _: None) -> ImageTensors:
-    """The split of a folder run's images that eval should use, rebuilt with the checkpoint's settings.
-
-    A folder without ``test/`` is evaluated on the validation images held out in training.
+    """The images eval should use, labelled by the checkpoint's class names: ``test/``, or the ``val``/``train``
+    split rebuilt exactly as training chose it. Without ``test/``, the folder the checkpoint was trained on is
+    evaluated on the validation images held out in training, any other folder (``--data``) on all its images.
     """
     folder = data_dir or meta.data_dir
     if not folder:
@@ -388,12 +386,17 @@ def load_folder_eval_split(meta: Any, *, split: str = "test", data_dir: str | No
         raise UsageError(f"unknown split {split!r}; choose test, val or train")
     config = meta.config or {}
     scan = scan_folder(root, classes=meta.classes, log=log, min_classes=1)
+    trained_here = bool(meta.data_dir) and Path(meta.data_dir).expanduser().resolve() == root.resolve()
     chosen = choose_splits(scan, val_split=config.get("val_split"), seed=int(config.get("seed", 0)),
                            limit=config.get("limit"))
     items = getattr(chosen, split)
     if split == "test" and items is None:
-        log(f"{root} has no test/ folder: evaluating on the validation images held out in training")
-        split, items = "val", chosen.val
+        if trained_here:
+            log(f"{root} has no test/ folder: evaluating on the validation images held out in training")
+            split, items = "val", chosen.val
+        else:  # a folder training never saw: all of it is new
+            items = scan.splits["train"] + (scan.splits.get("val") or [])
+            log(f"{root} has no test/ folder: evaluating on all {len(items):,} of its images")
     if not items:
         raise UsageError(f"{root} has no {split} images", hint="use --split train, or add a val/ or test/ folder")
     data, _ = load_items(items, tuple(meta.classes), tuple(meta.preprocessing.image_size),

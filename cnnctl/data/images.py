@@ -24,7 +24,9 @@ _PILLOW_ONLY = frozenset({".bmp", ".tif", ".tiff"})  # torchvision.io cannot dec
 
 def _reason(error: BaseException) -> str:
     text = str(error).strip()
-    return text.splitlines()[-1][:100] if text else type(error).__name__
+    if not text or ".cpp" in text:  # torchvision's C++ errors name their source line, not the problem
+        return "unknown format or corrupt data"
+    return " ".join(text.split())[:100]
 
 
 def _read_with_pillow(path: Path, channels: int) -> torch.Tensor:
