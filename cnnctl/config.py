@@ -39,6 +39,7 @@ class TrainConfig:
     # architectures: start from local weights (--pretrained), train only the classifier first (--freeze-epochs)
     pretrained: str | None = None
     freeze_epochs: int = 0
+    limit: int | None = None  # train on this many randomly chosen training images (after the validation split)
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -72,6 +73,10 @@ class TrainConfig:
             raise UsageError(f"unknown device {self.device!r}; choose auto, cpu, cuda, cuda:N or mps")
         if self.freeze_epochs < 0:
             raise UsageError(f"--freeze-epochs must be >= 0, got {self.freeze_epochs}")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {self.limit}")
+        if self.img_size is not None and self.img_size < 1:
+            raise UsageError(f"--img-size must be at least 1, got {self.img_size}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

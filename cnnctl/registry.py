@@ -48,7 +48,8 @@ class DatasetSpec:
     """A dataset's metadata and loader.
 
     ``loader(root, split)`` returns an ``ImageTensors`` (uint8 N×C×H×W images and int64 labels) and
-    ``files`` lists what ``cnnctl download`` fetches and verifies.
+    ``files`` lists what ``cnnctl download`` fetches and verifies. ``extra["prepare"]``, if set, is called with
+    the dataset's folder after a download (e.g. to unpack an archive) so the data is ready before first use.
     """
 
     name: str
@@ -65,6 +66,11 @@ class DatasetSpec:
     default_val_split: int = 5000
     augment: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
+    storage: str | None = None  # folder under the data root; default: name (cifar100-coarse shares cifar100's)
+
+    @property
+    def storage_name(self) -> str:
+        return self.storage or self.name
 
 
 _MODELS: dict[str, ModelSpec] = {}

@@ -40,8 +40,11 @@ def list_command(
         output["datasets"] = [
             {"name": spec.name, "classes": len(spec.classes), "image_shape": list(spec.image_shape),
              "train_size": spec.train_size, "test_size": spec.test_size,
-             "local": bool(spec.files) and is_present(spec.name, spec.files, root_path),
+             "local": bool(spec.files) and is_present(spec.storage_name, spec.files, root_path),
              "description": spec.description}
+            if spec.files else  # the folder dataset: everything depends on the folder
+            {"name": spec.name, "classes": None, "image_shape": None, "train_size": None, "test_size": None,
+             "local": None, "description": spec.description}
             for spec in registry.datasets().values()
         ]
     if json_output:
@@ -67,8 +70,12 @@ def list_command(
     if "datasets" in output:
         table = Table(title="datasets", title_justify="left")
         for column in ("name", "classes", "image", "train", "test", "local", "description"):
-            table.add_column(column, justify="right" if column in ("classes", "train", "test") else "left")
+            table.add_column(column, justify="right" if column in ("classes", "train", "test") else "left",
+                             no_wrap=column != "description")
         for row in output["datasets"]:
+            if row["classes"] is None:
+                table.add_row(str(row["name"]), "any", "any", "—", "—", "—", str(row["description"]))
+                continue
             table.add_row(str(row["name"]), str(row["classes"]), "x".join(map(str, row["image_shape"])),
                           f"{row['train_size']:,}", f"{row['test_size']:,}", "yes" if row["local"] else "no",
                           str(row["description"]))

@@ -42,6 +42,10 @@ def train(
     dropout: Annotated[float | None, typer.Option(
         help="dropout before the classifier, for architectures whose head has one [default: the architecture's]"
     )] = None,
+    data: Annotated[str | None, typer.Option(
+        help="train on your own images: a folder with one sub-folder per class, or with train/ (val/, test/) "
+             "holding them; resized to --img-size [default 64]")] = None,
+    limit: Annotated[int | None, typer.Option(help="train on this many randomly chosen training images")] = None,
 ) -> None:
     """Train ARCH on a dataset; writes runs/ARCH-DATASET/N/ with checkpoints, metrics.csv and config.json."""
     from cnnctl.config import TrainConfig
@@ -55,6 +59,7 @@ def train(
         augment=augment, img_size=img_size, out=out, name=name, root=root, mirror=mirror, threads=threads,
         channels_last=channels_last,
         pretrained=pretrained, freeze_epochs=freeze_epochs, arch_args={} if dropout is None else {"dropout": dropout},
+        data_dir=data, limit=limit,
     )
     reporter = make_reporter(quiet=quiet)
     try:

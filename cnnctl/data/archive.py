@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import lzma
 import os
 import shutil
@@ -17,11 +18,13 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from cnnctl.errors import CnnctlError, DataError
 
 COPY_CHUNK = 1 << 20
+EXTRACTED_MARKER = ".cnnctl-extracted.json"
 _FILTER_ERROR: type[Exception] | tuple[()] = getattr(tarfile, "FilterError", ())
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError)
 
@@ -233,3 +236,41 @@ def _move_into_place(staging: Path, destination: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+def extract_once(archive: Path, destination: Path, *, log: Callable[[str], None] = lambda _: None) -> Path:
+    """Extract ``archive`` into ``destination`` unless a marker there says this very archive (name, size, mtime)
+    was extracted completely already; return ``destination``.
+
+    The marker is written only after :func:`safe_extract` moved the finished folder into place, so an
+    interrupted extraction is simply done again. Concurrent processes are serialised by the dataset's lock.
+    """
+    from cnnctl.data.download import _locked
+    from cnnctl.fsutil import atomic_write_text
+
+    archive, destination = Path(archive), Path(destination)
+    try:
+        status = archive.stat()
+    except OSError as error:
+        raise DataError(f"{archive} is missing", hint="run `cnnctl download` for this dataset") from error
+    stamp = {"archive": archive.name, "size": status.st_size, "mtime_ns": status.st_mtime_ns}
+    marker = destination / EXTRACTED_MARKER
+
+    def done() -> bool:
+        try:
+            return bool(json.loads(marker.read_text(encoding="utf-8")) == stamp)
+        except (OSError, ValueError):
+            return False
+
+    if done():
+        return destination
+    with _locked(archive.parent, log):
+        if done():  # another process finished it while we waited
+            return destination
+        log(f"extracting {archive.name}")
+        safe_extract(archive, destination)
+        try:
+            atomic_write_text(marker, json.dumps(stamp))
+        except OSError as error:
+            raise DataError(f"cannot write {marker}: {error.strerror or error}") from error
+    return destination

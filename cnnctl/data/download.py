@@ -573,3 +573,72 @@ def ensure_files(dataset: str, files: Sequence[RemoteFile], official_mirrors: Se
             marker[remote.name] = _stat_entry(path, remote)
             _write_marker(directory, marker)
     return directory
+
+
+def _named_under(folder: Path, name: str, max_depth: int = 4) -> list[Path]:
+    """Files called ``name`` in ``folder`` and its sub-folders (shallowest first, hidden folders skipped)."""
+    found: list[Path] = []
+    base_depth = len(folder.parts)
+    for current, dirs, files in os.walk(folder):
+        depth = len(Path(current).parts) - base_depth
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < max_depth else []
+        if name in files:
+            found.append(Path(current) / name)
+    return sorted(found, key=lambda path: (len(path.parts), str(path)))
+
+
+def import_files(dataset: str, files: Sequence[RemoteFile], source: Path, *, root: Path | None = None,
+                 log: Callable[[str], None] = _stderr_log) -> Path:
+    """``cnnctl download NAME --from PATH``: take the dataset's files from what the user already has, offline.
+
+    ``source`` is one file (under any name; it is recognised by its checksum) or a folder searched for the
+    official file names (e.g. torchvision's ``data/`` folder). Every copy is verified; nothing that fails its
+    checksum is kept, and a ``DataError`` names the files that could not be found.
+    """
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise DataError(f"{source} does not exist", hint="--from takes the downloaded archive/files or their folder")
+    directory = (Path(root).expanduser() if root else default_root()) / dataset
+    _make_directory(directory)
+    missing: list[str] = []
+    with _locked(directory, log):
+        marker = _read_marker(directory)
+        for remote in files:
+            path = directory / remote.name
+            if path.is_file() and (_trusted(marker, path, remote) or verify_file(path, remote)):
+                log(f"{dataset}/{remote.name}: already there")
+                marker[remote.name] = _stat_entry(path, remote)
+                continue
+            candidates = [source] if source.is_file() else _named_under(source, remote.name)
+            part = directory / (remote.name + ".part")
+            for candidate in candidates:
+                if candidate.resolve() == path.resolve():
+                    continue
+                if not verify_file(candidate, remote):  # checked in place first: no copy of a wrong file
+                    if not source.is_file():
+                        log(f"{candidate} does not match the checksum of {remote.name}; skipped")
+                    continue
+                try:
+                    _copy_local(candidate, part, remote, _Meter(False), log)
+                except _MirrorFailure as failure:
+                    log(f"{remote.name}: {failure.reason}")
+                    continue
+                if verify_file(part, remote):  # and the copy again: the disk may have failed us
+                    _promote(part, path)
+                    marker[remote.name] = _stat_entry(path, remote)
+                    _write_marker(directory, marker)
+                    log(f"{remote.name}: verified")
+                    break
+                part.unlink(missing_ok=True)
+            else:
+                missing.append(remote.name)
+        _write_marker(directory, marker)
+    if source.is_file() and len(missing) == len(files):
+        raise DataError(f"{source} is none of {dataset}'s files: its checksum matches none of "
+                        f"{', '.join(remote.name for remote in files)}",
+                        hint="pass the official archive/files unchanged, or a folder holding them")
+    if missing:
+        where = "" if source.is_file() else f" in {source}"
+        raise DataError(f"could not find {', '.join(missing)} with a matching checksum{where}",
+                        hint=f"pass the folder that holds them, or copy them into {directory}")
+    return directory

@@ -111,7 +111,7 @@ MNIST = register_dataset(
                 "train-images-idx3-ubyte.gz",
                 content_sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
                 content_md5="6bbc9ace898e44ae57da46a324031adb",
-                file_md5="f68b3c2dcbe37b7e1ff6ee1cb9c2d8f1",
+                file_md5="f68b3c2dcbeaaa9fbdd348bbdeb94873",
             ),
             RemoteFile(
                 "train-labels-idx1-ubyte.gz",
@@ -136,6 +136,55 @@ MNIST = register_dataset(
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
             "http://yann.lecun.com/exdb/mnist/",
         ),
+        default_val_split=5000,
+    )
+)
+
+
+def _idx_files(md5s: tuple[str, str, str, str]) -> tuple[RemoteFile, ...]:
+    """The four MNIST-named files, checked by the md5 of the published .gz (as torchvision lists them)."""
+    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+             "t10k-labels-idx1-ubyte.gz")
+    return tuple(RemoteFile(name, file_md5=md5) for name, md5 in zip(names, md5s))
+
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+
+FASHION_MNIST = register_dataset(
+    DatasetSpec(
+        name="fashion-mnist",
+        description="Zalando clothing images, a harder MNIST (Xiao et al.)",
+        classes=FASHION_MNIST_CLASSES,
+        image_shape=(1, 28, 28),
+        mean=(0.2860,),
+        std=(0.3530,),
+        train_size=60_000,
+        test_size=10_000,
+        loader=_idx_loader(_MNIST_SPLITS, FASHION_MNIST_CLASSES),
+        files=_idx_files(("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                          "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310")),
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        default_val_split=5000,
+    )
+)
+
+KMNIST_CLASSES = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+
+KMNIST = register_dataset(
+    DatasetSpec(
+        name="kmnist",
+        description="Kuzushiji-MNIST: cursive hiragana (Clanuwat et al.)",
+        classes=KMNIST_CLASSES,
+        image_shape=(1, 28, 28),
+        mean=(0.1918,),
+        std=(0.3483,),
+        train_size=60_000,
+        test_size=10_000,
+        loader=_idx_loader(_MNIST_SPLITS, KMNIST_CLASSES),
+        files=_idx_files(("bdb82020997e1d708af4cf47b453dcf7", "e144d726b3acfaa3e44228e80efcd344",
+                          "5c965bf0a639b31b8f53240b1b52f4d7", "7320c461ea6c1c855c0b718fb2a4b134")),
+        mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
         default_val_split=5000,
     )
 )

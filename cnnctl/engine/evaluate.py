@@ -72,13 +72,17 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
 
 
 def load_eval_split(meta: Any, *, dataset: str | None = None, split: str = "test", root: str | None = None,
-                    mirror: str | None = None, log: Any = None) -> Any:
+                    mirror: str | None = None, log: Any = None, data_dir: str | None = None) -> Any:
     """The split a checkpoint should be evaluated on; ``val`` is rebuilt exactly as training held it out."""
-    from cnnctl.data.splits import load_split, split_train_val
+    from cnnctl.data.splits import limit_training, load_split, split_train_val
     from cnnctl.errors import UsageError
     from cnnctl.registry import get_dataset_spec
 
     name = dataset or meta.dataset
+    if name == "folder" or data_dir:  # your own images: the checkpoint's folder or --data (datasets area)
+        from cnnctl.data.folder import load_folder_eval_split
+
+        return load_folder_eval_split(meta, split=split, data_dir=data_dir, log=log or (lambda _: None))
     if not name:
         raise UsageError("the checkpoint does not say which dataset it was trained on", hint="pass --dataset")
     spec = get_dataset_spec(name)
@@ -96,7 +100,7 @@ def load_eval_split(meta: Any, *, dataset: str | None = None, split: str = "test
     val_split = spec.default_val_split if val_split is None else val_split
     train, val = split_train_val(train, val_split, int(config.get("seed", 0)))
     if split == "train":
-        return train
+        return limit_training(train, config.get("limit"), int(config.get("seed", 0)))
     if val is None:
         raise UsageError("this run held out no validation split", hint="use --split test")
     return val
@@ -104,7 +108,7 @@ def load_eval_split(meta: Any, *, dataset: str | None = None, split: str = "test
 
 def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "test", batch_size: int = 1000,
                         root: str | None = None, mirror: str | None = None, device: str = "auto",
-                        log: Any = None) -> tuple[EvalResult, Any]:
+                        log: Any = None, data_dir: str | None = None) -> tuple[EvalResult, Any]:
     """Evaluate a checkpoint on a split of its dataset; every other setting comes from its metadata."""
     from cnnctl import checkpoint
     from cnnctl.data.loader import BatchLoader
@@ -112,6 +116,6 @@ def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "
 
     torch_device = resolve_device(device)
     model, meta = checkpoint.load(path, device=torch_device)
-    data = load_eval_split(meta, dataset=dataset, split=split, root=root, mirror=mirror, log=log)
+    data = load_eval_split(meta, dataset=dataset, split=split, root=root, mirror=mirror, log=log, data_dir=data_dir)
     batches = BatchLoader(data, meta.preprocessing, batch_size=batch_size, device=torch_device)
     return evaluate(model, batches, meta.num_classes), meta

@@ -75,15 +75,20 @@ class PreparedData:
 
 def prepare_data(config: TrainConfig, reporter: Reporter) -> PreparedData:
     """Load (downloading if needed) the splits that ``config`` names and fit them to its architecture."""
-    from cnnctl.data.splits import load_split, resolve_preprocessing, split_train_val
+    from cnnctl.data.splits import limit_training, load_split, resolve_preprocessing, split_train_val
     from cnnctl.registry import get_dataset_spec, get_model_spec
 
     model_spec = get_model_spec(config.arch)
+    if config.data_dir or config.dataset == "folder":  # your own images (datasets area)
+        from cnnctl.data.folder import prepare_folder
+
+        return PreparedData(*prepare_folder(config, model_spec, reporter.message))
     spec = get_dataset_spec(config.dataset)
     train = load_split(spec, "train", root=config.root, mirror=config.mirror, log=reporter.message)
     test = load_split(spec, "test", root=config.root, mirror=config.mirror, log=reporter.message)
     val_split = spec.default_val_split if config.val_split is None else config.val_split
     train, val = split_train_val(train, val_split, config.seed)
+    train = limit_training(train, config.limit, config.seed)
     preprocessing = resolve_preprocessing(model_spec, spec.image_shape, spec.mean, spec.std, config.img_size)
     return PreparedData(train, val, test, spec.classes, preprocessing, spec.name)
 
@@ -102,7 +107,7 @@ class Trainer:
         from cnnctl.data.loader import BatchLoader
         from cnnctl.engine.device import resolve_device, seed_everything
         from cnnctl.models import build_model
-        from cnnctl.registry import get_model_spec
+        from cnnctl.registry import get_dataset_spec, get_model_spec
 
         config = self.config
         device = resolve_device(config.device)
@@ -113,7 +118,7 @@ class Trainer:
         config.arch = model_spec.name
         data = prepare_data(config, self.reporter)
         self.data = data
-        augment_name = config.augment or "none"
+        augment_name = config.augment or get_dataset_spec(data.dataset_label).augment  # None: the dataset's default
         from cnnctl.data.augment import make_augmentation
 
         augment = make_augmentation(augment_name, data.preprocessing.image_size)

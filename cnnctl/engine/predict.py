@@ -61,19 +61,10 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], int]:
 
 def decode_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
     """Read one image as uint8 C×H×W with the checkpoint's channel count and size (not yet padded)."""
-    from torchvision.io import ImageReadMode, read_file
-    from torchvision.io import decode_image as tv_decode
-    from torchvision.transforms.v2 import functional as TF
+    from cnnctl.data.images import read_image, resize_to
 
-    mode = ImageReadMode.GRAY if preprocessing.channels == 1 else ImageReadMode.RGB
-    try:
-        image = tv_decode(read_file(str(path)), mode=mode)
-    except (RuntimeError, ValueError, OSError) as error:
-        reason = str(error).splitlines()[0][:100] if str(error) else type(error).__name__
-        raise DataError(f"{path}: not a readable image ({reason})") from error
-    if tuple(image.shape[-2:]) != tuple(preprocessing.image_size):
-        image = TF.resize(image, list(preprocessing.image_size), antialias=True)
-    return image
+    image = read_image(path, channels=1 if preprocessing.channels == 1 else 3)  # BMP/TIFF via Pillow
+    return resize_to(image, tuple(preprocessing.image_size))
 
 
 def load_for_inference(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Preprocessing]:

@@ -1,0 +1,104 @@
+"""Reading one image file into a uint8 tensor: torchvision.io first, Pillow for the formats it lacks (BMP, TIFF).
+
+Used by folder datasets (training, eval) and by prediction, so an image becomes the same pixels on every path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnnctl.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+# torchvision 0.29 deprecates torchvision.io's decoders in favour of torchcodec; they still work. Say nothing.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+_PILLOW_ONLY = frozenset({".bmp", ".tif", ".tiff"})  # torchvision.io cannot decode these
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip()
+    if not text or ".cpp" in text:  # torchvision's C++ errors name their source line, not the problem
+        return "unknown format or corrupt data"
+    return " ".join(text.split())[:100]
+
+
+def _read_with_pillow(path: Path, channels: int) -> torch.Tensor:
+    import numpy as np
+    import torch
+
+    try:
+        from PIL import Image
+    except ImportError as error:  # pragma: no cover - Pillow is a torchvision dependency
+        raise DataError(f"{path}: reading {path.suffix} files needs Pillow", hint="pip install pillow") from error
+    try:
+        with Image.open(path) as image:
+            converted = image.convert("L" if channels == 1 else "RGB")
+            array = np.asarray(converted, dtype=np.uint8)
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for broken files
+        raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def read_image(path: str | Path, channels: int = 3) -> torch.Tensor:
+    """Decode ``path`` as uint8 ``channels``×H×W (1: grey, 3: RGB; alpha is dropped, palettes are expanded).
+
+    Grey comes from :func:`to_grey`, so a grey image gives the same pixels whichever way it is read. Raises
+    ``DataError`` naming the file if it cannot be decoded.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    path = Path(path)
+    if path.suffix.lower() in _PILLOW_ONLY:
+        image = _read_with_pillow(path, 3)
+    else:
+        try:
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError, OSError) as error:
+            # A file whose suffix lies (a BMP saved as .png) still gets a chance with Pillow.
+            try:
+                image = _read_with_pillow(path, 3)
+            except DataError:
+                raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
+        if image.dtype != torch.uint8:  # 16-bit PNGs
+            from torchvision.transforms.v2 import functional as TF
+
+            image = TF.to_dtype(image, torch.uint8, scale=True)
+    return to_grey(image) if channels == 1 else image
+
+
+def is_grey(images: torch.Tensor) -> torch.Tensor:
+    """Per image of uint8 (N×)3×H×W: True where R, G and B are equal everywhere."""
+    same = (images[..., 0, :, :] == images[..., 1, :, :]) & (images[..., 1, :, :] == images[..., 2, :, :])
+    return same.flatten(-2).all(-1)
+
+
+def to_grey(images: torch.Tensor) -> torch.Tensor:
+    """RGB (N×)3×H×W → (N×)1×H×W: the shared channel of grey images exactly, luminance for colour ones."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    if images.shape[-3] == 1:
+        return images
+    grey = is_grey(images)
+    if bool(grey.all()):
+        return images[..., :1, :, :].contiguous()
+    luminance = TF.rgb_to_grayscale(images[..., :3, :, :], num_output_channels=1)
+    return torch.where(grey.view(*grey.shape, 1, 1, 1), images[..., :1, :, :], luminance).contiguous()
+
+
+def resize_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize uint8 C×H×W (or N×C×H×W) to ``size`` (H, W) with antialiasing; unchanged if it already fits."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.resize(image, list(size), antialias=True)
