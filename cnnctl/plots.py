@@ -27,6 +27,15 @@ def available() -> str | None:
     return None
 
 
+def require() -> None:
+    """Raise the one-line error when plots were asked for explicitly and cannot be drawn."""
+    missing = available()
+    if missing:
+        from cnnctl.errors import UsageError
+
+        raise UsageError(missing.replace("plots skipped: ", "cannot draw plots: "))
+
+
 def _figure(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -183,3 +192,24 @@ def evaluation_plots(out_dir: Path, model: torch.nn.Module, data: Any, preproces
     written.append(plot_predictions(images, predicted, classes, out_dir / "predictions.png", truth=truth,
                                     probabilities=probabilities, title=f"first {len(predicted)} {split} images"))
     return written
+
+
+def plot_file_predictions(predictions: Sequence[Any], meta: Any, path: str | Path, limit: int = 64) -> Path:
+    """``cnnctl predict --plot``: the first ``limit`` readable images with their predicted class; an image in a
+    folder named after a class (``digits/7/x.png``) counts that class as its true label."""
+    import torch
+
+    from cnnctl.engine.predict import decode_image
+
+    require()
+    chosen = [p for p in predictions if not p.error][:limit]
+    if not chosen:
+        from cnnctl.errors import UsageError
+
+        raise UsageError("--plot: no image could be read, nothing to draw")
+    index = {name: i for i, name in enumerate(meta.classes)}
+    images = torch.stack([decode_image(Path(p.path), meta.preprocessing) for p in chosen])
+    truth = [index.get(Path(p.path).parent.name) for p in chosen]
+    return plot_predictions(images, [p.label for p in chosen], meta.classes, Path(path),
+                            truth=truth if any(t is not None for t in truth) else None,
+                            probabilities=[p.probability for p in chosen], title=f"{len(chosen)} predictions")

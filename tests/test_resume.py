@@ -30,7 +30,8 @@ TIMING = {"epoch_time_s", "images_per_s"}
 
 
 def metrics(run_dir: Path) -> list[dict[str, str]]:
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader((run_dir / "metrics.csv").open())]
+    rows = csv.DictReader((run_dir / "metrics.csv").open())
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
 def assert_same_weights(first: Path, second: Path) -> None:
