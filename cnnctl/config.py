@@ -9,7 +9,9 @@ from typing import Any
 
 from cnnctl.errors import UsageError
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+MONITORS = ("val_loss", "val_acc")
+AMP_DTYPES = ("auto", "fp16", "bf16")
 
 
 @dataclass
@@ -24,8 +26,8 @@ class TrainConfig:
     lr: float | None = None
     optimizer: str = "adam"
     scheduler: str = "onecycle"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    momentum: float | None = None
+    weight_decay: float | None = None
     seed: int = 0
     device: str = "auto"
     val_split: float | None = None
@@ -40,14 +42,59 @@ class TrainConfig:
     pretrained: str | None = None
     freeze_epochs: int = 0
     limit: int | None = None  # train on this many randomly chosen training images (after the validation split)
+    # --- training engine (issue 5): optimizer, schedule, regularisation, precision, early stopping, outputs ---
+    nesterov: bool = False
+    warmup_epochs: float = 0.0
+    step_size: int | None = None
+    gamma: float = 0.1
+    milestones: list[int] | None = None
+    t0: int | None = None
+    t_mult: int = 1
+    min_lr: float = 0.0
+    plateau_patience: int = 2
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    amp: bool = False
+    amp_dtype: str = "auto"
+    patience: int | None = None
+    monitor: str = "val_acc"
+    keep: int = 1
+    deterministic: bool = False
+    plots: bool = True
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
         # OneCycle warms up to this peak and anneals from it, so it can be higher than a constant rate.
         if self.scheduler == "onecycle":
-            return {"sgd": 0.1}.get(self.optimizer, 5e-3)
+            return {"sgd": 0.1, "rmsprop": 1e-3}.get(self.optimizer, 5e-3)
         return {"sgd": 0.05}.get(self.optimizer, 1e-3)
+
+    def resolved_momentum(self) -> float:
+        """SGD/RMSprop momentum, or Adam's β1: 0.9, except RMSprop's 0 (torch's defaults)."""
+        if self.momentum is not None:
+            return self.momentum
+        return 0.0 if self.optimizer == "rmsprop" else 0.9
+
+    def resolved_weight_decay(self) -> float:
+        """0, except AdamW's decoupled 0.01 (torch's default: AdamW without decay is Adam)."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.01 if self.optimizer == "adamw" else 0.0
+
+    def resolve_defaults(self) -> None:
+        """Replace every "depends on other options" default by its value, so the saved configuration says
+        exactly what ran, and a resumed run with more --epochs keeps its step size, milestones and cycle."""
+        self.lr = self.resolved_lr()
+        self.momentum = self.resolved_momentum()
+        self.weight_decay = self.resolved_weight_decay()
+        third = max(1, self.epochs // 3)
+        if self.scheduler == "step" and self.step_size is None:
+            self.step_size = third
+        if self.scheduler == "multistep" and self.milestones is None:
+            self.milestones = sorted({max(1, round(self.epochs * 0.5)), max(1, round(self.epochs * 0.75))})
+        if self.scheduler == "cosine-restarts" and self.t0 is None:
+            self.t0 = third
 
     def validate(self) -> None:
         """Reject contradictory or out-of-range options before any work starts."""
@@ -77,6 +124,61 @@ class TrainConfig:
             raise UsageError(f"--limit must be at least 1, got {self.limit}")
         if self.img_size is not None and self.img_size < 1:
             raise UsageError(f"--img-size must be at least 1, got {self.img_size}")
+        self._validate_engine_options()
+
+    def _validate_engine_options(self) -> None:
+        """The training engine's options (issue 5): ranges and combinations that cannot work together."""
+        from cnnctl.registry import suggest
+
+        def need(condition: bool, message: str, hint: str | None = None) -> None:
+            if not condition:
+                raise UsageError(message, hint=hint)
+
+        momentum = self.resolved_momentum()
+        need(0 <= momentum < 1, f"--momentum must be in [0, 1), got {momentum}")
+        need(self.resolved_weight_decay() >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.nesterov:
+            need(self.optimizer == "sgd", f"--nesterov applies to --optimizer sgd, not {self.optimizer}")
+            need(momentum > 0, "--nesterov needs --momentum > 0")
+        need(0 <= self.warmup_epochs < self.epochs,
+             f"--warmup-epochs must be in [0, --epochs) = [0, {self.epochs}), got {self.warmup_epochs}")
+        need(not (self.warmup_epochs and self.scheduler == "onecycle"),
+             "--warmup-epochs does not combine with --scheduler onecycle, which warms up on its own",
+             hint="use --scheduler cosine (or step, multistep, ...) with --warmup-epochs")
+        need(0 < self.gamma <= 1, f"--gamma must be in (0, 1], got {self.gamma}")
+        need(self.step_size is None or self.step_size >= 1, f"--step-size must be >= 1, got {self.step_size}")
+        if self.milestones is not None:
+            need(all(m >= 1 for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
+                 f"--milestones must be increasing epoch numbers >= 1, got {self.milestones}")
+        need(self.t0 is None or self.t0 >= 1, f"--t0 must be >= 1 epoch, got {self.t0}")
+        need(self.t_mult >= 1, f"--t-mult must be >= 1, got {self.t_mult}")
+        need(0 <= self.min_lr < self.resolved_lr(),
+             f"--min-lr must be in [0, lr) = [0, {self.resolved_lr():g}), got {self.min_lr}")
+        need(self.plateau_patience >= 0, f"--plateau-patience must be >= 0, got {self.plateau_patience}")
+        need(0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise suggest(self.amp_dtype, list(AMP_DTYPES), "--amp-dtype")
+        need(self.patience is None or self.patience >= 1, f"--patience must be >= 1, got {self.patience}")
+        if self.monitor not in MONITORS:
+            raise suggest(self.monitor, list(MONITORS), "--monitor")
+        need(self.keep >= 1, f"--keep must be >= 1, got {self.keep}")
+        if self.augment is not None:
+            from cnnctl.data.augment import AUGMENT_PRESETS
+
+            if self.augment not in AUGMENT_PRESETS:
+                raise suggest(self.augment, list(AUGMENT_PRESETS), "augmentation")
+        if self.val_split == 0:
+            need(self.scheduler != "plateau", "--scheduler plateau needs a validation split, but --val-split is 0")
+            need(self.patience is None, "--patience (early stopping) needs a validation split, but --val-split is 0")
+
+    def needs_validation(self) -> str | None:
+        """The option that cannot work without a validation split, if any."""
+        if self.scheduler == "plateau":
+            return "--scheduler plateau"
+        if self.patience is not None:
+            return "--patience (early stopping)"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

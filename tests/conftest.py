@@ -80,3 +80,34 @@ def tiny_digits(digits_mirror: tuple[Path, dict[str, bytes]], tmp_path: Path,
     monkeypatch.setenv("CNNCTL_MIRROR", str(mirror))
     yield spec
     registry._DATASETS.pop("tinydigits", None)
+
+
+# --- training engine (issue 5): a dataset small enough for dozens of training runs per test file ---
+def _micro_loader(counts: dict[str, int]):
+    import torch
+
+    from cnnctl.data.base import ImageTensors
+
+    def load(directory: Path, split: str) -> ImageTensors:
+        seed = {"train": 11, "test": 12}[split]
+        images, labels = synthetic_digits(counts[split], seed=seed, classes=4)
+        return ImageTensors(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
+                            DIGIT_CLASSES[:4], source=f"micro {split}")
+
+    return load
+
+
+@pytest.fixture()
+def micro_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DatasetSpec]:
+    """``microdigits``: 4 classes of synthetic 28x28 'digits', 96 train images (16 held out for validation) and
+    32 test images, generated in memory (nothing to download)."""
+    registry.datasets()
+    spec = DatasetSpec(
+        name="microdigits", description="tiny synthetic digits for training-engine tests", classes=DIGIT_CLASSES[:4],
+        image_shape=(1, 28, 28), mean=(0.13,), std=(0.31,), train_size=96, test_size=32,
+        loader=_micro_loader({"train": 96, "test": 32}), default_val_split=16,
+    )
+    registry.register_dataset(spec)
+    monkeypatch.setenv("CNNCTL_DATA", str(tmp_path / "data"))
+    yield spec
+    registry._DATASETS.pop("microdigits", None)

@@ -19,14 +19,17 @@ def eval_command(
     root: Annotated[str | None, typer.Option(help="data folder [env: CNNCTL_DATA]")] = None,
     mirror: Annotated[str | None, typer.Option(help="dataset mirror [env: CNNCTL_MIRROR]")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    data: Annotated[str | None, typer.Option(help="a folder of class sub-folders to evaluate on [default: the "
+    data: Annotated[str | None, typer.Option(help="a folder of class sub-folders to evaluate on \\[default: the "
                                                   "checkpoint's folder, for folder runs]")] = None,
+    plots: Annotated[str | None, typer.Option(
+        "--plots", metavar="DIR", help="write confusion.png and predictions.png into this folder")] = None,
 ) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     from cnnctl.engine.evaluate import evaluate_checkpoint
 
     result, meta = evaluate_checkpoint(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size,
-                                       root=root, mirror=mirror, device=device, log=stderr_line, data_dir=data)
+                                       root=root, mirror=mirror, device=device, log=stderr_line, data_dir=data,
+                                       plots_dir=plots)
     report = {"checkpoint": checkpoint_path, "arch": meta.arch, "dataset": dataset or meta.dataset, "split": split,
               **result.as_dict(meta.classes)}
     if json_output:

@@ -21,6 +21,9 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
     strict: Annotated[bool, typer.Option(help="fail (exit 1) if any image cannot be read")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="JSON instead of CSV")] = False,
+    plot: Annotated[str | None, typer.Option(
+        "--plot", metavar="PNG", help="also draw the first 64 images with their predicted classes (wrong ones in "
+                                      "red where a parent folder names the true class)")] = None,
 ) -> None:
     """Classify images with a checkpoint; preprocessing comes from the checkpoint. Rows: path, label, class,
     probability, top-k."""
@@ -40,6 +43,10 @@ def predict(
     predictions = list(predictor.predict_files(files))
     seconds = time.perf_counter() - started
     failures = [p for p in predictions if p.error]
+    if plot:
+        from cnnctl.plots import plot_file_predictions
+
+        plot_file_predictions(predictions, model.cnnctl_meta, plot)
     if json_output:
         rows = [p.__dict__ for p in predictions]
         if output:

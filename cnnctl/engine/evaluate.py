@@ -108,8 +108,10 @@ def load_eval_split(meta: Any, *, dataset: str | None = None, split: str = "test
 
 def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "test", batch_size: int = 1000,
                         root: str | None = None, mirror: str | None = None, device: str = "auto",
-                        log: Any = None, data_dir: str | None = None) -> tuple[EvalResult, Any]:
-    """Evaluate a checkpoint on a split of its dataset; every other setting comes from its metadata."""
+                        log: Any = None, data_dir: str | None = None,
+                        plots_dir: Any = None) -> tuple[EvalResult, Any]:
+    """Evaluate a checkpoint on a split of its dataset; every other setting comes from its metadata.
+    With ``plots_dir``, also write confusion.png and predictions.png there."""
     from cnnctl import checkpoint
     from cnnctl.data.loader import BatchLoader
     from cnnctl.engine.device import resolve_device
@@ -118,4 +120,10 @@ def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "
     model, meta = checkpoint.load(path, device=torch_device)
     data = load_eval_split(meta, dataset=dataset, split=split, root=root, mirror=mirror, log=log, data_dir=data_dir)
     batches = BatchLoader(data, meta.preprocessing, batch_size=batch_size, device=torch_device)
-    return evaluate(model, batches, meta.num_classes), meta
+    result = evaluate(model, batches, meta.num_classes)
+    if plots_dir is not None:
+        from cnnctl import plots
+
+        plots.require()
+        plots.evaluation_plots(plots_dir, model, data, meta.preprocessing, meta.classes, result.confusion, split=split)
+    return result, meta

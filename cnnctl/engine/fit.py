@@ -1,8 +1,14 @@
-"""The training loop: epochs of steps, validation, metrics.csv, checkpoints, and the final test evaluation."""
+"""The training loop: epochs of steps, validation, metrics.csv, checkpoints, resume, and the final test evaluation.
+
+A run folder holds ``last.safetensors`` (weights after the last finished epoch), ``best.safetensors`` (best by
+the monitored metric), ``state.safetensors`` (everything ``--resume`` needs), ``metrics.csv``, the resolved
+configuration and, at the end, ``results.json`` and the plots. Every file is written atomically.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
@@ -11,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.config import TrainConfig
+from cnnctl.engine.optim import build_optimizer  # noqa: F401 - part of this module's API
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.progress import Reporter, SilentReporter
 
@@ -20,7 +27,10 @@ if TYPE_CHECKING:
     from cnnctl.data.base import ImageTensors, Preprocessing
     from cnnctl.engine.evaluate import EvalResult
 
-METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
+# metrics.csv, one row per epoch: ``lr`` is the learning rate of the epoch's first optimizer step and ``lr_end``
+# of its last; train_* are averaged over the epoch's batches as they were trained (with label smoothing, if on).
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "lr_end", "epoch_time_s",
+                  "images_per_s")
 
 
 @dataclass
@@ -32,6 +42,8 @@ class FitResult:
     last_path: Path
     history: list[dict[str, float]] = field(default_factory=list)
     test: dict[str, Any] | None = None
+    stopped_early: bool = False
+    plots: list[Path] = field(default_factory=list)
 
     def __fspath__(self) -> str:
         return os.fspath(self.run_dir)
@@ -50,17 +62,6 @@ def create_run_dir(out: str | Path, name: str) -> Path:
             return candidate
         except FileExistsError:
             number += 1
-
-
-def build_optimizer(config: TrainConfig, parameters: Any) -> torch.optim.Optimizer:
-    import torch
-
-    lr = config.resolved_lr()
-    if config.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=config.weight_decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    raise UsageError(f"unknown optimizer {config.optimizer!r}")
 
 
 @dataclass
@@ -94,140 +95,384 @@ def prepare_data(config: TrainConfig, reporter: Reporter) -> PreparedData:
 
 
 class Trainer:
-    """One training run. ``run()`` returns the run folder's paths, the per-epoch history and the test result."""
+    """One training run (new, or resumed from a run folder). ``run()`` returns the run folder's paths, the
+    per-epoch history and the test result.
 
-    def __init__(self, config: TrainConfig, reporter: Reporter | None = None):
+    The steps are methods so that other parts of cnnctl can extend one without touching the loop:
+    ``setup`` → ``build_model`` / ``build_optimizer`` / ``build_loaders`` → per epoch ``on_epoch_start``,
+    ``train_epoch``, ``validate``, ``save_epoch`` → ``finish``.
+    """
+
+    def __init__(self, config: TrainConfig, reporter: Reporter | None = None, *,
+                 resume: str | Path | None = None):
         config.validate()
         self.config = config
         self.reporter = reporter or SilentReporter()
+        self.resume_dir: Path | None = None
+        if resume is not None:
+            from cnnctl.engine.state import resolve_run_dir
 
+            self.resume_dir = resolve_run_dir(resume)
+        self.stopped_early = False
+
+    @classmethod
+    def resuming(cls, path: str | Path, overrides: dict[str, Any] | None = None,
+                 reporter: Reporter | None = None) -> Trainer:
+        """Continue the run in ``path`` with its saved configuration; ``overrides`` may extend ``epochs``, change
+        ``patience``, ``device``, ... (anything else that differs is an error, raised here, before any work)."""
+        from cnnctl.engine.state import resolve_run_dir, resume_config
+
+        run_dir = resolve_run_dir(path)
+        config, _ = resume_config(run_dir, dict(overrides or {}))
+        return cls(config, reporter, resume=run_dir)
+
+    # ------------------------------------------------------------------------------------------------ the run
     def run(self) -> FitResult:
-        import torch
-
-        from cnnctl.data.loader import BatchLoader
-        from cnnctl.engine.device import resolve_device, seed_everything
-        from cnnctl.models import build_model
-        from cnnctl.registry import get_dataset_spec, get_model_spec
+        from cnnctl.engine.determinism import deterministic_mode
+        from cnnctl.engine.interrupt import InterruptGuard, interrupted_error
+        from cnnctl.engine.state import STATE_FILE, read_state, run_lock
 
         config = self.config
-        device = resolve_device(config.device)
+        config.resolve_defaults()
+        loaded = read_state(self.resume_dir) if self.resume_dir is not None else None
+        with deterministic_mode(config.deterministic):
+            self.setup()
+            if self.resume_dir is None:
+                self.run_dir = create_run_dir(config.out, config.name or
+                                              f"{self.model_spec.name}-{self.data.dataset_label}")
+            else:
+                self.run_dir = self.resume_dir
+            with run_lock(self.run_dir):
+                if loaded is not None:
+                    self.restore(loaded)
+                else:
+                    from cnnctl.config_file import save_run_config
+
+                    save_run_config(config, self.run_dir)
+                self.report_start()
+                try:
+                    with InterruptGuard() as guard:
+                        self.fit(guard)
+                except KeyboardInterrupt:
+                    if not (self.run_dir / STATE_FILE).is_file():
+                        raise
+                    raise interrupted_error(self.run_dir, "before the current epoch ended (its progress is lost)",
+                                            None) from None
+                return self.finish()
+
+    def setup(self) -> None:
+        """Device, seeds, data, model, optimizer, batches, schedule, precision: everything before the first step."""
+        import torch
+
+        from cnnctl.engine.device import resolve_device, seed_everything
+        from cnnctl.engine.precision import resolve_precision
+        from cnnctl.engine.schedules import build_schedule
+        from cnnctl.engine.tracking import MetricTracker
+        from cnnctl.registry import get_model_spec
+
+        config = self.config
+        self.device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
-        model_spec = get_model_spec(config.arch)
-        config.arch = model_spec.name
-        data = prepare_data(config, self.reporter)
-        self.data = data
-        augment_name = config.augment or get_dataset_spec(data.dataset_label).augment  # None: the dataset's default
-        from cnnctl.data.augment import make_augmentation
+        self.model_spec = get_model_spec(config.arch)
+        config.arch = self.model_spec.name
+        self.precision = resolve_precision(config.amp, config.amp_dtype, self.device)
+        if self.precision.note:
+            self.reporter.message(self.precision.note)
+        self.data = prepare_data(config, self.reporter)
+        needs = config.needs_validation()
+        if needs and self.data.val is None:
+            raise UsageError(f"{needs} needs a validation split, but this run holds none out",
+                             hint="pass --val-split N (images) or a fraction")
+        self.monitor = config.monitor if self.data.val is not None else config.monitor.replace("val_", "train_")
+        if self.monitor != config.monitor:
+            self.reporter.message(f"no validation split: best.safetensors is chosen by {self.monitor}")
+        self.model = self.build_model()
+        from cnnctl.engine.freeze import HeadOnlyPhase
 
-        augment = make_augmentation(augment_name, data.preprocessing.image_size)
+        self.head_only = HeadOnlyPhase(self.model, self.model_spec.classifier, config.freeze_epochs)
+        self.optimizer = self.build_optimizer(self.model)
+        self.train_batches, self.val_batches = self.build_loaders()
+        self.schedule = build_schedule(config, self.optimizer, steps_per_epoch=len(self.train_batches),
+                                       monitor=self.monitor)
+        self.scaler = self.precision.make_scaler()
+        self.tracker = MetricTracker(monitor=self.monitor, keep=config.keep)
+        self.history: list[dict[str, float]] = []
+        self.start_epoch, self.start_batch = 0, 0
+        self.partial: dict[str, Any] = {}
+        self.state_extra: dict[str, Any] = {}
+
+    def build_model(self) -> torch.nn.Module:
+        import torch
+
+        from cnnctl.models import build_model
+
+        config, data = self.config, self.data
         model = build_model(config.arch, num_classes=len(data.classes), in_channels=data.preprocessing.channels,
-                            **config.arch_args).to(device)
+                            **config.arch_args).to(self.device)
         if config.pretrained:
             from cnnctl.models.pretrained import load_pretrained
 
-            load_pretrained(model, model_spec, config.pretrained, log=self.reporter.message)
+            load_pretrained(model, self.model_spec, config.pretrained, log=self.reporter.message)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        from cnnctl.engine.freeze import HeadOnlyPhase
+        return model
 
-        head_only = HeadOnlyPhase(model, model_spec.classifier, config.freeze_epochs)
-        optimizer = build_optimizer(config, model.parameters())
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        from cnnctl.engine import optim
 
-        def loader(split: ImageTensors, shuffle: bool, seed: int = config.seed) -> BatchLoader:
-            return BatchLoader(split, data.preprocessing, batch_size=config.batch_size, device=device,
-                               shuffle=shuffle, seed=seed, augment=augment if shuffle else None,
+        return optim.build_optimizer(self.config, model.parameters())
+
+    def build_loaders(self) -> tuple[Any, Any]:
+        from cnnctl.data.augment import make_augmentation
+        from cnnctl.data.loader import BatchLoader
+
+        config, data = self.config, self.data
+        from cnnctl.registry import get_dataset_spec
+
+        augment_name = config.augment or get_dataset_spec(data.dataset_label).augment  # the dataset's default
+        augment = make_augmentation(augment_name, data.preprocessing.image_size)
+
+        def loader(split: ImageTensors, shuffle: bool) -> BatchLoader:
+            return BatchLoader(split, data.preprocessing, batch_size=config.batch_size, device=self.device,
+                               shuffle=shuffle, seed=config.seed, augment=augment if shuffle else None,
                                channels_last=config.channels_last)
 
-        train_batches = loader(data.train, shuffle=True)
-        from cnnctl.engine.schedules import build_schedule
+        return loader(data.train, True), (loader(data.val, False) if data.val is not None else None)
 
-        schedule = build_schedule(config.scheduler, optimizer, epochs=config.epochs,
-                                  steps_per_epoch=len(train_batches), lr=config.resolved_lr())
-        val_batches = loader(data.val, shuffle=False) if data.val is not None else None
-        run_dir = create_run_dir(config.out, config.name or f"{model_spec.name}-{data.dataset_label}")
-        config.save(run_dir / "config.json")
-        best_path, last_path = run_dir / "best.safetensors", run_dir / "last.safetensors"
-        parameters = sum(p.numel() for p in model.parameters())
+    def restore(self, loaded: Any) -> None:
+        """Put model, optimizer, schedule, scaler, counters and every random-number state back as saved."""
+        from cnnctl.checkpoint import load_weights_strict
+        from cnnctl.engine.state import STATE_FILE, restore_rng, unflatten_optimizer
+        from cnnctl.engine.tracking import MetricTracker
+
+        source = str(self.run_dir / STATE_FILE)
+        state = loaded.state
+        load_weights_strict(self._bare_model(), loaded.model_tensors(), source=source)
+        try:
+            self.optimizer.load_state_dict(unflatten_optimizer(loaded.tensors, loaded.optimizer))
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise CnnctlError(f"{source}: its optimizer state does not fit this model ({error})") from error
+        self.schedule.load_state_dict(state.schedule)
+        if state.scaler:
+            self.scaler.load_state_dict(state.scaler)
+        self.tracker = MetricTracker.from_dict(state.tracker)
+        self.tracker.keep = self.config.keep
+        self.history = list(state.history)
+        self.start_epoch, self.start_batch = state.epoch, state.batch
+        self.state_extra = dict(state.extra)
+        if state.batch:
+            self.partial = {**state.partial, "loss_sum": loaded.tensors["partial.loss_sum"].to(self.device),
+                            "correct": loaded.tensors["partial.correct"].to(self.device)}
+        restore_rng(loaded.tensors, loaded.rng)
+        self.train_batches.generator.set_state(loaded.tensors["rng.loader"])
+        self._remove_orphan_top_checkpoints()
+        where = f"epoch {state.epoch}" + (f", batch {state.batch}" if state.batch else "")
+        self.reporter.message(f"resuming {self.run_dir} after {where}, to {self.config.epochs} epochs")
+
+    def report_start(self) -> None:
+        data, config = self.data, self.config
+        parameters = sum(p.numel() for p in self.model.parameters())
         self.reporter.start({
-            "arch": model_spec.name, "dataset": data.dataset_label, "device": str(device), "parameters": parameters,
-            "train": len(data.train), "val": len(data.val) if data.val is not None else 0,
-            "test": len(data.test) if data.test is not None else 0, "run_dir": str(run_dir),
+            "arch": self.model_spec.name, "dataset": data.dataset_label, "device": str(self.device),
+            "parameters": parameters, "train": len(data.train), "val": len(data.val) if data.val is not None else 0,
+            "test": len(data.test) if data.test is not None else 0, "run_dir": str(self.run_dir),
             "epochs": config.epochs, "batch_size": config.batch_size,
         })
-        if val_batches is not None:
+        if self.val_batches is not None and self.resume_dir is None:
             from cnnctl.engine.evaluate import evaluate
 
-            sanity = evaluate(model, val_batches, len(data.classes), max_batches=2)
+            sanity = evaluate(self.model, self.val_batches, len(data.classes), max_batches=2)
             self.reporter.message(f"sanity check on 2 validation batches: loss {sanity.loss:.3f} "
                                   f"(chance ≈ {_chance_loss(len(data.classes)):.3f})")
 
-        history: list[dict[str, float]] = []
-        best_value: float | None = None
-        for epoch in range(1, config.epochs + 1):
-            head_only.begin_epoch(epoch, self.reporter.message)
-            row = self._train_epoch(model, optimizer, schedule, train_batches, epoch)
-            if val_batches is not None:
-                from cnnctl.engine.evaluate import evaluate
+    # ------------------------------------------------------------------------------------------------ epochs
+    def fit(self, guard: Any) -> None:
+        from cnnctl.engine.interrupt import interrupted_error
 
-                val = evaluate(model, val_batches, len(data.classes))
-                row["val_loss"], row["val_acc"] = val.loss, val.top1
-            schedule.step_epoch(row)
-            history.append(row)
-            self._append_metrics(run_dir / "metrics.csv", row)
-            monitored = row.get("val_acc", row["train_acc"])
-            meta = self._meta(data, epoch, row)
-            from cnnctl import checkpoint
-
-            checkpoint.save(last_path, model, meta)
-            if best_value is None or monitored > best_value:
-                best_value = monitored
-                checkpoint.save(best_path, model, meta)
+        config = self.config
+        for epoch in range(self.start_epoch + 1, config.epochs + 1):
+            skip = self.start_batch if epoch == self.start_epoch + 1 else 0
+            self.on_epoch_start(epoch)
+            row = self.train_epoch(epoch, guard, skip)
+            row.update(self.validate())
+            if self.schedule.epoch_end(row.get(self.monitor)):
+                self.reporter.message(f"plateau: {self.monitor} has not improved for "
+                                      f"{config.plateau_patience + 1} epochs; learning rate × {config.gamma:g}")
+            self.history.append(row)
+            improved, in_top, dropped = self.tracker.update(epoch, row[self.monitor])
+            self.stopped_early = epoch < config.epochs and self.tracker.should_stop(config.patience)
+            self.save_epoch(epoch, row, improved, in_top, dropped)
             self.reporter.epoch_end(row, config.epochs)
+            if self.stopped_early:
+                self.reporter.message(
+                    f"early stopping: {self.monitor} has not improved for {self.tracker.bad_epochs} epochs "
+                    f"(best {self.tracker.best_value:.4f} in epoch {self.tracker.best_epoch})")
+                break
+            if guard.requested and epoch < config.epochs:
+                raise interrupted_error(self.run_dir, f"after epoch {epoch}", guard.requested)
 
-        result = FitResult(run_dir, best_path, last_path, history)
-        if data.test is not None:
-            result.test = self._final_test(best_path, data, device)
-        return result
+    def on_epoch_start(self, epoch: int) -> None:
+        """Schedules of the model itself: --freeze-epochs trains only the classifier for the first epochs."""
+        self.head_only.begin_epoch(epoch, self.reporter.message)
 
-    def _train_epoch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, batches: Any,
-                     epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int, guard: Any, skip: int = 0) -> dict[str, float]:
+        """One epoch of optimizer steps. ``skip`` batches were already trained before an interruption: they are
+        drawn again (same order and augmentation) but not trained on."""
         import torch
         import torch.nn.functional as F
 
+        from cnnctl.engine.interrupt import interrupted_error
+
+        config, model, optimizer, batches = self.config, self.model, self.optimizer, self.train_batches
         model.train()
         steps = len(batches)
-        self.reporter.epoch_start(epoch, self.config.epochs, steps)
-        loss_sum = torch.zeros((), device=batches.device)
-        correct = torch.zeros((), dtype=torch.int64, device=batches.device)
-        seen = 0
-        lr_at_start = optimizer.param_groups[0]["lr"]
+        first_step = (epoch - 1) * steps
+        self.reporter.epoch_start(epoch, config.epochs, steps)
+        epoch_rng = batches.generator.get_state()  # replaying from here reproduces this epoch's batches
+        partial = self.partial if skip else {}
+        self.partial = {}
+        loss_sum = partial.get("loss_sum", torch.zeros((), device=batches.device))
+        correct = partial.get("correct", torch.zeros((), dtype=torch.int64, device=batches.device))
+        seen = int(partial.get("seen", 0))
+        earlier_seconds = float(partial.get("seconds", 0.0))
+        first_bad = torch.full((), -1, dtype=torch.int64, device=batches.device)
+        check_every = 1 if batches.device.type == "cpu" else 32  # reading a CUDA value waits for the GPU
         started = time.perf_counter()
-        for step, (inputs, labels) in enumerate(batches, start=1):
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step_batch()
-            loss_sum += loss.detach() * labels.shape[0]
+        for index, (inputs, labels) in enumerate(batches):
+            if index < skip:
+                continue
+            self.schedule.apply(first_step + index)
+            try:
+                with self.precision.autocast():
+                    logits = model(inputs)
+                    loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if config.grad_clip:
+                    self.scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                self.scaler.step(optimizer)
+                self.scaler.update()
+            except torch.OutOfMemoryError as error:
+                raise self._out_of_memory(epoch, index + 1, steps) from error
+            detached = loss.detach().float()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), index, first_bad)
+            loss_sum += detached * labels.shape[0]
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += int(labels.shape[0])
-            self.reporter.step(step, loss)
-        seconds = time.perf_counter() - started
-        train_loss = float(loss_sum) / max(seen, 1)
-        if not torch.isfinite(torch.tensor(train_loss)):
-            raise CnnctlError(f"training diverged in epoch {epoch}: the loss is {train_loss}",
-                              hint="lower --lr; the last good checkpoint is kept")
+            if (index + 1) % check_every == 0 or index + 1 == steps:
+                self._check_finite(first_bad, detached, epoch, steps)
+            self.reporter.step(index + 1, loss)
+            if guard.requested and index + 1 < steps:
+                self._check_finite(first_bad, detached, epoch, steps)
+                seconds = earlier_seconds + time.perf_counter() - started
+                self.save_state(epoch - 1, index + 1, epoch_rng,
+                                {"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": seconds})
+                raise interrupted_error(self.run_dir, f"in epoch {epoch} after batch {index + 1} of {steps}",
+                                        guard.requested)
+        seconds = earlier_seconds + time.perf_counter() - started
         return {
             "epoch": epoch,
-            "train_loss": train_loss,
+            "train_loss": float(loss_sum) / max(seen, 1),
             "train_acc": float(correct) / max(seen, 1),
-            "lr": lr_at_start,
+            "lr": self.schedule.lr_at(first_step),
+            "lr_end": self.schedule.lr_at(first_step + steps - 1),
             "epoch_time_s": seconds,
             "images_per_s": seen / seconds if seconds > 0 else 0.0,
         }
+
+    def validate(self) -> dict[str, float]:
+        if self.val_batches is None:
+            return {}
+        from cnnctl.engine.evaluate import evaluate
+
+        val = evaluate(self.model, self.val_batches, len(self.data.classes), autocast=self.precision.autocast())
+        return {"val_loss": val.loss, "val_acc": val.top1}
+
+    def _check_finite(self, first_bad: torch.Tensor, loss: torch.Tensor, epoch: int, steps: int) -> None:
+        bad = int(first_bad)
+        if bad < 0:
+            return
+        from cnnctl.engine.state import STATE_FILE
+
+        kept = (f"last.safetensors and the training state of epoch {self.history[-1]['epoch']} are kept"
+                if (self.run_dir / STATE_FILE).is_file() and self.history else "nothing was saved")
+        raise CnnctlError(f"training diverged: the loss is not finite in epoch {epoch} at batch {bad + 1} of "
+                          f"{steps}; stopped, {kept}",
+                          hint=f"lower --lr (it was {self.config.resolved_lr():g}) or add --grad-clip 1.0")
+
+    def _out_of_memory(self, epoch: int, batch: int, steps: int) -> CnnctlError:
+        smaller = max(1, self.config.batch_size // 2)
+        amp = "" if self.config.amp else " or add --amp"
+        return CnnctlError(f"out of memory on {self.device} in epoch {epoch} at batch {batch} of {steps} with "
+                           f"--batch-size {self.config.batch_size}",
+                           hint=f"try --batch-size {smaller}{amp}; the last finished epoch is saved")
+
+    # ------------------------------------------------------------------------------------------------ saving
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.safetensors"
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.safetensors"
+
+    def _top_path(self, epoch: int) -> Path:
+        return self.run_dir / "checkpoints" / f"epoch-{epoch:03d}.safetensors"
+
+    def _bare_model(self) -> torch.nn.Module:
+        model = getattr(self.model, "module", self.model)
+        return getattr(model, "_orig_mod", model)
+
+    def save_epoch(self, epoch: int, row: dict[str, float], improved: bool, in_top: bool, dropped: list[int]) -> None:
+        """End of an epoch: last, best and top-K checkpoints, then the training state (the commit point), then
+        metrics.csv. A crash before the state is written only repeats this epoch on resume."""
+        from cnnctl import checkpoint
+
+        meta = self._meta(self.data, epoch, row)
+        checkpoint.save(self.last_path, self.model, meta)
+        if improved:
+            checkpoint.save(self.best_path, self.model, meta)
+        if self.config.keep > 1 and in_top:
+            checkpoint.save(self._top_path(epoch), self.model, meta)
+        self.save_state(epoch, 0, self.train_batches.generator.get_state())
+        for old in dropped:
+            self._top_path(old).unlink(missing_ok=True)
+        self._write_metrics(self.run_dir / "metrics.csv", self.history)
+
+    def save_state(self, epoch: int, batch: int, loader_state: torch.Tensor,
+                   partial: dict[str, Any] | None = None) -> None:
+        """``state.safetensors``: ``epoch`` finished epochs plus ``batch`` batches of the next (with its sums)."""
+        from cnnctl.checkpoint import state_tensors
+        from cnnctl.engine.state import TrainingState, capture_rng, flatten_optimizer, write_state
+
+        tensors = {f"model.{name}": tensor for name, tensor in state_tensors(self.model).items()}
+        optimizer_tensors, optimizer_document = flatten_optimizer(self.optimizer)
+        rng_tensors, rng_document = capture_rng(loader_state)
+        tensors.update(optimizer_tensors)
+        tensors.update(rng_tensors)
+        partial_document: dict[str, float] = {}
+        if partial:
+            tensors["partial.loss_sum"] = partial["loss_sum"].detach().to("cpu").clone()
+            tensors["partial.correct"] = partial["correct"].detach().to("cpu").clone()
+            partial_document = {"seen": partial["seen"], "seconds": partial["seconds"]}
+        state = TrainingState(epoch=epoch, batch=batch, history=self.history, tracker=self.tracker.to_dict(),
+                              schedule=self.schedule.state_dict(), scaler=self.scaler.state_dict(),
+                              partial=partial_document, stopped_early=self.stopped_early,
+                              config=self.config.to_dict(), extra=self.state_extra)
+        write_state(self.run_dir, tensors, state, rng_document, optimizer_document)
+
+    def _remove_orphan_top_checkpoints(self) -> None:
+        """Top-K files a crash left behind (written, but not recorded in the state)."""
+        folder = self.run_dir / "checkpoints"
+        if not folder.is_dir():
+            return
+        kept = {self._top_path(int(item["epoch"])).name for item in self.tracker.top}
+        for path in folder.glob("epoch-*.safetensors"):
+            if path.name not in kept:
+                path.unlink(missing_ok=True)
 
     def _meta(self, data: PreparedData, epoch: int, row: dict[str, float]) -> Any:
         from cnnctl.checkpoint import CheckpointMeta
@@ -245,17 +490,32 @@ class Trainer:
         )
 
     @staticmethod
-    def _append_metrics(path: Path, row: dict[str, float]) -> None:
-        new = not path.exists()
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({key: row.get(key, "") for key in METRIC_COLUMNS})
-            handle.flush()
-            os.fsync(handle.fileno())
+    def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+        """Rewrite metrics.csv from the history (atomically): a known column order, then any other keys."""
+        from cnnctl.fsutil import atomic_write_text
 
-    def _final_test(self, best_path: Path, data: PreparedData, device: torch.device) -> dict[str, Any]:
+        columns = [c for c in METRIC_COLUMNS if any(c in row for row in history)]
+        for row in history:
+            columns += [key for key in row if key not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({key: row.get(key, "") for key in columns})
+        atomic_write_text(path, buffer.getvalue())
+
+    # ------------------------------------------------------------------------------------------------ the end
+    def finish(self) -> FitResult:
+        result = FitResult(self.run_dir, self.best_path, self.last_path, self.history,
+                           stopped_early=self.stopped_early)
+        evaluation = None
+        if self.data.test is not None:
+            result.test, evaluation = self._final_test(self.best_path, self.data, self.device)
+        if self.config.plots:
+            result.plots = self._plots(evaluation)
+        return result
+
+    def _final_test(self, best_path: Path, data: PreparedData, device: torch.device) -> tuple[dict[str, Any], Any]:
         """Evaluate the best checkpoint, reloaded from disk, on the test split (the number eval reproduces)."""
         from cnnctl import checkpoint
         from cnnctl.data.loader import BatchLoader
@@ -273,7 +533,22 @@ class Trainer:
 
         atomic_write_text(best_path.parent / "results.json", json.dumps(summary, indent=2) + "\n")
         self.reporter.end(summary)
-        return summary
+        return summary, (model, test)
+
+    def _plots(self, evaluation: tuple[Any, EvalResult] | None) -> list[Path]:
+        """curves.png, and from the final test evaluation confusion.png and predictions.png."""
+        from cnnctl import plots
+
+        missing = plots.available()
+        if missing:
+            self.reporter.message(missing)
+            return []
+        written = [plots.plot_curves(self.history, self.run_dir / "curves.png")]
+        if evaluation is not None:
+            model, test = evaluation
+            written += plots.evaluation_plots(self.run_dir, model, self.data.test, self.data.preprocessing,
+                                              list(self.data.classes), test.confusion, split="test")
+        return written
 
 
 def _chance_loss(num_classes: int) -> float:
@@ -282,7 +557,11 @@ def _chance_loss(num_classes: int) -> float:
     return math.log(num_classes)
 
 
-def train(config: TrainConfig | None = None, *, reporter: Reporter | None = None, **options: Any) -> FitResult:
-    """Python API: ``cnnctl.train(arch="lenet5", dataset="mnist", epochs=2)`` mirrors ``cnnctl train``."""
+def train(config: TrainConfig | None = None, *, reporter: Reporter | None = None, resume: str | Path | None = None,
+          **options: Any) -> FitResult:
+    """Python API: ``cnnctl.train(arch="lenet5", dataset="mnist", epochs=2)`` mirrors ``cnnctl train``;
+    ``cnnctl.train(resume="runs/lenet5-mnist/1", epochs=20)`` continues a run (and may extend it)."""
+    if resume is not None:
+        return Trainer.resuming(resume, options, reporter).run()
     config = config or TrainConfig(**options)
     return Trainer(config, reporter).run()

@@ -1,0 +1,253 @@
+"""Training state for ``--resume``: one ``state.safetensors`` per run folder, written atomically, never pickled.
+
+The file holds the tensors (model weights ``model.*``, optimizer state ``optimizer.<param>.<name>``, random-number
+generator states ``rng.*``, a half-finished epoch's sums ``partial.*``) and, in its safetensors metadata under
+``cnnctl_state``, one JSON document with everything else: epoch and batch reached, optimizer hyperparameters,
+schedule and gradient-scaler state, best metric, early-stopping counters, history, Python's and NumPy's random
+states and the resolved configuration. One file renamed into place is one commit: a crash leaves either the
+previous state or the new one, never a mix (the weights are in it too, so it never depends on
+``last.safetensors`` having been written at the same moment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnctl.errors import CheckpointError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnctl.config import TrainConfig
+
+STATE_FILE = "state.safetensors"
+STATE_KEY = "cnnctl_state"
+STATE_FORMAT = 1
+# Options a resumed run may change; every other option is the run's own (changing it would not continue the run).
+RESUMABLE_OVERRIDES = frozenset({"epochs", "patience", "device", "threads", "plots", "keep", "root", "mirror"})
+
+
+@dataclass
+class TrainingState:
+    """Where a run is: ``epoch`` epochs finished and ``batch`` batches of the next one (0 at an epoch's end)."""
+
+    epoch: int = 0
+    batch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    tracker: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] = field(default_factory=dict)
+    partial: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # for other parts of the engine (e.g. freeze phases)
+
+
+# ---------------------------------------------------------------------------------------------- optimizer state
+def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``optimizer.state_dict()`` as named tensors plus a JSON-able rest (hyperparameters, non-tensor state)."""
+    import torch
+
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for param_id, entries in state_dict["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{param_id}.{name}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                plain.setdefault(str(param_id), {})[name] = value
+    groups = []
+    for group in state_dict["param_groups"]:
+        tuples = sorted(key for key, value in group.items() if isinstance(value, tuple))
+        groups.append({**{key: list(value) if isinstance(value, tuple) else value for key, value in group.items()},
+                       "__tuples__": tuples})
+    return tensors, {"param_groups": groups, "plain_state": plain}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], document: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`flatten_optimizer`: a state dict for ``optimizer.load_state_dict``."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        if key.startswith("optimizer."):
+            _, param_id, name = key.split(".", 2)
+            state.setdefault(int(param_id), {})[name] = tensor
+    for param_id, entries in document.get("plain_state", {}).items():
+        state.setdefault(int(param_id), {}).update(entries)
+    groups = []
+    for group in document["param_groups"]:
+        group = dict(group)
+        tuples = group.pop("__tuples__", [])
+        groups.append({key: tuple(value) if key in tuples else value for key, value in group.items()})
+    return {"state": state, "param_groups": groups}
+
+
+# ---------------------------------------------------------------------------------------------- random states
+def capture_rng(loader_generator_state: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every random-number state a run draws from: torch (CPU and CUDA), the batch loader's generator
+    (shuffling and augmentation), Python's ``random`` and NumPy's legacy global state."""
+    import torch
+
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.loader": loader_generator_state.clone()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = cuda_state
+    version, internal, gauss = random.getstate()
+    document: dict[str, Any] = {"python": [version, list(internal), gauss]}
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        name, keys, position, has_gauss, cached = np.random.get_state()
+        document["numpy"] = [name, [int(k) for k in keys], int(position), int(has_gauss), float(cached)]
+    return tensors, document
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], document: dict[str, Any]) -> None:
+    """Restore the global states captured by :func:`capture_rng` (the loader's is restored by the trainer)."""
+    import torch
+
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted((int(key.rsplit(".", 1)[1]), value) for key, value in tensors.items() if key.startswith("rng.cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([value for _, value in cuda][: torch.cuda.device_count()])
+    if "python" in document:
+        version, internal, gauss = document["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in document:
+        with contextlib.suppress(ImportError):
+            import numpy as np
+
+            name, keys, position, has_gauss, cached = document["numpy"]
+            np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+
+
+# ---------------------------------------------------------------------------------------------- the file
+def write_state(run_dir: Path, tensors: dict[str, torch.Tensor], state: TrainingState,
+                rng_document: dict[str, Any], optimizer_document: dict[str, Any]) -> Path:
+    """Write ``state.safetensors`` atomically (temporary file, fsync, rename)."""
+    from safetensors.torch import save_file
+
+    from cnnctl.fsutil import atomic_path
+
+    document = {"format": STATE_FORMAT, "state": state.__dict__, "rng": rng_document, "optimizer": optimizer_document}
+    path = run_dir / STATE_FILE
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={STATE_KEY: json.dumps(document)})
+    return path
+
+
+@dataclass
+class LoadedState:
+    state: TrainingState
+    tensors: dict[str, Any]
+    rng: dict[str, Any]
+    optimizer: dict[str, Any]
+
+    def model_tensors(self) -> dict[str, Any]:
+        return {key[len("model."):]: value for key, value in self.tensors.items() if key.startswith("model.")}
+
+
+def read_state(run_dir: Path) -> LoadedState:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = run_dir / STATE_FILE
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+        document = json.loads(metadata[STATE_KEY])
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{run_dir} has no training state ({STATE_FILE})",
+                              hint="the run stopped before its first epoch ended; start it again") from error
+    except Exception as error:  # safetensors raises its own types for a damaged header
+        raise CheckpointError(f"{path} is not a readable training state ({str(error).splitlines()[0][:120]})",
+                              hint="it may be damaged; start the run again") from error
+    if document.get("format", 0) > STATE_FORMAT:
+        raise CheckpointError(f"{path} was written by a newer cnnctl (format {document['format']})",
+                              hint="upgrade cnnctl")
+    return LoadedState(TrainingState(**document["state"]), tensors, document.get("rng", {}),
+                       document.get("optimizer", {}))
+
+
+def resolve_run_dir(path: str | Path) -> Path:
+    """The run folder that ``--resume PATH`` names: the folder itself, or the folder of its last checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        run_dir = path
+    elif path.is_file():
+        if path.name == "best.safetensors":
+            raise UsageError(f"{path} is the best checkpoint, not where the run stopped",
+                             hint=f"resume from the run folder: --resume {path.parent}")
+        run_dir = path.parent
+    else:
+        raise UsageError(f"--resume {path}: no such run folder or checkpoint")
+    if not (run_dir / STATE_FILE).is_file():
+        hint = ("the run stopped before its first epoch ended; start it again" if (run_dir / "config.json").is_file()
+                else "pass a run folder written by `cnnctl train`")
+        raise UsageError(f"--resume {path}: {run_dir} holds no training state ({STATE_FILE})", hint=hint)
+    return run_dir
+
+
+def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, LoadedState]:
+    """The run's saved configuration with the options a resumed run may change; anything else that differs
+    from the saved value is a contradiction and says so before any work starts."""
+    from cnnctl.config import TrainConfig
+
+    loaded = read_state(run_dir)
+    saved = dict(loaded.state.config)
+    for name, value in overrides.items():
+        if name in RESUMABLE_OVERRIDES or value is None or saved.get(name) == value:
+            continue
+        if name == "arch":
+            raise UsageError(f"--resume {run_dir}: the run trains {saved.get('arch')}, not {value}",
+                             hint="resume without naming an architecture, or start a new run")
+        flag = "--" + name.replace("_", "-")
+        raise UsageError(f"--resume continues {run_dir} with its own settings; {flag} cannot change "
+                         f"(the run has {saved.get(name)!r}, given {value!r})",
+                         hint="leave it out, or start a new run with --config " + str(run_dir / "config.yaml"))
+    merged = {**saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES and v is not None}}
+    config = TrainConfig.from_dict(merged, source=str(run_dir / STATE_FILE))
+    state = loaded.state
+    done = state.epoch
+    if state.batch == 0 and done >= config.epochs:
+        raise UsageError(f"{run_dir} has already finished {done} of {config.epochs} epochs",
+                         hint=f"pass --epochs N with N > {done} to train it further")
+    if state.stopped_early and state.batch == 0 and not {"epochs", "patience"} & set(overrides):
+        raise UsageError(f"{run_dir} stopped early after epoch {done} ({config.monitor} did not improve for "
+                         f"{config.patience} epochs)", hint="pass a larger --patience or --epochs to train on")
+    if config.epochs < done:
+        raise UsageError(f"--epochs {config.epochs} is fewer than the {done} epochs {run_dir} has already trained")
+    return config, loaded
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder while training, so that two processes never write one run
+    (a second ``--resume`` of a run still training fails at once). Released by the OS even after ``kill -9``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; the folder is still created exclusively
+        yield
+        return
+    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            raise UsageError(f"{run_dir} is being trained by another cnnctl process",
+                             hint="wait for it to finish, or stop it first") from error
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
