@@ -95,14 +95,14 @@ def compute_leg(args: argparse.Namespace) -> dict:
     from cnnctl.data.splits import load_split, resolve_preprocessing, split_train_val
     from cnnctl.registry import get_dataset_spec, get_model_spec
 
-    defaults = TrainConfig(arch="lenet5", dataset="mnist")
+    defaults = TrainConfig(arch="lenet5", dataset=args.dataset)
     batch_size = args.batch_size or defaults.batch_size
     channels_last = defaults.channels_last if args.channels_last is None else args.channels_last
     threads = args.threads or defaults.threads
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    spec = get_dataset_spec("mnist")
+    spec = get_dataset_spec(args.dataset)
     train = load_split(spec, "train", root=args.root)
     val_split = spec.default_val_split if defaults.val_split is None else defaults.val_split
     train, _ = split_train_val(train, val_split, 0)
@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="folder with the four verified MNIST .gz files")
     parser.add_argument("--root", help="cnnctl data root holding mnist/ (compute leg)")
     parser.add_argument("--work", default=".", help="scratch folder (tutorial leg unpacks MNIST here)")
+    parser.add_argument("--dataset", default="mnist", help="registered dataset (compute leg)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
