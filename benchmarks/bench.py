@@ -121,8 +121,8 @@ def train_command(epochs: int, out: Path, batch_norm: bool) -> list[str]:
     """``cnnctl train`` with its defaults; the BatchNorm variant goes through the Python API (same Trainer)."""
     if not batch_norm:
         return cnnctl("train", "lenet5", "--dataset", "mnist", "--epochs", str(epochs), "--out", str(out), "--quiet")
-    code = ("import cnnctl; r = cnnctl.train(arch='lenet5', dataset='mnist', epochs=%d, out=%r, "
-            "arch_args={'batch_norm': True}); print('run folder:', r.run_dir)" % (epochs, str(out)))
+    code = (f"import cnnctl; r = cnnctl.train(arch='lenet5', dataset='mnist', epochs={epochs}, out={str(out)!r}, "
+            "arch_args={'batch_norm': True}); print('run folder:', r.run_dir)")
     return [sys.executable, "-c", code]
 
 
@@ -331,9 +331,10 @@ def render(report: dict[str, Any]) -> str:
                      f"({p['inference_images_per_s']:,.0f}/s); accuracy {p['accuracy']:.2%}")
     if "eval" in report:
         e = report["eval"]
+        torch_s = e["import_torch_s"] - e["python_s"]
         lines.append(f"cnnctl eval, 10,000 test images: {e['wall_s']:.2f}s wall end to end (target <= 2); of "
-                     f"which Python start {e['python_s']:.2f}s, import torch {e['import_torch_s'] - e['python_s']:.2f}s;"
-                     f" load + evaluate in process {e['in_process_s']:.2f}s")
+                     f"which Python start {e['python_s']:.2f}s, import torch {torch_s:.2f}s; "
+                     f"load + evaluate in process {e['in_process_s']:.2f}s")
     if "startup" in report:
         s = report["startup"]
         lines.append("cnnctl --help {:.3f}s, cnnctl list {:.3f}s (target <= 0.3; torch imported: {}, {})".format(
