@@ -74,8 +74,10 @@ def predict(
             sys.stdout.write(buffer.getvalue())
     rate = len(predictions) / seconds if seconds > 0 else float("inf")
     note = f", skipped {skipped} non-image files" if skipped else ""
+    timings = predictor.timings
     stderr_line(f"predicted {len(predictions) - len(failures):,} of {len(predictions):,} images in {seconds:.2f}s "
-                f"({rate:,.0f} images/s){note}" + (f"; wrote {output}" if output else ""))
+                f"({rate:,.0f} images/s; decode {timings['decode_s']:.2f}s, inference {timings['inference_s']:.2f}s)"
+                f"{note}" + (f"; wrote {output}" if output else ""))
     for failure in failures[:5]:
         stderr_line(f"  could not read {failure.error}")
     if failures and strict:

@@ -29,7 +29,9 @@ def _reason(error: BaseException) -> str:
     return " ".join(text.split())[:100]
 
 
-def _read_with_pillow(path: Path, channels: int) -> torch.Tensor:
+def _read_with_pillow(data: bytes, path: Path, channels: int) -> torch.Tensor:
+    import io
+
     import numpy as np
     import torch
 
@@ -38,7 +40,7 @@ def _read_with_pillow(path: Path, channels: int) -> torch.Tensor:
     except ImportError as error:  # pragma: no cover - Pillow is a torchvision dependency
         raise DataError(f"{path}: reading {path.suffix} files needs Pillow", hint="pip install pillow") from error
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             converted = image.convert("L" if channels == 1 else "RGB")
             array = np.asarray(converted, dtype=np.uint8)
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for broken files
@@ -51,21 +53,32 @@ def read_image(path: str | Path, channels: int = 3) -> torch.Tensor:
     """Decode ``path`` as uint8 ``channels``×H×W (1: grey, 3: RGB; alpha is dropped, palettes are expanded).
 
     Grey comes from :func:`to_grey`, so a grey image gives the same pixels whichever way it is read. Raises
-    ``DataError`` naming the file if it cannot be decoded.
+    ``DataError`` naming the file if it cannot be read or decoded.
     """
-    import torch
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: not a readable image ({error.strerror or type(error).__name__})") from error
+    return decode_image_bytes(data, path, channels)
+
+
+def decode_image_bytes(data: bytes, path: Path, channels: int = 3) -> torch.Tensor:
+    """:func:`read_image` for a file already read (``path`` names it in errors and picks the decoder)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    if not data:
+        raise DataError(f"{path}: not a readable image (empty file)")
     if path.suffix.lower() in _PILLOW_ONLY:
-        image = _read_with_pillow(path, 3)
+        image = _read_with_pillow(data, path, 3)
     else:
         try:
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except (RuntimeError, ValueError, OSError) as error:
             # A file whose suffix lies (a BMP saved as .png) still gets a chance with Pillow.
             try:
-                image = _read_with_pillow(path, 3)
+                image = _read_with_pillow(data, path, 3)
             except DataError:
                 raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
         if image.dtype != torch.uint8:  # 16-bit PNGs

@@ -1,0 +1,396 @@
+"""cnnctl's performance benchmark on the real MNIST, in one run, with the ratios the README reports.
+
+    python benchmarks/bench.py                    # everything (~4 min on 2 cores)
+    python benchmarks/bench.py --only train       # (a) tutorial vs (b) cnnctl train vs (c) compute limit
+    python benchmarks/bench.py --batch-norm       # the same legs with LeNet-5 + BatchNorm
+
+Sections:
+  train    (a) the seed tutorial's pipeline, (b) ``cnnctl train lenet5 --dataset mnist`` with its defaults and
+           (c) the compute limit (same model, batch, threads and memory format on in-memory tensors), each a
+           fresh process, interleaved over ``--rounds`` rounds in rotating order; medians and paired ratios.
+  full     ``cnnctl train lenet5 --dataset mnist --epochs 10`` end to end: wall time and test accuracy.
+  predict  ``cnnctl predict`` on a folder of the 10,000 MNIST test digits written as PNG files.
+  eval     ``cnnctl eval`` of the full run's checkpoint on the 10,000-image test set.
+  startup  ``cnnctl --help`` and ``cnnctl list`` (these paths must not import torch).
+
+Every leg runs in its own process so that each starts from the same state; legs alternate so that a change in
+machine load (the machines we measure on are shared) hits all of them alike. Nothing is estimated: every number
+printed was measured in this run. MNIST comes from ``--mirror`` (default: ``$CNNCTL_MIRROR``, else
+``../shared/datasets/mnist`` next to the repository, else the official mirrors) into a scratch folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+LEGS = Path(__file__).resolve().parent / "legs.py"
+SECTIONS = ("train", "full", "predict", "eval", "startup")
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on, and how busy it was."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = subprocess.run([sys.executable, "-c", "import torch, torchvision; print(torch.__version__, "
+                               "torchvision.__version__, torch.get_num_threads())"],
+                              capture_output=True, text=True, env=env()).stdout.split()
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": versions[0] if versions else "?", "torchvision": versions[1] if len(versions) > 1 else "?",
+            "torch_threads": int(versions[2]) if len(versions) > 2 else None, "os": platform.platform()}
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+_ENV: dict[str, str] = {}
+
+
+def env() -> dict[str, str]:
+    merged = {**os.environ, **_ENV}
+    merged["PYTHONPATH"] = os.pathsep.join([str(REPO), merged.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return merged
+
+
+def run(command: list[str], *, check: bool = True) -> tuple[float, subprocess.CompletedProcess]:
+    """Run a command; return its wall time and result."""
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env(), cwd=REPO)
+    seconds = time.perf_counter() - started
+    if check and result.returncode != 0:
+        raise SystemExit(f"benchmark step failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}")
+    return seconds, result
+
+
+def cnnctl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cnnctl", *args]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------------- train
+
+
+def leg_tutorial(args: argparse.Namespace, data_dir: Path, work: Path) -> dict[str, Any]:
+    command = [sys.executable, str(LEGS), "tutorial", "--data", str(data_dir), "--work", str(work),
+               "--epochs", str(args.epochs)]
+    if args.batch_norm:
+        command.append("--batch-norm")
+    _, result = run(command)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def leg_compute(args: argparse.Namespace, data_dir: Path, work: Path) -> dict[str, Any]:
+    command = [sys.executable, str(LEGS), "compute", "--data", str(data_dir), "--root", str(work / "data"),
+               "--epochs", str(args.epochs)]
+    if args.batch_norm:
+        command.append("--batch-norm")
+    _, result = run(command)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def train_command(epochs: int, out: Path, batch_norm: bool) -> list[str]:
+    """``cnnctl train`` with its defaults; the BatchNorm variant goes through the Python API (same Trainer)."""
+    if not batch_norm:
+        return cnnctl("train", "lenet5", "--dataset", "mnist", "--epochs", str(epochs), "--out", str(out), "--quiet")
+    code = (f"import cnnctl; r = cnnctl.train(arch='lenet5', dataset='mnist', epochs={epochs}, out={str(out)!r}, "
+            "arch_args={'batch_norm': True}); print('run folder:', r.run_dir)")
+    return [sys.executable, "-c", code]
+
+
+def run_cnnctl_train(epochs: int, work: Path, batch_norm: bool) -> dict[str, Any]:
+    wall, result = run(train_command(epochs, work / "runs", batch_norm))
+    match = re.search(r"run folder: (.+)", result.stdout)
+    if not match:
+        raise SystemExit(f"could not find the run folder in:\n{result.stdout}")
+    run_dir = Path(match.group(1).strip())
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    results = json.loads((run_dir / "results.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    return {"leg": "cnnctl", "epoch_s": [float(r["epoch_time_s"]) for r in rows],
+            "val_s": None, "images": round(float(rows[0]["images_per_s"]) * float(rows[0]["epoch_time_s"])),
+            "wall_s": wall, "test_acc": results["test_acc"], "run_dir": str(run_dir),
+            "batch_size": config["batch_size"], "threads": config.get("threads"),
+            "channels_last": config.get("channels_last"), "batch_norm": batch_norm}
+
+
+def leg_cnnctl(args: argparse.Namespace, data_dir: Path, work: Path) -> dict[str, Any]:
+    return run_cnnctl_train(args.epochs, work, args.batch_norm)
+
+
+def throughput(leg: dict[str, Any]) -> float:
+    return leg["images"] / median(leg["epoch_s"])
+
+
+def section_train(args: argparse.Namespace, data_dir: Path, work: Path, report: dict[str, Any]) -> None:
+    legs = {"a": leg_tutorial, "b": leg_cnnctl, "c": leg_compute}
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for number in range(args.rounds):
+        order = "abc"[number % 3:] + "abc"[:number % 3]
+        results: dict[str, dict[str, Any]] = {}
+        for key in order:
+            results[key] = legs[key](args, data_dir, work)
+            log(f"  round {number + 1}/{args.rounds} leg {key}: {throughput(results[key]):,.0f} images/s "
+                f"(epoch {median(results[key]['epoch_s']):.2f}s, load {load_average()})")
+        rounds.append(results)
+    summary: dict[str, Any] = {"rounds": rounds}
+    for key in "abc":
+        epochs = [s for r in rounds for s in r[key]["epoch_s"]]
+        images = rounds[0][key]["images"]
+        summary[key] = {"epoch_s": median(epochs), "images": images, "images_per_s": images / median(epochs),
+                        "batch_size": rounds[0][key]["batch_size"], "threads": rounds[0][key].get("threads"),
+                        "channels_last": rounds[0][key].get("channels_last")}
+    # ratios of throughput (time for the same number of images), paired within each round, then the median
+    summary["a_over_b"] = median([throughput(r["b"]) / throughput(r["a"]) for r in rounds])
+    summary["b_over_c"] = median([throughput(r["c"]) / throughput(r["b"]) for r in rounds])
+    report["train"] = summary
+
+
+# ----------------------------------------------------------------------------------------------------------- full
+
+
+def section_full(args: argparse.Namespace, data_dir: Path, work: Path, report: dict[str, Any]) -> None:
+    runs = [run_cnnctl_train(10, work, args.batch_norm) for _ in range(args.full_runs)]
+    for result in runs:
+        log(f"  10 epochs: {result['wall_s']:.1f}s wall, test accuracy {result['test_acc']:.2%}")
+    best = min(runs, key=lambda r: r["wall_s"])
+    report["full"] = {
+        "command": "cnnctl train lenet5 --dataset mnist --epochs 10",
+        "wall_s": median([r["wall_s"] for r in runs]), "test_acc": median([r["test_acc"] for r in runs]),
+        "train_epoch_s": median([s for r in runs for s in r["epoch_s"]]), "runs": len(runs),
+        "images": best["images"], "checkpoint": str(Path(best["run_dir"]) / "best.safetensors"),
+    }
+
+
+def checkpoint_for(report: dict[str, Any], work: Path) -> str:
+    if "full" in report:
+        return report["full"]["checkpoint"]
+    log("  (training a 1-epoch checkpoint for predict/eval)")
+    return str(Path(run_cnnctl_train(1, work, False)["run_dir"]) / "best.safetensors")
+
+
+# -------------------------------------------------------------------------------------------------------- predict
+
+
+def write_pngs(work: Path) -> tuple[Path, list[int]]:
+    """The 10,000 MNIST test digits as PNG files (untimed); names carry the label for an accuracy check."""
+    folder = work / "png"
+    code = f"""
+import sys
+from pathlib import Path
+sys.path.insert(0, {str(REPO)!r})
+import warnings; warnings.filterwarnings("ignore")
+from torchvision.io import encode_png
+from cnnctl.data.splits import load_split
+from cnnctl.registry import get_dataset_spec
+test = load_split(get_dataset_spec("mnist"), "test", root={str(work / 'data')!r})
+folder = Path({str(folder)!r}); folder.mkdir(parents=True, exist_ok=True)
+for i in range(len(test)):
+    (folder / f"{{i:05d}}_{{int(test.labels[i])}}.png").write_bytes(encode_png(test.images[i]).numpy().tobytes())
+"""
+    if not folder.is_dir() or len(list(folder.iterdir())) != 10_000:
+        run([sys.executable, "-c", code])
+    labels = [int(p.stem.split("_")[1]) for p in sorted(folder.iterdir())]
+    return folder, labels
+
+
+def section_predict(args: argparse.Namespace, data_dir: Path, work: Path, report: dict[str, Any]) -> None:
+    checkpoint = checkpoint_for(report, work)
+    folder, labels = write_pngs(work)
+    runs = []
+    for _ in range(args.repeats):
+        output = work / "predictions.csv"
+        wall, result = run(cnnctl("predict", checkpoint, str(folder), "--output", str(output)))
+        line = result.stderr.strip().splitlines()[-1]
+        match = re.search(r"in ([\d.]+)s \(([\d,]+) images/s; decode ([\d.]+)s, inference ([\d.]+)s\)", line)
+        if not match:
+            raise SystemExit(f"unexpected predict output: {line}")
+        rows = list(csv.DictReader(output.open()))
+        correct = sum(int(row["label"]) == int(Path(row["path"]).stem.split("_")[1]) for row in rows)
+        runs.append({"wall_s": wall, "predict_s": float(match.group(1)), "decode_s": float(match.group(3)),
+                     "inference_s": float(match.group(4)), "accuracy": correct / len(rows), "images": len(rows)})
+        log(f"  predict: {wall:.2f}s wall, {line}")
+    images = runs[0]["images"]
+    report["predict"] = {
+        "command": "cnnctl predict CHECKPOINT png/ --output predictions.csv", "images": images,
+        "wall_s": median([r["wall_s"] for r in runs]), "predict_s": median([r["predict_s"] for r in runs]),
+        "decode_s": median([r["decode_s"] for r in runs]), "inference_s": median([r["inference_s"] for r in runs]),
+        "accuracy": runs[0]["accuracy"], "runs": len(runs),
+    }
+    summary = report["predict"]
+    summary["images_per_s_end_to_end"] = images / summary["wall_s"]
+    summary["images_per_s_after_start"] = images / summary["predict_s"]
+    summary["decode_images_per_s"] = images / summary["decode_s"]
+    summary["inference_images_per_s"] = images / summary["inference_s"]
+
+
+# ----------------------------------------------------------------------------------------------- eval and startup
+
+
+def section_eval(args: argparse.Namespace, data_dir: Path, work: Path, report: dict[str, Any]) -> None:
+    checkpoint = checkpoint_for(report, work)
+    bare, torch_import, evals, inside = [], [], [], []
+    inside_code = ("import time, json, sys; s = time.perf_counter(); "
+                   "from cnnctl.engine.evaluate import evaluate_checkpoint; "
+                   f"r, _ = evaluate_checkpoint({checkpoint!r}); "
+                   "print(json.dumps({'s': time.perf_counter() - s, 'acc': r.top1}))")
+    for _ in range(args.repeats):
+        bare.append(run([sys.executable, "-c", "pass"])[0])
+        torch_import.append(run([sys.executable, "-c", "import torch"])[0])
+        wall, result = run(cnnctl("eval", checkpoint, "--json"))
+        evals.append(wall)
+        accuracy = json.loads(result.stdout)["accuracy"]
+        inside.append(json.loads(run([sys.executable, "-c", inside_code])[1].stdout)["s"])
+        log(f"  eval: {wall:.2f}s wall (accuracy {accuracy:.2%})")
+    report["eval"] = {"command": "cnnctl eval CHECKPOINT --json", "wall_s": median(evals),
+                      "python_s": median(bare), "import_torch_s": median(torch_import),
+                      "in_process_s": median(inside), "accuracy": accuracy, "runs": len(evals)}
+
+
+def section_startup(args: argparse.Namespace, data_dir: Path, work: Path, report: dict[str, Any]) -> None:
+    timings: dict[str, list[float]] = {"--help": [], "list": []}
+    probe = ("import sys, runpy; sys.argv = ['cnnctl', %r]\n"
+             "try:\n    runpy.run_module('cnnctl', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
+    for _ in range(args.repeats * 2):
+        for name in timings:
+            timings[name].append(run(cnnctl(name))[0])
+    imports = {name: run([sys.executable, "-c", probe % name])[1].stderr.strip().splitlines()[-1]
+               for name in timings}
+    report["startup"] = {name: {"wall_s": median(values), "imports_torch": imports[name] == "TORCH"}
+                         for name, values in timings.items()}
+    for name, values in timings.items():
+        log(f"  cnnctl {name}: {median(values):.3f}s ({imports[name]})")
+
+
+# ---------------------------------------------------------------------------------------------------------- report
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = []
+    m = report["machine"]
+    lines.append(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']} "
+                 f"({m['torch_threads']} threads), torchvision {m['torchvision']}")
+    lines.append(f"load average before/after: {report['load_before']} / {report['load_after']}")
+    if "train" in report:
+        t = report["train"]
+        model = "LeNet-5 + BatchNorm" if report["batch_norm"] else "LeNet-5 (cnnctl's lenet5, no BatchNorm)"
+        lines.append("")
+        lines.append(f"training, {model}, {report['epochs']} epoch(s) x {report['rounds']} rounds, median:")
+        lines.append(f"{'leg':<48} {'batch':>5} {'images':>7} {'s/epoch':>8} {'images/s':>9}")
+        names = {"a": "(a) tutorial: torchvision MNIST + PIL, DataLoader",
+                 "b": "(b) cnnctl train (defaults)",
+                 "c": "(c) compute limit (in-memory tensors)"}
+        for key in "abc":
+            leg = t[key]
+            lines.append(f"{names[key]:<48} {leg['batch_size']:>5} {leg['images']:>7,} {leg['epoch_s']:>8.2f} "
+                         f"{leg['images_per_s']:>9,.0f}")
+        lines.append(f"a/b = {t['a_over_b']:.2f}x   (cnnctl's speed-up over the tutorial; target >= 3)")
+        lines.append(f"b/c = {t['b_over_c']:.3f}   (cnnctl's time per image over the compute limit; target <= 1.15)")
+    if "full" in report:
+        f = report["full"]
+        lines.append("")
+        lines.append(f"{f['command']}: {f['wall_s']:.1f}s wall end to end (target <= 60), test accuracy "
+                     f"{f['test_acc']:.2%} (target >= 99.0%), training {f['train_epoch_s']:.2f}s/epoch "
+                     f"({f['images'] / f['train_epoch_s']:,.0f} images/s); median of {f['runs']}")
+    if "predict" in report:
+        p = report["predict"]
+        lines.append("")
+        lines.append(f"cnnctl predict, {p['images']:,} PNG files: {p['wall_s']:.2f}s wall end to end "
+                     f"({p['images_per_s_end_to_end']:,.0f} images/s, target >= 2,000); after start-up "
+                     f"{p['predict_s']:.2f}s ({p['images_per_s_after_start']:,.0f} images/s): decode "
+                     f"{p['decode_s']:.2f}s ({p['decode_images_per_s']:,.0f}/s), inference {p['inference_s']:.2f}s "
+                     f"({p['inference_images_per_s']:,.0f}/s); accuracy {p['accuracy']:.2%}")
+    if "eval" in report:
+        e = report["eval"]
+        torch_s = e["import_torch_s"] - e["python_s"]
+        lines.append(f"cnnctl eval, 10,000 test images: {e['wall_s']:.2f}s wall end to end (target <= 2); of "
+                     f"which Python start {e['python_s']:.2f}s, import torch {torch_s:.2f}s; "
+                     f"load + evaluate in process {e['in_process_s']:.2f}s")
+    if "startup" in report:
+        s = report["startup"]
+        lines.append("cnnctl --help {:.3f}s, cnnctl list {:.3f}s (target <= 0.3; torch imported: {}, {})".format(
+            s["--help"]["wall_s"], s["list"]["wall_s"], s["--help"]["imports_torch"], s["list"]["imports_torch"]))
+    return "\n".join(lines)
+
+
+def default_mirror() -> str | None:
+    if os.environ.get("CNNCTL_MIRROR"):
+        return os.environ["CNNCTL_MIRROR"]
+    for shared in (REPO.parent / "shared", REPO / "shared"):
+        if (shared / "datasets" / "mnist").is_dir():
+            return str(shared / "datasets" / "mnist")
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections: {', '.join(SECTIONS)}")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per leg per round (train section)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three legs")
+    parser.add_argument("--full-runs", type=int, default=1, help="10-epoch end-to-end runs")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of the predict/eval/startup timings")
+    parser.add_argument("--batch-norm", action="store_true", help="LeNet-5 + BatchNorm in every leg")
+    parser.add_argument("--mirror", default=default_mirror(), help="MNIST folder or URL [default: %(default)s]")
+    parser.add_argument("--work", help="scratch folder (kept); default: a temporary folder (removed)")
+    parser.add_argument("--json", dest="json_path", help="also write the full results here")
+    args = parser.parse_args()
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+
+    with tempfile.TemporaryDirectory(prefix="cnnctl-bench-") as scratch:
+        work = Path(args.work) if args.work else Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        _ENV["CNNCTL_DATA"] = str(work / "data")
+        if args.mirror:
+            _ENV["CNNCTL_MIRROR"] = args.mirror
+        log(f"preparing MNIST in {work / 'data'} (from {args.mirror or 'the official mirrors'})")
+        run(cnnctl("download", "mnist"))
+        data_dir = work / "data" / "mnist"
+        report: dict[str, Any] = {"machine": machine(), "load_before": load_average(), "epochs": args.epochs,
+                                  "rounds": args.rounds, "batch_norm": args.batch_norm, "sections": sections}
+        functions = {"train": section_train, "full": section_full, "predict": section_predict,
+                     "eval": section_eval, "startup": section_startup}
+        for name in SECTIONS:
+            if name in sections:
+                log(f"[{name}]")
+                functions[name](args, data_dir, work, report)
+        report["load_after"] = load_average()
+        text = render(report)
+        print(text)
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps({**report, "text": text}, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
