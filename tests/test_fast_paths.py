@@ -114,10 +114,11 @@ def image_folder(tmp_path: Path) -> tuple[Path, list[str]]:
 
 
 def straightforward_probabilities(path: Path, model: torch.nn.Module, preprocessing: Preprocessing) -> torch.Tensor:
-    """One file at a time, the way a tutorial would do it: read, decode, resize, pad, normalise, softmax."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    """One file at a time, the way a tutorial would do it: read and decode (cnnctl's single-file reader, so colour
+    becomes grey exactly as for training folders), resize, pad, normalise, softmax."""
+    from cnnctl.data.images import read_image
 
-    image = decode_image(read_file(str(path)), mode=ImageReadMode.GRAY)
+    image = read_image(path, channels=preprocessing.channels)
     transform = v2.Compose([
         v2.Resize(list(preprocessing.image_size), antialias=True),
         v2.Pad(preprocessing.pad),
