@@ -20,21 +20,32 @@ if TYPE_CHECKING:
     from cnnctl.data.base import Preprocessing
     from cnnctl.engine.fit import FitResult
     from cnnctl.exporter import ExportResult
+    from cnnctl.progress import Reporter
 
 
-def train(arch: str | TrainConfig | None = None, *, progress: bool = False, **options: Any) -> FitResult:
+def train(arch: str | TrainConfig | None = None, *, progress: bool = False, reporter: Reporter | None = None,
+          resume: str | os.PathLike[str] | None = None, **options: Any) -> FitResult:
     """``cnnctl train ARCH --option value`` as ``train("ARCH", option=value)``; options are TrainConfig's fields
     (``dataset``, ``epochs``, ``batch_size``, ``lr``, ``out``, ...). A TrainConfig may be passed instead of the
-    name, and options then override its fields.
+    name, and options then override its fields. ``train(resume="runs/lenet5-mnist/1", epochs=20)`` continues a
+    run exactly where it stopped, like ``--resume`` (and may extend it).
 
     Returns a ``FitResult``: the run folder (``.run_dir``; the result itself is path-like, so
     ``cnnctl.load(run)`` and ``Path(run)`` work), ``.best_path``, ``.last_path``, ``.history`` (one dict per
-    epoch) and ``.test`` (the final test metrics). ``progress=True`` prints a line per epoch.
+    epoch) and ``.test`` (the final test metrics). ``progress=True`` prints a line per epoch; a ``reporter``
+    (see ``cnnctl.progress``) receives every event instead.
     """
     from cnnctl.config import TrainConfig
-    from cnnctl.engine.fit import train as fit_train
+    from cnnctl.engine.fit import Trainer
     from cnnctl.progress import PlainReporter
 
+    if reporter is None and progress:
+        reporter = PlainReporter()
+    if resume is not None:
+        if arch is not None:
+            raise UsageError("cnnctl.train(resume=...) continues a run with its own architecture and configuration",
+                             hint="pass only the options to change, e.g. epochs=")
+        return Trainer.resuming(os.fspath(resume), options, reporter).run()
     if isinstance(arch, TrainConfig):
         options = {**asdict(arch), **options}
     elif arch is not None:
@@ -43,8 +54,7 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, **op
         options = {"arch": arch, **options}
     if not options.get("arch"):
         raise UsageError("cnnctl.train needs an architecture", hint='e.g. cnnctl.train("lenet5", dataset="mnist")')
-    config = TrainConfig.from_dict(options, source="cnnctl.train()")
-    return fit_train(config, reporter=PlainReporter() if progress else None)
+    return Trainer(TrainConfig.from_dict(options, source="cnnctl.train()"), reporter).run()
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu") -> tuple[torch.nn.Module, Preprocessing]:

@@ -67,8 +67,18 @@ class TrainConfig:
             return self.lr
         # OneCycle warms up to this peak and anneals from it, so it can be higher than a constant rate.
         if self.scheduler == "onecycle":
-            return {"sgd": 0.1, "rmsprop": 1e-3}.get(self.optimizer, 5e-3)
+            # LeNet-sized networks train fastest at 5e-3; deeper BatchNorm networks (ResNet, MobileNet) need the
+            # usual 1e-3 or their running statistics cannot follow the weights and evaluation collapses.
+            return {"sgd": 0.1, "rmsprop": 1e-3}.get(self.optimizer, 5e-3 if self._is_lenet_sized() else 1e-3)
         return {"sgd": 0.05}.get(self.optimizer, 1e-3)
+
+    def _is_lenet_sized(self) -> bool:
+        from cnnctl.registry import get_model_spec
+
+        try:
+            return get_model_spec(self.arch).family == "lenet"
+        except UsageError:  # an unknown name is reported by validate(), with suggestions
+            return True
 
     def resolved_momentum(self) -> float:
         """SGD/RMSprop momentum, or Adam's β1: 0.9, except RMSprop's 0 (torch's defaults)."""

@@ -133,3 +133,76 @@ def test_truncated_png_is_a_data_error(tmp_path: Path) -> None:
     path.write_bytes(png[: len(png) // 2])
     with pytest.raises(DataError, match="cut.png"):
         decode_image(path, Preprocessing(1, (28, 28)))
+
+
+@pytest.fixture(scope="module")
+def good_cifar_batch() -> bytes:
+    from dataset_files import cifar_batch
+
+    images = np.arange(4 * 3072, dtype=np.uint8).reshape(4, 3072)
+    return cifar_batch(images, {b"labels": np.array([0, 3, 9, 1])})
+
+
+def _read_cifar(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    from cnnctl.data.cifar import batch_arrays
+
+    path = tmp_path_factory.mktemp("cifar") / "data_batch_1"
+    path.write_bytes(data)
+    try:
+        images, labels = batch_arrays(path, "labels", 10)
+    except CnnctlError:
+        return
+    assert images.dtype == np.uint8 and images.shape[1:] == (3, 32, 32) and len(labels) == len(images)
+    assert labels.min() >= 0 and labels.max() < 10
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_cifar_batch_parser_on_random_bytes(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    _read_cifar(tmp_path_factory, data)
+
+
+@FUZZ
+@given(st.data())
+def test_cifar_batch_parser_on_truncated_and_flipped_batches(tmp_path_factory: pytest.TempPathFactory,
+                                                             good_cifar_batch: bytes, data: st.DataObject) -> None:
+    cut = data.draw(st.integers(min_value=0, max_value=len(good_cifar_batch)))
+    damaged = bytearray(good_cifar_batch[:cut])
+    for _ in range(data.draw(st.integers(min_value=0, max_value=3))):
+        if damaged:
+            damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(st.integers(0, 255))
+    _read_cifar(tmp_path_factory, bytes(damaged))
+
+
+@pytest.fixture(scope="module")
+def good_svhn_mat() -> bytes:
+    import io
+
+    from scipy.io import savemat
+
+    buffer = io.BytesIO()
+    savemat(buffer, {"X": np.zeros((32, 32, 3, 3), dtype=np.uint8), "y": np.array([[1], [10], [5]], np.uint8)})
+    return buffer.getvalue()
+
+
+@FUZZ
+@given(st.data())
+def test_svhn_mat_parser_on_truncated_flipped_and_random_files(tmp_path_factory: pytest.TempPathFactory,
+                                                                good_svhn_mat: bytes, data: st.DataObject) -> None:
+    from cnnctl.data.svhn import SVHN_CLASSES, load_mat
+
+    if data.draw(st.booleans()):
+        damaged = bytearray(data.draw(st.binary(max_size=400)))
+    else:
+        damaged = bytearray(good_svhn_mat[:data.draw(st.integers(0, len(good_svhn_mat)))])
+        for _ in range(data.draw(st.integers(min_value=0, max_value=3))):
+            if damaged:
+                damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(st.integers(0, 255))
+    path = tmp_path_factory.mktemp("svhn") / "train_32x32.mat"
+    path.write_bytes(bytes(damaged))
+    try:
+        split = load_mat(path, SVHN_CLASSES)
+    except CnnctlError:
+        return
+    assert split.images.shape[1:] == (3, 32, 32) and len(split.labels) == len(split.images)
+    assert int(split.labels.min()) >= 0 and int(split.labels.max()) <= 9

@@ -22,8 +22,8 @@ def train(
     epochs: Annotated[int, typer.Option(help="training epochs (with --resume: the new total)")] = 10,
     batch_size: Annotated[int, typer.Option(help="images per step")] = 128,
     lr: Annotated[float | None, typer.Option(
-        help="(peak) learning rate \\[default: adam/adamw 5e-3 with onecycle, else 1e-3; sgd 0.1 / 0.05; rmsprop "
-             "1e-3]", rich_help_panel=OPTIM)] = None,
+        help="(peak) learning rate \\[default: adam/adamw 1e-3, or 5e-3 with onecycle for the LeNet family; "
+             "sgd 0.1 with onecycle, else 0.05; rmsprop 1e-3]", rich_help_panel=OPTIM)] = None,
     optimizer: Annotated[str, typer.Option(help="sgd, adam, adamw or rmsprop", rich_help_panel=OPTIM)] = "adam",
     scheduler: Annotated[str, typer.Option(
         help="learning-rate schedule: none, step, multistep, cosine, onecycle, plateau or cosine-restarts",

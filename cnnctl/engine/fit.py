@@ -555,13 +555,3 @@ def _chance_loss(num_classes: int) -> float:
     import math
 
     return math.log(num_classes)
-
-
-def train(config: TrainConfig | None = None, *, reporter: Reporter | None = None, resume: str | Path | None = None,
-          **options: Any) -> FitResult:
-    """Python API: ``cnnctl.train(arch="lenet5", dataset="mnist", epochs=2)`` mirrors ``cnnctl train``;
-    ``cnnctl.train(resume="runs/lenet5-mnist/1", epochs=20)`` continues a run (and may extend it)."""
-    if resume is not None:
-        return Trainer.resuming(resume, options, reporter).run()
-    config = config or TrainConfig(**options)
-    return Trainer(config, reporter).run()
