@@ -13,10 +13,10 @@ from cnnctl.errors import UsageError
 @command()
 def download(
     names: Annotated[list[str] | None, typer.Argument(help="dataset names (see `cnnctl list datasets`)")] = None,
-    root: Annotated[str | None, typer.Option(help="data folder [env: CNNCTL_DATA; default ~/.cache/cnnctl/data]")
+    root: Annotated[str | None, typer.Option(help="data folder \\[env: CNNCTL_DATA; default ~/.cache/cnnctl/data]")
                     ] = None,
     mirror: Annotated[str | None, typer.Option(help="URL or folder tried before the official mirrors "
-                                                     "[env: CNNCTL_MIRROR]")] = None,
+                                                     "\\[env: CNNCTL_MIRROR]")] = None,
     all_datasets: Annotated[bool, typer.Option("--all", help="every registered dataset")] = False,
     check: Annotated[bool, typer.Option("--check", help="verify the files on disk, download nothing")] = False,
     source: Annotated[str | None, typer.Option(

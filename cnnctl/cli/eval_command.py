@@ -12,12 +12,12 @@ from cnnctl.cli._common import command, print_json, stderr_line
 @command("eval")
 def eval_command(
     checkpoint_path: Annotated[str, typer.Argument(metavar="CHECKPOINT", help=".safetensors file or run folder")],
-    dataset: Annotated[str | None, typer.Option(help="dataset [default: the checkpoint's]")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset \\[default: the checkpoint's]")] = None,
     split: Annotated[str, typer.Option(help="test, val (as held out in training) or train")] = "test",
     batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 1000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
-    root: Annotated[str | None, typer.Option(help="data folder [env: CNNCTL_DATA]")] = None,
-    mirror: Annotated[str | None, typer.Option(help="dataset mirror [env: CNNCTL_MIRROR]")] = None,
+    root: Annotated[str | None, typer.Option(help="data folder \\[env: CNNCTL_DATA]")] = None,
+    mirror: Annotated[str | None, typer.Option(help="dataset mirror \\[env: CNNCTL_MIRROR]")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     data: Annotated[str | None, typer.Option(help="a folder of class sub-folders to evaluate on \\[default: the "
                                                   "checkpoint's folder, for folder runs]")] = None,

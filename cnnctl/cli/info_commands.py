@@ -14,7 +14,7 @@ from cnnctl.errors import UsageError
 def list_command(
     what: Annotated[str, typer.Argument(help="all, architectures (archs, models) or datasets")] = "all",
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    root: Annotated[str | None, typer.Option(help="data folder to check for local copies [env: CNNCTL_DATA]")] = None,
+    root: Annotated[str | None, typer.Option(help="data folder to check for local copies \\[env: CNNCTL_DATA]")] = None,
 ) -> None:
     """List the registered architectures and datasets."""
     from pathlib import Path

@@ -15,7 +15,7 @@ from cnnctl.errors import CnnctlError, UsageError
 def predict(
     checkpoint_path: Annotated[str, typer.Argument(metavar="CHECKPOINT", help=".safetensors file or run folder")],
     paths: Annotated[list[str], typer.Argument(metavar="PATH...", help="image files or folders")],
-    output: Annotated[str | None, typer.Option("--output", "-o", help="write CSV here [default: stdout]")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="write CSV here \\[default: stdout]")] = None,
     topk: Annotated[int, typer.Option(min=1, help="how many top classes per image")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
