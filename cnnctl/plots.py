@@ -1,8 +1,8 @@
 """PNG plots of a run: learning curves, a confusion matrix and a grid of labelled predictions.
 
-matplotlib is optional (``pip install 'cnnctl[plots]'``): without it :func:`available` says why and nothing is
-drawn. Figures are built with the object API on an Agg canvas — no pyplot, no global backend switch, no window —
-and written atomically.
+matplotlib is a dependency, but may be missing from a --no-deps install: then :func:`available` says why and
+nothing is drawn. Figures are built with the object API on an Agg canvas — no pyplot, no global backend switch,
+no window — and written atomically.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-MISSING = "plots skipped: matplotlib is not installed (pip install 'cnnctl[plots]')"
+MISSING = "plots skipped: matplotlib is not installed (pip install matplotlib)"
 
 
 def available() -> str | None:

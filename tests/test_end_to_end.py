@@ -50,6 +50,16 @@ def test_train_writes_a_complete_run_folder(trained_run: Path) -> None:
     assert meta.metrics["test_acc"] == pytest.approx(results["test_acc"])
 
 
+def test_run_files_get_the_umask_permissions_not_0600(trained_run: Path) -> None:
+    """Files are written to a private temporary name and renamed; the result is readable like any other file."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("best.safetensors", "last.safetensors", "metrics.csv", "config.json", "results.json"):
+        assert (trained_run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
 def test_second_run_gets_a_new_folder(trained_run: Path, tmp_path: Path) -> None:
     result = invoke("train", "simplecnn", "--dataset", "tinydigits", "--epochs", "1", "--out", str(tmp_path / "runs"),
                     "--name", "lenet5-tinydigits")
