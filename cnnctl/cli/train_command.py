@@ -37,7 +37,7 @@ def train(
     val_split: Annotated[float | None, typer.Option(
         help="validation images held out of train: a count, or a fraction < 1 \\[default: the dataset's, 5000 "
              "for MNIST]; 0 for none")] = None,
-    augment: Annotated[str | None, typer.Option(help="none, shift or crop-flip \\[default: the dataset's]",
+    augment: Annotated[str | None, typer.Option(help="none, shift, crop-flip or affine \\[default: the dataset's]",
                                                 rich_help_panel=REGULARISE)] = None,
     img_size: Annotated[int | None, typer.Option(help="resize images to this square size")] = None,
     out: Annotated[str, typer.Option(help="folder that holds run folders")] = "runs",

@@ -35,17 +35,44 @@ def random_hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return torch.where(flip, images.flip(3), images)
 
 
+def random_affine(images: torch.Tensor, generator: torch.Generator, *, degrees: float = 10.0,
+                  scale: tuple[float, float] = (0.9, 1.1), shift: float = 0.1) -> torch.Tensor:
+    """Rotate by up to ``degrees``, scale within ``scale`` and shift by up to ``shift`` of the size, each image
+    its own draw, in one ``affine_grid``/``grid_sample`` call (bilinear, zeros outside) — the distortions that
+    handwriting has and a pure shift does not."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    batch = images.shape[0]
+    draws = torch.rand(4, batch, generator=generator).to(images.device)
+    angle = (draws[0] * 2 - 1) * math.radians(degrees)
+    zoom = scale[0] + draws[1] * (scale[1] - scale[0])
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([
+        torch.stack([cos, -sin, (draws[2] * 2 - 1) * shift * 2], dim=1),
+        torch.stack([sin, cos, (draws[3] * 2 - 1) * shift * 2], dim=1),
+    ], dim=1)  # N×2×3, mapping output to input coordinates in [-1, 1] (a shift of 1 is half the image)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    warped = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warped.round_().clamp_(0, 255).to(images.dtype)
+
+
 def make_augmentation(preset: str, image_size: tuple[int, int]) -> Augmentation | None:
     """Return the batch augmentation for a preset name: ``none``, ``shift`` (crop with padding, digits),
-    ``crop-flip`` (crop with padding and horizontal flip, natural images)."""
+    ``crop-flip`` (crop with padding and horizontal flip, natural images), ``affine`` (small random rotation,
+    scale and shift per image: handwriting)."""
     padding = max(2, round(min(image_size) / 8))
     if preset == "none":
         return None
     if preset == "shift":
         return lambda images, generator: random_crop(images, generator, padding)
+    if preset == "affine":
+        return random_affine
     if preset == "crop-flip":
         return lambda images, generator: random_hflip(random_crop(images, generator, padding), generator)
     raise UsageError(f"unknown augmentation {preset!r}; choose one of: {', '.join(AUGMENT_PRESETS)}")
 
 
-AUGMENT_PRESETS = ("none", "shift", "crop-flip")
+AUGMENT_PRESETS = ("none", "shift", "crop-flip", "affine")
