@@ -24,6 +24,7 @@ app = typer.Typer(
 
 class _State:
     debug = False
+    argv: list[str] | None = None  # the command line main() ran (what `train --nproc` passes on to every rank)
 
 
 state = _State()

@@ -11,6 +11,7 @@ from cnnctl.cli._common import command
 OPTIM = "Optimizer and schedule"
 REGULARISE = "Regularisation and precision"
 RUN = "Checkpoints, resume and reproducibility"
+DIST = "Several processes (distributed)"
 
 
 @command()
@@ -106,9 +107,17 @@ def train(
     resume: Annotated[str | None, typer.Option(
         help="continue the run in this folder (or its last.safetensors); --epochs may extend it",
         rich_help_panel=RUN)] = None,
+    # --- distributed training (issue 8) ---
+    nproc: Annotated[int | None, typer.Option(
+        help="train with N processes on this machine (torchrun + DistributedDataParallel; one GPU each on CUDA); "
+             "--batch-size is the global batch, split among them", rich_help_panel=DIST)] = None,
+    sync_bn: Annotated[bool, typer.Option(
+        help="with several processes: BatchNorm statistics over the global batch (SyncBatchNorm)",
+        rich_help_panel=DIST)] = False,
 ) -> None:
     """Train ARCH on a dataset; writes runs/ARCH-DATASET/N/ with checkpoints, metrics.csv, config.yaml and plots."""
-    from cnnctl.errors import UsageError
+    from cnnctl.engine.interrupt import TrainingInterrupted
+    from cnnctl.errors import CnnctlError, UsageError
     from cnnctl.progress import make_reporter
 
     explicit = _explicit_options(ctx)
@@ -129,12 +138,32 @@ def train(
         from cnnctl.engine.fit import Trainer
 
         trainer = Trainer(build_train_config(explicit, config_file))
+    if nproc is not None:
+        import sys
+
+        from cnnctl.cli._common import state
+        from cnnctl.engine.distributed import start_processes
+
+        code = start_processes(trainer.config, nproc, state.argv if state.argv is not None else sys.argv[1:],
+                               resume_dir=trainer.resume_dir, debug=state.debug)
+        if code is not None:
+            raise typer.Exit(code)
     reporter = make_reporter(quiet=quiet)
     trainer.reporter = reporter
     try:
         result = trainer.run()
+    except TrainingInterrupted as error:
+        if not trainer.dist.is_main:  # rank 0 says how to resume; the other ranks' copies would repeat it
+            raise typer.Exit(error.exit_code) from None
+        raise
+    except CnnctlError as error:
+        if trainer.dist.enabled and not trainer.dist.is_main:  # say which process it was (it may be alone)
+            error.args = (f"[rank {trainer.dist.rank}] {error}",)
+        raise
     finally:
         reporter.close()
+    if not trainer.dist.is_main:
+        return
     if quiet and result.test is not None:
         from cnnctl.progress import end_line
 
