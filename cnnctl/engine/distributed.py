@@ -77,6 +77,7 @@ def check_world(batch_size: int, device: torch.device, world_size: int, local_pr
         raise UsageError(f"--nproc must be at least 1, got {world_size}")
     if world_size == 1:
         return batch_size
+    per_rank = per_rank_batch(batch_size, world_size)
     if not dist.is_available():
         raise UsageError("distributed training needs torch.distributed, which this PyTorch build lacks",
                          hint="install a PyTorch build with distributed support, or leave out --nproc")
@@ -98,7 +99,7 @@ def check_world(batch_size: int, device: torch.device, world_size: int, local_pr
     elif local_processes > cpu_count():
         raise UsageError(f"--nproc {local_processes} is more than the {cpu_count()} CPU cores this process may use",
                          hint=f"pass --nproc {cpu_count()} or fewer")
-    return per_rank_batch(batch_size, world_size)
+    return per_rank
 
 
 def per_rank_batch(batch_size: int, world_size: int) -> int:
