@@ -17,7 +17,7 @@ import cnnctl
 from cnnctl import checkpoint
 from cnnctl.cli import app
 from cnnctl.data.loader import shard_order
-from cnnctl.engine.distributed import weights_fingerprint, without_option
+from cnnctl.engine.distributed import weights_fingerprint
 
 TESTS = Path(__file__).parent
 
@@ -148,6 +148,13 @@ def test_each_step_of_all_ranks_is_one_global_batch(world: int, total: int) -> N
         assert torch.equal(together, single)  # rank r holds the r-th consecutive part of the batch
 
 
-def test_the_launcher_passes_everything_but_nproc() -> None:
-    args = ["train", "lenet5", "--nproc", "2", "--epochs", "3", "--nproc=4", "--name", "x"]
-    assert without_option(args, "--nproc") == ["train", "lenet5", "--epochs", "3", "--name", "x"]
+def test_the_launcher_passes_on_the_command_without_nproc(tiny_digits, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnctl.engine import distributed
+
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda args, nproc, **_: launched.append((args, nproc)) or 3)
+    result = CliRunner().invoke(app, ["train", "lenet5", "-d", "tinydigits", "--nproc", "2", "--no-plots",
+                                      "--deterministic", "--lr", "0.01", "--device", "cpu"])
+    assert result.exit_code == 3  # the ranks' exit code
+    assert launched == [(["train", "lenet5", "--dataset", "tinydigits", "--lr", "0.01", "--device", "cpu",
+                          "--deterministic", "--no-plots"], 2)]

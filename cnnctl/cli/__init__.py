@@ -21,7 +21,6 @@ def main(argv: list[str] | None = None) -> None:
         state.debug = True
     if os.environ.get("CNNCTL_DEBUG") in ("1", "true", "yes"):
         state.debug = True
-    state.argv = list(args)
     app(args=args, prog_name="cnnctl")
 
 

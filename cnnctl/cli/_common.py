@@ -24,7 +24,6 @@ app = typer.Typer(
 
 class _State:
     debug = False
-    argv: list[str] | None = None  # the command line main() ran (what `train --nproc` passes on to every rank)
 
 
 state = _State()

@@ -139,12 +139,10 @@ def train(
 
         trainer = Trainer(build_train_config(explicit, config_file))
     if nproc is not None:
-        import sys
-
         from cnnctl.cli._common import state
         from cnnctl.engine.distributed import start_processes
 
-        code = start_processes(trainer.config, nproc, state.argv if state.argv is not None else sys.argv[1:],
+        code = start_processes(trainer.config, nproc, ["train", *_given_arguments(ctx, leave_out="nproc")],
                                resume_dir=trainer.resume_dir, debug=state.debug)
         if code is not None:
             raise typer.Exit(code)
@@ -185,3 +183,21 @@ def _explicit_options(ctx: typer.Context) -> dict[str, object]:
         if name in known and source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT"):
             explicit[name] = value
     return explicit
+
+
+def _given_arguments(ctx: typer.Context, leave_out: str) -> list[str]:
+    """The arguments and options given on the command line, written out again (what `--nproc` passes on to
+    every process; options from the environment reach them through it)."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name == leave_out or source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        if param.param_type_name == "argument":
+            args.append(str(value))
+        elif getattr(param, "is_flag", False):
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args

@@ -251,20 +251,6 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the launcher
-def without_option(args: list[str], option: str) -> list[str]:
-    """``args`` with ``option VALUE`` / ``option=VALUE`` removed (what the launcher passes on to every rank)."""
-    kept: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(option + "="):
-            kept.append(arg)
-    return kept
-
-
 def worker_program() -> list[str]:
     """How each rank starts cnnctl: ``-m cnnctl``, or the same Python script when one was run as this process's
     main program (a script that registers its own datasets or models and then calls ``cnnctl.cli.main`` keeps
@@ -310,9 +296,9 @@ def launch(args: list[str], nproc: int, *, program: list[str] | None = None, deb
 
 def start_processes(config: Any, nproc: int, args: list[str], *, resume_dir: Path | None = None,
                     debug: bool = False) -> int | None:
-    """``cnnctl train ... --nproc N``. Returns None when this process should train itself (N = 1, or it already
-    is one of torchrun's N ranks), else the exit code of the N ranks it launched, after checking everything
-    that would make each of them fail (so a bad value is one line here, not N)."""
+    """``cnnctl train ... --nproc N`` (``args``: that command without --nproc). Returns None when this process
+    should train itself (N = 1, or it already is one of torchrun's N ranks), else the exit code of the N ranks it
+    launched, after checking everything that would make each of them fail (a bad value is one line, not N)."""
     context = from_environment()
     if context.enabled:
         if nproc != context.world_size:
@@ -328,4 +314,4 @@ def start_processes(config: Any, nproc: int, args: list[str], *, resume_dir: Pat
     check_world(config.batch_size, resolve_device(config.device), nproc, nproc, sync_bn=config.sync_bn)
     if resume_dir is not None:
         check_resume_world(resume_dir, saved_world_size(resume_dir), nproc)
-    return launch(without_option(args, "--nproc"), nproc, program=worker_program(), debug=debug)
+    return launch(args, nproc, program=worker_program(), debug=debug)
