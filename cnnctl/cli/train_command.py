@@ -112,7 +112,7 @@ def train(
         help="train with N processes on this machine (torchrun + DistributedDataParallel; one GPU each on CUDA); "
              "--batch-size is the global batch, split among them", rich_help_panel=DIST)] = None,
     sync_bn: Annotated[bool, typer.Option(
-        help="with several processes: BatchNorm statistics over the global batch (SyncBatchNorm)",
+        help="with several processes on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)",
         rich_help_panel=DIST)] = False,
 ) -> None:
     """Train ARCH on a dataset; writes runs/ARCH-DATASET/N/ with checkpoints, metrics.csv, config.yaml and plots."""
