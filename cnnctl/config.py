@@ -61,6 +61,8 @@ class TrainConfig:
     keep: int = 1
     deterministic: bool = False
     plots: bool = True
+    # --- distributed training (issue 8): BatchNorm statistics over the global batch (--nproc is launcher-only) ---
+    sync_bn: bool = False
 
     def resolved_lr(self) -> float:
         if self.lr is not None:

@@ -58,23 +58,28 @@ def digits_mirror(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     return directory, write_idx_mirror(directory)
 
 
+def tiny_digits_spec(contents: dict[str, bytes]) -> DatasetSpec:
+    """``tinydigits``: the files of :func:`write_idx_mirror` (found through CNNCTL_MIRROR), read as MNIST."""
+    from cnnctl.data.idx import MNIST
+
+    files = tuple(
+        RemoteFile(name, content_sha256=hashlib.sha256(content).hexdigest()) for name, content in contents.items()
+    )
+    return DatasetSpec(
+        name="tinydigits", description="synthetic digits for tests", classes=DIGIT_CLASSES, image_shape=(1, 28, 28),
+        mean=(0.13,), std=(0.31,), train_size=1200, test_size=300, loader=MNIST.loader, files=files,
+        mirrors=("http://127.0.0.1:9/unreachable/",), default_val_split=200,
+    )
+
+
 @pytest.fixture()
 def tiny_digits(digits_mirror: tuple[Path, dict[str, bytes]], tmp_path: Path,
                 monkeypatch: pytest.MonkeyPatch) -> Iterator[DatasetSpec]:
     """A registered dataset ``tinydigits`` in the IDX format (like MNIST), served from a local mirror folder,
     with a fresh, empty data root per test."""
-    from cnnctl.data.idx import MNIST
-
     mirror, contents = digits_mirror
-    files = tuple(
-        RemoteFile(name, content_sha256=hashlib.sha256(content).hexdigest()) for name, content in contents.items()
-    )
     registry.datasets()  # make sure the real ones are loaded first
-    spec = DatasetSpec(
-        name="tinydigits", description="synthetic digits for tests", classes=DIGIT_CLASSES, image_shape=(1, 28, 28),
-        mean=(0.13,), std=(0.31,), train_size=1200, test_size=300, loader=MNIST.loader, files=files,
-        mirrors=("http://127.0.0.1:9/unreachable/",), default_val_split=200,
-    )
+    spec = tiny_digits_spec(contents)
     registry.register_dataset(spec)
     monkeypatch.setenv("CNNCTL_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("CNNCTL_MIRROR", str(mirror))

@@ -11,6 +11,7 @@ from cnnctl.cli._common import command
 OPTIM = "Optimizer and schedule"
 REGULARISE = "Regularisation and precision"
 RUN = "Checkpoints, resume and reproducibility"
+DIST = "Several processes (distributed)"
 
 
 @command()
@@ -106,9 +107,17 @@ def train(
     resume: Annotated[str | None, typer.Option(
         help="continue the run in this folder (or its last.safetensors); --epochs may extend it",
         rich_help_panel=RUN)] = None,
+    # --- distributed training (issue 8) ---
+    nproc: Annotated[int | None, typer.Option(
+        help="train with N processes on this machine (torchrun + DistributedDataParallel; one GPU each on CUDA); "
+             "--batch-size is the global batch, split among them", rich_help_panel=DIST)] = None,
+    sync_bn: Annotated[bool, typer.Option(
+        help="with several processes on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)",
+        rich_help_panel=DIST)] = False,
 ) -> None:
     """Train ARCH on a dataset; writes runs/ARCH-DATASET/N/ with checkpoints, metrics.csv, config.yaml and plots."""
-    from cnnctl.errors import UsageError
+    from cnnctl.engine.interrupt import TrainingInterrupted
+    from cnnctl.errors import CnnctlError, UsageError
     from cnnctl.progress import make_reporter
 
     explicit = _explicit_options(ctx)
@@ -129,12 +138,30 @@ def train(
         from cnnctl.engine.fit import Trainer
 
         trainer = Trainer(build_train_config(explicit, config_file))
+    if nproc is not None:
+        from cnnctl.cli._common import state
+        from cnnctl.engine.distributed import start_processes
+
+        code = start_processes(trainer.config, nproc, ["train", *_given_arguments(ctx, leave_out="nproc")],
+                               resume_dir=trainer.resume_dir, debug=state.debug)
+        if code is not None:
+            raise typer.Exit(code)
     reporter = make_reporter(quiet=quiet)
     trainer.reporter = reporter
     try:
         result = trainer.run()
+    except TrainingInterrupted as error:
+        if not trainer.dist.is_main:  # rank 0 says how to resume; the other ranks' copies would repeat it
+            raise typer.Exit(error.exit_code) from None
+        raise
+    except CnnctlError as error:
+        if trainer.dist.enabled and not trainer.dist.is_main:  # say which process it was (it may be alone)
+            error.args = (f"[rank {trainer.dist.rank}] {error}",)
+        raise
     finally:
         reporter.close()
+    if not trainer.dist.is_main:
+        return
     if quiet and result.test is not None:
         from cnnctl.progress import end_line
 
@@ -156,3 +183,21 @@ def _explicit_options(ctx: typer.Context) -> dict[str, object]:
         if name in known and source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT"):
             explicit[name] = value
     return explicit
+
+
+def _given_arguments(ctx: typer.Context, leave_out: str) -> list[str]:
+    """The arguments and options given on the command line, written out again (what `--nproc` passes on to
+    every process; options from the environment reach them through it)."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name == leave_out or source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        if param.param_type_name == "argument":
+            args.append(str(value))
+        elif getattr(param, "is_flag", False):
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args

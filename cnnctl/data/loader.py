@@ -99,7 +99,7 @@ class BatchLoader:
         self.normalize = Normalizer(preprocessing.mean, preprocessing.std, device)
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
-        self.shard: tuple[int, int] = (0, 1)  # (rank, world size) for distributed training
+        self.shard: tuple[int, int] = (0, 1)  # (rank, world size); batch_size is then the per-rank batch
 
     def __len__(self) -> int:
         count = self._indices_count()
@@ -111,14 +111,14 @@ class BatchLoader:
         return total // world if world > 1 else total
 
     def epoch_indices(self) -> torch.Tensor:
+        """This epoch's order (this rank's part of it in distributed training, see :func:`shard_order`)."""
         import torch
 
         total = int(self.labels.shape[0])
         order = torch.randperm(total, generator=self.generator) if self.shuffle else torch.arange(total)
         rank, world = self.shard
         if world > 1:
-            per_rank = total // world
-            order = order[rank * per_rank : (rank + 1) * per_rank]
+            order = shard_order(order, rank, world, self.batch_size)
         return order
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -136,3 +136,20 @@ class BatchLoader:
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             yield inputs, self.labels.index_select(0, index)
+
+
+def shard_order(order: torch.Tensor, rank: int, world: int, batch_size: int) -> torch.Tensor:
+    """Rank ``rank``'s part of an epoch's ``order`` when ``world`` ranks each train on ``batch_size`` per step.
+
+    Global step k's batch is ``order[k·B:(k+1)·B]`` (B = world × batch_size), exactly a single process's batch
+    with ``--batch-size B``; rank r trains on its r-th consecutive part. The last, partial global batch is split
+    evenly too. The ``len(order) % world`` images at the end are left out of this epoch (a different few each
+    epoch), so every rank runs the same number of equal-sized steps and draws the same random numbers.
+    """
+    import torch
+
+    usable = int(order.shape[0]) - int(order.shape[0]) % world
+    full = usable - usable % (batch_size * world)
+    whole_batches = order[:full].view(-1, world, batch_size)[:, rank].reshape(-1)
+    last_batch = order[full:usable].view(world, -1)[rank]
+    return torch.cat([whole_batches, last_batch])

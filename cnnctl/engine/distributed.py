@@ -1,20 +1,24 @@
 """Data-parallel training with PyTorch's own engine: torch.distributed + DistributedDataParallel, started by
 torchrun (``torchrun --nproc-per-node N -m cnnctl train ...`` or ``cnnctl train ... --nproc N``).
 
-Every rank holds the in-memory dataset, draws the same per-epoch permutation (same seed) and takes its own
-equal slice of it, so each rank sees a different shard every epoch and all ranks run the same number of steps.
-``--batch-size`` is the global batch: each rank takes ``batch_size / world_size``. Only rank 0 prints and writes.
+Every rank loads the in-memory dataset, draws the same per-epoch permutation (same seed, same generator) and
+trains on its own part of each global batch (:func:`cnnctl.data.loader.shard_order`), so each rank sees a
+different shard every epoch, all ranks run the same number of equal steps, and one step of all ranks trains on
+the batch a single process would. ``--batch-size`` is the global batch: each rank takes ``batch_size / world``.
+Only rank 0 prints, writes the run folder and evaluates; the other ranks use a SilentReporter and write nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import UsageError
+from cnnctl.errors import CnnctlError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -22,9 +26,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DistContext:
+    """Where this process stands among the training processes (one process: rank 0 of 1)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1
 
     @property
     def enabled(self) -> bool:
@@ -39,37 +46,125 @@ SINGLE = DistContext()
 
 
 def from_environment() -> DistContext:
-    """The context torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return SINGLE
-    return DistContext(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    """The context torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE), or a
+    single process."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return SINGLE
+        return DistContext(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")),
+                           int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+    except (KeyError, ValueError) as error:
+        raise UsageError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} is set but RANK/LOCAL_RANK are missing or not "
+                         "numbers", hint="start distributed runs with torchrun or cnnctl train --nproc N") from error
 
 
-def init_process_group(context: DistContext, device: torch.device) -> torch.device:
-    """Join the process group (nccl on CUDA, gloo on CPU) and return this rank's device."""
+# ------------------------------------------------------------------------------------------------ checks
+def cpu_count() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def check_world(batch_size: int, device: torch.device, world_size: int, local_processes: int, *,
+                sync_bn: bool = False) -> int:
+    """Reject a process count that cannot work here; return the per-rank batch size. ``local_processes`` are the
+    ranks on this machine (each needs its own GPU on CUDA)."""
+    import torch.distributed as dist
+
+    if world_size < 1:
+        raise UsageError(f"--nproc must be at least 1, got {world_size}")
+    if world_size == 1:
+        return batch_size
+    per_rank = per_rank_batch(batch_size, world_size)
+    if not dist.is_available():
+        raise UsageError("distributed training needs torch.distributed, which this PyTorch build lacks",
+                         hint="install a PyTorch build with distributed support, or leave out --nproc")
+    if device.type == "mps":
+        raise UsageError("distributed training does not run on MPS", hint="pass --device cpu, or leave out --nproc")
+    if device.type == "cuda":
+        import torch
+
+        if device.index is not None:
+            raise UsageError(f"--device {device} picks one GPU, but each of the {local_processes} processes uses "
+                             "its own (cuda:LOCAL_RANK)", hint="pass --device cuda or auto")
+        gpus = torch.cuda.device_count()
+        if local_processes > gpus:
+            raise UsageError(f"{local_processes} processes on this machine need {local_processes} GPUs, but it has "
+                             f"{gpus}", hint=f"pass --nproc {gpus} or fewer")
+    elif sync_bn:
+        raise UsageError("--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on CPU",
+                         hint="leave out --sync-bn (each process then normalises over its own part of the batch)")
+    elif local_processes > cpu_count():
+        raise UsageError(f"--nproc {local_processes} is more than the {cpu_count()} CPU cores this process may use",
+                         hint=f"pass --nproc {cpu_count()} or fewer")
+    return per_rank
+
+
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    if batch_size % world_size:
+        lower = batch_size - batch_size % world_size
+        raise UsageError(f"--batch-size {batch_size} is the global batch and must divide evenly over {world_size} "
+                         "processes", hint=f"pass --batch-size {lower or world_size} or "
+                                           f"{lower + world_size}")
+    return batch_size // world_size
+
+
+def saved_world_size(run_dir: Path) -> int:
+    """How many processes trained the run in ``run_dir`` (1 for runs from before distributed training). Reads
+    only the state file's JSON header, not its tensors."""
+    from safetensors import safe_open
+
+    from cnnctl.engine.state import STATE_FILE, STATE_KEY
+
+    try:
+        with safe_open(str(run_dir / STATE_FILE), framework="pt") as handle:
+            document = json.loads((handle.metadata() or {})[STATE_KEY])
+        return int(document["state"].get("extra", {}).get("world_size", 1))
+    except Exception:  # noqa: BLE001 - an unreadable state is reported by the resume itself, with its own message
+        return 1
+
+
+def check_resume_world(run_dir: Path, saved: int, world_size: int) -> None:
+    """A run resumes with as many processes as it was trained by (``saved``): the steps per epoch (and so the
+    learning-rate schedule) and each rank's share of the data depend on it."""
+    if saved != world_size:
+        how = f"--nproc {saved}" if saved > 1 else "a single process (without --nproc)"
+        raise UsageError(f"{run_dir} was trained by {saved} process(es), not {world_size}; the steps per epoch "
+                         "and the schedule depend on it", hint=f"resume it with {how}")
+
+
+# ------------------------------------------------------------------------------------------------ the group
+def init_process_group(context: DistContext, device: torch.device) -> tuple[torch.device, bool]:
+    """Join the process group (nccl on CUDA, gloo on CPU). Returns this rank's device (cuda:LOCAL_RANK on CUDA)
+    and whether this call created the group (then :func:`shutdown` ends it)."""
     import torch
     import torch.distributed as dist
 
     if not context.enabled:
-        return device
+        return device, False
     if device.type == "cuda":
         device = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
+    if dist.is_initialized():
+        return device, False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            device_id=device if device.type == "cuda" else None)
+    return device, True
 
 
-def shutdown(context: DistContext) -> None:
+def shutdown() -> None:
     import torch.distributed as dist
 
-    if context.enabled and dist.is_initialized():
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def wrap_model(model: torch.nn.Module, context: DistContext, device: torch.device, sync_bn: bool) -> Any:
-    """DistributedDataParallel around ``model`` (with SyncBatchNorm if asked); the model itself when alone."""
+def wrap_model(model: torch.nn.Module, context: DistContext, device: torch.device, *, sync_bn: bool,
+               find_unused: bool = False) -> Any:
+    """DistributedDataParallel around ``model`` (BatchNorm made SyncBatchNorm first with ``sync_bn``); the model
+    itself in a single process. ``find_unused`` is for phases that freeze parameters (--freeze-epochs)."""
     if not context.enabled:
         return model
     import torch
@@ -78,9 +173,10 @@ def wrap_model(model: torch.nn.Module, context: DistContext, device: torch.devic
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
 
 
+# ------------------------------------------------------------------------------------------------ collectives
 def all_reduce_sum(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place (a no-op in a single process)."""
     if context.enabled:
@@ -90,15 +186,37 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
     return tensor
 
 
-def broadcast_text(text: str | None, context: DistContext) -> str:
-    """Rank 0's ``text`` on every rank (e.g. the run folder it created)."""
+def any_rank(flag: bool, context: DistContext, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any (e.g. a Ctrl-C that reached only some of them)."""
     if not context.enabled:
-        return text or ""
+        return flag
+    import torch
+
+    return bool(all_reduce_sum(torch.tensor([int(flag)], device=device), context).item())
+
+
+def broadcast_object(value: Any, context: DistContext) -> Any:
+    """Rank 0's ``value`` (anything picklable: a path, a metrics dict) on every rank. Pickle here only carries
+    objects between this run's own processes, never from a file."""
+    if not context.enabled:
+        return value
     import torch.distributed as dist
 
-    holder = [text]
+    holder = [value]
     dist.broadcast_object_list(holder, src=0)
-    return holder[0] or ""
+    return holder[0]
+
+
+def broadcast_buffers(model: torch.nn.Module, context: DistContext) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them before each training
+    forward, but every rank then updates them with its own batch, so after the last step they differ; this makes
+    the model every rank holds the one rank 0 evaluates and saves."""
+    if not context.enabled:
+        return
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def barrier(context: DistContext) -> None:
@@ -108,38 +226,92 @@ def barrier(context: DistContext) -> None:
         dist.barrier()
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the parameters and buffers, to check that every rank ends with the same weights."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def gather_text(text: str, context: DistContext) -> list[str]:
+def gather_object(value: Any, context: DistContext) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank."""
     if not context.enabled:
-        return [text]
+        return [value]
     import torch.distributed as dist
 
     gathered: list[Any] = [None] * context.world_size
-    dist.all_gather_object(gathered, text)
-    return [str(item) for item in gathered]
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
-def per_rank_batch(batch_size: int, context: DistContext) -> int:
-    if batch_size % context.world_size:
-        raise UsageError(f"--batch-size {batch_size} is the global batch and must divide evenly over "
-                         f"{context.world_size} processes")
-    return batch_size // context.world_size
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over the parameters and buffers, to check that every rank ends with the same weights."""
+    import torch
+
+    from cnnctl.checkpoint import state_tensors
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state_tensors(model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
-def launch(train_args: list[str], nproc: int) -> int:
-    """``cnnctl train ... --nproc N``: run the same command under torchrun on this machine; return its exit code."""
-    import subprocess
+# ------------------------------------------------------------------------------------------------ the launcher
+def worker_program() -> list[str]:
+    """How each rank starts cnnctl: ``-m cnnctl``, or the same Python script when one was run as this process's
+    main program (a script that registers its own datasets or models and then calls ``cnnctl.cli.main`` keeps
+    them in every rank)."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if main is not None and getattr(main, "__spec__", None) is None and script and script.endswith(".py"):
+        return [str(Path(script).resolve())]
+    return ["-m", "cnnctl"]
 
+
+def launch(args: list[str], nproc: int, *, program: list[str] | None = None, debug: bool = False) -> int:
+    """``cnnctl train ... --nproc N``: what ``python -m torch.distributed.run --standalone --nproc-per-node N -m
+    cnnctl <args>`` does, run in this process so that a failure ends in the ranks' own one-line messages and
+    their exit code rather than torchrun's report. Ctrl-C or SIGTERM reach torchrun's agent here, which passes
+    the signal on to every rank (they stop after the same batch and rank 0 saves)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # torchrun would set 1 thread per rank (and warn); share the cores instead (--threads overrides it per rank)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_count() // nproc)))
+    if debug:
+        os.environ["CNNCTL_DEBUG"] = "1"
+    else:  # the agent's own log lines repeat what the ranks already said
+        quiet = logging.getLogger("torch.distributed.elastic")
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
+    try:
+        run(parse_args(["--standalone", f"--nproc-per-node={nproc}", *(program or ["-m", "cnnctl"]), *args]))
+    except SignalException as error:
+        return 128 + int(error.sigval)
+    except ChildFailedError as error:
+        rank, failure = error.get_first_failure()
+        if failure.exitcode > 0:
+            return failure.exitcode  # the rank printed its own message
+        raise CnnctlError(f"training process {rank} was killed by {failure.signal_name()}",
+                          hint="out of memory? the last finished epoch is saved in the run folder") from None
+    return 0
+
+
+def start_processes(config: Any, nproc: int, args: list[str], *, resume_dir: Path | None = None,
+                    debug: bool = False) -> int | None:
+    """``cnnctl train ... --nproc N`` (``args``: that command without --nproc). Returns None when this process
+    should train itself (N = 1, or it already is one of torchrun's N ranks), else the exit code of the N ranks it
+    launched, after checking everything that would make each of them fail (a bad value is one line, not N)."""
+    context = from_environment()
+    if context.enabled:
+        if nproc != context.world_size:
+            raise UsageError(f"--nproc {nproc} contradicts the {context.world_size} processes torchrun started",
+                             hint="leave out --nproc under torchrun")
+        return None
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "cnnctl", "train", *train_args]
-    return subprocess.call(command)
+    if nproc == 1:
+        return None
+    from cnnctl.engine.device import resolve_device
+
+    check_world(config.batch_size, resolve_device(config.device), nproc, nproc, sync_bn=config.sync_bn)
+    if resume_dir is not None:
+        check_resume_world(resume_dir, saved_world_size(resume_dir), nproc)
+    return launch(args, nproc, program=worker_program(), debug=debug)

@@ -7,6 +7,7 @@ configuration and, at the end, ``results.json`` and the plots. Every file is wri
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 # of its last; train_* are averaged over the epoch's batches as they were trained (with label smoothing, if on).
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "lr_end", "epoch_time_s",
                   "images_per_s")
+STOP_CHECK_EVERY = 8  # distributed: batches between the ranks' checks for a Ctrl-C/SIGTERM (one all-reduce each)
 
 
 @dataclass
@@ -114,6 +116,10 @@ class Trainer:
 
             self.resume_dir = resolve_run_dir(resume)
         self.stopped_early = False
+        from cnnctl.engine.distributed import from_environment
+
+        self.dist = from_environment()  # one process, or this rank among torchrun's (engine/distributed.py)
+        self.rank_fingerprints: list[str] = []
 
     @classmethod
     def resuming(cls, path: str | Path, overrides: dict[str, Any] | None = None,
@@ -135,17 +141,20 @@ class Trainer:
         config = self.config
         config.resolve_defaults()
         loaded = read_state(self.resume_dir) if self.resume_dir is not None else None
+        if loaded is not None:
+            from cnnctl.engine.distributed import check_resume_world
+
+            check_resume_world(self.resume_dir, int(loaded.state.extra.get("world_size", 1)), self.dist.world_size)
         with deterministic_mode(config.deterministic):
             self.setup()
             if self.resume_dir is None:
-                self.run_dir = create_run_dir(config.out, config.name or
-                                              f"{self.model_spec.name}-{self.data.dataset_label}")
+                self.run_dir = self._new_run_dir()
             else:
                 self.run_dir = self.resume_dir
-            with run_lock(self.run_dir):
+            with run_lock(self.run_dir) if self.dist.is_main else contextlib.nullcontext():
                 if loaded is not None:
                     self.restore(loaded)
-                else:
+                elif self.dist.is_main:
                     from cnnctl.config_file import save_run_config
 
                     save_run_config(config, self.run_dir)
@@ -157,8 +166,23 @@ class Trainer:
                     if not (self.run_dir / STATE_FILE).is_file():
                         raise
                     raise interrupted_error(self.run_dir, "before the current epoch ended (its progress is lost)",
-                                            None) from None
-                return self.finish()
+                                            None, self.dist.world_size) from None
+                result = self.finish()
+        if self._owns_process_group:
+            from cnnctl.engine.distributed import shutdown
+
+            shutdown()
+        return result
+
+    def _new_run_dir(self) -> Path:
+        """A fresh run folder, created by rank 0 alone; its name reaches the other ranks by broadcast."""
+        from cnnctl.engine.distributed import broadcast_object
+
+        run_dir = None
+        if self.dist.is_main:
+            run_dir = create_run_dir(self.config.out, self.config.name or
+                                     f"{self.model_spec.name}-{self.data.dataset_label}")
+        return Path(broadcast_object(run_dir, self.dist))
 
     def setup(self) -> None:
         """Device, seeds, data, model, optimizer, batches, schedule, precision: everything before the first step."""
@@ -171,7 +195,7 @@ class Trainer:
         from cnnctl.registry import get_model_spec
 
         config = self.config
-        self.device = resolve_device(config.device)
+        self.device = self.join_processes(resolve_device(config.device))
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
@@ -180,7 +204,7 @@ class Trainer:
         self.precision = resolve_precision(config.amp, config.amp_dtype, self.device)
         if self.precision.note:
             self.reporter.message(self.precision.note)
-        self.data = prepare_data(config, self.reporter)
+        self.data = self._prepare_data_in_turn()
         needs = config.needs_validation()
         if needs and self.data.val is None:
             raise UsageError(f"{needs} needs a validation split, but this run holds none out",
@@ -188,11 +212,11 @@ class Trainer:
         self.monitor = config.monitor if self.data.val is not None else config.monitor.replace("val_", "train_")
         if self.monitor != config.monitor:
             self.reporter.message(f"no validation split: best.safetensors is chosen by {self.monitor}")
-        self.model = self.build_model()
+        self.model = self.distribute(self.build_model())
         from cnnctl.engine.freeze import HeadOnlyPhase
 
-        self.head_only = HeadOnlyPhase(self.model, self.model_spec.classifier, config.freeze_epochs)
-        self.optimizer = self.build_optimizer(self.model)
+        self.head_only = HeadOnlyPhase(self._bare_model(), self.model_spec.classifier, config.freeze_epochs)
+        self.optimizer = self.build_optimizer(self._bare_model())
         self.train_batches, self.val_batches = self.build_loaders()
         self.schedule = build_schedule(config, self.optimizer, steps_per_epoch=len(self.train_batches),
                                        monitor=self.monitor)
@@ -201,7 +225,71 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.start_epoch, self.start_batch = 0, 0
         self.partial: dict[str, Any] = {}
-        self.state_extra: dict[str, Any] = {}
+        self.state_extra: dict[str, Any] = {"world_size": self.dist.world_size} if self.dist.enabled else {}
+
+    # ------------------------------------------------------------------------------------------------ processes
+    def join_processes(self, device: torch.device) -> torch.device:
+        """Under torchrun: check that the processes fit this machine and the batch, join the process group
+        (gloo on CPU, nccl on CUDA with cuda:LOCAL_RANK) and silence every rank but 0. Alone: ``device``."""
+        self._owns_process_group = False
+        if not self.dist.enabled:
+            return device
+        from cnnctl.engine.distributed import check_world, init_process_group
+
+        self.per_rank_batch = check_world(self.config.batch_size, device, self.dist.world_size,
+                                          self.dist.local_world_size, sync_bn=self.config.sync_bn)
+        device, self._owns_process_group = init_process_group(self.dist, device)
+        if not self.dist.is_main:
+            self.reporter = SilentReporter()
+        return device
+
+    def _prepare_data_in_turn(self) -> PreparedData:
+        """Load the data; with several processes, each machine's local rank 0 first (it downloads what is
+        missing), then the others, which find the files in place and write nothing."""
+        from cnnctl.engine.distributed import barrier
+
+        first = self.dist.local_rank == 0
+        if not first:
+            barrier(self.dist)
+        data = prepare_data(self.config, self.reporter)
+        if first:
+            barrier(self.dist)
+        return data
+
+    def distribute(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DistributedDataParallel around the model when several processes train (with SyncBatchNorm for
+        --sync-bn); the model itself in a single process. ``_bare_model()`` gives the model back."""
+        from cnnctl.engine.distributed import wrap_model
+
+        return wrap_model(model, self.dist, self.device, sync_bn=self.config.sync_bn,
+                          find_unused=self.config.freeze_epochs > 0)
+
+    def _sum_over_ranks(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Training sums of all ranks together (each trained on its own shard). Every rank also takes rank 0's
+        BatchNorm statistics, so all of them hold the model that rank 0 validates and saves."""
+        if not self.dist.enabled:
+            return loss_sum, correct, seen
+        import torch
+
+        from cnnctl.engine.distributed import all_reduce_sum, broadcast_buffers
+
+        totals = torch.stack([loss_sum.double(), correct.double(),
+                              torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device)])
+        all_reduce_sum(totals, self.dist)
+        broadcast_buffers(self._bare_model(), self.dist)
+        return totals[0], totals[1].long(), int(totals[2])
+
+    def _stop_requested(self, guard: Any, batches_done: int | None = None) -> bool:
+        """Whether to stop for a signal. Alone: whether one came. With several processes every rank must stop
+        after the same batch: the ranks agree (all-reduce) every STOP_CHECK_EVERY batches and at each epoch's end."""
+        if not self.dist.enabled:
+            return bool(guard.requested)
+        if batches_done is not None and batches_done % STOP_CHECK_EVERY:
+            return False
+        from cnnctl.engine.distributed import any_rank
+
+        return any_rank(bool(guard.requested), self.dist, self.device)
 
     def build_model(self) -> torch.nn.Module:
         import torch
@@ -239,7 +327,14 @@ class Trainer:
                                shuffle=shuffle, seed=config.seed, augment=augment if shuffle else None,
                                channels_last=config.channels_last)
 
-        return loader(data.train, True), (loader(data.val, False) if data.val is not None else None)
+        train = loader(data.train, True)
+        if self.dist.enabled and len(data.train) < self.dist.world_size:
+            raise UsageError(f"{len(data.train)} training image(s) cannot be shared by {self.dist.world_size} "
+                             "processes", hint="use fewer processes or more data")
+        if self.dist.enabled:  # each rank trains on its part of every global batch (data/loader.py shard_order)
+            train.batch_size, train.shard = self.per_rank_batch, (self.dist.rank, self.dist.world_size)
+        validate_here = data.val is not None and self.dist.is_main  # see validate()
+        return train, (loader(data.val, False) if validate_here else None)
 
     def restore(self, loaded: Any) -> None:
         """Put model, optimizer, schedule, scaler, counters and every random-number state back as saved."""
@@ -265,9 +360,13 @@ class Trainer:
         if state.batch:
             self.partial = {**state.partial, "loss_sum": loaded.tensors["partial.loss_sum"].to(self.device),
                             "correct": loaded.tensors["partial.correct"].to(self.device)}
+            if not self.dist.is_main:  # the saved sums are all ranks' together: rank 0 carries them on
+                self.partial.update(loss_sum=self.partial["loss_sum"] * 0, correct=self.partial["correct"] * 0,
+                                    seen=0)
         restore_rng(loaded.tensors, loaded.rng)
         self.train_batches.generator.set_state(loaded.tensors["rng.loader"])
-        self._remove_orphan_top_checkpoints()
+        if self.dist.is_main:
+            self._remove_orphan_top_checkpoints()
         where = f"epoch {state.epoch}" + (f", batch {state.batch}" if state.batch else "")
         self.reporter.message(f"resuming {self.run_dir} after {where}, to {self.config.epochs} epochs")
 
@@ -280,10 +379,15 @@ class Trainer:
             "test": len(data.test) if data.test is not None else 0, "run_dir": str(self.run_dir),
             "epochs": config.epochs, "batch_size": config.batch_size,
         })
+        if self.dist.enabled:
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            self.reporter.message(f"distributed: {self.dist.world_size} processes ({backend}), each trains on "
+                                  f"{self.per_rank_batch} of every {config.batch_size} images per step"
+                                  + (", SyncBatchNorm" if config.sync_bn else ""))
         if self.val_batches is not None and self.resume_dir is None:
             from cnnctl.engine.evaluate import evaluate
 
-            sanity = evaluate(self.model, self.val_batches, len(data.classes), max_batches=2)
+            sanity = evaluate(self._eval_model(), self.val_batches, len(data.classes), max_batches=2)
             self.reporter.message(f"sanity check on 2 validation batches: loss {sanity.loss:.3f} "
                                   f"(chance ≈ {_chance_loss(len(data.classes)):.3f})")
 
@@ -310,8 +414,8 @@ class Trainer:
                     f"early stopping: {self.monitor} has not improved for {self.tracker.bad_epochs} epochs "
                     f"(best {self.tracker.best_value:.4f} in epoch {self.tracker.best_epoch})")
                 break
-            if guard.requested and epoch < config.epochs:
-                raise interrupted_error(self.run_dir, f"after epoch {epoch}", guard.requested)
+            if self._stop_requested(guard) and epoch < config.epochs:
+                raise interrupted_error(self.run_dir, f"after epoch {epoch}", guard.requested, self.dist.world_size)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Schedules of the model itself: --freeze-epochs trains only the classifier for the first epochs."""
@@ -365,14 +469,16 @@ class Trainer:
             if (index + 1) % check_every == 0 or index + 1 == steps:
                 self._check_finite(first_bad, detached, epoch, steps)
             self.reporter.step(index + 1, loss)
-            if guard.requested and index + 1 < steps:
+            if index + 1 < steps and self._stop_requested(guard, index + 1):
                 self._check_finite(first_bad, detached, epoch, steps)
                 seconds = earlier_seconds + time.perf_counter() - started
+                loss_sum, correct, seen = self._sum_over_ranks(loss_sum, correct, seen)
                 self.save_state(epoch - 1, index + 1, epoch_rng,
                                 {"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": seconds})
                 raise interrupted_error(self.run_dir, f"in epoch {epoch} after batch {index + 1} of {steps}",
-                                        guard.requested)
+                                        guard.requested, self.dist.world_size)
         seconds = earlier_seconds + time.perf_counter() - started
+        loss_sum, correct, seen = self._sum_over_ranks(loss_sum, correct, seen)
         return {
             "epoch": epoch,
             "train_loss": float(loss_sum) / max(seen, 1),
@@ -384,12 +490,20 @@ class Trainer:
         }
 
     def validate(self) -> dict[str, float]:
-        if self.val_batches is None:
+        """Validation loss and accuracy. With several processes rank 0 evaluates the whole split and broadcasts
+        the numbers: simpler than sharding the split and reducing sums (no uneven shards to pad), exactly the
+        numbers a single process computes, and validation is a small part of an epoch's time."""
+        if self.data.val is None:
             return {}
+        from cnnctl.engine.distributed import broadcast_object
         from cnnctl.engine.evaluate import evaluate
 
-        val = evaluate(self.model, self.val_batches, len(self.data.classes), autocast=self.precision.autocast())
-        return {"val_loss": val.loss, "val_acc": val.top1}
+        row = {}
+        if self.val_batches is not None:
+            val = evaluate(self._eval_model(), self.val_batches, len(self.data.classes),
+                           autocast=self.precision.autocast())
+            row = {"val_loss": val.loss, "val_acc": val.top1}
+        return broadcast_object(row, self.dist)
 
     def _check_finite(self, first_bad: torch.Tensor, loss: torch.Tensor, epoch: int, steps: int) -> None:
         bad = int(first_bad)
@@ -422,13 +536,20 @@ class Trainer:
     def _top_path(self, epoch: int) -> Path:
         return self.run_dir / "checkpoints" / f"epoch-{epoch:03d}.safetensors"
 
+    def _eval_model(self) -> torch.nn.Module:
+        """The model to evaluate: without DistributedDataParallel, whose forward would join the other ranks
+        (only rank 0 evaluates), but as trained otherwise."""
+        return getattr(self.model, "module", self.model) if self.dist.enabled else self.model
+
     def _bare_model(self) -> torch.nn.Module:
         model = getattr(self.model, "module", self.model)
         return getattr(model, "_orig_mod", model)
 
     def save_epoch(self, epoch: int, row: dict[str, float], improved: bool, in_top: bool, dropped: list[int]) -> None:
         """End of an epoch: last, best and top-K checkpoints, then the training state (the commit point), then
-        metrics.csv. A crash before the state is written only repeats this epoch on resume."""
+        metrics.csv. A crash before the state is written only repeats this epoch on resume. Rank 0 only."""
+        if not self.dist.is_main:
+            return
         from cnnctl import checkpoint
 
         meta = self._meta(self.data, epoch, row)
@@ -444,7 +565,10 @@ class Trainer:
 
     def save_state(self, epoch: int, batch: int, loader_state: torch.Tensor,
                    partial: dict[str, Any] | None = None) -> None:
-        """``state.safetensors``: ``epoch`` finished epochs plus ``batch`` batches of the next (with its sums)."""
+        """``state.safetensors``: ``epoch`` finished epochs plus ``batch`` batches of the next (with its sums, all
+        ranks' together). Rank 0 only."""
+        if not self.dist.is_main:
+            return
         from cnnctl.checkpoint import state_tensors
         from cnnctl.engine.state import TrainingState, capture_rng, flatten_optimizer, write_state
 
@@ -506,12 +630,23 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ the end
     def finish(self) -> FitResult:
+        """The final test and plots. With several processes rank 0 alone evaluates and writes (see validate());
+        every rank returns its numbers, and results.json records each rank's weights fingerprint."""
+        from cnnctl.engine.distributed import broadcast_object, gather_object, weights_fingerprint
+
+        if self.dist.enabled:
+            self.rank_fingerprints = gather_object(weights_fingerprint(self.model), self.dist)
+            same = len(set(self.rank_fingerprints)) == 1
+            self.reporter.message(f"all {self.dist.world_size} processes end with the same weights" if same else
+                                  f"warning: the processes ended with different weights: {self.rank_fingerprints}")
         result = FitResult(self.run_dir, self.best_path, self.last_path, self.history,
                            stopped_early=self.stopped_early)
         evaluation = None
         if self.data.test is not None:
-            result.test, evaluation = self._final_test(self.best_path, self.data, self.device)
-        if self.config.plots:
+            if self.dist.is_main:
+                result.test, evaluation = self._final_test(self.best_path, self.data, self.device)
+            result.test = broadcast_object(result.test, self.dist)
+        if self.config.plots and self.dist.is_main:
             result.plots = self._plots(evaluation)
         return result
 
@@ -527,6 +662,8 @@ class Trainer:
         test: EvalResult = evaluate(model, batches, len(data.classes))
         summary = {"test_loss": test.loss, "test_acc": test.top1, "test_top5": test.top5, "test_count": test.count,
                    "best_epoch": meta.epoch}
+        if self.rank_fingerprints:  # distributed: one sha256 of the final weights per rank (all equal)
+            summary.update(processes=len(self.rank_fingerprints), weights_sha256=self.rank_fingerprints)
         meta.metrics = {**(meta.metrics or {}), **{k: v for k, v in summary.items() if k.startswith("test_")}}
         checkpoint.save(best_path, model, meta)
         from cnnctl.fsutil import atomic_write_text

@@ -22,13 +22,13 @@ class TrainingInterrupted(CnnctlError):
     exit_code = 130
 
 
-def resume_command(run_dir: Path) -> str:
-    return f"cnnctl train --resume {shlex.quote(str(run_dir))}"
+def resume_command(run_dir: Path, processes: int = 1) -> str:
+    return f"cnnctl train --resume {shlex.quote(str(run_dir))}" + (f" --nproc {processes}" if processes > 1 else "")
 
 
-def interrupted_error(run_dir: Path, where: str, signum: int | None) -> TrainingInterrupted:
+def interrupted_error(run_dir: Path, where: str, signum: int | None, processes: int = 1) -> TrainingInterrupted:
     error = TrainingInterrupted(f"interrupted {where}; the training state is saved — continue with: "
-                                f"{resume_command(run_dir)}")
+                                f"{resume_command(run_dir, processes)}")
     error.exit_code = 128 + (signum or signal.SIGINT)
     return error
 
