@@ -98,6 +98,8 @@ def compute_leg(args: argparse.Namespace) -> dict:
     defaults = TrainConfig(arch="lenet5", dataset=args.dataset)
     batch_size = args.batch_size or defaults.batch_size
     channels_last = defaults.channels_last if args.channels_last is None else args.channels_last
+    if channels_last is None:  # cnnctl's rule (engine/fit.py): channels-last for networks without BatchNorm
+        channels_last = not args.batch_norm
     threads = args.threads or defaults.threads
     if threads:
         torch.set_num_threads(threads)

@@ -36,7 +36,9 @@ class TrainConfig:
     name: str | None = None
     threads: int | None = None
     img_size: int | None = None
-    channels_last: bool = False
+    # None: channels-last unless the network has BatchNorm (benchmarks/choices.py: LeNet-5 1.14x faster with it,
+    # LeNet-5 + BatchNorm 2.5x slower on CPU); resolved when the model is built and saved resolved
+    channels_last: bool | None = None
     arch_args: dict[str, Any] = field(default_factory=dict)
     # architectures: start from local weights (--pretrained), train only the classifier first (--freeze-epochs)
     pretrained: str | None = None

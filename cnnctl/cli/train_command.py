@@ -46,7 +46,9 @@ def train(
     root: Annotated[str | None, typer.Option(help="data folder \\[env: CNNCTL_DATA]")] = None,
     mirror: Annotated[str | None, typer.Option(help="dataset mirror URL or folder \\[env: CNNCTL_MIRROR]")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads \\[default: torch's choice]")] = None,
-    channels_last: Annotated[bool, typer.Option(help="channels-last memory format")] = False,
+    channels_last: Annotated[bool | None, typer.Option(
+        help="channels-last (NHWC) memory format \\[default: on for networks without BatchNorm, where it is "
+             "faster on CPU; see benchmarks/choices.py]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the final result")] = False,
     pretrained: Annotated[str | None, typer.Option(
         help="start from local weights: .safetensors, or a .pth/.pt state dict (never downloaded)")] = None,

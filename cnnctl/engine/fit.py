@@ -303,6 +303,9 @@ class Trainer:
             from cnnctl.models.pretrained import load_pretrained
 
             load_pretrained(model, self.model_spec, config.pretrained, log=self.reporter.message)
+        if config.channels_last is None:
+            config.channels_last = not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                           for m in model.modules())
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
