@@ -82,9 +82,10 @@ def cifar_batch(images: np.ndarray, labels: dict[bytes, np.ndarray], name: bytes
     return py2_pickle(entry)
 
 
-def tar_bytes(members: dict[str, bytes], extra: list[tarfile.TarInfo] | None = None) -> bytes:
+def tar_bytes(members: dict[str, bytes], extra: list[tarfile.TarInfo] | None = None, mode: str = "w:gz") -> bytes:
+    """A tar archive (gzip-compressed by default) of regular files, plus ``extra`` members as given."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import stat
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
+from dataset_files import tar_bytes
 
 from cnnctl.data.archive import safe_extract
 from cnnctl.errors import DataError
@@ -18,14 +18,7 @@ FILES = {"batches/data_1.bin": b"\x01" * 3000, "batches/meta.txt": b"airplane\nb
 
 def make_tar(path: Path, mode: str = "w:gz", files: dict[str, bytes] = FILES,
              extra: list[tarfile.TarInfo] | None = None) -> Path:
-    with tarfile.open(path, mode) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-        for info in extra or []:
-            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.size else None)
+    path.write_bytes(tar_bytes(files, extra, mode))
     return path
 
 
