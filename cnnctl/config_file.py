@@ -100,26 +100,18 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "yes", "on", "false", "no", "off"):
             return value.lower() in ("true", "yes", "on")
         raise UsageError(f"{where} must be true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise UsageError(f"{where} must be a whole number, got {value!r}")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UsageError(f"{where} must be a number, got {value!r}")
+    if annotation in (int, float):
+        try:
+            number = float(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if annotation is int:
+            if number is None or not number.is_integer():
+                raise UsageError(f"{where} must be a whole number, got {value!r}")
+            return int(value) if isinstance(value, int) else int(number)
+        if number is None:
+            raise UsageError(f"{where} must be a number, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
