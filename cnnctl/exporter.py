@@ -169,7 +169,7 @@ def _local_test_images(meta: CheckpointMeta, root: Any, count: int) -> tuple[tor
     spec = datasets().get(meta.dataset)
     if spec is None:
         return None, f"dataset {meta.dataset} is not registered"
-    if not spec.files or not is_present(spec.name, spec.files, Path(root) if root else None):
+    if not spec.files or not is_present(spec.storage_name, spec.files, Path(root) if root else None):
         return None, f"the {spec.name} test split is not on this machine; `cnnctl download {spec.name}` fetches it"
     try:
         test = load_split(spec, "test", root=str(root) if root else None)

@@ -34,13 +34,14 @@ def fit_to_input(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Te
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """uint8 N×C×H×W to ``channels`` (1 or 3): luminance for grey, repetition for colour."""
-    from torchvision.transforms.v2 import functional as TF
-
+    """uint8 N×C×H×W to ``channels`` (1 or 3): grey as image files become grey (data/images.py), repetition for
+    colour."""
     if images.shape[1] == channels:
         return images
     if channels == 1:
-        return TF.rgb_to_grayscale(images[:, :3], num_output_channels=1)
+        from cnnctl.data.images import to_grey
+
+        return to_grey(images[:, :3])
     if images.shape[1] == 1:
         return images.expand(-1, 3, -1, -1).contiguous()
     return images[:, :channels]

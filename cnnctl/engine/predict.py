@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.images import IMAGE_SUFFIXES
 from cnnctl.errors import CnnctlError, DataError
 
 if TYPE_CHECKING:
@@ -18,13 +18,6 @@ if TYPE_CHECKING:
 
     from cnnctl.checkpoint import CheckpointMeta
     from cnnctl.data.base import Preprocessing
-
-# torchvision 0.29 deprecates torchvision.io's decoders in favour of torchcodec; they still work, and are the
-# dependency we already have. Say nothing to users about it.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
 @dataclass
