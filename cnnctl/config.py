@@ -112,6 +112,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Reject contradictory or out-of-range options before any work starts."""
+        from cnnctl.models import check_arch_args
+        from cnnctl.registry import get_model_spec
+
+        check_arch_args(get_model_spec(self.arch), self.arch_args)  # unknown names, --dropout out of range
         if self.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -182,9 +186,8 @@ class TrainConfig:
 
             if self.augment not in AUGMENT_PRESETS:
                 raise suggest(self.augment, list(AUGMENT_PRESETS), "augmentation")
-        if self.val_split == 0:
-            need(self.scheduler != "plateau", "--scheduler plateau needs a validation split, but --val-split is 0")
-            need(self.patience is None, "--patience (early stopping) needs a validation split, but --val-split is 0")
+        needs = self.needs_validation()
+        need(not (needs and self.val_split == 0), f"{needs} needs a validation split, but --val-split is 0")
 
     def needs_validation(self) -> str | None:
         """The option that cannot work without a validation split, if any."""

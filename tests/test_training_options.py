@@ -117,6 +117,7 @@ def test_cli_defaults_are_the_config_defaults() -> None:
     (("--min-lr", "1"), ("--min-lr must be in [0, lr)",)),
     (("--amp-dtype", "fp8"), ("unknown --amp-dtype",)),
     (("--augment", "flop"), ("unknown augmentation",)),
+    (("--dropout", "1.5"), ("--dropout must be in [0, 1)",)),
 ])
 def test_contradictory_or_invalid_options_fail_before_any_work(micro_digits, tmp_path: Path, args, fragments) -> None:
     result = invoke("train", "simplecnn", *FAST, "--out", str(tmp_path / "runs"), *args)
