@@ -36,25 +36,27 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
     (see ``cnnctl.progress``) receives every event instead.
     """
     from cnnctl.config import TrainConfig
+    from cnnctl.config_file import build_train_config, coerce_options
     from cnnctl.engine.fit import Trainer
     from cnnctl.progress import PlainReporter
 
+    source = "cnnctl.train()"
     if reporter is None and progress:
         reporter = PlainReporter()
     if resume is not None:
         if arch is not None:
             raise UsageError("cnnctl.train(resume=...) continues a run with its own architecture and configuration",
                              hint="pass only the options to change, e.g. epochs=")
-        return Trainer.resuming(os.fspath(resume), options, reporter).run()
+        return Trainer.resuming(os.fspath(resume), coerce_options(options, source=source), reporter).run()
     if isinstance(arch, TrainConfig):
         options = {**asdict(arch), **options}
     elif arch is not None:
         if "arch" in options:
             raise UsageError("cnnctl.train got the architecture twice (positionally and as arch=)")
         options = {"arch": arch, **options}
-    if not options.get("arch"):
+    if not options.get("arch"):  # the command line's message would point at `cnnctl train` and --config
         raise UsageError("cnnctl.train needs an architecture", hint='e.g. cnnctl.train("lenet5", dataset="mnist")')
-    return Trainer(TrainConfig.from_dict(options, source="cnnctl.train()"), reporter).run()
+    return Trainer(build_train_config(options, source=source), reporter).run()
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu") -> tuple[torch.nn.Module, Preprocessing]:

@@ -129,12 +129,14 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def build_train_config(options: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
-    """TrainConfig from ``options`` (given explicitly, e.g. on the command line) over ``config_file``."""
+def build_train_config(options: dict[str, Any], config_file: str | Path | None = None, *,
+                       source: str = "the command line") -> TrainConfig:
+    """TrainConfig from ``options`` (given explicitly: on the command line, or to ``cnnctl.train()``) over
+    ``config_file``; ``source`` names where the options came from in error messages."""
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(coerce_options(read_config_file(config_file), source=str(config_file)))
-    values.update(coerce_options(options, source="the command line"))
+    values.update(coerce_options(options, source=source))
     if not values.get("arch"):
         raise UsageError("name an architecture to train", hint="e.g. `cnnctl train lenet5`, or put `arch:` in --config")
     return TrainConfig(**values)
