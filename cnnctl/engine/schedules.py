@@ -178,10 +178,6 @@ class Schedule:
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
 
-    @property
-    def per_step(self) -> bool:
-        return self.plan.name in ("cosine", "cosine-restarts", "onecycle") or self.plan.warmup_steps > 0
-
     def lr_at(self, step: int, group: int = 0) -> float:
         base = self.optimizer.param_groups[group]["initial_lr"]
         return self.plan.lr(base, step, self.plateau.scale)
@@ -212,10 +208,7 @@ class Schedule:
 
 def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int,
                    monitor: str = "val_loss") -> Schedule:
-    if config.scheduler not in SCHEDULERS:
-        from cnnctl.registry import suggest
-
-        raise suggest(config.scheduler, list(SCHEDULERS), "scheduler")
+    """The schedule ``config`` names (already checked by ``TrainConfig.validate``)."""
     plateau = PlateauState(mode="max" if monitor.endswith("acc") else "min", patience=config.plateau_patience,
                            factor=config.gamma)
     return Schedule(plan_from_config(config, steps_per_epoch), optimizer, plateau)
