@@ -49,6 +49,14 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def atomic_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Copy ``source`` over ``target`` atomically (the same bytes, without serialising them again)."""
+    import shutil
+
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 

@@ -554,13 +554,13 @@ class Trainer:
         if not self.dist.is_main:
             return
         from cnnctl import checkpoint
+        from cnnctl.fsutil import atomic_copy
 
-        meta = self._meta(self.data, epoch, row)
-        checkpoint.save(self.last_path, self.model, meta)
-        if improved:
-            checkpoint.save(self.best_path, self.model, meta)
+        checkpoint.save(self.last_path, self.model, self._meta(self.data, epoch, row))
+        if improved:  # the same weights and metadata: copy the file rather than serialise the model again
+            atomic_copy(self.last_path, self.best_path)
         if self.config.keep > 1 and in_top:
-            checkpoint.save(self._top_path(epoch), self.model, meta)
+            atomic_copy(self.last_path, self._top_path(epoch))
         self.save_state(epoch, 0, self.train_batches.generator.get_state())
         for old in dropped:
             self._top_path(old).unlink(missing_ok=True)
