@@ -11,7 +11,6 @@ Only rank 0 prints, writes the run folder and evaluates; the other ranks use a S
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -114,15 +113,12 @@ def per_rank_batch(batch_size: int, world_size: int) -> int:
 def saved_world_size(run_dir: Path) -> int:
     """How many processes trained the run in ``run_dir`` (1 for runs from before distributed training). Reads
     only the state file's JSON header, not its tensors."""
-    from safetensors import safe_open
-
-    from cnnctl.engine.state import STATE_FILE, STATE_KEY
+    from cnnctl.engine.state import read_state_document
+    from cnnctl.errors import CnnctlError
 
     try:
-        with safe_open(str(run_dir / STATE_FILE), framework="pt") as handle:
-            document = json.loads((handle.metadata() or {})[STATE_KEY])
-        return int(document["state"].get("extra", {}).get("world_size", 1))
-    except Exception:  # noqa: BLE001 - an unreadable state is reported by the resume itself, with its own message
+        return int(read_state_document(run_dir)["state"].get("extra", {}).get("world_size", 1))
+    except CnnctlError:  # an unreadable state is reported by the resume itself, with its own message
         return 1
 
 

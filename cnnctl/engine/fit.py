@@ -129,7 +129,7 @@ class Trainer:
         from cnnctl.engine.state import resolve_run_dir, resume_config
 
         run_dir = resolve_run_dir(path)
-        config, _ = resume_config(run_dir, dict(overrides or {}))
+        config = resume_config(run_dir, dict(overrides or {}))
         return cls(config, reporter, resume=run_dir)
 
     # ------------------------------------------------------------------------------------------------ the run

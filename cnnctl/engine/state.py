@@ -154,15 +154,15 @@ class LoadedState:
         return {key[len("model."):]: value for key, value in self.tensors.items() if key.startswith("model.")}
 
 
-def read_state(run_dir: Path) -> LoadedState:
+def read_state_document(run_dir: Path) -> dict[str, Any]:
+    """The state file's JSON header (state, configuration, random-number and optimizer scalars), without loading
+    its tensors: what checking a resume needs."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = run_dir / STATE_FILE
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
         document = json.loads(metadata[STATE_KEY])
     except FileNotFoundError as error:
         raise CheckpointError(f"{run_dir} has no training state ({STATE_FILE})",
@@ -173,6 +173,19 @@ def read_state(run_dir: Path) -> LoadedState:
     if document.get("format", 0) > STATE_FORMAT:
         raise CheckpointError(f"{path} was written by a newer cnnctl (format {document['format']})",
                               hint="upgrade cnnctl")
+    return document
+
+
+def read_state(run_dir: Path) -> LoadedState:
+    from safetensors.torch import load_file
+
+    document = read_state_document(run_dir)
+    path = run_dir / STATE_FILE
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - a damaged body raises safetensors' own types
+        raise CheckpointError(f"{path} is not a readable training state ({str(error).splitlines()[0][:120]})",
+                              hint="it may be damaged; start the run again") from error
     return LoadedState(TrainingState(**document["state"]), tensors, document.get("rng", {}),
                        document.get("optimizer", {}))
 
@@ -196,13 +209,13 @@ def resolve_run_dir(path: str | Path) -> Path:
     return run_dir
 
 
-def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, LoadedState]:
+def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     """The run's saved configuration with the options a resumed run may change; anything else that differs
     from the saved value is a contradiction and says so before any work starts."""
     from cnnctl.config import TrainConfig
 
-    loaded = read_state(run_dir)
-    saved = dict(loaded.state.config)
+    state = TrainingState(**read_state_document(run_dir)["state"])
+    saved = dict(state.config)
     for name, value in overrides.items():
         if name in RESUMABLE_OVERRIDES or value is None or saved.get(name) == value:
             continue
@@ -215,7 +228,6 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[TrainConfig
                          hint="leave it out, or start a new run with --config " + str(run_dir / "config.yaml"))
     merged = {**saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES and v is not None}}
     config = TrainConfig.from_dict(merged, source=str(run_dir / STATE_FILE))
-    state = loaded.state
     done = state.epoch
     if state.batch == 0 and done >= config.epochs:
         raise UsageError(f"{run_dir} has already finished {done} of {config.epochs} epochs",
@@ -225,7 +237,7 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[TrainConfig
                          f"{config.patience} epochs)", hint="pass a larger --patience or --epochs to train on")
     if config.epochs < done:
         raise UsageError(f"--epochs {config.epochs} is fewer than the {done} epochs {run_dir} has already trained")
-    return config, loaded
+    return config
 
 
 @contextlib.contextmanager
