@@ -71,7 +71,7 @@ def _kind(mode: int) -> str | None:
     return "not a regular file"
 
 
-def regular_target(target: str | os.PathLike[str], *, option: str | None = None) -> Path:
+def regular_target(target: str | os.PathLike[str], *, option: str | None = None, stdout_ok: bool = False) -> Path:
     """The file a write to ``target`` replaces: ``target`` itself, or where its symbolic link points.
 
     Only regular files are replaced. A device, FIFO, socket or folder (also behind a link) is refused, so writing
@@ -98,12 +98,12 @@ def regular_target(target: str | os.PathLike[str], *, option: str | None = None)
         kind = _kind(info.st_mode)
         if kind:
             raise UsageError(f"refusing to write {label}: it is a symbolic link to {resolved}, {kind}",
-                             hint="pass a regular file name" + (", or - for standard output" if option else ""))
+                             hint="pass a regular file name" + (", or - for standard output" if stdout_ok else ""))
         return resolved
     kind = _kind(info.st_mode)
     if kind:
         raise UsageError(f"refusing to write {label}: it is {kind}, not a regular file",
-                         hint="pass a regular file name" + (", or - for standard output" if option else ""))
+                         hint="pass a regular file name" + (", or - for standard output" if stdout_ok else ""))
     return target
 
 
@@ -115,7 +115,7 @@ def require_writable_folder(folder: str | os.PathLike[str], *, option: str, crea
     for the file system is found now too."""
     folder = Path(folder).expanduser()
     label = f"{option} {folder}"
-    hint = f"pass {option} a folder you can write to"
+    hint = f"pass {option} a folder you can write to" if option.startswith("-") else "choose a folder you can write to"
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"cannot write into {label}: it is a file, not a folder", hint=hint)
     if not folder.exists():
@@ -144,10 +144,10 @@ def _blocking(folder: Path, error: OSError) -> str:
     return os_reason(error)
 
 
-def require_writable_file(path: str | os.PathLike[str], *, option: str) -> Path:
+def require_writable_file(path: str | os.PathLike[str], *, option: str, stdout_ok: bool = False) -> Path:
     """Check, before any work, that ``path`` can be written atomically: a regular file (or a link to one) or a
     new name, in a folder where files can be created. Returns the file that will be replaced."""
-    target = regular_target(Path(path).expanduser(), option=option)
+    target = regular_target(Path(path).expanduser(), option=option, stdout_ok=stdout_ok)
     require_writable_folder(target.parent, option=option, probe_name=target.name)
     return target
 
@@ -216,3 +216,16 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def displayable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (Python keeps them as lone surrogates) written as
+    ``\\xNN``, so it can be printed, put in a CSV or JSON file, and still shows which file it was."""
+    if not any(0xD800 <= ord(char) <= 0xDFFF for char in text):
+        return text
+    return "".join(
+        char if not 0xD800 <= ord(char) <= 0xDFFF
+        else f"\\x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF
+        else f"\\u{ord(char):04x}"
+        for char in text
+    )
