@@ -85,11 +85,11 @@ def regular_target(target: str | os.PathLike[str], *, option: str | None = None,
     except FileNotFoundError:
         return target
     except OSError as error:
-        raise UsageError(f"cannot write {label}: {os_reason(error)}") from error
+        raise UsageError(f"cannot write {label}: {_blocking(target, error)}") from error
     if stat.S_ISLNK(info.st_mode):
         resolved = Path(os.path.realpath(target))
         try:
-            info = resolved.stat()
+            info = target.stat()  # follows the link as the kernel does (also /proc/self/fd/N)
         except FileNotFoundError:
             raise UsageError(f"cannot write {label}: it is a symbolic link to {resolved}, which does not exist",
                              hint="pass the real file name") from None
@@ -97,7 +97,7 @@ def regular_target(target: str | os.PathLike[str], *, option: str | None = None,
             raise UsageError(f"cannot write {label}: {os_reason(error)}") from error
         kind = _kind(info.st_mode)
         if kind:
-            raise UsageError(f"refusing to write {label}: it is a symbolic link to {resolved}, {kind}",
+            raise UsageError(f"refusing to write {label}: it is a symbolic link to {os.readlink(target)}, {kind}",
                              hint="pass a regular file name" + (", or - for standard output" if stdout_ok else ""))
         return resolved
     kind = _kind(info.st_mode)
@@ -138,7 +138,7 @@ def require_writable_folder(folder: str | os.PathLike[str], *, option: str, crea
 def _blocking(folder: Path, error: OSError) -> str:
     """Why ``folder`` cannot be created; for ENOTDIR, which part of its path is a file."""
     if error.errno == errno.ENOTDIR:
-        for parent in (folder, *folder.parents):
+        for parent in reversed((folder, *folder.parents)):
             if parent.exists() and not parent.is_dir():
                 return f"{parent} is a file, not a folder"
     return os_reason(error)
