@@ -140,7 +140,10 @@ def read_meta(path: str | Path) -> CheckpointMeta:
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    from cnnctl.checkpoint_schema import check_dtypes, read_header
+
     path = _existing(path)
+    check_dtypes(read_header(path).tensors, str(path))  # bounded, before safetensors parses the header itself
     try:
         return load_file(str(path))
     except Exception as error:

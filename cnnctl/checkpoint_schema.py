@@ -75,6 +75,8 @@ def read_header(path: Path) -> Header:
         from cnnctl.fsutil import os_reason
 
         raise CheckpointError(f"cannot read checkpoint {path}: {os_reason(error)}") from error
+    if raw.count(b'"data_offsets"') > MAX_TENSORS + 1:  # counted before parsing: a huge table costs seconds
+        raise not_safetensors(path, f"it lists more than {MAX_TENSORS:,} tensors, the most cnnctl accepts")
     try:
         document = json.loads(raw.decode("utf-8"))
     except RecursionError:
@@ -87,8 +89,7 @@ def read_header(path: Path) -> Header:
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise not_safetensors(path, "its __metadata__ is not a map of strings")
     if len(document) > MAX_TENSORS:
-        raise not_safetensors(path, f"it lists {len(document):,} tensors, more than the {MAX_TENSORS:,} "
-                                    "cnnctl accepts")
+        raise not_safetensors(path, f"it lists more than {MAX_TENSORS:,} tensors, the most cnnctl accepts")
     tensors: dict[str, TensorInfo] = {}
     data_size = size - 8 - length
     for name, entry in document.items():
@@ -325,14 +326,20 @@ def _few(items: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def check_dtypes(tensors: dict[str, TensorInfo], source: str) -> None:
+    """Weights are floating point (int8, bool or fp8 "weights" would load and predict nonsense); only BatchNorm's
+    batch counters are integers."""
+    for name in sorted(tensors):
+        allowed = COUNTER_DTYPES if name.endswith(COUNTER_SUFFIX) else FLOAT_DTYPES
+        if tensors[name].dtype not in allowed:
+            raise CheckpointError(f"{source}: tensor {name} is {tensors[name].dtype}; weights must be "
+                                  f"{'/'.join(allowed)}", hint=DAMAGED_HINT)
+
+
 def check_tensors(meta: Any, tensors: dict[str, TensorInfo], source: str) -> None:
     """Weights must be floating point, and their names and shapes those of the architecture the metadata
     describes (built on the ``meta`` device: no memory, whatever the arguments say) at its input size."""
-    for name, info in tensors.items():
-        allowed = COUNTER_DTYPES if name.endswith(COUNTER_SUFFIX) else FLOAT_DTYPES
-        if info.dtype not in allowed:
-            raise CheckpointError(f"{source}: tensor {name} is {info.dtype}; cnnctl checkpoints hold "
-                                  f"{'/'.join(allowed)} tensors", hint=DAMAGED_HINT)
+    check_dtypes(tensors, source)
     import torch
 
     from cnnctl.models import build_model
@@ -363,7 +370,8 @@ def check_tensors(meta: Any, tensors: dict[str, TensorInfo], source: str) -> Non
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     problems = shape_problems(expected, {name: info.shape for name, info in tensors.items()})
     if problems:
-        raise CheckpointError(f"{source} does not match its architecture: {'; '.join(problems)}")
+        described = f"{meta.arch} with arch_args {json.dumps(meta.arch_args)}" if meta.arch_args else meta.arch
+        raise CheckpointError(f"{source} does not match its architecture ({described}): {'; '.join(problems)}")
     try:
         with torch.no_grad():
             model.eval()(torch.empty(1, channels, height, width, device="meta"))

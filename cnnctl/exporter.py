@@ -128,7 +128,7 @@ def _check_format(format: str) -> str:
 def output_paths(source: Path, format: str, output: Any = None) -> tuple[Path, Path]:
     """Where the model and its preprocessing JSON go: ``<stem><suffix>`` and ``<stem>.preprocessing.json``.
     Both are checked now, before any work: only regular files (or links to them) in writable folders."""
-    from cnnctl.fsutil import STDOUT, require_writable_file
+    from cnnctl.fsutil import STDOUT, is_folder, require_writable_file
 
     suffix = FORMATS[format]
     default_name = source.name.removesuffix(".safetensors") + suffix
@@ -138,10 +138,10 @@ def output_paths(source: Path, format: str, output: Any = None) -> tuple[Path, P
         raise UsageError("export writes two files (the model and its preprocessing JSON), so --output - "
                          "(standard output) is not possible", hint="pass a file name or a folder")
     else:
-        folder = str(output).endswith(("/", os.sep)) or Path(output).expanduser().is_dir()
+        folder = str(output).endswith(("/", os.sep)) or is_folder(Path(output).expanduser())
         output = Path(output).expanduser()
         model_path = output / default_name if folder else output
-    if model_path.resolve() == source.resolve():
+    if os.path.realpath(model_path) == os.path.realpath(source):
         raise UsageError(f"--output {model_path} is the checkpoint itself", hint="choose another file name")
     stem = model_path.name.removesuffix(suffix) if model_path.name.endswith(suffix) else model_path.stem
     preprocessing_path = model_path.with_name(stem + ".preprocessing.json")

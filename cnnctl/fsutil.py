@@ -116,9 +116,18 @@ def require_writable_folder(folder: str | os.PathLike[str], *, option: str, crea
     folder = Path(folder).expanduser()
     label = f"{option} {folder}"
     hint = f"pass {option} a folder you can write to" if option.startswith("-") else "choose a folder you can write to"
-    if folder.exists() and not folder.is_dir():
+    try:
+        mode: int | None = folder.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+        if folder.is_symlink():
+            raise UsageError(f"cannot write into {label}: it is a symbolic link to {os.readlink(folder)}, which "
+                             "does not exist", hint=hint) from None
+    except OSError as error:
+        raise UsageError(f"cannot write into {label}: {_blocking(folder, error)}", hint=hint) from error
+    if mode is not None and not stat.S_ISDIR(mode):
         raise UsageError(f"cannot write into {label}: it is a file, not a folder", hint=hint)
-    if not folder.exists():
+    if mode is None:
         if not create:
             raise UsageError(f"cannot write into {label}: the folder does not exist", hint=hint)
         try:
@@ -142,6 +151,14 @@ def _blocking(folder: Path, error: OSError) -> str:
             if parent.exists() and not parent.is_dir():
                 return f"{parent} is a file, not a folder"
     return os_reason(error)
+
+
+def is_folder(path: str | os.PathLike[str]) -> bool:
+    """``Path.is_dir`` that answers False for a name the file system refuses (too long, ...) instead of raising."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def require_writable_file(path: str | os.PathLike[str], *, option: str, stdout_ok: bool = False) -> Path:
