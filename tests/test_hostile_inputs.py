@@ -22,7 +22,7 @@ import struct
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,11 +227,15 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], document: dict[str, Any
     return path
 
 
-def _mount_tmpfs(folder: Path, options: str) -> bool:
-    """Mount a tmpfs (root only); False if it cannot be done here (the tests that need it then say so)."""
+def _mount_tmpfs(folder: Path, options: str, mounts: list[Path]) -> bool:
+    """Mount a tmpfs (root only) and add it to ``mounts``; False if it cannot be done here (the tests that need
+    it then say so)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return IS_ROOT and subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                                      capture_output=True).returncode == 0
+    mounted = IS_ROOT and subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                                         capture_output=True).returncode == 0
+    if mounted:
+        mounts.append(folder)
+    return mounted
 
 
 HOSTILE_CLASSES = ["a;b:0.9", "=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "100%", "tab\there", "7", "8",
@@ -242,10 +246,18 @@ HOSTILE_CLASSES = ["a;b:0.9", "=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)"
 
 
 @pytest.fixture(scope="module")
-def batch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    mounts: list[Path] = []
+    try:
+        yield _run_every_case(tmp_path_factory.mktemp("hostile"), mounts)
+    finally:
+        for mount in reversed(mounts):
+            subprocess.run(["umount", str(mount)], check=True)
+
+
+def _run_every_case(work: Path, mounts: list[Path]) -> dict[str, Any]:
     from dataset_files import write_image_folder
 
-    work = tmp_path_factory.mktemp("hostile")
     tensors, document = _good()
     runs: list[dict[str, Any]] = []
 
@@ -283,7 +295,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if IS_ROOT:
         os.mknod(places / "chardev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
         targets["chardev"] = places / "chardev"
-    readonly_mounted = _mount_tmpfs(places / "readonly", "size=1m,ro")
+    readonly_mounted = _mount_tmpfs(places / "readonly", "size=1m,ro", mounts)
     if readonly_mounted:
         targets["read-only-mount"] = places / "readonly" / "x"
     for name, target in targets.items():
@@ -313,29 +325,24 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     # a full disk: a small tmpfs holding an earlier export and a filler
     disk = work / "small-disk"
-    disk_mounted = _mount_tmpfs(disk, "size=96k")
+    disk_mounted = _mount_tmpfs(disk, "size=96k", mounts)
     if disk_mounted:
         (disk / "m.torchscript.pt").write_bytes(b"previous export")
         (disk / "filler").write_bytes(bytes(60 * 1024))  # the 50 KB model no longer fits
         runs += [{"id": f"full-disk/{format}", "argv": ["export", str(model_file), "--format", format, "--output",
                                                         str(disk) + "/"]} for format in ("torchscript", "onnx")]
     before = _snapshot(work)
-    try:
-        results = run_batch(runs, work)
-        saved_error = ""
-        if disk_mounted:  # checkpoint.save itself (training's writer) on the same full disk
-            from cnnctl.errors import CnnctlError
+    results = run_batch(runs, work)
+    saved_error = ""
+    if disk_mounted:  # checkpoint.save itself (training's writer) on the same full disk
+        from cnnctl.errors import CnnctlError
 
-            model, meta = checkpoint.load(model_file)
-            try:
-                checkpoint.save(disk / "last.safetensors", model, meta)
-            except CnnctlError as error:
-                saved_error = str(error)
-        after = _snapshot(work)
-    finally:
-        for mounted, mount in ((readonly_mounted, places / "readonly"), (disk_mounted, disk)):
-            if mounted:
-                subprocess.run(["umount", str(mount)], check=True)
+        model, meta = checkpoint.load(model_file)
+        try:
+            checkpoint.save(disk / "last.safetensors", model, meta)
+        except CnnctlError as error:
+            saved_error = str(error)
+    after = _snapshot(work)
     return {"results": {r["id"]: r for r in results["results"]}, "vm_peak_kb": results["vm_peak_kb"],
             "cases": {case["id"]: case for case in cases}, "before": before, "after": after, "work": work,
             "modes": modes, "modes_after": {name: (places / name).lstat().st_mode for name in modes},
