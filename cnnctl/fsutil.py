@@ -109,10 +109,13 @@ def regular_target(target: str | os.PathLike[str], *, option: str | None = None,
 
 def require_writable_folder(folder: str | os.PathLike[str], *, option: str, create: bool = True,
                             probe_name: str = "") -> Path:
-    """Make sure files can be created in ``folder`` (created if missing), before any work starts; else one
-    ``UsageError`` naming the option, the folder and why (permission denied, read-only file system, a file in
-    the way, a name too long). ``probe_name`` is the name of the file that will be written, so a name too long
-    for the file system is found now too."""
+    """Make sure files can be created in ``folder``, before any work starts; else one ``UsageError`` naming the
+    option, the folder and why (permission denied, read-only file system, a file in the way, a name too long).
+    ``probe_name`` is the name of the file that will be written, so a name too long is found now too.
+
+    An existing folder is probed by creating (and removing) a temporary file in it. A missing one is not created
+    (a command that fails later leaves nothing behind): the nearest existing folder above it must let it be
+    created, and every missing name must fit the file system (``create=False``: it must exist)."""
     folder = Path(folder).expanduser()
     label = f"{option} {folder}"
     hint = f"pass {option} a folder you can write to" if option.startswith("-") else "choose a folder you can write to"
@@ -130,10 +133,8 @@ def require_writable_folder(folder: str | os.PathLike[str], *, option: str, crea
     if mode is None:
         if not create:
             raise UsageError(f"cannot write into {label}: the folder does not exist", hint=hint)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UsageError(f"cannot create {label}: {_blocking(folder, error)}", hint=hint) from error
+        _check_creatable(folder, probe_name, label, hint)
+        return folder
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{probe_name or 'cnnctl-write-check'}.", suffix=".tmp", dir=folder)
     except OSError as error:
@@ -142,6 +143,33 @@ def require_writable_folder(folder: str | os.PathLike[str], *, option: str, crea
     with contextlib.suppress(OSError):
         os.unlink(probe)
     return folder
+
+
+def _check_creatable(folder: Path, probe_name: str, label: str, hint: str) -> None:
+    """``folder`` does not exist: could it, and a file named ``probe_name`` in it, be created?"""
+    missing = [f".{probe_name}.XXXXXXXX.tmp"] if probe_name else []
+    ancestor = folder
+    while True:
+        try:
+            ancestor_mode = ancestor.stat().st_mode
+            break
+        except FileNotFoundError:
+            missing.append(ancestor.name)
+            ancestor = ancestor.parent
+        except OSError as error:
+            raise UsageError(f"cannot create {label}: {_blocking(ancestor, error)}", hint=hint) from error
+    if not stat.S_ISDIR(ancestor_mode):
+        raise UsageError(f"cannot create {label}: {ancestor} is a file, not a folder", hint=hint)
+    try:
+        name_max = os.pathconf(ancestor, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if any(len(os.fsencode(name)) > name_max for name in missing):
+        raise UsageError(f"cannot create {label}: file name too long for the file system", hint=hint)
+    if os.statvfs(ancestor).f_flag & os.ST_RDONLY:
+        raise UsageError(f"cannot create {label}: read-only file system", hint=hint)
+    if not os.access(ancestor, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        raise UsageError(f"cannot create {label}: permission denied (in {ancestor})", hint=hint)
 
 
 def _blocking(folder: Path, error: OSError) -> str:
