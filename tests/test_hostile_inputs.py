@@ -551,3 +551,15 @@ def test_unreadable_checkpoint_and_unwritable_out_say_permission_denied(tmp_path
     results = {r["id"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
     for key, (_, *fragments) in expected.items():
         assert_clear_line(results[key], 1 if key in ("locked", "closed") else 2, *fragments)
+
+
+def test_large_inputs_get_smaller_prediction_batches() -> None:
+    """256 images of 3x2048x2048 would be 3.2 GB of floats in one batch; the batch shrinks to stay near 256 MB."""
+    from cnnctl.engine.predict import MAX_BATCH_VALUES, Predictor
+
+    model = build_model("smallvgg", num_classes=10, in_channels=3, width=4)
+    classes = [str(i) for i in range(10)]
+    large = CheckpointMeta("smallvgg", {"width": 4}, classes, Preprocessing(3, (2048, 2048)))
+    small = CheckpointMeta("smallvgg", {"width": 4}, classes, Preprocessing(3, (32, 32)))
+    assert Predictor(model, large, batch_size=256).batch_size == MAX_BATCH_VALUES // (3 * 2048 * 2048) == 5
+    assert Predictor(model, small, batch_size=256).batch_size == 256
