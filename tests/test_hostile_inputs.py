@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import urllib.parse
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,15 @@ def _run_every_case(work: Path, mounts: list[Path]) -> dict[str, Any]:
                                          str(work / "hostile.csv")]},
              {"id": "csv/json", "argv": ["predict", str(hostile), str(odd_images), "--json"]}]
 
+    # a PNG whose header promises more rows than its data holds (torchvision's decoder crashes the process)
+    lying = work / "lying-images"
+    write_image_folder(lying, ("x",), 2, size=20, grey=True)
+    png = bytearray(next((lying / "x").iterdir()).read_bytes())
+    png[16:24] = struct.pack(">II", 300, 300)  # IHDR width and height, then its CRC
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    (lying / "x" / "lying.png").write_bytes(bytes(png))
+    runs.append({"id": "lying-png/predict", "argv": ["predict", str(model_file), str(lying)]})
+
     # a full disk: a small tmpfs holding an earlier export and a filler
     disk = work / "small-disk"
     disk_mounted = _mount_tmpfs(disk, "size=96k", mounts)
@@ -563,3 +573,11 @@ def test_large_inputs_get_smaller_prediction_batches() -> None:
     small = CheckpointMeta("smallvgg", {"width": 4}, classes, Preprocessing(3, (32, 32)))
     assert Predictor(model, large, batch_size=256).batch_size == MAX_BATCH_VALUES // (3 * 2048 * 2048) == 5
     assert Predictor(model, small, batch_size=256).batch_size == 256
+
+
+def test_png_whose_header_lies_is_an_error_row_not_a_crash(batch: dict[str, Any]) -> None:
+    result = batch["results"]["lying-png/predict"]
+    assert result["code"] == 0, result
+    rows = {Path(row["path"]).name: row for row in csv.DictReader(io.StringIO(result["stdout"]))}
+    assert len(rows) == 3 and sum(bool(row["error"]) for row in rows.values()) == 1
+    assert "its header says 300x300 pixels but its image data holds only" in rows["lying.png"]["error"]
