@@ -535,7 +535,12 @@ def test_unreadable_checkpoint_and_unwritable_out_say_permission_denied(tmp_path
     readonly.mkdir()
     readonly.chmod(0o555)
     readable = _write(tmp_path / "ok.safetensors", tensors, document)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_file({"step": torch.zeros(1)}, str(run_dir / "state.safetensors"), metadata={"cnnctl_state": "{}"})
+    (run_dir / "state.safetensors").chmod(0o000)
     expected = {
+        "state": (["train", "--resume", str(run_dir)], "cannot read the training state", "permission denied"),
         "locked": (["summary", str(locked)], "cannot read checkpoint", "locked.safetensors: permission denied"),
         "closed": (["predict", str(closed / "inside.safetensors"), str(tmp_path)],
                    "inside.safetensors: permission denied"),
@@ -560,7 +565,7 @@ def test_unreadable_checkpoint_and_unwritable_out_say_permission_denied(tmp_path
         readonly.chmod(0o755)
     results = {r["id"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
     for key, (_, *fragments) in expected.items():
-        assert_clear_line(results[key], 1 if key in ("locked", "closed") else 2, *fragments)
+        assert_clear_line(results[key], 1 if key in ("locked", "closed", "state") else 2, *fragments)
 
 
 def test_large_inputs_get_smaller_prediction_batches() -> None:
