@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.data.base import Preprocessing
-from cnnctl.errors import CheckpointError
+from cnnctl.errors import CheckpointError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -201,6 +201,6 @@ def _existing(path: str | Path) -> Path:
 
 def _not_safetensors(path: Path, error: Exception) -> CheckpointError:
     return CheckpointError(
-        f"{path} is not a readable safetensors checkpoint ({str(error).splitlines()[0][:120]})",
+        f"{path} is not a readable safetensors checkpoint ({first_line(error, 120)})",
         hint="it may be truncated or another format; cnnctl never unpickles checkpoints",
     )

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.errors import CnnctlError, UsageError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -220,7 +220,7 @@ def _export_onnx(model: torch.nn.Module, inputs: torch.Tensor, path: Path, *, dy
                           opset_version=opset, dynamo=True, external_data=False, dynamic_shapes=dynamic_shapes,
                           verbose=False)
     except Exception as error:  # the exporter raises many types; the message is what matters
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = first_line(error, 200)
         target = f" at opset {opset}" if opset else ""
         raise CnnctlError(f"could not export {arch} to ONNX{target}: {reason}",
                           hint="try another --opset, or --debug for the traceback") from error
@@ -258,7 +258,7 @@ def _export_torchscript(model: torch.nn.Module, inputs: torch.Tensor, path: Path
             traced = torch.jit.trace(model, inputs[:1], check_trace=False)  # verified below, on 16 images
         torch.jit.save(traced, str(path))
     except Exception as error:
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = first_line(error, 200)
         raise CnnctlError(f"could not export {arch} to TorchScript: {reason}",
                           hint="--debug shows the traceback") from error
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import CheckpointError, UsageError
+from cnnctl.errors import CheckpointError, UsageError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -168,7 +168,7 @@ def read_state_document(run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"{run_dir} has no training state ({STATE_FILE})",
                               hint="the run stopped before its first epoch ended; start it again") from error
     except Exception as error:  # safetensors raises its own types for a damaged header
-        raise CheckpointError(f"{path} is not a readable training state ({str(error).splitlines()[0][:120]})",
+        raise CheckpointError(f"{path} is not a readable training state ({first_line(error, 120)})",
                               hint="it may be damaged; start the run again") from error
     if document.get("format", 0) > STATE_FORMAT:
         raise CheckpointError(f"{path} was written by a newer cnnctl (format {document['format']})",
@@ -184,7 +184,7 @@ def read_state(run_dir: Path) -> LoadedState:
     try:
         tensors = load_file(str(path))
     except Exception as error:  # noqa: BLE001 - a damaged body raises safetensors' own types
-        raise CheckpointError(f"{path} is not a readable training state ({str(error).splitlines()[0][:120]})",
+        raise CheckpointError(f"{path} is not a readable training state ({first_line(error, 120)})",
                               hint="it may be damaged; start the run again") from error
     return LoadedState(TrainingState(**document["state"]), tensors, document.get("rng", {}),
                        document.get("optimizer", {}))

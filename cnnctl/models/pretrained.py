@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import CheckpointError, UsageError
+from cnnctl.errors import CheckpointError, UsageError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +78,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for objects weights_only refuses, RuntimeError for bad files
-        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise CheckpointError(
             f"--pretrained {path} cannot be read as plain tensors ({first})",
             hint="cnnctl loads .pth files with torch.load(weights_only=True) only; re-save it with "
