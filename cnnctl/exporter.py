@@ -61,16 +61,17 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
     batches of exactly one image (an ONNX model refuses others; TorchScript is traced and checked at 1).
     Raises ``CnnctlError`` when the outputs differ by more than ``tolerance``; then nothing is written.
     """
-    from cnnctl import checkpoint
+    from cnnctl.checkpoint import existing_checkpoint
     from cnnctl.fsutil import atomic_path, atomic_write_text
+    from cnnctl.models import load_checkpoint
 
     format = _check_format(format)
     if opset is not None and format != "onnx":
         raise UsageError("--opset applies only to --format onnx")
     if format == "onnx":
         require_onnx()
-    source = checkpoint._existing(Path(checkpoint_path))  # a run folder means its best.safetensors
-    model, meta = checkpoint.load(source, device="cpu")
+    source = existing_checkpoint(Path(checkpoint_path))  # a run folder means its best.safetensors
+    model, meta = load_checkpoint(source, device="cpu")
     model_path, preprocessing_path = output_paths(source, format, output)
 
     inputs, verified_on = verification_inputs(meta, root=root)

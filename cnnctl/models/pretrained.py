@@ -59,9 +59,9 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     refuses arbitrary pickled objects; a cnnctl run folder means its best checkpoint."""
     path = Path(path)
     if path.is_dir():
-        from cnnctl.checkpoint import _existing
+        from cnnctl.checkpoint import existing_checkpoint
 
-        path = _existing(path)
+        path = existing_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"--pretrained {path} does not exist",
                               hint="cnnctl never downloads weights: download the file yourself and pass its path")
