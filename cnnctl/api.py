@@ -18,13 +18,15 @@ if TYPE_CHECKING:
 
     from cnnctl.config import TrainConfig
     from cnnctl.data.base import Preprocessing
+    from cnnctl.engine.callbacks import Callback
     from cnnctl.engine.fit import FitResult
     from cnnctl.exporter import ExportResult
     from cnnctl.progress import Reporter
 
 
 def train(arch: str | TrainConfig | None = None, *, progress: bool = False, reporter: Reporter | None = None,
-          resume: str | os.PathLike[str] | None = None, **options: Any) -> FitResult:
+          resume: str | os.PathLike[str] | None = None, callbacks: list[Callback] | None = None,
+          **options: Any) -> FitResult:
     """``cnnctl train ARCH --option value`` as ``train("ARCH", option=value)``; options are TrainConfig's fields
     (``dataset``, ``epochs``, ``batch_size``, ``lr``, ``out``, ...). A TrainConfig may be passed instead of the
     name, and options then override its fields. ``train(resume="runs/lenet5-mnist/1", epochs=20)`` continues a
@@ -33,7 +35,8 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
     Returns a ``FitResult``: the run folder (``.run_dir``; the result itself is path-like, so
     ``cnnctl.load(run)`` and ``Path(run)`` work), ``.best_path``, ``.last_path``, ``.history`` (one dict per
     epoch) and ``.test`` (the final test metrics). ``progress=True`` prints a line per epoch; a ``reporter``
-    (see ``cnnctl.progress``) receives every event instead.
+    (see ``cnnctl.progress``) receives every event instead. ``callbacks`` (``cnnctl.engine.callbacks.Callback``
+    instances) run beside the built-in ones.
     """
     from cnnctl.config import TrainConfig
     from cnnctl.config_file import build_train_config, coerce_options
@@ -47,7 +50,8 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
         if arch is not None:
             raise UsageError("cnnctl.train(resume=...) continues a run with its own architecture and configuration",
                              hint="pass only the options to change, e.g. epochs=")
-        return Trainer.resuming(os.fspath(resume), coerce_options(options, source=source), reporter).run()
+        return Trainer.resuming(os.fspath(resume), coerce_options(options, source=source), reporter,
+                                callbacks=callbacks).run()
     if isinstance(arch, TrainConfig):
         options = {**asdict(arch), **options}
     elif arch is not None:
@@ -56,7 +60,7 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
         options = {"arch": arch, **options}
     if not options.get("arch"):  # the command line's message would point at `cnnctl train` and --config
         raise UsageError("cnnctl.train needs an architecture", hint='e.g. cnnctl.train("lenet5", dataset="mnist")')
-    return Trainer(build_train_config(options, source=source), reporter).run()
+    return Trainer(build_train_config(options, source=source), reporter, callbacks=callbacks).run()
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu") -> tuple[torch.nn.Module, Preprocessing]:

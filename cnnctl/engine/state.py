@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.engine.run_folder import STATE_FILE, run_lock  # noqa: F401 - part of this module's API
 from cnnctl.errors import CheckpointError, UsageError, first_line
 
 if TYPE_CHECKING:
     import torch
 
     from cnnctl.config import TrainConfig
-
-STATE_FILE = "state.safetensors"
+    from cnnctl.engine.fit import Trainer
 STATE_KEY = "cnnctl_state"
 STATE_FORMAT = 1
 # Options a resumed run may change; every other option is the run's own (changing it would not continue the run).
@@ -203,10 +201,88 @@ def resolve_run_dir(path: str | Path) -> Path:
     else:
         raise UsageError(f"--resume {path}: no such run folder or checkpoint")
     if not (run_dir / STATE_FILE).is_file():
+        if (run_dir / "last.safetensors").is_file():  # the state is written after the epoch's checkpoints
+            raise UsageError(f"--resume {path}: {run_dir} holds no training state ({STATE_FILE}): the run was "
+                             "stopped while it saved its first epoch (last.safetensors has that epoch's weights, "
+                             "but not the optimizer and schedule a resume needs)", hint="start the run again")
         hint = ("the run stopped before its first epoch ended; start it again" if (run_dir / "config.json").is_file()
                 else "pass a run folder written by `cnnctl train`")
         raise UsageError(f"--resume {path}: {run_dir} holds no training state ({STATE_FILE})", hint=hint)
     return run_dir
+
+
+def training_ended(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` trained all its epochs (or stopped early) but has no results.json: it was
+    killed during the final test, which a resume then runs."""
+    if (run_dir / "results.json").is_file():
+        return False
+    state = TrainingState(**read_state_document(run_dir)["state"])
+    return state.batch == 0 and (state.stopped_early or state.epoch >= int(state.config.get("epochs", 0)))
+
+
+# ---------------------------------------------------------------------------------------------- the trainer's state
+def save_training_state(trainer: Trainer, epoch: int, batch: int, loader_state: torch.Tensor,
+                        partial: dict[str, Any] | None = None) -> None:
+    """``state.safetensors``: ``epoch`` finished epochs plus ``batch`` batches of the next (with its sums, all
+    ranks' together), and every callback's ``state_dict()``. Rank 0 only."""
+    if not trainer.dist.is_main:
+        return
+    from cnnctl.checkpoint import state_tensors
+
+    tensors = {f"model.{name}": tensor for name, tensor in state_tensors(trainer.model).items()}
+    optimizer_tensors, optimizer_document = flatten_optimizer(trainer.optimizer)
+    rng_tensors, rng_document = capture_rng(loader_state)
+    tensors.update(optimizer_tensors)
+    tensors.update(rng_tensors)
+    partial_document: dict[str, float] = {}
+    if partial:
+        tensors["partial.loss_sum"] = partial["loss_sum"].detach().to("cpu").clone()
+        tensors["partial.correct"] = partial["correct"].detach().to("cpu").clone()
+        partial_document = {"seen": partial["seen"], "seconds": partial["seconds"]}
+    extra = dict(trainer.state_extra)
+    callback_states = trainer.callbacks.state_dict()
+    if callback_states:
+        extra["callbacks"] = callback_states
+    if trainer.stop_reason:
+        extra["stop_reason"] = trainer.stop_reason
+    state = TrainingState(epoch=epoch, batch=batch, history=trainer.history, tracker=trainer.tracker.to_dict(),
+                          schedule=trainer.schedule.state_dict(), scaler=trainer.scaler.state_dict(),
+                          partial=partial_document, stopped_early=trainer.should_stop,
+                          config=trainer.config.to_dict(), extra=extra)
+    write_state(trainer.run_dir, tensors, state, rng_document, optimizer_document)
+
+
+def restore_training_state(trainer: Trainer, loaded: LoadedState) -> None:
+    """Put model, optimizer, schedule, scaler, counters, callbacks and every random-number state back as saved."""
+    from cnnctl.checkpoint import load_weights_strict, unwrap
+    from cnnctl.engine.tracking import MetricTracker
+
+    source = str(trainer.run_dir / STATE_FILE)
+    state = loaded.state
+    load_weights_strict(unwrap(trainer.model), loaded.model_tensors(), source=source)
+    try:
+        trainer.optimizer.load_state_dict(unflatten_optimizer(loaded.tensors, loaded.optimizer))
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise CheckpointError(f"{source}: its optimizer state does not fit this model ({error})") from error
+    trainer.schedule.load_state_dict(state.schedule)
+    if state.scaler:
+        trainer.scaler.load_state_dict(state.scaler)
+    trainer.tracker = MetricTracker.from_dict(state.tracker)
+    trainer.tracker.keep = trainer.config.keep
+    trainer.history = list(state.history)
+    trainer.start_epoch, trainer.start_batch = state.epoch, state.batch
+    extra = dict(state.extra)
+    trainer.callbacks.load_state_dict(extra.pop("callbacks", {}))
+    extra.pop("stop_reason", None)
+    trainer.state_extra = extra
+    if state.batch:
+        trainer.partial = {**state.partial, "loss_sum": loaded.tensors["partial.loss_sum"].to(trainer.device),
+                           "correct": loaded.tensors["partial.correct"].to(trainer.device)}
+        if not trainer.dist.is_main:  # the saved sums are all ranks' together: rank 0 carries them on
+            trainer.partial.update(loss_sum=trainer.partial["loss_sum"] * 0,
+                                   correct=trainer.partial["correct"] * 0, seen=0)
+    restore_rng(loaded.tensors, loaded.rng)
+    trainer.train_batches.generator.set_state(loaded.tensors["rng.loader"])
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
@@ -238,28 +314,3 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     if config.epochs < done:
         raise UsageError(f"--epochs {config.epochs} is fewer than the {done} epochs {run_dir} has already trained")
     return config
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the run folder while training, so that two processes never write one run
-    (a second ``--resume`` of a run still training fails at once). Released by the OS even after ``kill -9``."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; the folder is still created exclusively
-        yield
-        return
-    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole block
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            raise UsageError(f"{run_dir} is being trained by another cnnctl process",
-                             hint="wait for it to finish, or stop it first") from error
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield
-    finally:
-        handle.close()
