@@ -162,7 +162,7 @@ def verification_inputs(meta: CheckpointMeta, *, root: Any = None,
 
 def _local_test_images(meta: CheckpointMeta, root: Any, count: int) -> tuple[torch.Tensor | None, str]:
     from cnnctl.data.download import is_present
-    from cnnctl.data.splits import load_split
+    from cnnctl.data.splits import eval_split
     from cnnctl.registry import datasets
 
     if not meta.dataset:
@@ -173,7 +173,7 @@ def _local_test_images(meta: CheckpointMeta, root: Any, count: int) -> tuple[tor
     if not spec.files or not is_present(spec.storage_name, spec.files, Path(root) if root else None):
         return None, f"the {spec.name} test split is not on this machine; `cnnctl download {spec.name}` fetches it"
     try:
-        test = load_split(spec, "test", root=str(root) if root else None)
+        test = eval_split(meta, split="test", root=str(root) if root else None)
     except CnnctlError as error:
         return None, f"the {spec.name} test split could not be read: {error.message}"
     taken = min(count, len(test))

@@ -168,3 +168,21 @@ def test_run_folder_names(micro_digits, tmp_path: Path) -> None:
         with pytest.raises(UsageError, match="outside --out"):
             cnnctl.train(epochs=1, out=str(tmp_path / "out"), name=name, **OPTIONS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+
+
+def test_a_second_ctrl_c_during_exit_prints_no_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "twice.py"
+    script.write_text(
+        "import atexit, os, signal\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))  # runs last: a Ctrl-C during the exit\n"
+        "from cnnctl.engine.interrupt import InterruptGuard\n"
+        "with InterruptGuard() as guard:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "assert guard.requested == signal.SIGINT\n"
+        "raise SystemExit(130)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parent.parent)
+    assert done.returncode == 130 and "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
