@@ -64,6 +64,14 @@ def build_loaders(config: TrainConfig, data: PreparedData, device: torch.device,
     return train, (loader(data.val, False) if validate_here else None)
 
 
+def check_finite(trainer: Any, first_bad: torch.Tensor, epoch: int, steps: int) -> None:
+    """Stop with one line at the first batch whose loss was not finite (``first_bad`` ≥ 0)."""
+    bad = int(first_bad)
+    if bad >= 0:
+        kept = trainer.history[-1]["epoch"] if trainer.folder.state.is_file() and trainer.history else None
+        raise diverged_error(epoch, bad + 1, steps, kept, trainer.config.resolved_lr())
+
+
 def diverged_error(epoch: int, batch: int, steps: int, kept_epoch: int | None, lr: float) -> CnnctlError:
     kept = (f"last.safetensors and the training state of epoch {kept_epoch} are kept" if kept_epoch
             else "nothing was saved")

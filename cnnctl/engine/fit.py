@@ -74,9 +74,7 @@ class Trainer:
         self.partial: dict[str, Any] = {}  # sums of an epoch interrupted mid-way, carried into its resume
         self.state_extra: dict[str, Any] = {"world_size": self.dist.world_size} if self.dist.enabled else {}
         self.improvement: tuple[bool, bool, list[int]] = (False, False, [])  # MetricTracker.update of this epoch
-        self.device: Any = None
-        self.data: Any = None
-        self.model: Any = None
+        self.device = self.data = self.model = None  # set by setup(), with the optimizer, schedule, batches
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
 
     @classmethod
@@ -85,18 +83,10 @@ class Trainer:
         """Continue the run in ``path`` with its saved configuration; ``overrides`` may extend ``epochs``, change
         ``patience``, ``device``, ... (anything else that differs is an error, raised here, before any work). A
         run killed during its final test resumes to run it."""
-        from cnnctl.engine.state import read_state_document, resolve_run_dir, resume_config, training_ended
+        from cnnctl.engine.state import resolve_run_dir, resume_settings
 
         run_dir = resolve_run_dir(path)
-        overrides = dict(overrides or {})
-        done = int(read_state_document(run_dir)["state"]["epoch"])
-        train_on = int(overrides.get("epochs") or 0) > done or overrides.get("patience") is not None
-        finish_only = not train_on and training_ended(run_dir)
-        config = resume_config(run_dir, {**overrides, "epochs": done + 1} if finish_only else overrides)
-        if finish_only:
-            config.epochs = done
-            (reporter or SilentReporter()).message(f"{run_dir}: training ended but its final test did not "
-                                                   "(results.json is missing); running it now")
+        config = resume_settings(run_dir, dict(overrides or {}), (reporter or SilentReporter()).message)
         return cls(config, reporter, callbacks=callbacks, resume=run_dir)
 
     @property
@@ -122,7 +112,10 @@ class Trainer:
                     self.folder.remove_stale_temp_files()
             self.setup(loaded)
             if loaded is None:
-                self.folder = self._new_run_folder()
+                from cnnctl.engine.run_folder import new_run_folder
+
+                self.folder = new_run_folder(self.config, f"{self.model_spec.name}-{self.data.dataset_label}",
+                                             self.dist)
                 self._lock(locked)
             try:
                 with InterruptGuard() as guard:
@@ -142,19 +135,6 @@ class Trainer:
     def _lock(self, stack: contextlib.ExitStack) -> None:
         if self.dist.is_main:  # rank 0 alone writes the run folder
             stack.enter_context(self.folder.lock())
-
-    def _new_run_folder(self) -> RunFolder:
-        """A fresh run folder, created by rank 0 alone, with the resolved configuration; its name reaches the
-        other ranks by broadcast."""
-        from cnnctl.config_file import save_run_config
-        from cnnctl.engine.distributed import broadcast_object
-
-        path = None
-        if self.dist.is_main:
-            name = self.config.name or f"{self.model_spec.name}-{self.data.dataset_label}"
-            path = RunFolder.create(self.config.out, name).path
-            save_run_config(self.config, path)
-        return RunFolder(broadcast_object(path, self.dist))
 
     def setup(self, loaded: Any = None) -> None:
         """Device, seeds, data, model, optimizer, batches, schedule, precision: everything before the first step
@@ -206,34 +186,6 @@ class Trainer:
             from cnnctl.engine.state import restore_training_state
 
             restore_training_state(self, loaded)
-            where = f"epoch {self.start_epoch}" + (f", batch {self.start_batch}" if self.start_batch else "")
-            self.reporter.message(f"resuming {self.run_dir} after {where}, to {config.epochs} epochs")
-
-    def start_info(self) -> dict[str, Any]:
-        """What the progress display says at the start of the run."""
-        data = self.data
-        return {"arch": self.model_spec.name, "dataset": data.dataset_label, "device": str(self.device),
-                "parameters": sum(p.numel() for p in self.model.parameters()), "train": len(data.train),
-                "val": len(data.val) if data.val is not None else 0,
-                "test": len(data.test) if data.test is not None else 0, "run_dir": str(self.run_dir),
-                "epochs": self.config.epochs, "batch_size": self.config.batch_size}
-
-    def sanity_check(self) -> None:
-        """Before the first epoch: the loss on 2 validation batches must be near ln(classes)."""
-        import math
-
-        from cnnctl.engine.evaluate import evaluate
-
-        classes = len(self.data.classes)
-        if self.dist.enabled:
-            self.reporter.message(f"distributed: {self.dist.world_size} processes "
-                                  f"({'nccl' if self.device.type == 'cuda' else 'gloo'}), each trains on "
-                                  f"{self.per_rank_batch} of every {self.config.batch_size} images per step"
-                                  + (", SyncBatchNorm" if self.config.sync_bn else ""))
-        if self.val_batches is not None and self.resume_dir is None:
-            sanity = evaluate(self.eval_model(), self.val_batches, classes, max_batches=2)
-            self.reporter.message(f"sanity check on 2 validation batches: loss {sanity.loss:.3f} "
-                                  f"(chance ≈ {math.log(classes):.3f})")
 
     # ------------------------------------------------------------------------------------------------ epochs
     def fit(self, guard: Any) -> None:
@@ -242,7 +194,6 @@ class Trainer:
 
         config, callbacks = self.config, self.callbacks
         callbacks.on_fit_start(self)
-        self.sanity_check()
         for epoch in range(self.start_epoch + 1, config.epochs + 1):
             skip = self.start_batch if epoch == self.start_epoch + 1 else 0
             self.head_only.begin_epoch(epoch, self.reporter.message)
@@ -269,7 +220,7 @@ class Trainer:
         import torch.nn.functional as F
 
         from cnnctl.checkpoint import unwrap
-        from cnnctl.engine.components import out_of_memory_error
+        from cnnctl.engine.components import check_finite, out_of_memory_error
         from cnnctl.engine.distributed import stop_agreed, sum_over_ranks
         from cnnctl.engine.interrupt import interrupted_error
         from cnnctl.engine.state import save_training_state
@@ -309,10 +260,10 @@ class Trainer:
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += int(labels.shape[0])
             if (index + 1) % check_every == 0 or index + 1 == steps:
-                self._check_finite(first_bad, epoch, steps)
+                check_finite(self, first_bad, epoch, steps)
             self.callbacks.on_train_batch_end(self, index + 1, loss)
             if index + 1 < steps and stop_agreed(guard.requested is not None, self.dist, self.device, index + 1):
-                self._check_finite(first_bad, epoch, steps)
+                check_finite(self, first_bad, epoch, steps)
                 seconds = earlier_seconds + time.perf_counter() - started
                 loss_sum, correct, seen = sum_over_ranks(loss_sum, correct, seen, self.dist, unwrap(model))
                 save_training_state(self, epoch - 1, index + 1, epoch_rng,
@@ -347,11 +298,3 @@ class Trainer:
         """The model to evaluate: without DistributedDataParallel, whose forward would join the other ranks
         (only rank 0 evaluates), but as trained otherwise."""
         return getattr(self.model, "module", self.model) if self.dist.enabled else self.model
-
-    def _check_finite(self, first_bad: torch.Tensor, epoch: int, steps: int) -> None:
-        bad = int(first_bad)
-        if bad >= 0:
-            from cnnctl.engine.components import diverged_error
-
-            kept = self.history[-1]["epoch"] if self.folder.state.is_file() and self.history else None
-            raise diverged_error(epoch, bad + 1, steps, kept, self.config.resolved_lr())

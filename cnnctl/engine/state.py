@@ -220,6 +220,19 @@ def training_ended(run_dir: Path) -> bool:
     return state.batch == 0 and (state.stopped_early or state.epoch >= int(state.config.get("epochs", 0)))
 
 
+def resume_settings(run_dir: Path, overrides: dict[str, Any], log: Any) -> TrainConfig:
+    """:func:`resume_config`, except that a run killed during its final test (training ended, results.json
+    missing) resumes to run that test rather than being refused as finished."""
+    done = int(read_state_document(run_dir)["state"]["epoch"])
+    train_on = int(overrides.get("epochs") or 0) > done or overrides.get("patience") is not None
+    if train_on or not training_ended(run_dir):
+        return resume_config(run_dir, overrides)
+    config = resume_config(run_dir, {**overrides, "epochs": done + 1})  # passes the "already finished" check
+    config.epochs = done
+    log(f"{run_dir}: training ended but its final test did not (results.json is missing); running it now")
+    return config
+
+
 # ---------------------------------------------------------------------------------------------- the trainer's state
 def save_training_state(trainer: Trainer, epoch: int, batch: int, loader_state: torch.Tensor,
                         partial: dict[str, Any] | None = None) -> None:
@@ -283,6 +296,8 @@ def restore_training_state(trainer: Trainer, loaded: LoadedState) -> None:
                                    correct=trainer.partial["correct"] * 0, seen=0)
     restore_rng(loaded.tensors, loaded.rng)
     trainer.train_batches.generator.set_state(loaded.tensors["rng.loader"])
+    where = f"epoch {state.epoch}" + (f", batch {state.batch}" if state.batch else "")
+    trainer.reporter.message(f"resuming {trainer.run_dir} after {where}, to {trainer.config.epochs} epochs")
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:

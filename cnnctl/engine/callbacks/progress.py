@@ -16,7 +16,14 @@ class ProgressDisplay(Callback):
     order = -100  # the epoch's line comes before anything other callbacks say about it
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        trainer.reporter.start(trainer.start_info())
+        data, config = trainer.data, trainer.config
+        trainer.reporter.start({
+            "arch": trainer.model_spec.name, "dataset": data.dataset_label, "device": str(trainer.device),
+            "parameters": sum(p.numel() for p in trainer.model.parameters()), "train": len(data.train),
+            "val": len(data.val) if data.val is not None else 0,
+            "test": len(data.test) if data.test is not None else 0, "run_dir": str(trainer.run_dir),
+            "epochs": config.epochs, "batch_size": config.batch_size,
+        })
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         trainer.reporter.epoch_start(epoch, trainer.config.epochs, len(trainer.train_batches))
