@@ -186,3 +186,38 @@ def test_a_second_ctrl_c_during_exit_prints_no_traceback(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).parent.parent)
     assert done.returncode == 130 and "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_dataset_with_its_own_prepare_and_eval_split(micro_digits, tmp_path: Path) -> None:
+    """A DatasetSpec that brings its own prepare/eval_split (as the image folder does) is trained and evaluated
+    through them, with nothing in the engine knowing its name."""
+    import dataclasses
+
+    import torch
+
+    from cnnctl import registry
+    from cnnctl.data.splits import PreparedData, load_split, resolve_preprocessing
+    from cnnctl.engine.evaluate import evaluate_checkpoint
+
+    calls: list[str] = []
+
+    def prepare(config, model, log) -> PreparedData:
+        calls.append("prepare")
+        train, test = load_split(micro_digits, "train"), load_split(micro_digits, "test")
+        preprocessing = resolve_preprocessing(model, (1, 28, 28), (0.5,), (0.25,))
+        return PreparedData(train, None, test, micro_digits.classes, preprocessing, "ownprep")
+
+    def eval_split(meta, split, **_: Any):
+        calls.append(f"eval_split {split}")
+        return load_split(micro_digits, "test").subset(torch.arange(8))
+
+    spec = dataclasses.replace(micro_digits, name="ownprep", prepare=prepare, eval_split=eval_split)
+    registry.register_dataset(spec)
+    try:
+        run = cnnctl.train(epochs=1, out=str(tmp_path), **{**OPTIONS, "dataset": "ownprep"})
+        result, meta = evaluate_checkpoint(run.best_path, device="cpu")
+    finally:
+        registry._DATASETS.pop("ownprep", None)
+    assert calls == ["prepare", "eval_split test"]
+    assert meta.dataset == "ownprep" and meta.preprocessing.mean == (0.5,) and result.count == 8
+    assert run.test["test_count"] == 32
