@@ -359,7 +359,10 @@ def _other_exports(path: Path, document: dict[str, Any]) -> dict[str, Any]:
     return {name: entry for name, entry in exports.items() if (path.parent / name).is_file()}
 
 
+# The entries call the functions by name, so a test (or a plugin) that replaces one is used.
 register_format(ExportFormat("onnx", "ONNX, run by onnxruntime (pip install 'cnnctl[onnx]')", ".onnx",
-                             _export_onnx, _onnx_runner, require=require_onnx, has_opset=True))
+                             lambda *args, **kwargs: _export_onnx(*args, **kwargs),
+                             lambda path: _onnx_runner(path), require=lambda: require_onnx(), has_opset=True))
 register_format(ExportFormat("torchscript", "TorchScript (traced), run by torch.jit.load", ".torchscript.pt",
-                             _export_torchscript, _torchscript_runner))
+                             lambda *args, **kwargs: _export_torchscript(*args, **kwargs),
+                             lambda path: _torchscript_runner(path)))

@@ -188,7 +188,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("mirror", str, None, "dataset mirror URL or folder \\[env: CNNCTL_MIRROR]", panel=DATA, resumable=True),
     Option("val_split", float, DERIVED, "validation images held out of train: a fraction below 1, or a whole "
            "number of images; 0 for none", panel=DATA, derived="the dataset's, 5000 for MNIST; 10% of a folder",
-           minimum=0, check=_val_split, normalize=_count_or_fraction, synonyms=("validation_split", "val_size", "val", "val_fraction")),
+           minimum=0, check=_val_split, normalize=_count_or_fraction,
+           synonyms=("validation_split", "val_size", "val", "val_fraction")),
     Option("img_size", int, None, "resize images to this square size (networks with a fixed input take only that)",
            panel=DATA, minimum=1, maximum=4096, synonyms=("image_size", "input_size", "size", "resolution")),
     Option("limit", int, None, "train on this many randomly chosen training images", panel=DATA, minimum=1,
@@ -306,14 +307,25 @@ def unknown_option(key: str, source: str) -> UsageError:
     normal = str(key).strip().replace("-", "_").lower()
     for option in CONFIG_OPTIONS:
         if normal in option.synonyms:
-            return UsageError(f"unknown option {key!r} in {source}: did you mean {option.name}?")
+            return UsageError(f"unknown option in {source}: {key!r}: did you mean {option.name}?")
     words = {option.name: option.name for option in CONFIG_OPTIONS}
     words.update({synonym: option.name for option in CONFIG_OPTIONS for synonym in option.synonyms})
     close = difflib.get_close_matches(normal, list(words), n=1, cutoff=0.6)
     if close:
-        return UsageError(f"unknown option {key!r} in {source}: did you mean {words[close[0]]}?")
-    return UsageError(f"unknown option {key!r} in {source}",
+        return UsageError(f"unknown option in {source}: {key!r}: did you mean {words[close[0]]}?")
+    return UsageError(f"unknown option in {source}: {key!r}",
                       hint="`cnnctl train --help` lists them (a flag --x-y is the key x_y)")
+
+
+def choice_settings(names: Callable[[], Sequence[str]]) -> dict[str, Any]:
+    """Typer settings that show a closed list as its choices: the metavar ``[a|b|c]`` in ``--help`` and the
+    names to shell completion, both read from the registry. Validation stays with the option layer, which
+    answers an unknown name in one line with a did-you-mean (click's Choice would print a usage box)."""
+
+    def complete(incomplete: str) -> list[str]:
+        return [name for name in names() if name.startswith(incomplete)]
+
+    return {"metavar": "[" + "|".join(names()) + "]", "autocompletion": complete}
 
 
 # ---------------------------------------------------------------------------------------------- conversion

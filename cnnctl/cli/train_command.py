@@ -8,19 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from cnnctl.cli._common import command
-from cnnctl.options import OPTIONS, Option
-
-
-def choice_settings(names: Any) -> dict[str, Any]:
-    """Typer settings that show a closed list as its choices: the metavar ``[a|b|c]`` in ``--help`` and the
-    names to shell completion, both read from the registry (so an entry registered by a plugin is offered
-    too). Validation stays with the option layer, which answers an unknown name in one line with a
-    did-you-mean."""
-
-    def complete(incomplete: str) -> list[str]:
-        return [name for name in names() if name.startswith(incomplete)]
-
-    return {"metavar": "[" + "|".join(names()) + "]", "autocompletion": complete}
+from cnnctl.options import OPTIONS, Option, choice_settings
 
 
 def _default_text(option: Option) -> str | None:
