@@ -157,7 +157,7 @@ def _count_or_fraction(value: float) -> float | int:
 def _threads(value: int) -> str | None:
     cores = os.cpu_count() or 1
     if value > cores:
-        return f"is more than the {cores} CPU cores of this machine"
+        return f"must be at most {cores} (the CPU cores of this machine), got {value}"
     return None
 
 

@@ -222,11 +222,11 @@ def test_a_registered_optimizer_trains_through_the_cli_option(micro_digits, twis
 
 
 def test_closed_lists_read_their_registries() -> None:
+    import typer.main
+
     from cnnctl.data.augment import AUGMENT_PRESETS
     from cnnctl.engine.schedules import SCHEDULERS
     from cnnctl.exporter import FORMATS, get_format
-
-    import typer.main
 
     params = {p.name: p for p in typer.main.get_command(app).commands["train"].params}
     for name, registry in (("optimizer", optim.OPTIMIZERS), ("scheduler", SCHEDULERS), ("augment", AUGMENT_PRESETS)):

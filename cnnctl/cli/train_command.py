@@ -29,7 +29,9 @@ def _help(option: Option) -> str:
 
 def _parameter(option: Option) -> inspect.Parameter:
     """The Typer parameter of one option."""
-    cli_type: Any = {list: str, dict: str}.get(option.type, option.type)
+    # numbers arrive as text and are converted by the option layer, so that `--seed 1e30` or `--epochs ten` is
+    # its one-line error, like the same value in a config file
+    cli_type: Any = str if option.type in (int, float, list, dict) else option.type
     annotation: Any = cli_type | None if option.nullable else cli_type
     if option.argument:
         info: Any = typer.Argument(help=_help(option), show_default=False)
@@ -45,6 +47,8 @@ def _parameter(option: Option) -> inspect.Parameter:
             extra["metavar"] = ""  # a flag takes no value
         elif option.type is list:
             extra["metavar"] = "N,N,..."
+        elif option.type in (int, float):
+            extra["metavar"] = f"<{option.type.__name__}>"
         info = typer.Option(*declarations, help=_help(option), rich_help_panel=option.panel, show_default=False,
                             **extra)
     return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.stored_default,
@@ -58,7 +62,10 @@ def train(ctx: typer.Context, **params: Any) -> None:
     from cnnctl.progress import make_reporter
 
     explicit = _explicit_options(ctx)
-    config_file, resume, nproc = params["config_file"], params["resume"], params["nproc"]
+    from cnnctl.options import OPTION_BY_NAME, coerce
+
+    config_file, resume = params["config_file"], params["resume"]
+    nproc = coerce(OPTION_BY_NAME["nproc"], params["nproc"])
     if resume is not None:
         if config_file is not None:
             raise UsageError("--config and --resume do not combine: a resumed run keeps its own configuration",
