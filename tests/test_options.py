@@ -242,3 +242,17 @@ def test_closed_lists_read_their_registries() -> None:
     assert get_format("ONNX") is FORMATS["onnx"]
     with pytest.raises(CnnctlError, match="did you mean torchscript"):
         get_format("torchscrpt")
+
+
+def test_the_readme_optimizer_example_is_one_entry_that_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    development = readme.split("## Development", 1)[1]
+    (block,) = re.findall(r"^```py\n(.*?)^```$", development, re.DOTALL | re.MULTILINE)
+    monkeypatch.setattr(optim, "OPTIMIZERS", dict(optim.OPTIMIZERS))  # the registration ends with the test
+    exec(compile(block, "README.md (Development)", "exec"), {})  # noqa: S102
+    config = build_train_config({"arch": "simplecnn", "optimizer": "sgd-nesterov", "scheduler": "cosine"})
+    assert config.resolved_lr() == 0.05
+    built = optim.build_optimizer(config, torch.nn.Linear(2, 2).parameters())
+    assert isinstance(built, torch.optim.SGD) and built.defaults["nesterov"] is True
