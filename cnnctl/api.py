@@ -6,6 +6,7 @@ messages the CLI prints), and nothing here exits the interpreter or prints unles
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,23 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
         trainer = _trainer(arch, reporter if reporter is not None or not progress else _plain_reporter(),
                            resume, options)
         return trainer.run()
+
+
+def _train_signature() -> inspect.Signature:
+    """``train``'s signature with every option as a keyword (for help(), IDEs and REPL completion), generated
+    from cnnctl/options.py; older spellings (``data_dir``) still arrive through ``**options``."""
+    from cnnctl.options import CONFIG_OPTIONS
+
+    own = inspect.signature(train).parameters.values()
+    explicit = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    taken = {p.name for p in explicit}
+    generated = [inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.stored_default)
+                 for option in CONFIG_OPTIONS if option.name not in taken]
+    rest = [p for p in own if p.kind is inspect.Parameter.VAR_KEYWORD]
+    return inspect.Signature([*explicit, *generated, *rest], return_annotation="FitResult")
+
+
+train.__signature__ = _train_signature()  # type: ignore[attr-defined]
 
 
 def _plain_reporter() -> Reporter:

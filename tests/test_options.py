@@ -53,6 +53,11 @@ def test_the_command_line_and_trainconfig_are_generated_from_the_declarations() 
         if option.config and option.attribute in fields and option.type not in (list, dict) and option.name != "arch":
             assert fields[option.attribute].default == option.stored_default, option.name
     assert cli["optimizer"].metavar == "[" + "|".join(optim.OPTIMIZERS) + "]"
+    import inspect
+
+    api = inspect.signature(cnnctl.train).parameters
+    assert {name for name, option in declared.items() if option.config} - {"arch"} <= set(api)
+    assert api["epochs"].default == 10 and api["dropout"].default is None
 
 
 def test_flag_names_are_accepted_in_config_files_and_old_names_still_are(tmp_path: Path) -> None:
