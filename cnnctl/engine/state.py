@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from cnnctl.engine.fit import Trainer
 STATE_KEY = "cnnctl_state"
 STATE_FORMAT = 1
-# Options a resumed run may change; every other option is the run's own (changing it would not continue the run).
-RESUMABLE_OVERRIDES = frozenset({"epochs", "patience", "device", "threads", "plots", "keep", "root", "mirror"})
 
 
 @dataclass
@@ -301,31 +299,42 @@ def restore_training_state(trainer: Trainer, loaded: LoadedState) -> None:
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
-    """The run's saved configuration with the options a resumed run may change; anything else that differs
-    from the saved value is a contradiction and says so before any work starts."""
+    """The run's saved configuration with the options a resumed run may change (those declared ``resumable`` in
+    cnnctl/options.py); anything else that differs from the saved value is a contradiction and says so before
+    any work starts. ``overrides`` are keyed by option name (``data``, ``dropout``; older names are accepted)."""
     from cnnctl.config import TrainConfig
+    from cnnctl.options import RESUMABLE, coerce_mapping, label
 
     state = TrainingState(**read_state_document(run_dir)["state"])
-    saved = dict(state.config)
+    source = str(run_dir / STATE_FILE)
+    saved = TrainConfig.from_dict(dict(state.config), source=source).to_dict()  # old spellings → option names
+    overrides = coerce_mapping(overrides, "the options")
+    if "arch_args" in overrides and "dropout" in (overrides["arch_args"] or {}):
+        overrides["dropout"] = overrides.pop("arch_args")["dropout"]
     for name, value in overrides.items():
-        if name in RESUMABLE_OVERRIDES or value is None or saved.get(name) == value:
+        if name in RESUMABLE or value is None or saved.get(name) == value:
             continue
         if name == "arch":
+            from cnnctl.registry import get_model_spec
+
+            if get_model_spec(value).name == saved.get("arch"):
+                continue
             raise UsageError(f"--resume {run_dir}: the run trains {saved.get('arch')}, not {value}",
                              hint="resume without naming an architecture, or start a new run")
-        flag = "--" + name.replace("_", "-")
-        raise UsageError(f"--resume continues {run_dir} with its own settings; {flag} cannot change "
+        raise UsageError(f"--resume continues {run_dir} with its own settings; {label(name)} cannot change "
                          f"(the run has {saved.get(name)!r}, given {value!r})",
                          hint="leave it out, or start a new run with --config " + str(run_dir / "config.yaml"))
-    merged = {**saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES and v is not None}}
-    config = TrainConfig.from_dict(merged, source=str(run_dir / STATE_FILE))
+    merged = {**saved, **{k: v for k, v in overrides.items() if k in RESUMABLE and v is not None}}
+    config = TrainConfig.from_dict(merged, source=source)
     done = state.epoch
     if state.batch == 0 and done >= config.epochs:
         raise UsageError(f"{run_dir} has already finished {done} of {config.epochs} epochs",
-                         hint=f"pass --epochs N with N > {done} to train it further")
+                         hint=f"pass {label('epochs')} N with N > {done} to train it further")
     if state.stopped_early and state.batch == 0 and not {"epochs", "patience"} & set(overrides):
         raise UsageError(f"{run_dir} stopped early after epoch {done} ({config.monitor} did not improve for "
-                         f"{config.patience} epochs)", hint="pass a larger --patience or --epochs to train on")
+                         f"{config.patience} epochs)",
+                         hint=f"pass a larger {label('patience')} or {label('epochs')} to train on")
     if config.epochs < done:
-        raise UsageError(f"--epochs {config.epochs} is fewer than the {done} epochs {run_dir} has already trained")
+        raise UsageError(f"{label('epochs')} {config.epochs} is fewer than the {done} epochs {run_dir} has already "
+                         "trained")
     return config
