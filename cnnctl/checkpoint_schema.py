@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnctl.errors import CheckpointError, CnnctlError
+from cnnctl.errors import CheckpointError, CnnctlError, first_line
 
 MAX_HEADER_BYTES = 16 * 2**20  # a ResNet-50 header is ~40 KB; safetensors itself allows 100 MB
 MAX_TENSORS = 50_000  # DenseNet-121 has ~1,000
@@ -342,7 +342,7 @@ def check_tensors(meta: Any, tensors: dict[str, TensorInfo], source: str) -> Non
     check_dtypes(tensors, source)
     import torch
 
-    from cnnctl.models import build_model
+    from cnnctl.models import build_from_meta
     from cnnctl.registry import get_model_spec
 
     spec = get_model_spec(meta.arch)
@@ -357,7 +357,7 @@ def check_tensors(meta: Any, tensors: dict[str, TensorInfo], source: str) -> Non
                               f"{spec.name} needs", hint=DAMAGED_HINT)
     try:
         with torch.device("meta"):
-            model = build_model(meta.arch, num_classes=meta.num_classes, in_channels=channels, **meta.arch_args)
+            model = build_from_meta(meta)
     except NotImplementedError:  # a builder that computes with tensors (RegNet): load compares the shapes
         return
     except CnnctlError as error:
@@ -365,7 +365,7 @@ def check_tensors(meta: Any, tensors: dict[str, TensorInfo], source: str) -> Non
                               hint=DAMAGED_HINT) from None
     except Exception as error:  # noqa: BLE001 - a builder refusing its arguments (negative sizes, ...)
         raise CheckpointError(f"{source}: checkpoint metadata field 'arch_args' {_short(meta.arch_args)} cannot "
-                              f"build {meta.arch} ({type(error).__name__}: {str(error).splitlines()[0][:120]})",
+                              f"build {meta.arch} ({type(error).__name__}: {first_line(error, 120)})",
                               hint=DAMAGED_HINT) from None
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     problems = shape_problems(expected, {name: info.shape for name, info in tensors.items()})
@@ -379,5 +379,5 @@ def check_tensors(meta: Any, tensors: dict[str, TensorInfo], source: str) -> Non
         return
     except Exception as error:  # noqa: BLE001 - the input size does not fit the layers
         raise CheckpointError(f"{source}: checkpoint metadata field 'preprocessing' gives {channels}x{height}x"
-                              f"{width} inputs, which {meta.arch} cannot take ({str(error).splitlines()[0][:120]})",
+                              f"{width} inputs, which {meta.arch} cannot take ({first_line(error, 120)})",
                               hint=DAMAGED_HINT) from None
