@@ -79,3 +79,32 @@ def print_json(data: Any) -> None:
 
 def stderr_line(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def checkpoint_argument(target: str | None) -> str:
+    """A command's CHECKPOINT argument made concrete: nothing → the latest run under ./runs, a run group → its
+    latest run (said on stderr), a .pth → refused with what to do instead."""
+    from cnnctl.runs import resolve_checkpoint
+
+    return resolve_checkpoint(target, log=stderr_line)
+
+
+def complete_checkpoint(incomplete: str) -> list[str]:
+    from cnnctl.runs import completion_candidates
+
+    return completion_candidates(incomplete)
+
+
+def complete_arch(incomplete: str) -> list[str]:
+    from cnnctl import registry
+
+    return [name for name in registry.models() if name.startswith(incomplete)]
+
+
+def complete_dataset(incomplete: str) -> list[str]:
+    from cnnctl import registry
+
+    return [name for name in registry.datasets() if name.startswith(incomplete)]
+
+
+CHECKPOINT_HELP = ".safetensors file, run folder or run group \\[default: the latest run under ./runs]"

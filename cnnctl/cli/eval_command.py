@@ -6,12 +6,20 @@ from typing import Annotated
 
 import typer
 
-from cnnctl.cli._common import command, print_json, stderr_line
+from cnnctl.cli._common import (
+    CHECKPOINT_HELP,
+    checkpoint_argument,
+    command,
+    complete_checkpoint,
+    print_json,
+    stderr_line,
+)
 
 
 @command("eval")
 def eval_command(
-    checkpoint_path: Annotated[str, typer.Argument(metavar="CHECKPOINT", help=".safetensors file or run folder")],
+    checkpoint_path: Annotated[str | None, typer.Argument(
+        metavar="[CHECKPOINT]", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint)] = None,
     dataset: Annotated[str | None, typer.Option(help="dataset \\[default: the checkpoint's]")] = None,
     split: Annotated[str, typer.Option(help="test, val (as held out in training) or train")] = "test",
     batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 1000,
@@ -26,6 +34,8 @@ def eval_command(
 ) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     from cnnctl.engine.evaluate import evaluate_checkpoint
+
+    checkpoint_path = checkpoint_argument(checkpoint_path)
 
     result, meta = evaluate_checkpoint(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size,
                                        root=root, mirror=mirror, device=device, log=stderr_line, data_dir=data,

@@ -6,12 +6,13 @@ from typing import Annotated
 
 import typer
 
-from cnnctl.cli._common import command, print_json
+from cnnctl.cli._common import CHECKPOINT_HELP, checkpoint_argument, command, complete_checkpoint, print_json
 
 
 @command("export")
 def export_command(
-    checkpoint_path: Annotated[str, typer.Argument(metavar="CHECKPOINT", help=".safetensors file or run folder")],
+    checkpoint_path: Annotated[str | None, typer.Argument(
+        metavar="[CHECKPOINT]", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint)] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript")] = "onnx",
     dynamic_batch: Annotated[bool, typer.Option(
         "--dynamic-batch", help="accept any batch size (default: exactly 1 image per call)")] = False,
@@ -24,6 +25,8 @@ def export_command(
     """Export a checkpoint to ONNX or TorchScript, check that the exported model gives PyTorch's outputs (within
     1e-4, on test images of its dataset when present here), and write its preprocessing beside it as JSON."""
     from cnnctl.exporter import export
+
+    checkpoint_path = checkpoint_argument(checkpoint_path)
 
     result = export(checkpoint_path, format=format, output=output, dynamic_batch=dynamic_batch, opset=opset,
                     root=root)

@@ -7,14 +7,23 @@ from typing import Annotated
 
 import typer
 
-from cnnctl.cli._common import command, print_json, stderr_line
+from cnnctl.cli._common import (
+    CHECKPOINT_HELP,
+    checkpoint_argument,
+    command,
+    complete_checkpoint,
+    print_json,
+    stderr_line,
+)
 from cnnctl.errors import CnnctlError, UsageError
 
 
 @command()
 def predict(
-    checkpoint_path: Annotated[str, typer.Argument(metavar="CHECKPOINT", help=".safetensors file or run folder")],
-    paths: Annotated[list[str], typer.Argument(metavar="PATH...", help="image files or folders")],
+    checkpoint_path: Annotated[str | None, typer.Argument(
+        metavar="[CHECKPOINT]", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint, show_default=False)] = None,
+    paths: Annotated[list[str] | None, typer.Argument(metavar="PATH...", help="image files or folders",
+                                                      show_default=False)] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="write CSV here \\[default: stdout]")] = None,
     topk: Annotated[int, typer.Option(min=1, help="how many top classes per image")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 256,
@@ -31,8 +40,15 @@ def predict(
     import io
     import sys
 
-    from cnnctl.engine.predict import Predictor, find_images, load_for_inference
+    from cnnctl.engine.predict import Predictor, find_images, folder_accuracy, load_for_inference
+    from cnnctl.progress import counting, rate_text
+    from cnnctl.runs import is_checkpoint_like
 
+    if checkpoint_path is not None and not is_checkpoint_like(checkpoint_path):  # images only: the latest run
+        checkpoint_path, paths = None, [checkpoint_path, *(paths or [])]
+    if not paths:
+        raise UsageError("name the images to classify", hint="cnnctl predict [CHECKPOINT] PATH... (files or folders)")
+    checkpoint_path = checkpoint_argument(checkpoint_path)
     model, _ = load_for_inference(checkpoint_path, device=device)
     files, skipped = find_images(paths)
     if not files:
@@ -40,13 +56,18 @@ def predict(
                          hint="pass png/jpg/bmp/webp/tif files or folders that contain them")
     predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk)
     started = time.perf_counter()
-    predictions = list(predictor.predict_files(files))
+    predictions = []
+    with counting(len(files), "predicting") as bar:
+        for prediction in predictor.predict_files(files):
+            predictions.append(prediction)
+            bar.advance()
     seconds = time.perf_counter() - started
     failures = [p for p in predictions if p.error]
     if plot:
         from cnnctl.plots import plot_file_predictions
 
-        plot_file_predictions(predictions, model.cnnctl_meta, plot)
+        plotted = plot_file_predictions(predictions, model.cnnctl_meta, plot)
+        stderr_line(f"wrote {plotted}")
     if json_output:
         rows = [p.__dict__ for p in predictions]
         if output:
@@ -72,12 +93,19 @@ def predict(
             atomic_write_text(output, buffer.getvalue())
         else:
             sys.stdout.write(buffer.getvalue())
-    rate = len(predictions) / seconds if seconds > 0 else float("inf")
     note = f", skipped {skipped} non-image files" if skipped else ""
     timings = predictor.timings
-    stderr_line(f"predicted {len(predictions) - len(failures):,} of {len(predictions):,} images in {seconds:.2f}s "
-                f"({rate:,.0f} images/s; decode {timings['decode_s']:.2f}s, inference {timings['inference_s']:.2f}s)"
+    rate = rate_text(len(predictions), seconds, "images/s")
+    stderr_line(f"predicted {len(predictions) - len(failures):,} of {len(predictions):,} "
+                f"image{'s' if len(predictions) != 1 else ''} in {seconds:.2f}s ({rate + '; ' if rate else ''}"
+                f"decode {timings['decode_s']:.2f}s, inference {timings['inference_s']:.2f}s)"
                 f"{note}" + (f"; wrote {output}" if output else ""))
+    accuracy = folder_accuracy(predictions, model.cnnctl_meta.classes)
+    if accuracy is not None:
+        correct, counted = accuracy
+        others = len(predictions) - len(failures) - counted
+        stderr_line(f"accuracy {correct / counted:.2%} ({correct:,} of {counted:,} images whose folder names their "
+                    f"class{f'; {others:,} others not counted' if others else ''})")
     for failure in failures[:5]:
         stderr_line(f"  could not read {failure.error}")
     if failures and strict:

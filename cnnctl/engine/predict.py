@@ -216,3 +216,18 @@ def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str =
     if errors:
         raise DataError(errors[0])
     return predictor.predict_tensor(torch.stack(decoded))
+
+
+def true_label(path: str | Path, class_index: dict[str, int]) -> int | None:
+    """The class an image's folder names (``digits/7/x.png`` → class ``7``), or None."""
+    return class_index.get(Path(path).parent.name)
+
+
+def folder_accuracy(predictions: Sequence[Prediction], classes: Sequence[str]) -> tuple[int, int] | None:
+    """(correct, counted) over the readable images whose folder names a class; None when none does."""
+    index = {name: i for i, name in enumerate(classes)}
+    pairs = [(p.label, true_label(p.path, index)) for p in predictions if not p.error]
+    known = [(label, truth) for label, truth in pairs if truth is not None]
+    if not known:
+        return None
+    return sum(label == truth for label, truth in known), len(known)
