@@ -16,10 +16,29 @@ app = typer.Typer(
     name="cnnctl",
     help="Train, evaluate and run image-classification CNNs. Add --debug anywhere for full tracebacks.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _flags_show_no_type() -> None:
+    """A flag takes no value, so its help row shows no ``<bool>`` type (Typer shows one for every option)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "cnnctl_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.cnnctl_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_type()
 
 
 class _State:
@@ -107,4 +126,9 @@ def complete_dataset(incomplete: str) -> list[str]:
     return [name for name in registry.datasets() if name.startswith(incomplete)]
 
 
-CHECKPOINT_HELP = ".safetensors file, run folder or run group \\[default: the latest run under ./runs]"
+CHECKPOINT_HELP = ".safetensors file, run folder or run group (its latest run) \\[default: the latest run under ./runs]"
+
+
+def completer(names: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """Shell completion over fixed ``names`` (options that keep cnnctl's own one-line error for a bad value)."""
+    return lambda incomplete: [name for name in names if name.startswith(incomplete)]

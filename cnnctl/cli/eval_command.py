@@ -11,6 +11,8 @@ from cnnctl.cli._common import (
     checkpoint_argument,
     command,
     complete_checkpoint,
+    complete_dataset,
+    completer,
     print_json,
     stderr_line,
 )
@@ -19,9 +21,11 @@ from cnnctl.cli._common import (
 @command("eval")
 def eval_command(
     checkpoint_path: Annotated[str | None, typer.Argument(
-        metavar="[CHECKPOINT]", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint)] = None,
-    dataset: Annotated[str | None, typer.Option(help="dataset \\[default: the checkpoint's]")] = None,
-    split: Annotated[str, typer.Option(help="test, val (as held out in training) or train")] = "test",
+        metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint)] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset \\[default: the checkpoint's]",
+                                                autocompletion=complete_dataset)] = None,
+    split: Annotated[str, typer.Option(metavar="test|val|train", autocompletion=completer(("test", "val", "train")),
+                                       help="val: as held out in training")] = "test",
     batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 1000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
     root: Annotated[str | None, typer.Option(help="data folder \\[env: CNNCTL_DATA]")] = None,

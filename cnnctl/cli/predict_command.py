@@ -21,7 +21,7 @@ from cnnctl.errors import CnnctlError, UsageError
 @command()
 def predict(
     checkpoint_path: Annotated[str | None, typer.Argument(
-        metavar="[CHECKPOINT]", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint, show_default=False)] = None,
+        metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint, show_default=False)] = None,
     paths: Annotated[list[str] | None, typer.Argument(metavar="PATH...", help="image files or folders",
                                                       show_default=False)] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="write CSV here \\[default: stdout]")] = None,
@@ -34,8 +34,10 @@ def predict(
         "--plot", metavar="PNG", help="also draw the first 64 images with their predicted classes (wrong ones in "
                                       "red where a parent folder names the true class)")] = None,
 ) -> None:
-    """Classify images with a checkpoint; preprocessing comes from the checkpoint. Rows: path, label, class,
-    probability, top-k."""
+    """Classify images with a checkpoint.
+
+    Preprocessing comes from the checkpoint. Rows: path, label, class, probability, top-k. Images in folders named
+    after classes (digits/7/x.png) also give the accuracy."""
     import csv
     import io
     import sys
