@@ -219,7 +219,8 @@ class RichReporter(Reporter):
             return
         self.shown_at = now
         mean = float(self.loss_sum) / self.loss_count
-        self.progress.update(self.task, completed=step, stats=self._stats(step, mean))
+        last = step >= self.clock.steps  # drawn now: a short epoch could end between two automatic refreshes
+        self.progress.update(self.task, completed=step, stats=self._stats(step, mean), refresh=last)
 
     def _stats(self, step: int, mean_loss: float | None) -> str:
         steps = self.clock.steps
@@ -241,6 +242,7 @@ class RichReporter(Reporter):
     def phase(self, text: str) -> None:
         label = f"{self.label} {text}" if self.label else text
         self._task(label + "…", None, "")
+        self.progress.refresh()
 
     def epoch_end(self, row: dict[str, float], epochs: int) -> None:
         line = epoch_line(row, epochs)
