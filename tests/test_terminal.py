@@ -17,6 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pexpect
 import pytest
 from typer.testing import CliRunner
@@ -26,21 +27,31 @@ from cnnctl.cli import app
 TESTS = Path(__file__).parent
 LAUNCHER = """
 import sys
-sys.path.insert(0, {tests!r})
-from conftest import DIGIT_CLASSES, _micro_loader
+import torch
 from cnnctl import registry
+from cnnctl.data.base import ImageTensors
 from cnnctl.registry import DatasetSpec
+
+def load(directory, split):  # 4 classes: a bright square at one of 4 places, on noise
+    count = {"train": 640, "test": 64}[split]
+    generator = torch.Generator().manual_seed(len(split))
+    labels = torch.randint(0, 4, (count,), generator=generator)
+    images = torch.randint(0, 60, (count, 1, 28, 28), generator=generator).to(torch.uint8)
+    for label in range(4):
+        top, left = 4 + 12 * (label // 2), 4 + 12 * (label % 2)
+        images[labels == label, :, top:top + 8, left:left + 8] = 255
+    return ImageTensors(images, labels, ("0", "1", "2", "3"), source=split)
+
 registry.datasets()
 registry.register_dataset(DatasetSpec(
-    name="termdigits", description="", classes=DIGIT_CLASSES[:4], image_shape=(1, 28, 28), mean=(0.13,),
-    std=(0.31,), train_size=864, test_size=64, loader=_micro_loader({{"train": 864, "test": 64}}),
-    default_val_split=64))
+    name="termdigits", description="", classes=("0", "1", "2", "3"), image_shape=(1, 28, 28), mean=(0.13,),
+    std=(0.31,), train_size=640, test_size=64, loader=load, default_val_split=64))
 from cnnctl.cli import main
 main(sys.argv[1:])
 """
 TRAIN = ["train", "lenet5", "--dataset", "termdigits", "--epochs", "2", "--batch-size", "16", "--threads", "1"]
 # the bar's statistics: steps, running-mean loss, then the time left in the epoch and in the run
-BAR = re.compile(r"\d+/50 +loss \d\.\d{4} .*ETA \d+:\d\d.*run (ETA )?\d+:\d\d")
+BAR = re.compile(r"\d+/\d+ +loss \d\.\d{4} .*ETA \d+:\d\d.*run (ETA )?\d+:\d\d")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 runner = CliRunner()
 
@@ -48,15 +59,18 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working folder with the launcher (a dataset in memory, nothing to download) and class-named images."""
-    from conftest import synthetic_digits
     from PIL import Image
 
     folder = tmp_path_factory.mktemp("terminal")
-    (folder / "cnnctl_launcher.py").write_text(LAUNCHER.format(tests=str(TESTS)))
-    images, labels = synthetic_digits(24, seed=12, classes=4)
-    for index, (image, label) in enumerate(zip(images, labels)):
+    (folder / "cnnctl_launcher.py").write_text(LAUNCHER)
+    rng = np.random.default_rng(0)
+    for index in range(24):  # the launcher's pattern, in folders named after the classes
+        label = index % 4
+        pixels = rng.integers(0, 60, (28, 28)).astype(np.uint8)
+        top, left = 4 + 12 * (label // 2), 4 + 12 * (label % 2)
+        pixels[top:top + 8, left:left + 8] = 255
         (folder / "images" / str(label)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / "images" / str(label) / f"{index:02d}.png")
+        Image.fromarray(pixels).save(folder / "images" / str(label) / f"{index:02d}.png")
     return folder
 
 
@@ -102,7 +116,7 @@ def test_training_on_a_terminal_draws_the_bar_with_eta_and_no_warning(trained: s
 
 
 def test_training_on_a_narrow_terminal_fits_its_bar(workdir: Path, trained: str) -> None:
-    code, screen = in_terminal(workdir, *TRAIN, "--epochs", "1", "--no-plots", columns=60)
+    code, screen = in_terminal(workdir, *TRAIN, "--epochs", "1", "--limit", "320", "--no-plots", columns=60)
     assert code == 0, screen
     assert_clean(screen)
     bars = [line for line in screen.splitlines() if BAR.search(line)]
@@ -110,7 +124,7 @@ def test_training_on_a_narrow_terminal_fits_its_bar(workdir: Path, trained: str)
 
 
 def test_training_piped_prints_only_data_on_stdout(workdir: Path, trained: str) -> None:
-    result = piped(workdir, *TRAIN, "--no-plots")
+    result = piped(workdir, *TRAIN, "--limit", "320", "--no-plots")
     assert result.returncode == 0, result.stderr
     assert_clean(result.stdout + result.stderr)
     lines = result.stdout.splitlines()
@@ -122,14 +136,12 @@ def test_training_piped_prints_only_data_on_stdout(workdir: Path, trained: str) 
 
 
 @pytest.mark.parametrize("args, expected", [
-    (("eval",), "using the latest run: runs/lenet5-termdigits/"),
     (("eval", "runs/lenet5-termdigits", "--plots", "evalplots"), "using the latest run in runs/lenet5-termdigits"),
     (("predict", "images", "--plot", "grid.png", "-o", "predictions.csv"), "whose folder names their class"),
     (("export", "--format", "torchscript"), "verified on"),
     (("summary", "lenet5", "--input-size", "32x32"), "input 1x32x32"),
     (("list",), "architectures"),
     (("doctor",), "packages"),
-    (("--version",), "cnnctl "),
 ])
 def test_commands_on_a_terminal_are_clean(workdir: Path, trained: str, args: tuple[str, ...], expected: str) -> None:
     code, screen = in_terminal(workdir, *args)
