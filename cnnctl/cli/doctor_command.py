@@ -17,8 +17,8 @@ def doctor(
 ) -> None:
     """Check the installation: versions, devices, folders.
 
-    Versions of cnnctl, torch and the optional extras, CUDA/MPS availability, and the data, cache and run folders
-    with whether they can be written (exit 1 if one cannot)."""
+    Versions of cnnctl, torch and the optional extras, CUDA/MPS availability, and the data, cache and run \
+folders with whether they can be written (exit 1 if one cannot)."""
     from cnnctl.doctor import diagnose
 
     report = diagnose(root=root, runs=out)

@@ -54,7 +54,8 @@ def eval_command(
 
     console = Console()
     console.print(f"{meta.arch} on {report['dataset']} {split} ({result.count:,} images): "
-                  f"accuracy {result.top1:.2%}  top-5 {result.top5:.2%}  loss {result.loss:.4f}", highlight=False)
+                  f"accuracy {result.top1:.2%}  top-5 {result.top5:.2%}  loss {result.loss:.4f}", highlight=False,
+                  soft_wrap=True)
     table = Table(title_justify="left")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")

@@ -25,8 +25,8 @@ def export_command(
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript.
 
-    The exported model must give PyTorch's outputs (within 1e-4, on test images of its dataset when present
-    here); its preprocessing is written beside it as JSON."""
+    The exported model must give PyTorch's outputs (within 1e-4, on test images of its dataset when present \
+here); its preprocessing is written beside it as JSON."""
     from cnnctl.exporter import export
 
     checkpoint_path = checkpoint_argument(checkpoint_path)

@@ -115,7 +115,7 @@ def summary(
                                           autocompletion=complete_arch)],
     input_size: Annotated[str | None, typer.Option(
         help="CxHxW (3x224x224), or HxW (64x64) with the model's channels \\[default: the model's own]")] = None,
-    num_classes: Annotated[int | None, typer.Option(min=1, help="classes (default 10, or the checkpoint's)")] = None,
+    num_classes: Annotated[int | None, typer.Option(min=1, help="classes \\[default: 10, or the checkpoint's]")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Per-layer table, parameter counts and MACs of an architecture or checkpoint."""

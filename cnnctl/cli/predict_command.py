@@ -22,7 +22,7 @@ from cnnctl.errors import CnnctlError, UsageError
 def predict(
     checkpoint_path: Annotated[str | None, typer.Argument(
         metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint, show_default=False)] = None,
-    paths: Annotated[list[str] | None, typer.Argument(metavar="PATH...", help="image files or folders",
+    paths: Annotated[list[str] | None, typer.Argument(metavar="PATH", help="image files or folders",
                                                       show_default=False)] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="write CSV here \\[default: stdout]")] = None,
     topk: Annotated[int, typer.Option(min=1, help="how many top classes per image")] = 5,
@@ -36,8 +36,8 @@ def predict(
 ) -> None:
     """Classify images with a checkpoint.
 
-    Preprocessing comes from the checkpoint. Rows: path, label, class, probability, top-k. Images in folders named
-    after classes (digits/7/x.png) also give the accuracy."""
+    Preprocessing comes from the checkpoint. Rows: path, label, class, probability, top-k. Images in folders \
+named after classes (digits/7/x.png) also give the accuracy."""
     import csv
     import io
     import sys
