@@ -248,12 +248,12 @@ class RichReporter(Reporter):
         line = epoch_line(row, epochs)
         left = self.clock.run_left()
         eta = f"  ETA {duration(left)}" if left is not None and int(row["epoch"]) < epochs else ""
+        self.label = ""
+        if self.task is not None:  # hidden first: stdout may reach the same terminal (| tee), below the bar
+            self.progress.update(self.task, visible=False, refresh=True)
         self.console.print(line + eta, highlight=False)
         if self.data_out is not None:
             print(line, file=self.data_out, flush=True)
-        self.label = ""
-        if self.task is not None:
-            self.progress.update(self.task, visible=False)
 
     def end(self, summary: dict[str, Any]) -> None:
         self._remove_task()
