@@ -38,12 +38,6 @@ class SilentReporter(Reporter):
     """For the Python API and tests."""
 
 
-def loss_value(loss: Any) -> float:
-    """A Python float from a loss tensor (detached first, so reading it never warns about autograd) or number."""
-    detach = getattr(loss, "detach", None)
-    return float(detach() if detach is not None else loss)
-
-
 def duration(seconds: float) -> str:
     """``0:07``, ``12:05``, ``1:02:03``: the clock style of rich and tqdm."""
     seconds = max(0, int(round(seconds)))

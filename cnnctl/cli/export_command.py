@@ -6,15 +6,24 @@ from typing import Annotated
 
 import typer
 
-from cnnctl.cli._common import CHECKPOINT_HELP, checkpoint_argument, command, complete_checkpoint, completer, print_json
+from cnnctl.cli._common import CHECKPOINT_HELP, checkpoint_argument, command, complete_checkpoint, print_json
+from cnnctl.exporter import FORMATS
+from cnnctl.options import choice_settings
+
+
+def _format_names() -> list[str]:
+    return list(FORMATS)
+
+
+_FORMAT_HELP = "; ".join(f"{entry.name}: {entry.description}" for entry in FORMATS.values()).replace("[", "\\[")
 
 
 @command("export")
 def export_command(
     checkpoint_path: Annotated[str | None, typer.Argument(
         metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint)] = None,
-    format: Annotated[str, typer.Option("--format", "-f", metavar="onnx|torchscript", help="model format",
-                                        autocompletion=completer(("onnx", "torchscript")))] = "onnx",
+    format: Annotated[str, typer.Option("--format", "-f", help=_FORMAT_HELP, **choice_settings(_format_names))]
+        = "onnx",
     dynamic_batch: Annotated[bool, typer.Option(
         "--dynamic-batch", help="accept any batch size \\[default: exactly 1 image per call]")] = False,
     opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset \\[default: the exporter's own]")] = None,
