@@ -194,6 +194,8 @@ def test_completion_offers_runs_choices_and_architectures(workdir: Path, trained
     assert "runs/lenet5-termdigits/1" in complete("cnnctl eval ")
     assert complete("cnnctl eval --split ") == ["test", "val", "train"]
     assert complete("cnnctl summary lenet") == ["lenet5", "lenet"]
+    assert complete("cnnctl train lenet") == ["lenet5", "lenet"]
+    assert "fashion-mnist" in complete("cnnctl train lenet5 --dataset f")
     assert complete("cnnctl export --format t") == ["torchscript"]
     script = subprocess.run([sys.executable, "-m", "cnnctl", "--show-completion", "zsh"], cwd=workdir,
                             capture_output=True, text=True, timeout=60,
@@ -338,7 +340,7 @@ def test_help_lists_commands_in_workflow_order_with_version_debug_and_no_bool_ty
     for command in ([], ["eval"], ["predict"], ["export"], ["list"], ["doctor"]):
         text = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"}).stdout
         assert "<bool>" not in text, command
-    assert "test|val|train" in runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "120"}).stdout
+    assert "[test|val|train]" in runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "120"}).stdout
     version = runner.invoke(app, ["--version"])
     assert version.exit_code == 0 and re.match(r"cnnctl \d+\.\d+\.\d+ \(torch ", version.stdout)
 

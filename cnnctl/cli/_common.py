@@ -127,8 +127,3 @@ def complete_dataset(incomplete: str) -> list[str]:
 
 
 CHECKPOINT_HELP = ".safetensors file, run folder or run group (its latest run) \\[default: the latest run under ./runs]"
-
-
-def completer(names: tuple[str, ...]) -> Callable[[str], list[str]]:
-    """Shell completion over fixed ``names`` (options that keep cnnctl's own one-line error for a bad value)."""
-    return lambda incomplete: [name for name in names if name.startswith(incomplete)]

@@ -12,10 +12,10 @@ from cnnctl.cli._common import (
     command,
     complete_checkpoint,
     complete_dataset,
-    completer,
     print_json,
     stderr_line,
 )
+from cnnctl.options import choice_settings
 
 
 @command("eval")
@@ -24,7 +24,7 @@ def eval_command(
         metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint)] = None,
     dataset: Annotated[str | None, typer.Option(help="dataset \\[default: the checkpoint's]",
                                                 autocompletion=complete_dataset)] = None,
-    split: Annotated[str, typer.Option(metavar="test|val|train", autocompletion=completer(("test", "val", "train")),
+    split: Annotated[str, typer.Option(**choice_settings(lambda: ("test", "val", "train")),
                                        help="val: as held out in training")] = "test",
     batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 1000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",

@@ -6,15 +6,16 @@ from typing import Annotated
 
 import typer
 
-from cnnctl.cli._common import command, complete_arch, completer, print_json
+from cnnctl.cli._common import command, complete_arch, print_json
 from cnnctl.errors import UsageError
+from cnnctl.options import choice_settings
 
 
 @command("list")
 def list_command(
     what: Annotated[str, typer.Argument(
-        metavar="[all|architectures|datasets]", help="what to list (architectures also as archs or models)",
-        autocompletion=completer(("all", "architectures", "datasets")), show_default=False)] = "all",
+        help="what to list (architectures also as archs or models)", show_default=False,
+        **choice_settings(lambda: ("all", "architectures", "datasets")))] = "all",
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     wide: Annotated[bool, typer.Option("--wide", "-w", help="every column and the long descriptions")] = False,
     root: Annotated[str | None, typer.Option(help="data folder to check for local copies \\[env: CNNCTL_DATA]")] = None,
