@@ -47,11 +47,12 @@ def duration(seconds: float) -> str:
 
 
 def rate_text(count: int, seconds: float, unit: str = "img/s") -> str:
-    """Throughput as people read it: ``24,793 img/s``, ``3.4 img/s``; empty when too little was measured."""
+    """Throughput as people read it: ``24,793 img/s``, ``3.4 img/s``; empty when too little was measured (one
+    item says nothing about a rate)."""
     if count < 2 or seconds <= 0:
         return ""
     rate = count / seconds
-    return f"{rate:,.0f} {unit}" if rate >= 100 else f"{rate:.3g} {unit}"
+    return f"{rate:,.0f} {unit}" if rate >= 10 else f"{rate:.1f} {unit}"
 
 
 class RunClock:

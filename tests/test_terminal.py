@@ -235,7 +235,8 @@ def test_run_clock_estimates_the_rest_of_the_run() -> None:
     left = clock.run_left(5)  # half an epoch took ~0.05 s: the rest of it plus two more epochs ≈ 0.25 s
     assert left == pytest.approx(0.25, rel=0.5)
     assert duration(3725) == "1:02:05" and duration(65) == "1:05"
-    assert rate_text(1, 0.9) == "" and rate_text(10, 2.0) == "5 img/s" and rate_text(25_000, 1) == "25,000 img/s"
+    assert rate_text(1, 0.9) == "" and rate_text(10, 2.0) == "5.0 img/s" and rate_text(7, 7.01) == "1.0 img/s"
+    assert rate_text(25_000, 1) == "25,000 img/s"
 
 
 def test_summary_input_size_takes_the_models_channels_and_refuses_ambiguity() -> None:

@@ -154,10 +154,15 @@ class Predictor:
         self.timings["decode_s"] += time.perf_counter() - started
         return decoded
 
+    @staticmethod
+    def import_decoders() -> None:
+        """Import the image decoders (~1 s the first time), so that callers can keep it out of their timing."""
+        import torchvision.io  # noqa: F401
+        from torchvision.transforms.v2 import functional  # noqa: F401
+
     def decoded_batches(self, files: Sequence[Path]) -> Iterator[tuple[Sequence[Path], list[torch.Tensor | str]]]:
         """``(paths, images or error strings)`` per batch, decoding the next batch while the caller works."""
-        import torchvision.io  # noqa: F401 - ~1 s the first time; kept out of the decode timing
-        from torchvision.transforms.v2 import functional  # noqa: F401
+        self.import_decoders()  # kept out of the decode timing
         with ThreadPoolExecutor(self.workers) as pool:
             previous: tuple[Sequence[Path], list[Any]] | None = None
             for start in range(0, len(files), self.batch_size):
