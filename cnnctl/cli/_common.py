@@ -25,9 +25,12 @@ app = typer.Typer(
 
 def _flags_show_no_type() -> None:
     """A flag takes no value, so its help row shows no ``<bool>`` type (Typer shows one for every option)."""
-    from typer.core import TyperOption
+    try:
+        from typer.core import TyperOption
 
-    shown = TyperOption.display_type_rich
+        shown = TyperOption.display_type_rich
+    except (ImportError, AttributeError):  # another Typer: its help shows types its own way
+        return
     if getattr(shown, "cnnctl_flags", False):
         return
 
