@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 
@@ -58,25 +58,34 @@ def rate_text(count: int, seconds: float, unit: str = "img/s") -> str:
 class RunClock:
     """Estimates the time left in an epoch and in the whole run from the steps and epochs timed so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
+        self.now = now
         self.epochs = 0
         self.first_epoch: int | None = None
         self.run_started: float | None = None
         self.epoch_started = 0.0
         self.epoch = 0
         self.steps = 0
+        self.first_step: int | None = None
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        now = time.perf_counter()
+        now = self.now()
         if self.first_epoch is None:
             self.first_epoch, self.run_started = epoch, now
         self.epoch, self.epochs, self.steps, self.epoch_started = epoch, epochs, steps, now
+        self.first_step: int | None = None
+
+    def stepped(self, step: int) -> None:
+        """Record a step; a resumed epoch starts after the steps trained before the interruption."""
+        if self.first_step is None:
+            self.first_step = step
 
     def epoch_left(self, step: int) -> float | None:
         if step <= 0 or not self.steps:
             return None
-        elapsed = time.perf_counter() - self.epoch_started
-        return elapsed / step * (self.steps - step)
+        trained = step - (self.first_step or 1) + 1
+        elapsed = self.now() - self.epoch_started
+        return elapsed / max(trained, 1) * (self.steps - step)
 
     def run_left(self, step: int | None = None) -> float | None:
         """Seconds until the last epoch ends. Finished epochs (with their validation) set the pace; during the
@@ -86,14 +95,14 @@ class RunClock:
         done = self.epoch - self.first_epoch  # whole epochs finished in this process before the current one
         later = self.epochs - self.epoch
         if step is None:  # the current epoch is over
-            return (time.perf_counter() - self.run_started) / (done + 1) * later
+            return (self.now() - self.run_started) / (done + 1) * later
         current = self.epoch_left(step)
         if current is None:
             return None
         if done:
             per_epoch = (self.epoch_started - self.run_started) / done
         else:
-            per_epoch = (time.perf_counter() - self.epoch_started) + current
+            per_epoch = (self.now() - self.epoch_started) + current
         return current + per_epoch * later
 
 
@@ -206,6 +215,7 @@ class RichReporter(Reporter):
         self._task(self.label, steps, self._stats(0, None))
 
     def step(self, step: int, loss: Any) -> None:
+        self.clock.stepped(step)
         detach = getattr(loss, "detach", None)
         self.loss_sum = self.loss_sum + (detach() if detach is not None else loss)  # stays on the device
         self.loss_count += 1
@@ -223,7 +233,8 @@ class RichReporter(Reporter):
         parts = [f"{step:>{width}}/{steps}", f"loss {'…' if mean_loss is None else f'{mean_loss:.4f}':<6}"]
         elapsed = time.perf_counter() - self.clock.epoch_started
         if not self.narrow:
-            parts.append(f"{rate_text(step * self.batch_size, elapsed) or '… img/s':>12}")
+            trained = step - (self.clock.first_step or 1) + 1 if step else 0
+            parts.append(f"{rate_text(trained * self.batch_size, elapsed) or '… img/s':>12}")
         left = self.clock.epoch_left(step)
         eta = "…" if left is None else duration(left)
         run = self.clock.run_left(step) if step else None

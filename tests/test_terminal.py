@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -229,11 +228,23 @@ def test_the_rich_reporter_reads_an_undetached_loss_without_a_warning() -> None:
 def test_run_clock_estimates_the_rest_of_the_run() -> None:
     from cnnctl.progress import RunClock, duration, rate_text
 
-    clock = RunClock()
+    clock_time = [100.0]
+    clock = RunClock(now=lambda: clock_time[0])
     clock.epoch_start(1, 3, 10)
-    time.sleep(0.05)
-    left = clock.run_left(5)  # half an epoch took ~0.05 s: the rest of it plus two more epochs ≈ 0.25 s
-    assert left == pytest.approx(0.25, rel=0.5)
+    clock.stepped(1)
+    clock_time[0] += 5.0  # 5 of 10 steps in 5 s: 5 s left in the epoch, then two epochs of 10 s
+    assert clock.epoch_left(5) == 5.0 and clock.run_left(5) == 25.0
+    clock_time[0] += 7.0  # the epoch ended after 12 s (validation included): that is the pace from now on
+    assert clock.run_left() == 24.0
+    clock.epoch_start(2, 3, 10)
+    clock.stepped(1)
+    clock_time[0] += 1.0
+    assert clock.run_left(2) == pytest.approx(4.0 + 12.0)  # 8 steps at 0.5 s, then one epoch like the first
+    resumed = RunClock(now=lambda: clock_time[0])  # resumed after 6 of 10 steps: only the steps trained here count
+    resumed.epoch_start(1, 1, 10)
+    resumed.stepped(7)
+    clock_time[0] += 1.0
+    assert resumed.epoch_left(8) == 1.0  # 2 steps took 1 s, 2 are left
     assert duration(3725) == "1:02:05" and duration(65) == "1:05"
     assert rate_text(1, 0.9) == "" and rate_text(10, 2.0) == "5.0 img/s" and rate_text(7, 7.01) == "1.0 img/s"
     assert rate_text(25_000, 1) == "25,000 img/s"
