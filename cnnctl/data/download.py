@@ -231,7 +231,7 @@ class _Meter:
             return
         self._progress = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.DownloadColumn(),
                                      rp.TransferSpeedColumn(), rp.TimeRemainingColumn(),
-                                     console=Console(stderr=True))
+                                     console=Console(stderr=True), transient=True)  # the "verified" line stays
         self._progress.start()
         self._task = self._progress.add_task(label, total=total, completed=completed)
 

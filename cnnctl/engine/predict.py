@@ -157,10 +157,15 @@ class Predictor:
         self.timings["decode_s"] += time.perf_counter() - started
         return decoded
 
+    @staticmethod
+    def import_decoders() -> None:
+        """Import the image decoders (~1 s the first time), so that callers can keep it out of their timing."""
+        import torchvision.io  # noqa: F401
+        from torchvision.transforms.v2 import functional  # noqa: F401
+
     def decoded_batches(self, files: Sequence[Path]) -> Iterator[tuple[Sequence[Path], list[torch.Tensor | str]]]:
         """``(paths, images or error strings)`` per batch, decoding the next batch while the caller works."""
-        import torchvision.io  # noqa: F401 - ~1 s the first time; kept out of the decode timing
-        from torchvision.transforms.v2 import functional  # noqa: F401
+        self.import_decoders()  # kept out of the decode timing
         with ThreadPoolExecutor(self.workers) as pool:
             previous: tuple[Sequence[Path], list[Any]] | None = None
             for start in range(0, len(files), self.batch_size):
@@ -276,3 +281,18 @@ def predictions_json(predictions: Iterable[Prediction]) -> str:
     import json
 
     return json.dumps([displayable_prediction(p).__dict__ for p in predictions], indent=2) + "\n"
+
+
+def true_label(path: str | Path, class_index: dict[str, int]) -> int | None:
+    """The class an image's folder names (``digits/7/x.png`` → class ``7``), or None."""
+    return class_index.get(Path(path).parent.name)
+
+
+def folder_accuracy(predictions: Sequence[Prediction], classes: Sequence[str]) -> tuple[int, int] | None:
+    """(correct, counted) over the readable images whose folder names a class; None when none does."""
+    index = {name: i for i, name in enumerate(classes)}
+    pairs = [(p.label, true_label(p.path, index)) for p in predictions if not p.error]
+    known = [(label, truth) for label, truth in pairs if truth is not None]
+    if not known:
+        return None
+    return sum(label == truth for label, truth in known), len(known)
