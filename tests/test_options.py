@@ -164,7 +164,7 @@ def test_an_alias_bomb_and_deep_nesting_are_refused_at_once(tmp_path: Path) -> N
         start = time.perf_counter()
         with pytest.raises(UsageError, match=fragment):
             read_config_file(path)
-        assert time.perf_counter() - start < 0.5, path
+        assert time.perf_counter() - start < 5, path  # unprotected, the bomb runs for minutes
     one_line_error(runner.invoke(app, ["train", "--config", str(bomb)]), "YAML aliases")
 
 
