@@ -6,8 +6,8 @@ Everything is read from the files a run writes (the training state's JSON header
 ``metrics.csv``, ``config.json``); nothing is loaded into torch. A run is *running* when a live process holds
 its training lock (the OS releases it when the process dies, even after ``kill -9``), *interrupted* when it
 stopped on a signal (``interrupted.json``, removed when it resumes), *finished* when its saved state is at the
-end of training and its final test wrote ``results.json``, and *crashed* otherwise (killed, or stopped by an error: ``cnnctl
-train --resume`` continues it). Listing a run that no process holds removes the temporary files a killed
+end of training and its final test wrote ``results.json``, and *crashed* otherwise (killed, or stopped by an
+error: ``cnnctl train --resume`` continues it). Listing a run that no process holds removes the temporary files a killed
 process left half-written, with the engine's own helper.
 """
 

@@ -41,8 +41,9 @@ def _statuses() -> tuple[str, ...]:
 
 def runs(
     ctx: typer.Context,
-    directory: Annotated[str, typer.Argument(metavar="DIR", show_default=True,
-                                             help="folder holding the run folders (train's --out), or one run")] = DEFAULT_DIR,
+    directory: Annotated[str, typer.Argument(
+        metavar="DIR", show_default=True, help="folder holding the run folders (train's --out), or one run")
+    ] = DEFAULT_DIR,
     sort: Annotated[str, typer.Option(help="sort by this column (val and test: best first)",
                                       **choice_settings(_sort_keys))] = "run",
     reverse: Annotated[bool, typer.Option("--reverse", "-r", help="reverse the order")] = False,
