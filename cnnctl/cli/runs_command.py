@@ -15,12 +15,15 @@ DEFAULT_DIR = "runs"
 
 
 class _RunsGroup(TyperGroup):
-    """``runs [DIR]`` with subcommands: a first word that names a subcommand is that subcommand, not DIR (click
-    would otherwise read ``compare`` as the folder)."""
+    """``runs [DIR] [OPTIONS]`` with subcommands: a first word that names a subcommand is that subcommand, not DIR
+    (click would otherwise read ``compare`` as the folder); otherwise it is the listing, whose options may come
+    after DIR as in any command."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] in self.commands:
             args = [DEFAULT_DIR, *args]
+        else:
+            ctx.allow_interspersed_args = True
         return super().parse_args(ctx, args)
 
 
