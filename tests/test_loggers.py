@@ -161,3 +161,21 @@ def test_logger_choices_come_from_the_registry() -> None:
     assert coerce(OPTION_BY_NAME["logger"], ["tensorboard"]) == "tensorboard"
     help_text = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     assert "[tensorboard|mlflow][,...]" in help_text
+
+
+def test_the_documented_logger_registers_itself_and_runs(micro_digits, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from cnnctl.engine import loggers
+
+    block = re.search(r"^```py\n(.*?)^```$", (Path(__file__).parent.parent / "docs" / "tracking.md").read_text(),
+                      re.DOTALL | re.MULTILINE).group(1)
+    try:
+        exec(compile(block, "docs/tracking.md", "exec"), {})
+        assert "print" in loggers.logger_names()
+        result = cnnctl.train(epochs=2, out=str(tmp_path), logger="print", plots=False, **OPTIONS)
+        printed = capsys.readouterr().out.splitlines()
+        assert printed == [f"epoch {int(row['epoch'])}: {row['val_acc']:.2%}" for row in result.history]
+    finally:
+        loggers._LOGGERS.pop("print", None)
