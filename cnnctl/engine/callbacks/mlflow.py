@@ -3,8 +3,9 @@
 
 Where: ``$MLFLOW_TRACKING_URI`` when set (a shared server), else a local SQLite store beside the run folders,
 ``OUT/mlflow.db`` with artifacts in ``OUT/mlartifacts/`` (MLflow's recommended local backend; no server, nothing
-leaves the machine: ``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`` shows it). The experiment is the
-run group (``lenet5-mnist``) unless ``$MLFLOW_EXPERIMENT_NAME`` says otherwise.
+leaves the machine: ``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`` shows it); a resumed run keeps
+the store it started in. The experiment is the run group (``lenet5-mnist``) unless ``$MLFLOW_EXPERIMENT_NAME``
+says otherwise.
 
 A resumed cnnctl run continues the same MLflow run: its id is in this callback's state (saved with the training
 state), and epochs the store does not have yet are logged from the history first, so each epoch is there once.
@@ -31,9 +32,10 @@ _OPEN_RUNS: dict[str, Any] = {}
 _BATCH = 100  # MLflow's limit on params per log_batch call
 
 
-def tracking_uri(out: str | Path) -> str:
-    """``$MLFLOW_TRACKING_URI``, else the local store ``OUT/mlflow.db``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
+def tracking_uri(out: str | Path, saved: str | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI``, else the store a resumed run logged to (``saved``), else the local store
+    ``OUT/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or saved or f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
 
 
 def _client(uri: str) -> Any:
@@ -58,7 +60,7 @@ class MlflowLogger(Callback):
         if not trainer.dist.is_main:
             return
         config = trainer.config
-        uri = tracking_uri(config.out)
+        uri = tracking_uri(config.out, self.uri if trainer.resume_dir is not None else None)
         self.client = client = _client(uri)
         run = self._resumed_run(trainer, uri)
         if run is None:
