@@ -219,18 +219,21 @@ def resolve_runs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def run_labels(folders: Sequence[Path]) -> list[str]:
-    """Short names: each folder relative to what they share (``lenet5-mnist/1``, ``lenet5-mnist/2``)."""
+    """Short names: each folder from the run group on (``lenet5-mnist/1``, ``lenet5-mnist/2``), relative to the
+    folder that holds all their groups."""
     import os
 
     resolved = [folder.resolve() for folder in folders]
-    common = Path(os.path.commonpath(resolved)) if len(resolved) > 1 else resolved[0].parent.parent
-    labels = [folder.relative_to(common).as_posix() or folder.name for folder in resolved]
+    common = Path(os.path.commonpath([folder.parent.parent for folder in resolved]))
+    labels = [folder.relative_to(common).as_posix() for folder in resolved]
     return [label if labels.count(label) == 1 else str(folder) for label, folder in zip(labels, folders)]
 
 
 def comparison_figure(histories: Sequence[tuple[str, list[dict[str, float]]]]) -> Any:
     """A 2x2 figure (train/validation loss and accuracy per epoch) with one line per run, in the same colour in
     every panel."""
+    from matplotlib.ticker import MaxNLocator
+
     from cnnctl.plots import _figure, _percent
 
     figure = _figure(12, 8)
@@ -243,6 +246,7 @@ def comparison_figure(histories: Sequence[tuple[str, list[dict[str, float]]]]) -
                 ax.plot(*zip(*points), marker="o", markersize=3, color=colour, label=label)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if key.endswith("acc"):
             ax.yaxis.set_major_formatter(_percent())

@@ -131,7 +131,7 @@ def test_an_interrupted_run_resumes_to_finished_and_compare_draws_one_line_per_r
     figure = comparison_figure(list(zip(run_labels(folders), [read_history(f) for f in folders])))
     val_axis = figure.axes[3]
     assert val_axis.get_title() == "validation accuracy"
-    assert [line.get_label() for line in val_axis.lines] == ["1", "2"]
+    assert [line.get_label() for line in val_axis.lines] == ["simplecnn-microdigits/1", "simplecnn-microdigits/2"]
     assert [list(line.get_ydata()) for line in val_axis.lines] == [val_accuracies(f) for f in folders]
     assert [len(line.get_xdata()) for line in val_axis.lines] == [2, 3]
 

@@ -112,7 +112,7 @@ runs_app.callback(invoke_without_command=True)(handle_errors(runs))
 
 
 def compare(
-    run_dirs: Annotated[list[str], typer.Argument(metavar="RUN...", help="run folders to compare")],
+    run_dirs: Annotated[list[str], typer.Argument(metavar="RUN", help="run folders to compare")],
     output: Annotated[str, typer.Option("--output", "-o", help="the PNG to write")] = "compare.png",
 ) -> None:
     """Plot the runs' train/validation loss and accuracy per epoch in one PNG, one line per run."""
