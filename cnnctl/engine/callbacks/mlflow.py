@@ -59,8 +59,17 @@ class MlflowLogger(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         if not trainer.dist.is_main:
             return
+        uri = tracking_uri(trainer.config.out, self.uri if trainer.resume_dir is not None else None)
+        try:
+            self._start(trainer, uri)
+        except Exception as error:  # noqa: BLE001 - MLflow raises its own and its HTTP library's errors
+            from cnnctl.errors import CnnctlError, first_line
+
+            raise CnnctlError(f"mlflow: cannot log to {uri} ({first_line(error, 200)})",
+                              hint="check MLFLOW_TRACKING_URI, or train without --logger mlflow") from error
+
+    def _start(self, trainer: Trainer, uri: str) -> None:
         config = trainer.config
-        uri = tracking_uri(config.out, self.uri if trainer.resume_dir is not None else None)
         self.client = client = _client(uri)
         run = self._resumed_run(trainer, uri)
         if run is None:
