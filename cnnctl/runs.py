@@ -211,6 +211,9 @@ def resolve_runs(paths: Sequence[str | Path]) -> list[Path]:
     for given in paths:
         path = Path(given)
         folder = path.parent if path.is_file() else path
+        if is_run_folder(folder) and not (folder / "metrics.csv").is_file():
+            raise UsageError(f"{given}: no epoch of this run has finished yet (it has no metrics.csv)",
+                             hint="compare it once it has trained an epoch")
         if not folder.is_dir() or not (folder / "metrics.csv").is_file():
             raise UsageError(f"{given}: not a run folder with metrics (metrics.csv)",
                              hint="pass run folders written by `cnnctl train`, e.g. runs/lenet5-mnist/1")
