@@ -56,6 +56,10 @@ def handle_errors(func: F) -> F:
         except Exception as error:  # noqa: BLE001 - the last line of defence, shown fully with --debug
             if state.debug:
                 raise
+            if isinstance(error, OSError) and error.filename is not None:  # a file the system refuses: not a bug
+                from cnnctl.fsutil import displayable, os_reason
+
+                fail(f"cannot use {displayable(str(error.filename))}: {os_reason(error)}")
             fail(f"unexpected {type(error).__name__}: {error} (run again with --debug for the traceback)")
 
     return wrapper  # type: ignore[return-value]

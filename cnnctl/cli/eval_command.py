@@ -26,7 +26,10 @@ def eval_command(
 ) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     from cnnctl.engine.evaluate import evaluate_checkpoint
+    from cnnctl.fsutil import require_writable_folder
 
+    if plots is not None:  # before any work: an unwritable folder is found now, not after the evaluation
+        require_writable_folder(plots, option="--plots")
     result, meta = evaluate_checkpoint(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size,
                                        root=root, mirror=mirror, device=device, log=stderr_line, data_dir=data,
                                        plots_dir=plots)

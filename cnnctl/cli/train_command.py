@@ -81,6 +81,13 @@ def train(ctx: typer.Context, **params: Any) -> None:
         from cnnctl.engine.fit import Trainer
 
         trainer = Trainer(build_train_config(explicit, config_file))
+    # --- output location: checked writable before any data is loaded ---
+    from cnnctl.fsutil import require_writable_folder
+
+    if trainer.resume_dir is not None:
+        require_writable_folder(trainer.resume_dir, option="--resume", create=False)
+    else:
+        require_writable_folder(trainer.config.out, option="--out")
     if nproc is not None:
         from cnnctl.cli._common import state
         from cnnctl.engine.distributed import start_processes

@@ -82,6 +82,8 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> tuple[torch.nn.
 # measured on 10,000 MNIST PNGs, a thread pool *halved* decode throughput (GIL hand-offs), so only big files,
 # whose decode time dwarfs the hand-off, go to the pool.
 PARALLEL_DECODE_BYTES = 32 * 1024
+# At most this many input values per batch (256 MB as float32): large inputs get smaller batches.
+MAX_BATCH_VALUES = 2**26
 
 
 class Predictor:
@@ -101,7 +103,8 @@ class Predictor:
         self.meta = meta
         self.preprocessing = meta.preprocessing
         self.device = next(model.parameters()).device
-        self.batch_size = batch_size
+        channels, height, width = self.preprocessing.input_shape
+        self.batch_size = max(1, min(batch_size, MAX_BATCH_VALUES // (channels * height * width)))
         self.topk = max(1, min(topk, meta.num_classes))
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.normalize = Normalizer(self.preprocessing.mean, self.preprocessing.std, self.device)
@@ -216,3 +219,60 @@ def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str =
     if errors:
         raise DataError(errors[0])
     return predictor.predict_tensor(torch.stack(decoded))
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+CSV_COLUMNS = ("path", "label", "class", "probability", "topk", "error")
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formula(cell: str) -> str:
+    """Prefix a text cell that a spreadsheet would take for a formula with ``'``, as OWASP advises."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def topk_cell(ranked: Sequence[tuple[int, str, float]]) -> str:
+    """``name:probability`` pairs joined by ``;``. In names ``%``, ``;`` and ``:`` are written ``%25``, ``%3B``
+    and ``%3A`` (URL encoding), so ``cell.split(";")`` then ``split(":")`` always finds the pairs and
+    ``urllib.parse.unquote`` gives the names back."""
+    def quoted(name: str) -> str:
+        return name.replace("%", "%25").replace(";", "%3B").replace(":", "%3A")
+
+    return ";".join(f"{quoted(name)}:{probability:.4f}" for _, name, probability in ranked)
+
+
+def displayable_prediction(p: Prediction) -> Prediction:
+    """``p`` with file and class names that are not valid UTF-8 written with ``\\xNN`` escapes (printable,
+    writable as UTF-8, and still naming the file)."""
+    from cnnctl.fsutil import displayable
+
+    return Prediction(displayable(p.path), p.label, None if p.class_name is None else displayable(p.class_name),
+                      p.probability, [(c, displayable(name), prob) for c, name, prob in p.topk],
+                      None if p.error is None else displayable(p.error))
+
+
+def predictions_csv(predictions: Iterable[Prediction]) -> str:
+    """The CSV ``cnnctl predict`` writes: one row per file, text cells safe to open in a spreadsheet, names
+    escaped as in :func:`displayable_prediction`."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for p in map(displayable_prediction, predictions):
+        probability = "" if p.probability is None else f"{p.probability:.6f}"
+        label = "" if p.label is None else str(p.label)
+        path, name, top, error = (neutralise_formula(cell)
+                                  for cell in (p.path, p.class_name or "", topk_cell(p.topk), p.error or ""))
+        writer.writerow([path, label, name, probability, top, error])
+    return buffer.getvalue()
+
+
+def predictions_json(predictions: Iterable[Prediction]) -> str:
+    """The JSON ``cnnctl predict --json`` writes: a list of the predictions' fields, names escaped as in CSV."""
+    import json
+
+    return json.dumps([displayable_prediction(p).__dict__ for p in predictions], indent=2) + "\n"
