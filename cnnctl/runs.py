@@ -264,8 +264,11 @@ def comparison_figure(histories: Sequence[tuple[str, list[dict[str, float]]]]) -
 def compare_runs(paths: Sequence[str | Path], output: str | Path = "compare.png") -> Path:
     """Draw the runs' curves into one PNG (``output``); returns its path."""
     from cnnctl import plots
+    from cnnctl.fsutil import require_writable_file
 
     plots.require()
+    target = require_writable_file(output, option="--output")
     folders = resolve_runs(paths)
     histories = list(zip(run_labels(folders), [read_history(folder) for folder in folders]))
-    return plots._save(comparison_figure(histories), Path(output))
+    plots._save(comparison_figure(histories), target)
+    return Path(output)
