@@ -48,9 +48,14 @@ def no_remote_connections(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     remote: list[object] = []
     connect = socket.socket.connect
 
+    def is_loopback(host: str) -> bool:
+        try:
+            return host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a host name
+            return False
+
     def guarded(self, address):  # noqa: ANN001
-        host = address[0] if isinstance(address, tuple) else None
-        if host is not None and not (host == "localhost" or ipaddress.ip_address(host).is_loopback):
+        if isinstance(address, tuple) and not is_loopback(address[0]):  # (AF_UNIX paths are local)
             remote.append(address)
         return connect(self, address)
 
