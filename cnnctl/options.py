@@ -84,6 +84,7 @@ class Option:
     resumable: bool = False
     argument: bool = False
     flag: str | None = None  # the command-line flag when it is not --name-with-dashes
+    many: bool = False  # a str option holding several of its choices, comma-separated ("a,b")
 
     @property
     def nullable(self) -> bool:
@@ -133,6 +134,19 @@ def _choices_of(module: str, attribute: str) -> Callable[[], list[str]]:
         return list(getattr(importlib.import_module(module), attribute))
 
     return read
+
+
+def _logger_names() -> list[str]:
+    from cnnctl.engine.loggers import logger_names
+
+    return logger_names()
+
+
+def _join_names(value: str) -> str | None:
+    """``" tensorboard,,mlflow "`` → ``"tensorboard,mlflow"``; nothing named → None."""
+    from cnnctl.engine.loggers import split_names
+
+    return ",".join(split_names(value)) or None
 
 
 def _plain_folder_name(value: str) -> str | None:
@@ -264,6 +278,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("plots", bool, True, "write curves.png, confusion.png and predictions.png into the run folder",
            panel=OUTPUT, resumable=True),
     Option("quiet", bool, False, "print only the final result", panel=OUTPUT, short="-q", config=False),
+    # experiment tracking: the loggers' registry is cnnctl/engine/loggers.py
+    Option("logger", str, None, "log the run to these experiment trackers too, comma-separated (see "
+           "docs/tracking.md)", panel=OUTPUT, choices=_logger_names, many=True,
+           normalize=_join_names, resumable=True,
+           synonyms=("loggers", "tracker", "trackers", "tracking")),
     # checkpoints, resume and reproducibility
     Option("seed", int, 0, "random seed (split, initialisation, shuffling, augmentation)", panel=RUN, minimum=0,
            maximum=SEED_MAX, synonyms=("random_seed", "rng_seed")),
@@ -348,6 +367,8 @@ def coerce(option: Option, value: Any) -> Any:
     elif kind in (int, float):
         result = _number(value, kind, where)
     elif kind is str:
+        if option.many and isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            value = ",".join(value)
         if not isinstance(value, str):
             raise UsageError(f"{where} must be a string, got {value!r}")
         result = value
@@ -397,11 +418,12 @@ def check_value(option: Option, value: Any) -> None:
             raise UsageError(f"{where} {_range_text(option)}, got {_text(value)}")
     if option.choices is not None:
         known = list(option.choices())
-        if value not in known:
-            from cnnctl.registry import suggest
+        for item in [part.strip() for part in value.split(",") if part.strip()] if option.many else [value]:
+            if item not in known:
+                from cnnctl.registry import suggest
 
-            kind = {"augment": "augmentation", "amp_dtype": where, "monitor": where}.get(option.name, option.name)
-            raise suggest(value, known, kind)
+                kind = {"augment": "augmentation", "amp_dtype": where, "monitor": where}.get(option.name, option.name)
+                raise suggest(item, known, kind)
     if option.check is not None:
         problem = option.check(value)
         if problem:

@@ -18,12 +18,13 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
     eval_command,
     info_commands,
     predict_command,
+    runs_command,
     train_command,
 )
 from cnnctl.cli._common import app, state
 
 # `cnnctl --help` lists the commands in the order of a workflow; commands not named here follow, as registered
-WORKFLOW = ("download", "train", "eval", "predict", "export", "summary", "list", "doctor")
+WORKFLOW = ("download", "train", "eval", "predict", "export", "runs", "summary", "list", "doctor")
 
 
 def _in_workflow_order() -> None:

@@ -47,6 +47,8 @@ def _parameter(option: Option) -> inspect.Parameter:
         extra: dict[str, Any] = {"autocompletion": COMPLETIONS[option.name]} if option.name in COMPLETIONS else {}
         if option.choices is not None:
             extra.update(choice_settings(option.choices))
+            if option.many:
+                extra["metavar"] += "[,...]"
         elif option.type is bool:
             extra["metavar"] = ""  # a flag takes no value
         elif option.type is list:

@@ -64,7 +64,9 @@ class Trainer:
         config.validate()
         self.config = config
         self.reporter = reporter or SilentReporter()
-        self.callbacks = CallbackList([*default_callbacks(), *(callbacks or [])])
+        from cnnctl.engine.loggers import build_loggers
+
+        self.callbacks = CallbackList([*default_callbacks(), *build_loggers(config), *(callbacks or [])])
         self.resume_dir = resolve_run_dir(resume) if resume is not None else None
         self.dist = from_environment()  # one process, or this rank among torchrun's (engine/distributed.py)
         self.should_stop, self.stop_reason = False, ""  # a callback ends training after this epoch
@@ -97,7 +99,7 @@ class Trainer:
     def run(self) -> FitResult:
         from cnnctl.engine.determinism import deterministic_mode
         from cnnctl.engine.distributed import check_resume_world, shutdown
-        from cnnctl.engine.interrupt import InterruptGuard, interrupted_error
+        from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interrupted_error
         from cnnctl.engine.state import read_state
 
         self.config.resolve_defaults()
@@ -110,6 +112,7 @@ class Trainer:
                                    self.dist.world_size)
                 if self.dist.is_main:
                     self.folder.remove_stale_temp_files()
+                    self.folder.interrupted.unlink(missing_ok=True)
             self.setup(loaded)
             if loaded is None:
                 from cnnctl.engine.run_folder import new_run_folder
@@ -120,8 +123,10 @@ class Trainer:
             try:
                 with InterruptGuard() as guard:
                     self.fit(guard)
-            except KeyboardInterrupt:
-                if not self.folder.state.is_file():
+            except (KeyboardInterrupt, TrainingInterrupted) as error:
+                if self.dist.is_main:
+                    self.folder.mark_interrupted(str(error) or "KeyboardInterrupt")
+                if isinstance(error, TrainingInterrupted) or not self.folder.state.is_file():
                     raise
                 raise interrupted_error(self.run_dir, "before the current epoch ended (its progress is lost)",
                                         None, self.dist.world_size) from None

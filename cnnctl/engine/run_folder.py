@@ -75,6 +75,22 @@ class RunFolder:
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
+    @property
+    def interrupted(self) -> Path:
+        """Written when training stopped on a signal (Ctrl-C, SIGTERM), removed when the run resumes: what tells
+        an interrupted run from a crashed one (``cnnctl runs``)."""
+        return self.path / "interrupted.json"
+
+    def mark_interrupted(self, reason: str) -> None:
+        if not (self.path / "config.json").is_file():  # no run folder yet (interrupted during setup)
+            return
+        import json
+        import time
+
+        from cnnctl.fsutil import atomic_write_text
+
+        atomic_write_text(self.interrupted, json.dumps({"reason": reason, "time": time.time()}) + "\n")
+
     def top(self, epoch: int) -> Path:
         """The kept copy of epoch ``epoch`` (``--keep K`` > 1)."""
         return self.checkpoints / f"epoch-{epoch:03d}.safetensors"

@@ -1,0 +1,125 @@
+"""``cnnctl runs [DIR]`` (a table of run folders) and ``cnnctl runs compare RUN RUN...`` (their curves in one
+PNG). The work is in :mod:`cnnctl.runs`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from cnnctl.cli._common import app, handle_errors, print_json, stderr_line
+from cnnctl.options import choice_settings
+
+DEFAULT_DIR = "runs"
+
+
+class _RunsGroup(TyperGroup):
+    """``runs [DIR] [OPTIONS]`` with subcommands: a first word that names a subcommand is that subcommand, not DIR
+    (click would otherwise read ``compare`` as the folder); otherwise it is the listing, whose options may come
+    after DIR as in any command."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] in self.commands:
+            args = [DEFAULT_DIR, *args]
+        else:
+            ctx.allow_interspersed_args = True
+        return super().parse_args(ctx, args)
+
+
+runs_app = typer.Typer(cls=_RunsGroup, rich_markup_mode="rich", add_completion=False)
+
+
+def _sort_keys() -> tuple[str, ...]:
+    from cnnctl.runs import SORT_KEYS
+
+    return SORT_KEYS
+
+
+def _statuses() -> tuple[str, ...]:
+    from cnnctl.runs import STATUSES
+
+    return STATUSES
+
+
+def runs(
+    ctx: typer.Context,
+    directory: Annotated[str, typer.Argument(
+        metavar="DIR", show_default=True, help="folder holding the run folders (train's --out), or one run")
+    ] = DEFAULT_DIR,
+    sort: Annotated[str, typer.Option(help="sort by this column (val and test: best first)",
+                                      **choice_settings(_sort_keys))] = "run",
+    reverse: Annotated[bool, typer.Option("--reverse", "-r", help="reverse the order")] = False,
+    arch: Annotated[str | None, typer.Option(help="only runs of this architecture")] = None,
+    dataset: Annotated[str | None, typer.Option(help="only runs on this dataset")] = None,
+    status: Annotated[str | None, typer.Option(help="only runs with this status",
+                                               **choice_settings(_statuses))] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List the run folders: architecture, dataset, epochs, best epoch and value, test accuracy, training time and
+    status (finished, running, interrupted or crashed)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cnnctl.runs import list_runs
+
+    infos = list_runs(directory, arch=arch, dataset=dataset, status=status, sort=sort, reverse=reverse)
+    for info in infos:
+        if info.stale_files_removed:
+            stderr_line(f"{info.run}: removed {info.stale_files_removed} temporary file(s) a killed process left")
+    if json_output:
+        print_json([info.to_dict() for info in infos])
+        return
+    if not infos:
+        stderr_line(f"no run folders in {directory}")
+        return
+    _render(infos)
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2%}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _render(infos: list[Any]) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    colours = {"finished": "green", "running": "cyan", "interrupted": "yellow", "crashed": "red"}
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0), collapse_padding=True)
+    for column in ("run", "arch", "dataset", "epochs", "best", "val", "test", "time", "status"):
+        table.add_column(column, justify="right" if column in ("epochs", "best", "val", "test", "time") else "left",
+                         overflow="fold", no_wrap=column not in ("run", "arch", "dataset"))
+    for info in infos:
+        value = info.best_value
+        val = "—" if value is None else (f"{value:.4f}" if (info.monitor or "").endswith("loss") else _percent(value))
+        table.add_row(info.run, info.arch or "?", info.dataset or "?",
+                      f"{info.epochs_done}/{info.epochs_planned if info.epochs_planned is not None else '?'}",
+                      "—" if info.best_epoch is None else str(info.best_epoch), val, _percent(info.test_acc),
+                      _duration(info.time_s), f"[{colours[info.status]}]{info.status}[/]")
+    Console().print(table)
+
+
+runs_app.callback(invoke_without_command=True)(handle_errors(runs))
+
+
+def compare(
+    run_dirs: Annotated[list[str], typer.Argument(metavar="RUN", help="run folders to compare")],
+    output: Annotated[str, typer.Option("--output", "-o", help="the PNG to write")] = "compare.png",
+) -> None:
+    """Plot the runs' train/validation loss and accuracy per epoch in one PNG, one line per run."""
+    from cnnctl.runs import compare_runs
+
+    print(compare_runs(run_dirs, output))
+
+
+runs_app.command("compare")(handle_errors(compare))
+app.add_typer(runs_app, name="runs", help="List run folders and their status; `runs compare` plots their curves.")
