@@ -65,6 +65,12 @@ class TrainConfig:
     plots: bool = True
     # --- distributed training (issue 8): BatchNorm statistics over the global batch (--nproc is launcher-only) ---
     sync_bn: bool = False
+    # --- pretrained weights: --pretrained imagenet|WEIGHTS_NAME fetched from --weights-mirror or the official
+    # URL (never with --offline), backbone learning rate relative to the head, grey images with colour weights ---
+    weights_mirror: str | None = None
+    offline: bool = False
+    backbone_lr_scale: float | None = None  # resolved: 0.1 with --pretrained, else 1
+    grey_input: str | None = None  # replicate | sum; resolved: replicate for published weights, sum for files
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -109,6 +115,19 @@ class TrainConfig:
             self.milestones = sorted({max(1, round(self.epochs * 0.5)), max(1, round(self.epochs * 0.75))})
         if self.scheduler == "cosine-restarts" and self.t0 is None:
             self.t0 = third
+        self._resolve_fine_tuning_defaults()
+
+    def _resolve_fine_tuning_defaults(self) -> None:
+        """With --pretrained: the backbone learns at a tenth of the head's rate, and image folders get the
+        random-resized-crop + flip augmentation the published weights were trained with."""
+        from cnnctl.models.weights import grey_input_mode, weights_for_config
+
+        if self.backbone_lr_scale is None:
+            self.backbone_lr_scale = 0.1 if self.pretrained else 1.0
+        if self.pretrained:
+            self.grey_input = grey_input_mode(self)
+        if self.augment is None and (self.data_dir or self.dataset == "folder") and weights_for_config(self):
+            self.augment = "resized-crop-flip"
 
     def validate(self) -> None:
         """Reject contradictory or out-of-range options before any work starts."""
@@ -143,6 +162,23 @@ class TrainConfig:
         if self.img_size is not None and self.img_size < 1:
             raise UsageError(f"--img-size must be at least 1, got {self.img_size}")
         self._validate_engine_options()
+        self._validate_pretrained()
+
+    def _validate_pretrained(self) -> None:
+        """Published weights exist for the architecture; offline, their file is already here (one line naming
+        it and its folder otherwise) — before any data is loaded."""
+        from cnnctl.models.weights import GREY_INPUT_MODES, ensure_weights_file, offline, weights_for_config
+
+        if self.backbone_lr_scale is not None and not self.backbone_lr_scale > 0:
+            raise UsageError(f"--backbone-lr-scale must be positive, got {self.backbone_lr_scale}",
+                             hint="use --freeze-epochs to keep the backbone fixed")
+        if self.grey_input is not None and self.grey_input not in GREY_INPUT_MODES:
+            from cnnctl.registry import suggest
+
+            raise suggest(self.grey_input, list(GREY_INPUT_MODES), "--grey-input")
+        weights = weights_for_config(self)
+        if weights is not None and offline(self.offline):
+            ensure_weights_file(weights, mirror=self.weights_mirror, offline_only=True)
 
     def _validate_engine_options(self) -> None:
         """The training engine's options (issue 5): ranges and combinations that cannot work together."""

@@ -12,6 +12,7 @@ OPTIM = "Optimizer and schedule"
 REGULARISE = "Regularisation and precision"
 RUN = "Checkpoints, resume and reproducibility"
 DIST = "Several processes (distributed)"
+PRETRAINED = "Pretrained weights and fine-tuning"
 
 
 @command()
@@ -51,7 +52,9 @@ def train(
              "faster on CPU; see benchmarks/choices.py]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the final result")] = False,
     pretrained: Annotated[str | None, typer.Option(
-        help="start from local weights: .safetensors, or a .pth/.pt state dict (never downloaded)")] = None,
+        help="start from published weights: imagenet (the architecture's recommended ImageNet weights) or a "
+             "weights name (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT; timm: a tag), fetched into torch's cache and "
+             "verified; or from a local .safetensors / .pth / .pt file")] = None,
     freeze_epochs: Annotated[int, typer.Option(
         min=0, help="train only the classifier for the first N epochs, then every layer")] = 0,
     dropout: Annotated[float | None, typer.Option(
@@ -116,6 +119,21 @@ def train(
     sync_bn: Annotated[bool, typer.Option(
         help="with several processes on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)",
         rich_help_panel=DIST)] = False,
+    # --- pretrained weights: where they come from, offline use, fine-tuning controls ---
+    weights_mirror: Annotated[str | None, typer.Option(
+        help="URL or folder holding weights files under their published names, tried before the official URL "
+             "\\[env: CNNCTL_WEIGHTS_MIRROR]", rich_help_panel=PRETRAINED)] = None,
+    offline: Annotated[bool, typer.Option(
+        "--offline", envvar="CNNCTL_OFFLINE",
+        help="open no network connection: weights and datasets must be on disk (or in a --weights-mirror / "
+             "--mirror folder) \\[env: CNNCTL_OFFLINE=1]", rich_help_panel=PRETRAINED)] = False,
+    backbone_lr_scale: Annotated[float | None, typer.Option(
+        help="learning rate of every layer but the classifier, relative to --lr \\[default: 0.1 with "
+             "--pretrained, else 1]", rich_help_panel=PRETRAINED)] = None,
+    grey_input: Annotated[str | None, typer.Option(
+        help="grey images with colour weights: replicate (to 3 channels) or sum (the first convolution's "
+             "filters) \\[default: replicate for published weights, sum for weight files]",
+        rich_help_panel=PRETRAINED)] = None,
 ) -> None:
     """Train ARCH on a dataset; writes runs/ARCH-DATASET/N/ with checkpoints, metrics.csv, config.yaml and plots."""
     from cnnctl.engine.interrupt import TrainingInterrupted
@@ -123,6 +141,10 @@ def train(
     from cnnctl.progress import make_reporter
 
     explicit = _explicit_options(ctx)
+    if offline:  # for everything this process (and any it starts) does: dataset downloads obey it too
+        import os
+
+        os.environ["CNNCTL_OFFLINE"] = "1"
     if data is not None:
         explicit["data_dir"] = data
     if dropout is not None:

@@ -59,10 +59,52 @@ def random_affine(images: torch.Tensor, generator: torch.Generator, *, degrees: 
     return warped.round_().clamp_(0, 255).to(images.dtype)
 
 
+class RandomResizedCropFlip:
+    """torchvision's ``RandomResizedCrop(size)`` + ``RandomHorizontalFlip``, the augmentation ImageNet weights
+    were trained with, for a whole uint8 batch in one ``affine_grid``/``grid_sample`` call: per image a box of
+    ``scale`` (0.08-1) of the area with aspect ratio in ``ratio`` (3/4-4/3), at a random place, resized
+    (bilinear) to ``size`` and flipped with probability 1/2. The box is clamped to the image rather than redrawn.
+
+    ``crops_to_size`` tells the loader to hand it the images as cached (at the weights' resize size), not
+    centre-cropped first."""
+
+    crops_to_size = True
+
+    def __init__(self, size: tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        self.size = size
+        self.scale = scale
+        self.ratio = ratio
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        import math
+
+        import torch
+        import torch.nn.functional as F
+
+        batch, channels = images.shape[:2]
+        draws = torch.rand(5, batch, generator=generator).to(images.device)
+        area = self.scale[0] + draws[0] * (self.scale[1] - self.scale[0])
+        log_ratio = math.log(self.ratio[0]) + draws[1] * (math.log(self.ratio[1]) - math.log(self.ratio[0]))
+        aspect = torch.exp(log_ratio)
+        width = torch.sqrt(area * aspect).clamp(max=1.0)  # fractions of the image's width and height
+        height = torch.sqrt(area / aspect).clamp(max=1.0)
+        centre_x = (draws[2] * 2 - 1) * (1 - width)
+        centre_y = (draws[3] * 2 - 1) * (1 - height)
+        flip = torch.where(draws[4] < 0.5, -1.0, 1.0)
+        zeros = torch.zeros_like(width)
+        theta = torch.stack([torch.stack([width * flip, zeros, centre_x], dim=1),
+                             torch.stack([zeros, height, centre_y], dim=1)], dim=1)
+        grid = F.affine_grid(theta, [batch, channels, *self.size], align_corners=False)
+        cropped = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return cropped.round_().clamp_(0, 255).to(images.dtype)
+
+
 def make_augmentation(preset: str, image_size: tuple[int, int]) -> Augmentation | None:
     """Return the batch augmentation for a preset name: ``none``, ``shift`` (crop with padding, digits),
     ``crop-flip`` (crop with padding and horizontal flip, natural images), ``affine`` (small random rotation,
-    scale and shift per image: handwriting)."""
+    scale and shift per image: handwriting), ``resized-crop-flip`` (random resized crop and flip: fine-tuning
+    ImageNet weights)."""
     padding = max(2, round(min(image_size) / 8))
     if preset == "none":
         return None
@@ -72,7 +114,9 @@ def make_augmentation(preset: str, image_size: tuple[int, int]) -> Augmentation 
         return random_affine
     if preset == "crop-flip":
         return lambda images, generator: random_hflip(random_crop(images, generator, padding), generator)
+    if preset == "resized-crop-flip":
+        return RandomResizedCropFlip(image_size)
     raise UsageError(f"unknown augmentation {preset!r}; choose one of: {', '.join(AUGMENT_PRESETS)}")
 
 
-AUGMENT_PRESETS = ("none", "shift", "crop-flip", "affine")
+AUGMENT_PRESETS = ("none", "shift", "crop-flip", "affine", "resized-crop-flip")

@@ -93,6 +93,9 @@ def prepare_data(config: TrainConfig, reporter: Reporter) -> PreparedData:
     train, val = split_train_val(train, val_split, config.seed)
     train = limit_training(train, config.limit, config.seed)
     preprocessing = resolve_preprocessing(model_spec, spec.image_shape, spec.mean, spec.std, config.img_size)
+    from cnnctl.models.weights import in_memory_preprocessing  # --pretrained imagenet: the weights' mean/std
+
+    preprocessing = in_memory_preprocessing(config, preprocessing)
     return PreparedData(train, val, test, spec.classes, preprocessing, spec.name)
 
 
@@ -302,7 +305,7 @@ class Trainer:
         if config.pretrained:
             from cnnctl.models.pretrained import load_pretrained
 
-            load_pretrained(model, self.model_spec, config.pretrained, log=self.reporter.message)
+            load_pretrained(model, self.model_spec, config.pretrained, log=self.reporter.message, config=config)
         if config.channels_last is None:
             config.channels_last = not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                                            for m in model.modules())
@@ -312,8 +315,9 @@ class Trainer:
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         from cnnctl.engine import optim
+        from cnnctl.models.pretrained import parameter_groups  # --backbone-lr-scale
 
-        return optim.build_optimizer(self.config, model.parameters())
+        return optim.build_optimizer(self.config, parameter_groups(model, self.model_spec.classifier, self.config))
 
     def build_loaders(self) -> tuple[Any, Any]:
         from cnnctl.data.augment import make_augmentation
