@@ -182,21 +182,30 @@ def ensure_weights_file(weights: PublishedWeights, *, mirror: str | None = None,
     folder mirror may be used, and a missing file is one error naming the file and the folder to put it in."""
     from cnnctl.data.download import _is_url, ensure_files
 
+    if weights.extra.get("hf_hub_id"):  # timm weights on the Hugging Face hub
+        from cnnctl.models.timm_models import fetch_hub_weights
+
+        return fetch_hub_weights(weights, mirror=mirror, dest=dest, offline=offline(offline_only), log=log)
     directory = Path(dest).expanduser() if dest else hub_checkpoints()
     path = directory / weights.file_name
+    damaged = False
     if path.is_file():
         if verify_cached(path, weights):
             return path
-        log(f"{path} does not match the SHA-256 prefix {weights.sha256_prefix} in its name (truncated or altered); "
-            "fetching it again")
-        path.unlink(missing_ok=True)
+        damaged = True
     chosen = mirror or os.environ.get(MIRROR_ENV, "")
     no_network = offline(offline_only)
     if no_network and (not chosen or _is_url(chosen)):
+        where = (f"{path} does not match the SHA-256 prefix {weights.sha256_prefix} in its name (truncated or "
+                 "altered)" if damaged else f"{weights.file_name} ({weights.label}) is not in {directory}")
         raise DownloadError(
-            f"{weights.file_name} ({weights.label}) is not in {directory} and --offline forbids downloading it",
+            f"{where} and --offline forbids downloading it",
             hint=f"copy {weights.file_name} into {directory} (`cnnctl download weights {weights.arch}` fetches it "
                  "on a connected machine), or pass --weights-mirror FOLDER")
+    if damaged:
+        log(f"{path} does not match the SHA-256 prefix {weights.sha256_prefix} in its name (truncated or altered); "
+            "fetching it again")
+        path.unlink(missing_ok=True)
     official = [] if no_network else official_sources(weights)
     try:
         ensure_files(directory.name, [_remote(weights)], official, root=directory.parent, mirror=chosen or None,
