@@ -12,15 +12,22 @@ from cnnctl.errors import UsageError
 
 @command("list")
 def list_command(
-    what: Annotated[str, typer.Argument(help="all, architectures (archs, models) or datasets")] = "all",
+    what: Annotated[str, typer.Argument(
+        help="all, architectures (archs, models) or datasets; with --source timm: a name pattern")] = "all",
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     root: Annotated[str | None, typer.Option(help="data folder to check for local copies \\[env: CNNCTL_DATA]")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="timm: list timm's architectures (timm:NAME) matching the pattern, e.g. 'resnet*'")] = None,
 ) -> None:
     """List the registered architectures and datasets."""
     from pathlib import Path
 
     from cnnctl import registry
     from cnnctl.data.download import is_present
+
+    if source is not None:
+        _list_timm(source, what, json_output)
+        return
 
     kinds = {"all": ("architectures", "datasets"), "architectures": ("architectures",), "archs": ("architectures",),
              "models": ("architectures",), "datasets": ("datasets",)}
@@ -32,7 +39,7 @@ def list_command(
             {"name": spec.name, "family": spec.family, "source": spec.source,
              "input_size": list(spec.input_size), "fixed_input": spec.fixed_input, "min_input": spec.min_input,
              "params": spec.params, "classifier": spec.classifier, "aliases": list(spec.aliases),
-             "description": spec.description}
+             "description": spec.description, **_imagenet_columns(spec.name)}
             for spec in registry.models().values()
         ]
     if "datasets" in kinds[what]:
@@ -58,14 +65,16 @@ def list_command(
         table = Table(title="architectures", title_justify="left", caption_justify="left",
                       caption="+ : larger inputs too.  torchvision models also answer to tv:NAME; plain "
                               "resnet18/34/50 are the small-image versions, tv:resnet18/34/50 the ImageNet ones.")
-        for column in ("name", "source", "input", "min input", "params (10 classes)", "description"):
-            table.add_column(column, justify="right" if column.startswith(("params", "min")) else "left")
+        for column in ("name", "source", "input", "min input", "params (10 classes)", "ImageNet top-1",
+                       "description"):
+            table.add_column(column, justify="right" if column.startswith(("params", "min", "Image")) else "left")
         for row in output["architectures"]:
             size = "x".join(map(str, row["input_size"])) + ("" if row["fixed_input"] else "+")
             minimum = size.rstrip("+") if row["fixed_input"] else (
                 "any" if row["min_input"] <= 1 else f"{row['min_input']}x{row['min_input']}")
             params = f"{row['params']:,}" if row["params"] else "—"
-            table.add_row(str(row["name"]), str(row["source"]), size, minimum, params, str(row["description"]))
+            top1 = f"{row['imagenet_top1']:.2f}%" if row.get("imagenet_top1") else "—"
+            table.add_row(str(row["name"]), str(row["source"]), size, minimum, params, top1, str(row["description"]))
         console.print(table)
     if "datasets" in output:
         table = Table(title="datasets", title_justify="left")
@@ -80,6 +89,30 @@ def list_command(
                           f"{row['train_size']:,}", f"{row['test_size']:,}", "yes" if row["local"] else "no",
                           str(row["description"]))
         console.print(table)
+
+
+def _imagenet_columns(name: str) -> dict[str, object]:
+    """Which published ImageNet weights `--pretrained imagenet` loads for an architecture, and their top-1."""
+    from cnnctl.models.torchvision_zoo import imagenet_default
+
+    found = imagenet_default(name)
+    return {"imagenet_weights": found[0] if found else None, "imagenet_top1": found[1] if found else None}
+
+
+def _list_timm(source: str, pattern: str, json_output: bool) -> None:
+    """`cnnctl list --source timm [PATTERN]`: timm's names (nothing is built) and their weights tags."""
+    if source != "timm":
+        from cnnctl import registry
+
+        raise registry.suggest(source, ["timm"], "--source")
+    from cnnctl.models.timm_models import list_timm
+
+    rows = list_timm("*" if pattern in ("all", "architectures", "archs", "models") else pattern)
+    if json_output:
+        print_json({"architectures": rows})
+        return
+    for row in rows:
+        print(f"{row['name']}\t{','.join(row['pretrained']) or '-'}")
 
 
 @command()
@@ -116,6 +149,31 @@ def summary(
                   f"non-trainable parameters: {result.non_trainable_parameters:,}\n"
                   f"MACs:                     {result.macs:,} ({_scaled(result.macs)})\n"
                   f"parameter size:           {result.parameter_mb:.2f} MB", highlight=False)
+    for line in _checkpoint_lines(target):
+        console.print(line, highlight=False)
+
+
+def _checkpoint_lines(target: str) -> list[str]:
+    """For a checkpoint: the pretrained weights it started from and the preprocessing it applies."""
+    from pathlib import Path
+
+    if not Path(target).exists():
+        return []
+    from cnnctl.checkpoint import read_meta
+
+    meta = read_meta(target)
+    prep = meta.preprocessing
+    lines = []
+    if prep.extra.get("weights"):
+        lines.append(f"pretrained weights:       {prep.extra['weights']} ({prep.extra.get('weights_source', '?')})")
+    elif (meta.config or {}).get("pretrained"):
+        lines.append(f"pretrained weights:       {meta.config['pretrained']}")
+    size = "x".join(map(str, prep.image_size))
+    steps = f"resize {prep.resize} ({prep.interpolation}) → centre crop {size}" if prep.resize else f"resize to {size}"
+    mean = ", ".join(f"{v:.3f}" for v in prep.mean)
+    std = ", ".join(f"{v:.3f}" for v in prep.std)
+    lines.append(f"preprocessing:            {steps}, mean ({mean}), std ({std})")
+    return lines
 
 
 def _scaled(count: int) -> str:
