@@ -28,8 +28,10 @@ def resize_and_crop(images: torch.Tensor, size: tuple[int, int], resize: int | N
         from torchvision.transforms.v2 import functional as TF
 
         return TF.resize(images, [height, width], antialias=True)
+    # torchvision.transforms.functional, not .v2: the functions weights.transforms() calls (their uint8 resize
+    # kernels differ by a grey level from v2's)
     from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
+    from torchvision.transforms import functional as TF
 
     if min(images.shape[-2:]) != resize:
         images = TF.resize(images, [resize], interpolation=InterpolationMode(interpolation), antialias=True)
