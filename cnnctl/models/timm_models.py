@@ -168,28 +168,44 @@ def fetch_hub_weights(weights: Any, *, mirror: str | None, dest: str | Path | No
         raise UsageError(f"--weights-mirror for timm weights must be a folder ({hub_id}/model.safetensors in it)",
                          hint="timm weights come from the Hugging Face hub or its cache (HF_HOME)")
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     except ImportError as error:
         raise UsageError("timm weights need huggingface_hub", hint="pip install 'cnnctl[timm]'") from error
+    cache_dir = _hub_cache()
+    if offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        for name in HF_FILES:  # a lookup in the cache folder only: no request at all
+            cached = try_to_load_from_cache(hub_id, name, cache_dir=cache_dir)
+            if isinstance(cached, str):
+                return Path(cached) if not dest else _copy_into(Path(cached), Path(dest).expanduser() / hub_id
+                                                                / name, log)
+        raise DownloadError(
+            f"{hub_id}/{HF_FILES[0]} is not in the Hugging Face cache {cache_dir} and --offline forbids "
+            "downloading it",
+            hint=f"on a connected machine run `cnnctl download weights {weights.arch} --dest FOLDER`, copy FOLDER "
+                 f"here and pass --weights-mirror FOLDER (it holds {hub_id}/{HF_FILES[0]})")
     local_dir = str(Path(dest).expanduser() / hub_id) if dest else None
     for name in HF_FILES:
         try:
-            return Path(hf_hub_download(hub_id, name, local_dir=local_dir, local_files_only=offline))
+            return Path(hf_hub_download(hub_id, name, local_dir=local_dir, cache_dir=cache_dir))
         except EntryNotFoundError:
             continue
-        except LocalEntryNotFoundError as error:
-            if not offline:
-                raise DownloadError(f"could not download {hub_id}/{name} from the Hugging Face hub",
-                                    hint="pass --weights-mirror FOLDER holding it") from error
-            from huggingface_hub.constants import HF_HUB_CACHE
-
-            raise DownloadError(
-                f"{hub_id}/{HF_FILES[0]} is not in the Hugging Face cache {HF_HUB_CACHE} and --offline forbids "
-                "downloading it",
-                hint=f"on a connected machine run `cnnctl download weights {weights.arch} --dest FOLDER`, copy "
-                     f"FOLDER here and pass --weights-mirror FOLDER (it holds {hub_id}/{HF_FILES[0]})") from error
+        except (LocalEntryNotFoundError, OSError) as error:
+            raise DownloadError(f"could not download {hub_id}/{name} from the Hugging Face hub "
+                                f"({str(error).strip().splitlines()[0][:120] if str(error).strip() else 'no reason'})",
+                                hint="pass --weights-mirror FOLDER holding it (FOLDER/<hub id>/model.safetensors)"
+                                ) from error
     raise DownloadError(f"{hub_id} holds none of {', '.join(HF_FILES)}")
+
+
+def _hub_cache() -> str:
+    """The Hugging Face hub cache as the environment says now (``HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
+    explicit = os.environ.get("HF_HUB_CACHE")
+    if explicit:
+        return explicit
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return os.path.join(home, "hub")
 
 
 def _copy_into(source: Path, target: Path, log: Callable[[str], None]) -> Path:
