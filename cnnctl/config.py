@@ -177,6 +177,12 @@ class TrainConfig:
 
             raise suggest(self.grey_input, list(GREY_INPUT_MODES), "--grey-input")
         weights = weights_for_config(self)
+        if self.grey_input is not None and not self.pretrained:
+            raise UsageError("--grey-input applies only with --pretrained")
+        if self.grey_input == "replicate" and weights is None:
+            raise UsageError("--grey-input replicate applies to published weights (--pretrained imagenet); a "
+                             "weights file meets grey images with its first convolution's filters summed",
+                             hint="leave --grey-input out, or use --grey-input sum")
         if weights is not None and offline(self.offline):
             ensure_weights_file(weights, mirror=self.weights_mirror, offline_only=True)
 
