@@ -149,3 +149,15 @@ def test_train_and_eval_on_a_folder_with_the_models_data_config(hub_folder: tupl
     evaluated = runner.invoke(app, ["eval", str(best), "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     assert no_network == []
+
+
+def test_download_weights_dest_copies_the_hub_layout(hub_folder: tuple[Path, dict], tmp_path: Path,
+                                                     no_network: list[object]) -> None:
+    folder, _ = hub_folder
+    dest = tmp_path / "carry"
+    result = runner.invoke(app, ["download", "weights", SMALL, "--weights-mirror", str(folder), "--dest", str(dest),
+                                 "--offline"])
+    assert result.exit_code == 0, result.output
+    copied = dest / HUB_ID / "model.safetensors"
+    assert copied.read_bytes() == (folder / HUB_ID / "model.safetensors").read_bytes()
+    assert no_network == []

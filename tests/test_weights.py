@@ -351,3 +351,14 @@ def test_offline_config_check_uses_a_folder_mirror(cache: Path, mirror: Path, we
     assert no_network == []
     with pytest.raises(DownloadError, match="--offline"):
         TrainConfig(arch="squeezenet1_1", pretrained="imagenet", offline=True).validate()
+
+
+def test_download_weights_dest_makes_a_folder_to_carry_to_an_offline_machine(cache: Path, mirror: Path,
+                                                                              weights_file: Path,
+                                                                              tmp_path: Path) -> None:
+    dest = tmp_path / "carry"
+    result = runner.invoke(app, ["download", "weights", ARCH, "--weights-mirror", str(mirror), "--dest", str(dest)])
+    assert result.exit_code == 0, result.output
+    assert (dest / weights_file.name).read_bytes() == weights_file.read_bytes()
+    assert not cache.exists()  # the machine's own cache is left alone
+    assert str(dest / weights_file.name) in result.stdout
