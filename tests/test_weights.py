@@ -252,6 +252,9 @@ def test_acceptance_download_then_train_offline_and_every_user_applies_the_weigh
     assert no_network == []
     summary = runner.invoke(app, ["summary", str(best)])
     assert "MobileNet_V3_Small_Weights.IMAGENET1K_V1" in summary.stdout
+    summary = json.loads(runner.invoke(app, ["summary", str(best), "--json"]).stdout)
+    assert summary["pretrained_weights"] == "MobileNet_V3_Small_Weights.IMAGENET1K_V1"
+    assert summary["preprocessing"]["resize"] == 256
 
 
 def test_old_preprocessing_without_resize_loads_unchanged() -> None:

@@ -129,7 +129,7 @@ def summary(
         raise UsageError("--num-classes must be at least 1")
     result = summarize_target(target, input_size, num_classes)
     if json_output:
-        print_json(result.as_dict())
+        print_json({**result.as_dict(), **_checkpoint_fields(target)})
         return
     from rich.console import Console
     from rich.table import Table
@@ -151,6 +151,19 @@ def summary(
                   f"parameter size:           {result.parameter_mb:.2f} MB", highlight=False)
     for line in _checkpoint_lines(target):
         console.print(line, highlight=False)
+
+
+def _checkpoint_fields(target: str) -> dict[str, object]:
+    """For a checkpoint: its preprocessing and the pretrained weights it started from (for --json)."""
+    from pathlib import Path
+
+    if not Path(target).exists():
+        return {}
+    from cnnctl.checkpoint import read_meta
+
+    meta = read_meta(target)
+    return {"pretrained_weights": meta.preprocessing.extra.get("weights") or (meta.config or {}).get("pretrained"),
+            "preprocessing": meta.preprocessing.to_dict()}
 
 
 def _checkpoint_lines(target: str) -> list[str]:
