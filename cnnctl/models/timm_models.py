@@ -46,9 +46,11 @@ def canonical_name(name: str) -> str:
     base, dot, tag = name.strip().partition(".")
     base = OTHER_SPELLINGS.get(base.lower(), base)
     if not timm.is_model(base):
-        from cnnctl.registry import suggest
+        import difflib
 
-        raise suggest(base, timm.list_models(), "timm architecture")
+        close = difflib.get_close_matches(base, timm.list_models(), n=1, cutoff=0.6)
+        raise UsageError(f"unknown timm architecture {base!r}" + (f": did you mean timm:{close[0]}?" if close else ""),
+                         hint=None if close else f"`cnnctl list --source timm '{base[:4]}*'` lists similar names")
     if not dot:
         return base
     tags = [full.partition(".")[2] for full in timm.list_pretrained(f"{base}.*")]

@@ -140,6 +140,9 @@ def resolve(arch: str, value: str) -> PublishedWeights:
         return resolve_timm(spec, value)
     entry = _zoo_entry(spec.name) if spec.source == "torchvision" else None
     if entry is None:
+        if _zoo_entry(f"tv:{spec.name}") is not None:
+            raise UsageError(f"{spec.name} is cnnctl's small-image version and has no published ImageNet weights",
+                             hint=f"the ImageNet version, tv:{spec.name}, has them")
         raise UsageError(f"{spec.name} has no published ImageNet weights",
                          hint="pick a torchvision architecture (`cnnctl list` shows which have them) or "
                               "timm:NAME, or pass a weights file to --pretrained")
