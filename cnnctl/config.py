@@ -86,6 +86,7 @@ class _TrainConfigMethods:
         schedule = get_schedule(self.scheduler)
         if schedule.defaults is not None:
             schedule.defaults(self)
+        self._resolve_fine_tuning_defaults()
         if not self.data_dir and self.dataset != "folder":
             from cnnctl.registry import get_dataset_spec
 
@@ -118,6 +119,34 @@ class _TrainConfigMethods:
             coerce(OPTION_BY_NAME["dropout"], self.arch_args["dropout"])
         self._validate_input_size(spec)
         self._validate_combinations()
+        self._validate_pretrained()
+
+    def _resolve_fine_tuning_defaults(self) -> None:
+        """With --pretrained: the backbone learns at a tenth of the head's rate, and image folders get the
+        random-resized-crop + flip augmentation the published weights were trained with."""
+        from cnnctl.models.weights import grey_input_mode, weights_for_config
+
+        if self.backbone_lr_scale is None:
+            self.backbone_lr_scale = 0.1 if self.pretrained else 1.0
+        if self.pretrained:
+            self.grey_input = grey_input_mode(self)
+        if self.augment is None and (self.data_dir or self.dataset == "folder") and weights_for_config(self):
+            self.augment = "resized-crop-flip"
+
+    def _validate_pretrained(self) -> None:
+        """Published weights exist for the architecture; offline, their file is already here (one line naming
+        it and its folder otherwise) — before any data is loaded."""
+        from cnnctl.models.weights import ensure_weights_file, offline, weights_for_config
+
+        weights = weights_for_config(self)
+        if self.grey_input is not None and not self.pretrained:
+            raise UsageError(f"{label('grey_input')} applies only with {label('pretrained')}")
+        if self.grey_input == "replicate" and weights is None:
+            raise UsageError(f"{label('grey_input')} replicate applies to published weights ({label('pretrained')} "
+                             "imagenet); a weights file meets grey images with its first convolution's filters "
+                             "summed", hint=f"leave {label('grey_input')} out, or use {label('grey_input')} sum")
+        if weights is not None and offline(self.offline):
+            ensure_weights_file(weights, mirror=self.weights_mirror, offline_only=True)
 
     def _validate_input_size(self, spec: Any) -> None:
         """``--img-size`` an architecture cannot take: below its minimum, or (fixed-input networks) a size that

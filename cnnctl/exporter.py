@@ -327,8 +327,13 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
     channels, input_height, input_width = prep.input_shape
     height, width = prep.image_size
     colour = "grayscale (1 channel)" if channels == 1 else f"RGB ({channels} channels)"
-    steps = [f"decode the image as {colour}, uint8",
-             f"resize to {height}x{width} (height x width, bilinear, antialiased) if it is another size"]
+    steps = [f"decode the image as {colour}, uint8"]
+    if prep.resize is not None:
+        steps += [f"resize so that the shorter side is {prep.resize} pixels, keeping the aspect ratio "
+                  f"({prep.interpolation}, antialiased, on uint8)",
+                  f"crop the centre {height}x{width} (height x width)"]
+    else:
+        steps.append(f"resize to {height}x{width} (height x width, bilinear, antialiased) if it is another size")
     if prep.pad:
         steps.append(f"zero-pad {prep.pad} pixels on every side (giving {input_height}x{input_width})")
     steps += ["divide by 255 (values in [0, 1])", "per channel: subtract mean, divide by std",
@@ -340,6 +345,8 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
         "classes": list(meta.classes),
         "channels": channels,
         "image_size": [height, width],
+        "resize": prep.resize,
+        "interpolation": prep.interpolation,
         "pad": prep.pad,
         "mean": list(prep.mean),
         "std": list(prep.std),
@@ -372,7 +379,8 @@ def _other_exports(path: Path, document: dict[str, Any]) -> dict[str, Any]:
         exports = dict(earlier["exports"])
     except (OSError, ValueError, KeyError, TypeError):
         return {}
-    shared = ("format", "arch", "classes", "channels", "image_size", "pad", "mean", "std", "input_shape")
+    shared = ("format", "arch", "classes", "channels", "image_size", "resize", "interpolation", "pad", "mean", "std",
+              "input_shape")
     if any(earlier.get(key) != document[key] for key in shared):
         return {}
     return {name: entry for name, entry in exports.items() if (path.parent / name).is_file()}

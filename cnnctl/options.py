@@ -34,6 +34,7 @@ REGULARISE = "Regularisation and precision"
 OUTPUT = "Output"
 RUN = "Checkpoints, resume and reproducibility"
 DIST = "Several processes (distributed)"
+PRETRAINED = "Pretrained weights and fine-tuning"
 
 SEED_MAX = 2**63 - 2  # torch.Generator seeds are 64-bit; the loader also seeds with seed + 1
 
@@ -209,8 +210,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("limit", int, None, "train on this many randomly chosen training images", panel=DATA, minimum=1,
            synonyms=("max_images", "subset")),
     # model
-    Option("pretrained", str, None, "start from local weights: .safetensors, or a .pth/.pt state dict (never "
-           "downloaded)", panel=MODEL, synonyms=("weights", "checkpoint", "init")),
+    Option("pretrained", str, None, "start from published weights: imagenet (the architecture's recommended "
+           "ImageNet weights) or a weights name (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT; timm: a tag), fetched into "
+           "torch's cache and verified; or from a local .safetensors / .pth / .pt file", panel=MODEL,
+           synonyms=("weights", "checkpoint", "init")),
     Option("freeze_epochs", int, 0, "train only the classifier for the first N epochs, then every layer",
            panel=MODEL, minimum=0),
     Option("dropout", float, None, "dropout before the classifier, for architectures whose head has one",
@@ -303,6 +306,17 @@ OPTIONS: tuple[Option, ...] = (
            config=False),
     Option("sync_bn", bool, False, "with several processes on CUDA: BatchNorm statistics over the global batch "
            "(SyncBatchNorm)", panel=DIST),
+    # pretrained weights: where they come from, offline use, fine-tuning controls (cnnctl/models/weights.py)
+    Option("weights_mirror", str, None, "URL or folder holding weights files under their published names, tried "
+           "before the official URL \\[env: CNNCTL_WEIGHTS_MIRROR]", panel=PRETRAINED, resumable=True),
+    Option("offline", bool, False, "open no network connection: weights and datasets must be on disk (or in a "
+           "--weights-mirror / --mirror folder) \\[env: CNNCTL_OFFLINE=1]", panel=PRETRAINED, resumable=True),
+    Option("backbone_lr_scale", float, DERIVED, "learning rate of every layer but the classifier, relative to "
+           "--lr", panel=PRETRAINED, derived="0.1 with --pretrained, else 1", minimum=0, exclusive_min=True),
+    Option("grey_input", str, DERIVED, "grey images with colour weights: replicate (to 3 channels) or sum (the "
+           "first convolution's filters)", panel=PRETRAINED,
+           derived="replicate for published weights, sum for weight files",
+           choices=lambda: ("replicate", "sum")),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}

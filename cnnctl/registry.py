@@ -84,6 +84,8 @@ class DatasetSpec:
 
 _MODELS: dict[str, ModelSpec] = {}
 _DATASETS: dict[str, DatasetSpec] = {}
+# name prefix → function giving the spec of "prefix:NAME" on first use (libraries with thousands of models, timm)
+_RESOLVERS: dict[str, Callable[[str], ModelSpec]] = {}
 _loaded = False
 
 
@@ -108,6 +110,12 @@ def add_model(spec: ModelSpec) -> None:
     if spec.name in _MODELS:
         raise ValueError(f"architecture {spec.name!r} registered twice")
     _MODELS[spec.name] = spec
+
+
+def register_model_resolver(prefix: str, resolver: Callable[[str], ModelSpec]) -> None:
+    """Register a family lazily: ``resolver(NAME)`` builds the spec of ``prefix + NAME`` when it is first asked
+    for, so listing and ``--help`` never import the library behind it."""
+    _RESOLVERS[prefix.lower()] = resolver
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
@@ -156,6 +164,11 @@ def get_model_spec(name: str) -> ModelSpec:
     for spec in _MODELS.values():
         if lowered in (candidate.lower().replace("-", "_") for candidate in (spec.name, *spec.aliases)):
             return spec
+    for prefix, resolver in _RESOLVERS.items():
+        if key.lower().startswith(prefix):
+            spec = resolver(key[len(prefix):])
+            _MODELS.setdefault(spec.name, spec)
+            return _MODELS[spec.name]
     raise _unknown("architecture", name, sorted(_MODELS))
 
 

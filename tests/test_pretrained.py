@@ -117,7 +117,7 @@ def test_pth_with_pickled_objects_is_refused_without_running_them(tmp_path: Path
 def test_unusable_weights_are_clear_errors(tmp_path: Path) -> None:
     spec = registry.get_model_spec("resnet18")
     model = build_model("resnet18", num_classes=10, in_channels=3)
-    with pytest.raises(CheckpointError, match="does not exist — cnnctl never downloads weights"):
+    with pytest.raises(CheckpointError, match="does not exist — pass a weights file, or `--pretrained imagenet`"):
         load_pretrained(model, spec, tmp_path / "resnet18-imagenet.pth")
     lenet = tmp_path / "lenet.safetensors"
     save_file(build_model("lenet5", num_classes=10, in_channels=1).state_dict(), str(lenet))

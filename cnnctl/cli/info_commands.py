@@ -14,17 +14,23 @@ from cnnctl.options import choice_settings
 @command("list")
 def list_command(
     what: Annotated[str, typer.Argument(
-        help="what to list (architectures also as archs or models)", show_default=False,
-        **choice_settings(lambda: ("all", "architectures", "datasets")))] = "all",
+        help="what to list (architectures also as archs or models); with --source timm: a name pattern",
+        show_default=False, **choice_settings(lambda: ("all", "architectures", "datasets")))] = "all",
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     wide: Annotated[bool, typer.Option("--wide", "-w", help="every column and the long descriptions")] = False,
     root: Annotated[str | None, typer.Option(help="data folder to check for local copies \\[env: CNNCTL_DATA]")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="timm: list timm's architectures (timm:NAME) matching the pattern, e.g. 'resnet*'")] = None,
 ) -> None:
     """List the registered architectures and datasets."""
     from pathlib import Path
 
     from cnnctl import registry
     from cnnctl.data.download import is_present
+
+    if source is not None:
+        _list_timm(source, what, json_output)
+        return
 
     kinds = {"all": ("architectures", "datasets"), "architectures": ("architectures",), "archs": ("architectures",),
              "models": ("architectures",), "datasets": ("datasets",)}
@@ -36,7 +42,7 @@ def list_command(
             {"name": spec.name, "family": spec.family, "source": spec.source,
              "input_size": list(spec.input_size), "fixed_input": spec.fixed_input, "min_input": spec.min_input,
              "params": spec.params, "classifier": spec.classifier, "aliases": list(spec.aliases),
-             "description": spec.description}
+             "description": spec.description, **_imagenet_columns(spec.name)}
             for spec in registry.models().values()
         ]
     if "datasets" in kinds[what]:
@@ -63,21 +69,22 @@ def list_command(
                    "small-image versions, tv:resnet18/34/50 the ImageNet ones." +
                    ("" if wide else "  --wide: every column."))
         table = Table(title="architectures", title_justify="left", caption_justify="left", caption=caption)
-        columns = ("name", "source", "input", "min input", "params (10 classes)", "description") if wide else (
-            "name", "input", "params", "description")
+        columns = ("name", "source", "input", "min input", "params (10 classes)", "ImageNet top-1", "description") \
+            if wide else ("name", "input", "params", "top-1", "description")
         for column in columns:
-            table.add_column(column, justify="right" if column.startswith(("params", "min")) else "left",
-                             no_wrap=column != "description")
+            numeric = column.startswith(("params", "min", "Image", "top"))
+            table.add_column(column, justify="right" if numeric else "left", no_wrap=column != "description")
         for row in output["architectures"]:
             size = "x".join(map(str, row["input_size"])) + ("" if row["fixed_input"] else "+")
             minimum = size.rstrip("+") if row["fixed_input"] else (
                 "any" if row["min_input"] <= 1 else f"{row['min_input']}x{row['min_input']}")
             params = f"{row['params']:,}" if row["params"] else "—"
             description = str(row["description"])
+            top1 = f"{row['imagenet_top1']:.2f}%" if row.get("imagenet_top1") else "—"
             if wide:
-                table.add_row(str(row["name"]), str(row["source"]), size, minimum, params, description)
+                table.add_row(str(row["name"]), str(row["source"]), size, minimum, params, top1, description)
             else:
-                table.add_row(str(row["name"]), size, params, short_description(description))
+                table.add_row(str(row["name"]), size, params, top1, short_description(description))
         console.print(table)
     if "datasets" in output:
         table = Table(title="datasets", title_justify="left")
@@ -110,6 +117,30 @@ def short_description(text: str, limit: int = 32) -> str:
     return cut + "…"
 
 
+def _imagenet_columns(name: str) -> dict[str, object]:
+    """Which published ImageNet weights `--pretrained imagenet` loads for an architecture, and their top-1."""
+    from cnnctl.models.torchvision_zoo import imagenet_default
+
+    found = imagenet_default(name)
+    return {"imagenet_weights": found[0] if found else None, "imagenet_top1": found[1] if found else None}
+
+
+def _list_timm(source: str, pattern: str, json_output: bool) -> None:
+    """`cnnctl list --source timm [PATTERN]`: timm's names (nothing is built) and their weights tags."""
+    if source != "timm":
+        from cnnctl import registry
+
+        raise registry.suggest(source, ["timm"], "--source")
+    from cnnctl.models.timm_models import list_timm
+
+    rows = list_timm("*" if pattern in ("all", "architectures", "archs", "models") else pattern)
+    if json_output:
+        print_json({"architectures": rows})
+        return
+    for row in rows:
+        print(f"{row['name']}\t{','.join(row['pretrained']) or '-'}")
+
+
 @command()
 def summary(
     target: Annotated[str, typer.Argument(help="architecture name or checkpoint (.safetensors or run folder)",
@@ -126,7 +157,7 @@ def summary(
         raise UsageError("--num-classes must be at least 1")
     result = summarize_target(target, input_size, num_classes)
     if json_output:
-        print_json(result.as_dict())
+        print_json({**result.as_dict(), **_checkpoint_fields(target)})
         return
     from rich.console import Console
     from rich.table import Table
@@ -146,6 +177,44 @@ def summary(
                   f"non-trainable parameters: {result.non_trainable_parameters:,}\n"
                   f"MACs:                     {result.macs:,} ({_scaled(result.macs)})\n"
                   f"parameter size:           {result.parameter_mb:.2f} MB", highlight=False)
+    for line in _checkpoint_lines(target):
+        console.print(line, highlight=False)
+
+
+def _checkpoint_fields(target: str) -> dict[str, object]:
+    """For a checkpoint: its preprocessing and the pretrained weights it started from (for --json)."""
+    from pathlib import Path
+
+    if not Path(target).exists():
+        return {}
+    from cnnctl.checkpoint import read_meta
+
+    meta = read_meta(target)
+    return {"pretrained_weights": meta.preprocessing.extra.get("weights") or (meta.config or {}).get("pretrained"),
+            "preprocessing": meta.preprocessing.to_dict()}
+
+
+def _checkpoint_lines(target: str) -> list[str]:
+    """For a checkpoint: the pretrained weights it started from and the preprocessing it applies."""
+    from pathlib import Path
+
+    if not Path(target).exists():
+        return []
+    from cnnctl.checkpoint import read_meta
+
+    meta = read_meta(target)
+    prep = meta.preprocessing
+    lines = []
+    if prep.extra.get("weights"):
+        lines.append(f"pretrained weights:       {prep.extra['weights']} ({prep.extra.get('weights_source', '?')})")
+    elif (meta.config or {}).get("pretrained"):
+        lines.append(f"pretrained weights:       {meta.config['pretrained']}")
+    size = "x".join(map(str, prep.image_size))
+    steps = f"resize {prep.resize} ({prep.interpolation}) → centre crop {size}" if prep.resize else f"resize to {size}"
+    mean = ", ".join(f"{v:.3f}" for v in prep.mean)
+    std = ", ".join(f"{v:.3f}" for v in prep.std)
+    lines.append(f"preprocessing:            {steps}, mean ({mean}), std ({std})")
+    return lines
 
 
 def _scaled(count: int) -> str:

@@ -70,6 +70,11 @@ def train(ctx: typer.Context, **params: Any) -> None:
     explicit = _explicit_options(ctx)
     from cnnctl.options import OPTION_BY_NAME, coerce
 
+    if params.get("offline"):  # for everything this process (and any it starts) does: datasets obey it too
+        import os
+
+        os.environ["CNNCTL_OFFLINE"] = "1"
+
     config_file, resume = params["config_file"], params["resume"]
     nproc = coerce(OPTION_BY_NAME["nproc"], params["nproc"])
     if resume is not None:

@@ -60,6 +60,47 @@ def random_affine(images: torch.Tensor, generator: torch.Generator, *, degrees: 
     return warped.round_().clamp_(0, 255).to(images.dtype)
 
 
+class RandomResizedCropFlip:
+    """torchvision's ``RandomResizedCrop(size)`` + ``RandomHorizontalFlip``, the augmentation ImageNet weights
+    were trained with, for a whole uint8 batch in one ``affine_grid``/``grid_sample`` call: per image a box of
+    ``scale`` (0.08-1) of the area with aspect ratio in ``ratio`` (3/4-4/3), at a random place, resized
+    (bilinear) to ``size`` and flipped with probability 1/2. The box is clamped to the image rather than redrawn.
+
+    ``crops_to_size`` tells the loader to hand it the images as cached (at the weights' resize size), not
+    centre-cropped first."""
+
+    crops_to_size = True
+
+    def __init__(self, size: tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        self.size = size
+        self.scale = scale
+        self.ratio = ratio
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        import math
+
+        import torch
+        import torch.nn.functional as F
+
+        batch, channels = images.shape[:2]
+        draws = torch.rand(5, batch, generator=generator).to(images.device)
+        area = self.scale[0] + draws[0] * (self.scale[1] - self.scale[0])
+        log_ratio = math.log(self.ratio[0]) + draws[1] * (math.log(self.ratio[1]) - math.log(self.ratio[0]))
+        aspect = torch.exp(log_ratio)
+        width = torch.sqrt(area * aspect).clamp(max=1.0)  # fractions of the image's width and height
+        height = torch.sqrt(area / aspect).clamp(max=1.0)
+        centre_x = (draws[2] * 2 - 1) * (1 - width)
+        centre_y = (draws[3] * 2 - 1) * (1 - height)
+        flip = torch.where(draws[4] < 0.5, -1.0, 1.0)
+        zeros = torch.zeros_like(width)
+        theta = torch.stack([torch.stack([width * flip, zeros, centre_x], dim=1),
+                             torch.stack([zeros, height, centre_y], dim=1)], dim=1)
+        grid = F.affine_grid(theta, [batch, channels, *self.size], align_corners=False)
+        cropped = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return cropped.round_().clamp_(0, 255).to(images.dtype)
+
+
 @dataclass(frozen=True)
 class AugmentPreset:
     """One ``--augment`` preset: ``build(image_size)`` returns the batch augmentation (None: leave images as they
@@ -105,3 +146,5 @@ register_augmentation("shift", "random shift: crop with zero padding (digits)", 
 register_augmentation("crop-flip", "crop with padding and horizontal flip (natural images)", _crop_flip)
 register_augmentation("affine", "small random rotation, scale and shift per image (handwriting)",
                       lambda image_size: random_affine)
+register_augmentation("resized-crop-flip", "random resized crop and horizontal flip (fine-tuning ImageNet weights)",
+                      RandomResizedCropFlip)

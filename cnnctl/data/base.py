@@ -31,6 +31,11 @@ class Preprocessing:
 
     An image is converted to ``channels``, resized to ``image_size`` (H, W) if it differs, zero-padded by
     ``pad`` pixels on each side, scaled to [0, 1] and normalised with ``mean``/``std``.
+
+    With ``resize`` (pretrained weights' preprocessing, e.g. 256 → 224 for ResNet-50 V1) the image is instead
+    resized so that its shorter side is ``resize`` pixels (aspect ratio kept) and centre-cropped to
+    ``image_size``, as ``weights.transforms()`` does. ``interpolation`` is the resize filter (torchvision's
+    ``InterpolationMode`` value; always antialiased). Checkpoints without these fields load with the defaults.
     """
 
     channels: int
@@ -39,6 +44,8 @@ class Preprocessing:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     extra: dict[str, Any] = field(default_factory=dict)
+    resize: int | None = None
+    interpolation: str = "bilinear"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -58,4 +65,6 @@ class Preprocessing:
             mean=tuple(float(v) for v in data["mean"]),
             std=tuple(float(v) for v in data["std"]),
             extra=dict(data.get("extra", {})),
+            resize=int(data["resize"]) if data.get("resize") is not None else None,
+            interpolation=str(data.get("interpolation") or "bilinear"),
         )

@@ -47,6 +47,8 @@ class RemoteFile:
     file_md5: str | None = None        # md5 of the file bytes exactly as published (also accepted)
     size: int | None = None            # published file size in bytes
     content_size: int | None = None    # size of the decompressed content of a .gz checked by content
+    # the leading hex digits of the sha256 of the file bytes (what torch.hub puts in weights file names)
+    file_sha256_prefix: str | None = None
 
     @property
     def max_bytes(self) -> int | None:
@@ -61,11 +63,12 @@ class RemoteFile:
 
     @property
     def has_checksum(self) -> bool:
-        return bool(self.content_sha256 or self.content_md5 or self.file_md5)
+        return bool(self.content_sha256 or self.content_md5 or self.file_md5 or self.file_sha256_prefix)
 
     def fingerprint(self) -> str:
         """What the marker stores, so a changed checksum in the registry forces a re-hash."""
-        return f"{self.content_sha256}:{self.content_md5}:{self.file_md5}"
+        prefix = f":{self.file_sha256_prefix}" if self.file_sha256_prefix else ""
+        return f"{self.content_sha256}:{self.content_md5}:{self.file_md5}{prefix}"
 
 
 def _stderr_log(message: str) -> None:
@@ -82,9 +85,14 @@ def default_root() -> Path:
     return base / "cnnctl" / "data"
 
 
-def resolve_mirrors(official: Sequence[str], mirror: str | None) -> list[str]:
-    """The user's mirror (argument, else ``$CNNCTL_MIRROR``) first, then the official ones; no duplicates."""
-    chosen = mirror if mirror else os.environ.get("CNNCTL_MIRROR", "")
+def offline_requested() -> bool:
+    """``--offline`` / ``CNNCTL_OFFLINE=1``: no network connection at all; folder mirrors still work."""
+    return os.environ.get("CNNCTL_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_mirrors(official: Sequence[str], mirror: str | None, env: str = "CNNCTL_MIRROR") -> list[str]:
+    """The user's mirror (argument, else ``$<env>``) first, then the official ones; no duplicates."""
+    chosen = mirror if mirror else os.environ.get(env, "")
     ordered: list[str] = []
     for candidate in [chosen.strip() if chosen else "", *official]:
         if candidate and candidate not in ordered:
@@ -129,6 +137,7 @@ def _matches(hasher: Any, expected: str | None) -> bool:
 def _hash_stream(stream: BinaryIO, remote: RemoteFile) -> bool:
     """One pass over the raw bytes: file md5 on them, content hashes on the gunzipped (or raw) bytes."""
     file_md5 = hashlib.md5(usedforsecurity=False) if remote.file_md5 else None
+    file_sha = hashlib.sha256() if remote.file_sha256_prefix else None
     content_sha = hashlib.sha256() if remote.content_sha256 else None
     content_md5 = hashlib.md5(usedforsecurity=False) if remote.content_md5 else None
     content_hashers = [h for h in (content_sha, content_md5) if h is not None]
@@ -142,6 +151,8 @@ def _hash_stream(stream: BinaryIO, remote: RemoteFile) -> bool:
     while chunk := stream.read(CHUNK_BYTES):
         if file_md5 is not None:
             file_md5.update(chunk)
+        if file_sha is not None:
+            file_sha.update(chunk)
         if not content_ok:
             continue
         if gunzip is None:
@@ -155,6 +166,9 @@ def _hash_stream(stream: BinaryIO, remote: RemoteFile) -> bool:
         content_ok = False  # truncated
 
     if _matches(file_md5, remote.file_md5):
+        return True
+    if file_sha is not None and remote.file_sha256_prefix and \
+            file_sha.hexdigest().startswith(remote.file_sha256_prefix.strip().lower()):
         return True
     return content_ok and (_matches(content_sha, remote.content_sha256) or _matches(content_md5, remote.content_md5))
 
@@ -571,7 +585,7 @@ def _check_files(dataset: str, files: Sequence[RemoteFile], directory: Path, log
 def ensure_files(dataset: str, files: Sequence[RemoteFile], official_mirrors: Sequence[str], *,
                  root: Path | None = None, mirror: str | None = None, check: bool = False,
                  log: Callable[[str], None] = _stderr_log, progress: bool | None = None,
-                 report_present: bool = True) -> Path:
+                 report_present: bool = True, mirror_env: str = "CNNCTL_MIRROR") -> Path:
     """Make sure every file of ``dataset`` is present and verified, downloading what is missing.
 
     Returns ``(root or default_root()) / dataset``. With ``check`` nothing is downloaded: every file is re-hashed
@@ -606,7 +620,12 @@ def ensure_files(dataset: str, files: Sequence[RemoteFile], official_mirrors: Se
     if not needed:
         return directory
 
-    mirrors = resolve_mirrors(official_mirrors, mirror)
+    mirrors = resolve_mirrors(official_mirrors, mirror, mirror_env)
+    if offline_requested():  # folder mirrors only; a URL would open a connection
+        mirrors = [candidate for candidate in mirrors if not _is_url(candidate)]
+        if not mirrors:
+            raise DownloadError(f"{needed[0].name} is not in {directory} and --offline forbids downloading it",
+                                hint=f"copy it into {directory}, or pass a folder with --mirror")
     show = sys.stderr.isatty() if progress is None else progress
     with _locked(directory, log):
         for remote in needed:

@@ -165,21 +165,25 @@ def _suffix_list() -> str:
 class _DecodeFiles:
     """A map-style dataset for torch's DataLoader: position → (position, RGB image at ``size`` or None, problem)."""
 
-    def __init__(self, files: Sequence[Path], size: tuple[int, int]):
+    def __init__(self, files: Sequence[Path], size: tuple[int, int], resize: int | None = None,
+                 interpolation: str = "bilinear"):
         self.files = list(files)
         self.size = size
+        self.resize = resize  # pretrained preprocessing: shorter side to this, then centre crop to size
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str]:
-        from cnnctl.data.images import read_image, resize_to
+        from cnnctl.data.images import read_image
+        from cnnctl.data.loader import resize_and_crop
 
         try:
             image = read_image(self.files[position], channels=3)
         except DataError as error:
             return position, None, error.message
-        return position, resize_to(image, self.size), ""
+        return position, resize_and_crop(image, self.size, self.resize, self.interpolation), ""
 
 
 def _collate(batch: list[tuple[int, Any, str]]) -> list[tuple[int, Any, str]]:
@@ -206,7 +210,8 @@ class Decoded:
     grey: bool  # every decoded image has equal R, G and B
 
 
-def decode_files(files: Sequence[Path], size: tuple[int, int], *, workers: int | None = None) -> Decoded:
+def decode_files(files: Sequence[Path], size: tuple[int, int], *, workers: int | None = None,
+                 resize: int | None = None, interpolation: str = "bilinear") -> Decoded:
     """Decode and resize ``files`` into one uint8 tensor, in DataLoader workers. Unreadable files are reported
     back, not raised: one broken file should not stop a training run."""
     import torch
@@ -226,7 +231,8 @@ def decode_files(files: Sequence[Path], size: tuple[int, int], *, workers: int |
     grey = True
     failures: list[tuple[Path, str]] = []
     if count:
-        batches = DataLoader(_DecodeFiles(files, size), batch_size=64, num_workers=workers, collate_fn=_collate)
+        batches = DataLoader(_DecodeFiles(files, size, resize, interpolation), batch_size=64, num_workers=workers,
+                             collate_fn=_collate)
         for batch in batches:
             for position, image, problem in batch:
                 if image is None:
@@ -296,13 +302,15 @@ def choose_splits(scan: FolderScan, *, val_split: float | None, seed: int, limit
 
 
 def load_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: tuple[int, int], *, source: str,
-               workers: int | None = None, log: Log = lambda _: None) -> tuple[ImageTensors, bool]:
+               workers: int | None = None, log: Log = lambda _: None, resize: int | None = None,
+               interpolation: str = "bilinear") -> tuple[ImageTensors, bool]:
     """Decode a split's files into :class:`ImageTensors` (RGB); also say whether every image was grey."""
     import torch
 
     from cnnctl.data.base import ImageTensors
 
-    decoded = decode_files([path for path, _ in items], size, workers=workers)
+    decoded = decode_files([path for path, _ in items], size, workers=workers, resize=resize,
+                           interpolation=interpolation)
     _report_failures(decoded.failures, log)
     labels = torch.tensor([items[i][1] for i in decoded.kept], dtype=torch.int64)
     return ImageTensors(decoded.images, labels, classes, source=source), decoded.grey
@@ -337,6 +345,16 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     side = DEFAULT_IMAGE_SIZE if config.img_size is None else config.img_size
     # Decode straight to the size the model will see (a fixed-input model may ask for another one).
     size = resolve_preprocessing(model, (3, side, side), (0.0,) * 3, (1.0,) * 3, None).image_size
+    # pretrained weights: their preprocessing; images are kept at the resize size, cropped per batch
+    from cnnctl.models.weights import grey_input_mode, run_preprocessing, weights_for_config
+
+    weights = weights_for_config(config)
+    weights_prep = None if weights is None else run_preprocessing(
+        weights, 3, size, img_size=config.img_size, folder=True, grey_input=grey_input_mode(config))
+    resize = None
+    if weights_prep is not None:
+        resize = weights_prep.resize
+        size = (resize, resize)
     loaded: dict[str, ImageTensors | None] = {}
     all_grey = True
     total = sum(len(items or ()) for items in (chosen.train, chosen.val, chosen.test))
@@ -346,7 +364,8 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
         if not items:
             loaded[split] = None
             continue
-        data, grey = load_items(items, scan.classes, size, source=str(root / split), log=log)
+        data, grey = load_items(items, scan.classes, size, source=str(root / split), log=log, resize=resize,
+                                interpolation=weights_prep.interpolation if weights_prep else "bilinear")
         all_grey = all_grey and grey
         loaded[split] = data
     train = loaded["train"]
@@ -356,19 +375,25 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     if missing:
         log(f"warning: no training image of class(es) {', '.join(missing[:5])} (unreadable files or --limit); "
             "the model cannot learn them")
-    if all_grey:
+    if all_grey and not (weights_prep is not None and grey_input_mode(config) == "replicate"):
         loaded = {split: _to_grey(data) if data is not None else None for split, data in loaded.items()}
         train = loaded["train"]
     assert train is not None
-    mean, std = _channel_stats(train.images)
     channels = train.images.shape[1]
-    preprocessing = resolve_preprocessing(model, (channels, *size), mean, std, None)
+    if weights is None:
+        mean, std = _channel_stats(train.images)
+        preprocessing = resolve_preprocessing(model, (channels, *size), mean, std, None)
+    else:  # the weights' own normalisation, resize and crop
+        preprocessing = run_preprocessing(weights, channels, size, img_size=config.img_size, folder=True,
+                                          grey_input=grey_input_mode(config))
     config.data_dir = str(root)
     config.dataset = "folder"
     log(f"{root}: {len(scan.classes)} classes, {len(train):,} training images"
         + (f", {len(loaded['val']):,} validation" if loaded["val"] is not None else "")
         + (f", {len(loaded['test']):,} test" if loaded["test"] is not None else "")
-        + f", {'grey' if channels == 1 else 'RGB'} at {size[0]}x{size[1]}")
+        + f", {'grey' if channels == 1 else 'RGB'} at {size[0]}x{size[1]}"
+        + (f" (centre-cropped to {preprocessing.image_size[0]}x{preprocessing.image_size[1]})"
+           if preprocessing.resize else ""))
     return PreparedData(train, loaded["val"], loaded["test"], scan.classes, preprocessing, "folder")
 
 
@@ -404,7 +429,8 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
     if not items:
         raise UsageError(f"{root} has no {split} images", hint="use --split train, or add a val/ or test/ folder")
     data, _ = load_items(items, tuple(meta.classes), tuple(meta.preprocessing.image_size),
-                         source=str(root / split), log=log)
+                         source=str(root / split), log=log, resize=meta.preprocessing.resize,
+                         interpolation=meta.preprocessing.interpolation)
     if len(data) == 0:
         raise DataError(f"none of the {split} images in {root} could be read")
     from cnnctl.data.base import ImageTensors

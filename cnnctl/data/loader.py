@@ -16,15 +16,39 @@ if TYPE_CHECKING:
 
 
 
-def fit_to_input(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """Resize (if the stored size differs) and zero-pad uint8 images to the model's input size, once per dataset."""
-    import torch.nn.functional as F
-
-    height, width = preprocessing.image_size
-    if tuple(images.shape[-2:]) != (height, width):
+def resize_and_crop(images: torch.Tensor, size: tuple[int, int], resize: int | None = None,
+                    interpolation: str = "bilinear") -> torch.Tensor:
+    """uint8 (N×)C×H×W to ``size``: without ``resize``, resized to it (antialiased bilinear); with it, the shorter
+    side resized to ``resize`` (aspect ratio kept) and the centre cropped to ``size`` — exactly
+    ``weights.transforms()``'s resize and crop (torchvision's functional ops, on uint8)."""
+    height, width = size
+    if resize is None:
+        if tuple(images.shape[-2:]) == (height, width):
+            return images
         from torchvision.transforms.v2 import functional as TF
 
-        images = TF.resize(images, [height, width], antialias=True)
+        return TF.resize(images, [height, width], antialias=True)
+    # torchvision.transforms.functional, not .v2: the functions weights.transforms() calls (their uint8 resize
+    # kernels differ by a grey level from v2's)
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    if min(images.shape[-2:]) != resize:
+        images = TF.resize(images, [resize], interpolation=InterpolationMode(interpolation), antialias=True)
+    if tuple(images.shape[-2:]) != (height, width):
+        images = TF.center_crop(images, [height, width])
+    return images
+
+
+def fit_to_input(images: torch.Tensor, preprocessing: Preprocessing, *, crop: bool = True) -> torch.Tensor:
+    """Resize (if the stored size differs) and zero-pad uint8 images to the model's input size, once per dataset.
+
+    ``crop=False`` keeps images stored larger than the crop (pretrained preprocessing caches them at the resize
+    size) for an augmentation that crops them itself (``resized-crop-flip``)."""
+    import torch.nn.functional as F
+
+    if crop or preprocessing.resize is None:
+        images = resize_and_crop(images, preprocessing.image_size, preprocessing.resize, preprocessing.interpolation)
     if images.shape[1] != preprocessing.channels:
         images = convert_channels(images, preprocessing.channels)
     if preprocessing.pad:
@@ -90,7 +114,9 @@ class BatchLoader:
         import torch
 
         self.device = device
-        self.images = fit_to_input(data.images, preprocessing).to(device)
+        # an augmentation that crops (random resized crop) takes the images as stored, larger than the input
+        self.images = fit_to_input(data.images, preprocessing,
+                                   crop=not getattr(augment, "crops_to_size", False)).to(device)
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
         self.shuffle = shuffle

@@ -58,6 +58,9 @@ def prepare_data(config: TrainConfig, model: ModelSpec, log: Log = lambda _: Non
     val = train.subset(val_index) if val_index is not None else None
     train = train.subset(train_index) if train_index is not None else train
     preprocessing = resolve_preprocessing(model, spec.image_shape, spec.mean, spec.std, config.img_size)
+    from cnnctl.models.weights import in_memory_preprocessing  # --pretrained imagenet: the weights' mean/std
+
+    preprocessing = in_memory_preprocessing(config, preprocessing)
     return PreparedData(train, val, test, spec.classes, preprocessing, spec.name)
 
 

@@ -30,7 +30,7 @@ def build_model(config: TrainConfig, spec: ModelSpec, data: PreparedData, device
     if config.pretrained:
         from cnnctl.models.pretrained import load_pretrained
 
-        load_pretrained(model, spec, config.pretrained, log=log)
+        load_pretrained(model, spec, config.pretrained, log=log, config=config)
     if config.channels_last is None:
         config.channels_last = not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if config.channels_last:

@@ -180,7 +180,10 @@ class Trainer:
         self.model = distributed.wrap_model(model, self.dist, self.device, sync_bn=config.sync_bn,
                                             find_unused=config.freeze_epochs > 0)
         self.head_only = HeadOnlyPhase(unwrap(self.model), self.model_spec.classifier, config.freeze_epochs)
-        self.optimizer = build_optimizer(config, unwrap(self.model).parameters())
+        from cnnctl.models.pretrained import parameter_groups  # --backbone-lr-scale
+
+        self.optimizer = build_optimizer(config, parameter_groups(unwrap(self.model), self.model_spec.classifier,
+                                                                  config))
         self.train_batches, self.val_batches = components.build_loaders(config, self.data, self.device, self.dist,
                                                                         self.per_rank_batch)
         self.schedule = build_schedule(config, self.optimizer, steps_per_epoch=len(self.train_batches),

@@ -54,19 +54,22 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], int]:
 
 
 def decode_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
-    """Read one image as uint8 C×H×W with the checkpoint's channel count and size (not yet padded)."""
-    from cnnctl.data.images import read_image, resize_to
+    """Read one image as uint8 C×H×W with the checkpoint's channel count and size (not yet padded): resized,
+    or resized and centre-cropped when the checkpoint's preprocessing has a ``resize`` (pretrained weights)."""
+    from cnnctl.data.images import read_image
+    from cnnctl.data.loader import resize_and_crop
 
     image = read_image(path, channels=1 if preprocessing.channels == 1 else 3)  # BMP/TIFF via Pillow
-    return resize_to(image, tuple(preprocessing.image_size))
+    return resize_and_crop(image, tuple(preprocessing.image_size), preprocessing.resize, preprocessing.interpolation)
 
 
 def decode_bytes(data: bytes, path: Path, preprocessing: Preprocessing) -> torch.Tensor:
     """:func:`decode_image` for a file already read."""
-    from cnnctl.data.images import decode_image_bytes, resize_to
+    from cnnctl.data.images import decode_image_bytes
+    from cnnctl.data.loader import resize_and_crop
 
     image = decode_image_bytes(data, path, channels=1 if preprocessing.channels == 1 else 3)
-    return resize_to(image, tuple(preprocessing.image_size))
+    return resize_and_crop(image, tuple(preprocessing.image_size), preprocessing.resize, preprocessing.interpolation)
 
 
 def load_for_inference(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Preprocessing]:

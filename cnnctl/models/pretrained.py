@@ -1,6 +1,8 @@
-"""``--pretrained PATH``: start training from local weights (safetensors, or a plain ``.pth``/``.pt`` state dict).
+"""``--pretrained``: start training from published ImageNet weights (``imagenet`` or a weights name, fetched and
+verified by :mod:`cnnctl.models.weights`) or from a local file (safetensors, or a plain ``.pth``/``.pt`` state
+dict; nothing is downloaded for a file).
 
-Nothing is ever downloaded. The file's tensors are matched to the model by name after stripping wrapper prefixes
+The file's tensors are matched to the model by name after stripping wrapper prefixes
 (``module.`` from DataParallel, ``model.`` from Lightning, ``_orig_mod.`` from torch.compile, ``pretrain_``);
 the first convolution is adapted to the input channels (3-channel filters summed for 1-channel images, as timm
 does); a classifier whose shape differs (another number of classes) keeps the new model's fresh initialisation.
@@ -64,7 +66,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         path = existing_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"--pretrained {path} does not exist",
-                              hint="cnnctl never downloads weights: download the file yourself and pass its path")
+                              hint="pass a weights file, or `--pretrained imagenet` for the published weights")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from cnnctl.checkpoint import read_tensors
@@ -120,14 +122,34 @@ def _strip_prefixes(key: str, known: set[str], stripped: list[str]) -> str:
 
 
 def load_pretrained(model: torch.nn.Module, spec: Any, path: str | Path,
-                    log: Callable[[str], None] | None = None) -> PretrainedReport:
-    """Load the weights at ``path`` into ``model`` (built for ``spec``) as far as they fit; see the module
-    docstring. Shape mismatches outside the classifier and the first convolution are errors (wrong
-    architecture), as is a file none of whose tensors fit."""
+                    log: Callable[[str], None] | None = None, config: Any = None) -> PretrainedReport:
+    """Load the weights ``path`` names into ``model`` (built for ``spec``) as far as they fit; see the module
+    docstring. ``path`` is a file, or published weights (``imagenet``, ``IMAGENET1K_V2``, ...) fetched with
+    ``config``'s ``weights_mirror``/``offline``. Shape mismatches outside the classifier and the first
+    convolution are errors (wrong architecture), as is a file none of whose tensors fit."""
+    from cnnctl.models import weights as published
+
+    if published.is_weights_name(str(path)):
+        found = published.resolve_cached(spec.name, str(path))
+        file = published.ensure_weights_file(found, mirror=getattr(config, "weights_mirror", None),
+                                             offline_only=bool(getattr(config, "offline", False)),
+                                             log=log or (lambda _: None))
+        if found.source == "timm":
+            from cnnctl.models.timm_models import load_timm_pretrained
+
+            return load_timm_pretrained(model, spec, found, file, log)
+        return load_tensors(model, spec, published.published_state_dict(found, file),
+                            f"{file} ({found.describe()})", log)
+    return load_tensors(model, spec, read_weights(path), str(path), log)
+
+
+def load_tensors(model: torch.nn.Module, spec: Any, tensors: dict[str, torch.Tensor], source: str,
+                 log: Callable[[str], None] | None = None) -> PretrainedReport:
+    """:func:`load_pretrained` for tensors already read; ``source`` names them in messages."""
     from cnnctl.models._adapt import adapt_input_conv, first_conv_name
 
-    tensors = read_weights(path)
-    report = PretrainedReport(str(path))
+    path = source
+    report = PretrainedReport(source)
     own = model.state_dict()
     own_keys = set(own)
     first_conv = f"{first_conv_name(model)}.weight"
@@ -170,3 +192,20 @@ def load_pretrained(model: torch.nn.Module, spec: Any, path: str | Path,
     for line in report.lines():
         (log or (lambda _: None))(line)
     return report
+
+
+def parameter_groups(model: torch.nn.Module, classifier: str, config: Any) -> Any:
+    """``--backbone-lr-scale``: the optimizer's parameter groups, everything outside the classifier at
+    ``scale`` times the learning rate (the schedule keeps the ratio); all parameters when the scale is 1."""
+    scale = getattr(config, "backbone_lr_scale", None)
+    if scale is None or scale == 1:
+        return model.parameters()
+
+    def inside(name: str) -> bool:
+        return name == classifier or name.startswith(f"{classifier}.")
+
+    head = [p for name, p in model.named_parameters() if inside(name)]
+    body = [p for name, p in model.named_parameters() if not inside(name)]
+    if not head:
+        raise UsageError(f"--backbone-lr-scale: the model has no parameters under its classifier {classifier!r}")
+    return [{"params": body, "lr": config.resolved_lr() * scale}, {"params": head}]

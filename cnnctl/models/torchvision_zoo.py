@@ -7,7 +7,8 @@ mean the small-image versions and the torchvision ones are only ``tv:resnet18`` 
 
 The state-dict keys are torchvision's own (layers are replaced in place, at the same attribute path), so weights
 saved by cnnctl load into ``torchvision.models.get_model(name, num_classes=N)`` directly (3-channel models; for
-another channel count, replace the first convolution the same way first). No weights are ever downloaded.
+another channel count, replace the first convolution the same way first). Models are built without weights;
+``--pretrained imagenet`` loads torchvision's published ones afterwards (:mod:`cnnctl.models.weights`).
 
 The metadata below is static so that ``cnnctl list`` needs no torch; the tests rebuild every model and check it.
 """
@@ -53,6 +54,37 @@ ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("squeezenet1_1", "squeezenet", 727_626, 17, "classifier.1", 0.5,
              "SqueezeNet 1.1 (the classifier is a 1x1 convolution)"),
 )
+
+
+# torchvision's recommended ImageNet weights (``get_model_weights(name).DEFAULT``) and their top-1 accuracy from
+# ``weights.meta``, for `cnnctl list` without importing torchvision; the tests check them against torchvision.
+# Everything else about the weights (URL, file, hash, preprocessing) is read from torchvision when used.
+IMAGENET_DEFAULT: dict[str, tuple[str, float]] = {
+    "resnet18": ("ResNet18_Weights.IMAGENET1K_V1", 69.758),
+    "resnet34": ("ResNet34_Weights.IMAGENET1K_V1", 73.314),
+    "resnet50": ("ResNet50_Weights.IMAGENET1K_V2", 80.858),
+    "resnext50_32x4d": ("ResNeXt50_32X4D_Weights.IMAGENET1K_V2", 81.198),
+    "mobilenet_v2": ("MobileNet_V2_Weights.IMAGENET1K_V2", 72.154),
+    "mobilenet_v3_small": ("MobileNet_V3_Small_Weights.IMAGENET1K_V1", 67.668),
+    "mobilenet_v3_large": ("MobileNet_V3_Large_Weights.IMAGENET1K_V2", 75.274),
+    "efficientnet_b0": ("EfficientNet_B0_Weights.IMAGENET1K_V1", 77.692),
+    "alexnet": ("AlexNet_Weights.IMAGENET1K_V1", 56.522),
+    "vgg11": ("VGG11_Weights.IMAGENET1K_V1", 69.02),
+    "vgg16": ("VGG16_Weights.IMAGENET1K_V1", 71.592),
+    "shufflenet_v2_x0_5": ("ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1", 60.552),
+    "shufflenet_v2_x1_0": ("ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1", 69.362),
+    "regnet_x_400mf": ("RegNet_X_400MF_Weights.IMAGENET1K_V2", 74.864),
+    "regnet_y_400mf": ("RegNet_Y_400MF_Weights.IMAGENET1K_V2", 75.804),
+    "convnext_tiny": ("ConvNeXt_Tiny_Weights.IMAGENET1K_V1", 82.52),
+    "densenet121": ("DenseNet121_Weights.IMAGENET1K_V1", 74.434),
+    "squeezenet1_1": ("SqueezeNet1_1_Weights.IMAGENET1K_V1", 58.178),
+}
+
+
+def imagenet_default(spec_name: str) -> tuple[str, float] | None:
+    """(weights, top-1 %) of a registered torchvision architecture, or None."""
+    entry = next((e for e in ZOO if registered_name(e.tv_name) == spec_name), None)
+    return IMAGENET_DEFAULT.get(entry.tv_name) if entry is not None else None
 
 
 def registered_name(tv_name: str) -> str:

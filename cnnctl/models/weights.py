@@ -1,0 +1,312 @@
+"""Published ImageNet weights (``--pretrained imagenet``): which file, where it is cached, how it is fetched and
+verified, and the preprocessing it was trained with.
+
+torchvision's weights are resolved through ``torchvision.models.get_model_weights(name)``: the URL, the file name
+and the SHA-256 prefix in it come from torchvision, never from here. Files live where torch.hub keeps them
+(``$TORCH_HOME/hub/checkpoints``, same names), so weights any other tool fetched are reused, and they are fetched
+by :mod:`cnnctl.data.download` (mirrors first, resumable ``.part`` files renamed only once verified, a progress
+bar). Unlike torch.hub, the SHA-256 prefix is checked on every use of a cached file, not only after a download:
+a truncated or altered file is reported and fetched again (or named, offline).
+
+timm weights (``timm:NAME``) are resolved in :mod:`cnnctl.models.timm_models`; this module holds what they share.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnctl.errors import DownloadError, UsageError
+
+IMAGENET_NAMES = ("imagenet", "imagenet1k", "default")  # --pretrained values meaning "the recommended weights"
+MIRROR_ENV = "CNNCTL_WEIGHTS_MIRROR"
+WEIGHTS_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+# torch.hub's rule for the hash in a weights file name (torch.hub.HASH_REGEX), kept here so that naming a file
+# needs no torch import
+HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class WeightsPreprocessing:
+    """What the weights were trained with: normalisation, resize (shorter side), centre crop, interpolation."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int
+    crop: tuple[int, int]
+    interpolation: str = "bilinear"
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """One set of published weights for one architecture."""
+
+    arch: str  # cnnctl's name for the architecture
+    source: str  # "torchvision" or "timm"
+    label: str  # e.g. "MobileNet_V3_Small_Weights.IMAGENET1K_V1" or "timm/xception41.tf_in1k"
+    file_name: str
+    url: str | None
+    sha256_prefix: str | None
+    preprocessing: WeightsPreprocessing
+    top1: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        accuracy = f", ImageNet top-1 {self.top1:.2f}%" if self.top1 is not None else ""
+        return f"{self.label} ({self.source}{accuracy})"
+
+
+def is_weights_name(value: str) -> bool:
+    """True when ``--pretrained`` names published weights rather than a file: not an existing path, no folder
+    separator, no weights-file suffix (``imagenet``, ``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``)."""
+    if not value or Path(value).expanduser().exists() or "/" in value or os.sep in value:
+        return False
+    return Path(value).suffix.lower() not in WEIGHTS_FILE_SUFFIXES
+
+
+def offline(explicit: bool = False) -> bool:
+    from cnnctl.data.download import offline_requested
+
+    return explicit or offline_requested()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torchvision
+
+
+def _zoo_entry(arch: str) -> Any:
+    from cnnctl.models.torchvision_zoo import ZOO, registered_name
+
+    return next((entry for entry in ZOO if registered_name(entry.tv_name) == arch), None)
+
+
+def torchvision_weights_enum(tv_name: str) -> Any:
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(tv_name)
+
+
+def _choose_member(enum: Any, value: str, arch: str) -> Any:
+    wanted = value.strip()
+    if wanted.lower() in IMAGENET_NAMES:
+        return enum.DEFAULT
+    if "." in wanted:  # "ResNet50_Weights.IMAGENET1K_V2"
+        prefix, _, wanted = wanted.rpartition(".")
+        if prefix != enum.__name__:
+            raise UsageError(f"--pretrained {value}: {arch}'s weights are {enum.__name__}, not {prefix}")
+    members = {member.name: member for member in enum}
+    if wanted.upper() in members:
+        return members[wanted.upper()]
+    from cnnctl.registry import suggest
+
+    raise suggest(value, ["imagenet", "DEFAULT", *members], f"--pretrained for {arch}: weights")
+
+
+def resolve_torchvision(arch: str, tv_name: str, value: str) -> PublishedWeights:
+    enum = torchvision_weights_enum(tv_name)
+    member = _choose_member(enum, value, arch)
+    transforms = member.transforms()
+    file_name = Path(urllib.parse.urlparse(member.url).path).name
+    found = HASH_IN_NAME.search(file_name)
+    metrics = member.meta.get("_metrics", {}).get("ImageNet-1K", {})
+    return PublishedWeights(
+        arch=arch, source="torchvision", label=f"{enum.__name__}.{member.name}", file_name=file_name,
+        url=member.url, sha256_prefix=found.group(1) if found and found.group(1) else None,
+        preprocessing=WeightsPreprocessing(
+            mean=tuple(float(v) for v in transforms.mean), std=tuple(float(v) for v in transforms.std),
+            resize=int(transforms.resize_size[0]), crop=(int(transforms.crop_size[0]),) * 2,
+            interpolation=str(transforms.interpolation.value)),
+        top1=metrics.get("acc@1"), extra={"tv_name": tv_name, "num_classes": len(member.meta["categories"])},
+    )
+
+
+def resolve(arch: str, value: str) -> PublishedWeights:
+    """The published weights ``--pretrained value`` means for ``arch`` (a registered name); one-line errors
+    for architectures without published weights and for unknown weight names."""
+    from cnnctl.registry import get_model_spec
+
+    spec = get_model_spec(arch)
+    if spec.source == "timm":
+        from cnnctl.models.timm_models import resolve_timm
+
+        return resolve_timm(spec, value)
+    entry = _zoo_entry(spec.name) if spec.source == "torchvision" else None
+    if entry is None:
+        if _zoo_entry(f"tv:{spec.name}") is not None:
+            raise UsageError(f"{spec.name} is cnnctl's small-image version and has no published ImageNet weights",
+                             hint=f"the ImageNet version, tv:{spec.name}, has them")
+        raise UsageError(f"{spec.name} has no published ImageNet weights",
+                         hint="pick a torchvision architecture (`cnnctl list` shows which have them) or "
+                              "timm:NAME, or pass a weights file to --pretrained")
+    return resolve_torchvision(spec.name, entry.tv_name, value)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the cache and fetching
+
+
+def hub_checkpoints() -> Path:
+    """torch.hub's weights folder: ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def official_sources(weights: PublishedWeights) -> list[str]:
+    """Where the file is published (the folder of its URL); folders and URLs given by the user come first."""
+    return [weights.url.rsplit("/", 1)[0]] if weights.url else []
+
+
+def _remote(weights: PublishedWeights) -> Any:
+    from cnnctl.data.download import RemoteFile
+
+    return RemoteFile(weights.file_name, file_sha256_prefix=weights.sha256_prefix)
+
+
+def verify_cached(path: Path, weights: PublishedWeights) -> bool:
+    from cnnctl.data.download import verify_file
+
+    return verify_file(path, _remote(weights))
+
+
+def ensure_weights_file(weights: PublishedWeights, *, mirror: str | None = None, dest: str | Path | None = None,
+                        offline_only: bool = False, log: Log = lambda _: None,
+                        progress: bool | None = None) -> Path:
+    """The verified local file of ``weights``: the cached copy if it still matches the SHA-256 prefix in its
+    name, else fetched (``mirror`` / ``$CNNCTL_WEIGHTS_MIRROR`` first, then the official URL). Offline, only a
+    folder mirror may be used, and a missing file is one error naming the file and the folder to put it in."""
+    from cnnctl.data.download import _is_url, ensure_files
+
+    if weights.extra.get("hf_hub_id"):  # timm weights on the Hugging Face hub
+        from cnnctl.models.timm_models import fetch_hub_weights
+
+        return fetch_hub_weights(weights, mirror=mirror, dest=dest, offline=offline(offline_only), log=log)
+    directory = Path(dest).expanduser() if dest else hub_checkpoints()
+    path = directory / weights.file_name
+    damaged = False
+    if path.is_file():
+        if verify_cached(path, weights):
+            return path
+        damaged = True
+    chosen = mirror or os.environ.get(MIRROR_ENV, "")
+    no_network = offline(offline_only)
+    if no_network and (not chosen or _is_url(chosen)):
+        where = (f"{path} does not match the SHA-256 prefix {weights.sha256_prefix} in its name (truncated or "
+                 "altered)" if damaged else f"{weights.file_name} ({weights.label}) is not in {directory}")
+        raise DownloadError(
+            f"{where} and --offline forbids downloading it",
+            hint=f"copy {weights.file_name} into {directory} (`cnnctl download weights {weights.arch}` fetches it "
+                 "on a connected machine), or pass --weights-mirror FOLDER")
+    if damaged:
+        log(f"{path} does not match the SHA-256 prefix {weights.sha256_prefix} in its name (truncated or altered); "
+            "fetching it again")
+        path.unlink(missing_ok=True)
+    official = [] if no_network else official_sources(weights)
+    try:
+        ensure_files(directory.name, [_remote(weights)], official, root=directory.parent, mirror=chosen or None,
+                     log=log, progress=progress, report_present=False, mirror_env=MIRROR_ENV)
+    except DownloadError as error:
+        raise DownloadError(f"{weights.label}: {error.message}",
+                            hint=f"pass --weights-mirror URL_OR_FOLDER (env {MIRROR_ENV}) holding "
+                                 f"{weights.file_name}, or copy it into {directory}") from error
+    if not verify_cached(path, weights):  # what ensure_files promoted, hashed once more before it is used
+        raise DownloadError(f"{path} does not match the SHA-256 prefix {weights.sha256_prefix} in its name")
+    return path
+
+
+def published_state_dict(weights: PublishedWeights, path: Path) -> dict[str, Any]:
+    """The tensors of a verified torchvision weights file, with the key names the torchvision model uses.
+
+    Read with ``torch.load(weights_only=True)`` (torch.hub's own loader would unpickle anything); DenseNet's old
+    key names are renamed by torchvision's own loader, given the tensors already read."""
+    from cnnctl.models.pretrained import read_weights
+
+    tensors = read_weights(path)
+    tv_name = weights.extra.get("tv_name", "")
+    if tv_name.startswith("densenet"):
+        from torchvision.models import densenet, get_model
+
+        reference = get_model(tv_name, weights=None)
+
+        class _Read:
+            def get_state_dict(self, **_: Any) -> dict[str, Any]:
+                return dict(tensors)
+
+        densenet._load_state_dict(reference, _Read(), progress=False)  # type: ignore[arg-type]
+        tensors = reference.state_dict()
+    return tensors
+
+
+# --------------------------------------------------------------------------------------------------------------
+# a training run's view
+
+
+GREY_INPUT_MODES = ("replicate", "sum")
+
+
+@functools.lru_cache(maxsize=16)
+def resolve_cached(arch: str, value: str) -> PublishedWeights:
+    """:func:`resolve`, once per run (data preparation and model loading both need it)."""
+    return resolve(arch, value)
+
+
+def weights_for_config(config: Any) -> PublishedWeights | None:
+    """The published weights a training configuration starts from, or None (no --pretrained, or a file)."""
+    if not config.pretrained or not is_weights_name(str(config.pretrained)):
+        return None
+    return resolve_cached(config.arch, str(config.pretrained))
+
+
+def grey_input_mode(config: Any) -> str:
+    """How grey images meet colour weights: ``replicate`` (default for published weights: the grey image is
+    repeated into 3 channels, exactly how the weights saw grey photos) or ``sum`` (a 1-channel first
+    convolution, its filters summed; the default for weight files, as before)."""
+    if getattr(config, "grey_input", None):
+        return str(config.grey_input)
+    return "replicate" if weights_for_config(config) is not None else "sum"
+
+
+def run_preprocessing(weights: PublishedWeights, channels: int, image_size: tuple[int, int], *,
+                      img_size: int | None, folder: bool, grey_input: str) -> Any:
+    """The run's :class:`~cnnctl.data.base.Preprocessing` when fine-tuning ``weights``.
+
+    Mean/std and interpolation are always the weights'. Image folders also get their resize and centre crop
+    (``--img-size`` sets the crop and scales the resize with it); in-memory datasets (MNIST, CIFAR) keep their
+    own size or ``--img-size``, since their images are already small crops. Grey data meets colour weights by
+    ``grey_input`` (see :func:`grey_input_mode`)."""
+    from cnnctl.data.base import Preprocessing
+
+    prep = weights.preprocessing
+    mean, std = prep.mean, prep.std
+    if channels == 1 and len(mean) == 3:
+        if grey_input == "replicate":
+            channels = 3
+        else:
+            mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    extra = {"weights": weights.label, "weights_source": weights.source}
+    if folder:
+        crop = img_size or prep.crop[0]
+        resize = round(crop * prep.resize / prep.crop[0])
+        return Preprocessing(channels=channels, image_size=(crop, crop), mean=mean, std=std, extra=extra,
+                             resize=resize, interpolation=prep.interpolation)
+    size = (img_size, img_size) if img_size else image_size
+    return Preprocessing(channels=channels, image_size=size, mean=mean, std=std, extra=extra,
+                         interpolation=prep.interpolation)
+
+
+def in_memory_preprocessing(config: Any, preprocessing: Any) -> Any:
+    """A built-in dataset's preprocessing when fine-tuning published weights: theirs (see
+    :func:`run_preprocessing`), at the size already chosen; unchanged without published weights."""
+    weights = weights_for_config(config)
+    if weights is None:
+        return preprocessing
+    return run_preprocessing(weights, preprocessing.channels, preprocessing.image_size, img_size=None,
+                             folder=False, grey_input=grey_input_mode(config))
