@@ -57,8 +57,10 @@ def tune(
     history.png."""
     from cnnctl.cli._common import state
     from cnnctl.errors import UsageError
+    from cnnctl.tune import require_optuna
     from cnnctl.tune import study as search_module
 
+    require_optuna()
     if resume is not None:
         if train_args or param or space:
             raise UsageError("a resumed search keeps its own options and space",
@@ -129,8 +131,6 @@ def _new_spec(train_args: list[str], params: list[str], space_file: str | None, 
 
 def _parse_train_arguments(args: list[str]) -> tuple[dict[str, Any], str | None]:
     """``ARCH [TRAIN OPTIONS]`` parsed by `cnnctl train`'s own command: the options given, and --config."""
-    import click
-
     from cnnctl.cli._common import app
     from cnnctl.cli.train_command import _explicit_options
     from cnnctl.errors import UsageError
@@ -138,9 +138,10 @@ def _parse_train_arguments(args: list[str]) -> tuple[dict[str, Any], str | None]
     train_command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
     try:
         context = train_command.make_context("cnnctl tune", list(args))
-    except click.exceptions.UsageError as error:
-        raise UsageError(f"{error.format_message()} (not a `cnnctl train` option)"
-                         if isinstance(error, click.exceptions.NoSuchOption) else error.format_message(),
+    except typer.TyperException as error:  # click's parse errors, as Typer ships them
+        unknown = type(error).__name__ == "NoSuchOption"
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        raise UsageError(f"{message} (not a `cnnctl train` option)" if unknown else message,
                          hint="see cnnctl tune --help and cnnctl train --help") from None
     explicit = _explicit_options(context)
     given = {name for name in context.params

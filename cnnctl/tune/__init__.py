@@ -9,3 +9,16 @@ is an ordinary run folder (``tune-NAME/trial-K``) trained by the usual Trainer. 
 budget, the objective, workers), ``trainer`` is one trial's training and ``report`` the table, best.yaml and
 plots at the end.
 """
+
+from __future__ import annotations
+
+from cnnctl.errors import UsageError
+
+
+def require_optuna() -> None:
+    """One line, not an ImportError, when the optional extra is not installed."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError as error:
+        raise UsageError("cnnctl tune needs Optuna, which is not installed",
+                         hint="pip install 'cnnctl[tune]'") from error

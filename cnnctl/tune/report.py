@@ -106,10 +106,11 @@ def write_best_config(search: Search, best: optuna.trial.FrozenTrial) -> Path | 
     return path
 
 
-def plot_study(study: optuna.Study, tune_dir: Path) -> tuple[list[Path], list[str]]:
+def plot_study(study: optuna.Study, tune_dir: Path, monitor: str) -> tuple[list[Path], list[str]]:
     """history.png (the objective per trial, with the best so far) and importance.png (how much each parameter
     mattered, by Optuna's default evaluator), drawn by ``optuna.visualization.matplotlib``. Returns the files
     written and a note for each plot that could not be drawn (too few finished trials, one parameter...)."""
+    import functools
     import warnings
 
     import optuna
@@ -129,8 +130,11 @@ def plot_study(study: optuna.Study, tune_dir: Path) -> tuple[list[Path], list[st
 
     written, notes = [], []
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    # PED-ANOVA (Optuna 5's default importance evaluator) needs numpy only; fANOVA would need scikit-learn
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     drawers = {"history.png": optuna.visualization.matplotlib.plot_optimization_history,
-               "importance.png": optuna.visualization.matplotlib.plot_param_importances}
+               "importance.png": functools.partial(optuna.visualization.matplotlib.plot_param_importances,
+                                                   evaluator=evaluator)}
     for name, draw in drawers.items():
         if name == "importance.png" and (len(complete) < 2 or not study.best_trial.params):
             notes.append("importance.png needs at least 2 complete trials")
@@ -141,7 +145,7 @@ def plot_study(study: optuna.Study, tune_dir: Path) -> tuple[list[Path], list[st
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the matplotlib backend is marked experimental
             try:
-                axes = draw(study)
+                axes = draw(study, target_name=monitor)
             except (ValueError, RuntimeError) as error:
                 notes.append(f"{name}: {error}")
                 continue
@@ -181,7 +185,7 @@ def finish(search: Search) -> dict[str, Any]:
     rows = trial_rows(search.study)
     best = best_trial(search.study)
     best_config = write_best_config(search, best) if best is not None else None
-    plots, notes = plot_study(search.study, search.tune_dir)
+    plots, notes = plot_study(search.study, search.tune_dir, search.spec.monitor)
     document = summary_document(search, rows, best, best_config, plots)
     document["notes"] = notes
     atomic_write_text(search.tune_dir / SUMMARY, json.dumps(document, indent=2, default=str) + "\n")

@@ -117,6 +117,7 @@ def make_study(spec: SearchSpec, url: str, *, create: bool) -> optuna.Study:
 
     from cnnctl.tune.storage import open_storage
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnctl says what happens, in its own lines
     storage = open_storage(url)
     sampler = optuna.samplers.TPESampler(seed=spec.seed)
     pruner = make_pruner(spec)
@@ -321,9 +322,12 @@ def run_trial(search: Search, trial: optuna.Trial, *, quiet: bool) -> float:
         trial.set_user_attr("run_dir", str(run_dir))
         started = time.monotonic()
         result = trainer.run()
-    except TrainingInterrupted:
-        trial.set_user_attr("interrupted", str(run_dir))
-        write_trial_file(run_dir, trial.number, "interrupted", values, callback)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        from cnnctl.engine.state import STATE_FILE
+
+        if (run_dir / STATE_FILE).is_file():  # resumable: --resume continues this folder
+            trial.set_user_attr("interrupted", str(run_dir))
+            write_trial_file(run_dir, trial.number, "interrupted", values, callback)
         raise
     except CnnctlError as error:
         trial.set_user_attr("error", str(error))
@@ -393,6 +397,9 @@ def work(search: Search, *, timeout: float | None = None, quiet: bool = False) -
                                       gc_after_trial=True)
             except TrainingInterrupted as error:
                 summary.interrupted = error
+                break
+            except KeyboardInterrupt:  # between two trials, or before training started
+                summary.interrupted = TrainingInterrupted("interrupted", exit_code=130)
                 break
     return summary
 
