@@ -14,6 +14,7 @@ WHERE = "Storage, workers and resume"
 
 @command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True})
 def tune(
+    ctx: typer.Context,
     train_args: Annotated[list[str] | None, typer.Argument(
         metavar="ARCH [TRAIN OPTIONS]",
         help="the architecture and any `cnnctl train` options (--dataset/--data, --epochs, --limit, --monitor, "
@@ -75,7 +76,7 @@ def tune(
     else:
         if worker:
             raise UsageError("--worker is for the processes --workers starts, with --resume")
-        spec, out, name_given = _new_spec(train_args or [], param or [], space, trials, pruner, pruner_startup)
+        spec, out, name_given = _new_spec(ctx, train_args or [], param or [], space, trials, pruner, pruner_startup)
         search = search_module.start_search(spec, out=out, name_given=name_given, storage_url=storage)
     if not worker:
         _say_start(search, workers)
@@ -98,8 +99,8 @@ def tune(
         raise typer.Exit(code)
 
 
-def _new_spec(train_args: list[str], params: list[str], space_file: str | None, trials: int | None, pruner: str,
-              pruner_startup: int) -> tuple[Any, str, bool]:
+def _new_spec(ctx: typer.Context, train_args: list[str], params: list[str], space_file: str | None,
+              trials: int | None, pruner: str, pruner_startup: int) -> tuple[Any, str, bool]:
     """The SearchSpec of a new search from the command line; also the folder that holds searches (--out) and
     whether --name was given."""
     from cnnctl.config_file import coerce_options, read_config_file
@@ -108,7 +109,7 @@ def _new_spec(train_args: list[str], params: list[str], space_file: str | None, 
     from cnnctl.tune.space import build_space, space_to_document
     from cnnctl.tune.study import SearchSpec
 
-    explicit, config_file = _parse_train_arguments(train_args)
+    explicit, config_file = _parse_train_arguments(ctx, train_args)
     options: dict[str, Any] = {}
     if config_file is not None:
         options.update(coerce_options(read_config_file(config_file), source=str(config_file)))
@@ -129,13 +130,13 @@ def _new_spec(train_args: list[str], params: list[str], space_file: str | None, 
     return spec, out, name is not None
 
 
-def _parse_train_arguments(args: list[str]) -> tuple[dict[str, Any], str | None]:
+def _parse_train_arguments(ctx: typer.Context, args: list[str]) -> tuple[dict[str, Any], str | None]:
     """``ARCH [TRAIN OPTIONS]`` parsed by `cnnctl train`'s own command: the options given, and --config."""
-    from cnnctl.cli._common import app
     from cnnctl.cli.train_command import _explicit_options
     from cnnctl.errors import UsageError
 
-    train_command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    root = ctx.find_root()
+    train_command = root.command.get_command(root, "train")  # type: ignore[attr-defined]
     try:
         context = train_command.make_context("cnnctl tune", list(args))
     except typer.TyperException as error:  # click's parse errors, as Typer ships them
