@@ -3,6 +3,8 @@ one study between machines). Connection problems are one line, said before any t
 
 from __future__ import annotations
 
+import random
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ DEFAULT_DB = "optuna.db"
 # GRACE_S and is marked failed by the next process that starts a trial, so its slot in the budget is run again.
 HEARTBEAT_S = 10
 GRACE_S = 60
+SCHEMA_RACE_ATTEMPTS = 5
 SQLITE_BUSY_TIMEOUT_S = 120  # several processes write one SQLite file: wait for the lock rather than fail
 
 
@@ -54,10 +57,21 @@ def open_storage(url: str) -> Any:
         if backend in ("postgresql", "mysql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                              grace_period=GRACE_S)
+        for attempt in range(SCHEMA_RACE_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                      heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            except sqlalchemy.exc.SQLAlchemyError as error:
+                # Processes that open a new database at the same moment all create its tables: the losers see
+                # "already exists" (or a duplicate version row) and find the tables there when they try again.
+                text = str(error).lower()
+                if attempt + 1 == SCHEMA_RACE_ATTEMPTS or not any(
+                        sign in text for sign in ("already exists", "unique constraint", "duplicate")):
+                    raise
+                time.sleep(0.5 + random.random())
+        raise AssertionError("unreachable")
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as error:
         driver = getattr(error, "name", None) or str(error).split(":")[-1].strip()
         raise UsageError(f"{where}: the database driver is not installed ({driver})",

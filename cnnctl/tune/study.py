@@ -33,6 +33,8 @@ SPEC_FILE = "tune.json"
 STUDY_ATTR = "cnnctl_search"
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = {"val_acc": "maximize", "val_loss": "minimize"}
+# Train options that each process of a shared study may set for itself: they say where, not what, it trains.
+MACHINE_OPTIONS = ("out", "root", "mirror", "device", "threads")
 
 
 @dataclass
@@ -57,10 +59,14 @@ class SearchSpec:
         return space_from_document(self.space)
 
     def same_search(self, other: SearchSpec) -> bool:
+        """Whether ``other`` searches the same thing: the budget, the storage URL and where each machine keeps
+        its files and trains (MACHINE_OPTIONS) may differ."""
         mine, theirs = asdict(self), asdict(other)
-        for key in ("trials", "storage"):
-            mine.pop(key)
-            theirs.pop(key)
+        for document in (mine, theirs):
+            for key in ("trials", "storage"):
+                document.pop(key)
+            for key in MACHINE_OPTIONS:
+                document["options"].pop(key, None)
         return mine == theirs
 
 
@@ -112,14 +118,17 @@ def check_spec(spec: SearchSpec) -> None:
                                  f"({error.message})", hint=error.hint) from None
 
 
-def make_study(spec: SearchSpec, url: str, *, create: bool) -> optuna.Study:
+def make_study(spec: SearchSpec, url: str, *, create: bool, sampler_seed: int | None = None) -> optuna.Study:
+    """The study in ``url`` (created if ``create``). ``sampler_seed`` seeds TPE: a search that one process runs
+    from start to end draws the same values again with the same --seed; every other process (workers, other
+    machines, --resume) draws its own, or they would all try the same values."""
     import optuna
 
     from cnnctl.tune.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnctl says what happens, in its own lines
     storage = open_storage(url)
-    sampler = optuna.samplers.TPESampler(seed=spec.seed)
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed)
     pruner = make_pruner(spec)
     if create:
         study = optuna.create_study(storage=storage, study_name=spec.study_name, direction=spec.direction,
@@ -196,7 +205,7 @@ def start_search(spec: SearchSpec, *, out: str | Path, name_given: bool, storage
         tune_dir = create_tune_dir(out, spec.study_name, numbered=not name_given)
         spec.study_name = tune_dir.name.removeprefix("tune-")
     url = storage_url or default_url(tune_dir)
-    study = make_study(spec, url, create=True)
+    study = make_study(spec, url, create=True, sampler_seed=spec.seed if storage_url is None else None)
     write_spec(tune_dir, spec)
     return Search(tune_dir, spec, url, study)
 
