@@ -16,6 +16,7 @@ import matplotlib.image
 import optuna
 import pytest
 from test_distributed import CHILD, TESTS
+from test_docs_examples import python_blocks, tiny_mnist  # noqa: F401  (the fixture: MNIST as tiny digits)
 from test_training_options import one_line_error
 from typer.testing import CliRunner
 
@@ -193,3 +194,15 @@ def test_tune_help_imports_neither_torch_nor_optuna() -> None:
             "    pass\nprint('torch' in sys.modules, 'optuna' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "--param" in result.stdout and result.stdout.strip().endswith("False False"), result.stdout
+
+
+@pytest.mark.usefixtures("tiny_mnist")
+def test_the_python_example_of_the_tune_document_runs() -> None:
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    for number, code in enumerate(python_blocks("docs/tune.md"), start=1):
+        exec(compile(code, f"docs/tune.md (python block {number})", "exec"), namespace)  # noqa: S102
+    summary = namespace["summary"]
+    assert [row["state"] for row in summary["trials"]] == ["complete"] * 4  # type: ignore[index]
+    best = max(summary["trials"], key=lambda row: row["value"])  # type: ignore[index]
+    assert summary["best"]["trial"] == best["trial"]  # type: ignore[index]
+    assert Path(summary["best"]["config"]).is_file()  # type: ignore[index]

@@ -104,30 +104,16 @@ def _new_spec(ctx: typer.Context, train_args: list[str], params: list[str], spac
     """The SearchSpec of a new search from the command line; also the folder that holds searches (--out) and
     whether --name was given."""
     from cnnctl.config_file import coerce_options, read_config_file
-    from cnnctl.errors import UsageError
-    from cnnctl.registry import get_model_spec
-    from cnnctl.tune.space import build_space, space_to_document
-    from cnnctl.tune.study import SearchSpec
+    from cnnctl.tune.space import build_space
+    from cnnctl.tune.study import new_spec
 
     explicit, config_file = _parse_train_arguments(ctx, train_args)
     options: dict[str, Any] = {}
     if config_file is not None:
         options.update(coerce_options(read_config_file(config_file), source=str(config_file)))
     options.update(coerce_options(explicit, source="the command line"))
-    if not options.get("arch"):
-        raise UsageError("name an architecture to search with", hint="e.g. cnnctl tune lenet5 --param lr=...")
-    name = options.pop("name", None)
-    out = str(options.get("out", "runs"))
-    space = build_space(params, space_file)
-    dataset = options.get("data_dir") or options.get("dataset", "mnist")
-    from pathlib import Path
-
-    label = Path(str(dataset)).name if options.get("data_dir") else str(dataset)
-    study_name = name or f"{get_model_spec(str(options['arch'])).name.replace(':', '-')}-{label}"
-    spec = SearchSpec(study_name=study_name, options=options, space=space_to_document(space),
-                      trials=20 if trials is None else trials, monitor=str(options.get("monitor", "val_acc")),
-                      pruner=pruner, pruner_startup=pruner_startup, seed=int(options.get("seed", 0)))
-    return spec, out, name is not None
+    return new_spec(options, build_space(params, space_file), trials=trials, pruner=pruner,
+                    pruner_startup=pruner_startup)
 
 
 def _parse_train_arguments(ctx: typer.Context, args: list[str]) -> tuple[dict[str, Any], str | None]:

@@ -118,6 +118,26 @@ def check_spec(spec: SearchSpec) -> None:
                                  f"({error.message})", hint=error.hint) from None
 
 
+def new_spec(options: dict[str, Any], space: list[Param], *, trials: int | None = None, pruner: str = "median",
+             pruner_startup: int = 2) -> tuple[SearchSpec, str, bool]:
+    """A new search over ``space`` from train ``options`` (already converted to their types). Also returns the
+    folder that holds searches (``out``) and whether a ``name`` was given (else ``ARCH-DATASET``, numbered)."""
+    from cnnctl.registry import get_model_spec
+    from cnnctl.tune.space import space_to_document
+
+    options = dict(options)
+    if not options.get("arch"):
+        raise UsageError("name an architecture to search with", hint="e.g. cnnctl tune lenet5 --param lr=...")
+    name = options.pop("name", None)
+    data_dir = options.get("data_dir")
+    label = Path(str(data_dir)).name if data_dir else str(options.get("dataset", "mnist"))
+    study_name = name or f"{get_model_spec(str(options['arch'])).name.replace(':', '-')}-{label}"
+    spec = SearchSpec(study_name=study_name, options=options, space=space_to_document(space),
+                      trials=20 if trials is None else trials, monitor=str(options.get("monitor", "val_acc")),
+                      pruner=pruner, pruner_startup=pruner_startup, seed=int(options.get("seed", 0)))
+    return spec, str(options.get("out", "runs")), name is not None
+
+
 def make_study(spec: SearchSpec, url: str, *, create: bool, sampler_seed: int | None = None) -> optuna.Study:
     """The study in ``url`` (created if ``create``). ``sampler_seed`` seeds TPE: a search that one process runs
     from start to end draws the same values again with the same --seed; every other process (workers, other
@@ -337,6 +357,8 @@ def run_trial(search: Search, trial: optuna.Trial, *, quiet: bool) -> float:
         if (run_dir / STATE_FILE).is_file():  # resumable: --resume continues this folder
             trial.set_user_attr("interrupted", str(run_dir))
             write_trial_file(run_dir, trial.number, "interrupted", values, callback)
+            print(f"trial {trial.number} interrupted after {len(callback.reported)} epoch(s); its run is saved in "
+                  f"{run_dir}", file=sys.stderr, flush=True)
         raise
     except CnnctlError as error:
         trial.set_user_attr("error", str(error))
