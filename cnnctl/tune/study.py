@@ -110,9 +110,9 @@ def check_spec(spec: SearchSpec) -> None:
     base.validate()
     for param in spec.params():  # each edge of each range with the other options as given
         for value in param.extremes():
-            config = build_train_config(apply_params(spec.options, {param.name: value}), source="the command line")
             try:
-                config.validate()
+                build_train_config(apply_params(spec.options, {param.name: value}),
+                                   source="the command line").validate()
             except UsageError as error:
                 raise UsageError(f"--param {param.name}={param.spec}: {_render(value)} cannot be trained "
                                  f"({error.message})", hint=error.hint) from None
