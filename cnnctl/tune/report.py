@@ -89,20 +89,18 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 def write_best_config(search: Search, best: optuna.trial.FrozenTrial) -> Path | None:
     """``best.yaml`` in the search folder: the best trial's resolved configuration, which ``cnnctl train --config``
     trains again (into ``--out``'s usual numbered folders, not the search's)."""
-    from dataclasses import fields
-
-    from cnnctl.config import TrainConfig
-    from cnnctl.config_file import dump_yaml
+    from cnnctl.config_file import build_train_config, dump_yaml
     from cnnctl.fsutil import atomic_write_text
     from cnnctl.tune.study import MACHINE_OPTIONS
 
     document = best.user_attrs.get("config")
     if not document:
         return None
-    # the best trial may have run on another machine: where to write, read data and train are this one's
-    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in MACHINE_OPTIONS}
-    document = {**document, **{key: search.spec.options.get(key, defaults[key]) for key in MACHINE_OPTIONS}}
-    text = dump_yaml(TrainConfig(**document))
+    # The trial's own folder name goes; where to write, read the data and train are this machine's (the best
+    # trial may have run on another one).
+    kept = {key: value for key, value in document.items() if key not in (*MACHINE_OPTIONS, "name")}
+    here = {key: search.spec.options[key] for key in MACHINE_OPTIONS if key in search.spec.options}
+    text = dump_yaml(build_train_config({**kept, **here}, source=f"trial {best.number}'s configuration"))
     if text is None:
         return None
     path = search.tune_dir / BEST_CONFIG
