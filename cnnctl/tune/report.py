@@ -42,9 +42,16 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
     return (trial.datetime_complete - trial.datetime_start).total_seconds()
 
 
+def state_name(trial: optuna.trial.FrozenTrial) -> str:
+    """complete, pruned, failed, interrupted (failed on Ctrl-C, resumable) or running."""
+    if trial.state.name == "FAIL":
+        return "interrupted" if "interrupted" in trial.user_attrs else "failed"
+    return trial.state.name.lower()
+
+
 def trial_line(trial: optuna.trial.FrozenTrial, monitor: str) -> str:
     """One line when a trial ends: ``trial 3 complete: val_acc 0.9512  lr=0.0012 batch_size=64  (12.3 s)``."""
-    state = trial.state.name.lower()
+    state = state_name(trial)
     value = trial_value(trial)
     what = f"{monitor} {value:.4f}" if value is not None else "no value"
     if state == "pruned":
@@ -64,12 +71,9 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One dict per trial, in trial order: what the table and --json show."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        state = trial.state.name.lower()
-        if state == "fail" and "interrupted" in trial.user_attrs:
-            state = "interrupted"
         rows.append({
-            "trial": trial.number, "state": state, "value": trial_value(trial), "params": dict(trial.params),
-            "epochs": len(trial.intermediate_values), "seconds": trial_seconds(trial),
+            "trial": trial.number, "state": state_name(trial), "value": trial_value(trial),
+            "params": dict(trial.params), "epochs": len(trial.intermediate_values), "seconds": trial_seconds(trial),
             "run_dir": trial.user_attrs.get("run_dir"), "worker": trial.user_attrs.get("worker"),
             **({"error": trial.user_attrs["error"]} if "error" in trial.user_attrs else {}),
             **({"continues_trial": trial.user_attrs["continues_trial"]}

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.errors import CheckpointError, CnnctlError, DataError, UsageError
 from cnnctl.tune.space import Param, apply_params, space_from_document
 
 if TYPE_CHECKING:
@@ -360,6 +360,8 @@ def run_trial(search: Search, trial: optuna.Trial, *, quiet: bool) -> float:
             print(f"trial {trial.number} interrupted after {len(callback.reported)} epoch(s); its run is saved in "
                   f"{run_dir}", file=sys.stderr, flush=True)
         raise
+    except (DataError, CheckpointError):
+        raise  # the data or --pretrained weights, not this trial's values: every trial would fail the same way
     except CnnctlError as error:
         trial.set_user_attr("error", str(error))
         if run_dir.is_dir():
