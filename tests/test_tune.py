@@ -108,6 +108,21 @@ def test_hopeless_values_are_pruned_and_their_folders_say_so(tiny_digits, tmp_pa
     assert good and all(row["state"] == "complete" for row in good)
 
 
+def test_a_trial_that_fails_is_recorded_and_the_search_goes_on(tiny_digits, tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    result = tune(*TRIAL, "--epochs", "1", "--out", str(out), "--trials", "3", "--json", "--pruner", "none",
+                  "--optimizer", "sgd", "--scheduler", "none", "--param", "lr=choice:0.01,1e12")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["trials"]
+    assert len(rows) == 3 and {row["params"]["lr"] for row in rows} == {0.01, 1e12}, rows
+    for row in rows:
+        if row["params"]["lr"] == 1e12:  # the loss overflows: the trial fails with the run's own message
+            assert row["state"] == "failed" and "diverged" in row["error"]
+            assert json.loads((Path(row["run_dir"]) / "trial.json").read_text())["state"] == "failed"
+        else:
+            assert row["state"] == "complete" and row["value"] > 0
+
+
 def test_two_workers_share_one_sqlite_study(tiny_digits, tmp_path: Path) -> None:
     out = tmp_path / "runs"
     process = start_script(tmp_path, "tune", *TRIAL, "--epochs", "1", "--out", str(out), "--trials", "4",
