@@ -220,6 +220,7 @@ def start_search(spec: SearchSpec, *, out: str | Path, name_given: bool, storage
         open_storage(storage_url)  # unreachable: one line before any folder is made
         spec.storage = shown_url(storage_url)
         tune_dir = Path(out) / f"tune-{spec.study_name}"
+        _check_same_storage(tune_dir, spec)
         tune_dir.mkdir(parents=True, exist_ok=True)  # another process of this study may have made it
     else:
         tune_dir = create_tune_dir(out, spec.study_name, numbered=not name_given)
@@ -228,6 +229,20 @@ def start_search(spec: SearchSpec, *, out: str | Path, name_given: bool, storage
     study = make_study(spec, url, create=True, sampler_seed=spec.seed if storage_url is None else None)
     write_spec(tune_dir, spec)
     return Search(tune_dir, spec, url, study)
+
+
+def _check_same_storage(tune_dir: Path, spec: SearchSpec) -> None:
+    """A folder of a shared study is joined, never one that holds another search (say, its own optuna.db)."""
+    path = tune_dir / SPEC_FILE
+    if not path.is_file():
+        return
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        found = {}
+    if found.get("storage") != spec.storage or found.get("study_name") != spec.study_name:
+        raise UsageError(f"{tune_dir} holds another search (storage {found.get('storage') or 'its own optuna.db'})",
+                         hint="pick another --name or --out")
 
 
 def open_search(tune_dir: str | Path, *, storage_url: str | None = None, trials: int | None = None) -> Search:
@@ -304,18 +319,28 @@ def budget_lock(tune_dir: Path) -> Iterator[Any]:
 
 
 def continue_interrupted(search: Search) -> list[int]:
-    """Queue each interrupted trial again with its parameters; the new trial continues the old trial's run
-    folder (``cnnctl train --resume``) instead of training from scratch. Returns the old trial numbers."""
+    """Queue each interrupted trial again with its parameters (and each whose process died after saving an
+    epoch); the new trial continues the old trial's run folder (``cnnctl train --resume``) instead of training
+    from scratch. Returns the old trial numbers."""
+    import optuna
     from optuna.trial import TrialState
 
+    from cnnctl.engine.state import STATE_FILE
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(search.study)  # trials of dead processes, past the heartbeat's grace
     trials = search.study.get_trials(deepcopy=False)
     taken = {t.user_attrs.get("continues_trial") for t in trials}
     queued = []
     for trial in trials:
-        if trial.state == TrialState.FAIL and "interrupted" in trial.user_attrs and trial.number not in taken:
-            search.study.enqueue_trial(trial.params, user_attrs={
-                "continues": trial.user_attrs["interrupted"], "continues_trial": trial.number})
-            queued.append(trial.number)
+        # interrupted (Ctrl-C), or whose process died (failed by the heartbeat check, no error of its own)
+        run_dir = trial.user_attrs.get("interrupted") or trial.user_attrs.get("run_dir")
+        if (trial.state != TrialState.FAIL or "error" in trial.user_attrs or trial.number in taken or not run_dir
+                or not (Path(run_dir) / STATE_FILE).is_file()):
+            continue
+        search.study.enqueue_trial(trial.params, user_attrs={"continues": run_dir, "continues_trial": trial.number})
+        queued.append(trial.number)
     return queued
 
 
