@@ -500,4 +500,5 @@ def run_workers(search: Search, workers: int, *, timeout: float | None, quiet: b
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return max(codes, key=lambda code: (code != 0, abs(code)))
+    codes = [128 - code if code < 0 else code for code in codes]  # killed by signal N: 128 + N, as a shell says
+    return max(codes)
