@@ -198,7 +198,8 @@ def _print_table(summary: dict[str, Any]) -> None:
     best = (summary["best"] or {}).get("trial")
     for row in summary["trials"]:
         value = "" if row["value"] is None else f"{row['value']:.4f}"
-        cells = [str(row["trial"]) + (" *" if row["trial"] == best else ""), row["state"], value]
+        state = row["state"] + (f", continues {row['continues_trial']}" if "continues_trial" in row else "")
+        cells = [str(row["trial"]) + (" *" if row["trial"] == best else ""), state, value]
         cells += [format_value(row["params"].get(name, "")) for name in names]
         cells += [str(row["epochs"]), "" if row["seconds"] is None else f"{row['seconds']:.1f}"]
         table.add_row(*cells)

@@ -43,9 +43,12 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
 
 
 def state_name(trial: optuna.trial.FrozenTrial) -> str:
-    """complete, pruned, failed, interrupted (failed on Ctrl-C, resumable) or running."""
+    """complete, pruned, running, waiting; failed (with an error of its own), interrupted (Ctrl-C, saved) or
+    lost (its process died without a word: killed, a machine gone; found by the missing heartbeat)."""
     if trial.state.name == "FAIL":
-        return "interrupted" if "interrupted" in trial.user_attrs else "failed"
+        if "error" in trial.user_attrs:
+            return "failed"
+        return "interrupted" if "interrupted" in trial.user_attrs else "lost"
     return trial.state.name.lower()
 
 
