@@ -221,3 +221,10 @@ def test_the_python_example_of_the_tune_document_runs() -> None:
     best = max(summary["trials"], key=lambda row: row["value"])  # type: ignore[index]
     assert summary["best"]["trial"] == best["trial"]  # type: ignore[index]
     assert Path(summary["best"]["config"]).is_file()  # type: ignore[index]
+
+
+def test_without_optuna_the_command_says_how_to_install_it(tiny_digits, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now fails as if it were not installed
+    one_line_error(tune(*TRIAL, "--out", str(tmp_path / "runs"), "--param", "lr=loguniform:1e-4:1e-1"),
+                   "needs Optuna", "pip install 'cnnctl[tune]'")
