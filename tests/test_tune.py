@@ -34,6 +34,11 @@ def tune(*args: str):
     return runner.invoke(app, ["tune", *args])
 
 
+def trial_dir(tune_dir: Path, number: int) -> Path:
+    """Trial K's run folder: the one run of the run group ``trial-K`` in the search folder."""
+    return tune_dir / f"trial-{number}" / "1"
+
+
 def epochs_trained(run_dir: Path) -> list[dict[str, str]]:
     """The run's own metrics.csv, one row per epoch."""
     with open(run_dir / "metrics.csv", newline="") as handle:
@@ -67,7 +72,7 @@ def test_a_tiny_search_finishes_and_its_best_config_trains_again(tiny_digits, tm
     assert [row["trial"] for row in summary["trials"]] == [0, 1, 2, 3]
     for row in summary["trials"]:
         run_dir = Path(row["run_dir"])
-        assert run_dir == tune_dir / f"trial-{row['trial']}" and row["state"] == "complete"
+        assert run_dir == trial_dir(tune_dir, row["trial"]) and row["state"] == "complete"
         assert row["value"] == pytest.approx(best_val(run_dir))  # the objective is the run's best validation value
         assert json.loads((run_dir / "trial.json").read_text())["state"] == "complete"
         assert set(row["params"]) == {"lr", "batch_size"} and 1e-4 <= row["params"]["lr"] <= 3e-3
@@ -83,9 +88,9 @@ def test_a_tiny_search_finishes_and_its_best_config_trains_again(tiny_digits, tm
     assert again.run_dir.parent == out / "lenet5-tinydigits"
     assert max(row["val_acc"] for row in again.history) == pytest.approx(best["value"])
     # a trial folder is an ordinary run: eval reproduces its test accuracy
-    evaluated = runner.invoke(app, ["eval", str(tune_dir / "trial-0"), "--json"])
+    evaluated = runner.invoke(app, ["eval", str(trial_dir(tune_dir, 0)), "--json"])
     assert evaluated.exit_code == 0, evaluated.output
-    results = json.loads((tune_dir / "trial-0" / "results.json").read_text())
+    results = json.loads((trial_dir(tune_dir, 0) / "results.json").read_text())
     assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(results["test_acc"])
 
 
@@ -147,7 +152,7 @@ def test_ctrl_c_then_resume_finishes_without_repeating_trials(tiny_digits, tmp_p
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # wait for the first finished trial, and the second started
         time.sleep(0.05)
-        if (tune_dir / "trial-1" / "metrics.csv").is_file():
+        if (trial_dir(tune_dir, 1) / "metrics.csv").is_file():
             break
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
@@ -158,7 +163,7 @@ def test_ctrl_c_then_resume_finishes_without_repeating_trials(tiny_digits, tmp_p
     assert 0 in finished
     interrupted = [n for n, t in before.items() if "interrupted" in t.user_attrs]
     assert interrupted == [1], before  # stopped in the middle of trial 1's epochs, saved
-    metrics_before = {n: (tune_dir / f"trial-{n}" / "metrics.csv").read_text() for n in finished}
+    metrics_before = {n: (trial_dir(tune_dir, n) / "metrics.csv").read_text() for n in finished}
 
     result = tune("--resume", str(tune_dir), "--json")
     assert result.exit_code == 0, result.output
@@ -167,12 +172,12 @@ def test_ctrl_c_then_resume_finishes_without_repeating_trials(tiny_digits, tmp_p
     assert len(complete) == 3
     for number, trial in finished.items():  # finished trials are kept as they were, not trained again
         assert after[number].datetime_complete == trial.datetime_complete
-        assert (tune_dir / f"trial-{number}" / "metrics.csv").read_text() == metrics_before[number]
+        assert (trial_dir(tune_dir, number) / "metrics.csv").read_text() == metrics_before[number]
     for number in interrupted:  # an interrupted trial continues in its own folder, to all its epochs
         continued = [t for t in complete if t.user_attrs.get("continues_trial") == number]
         assert len(continued) == 1 and continued[0].params == before[number].params
-        assert continued[0].user_attrs["run_dir"] == str(tune_dir / f"trial-{number}")
-        assert len(epochs_trained(tune_dir / f"trial-{number}")) == 5
+        assert continued[0].user_attrs["run_dir"] == str(trial_dir(tune_dir, number))
+        assert len(epochs_trained(trial_dir(tune_dir, number))) == 5
     assert len({t.user_attrs["run_dir"] for t in complete}) == 3
 
 

@@ -137,10 +137,6 @@ def _parse_train_arguments(ctx: typer.Context, args: list[str]) -> tuple[dict[st
                          ("resume", "--resume continues a search folder here, not a run")):
         if refused in given:
             raise UsageError(f"--{refused} is not for cnnctl tune: {why}")
-    if context.params.get("data") is not None and "data" in given:
-        explicit["data_dir"] = context.params["data"]
-    if context.params.get("dropout") is not None and "dropout" in given:
-        explicit["arch_args"] = {"dropout": context.params["dropout"]}
     return explicit, context.params.get("config_file")
 
 

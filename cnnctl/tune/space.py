@@ -24,17 +24,15 @@ NOT_SEARCHABLE = {
     "name": "the search has one name (--name)",
     "root": "it is where the data lives, not a hyper-parameter",
     "mirror": "it is where the data comes from, not a hyper-parameter",
-    "data_dir": "it is the dataset, not a hyper-parameter",
+    "data": "it is the dataset, not a hyper-parameter",
     "arch_args": "search its entries instead (e.g. dropout)",
     "milestones": "a list of epochs; search step_size or gamma instead",
 }
-# Options of `cnnctl train` that are not TrainConfig fields of the same name: option name -> (field, key in it).
-ALIASES = {"dropout": ("arch_args", "dropout")}
 
 
 @dataclass(frozen=True)
 class Param:
-    """One searched option: its TrainConfig field (``dropout`` lives in ``arch_args``) and its distribution."""
+    """One searched option (by its name in cnnctl/options.py) and its distribution."""
 
     name: str
     kind: str
@@ -70,15 +68,8 @@ class Param:
 
 
 def apply_params(options: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """Train options with the searched ``values`` put in (``dropout`` goes into ``arch_args``)."""
-    result = dict(options)
-    for name, value in values.items():
-        field, key = ALIASES.get(name, (name, None))
-        if key is None:
-            result[field] = value
-        else:
-            result[field] = {**result.get(field, {}), key: value}
-    return result
+    """Train options with the searched ``values`` put in."""
+    return {**options, **values}
 
 
 def _render(value: Any) -> str:
@@ -91,29 +82,19 @@ def _render(value: Any) -> str:
 
 # ------------------------------------------------------------------------------------------------ option types
 def option_type(name: str) -> type:
-    """The type of train option ``name`` (a TrainConfig field or an alias): bool, int, float, str, list or dict.
-    Unknown or unsearchable names are one line, with the closest option name."""
-    import types
-    import typing
-    from dataclasses import fields
+    """The type of train option ``name`` (from its declaration in cnnctl/options.py): bool, int, float, str, list
+    or dict. Unknown or unsearchable names are one line, with the closest option name."""
+    from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, canonical_name
 
-    from cnnctl.config import TrainConfig
-
-    if name in NOT_SEARCHABLE:
-        raise UsageError(f"--param {name}: cannot be searched: {NOT_SEARCHABLE[name]}")
-    if name == "dropout":
-        return float
-    hints = typing.get_type_hints(TrainConfig)
-    known = {f.name for f in fields(TrainConfig)}
-    if name not in known:
+    canonical = canonical_name(name) or name
+    if canonical in NOT_SEARCHABLE:
+        raise UsageError(f"--param {name}: cannot be searched: {NOT_SEARCHABLE[canonical]}")
+    if canonical not in OPTION_BY_NAME or not OPTION_BY_NAME[canonical].config:
         from cnnctl.registry import suggest
 
-        searchable = sorted((known | set(ALIASES)) - set(NOT_SEARCHABLE))
+        searchable = sorted(o.name for o in CONFIG_OPTIONS if o.name not in NOT_SEARCHABLE)
         raise suggest(name, searchable, "option in --param (not a `cnnctl train` option):")
-    annotation = hints[name]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
-    return typing.get_origin(annotation) or annotation
+    return OPTION_BY_NAME[canonical].type
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -129,9 +110,12 @@ def parse_param(text: str) -> Param:
 def build_param(name: str, spec: Any) -> Param:
     """A Param from an option name and its SPEC: a string, or (in a --space file) a list of choices or a mapping
     ``{kind: ..., low: ..., high: ..., step: ..., choices: [...]}``."""
+    from cnnctl.options import canonical_name
+
     name = name.strip().lstrip("-").replace("-", "_")
     where = f"--param {name}"
     kind_of_option = option_type(name)
+    name = canonical_name(name) or name
     kind, arguments = _split_spec(spec, where)
     if kind not in KINDS:
         from cnnctl.registry import suggest
@@ -203,12 +187,7 @@ def _choice(name: str, values: list[Any], kind_of_option: type, where: str) -> P
 
     if not values:
         raise UsageError(f"{where}: the choice is empty", hint=f"e.g. {name}=choice:A,B")
-    coerced = []
-    for value in values:
-        if name in ALIASES:  # dropout: a number
-            coerced.append(_number(value, where))
-        else:
-            coerced.append(coerce_options({name: value}, source=where)[name])
+    coerced = [coerce_options({name: value}, source=where)[name] for value in values]
     if len(set(map(repr, coerced))) != len(coerced):
         raise UsageError(f"{where}: the choice repeats a value: {','.join(map(_render, coerced))}")
     if len(coerced) < 2:

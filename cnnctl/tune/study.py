@@ -354,9 +354,10 @@ def run_trial(search: Search, trial: optuna.Trial, *, quiet: bool) -> float:
     never test); raise ``optuna.TrialPruned`` when the pruner stopped it."""
     import optuna
 
-    from cnnctl.config_file import build_train_config, coerce_options
+    from cnnctl.config_file import build_train_config
+    from cnnctl.engine.fit import Trainer
     from cnnctl.engine.interrupt import TrainingInterrupted
-    from cnnctl.tune.trainer import PruningCallback, TrialReporter, TrialTrainer
+    from cnnctl.tune.trainer import PruningCallback, TrialReporter
 
     spec = search.spec
     values = {param.name: param.suggest(trial) for param in spec.params()}
@@ -366,20 +367,19 @@ def run_trial(search: Search, trial: optuna.Trial, *, quiet: bool) -> float:
     reporter = TrialReporter(trial.number, values, quiet=quiet)
     try:
         if continues:
-            run_dir = Path(continues)
-            trainer = TrialTrainer.resuming(run_dir, coerce_options({}, source="the search"), reporter)
-            trainer.add_callback(callback)
-        else:
-            run_dir = search.tune_dir / f"trial-{trial.number}"
-            config = build_train_config(apply_params(spec.options, values), source=f"trial {trial.number}")
-            trainer = TrialTrainer(config, reporter, run_dir=run_dir, callbacks=[callback])
-        trial.set_user_attr("run_dir", str(run_dir))
+            trainer = Trainer.resuming(continues, {}, reporter, callbacks=[callback])
+        else:  # the run folder is the run group trial-K's first run: tune-NAME/trial-K/1
+            options = {**apply_params(spec.options, values), "out": str(search.tune_dir),
+                       "name": f"trial-{trial.number}"}
+            trainer = Trainer(build_train_config(options, source=f"trial {trial.number}"), reporter,
+                              callbacks=[callback])
         started = time.monotonic()
         result = trainer.run()
     except (TrainingInterrupted, KeyboardInterrupt):
         from cnnctl.engine.state import STATE_FILE
 
-        if (run_dir / STATE_FILE).is_file():  # resumable: --resume continues this folder
+        run_dir = callback.run_dir
+        if run_dir is not None and (run_dir / STATE_FILE).is_file():  # resumable: --resume continues it
             trial.set_user_attr("interrupted", str(run_dir))
             write_trial_file(run_dir, trial.number, "interrupted", values, callback)
             print(f"trial {trial.number} interrupted after {len(callback.reported)} epoch(s); its run is saved in "
@@ -389,9 +389,11 @@ def run_trial(search: Search, trial: optuna.Trial, *, quiet: bool) -> float:
         raise  # the data or --pretrained weights, not this trial's values: every trial would fail the same way
     except CnnctlError as error:
         trial.set_user_attr("error", str(error))
-        if run_dir.is_dir():
+        run_dir = callback.run_dir
+        if run_dir is not None:
             write_trial_file(run_dir, trial.number, "failed", values, callback, error=str(error))
         raise TrialFailed(str(error)) from error
+    run_dir = result.run_dir
     trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
     trial.set_user_attr("config", trainer.config.to_dict())
     trial.set_user_attr("epochs_trained", len(result.history))

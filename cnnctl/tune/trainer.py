@@ -1,5 +1,5 @@
 """A trial is an ordinary training run: the Trainer with a callback that reports each epoch to Optuna and stops
-the run when the pruner says so, in the trial's own folder ``tune-NAME/trial-K``, with one-line progress."""
+the run when the pruner says so, and one-line progress prefixed with the trial's number."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cnnctl.engine.fit import Trainer
+from cnnctl.engine.callbacks import Callback
 from cnnctl.progress import Reporter, epoch_line
 
 PRUNER_NAMES = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}
 
 
-class PruningCallback:
+class PruningCallback(Callback):
     """Reports ``monitor`` after every epoch (``trial.report(value, epoch)``) and, when the pruner says the trial
     is hopeless, sets ``trainer.should_stop``: the run then ends normally (final test, results.json), a run
-    folder like any other that ``cnnctl eval`` and ``--resume`` work on."""
+    folder like any other that ``cnnctl eval`` works on. The decision is made when the epoch's numbers are
+    complete, before the epoch is saved, so the saved state says the run stopped (a ``--resume`` of a pruned
+    trial's folder does not train on)."""
 
     def __init__(self, trial: Any, monitor: str, pruner: str):
         self.trial = trial
@@ -25,18 +27,21 @@ class PruningCallback:
         self.pruner = pruner
         self.pruned_at: int | None = None
         self.reported: list[float] = []
+        self.run_dir: Path | None = None
 
     def on_fit_start(self, trainer: Any) -> None:
         """A trial that continues an interrupted run first reports the epochs that run had already trained."""
         from cnnctl.errors import UsageError
 
+        self.run_dir = trainer.run_dir
+        self.trial.set_user_attr("run_dir", str(trainer.run_dir))
         if trainer.data.val is None:
             raise UsageError("a search needs a validation split: its objective is --monitor on it (the test set "
                              "never chooses)", hint="pass --val-split N, or give the dataset a val/ folder")
         for row in trainer.history:
             self._report(row)
 
-    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+    def on_validation_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
         self._report(metrics)
         if self.trial.should_prune():
             self.pruned_at = epoch
@@ -56,44 +61,6 @@ class PruningCallback:
         values = [float(row[self.monitor]) for row in history if self.monitor in row]
         values = [value if math.isfinite(value) else self._worst() for value in values] or [self._worst()]
         return max(values) if self.monitor == "val_acc" else min(values)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class TrialTrainer(Trainer):
-    """The Trainer, writing into the trial's folder ``run_dir`` (created exclusively) instead of the next
-    numbered folder under ``--out``."""
-
-    def __init__(self, config: Any, reporter: Reporter | None = None, *, run_dir: Path | None = None,
-                 callbacks: list[Any] | None = None, resume: str | Path | None = None):
-        super().__init__(config, reporter, resume=resume)
-        self.trial_dir = run_dir
-        self.trial_callbacks = list(callbacks or [])
-        self.should_stop = False
-
-    def add_callback(self, callback: Any) -> None:
-        self.trial_callbacks.append(callback)
-
-    def _new_run_dir(self) -> Path:
-        if self.trial_dir is None:
-            return super()._new_run_dir()
-        self.trial_dir.mkdir(parents=True)
-        return self.trial_dir
-
-    def report_start(self) -> None:
-        super().report_start()
-        for callback in self.trial_callbacks:
-            callback.on_fit_start(self)
-
-    def save_epoch(self, epoch: int, row: dict[str, float], *args: Any) -> None:
-        super().save_epoch(epoch, row, *args)
-        for callback in self.trial_callbacks:
-            callback.on_epoch_end(self, epoch, row)
-        if self.should_stop:
-            self.stopped_early = True
 
 
 class TrialReporter(Reporter):
