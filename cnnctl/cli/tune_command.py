@@ -53,7 +53,7 @@ def tune(
     json_output: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="one line per trial, not per epoch")] = False,
 ) -> None:
-    """Search hyper-parameters with Optuna: each trial is a run folder runs/tune-NAME/trial-K, scored by
+    """Search hyper-parameters with Optuna: each trial is a run folder runs/tune-NAME/trial-K/1, scored by
     --monitor on the validation split (never the test set); ends with a table, best.yaml, importance.png and
     history.png."""
     from cnnctl.cli._common import state

@@ -3,7 +3,7 @@
 Optuna samples each trial's values (TPE), prunes hopeless trials from their per-epoch validation values, and
 keeps the study in a relational database: a SQLite file in the search folder by default, or any SQLAlchemy URL
 (PostgreSQL, MySQL) that several processes on several machines share. cnnctl adds the trials themselves: each
-is an ordinary run folder (``tune-NAME/trial-K``) trained by the usual Trainer. See docs/tune.md.
+is an ordinary run folder (``tune-NAME/trial-K/1``) trained by the usual Trainer. See docs/tune.md.
 
 ``space`` parses and checks the search space, ``storage`` opens the database, ``study`` runs the search (the
 budget, the objective, workers), ``trainer`` is one trial's training and ``report`` the table, best.yaml and

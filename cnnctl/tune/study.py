@@ -1,7 +1,7 @@
 """The search itself, on Optuna: one study in a storage, trials that are ordinary cnnctl runs, workers.
 
 A search folder ``OUT/tune-NAME/`` holds ``tune.json`` (the search: base train options, space, budget,
-objective, storage), ``optuna.db`` (the default storage) and one run folder per trial, ``trial-K/``. The same
+objective, storage), ``optuna.db`` (the default storage) and one run folder per trial, ``trial-K/1``. The same
 document is kept in the study itself (a user attribute), so a process on another machine that joins the study
 through a shared ``--storage`` runs the same search. Every process — the first, ``--workers`` started beside
 it, ``--resume`` after Ctrl-C, another machine — runs the same loop: take the next trial from Optuna while the

@@ -78,7 +78,7 @@ class TrialReporter(Reporter):
                   f"{info['val']:,} val images, {info['epochs']} epochs)")
 
     def message(self, text: str) -> None:
-        if not text.startswith(("sanity check", "early stopping")):
+        if not text.startswith("sanity check"):  # the same two batches' check for every trial
             self._say(text)
 
     def epoch_end(self, row: dict[str, float], epochs: int) -> None:
