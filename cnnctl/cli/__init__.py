@@ -20,11 +20,12 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
     predict_command,
     runs_command,
     train_command,
+    tune_command,
 )
 from cnnctl.cli._common import app, state
 
 # `cnnctl --help` lists the commands in the order of a workflow; commands not named here follow, as registered
-WORKFLOW = ("download", "train", "eval", "predict", "export", "runs", "summary", "list", "doctor")
+WORKFLOW = ("download", "train", "eval", "predict", "export", "runs", "tune", "summary", "list", "doctor")
 
 
 def _in_workflow_order() -> None:

@@ -1,0 +1,202 @@
+"""``cnnctl tune``: hyper-parameter search with Optuna over any ``cnnctl train`` option."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from cnnctl.cli._common import command, print_json, stderr_line
+
+SEARCH = "Search"
+WHERE = "Storage, workers and resume"
+
+
+@command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True})
+def tune(
+    ctx: typer.Context,
+    train_args: Annotated[list[str] | None, typer.Argument(
+        metavar="ARCH [TRAIN OPTIONS]",
+        help="the architecture and any `cnnctl train` options (--dataset/--data, --epochs, --limit, --monitor, "
+             "--config FILE, ...): every trial trains with them, plus its searched values")] = None,
+    trials: Annotated[int | None, typer.Option(
+        help="trials in the whole search (all workers and machines together) \\[default: 20; with --resume: "
+             "as before, or a new total]", rich_help_panel=SEARCH)] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="start no new trial after this many seconds (the running ones finish)", rich_help_panel=SEARCH)]
+        = None,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", "-p", metavar="NAME=SPEC",
+        help="a train option to search: lr=loguniform:1e-4:1e-1, weight_decay=uniform:0:1e-3, epochs=int:2:8, "
+             "batch_size=choice:64,128,256, optimizer=choice:adam,sgd (repeat for several)",
+        rich_help_panel=SEARCH)] = None,
+    space: Annotated[str | None, typer.Option(
+        metavar="FILE", help="YAML/JSON/TOML mapping of option names to SPECs (--param overrides its entries)",
+        rich_help_panel=SEARCH)] = None,
+    pruner: Annotated[str, typer.Option(
+        help="stop hopeless trials early: median (worse than the median of earlier trials at the same epoch), "
+             "hyperband, or none", rich_help_panel=SEARCH)] = "median",
+    pruner_startup: Annotated[int, typer.Option(
+        help="median pruner: trials that must finish before any is pruned", rich_help_panel=SEARCH)] = 2,
+    storage: Annotated[str | None, typer.Option(
+        envvar="CNNCTL_TUNE_STORAGE", metavar="URL",
+        help="SQLAlchemy database URL of the study, e.g. postgresql://user@host/db, shared by every process "
+             "that runs this search \\[default: sqlite optuna.db in the search folder]", rich_help_panel=WHERE)]
+        = None,
+    workers: Annotated[int, typer.Option(
+        min=1, help="worker processes on this machine, sharing the study and the CPU cores", rich_help_panel=WHERE)]
+        = 1,
+    resume: Annotated[str | None, typer.Option(
+        metavar="DIR", help="continue the search in this folder (runs/tune-NAME): interrupted trials continue, "
+                            "finished ones are kept", rich_help_panel=WHERE)] = None,
+    worker: Annotated[bool, typer.Option(hidden=True, help="run trials only (started by --workers)")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="one line per trial, not per epoch")] = False,
+) -> None:
+    """Search hyper-parameters with Optuna: each trial is a run folder runs/tune-NAME/trial-K/1, scored by
+    --monitor on the validation split (never the test set); ends with a table, best.yaml, importance.png and
+    history.png."""
+    from cnnctl.cli._common import state
+    from cnnctl.errors import UsageError
+    from cnnctl.tune import require_optuna
+    from cnnctl.tune import study as search_module
+
+    require_optuna()
+    if resume is not None:
+        if train_args or param or space:
+            raise UsageError("a resumed search keeps its own options and space",
+                             hint="with --resume give only --trials, --timeout, --workers or --storage")
+        search = search_module.open_search(resume, storage_url=storage, trials=trials)
+        if not worker:
+            with search_module.budget_lock(search.tune_dir):
+                continued = search_module.continue_interrupted(search)
+            if continued:
+                stderr_line(f"continuing interrupted trial(s) {', '.join(map(str, continued))} from their run "
+                            "folders")
+    else:
+        if worker:
+            raise UsageError("--worker is for the processes --workers starts, with --resume")
+        spec, out, name_given = _new_spec(ctx, train_args or [], param or [], space, trials, pruner, pruner_startup)
+        search = search_module.start_search(spec, out=out, name_given=name_given, storage_url=storage)
+    if not worker:
+        _say_start(search, workers)
+    if workers > 1 and not worker:
+        code = search_module.run_workers(search, workers, timeout=timeout, quiet=quiet, debug=state.debug,
+                                         storage_url=storage)
+        interrupted = code in (130, 143)
+        if code and not interrupted:
+            stderr_line(f"a worker process failed (exit {code}); the finished trials are kept")
+    else:
+        done = search_module.work(search, timeout=timeout, quiet=quiet)
+        interrupted = done.interrupted is not None
+        code = done.interrupted.exit_code if done.interrupted is not None else 0
+    if worker:
+        raise typer.Exit(code)
+    _finish(search, json_output)
+    if interrupted:
+        stderr_line(f"search interrupted; continue it with: cnnctl tune --resume {search.tune_dir}")
+    if code:
+        raise typer.Exit(code)
+
+
+def _new_spec(ctx: typer.Context, train_args: list[str], params: list[str], space_file: str | None,
+              trials: int | None, pruner: str, pruner_startup: int) -> tuple[Any, str, bool]:
+    """The SearchSpec of a new search from the command line; also the folder that holds searches (--out) and
+    whether --name was given."""
+    from cnnctl.config_file import coerce_options, read_config_file
+    from cnnctl.tune.space import build_space
+    from cnnctl.tune.study import new_spec
+
+    explicit, config_file = _parse_train_arguments(ctx, train_args)
+    options: dict[str, Any] = {}
+    if config_file is not None:
+        options.update(coerce_options(read_config_file(config_file), source=str(config_file)))
+    options.update(coerce_options(explicit, source="the command line"))
+    return new_spec(options, build_space(params, space_file), trials=trials, pruner=pruner,
+                    pruner_startup=pruner_startup)
+
+
+def _parse_train_arguments(ctx: typer.Context, args: list[str]) -> tuple[dict[str, Any], str | None]:
+    """``ARCH [TRAIN OPTIONS]`` parsed by `cnnctl train`'s own command: the options given, and --config."""
+    from cnnctl.cli.train_command import _explicit_options
+    from cnnctl.errors import UsageError
+
+    root = ctx.find_root()
+    train_command = root.command.get_command(root, "train")  # type: ignore[attr-defined]
+    try:
+        context = train_command.make_context("cnnctl tune", list(args))
+    except typer.TyperException as error:  # click's parse errors, as Typer ships them
+        unknown = type(error).__name__ == "NoSuchOption"
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        raise UsageError(f"{message} (not a `cnnctl train` option)" if unknown else message,
+                         hint="see cnnctl tune --help and cnnctl train --help") from None
+    explicit = _explicit_options(context)
+    given = {name for name in context.params
+             if (source := context.get_parameter_source(name)) is not None and source.name == "COMMANDLINE"}
+    for refused, why in (("nproc", "each trial trains in one process; use --workers N for parallel trials"),
+                         ("resume", "--resume continues a search folder here, not a run")):
+        if refused in given:
+            raise UsageError(f"--{refused} is not for cnnctl tune: {why}")
+    return explicit, context.params.get("config_file")
+
+
+def _say_start(search: Any, workers: int) -> None:
+    from cnnctl.tune.storage import shown_url
+
+    spec = search.spec
+    done = sum(1 for _ in search.study.get_trials(deepcopy=False))
+    where = f", {done} trial(s) already in the study" if done else ""
+    stderr_line(f"search {search.tune_dir}: {spec.trials} trials of {spec.options.get('arch')}, objective "
+                f"{spec.monitor} on the validation split ({spec.direction}; the test set is never used to choose), "
+                f"pruner {spec.pruner}, storage {shown_url(search.url)}"
+                + (f", {workers} workers" if workers > 1 else "") + where)
+
+
+def _finish(search: Any, json_output: bool) -> None:
+    from cnnctl.tune.report import finish
+
+    summary = finish(search)
+    if json_output:
+        print_json(summary)
+    else:
+        _print_table(summary)
+    for note in summary.get("notes", []):
+        stderr_line(note)
+    best = summary["best"]
+    if best is None:
+        stderr_line("no trial completed, so there is no best configuration yet")
+        return
+    from cnnctl.tune.report import format_params
+
+    stderr_line(f"best trial {best['trial']}: {summary['monitor']} {best['value']:.4f}  "
+                f"{format_params(best['params'])}  → {best['run_dir']}")
+    if best["config"]:
+        stderr_line(f"train it again: cnnctl train --config {best['config']}")
+    if summary["plots"]:
+        stderr_line("plots: " + ", ".join(summary["plots"]))
+
+
+def _print_table(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnctl.tune.report import format_value
+
+    names = list(summary["space"])
+    table = Table(title=f"{summary['tune_dir']}: {summary['monitor']} ({summary['direction']})")
+    table.add_column("trial", justify="right")
+    table.add_column("state")
+    table.add_column(summary["monitor"], justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("time (s)", justify="right")
+    best = (summary["best"] or {}).get("trial")
+    for row in summary["trials"]:
+        value = "" if row["value"] is None else f"{row['value']:.4f}"
+        state = row["state"] + (f", continues {row['continues_trial']}" if "continues_trial" in row else "")
+        cells = [str(row["trial"]) + (" *" if row["trial"] == best else ""), state, value]
+        cells += [format_value(row["params"].get(name, "")) for name in names]
+        cells += [str(row["epochs"]), "" if row["seconds"] is None else f"{row['seconds']:.1f}"]
+        table.add_row(*cells)
+    Console(width=max(100, 14 * (len(names) + 5))).print(table)

@@ -1,0 +1,100 @@
+"""Where a study lives: Optuna's RDBStorage over any SQLAlchemy URL (SQLite by default, PostgreSQL/MySQL to share
+one study between machines). Connection problems are one line, said before any trial starts."""
+
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from cnnctl.errors import UsageError
+
+DEFAULT_DB = "optuna.db"
+# Each running trial writes a heartbeat; a trial whose process died (kill -9, a lost machine) has none for
+# GRACE_S and is marked failed by the next process that starts a trial, so its slot in the budget is run again.
+HEARTBEAT_S = 10
+GRACE_S = 60
+SCHEMA_RACE_ATTEMPTS = 5
+SQLITE_BUSY_TIMEOUT_S = 120  # several processes write one SQLite file: wait for the lock rather than fail
+
+
+def default_url(tune_dir: Path) -> str:
+    return f"sqlite:///{(tune_dir / DEFAULT_DB).resolve()}"
+
+
+def shown_url(url: str) -> str:
+    """The URL without its password (for messages, tune.json and JSON output)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse is reported by open_storage
+        return url
+
+
+def open_storage(url: str) -> Any:
+    """An ``optuna.storages.RDBStorage`` on ``url`` with the study tables created, or one line saying why not."""
+    import optuna
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    where = f"--storage {shown_url(url)}"
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UsageError(f"{where}: not a database URL",
+                         hint="e.g. sqlite:///runs/study.db or postgresql://user@host/dbname") from None
+    engine_kwargs: dict[str, Any] = {}
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+        if parsed.database and parsed.database != ":memory:":
+            _prepare_sqlite_file(Path(parsed.database), where)
+    else:
+        engine_kwargs["pool_pre_ping"] = True  # a database restarted under a long search: reconnect
+        if backend in ("postgresql", "mysql"):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        for attempt in range(SCHEMA_RACE_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                      heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            except sqlalchemy.exc.SQLAlchemyError as error:
+                # Processes that open a new database at the same moment all create its tables: the losers see
+                # "already exists" (or a duplicate version row) and find the tables there when they try again.
+                text = str(error).lower()
+                if attempt + 1 == SCHEMA_RACE_ATTEMPTS or not any(
+                        sign in text for sign in ("already exists", "unique constraint", "duplicate")):
+                    raise
+                time.sleep(0.5 + random.random())
+        raise AssertionError("unreachable")
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as error:
+        driver = getattr(error, "name", None) or str(error).split(":")[-1].strip()
+        raise UsageError(f"{where}: the database driver is not installed ({driver})",
+                         hint="e.g. pip install psycopg2-binary for postgresql://, pymysql for mysql+pymysql://"
+                         ) from None
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        reason = " ".join(str(getattr(error, "orig", None) or error).split())
+        raise UsageError(f"{where}: cannot connect ({reason[:300]})",
+                         hint="check the host, port, database name and credentials") from None
+
+
+def _prepare_sqlite_file(path: Path, where: str) -> None:
+    """Write-ahead logging, so that readers (the table, another worker) do not block the trial that writes. The
+    mode is kept in the file. A file in a folder that does not exist is refused here, in one line."""
+    import sqlite3
+
+    if not path.parent.is_dir():
+        raise UsageError(f"{where}: the folder {path.parent} does not exist", hint="create it, or pick another path")
+    try:
+        connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise UsageError(f"{where}: cannot open it as an SQLite database ({error})") from None
