@@ -305,14 +305,15 @@ def load_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: tu
     decoded = decode_files([path for path, _ in items], size, workers=workers)
     _report_failures(decoded.failures, log)
     labels = torch.tensor([items[i][1] for i in decoded.kept], dtype=torch.int64)
-    return ImageTensors(decoded.images, labels, classes, source=source), decoded.grey
+    paths = tuple(str(items[i][0]) for i in decoded.kept)
+    return ImageTensors(decoded.images, labels, classes, source=source, paths=paths), decoded.grey
 
 
 def _to_grey(data: ImageTensors) -> ImageTensors:
     """Every image is grey: keep one of its three equal channels."""
     from cnnctl.data.base import ImageTensors
 
-    return ImageTensors(data.images[:, :1].contiguous(), data.labels, data.classes, data.source)
+    return ImageTensors(data.images[:, :1].contiguous(), data.labels, data.classes, data.source, data.paths)
 
 
 def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log
@@ -407,7 +408,7 @@ def load_folder_eval_split(meta: Any, *, split: str = "test", data_dir: str | No
     from cnnctl.data.images import to_grey
 
     images = to_grey(data.images) if meta.preprocessing.channels == 1 else data.images
-    return ImageTensors(images, data.labels, data.classes, data.source)
+    return ImageTensors(images, data.labels, data.classes, data.source, data.paths)
 
 
 def _not_directly(directory: Path, split: str) -> Any:
