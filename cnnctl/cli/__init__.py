@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
+import cnnctl.cli.explain_command  # noqa: F401  (registers `cnnctl explain`)
 import cnnctl.cli.export_command  # noqa: F401  (registers `cnnctl export`)
 from cnnctl.cli import data_commands, eval_command, info_commands, predict_command, train_command  # noqa: F401
 from cnnctl.cli._common import app, state

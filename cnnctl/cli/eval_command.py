@@ -28,7 +28,7 @@ def eval_command(
                                         "metrics, confusion, top losses, confused pairs, calibration")] = None,
     label_issues: Annotated[bool, typer.Option(
         "--label-issues", help="rank the images whose given label the model finds least likely (cleanlab: "
-                               "pip install 'cnnctl[labels]'); in the report and its label_issues.csv")] = False,
+                               "pip install 'cnnctl\\[labels]'); in the report and its label_issues.csv")] = False,
     top_losses: Annotated[int, typer.Option(min=0, help="images in the report's top-losses grid")] = 32,
 ) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1, the confusion matrix and the calibration error
