@@ -60,21 +60,28 @@ def _is_pooling(module: Any) -> bool:
 def feature_maps(model: torch.nn.Module, input_shape: Sequence[int], classifier: str | None = None, *,
                  names: Sequence[str] | None = None) -> dict[str, int]:
     """``{module name: map area (H·W)}`` of the modules that output a 4-D feature map, in the order they last
-    finish a forward pass of a zero image. Without ``names``: every module but the model itself, the classifier
-    and the modules around it (a head holding a 1×1 conv), and pooling layers (they only shrink the map)."""
+    finish a forward pass of a zero image. Without ``names``: every module but the model itself, pooling layers
+    (they only shrink the map) and the head: the classifier, the container it sits in (other than the model
+    itself: SqueezeNet's classifier is a 1×1 conv among dropout, ReLU and pooling) and what runs after it."""
     import torch
 
+    head = classifier.rpartition(".")[0] if classifier else ""
     finished: dict[str, int] = {}
+    state = {"head_done": False}
     hooks = []
     for name, module in model.named_modules():
         if names is not None:
             if name not in names:
                 continue
-        elif not name or (classifier and _contains(name, classifier)) or _is_pooling(module):
+        elif not name or _is_pooling(module) or (head and _contains(head, name)):
             continue
+        is_classifier = name == classifier
 
-        def record(_module: Any, _inputs: Any, output: Any, name: str = name) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() == 4:
+        def record(_module: Any, _inputs: Any, output: Any, name: str = name, is_classifier: bool = is_classifier
+                   ) -> None:
+            if is_classifier:
+                state["head_done"] = True
+            elif not state["head_done"] and isinstance(output, torch.Tensor) and output.dim() == 4:
                 finished.pop(name, None)
                 finished[name] = int(output.shape[2] * output.shape[3])
 
