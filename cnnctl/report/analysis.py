@@ -155,6 +155,8 @@ def label_issues(outputs: SampleOutputs) -> list[tuple[int, float]]:
     ``find_label_issues``, pruning by noise rate), ranked by their label quality (the probability of the given
     label, lowest first): ``[(index, quality), ...]``. Meaningful when the model did not train on these images."""
     require_cleanlab()
+    import warnings
+
     import numpy as np
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
@@ -162,6 +164,8 @@ def label_issues(outputs: SampleOutputs) -> list[tuple[int, float]]:
     labels = outputs.labels.numpy().astype(np.int64)
     probabilities = outputs.probabilities.double().numpy()
     probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)  # cleanlab checks rows sum to 1
-    ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1)
-    quality = get_label_quality_scores(labels, probabilities, method="self_confidence")
+    with warnings.catch_warnings():  # cleanlab warns about classes with few images; the ranking still stands
+        warnings.simplefilter("ignore")
+        ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1)
+        quality = get_label_quality_scores(labels, probabilities, method="self_confidence")
     return [(int(i), float(quality[i])) for i in ranked]
