@@ -142,8 +142,10 @@ def test_the_report_opens_in_chromium_and_its_numbers_are_evals(mnist_checkpoint
     probabilities = independent_probabilities(mnist_checkpoint, images)
     losses = -np.log(probabilities[np.arange(len(labels)), labels])
     highest = np.argsort(-losses, kind="stable")[:32]
-    assert [row["index"] for row in report["top_losses"]] == highest.tolist()
-    np.testing.assert_allclose([row["loss"] for row in report["top_losses"]], losses[highest], rtol=1e-4)
+    shown = [row["index"] for row in report["top_losses"]]
+    assert set(shown) == set(highest.tolist())
+    assert np.all(np.diff(losses[shown]) <= 1e-4)  # highest first (float32 rounding may swap near-equal ones)
+    np.testing.assert_allclose([row["loss"] for row in report["top_losses"]], losses[shown], rtol=1e-4)
     assert all(row["true"] == str(labels[row["index"]]) for row in report["top_losses"])
     assert report["calibration"]["ece"] == pytest.approx(expected_calibration_error(probabilities, labels),
                                                          abs=1e-6)
@@ -162,11 +164,11 @@ def test_the_report_opens_in_chromium_and_its_numbers_are_evals(mnist_checkpoint
         + min(len(report["label_issues"]), 48)
     assert len(page["images"]) == 2 + thumbnails  # the confusion and reliability figures, and every thumbnail
     assert all(complete and width > 0 for complete, width in page["images"]), page["images"]
-    shown = {key: float(value) for key, value in page["values"].items()}
-    assert shown == {"accuracy": evaluated["accuracy"], "top5": evaluated["top5"], "loss": evaluated["loss"],
+    cards = {key: float(value) for key, value in page["values"].items()}
+    assert cards == {"accuracy": evaluated["accuracy"], "top5": evaluated["top5"], "loss": evaluated["loss"],
                      "macro_precision": evaluated["macro_precision"], "macro_recall": evaluated["macro_recall"],
                      "macro_f1": evaluated["macro_f1"], "ece": evaluated["calibration"]["ece"]}
-    assert page["grids"]["top-losses-grid"] == highest.tolist()
+    assert page["grids"]["top-losses-grid"] == shown
     assert page["grids"]["label-issues-grid"] == [row["index"] for row in report["label_issues"]][:48]
     assert page["title"].startswith("lenet5 on mnist test")
     from torchvision.io import read_image

@@ -51,6 +51,9 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
                               "calibration": collector.calibration.result()}
     outputs = collector.outputs() if collector.keep else None
     if label_issues and outputs is not None:
+        if split == "train" and log:
+            log("note: the model trained on these images, so it tends to agree with their labels; label errors "
+                "show best on images it has not seen (--split val or test, or --data)")
         report["label_issues"] = [_issue_row(index, quality, outputs, data, classes)
                                   for index, quality in analysis.label_issues(outputs)]
     if plots_dir is not None:
