@@ -71,8 +71,9 @@ def confusion_figure(confusion: Any, classes: Sequence[str]) -> Any:
     for axis, values, title, norm, text in panels:
         image = axis.imshow(values, cmap="Blues", norm=norm, vmin=None if norm else 0, vmax=None if norm else 1)
         figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
-        axis.set_xticks(range(count), labels, rotation=rotate)
-        axis.set_yticks(range(count), labels)
+        fontsize = 10 if count <= 20 else 7 if count <= 50 else 4
+        axis.set_xticks(range(count), labels, rotation=rotate, fontsize=fontsize)
+        axis.set_yticks(range(count), labels, fontsize=fontsize)
         axis.set_xlabel("predicted")
         axis.set_ylabel("true")
         axis.set_title(title)
@@ -143,6 +144,16 @@ def _sample(index: int, data: Any, outputs: Any, classes: Sequence[str], **extra
     return sample
 
 
+def percent(value: float | None, digits: int = 2) -> str:
+    """``98.67%``; a probability that would round to zero says how small it is (``<0.1%``), not ``0.0%``."""
+    if value is None or math.isnan(value):
+        return "—"
+    smallest = 10.0 ** -digits / 100
+    if 0 < value < smallest / 2:
+        return f"<{smallest:.{digits}%}"
+    return f"{value:.{digits}%}"
+
+
 def render(report: dict[str, Any], data: Any, outputs: Any, classes: Sequence[str]) -> str:
     """The page's HTML for ``report`` (the contents of report.json)."""
     import jinja2
@@ -154,8 +165,7 @@ def render(report: dict[str, Any], data: Any, outputs: Any, classes: Sequence[st
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    environment.filters["percent"] = lambda value, digits=2: "—" if value is None or \
-        (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}%}"
+    environment.filters["percent"] = percent
     confusion = report["confusion"]
     losses = [_sample(row["index"], data, outputs, classes) for row in report["top_losses"]]
     pairs = [dict(pair, examples=[_sample(i, data, outputs, classes) for i in pair["examples"]])
