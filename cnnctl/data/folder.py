@@ -392,8 +392,11 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
     config = meta.config or {}
     scan = scan_folder(root, classes=meta.classes, log=log, min_classes=1)
     trained_here = bool(meta.data_dir) and Path(meta.data_dir).expanduser().resolve() == root.resolve()
-    chosen = choose_splits(scan, val_split=config.get("val_split"), seed=int(config.get("seed", 0)),
-                           limit=config.get("limit"))
+    if meta.dataset == "folder":  # rebuild the run's own splits (also in another copy of its folder)
+        chosen = choose_splits(scan, val_split=config.get("val_split"), seed=int(config.get("seed", 0)),
+                               limit=config.get("limit"))
+    else:  # trained on a built-in dataset: its --val-split and --limit say nothing about this folder
+        chosen = choose_splits(scan, val_split=None, seed=0, limit=None)
     items = getattr(chosen, split)
     if split == "test" and items is None:
         if trained_here:
