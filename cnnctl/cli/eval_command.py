@@ -45,9 +45,11 @@ def eval_command(
     from rich.table import Table
 
     classes = [row["class"] for row in report["per_class"]]
+    top_k = report.get("top_k", 5)
+    topk_accuracy = report.get(f"top{top_k}", report.get("top5"))
     console = Console()
     console.print(f"{report['arch']} on {report['dataset']} {split} ({report['count']:,} images): "
-                  f"accuracy {report['accuracy']:.2%}  top-5 {report['top5']:.2%}  loss {report['loss']:.4f}  "
+                  f"accuracy {report['accuracy']:.2%}  top-{top_k} {topk_accuracy:.2%}  loss {report['loss']:.4f}  "
                   f"ECE {report['calibration']['ece']:.4f}", highlight=False)
     table = Table(title_justify="left")
     for column in ("class", "precision", "recall", "f1", "support"):

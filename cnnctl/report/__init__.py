@@ -133,8 +133,12 @@ def write_report(directory: Path, report: dict[str, Any], data: Any, outputs: An
 
 def summary_cards(report: dict[str, Any]) -> list[tuple[str, str, float]]:
     """(key in report.json, label, value) of the headline numbers, in the order the page shows them."""
-    cards = [("accuracy", "accuracy (top-1)", report["accuracy"]), ("top5", "top-5 accuracy", report["top5"]),
-             ("loss", "loss (cross-entropy)", report["loss"]),
+    k = report.get("top_k", 5)
+    topk_key = f"top{k}" if f"top{k}" in report else "top5"
+    cards = [("accuracy", "accuracy (top-1)", report["accuracy"]), (topk_key, f"top-{k} accuracy", report[topk_key])]
+    if "balanced_accuracy" in report:  # where the evaluation computes it
+        cards.append(("balanced_accuracy", "balanced accuracy", report["balanced_accuracy"]))
+    cards += [("loss", "loss (cross-entropy)", report["loss"]),
              ("macro_precision", "macro precision", report["macro_precision"]),
              ("macro_recall", "macro recall", report["macro_recall"]),
              ("macro_f1", "macro F1", report["macro_f1"]),
