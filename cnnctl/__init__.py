@@ -7,6 +7,8 @@ The Python API mirrors the CLI (see docs/api.md)::
     model, preprocessing = cnnctl.load(run)                    # its best checkpoint, in eval mode
     labels, probabilities = cnnctl.predict(model, ["digit.png"])
     cnnctl.export(run, "onnx")                                 # best.onnx + best.preprocessing.json
+    numbers = cnnctl.evaluate(run, report="report")            # eval --json's numbers; report/index.html
+    maps = cnnctl.explain(run, ["digit.png"], output="maps")   # Grad-CAM heat maps, maps/digit.gradcam.png
 
 Every failure raises ``cnnctl.CnnctlError`` with a one-line message. Everything heavy (torch, torchvision) is
 imported on first use, so ``import cnnctl`` is instant.
@@ -18,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "train", "load", "predict", "export", "CnnctlError"]
+__all__ = ["__version__", "train", "load", "predict", "export", "evaluate", "explain", "CnnctlError"]
 
 from cnnctl.errors import CnnctlError
 
 if TYPE_CHECKING:
-    from cnnctl.api import export, load, predict, train
+    from cnnctl.api import evaluate, explain, export, load, predict, train
 else:
 
     def __getattr__(name: str) -> Any:
         """``cnnctl.train`` and friends live in cnnctl.api, imported on first use."""
-        if name in ("train", "load", "predict", "export"):
+        if name in ("train", "load", "predict", "export", "evaluate", "explain"):
             from cnnctl import api
 
             return getattr(api, name)

@@ -166,3 +166,54 @@ def _checked_batch(images: torch.Tensor, preprocessing: Preprocessing) -> torch.
         raise UsageError(f"cnnctl.predict expects images of shape N x {wanted}, got {tuple(images.shape)}",
                          hint="pass image files to have them converted and resized")
     return images
+
+
+def evaluate(checkpoint_path: str | os.PathLike[str], *, dataset: str | None = None, split: str = "test",
+             data: str | os.PathLike[str] | None = None, batch_size: int = 1000, device: str = "auto",
+             root: str | None = None, mirror: str | None = None, report: str | os.PathLike[str] | None = None,
+             label_issues: bool = False, top_losses: int = 32) -> dict[str, Any]:
+    """``cnnctl eval``: the numbers ``eval --json`` prints, as a dict — ``loss``, ``accuracy``, ``top5``,
+    ``per_class``, ``macro_*``, ``confusion`` and ``calibration`` (``ece``, ``mce``, the reliability bins).
+
+    ``report="DIR"`` also writes DIR/index.html and DIR/report.json and adds ``top_losses`` and
+    ``confused_pairs``; ``label_issues=True`` adds the images whose label looks wrong (cleanlab), ranked."""
+    from cnnctl.report import evaluate_and_report
+
+    return evaluate_and_report(_as_path(checkpoint_path, "cnnctl.evaluate"), dataset=dataset, split=split,
+                               batch_size=batch_size, root=root, mirror=mirror, device=device,
+                               data_dir=None if data is None else os.fspath(data),
+                               report_dir=None if report is None else Path(report), label_issues=label_issues,
+                               top_losses=top_losses)
+
+
+def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: str | None = None,
+            target: int | str | None = None, output: str | os.PathLike[str] | None = None, topk: int = 5,
+            device: str = "cpu") -> list[Any]:
+    """``cnnctl explain``: where the model finds its evidence, per image — files, folders, or a uint8 tensor at
+    the checkpoint's image size, with a model from ``load`` or a checkpoint path.
+
+    ``method`` is ``gradcam``, ``gradcam++`` or ``integrated-gradients`` (Captum); ``layer`` names the module
+    Grad-CAM looks at (default: the last convolutional block); ``target`` a class (default: the prediction).
+    Returns one ``Explanation`` per image: ``.heatmap`` (H×W in [0, 1]), ``.target_name``, ``.topk``,
+    ``.layer``, and ``.output``, the PNG written into the ``output`` folder when one is given."""
+    import torch
+
+    from cnnctl.heatmaps import explain as _explain
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        model_or_path, _ = load(model_or_path, device=device)
+    meta = getattr(model_or_path, "cnnctl_meta", None)
+    if meta is None:
+        raise CnnctlError("cnnctl.explain needs a model from cnnctl.load() or a checkpoint path",
+                          hint=f"got {type(model_or_path).__name__}")
+    if isinstance(images, torch.Tensor):
+        images = _checked_batch(images, meta.preprocessing)
+    elif isinstance(images, (str, os.PathLike)):
+        images = Path(images)
+    elif isinstance(images, (list, tuple)):
+        images = [_as_path(image, "cnnctl.explain") for image in images]
+    else:
+        raise UsageError(f"cnnctl.explain cannot read images from a {type(images).__name__}",
+                         hint="pass image files, folders, or a uint8 tensor")
+    return _explain(model_or_path, images, method=method, layer=layer, target=target,
+                    output=None if output is None else Path(output), topk=topk, device=device)

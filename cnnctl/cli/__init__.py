@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+import cnnctl.cli.explain_command  # noqa: F401  (registers `cnnctl explain`)
 import cnnctl.cli.export_command  # noqa: F401  (registers `cnnctl export`)
 from cnnctl.cli import (  # noqa: F401  (each registers its commands)
     data_commands,

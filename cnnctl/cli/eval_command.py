@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,29 +35,40 @@ def eval_command(
                                                   "checkpoint's folder, for folder runs]")] = None,
     plots: Annotated[str | None, typer.Option(
         "--plots", metavar="DIR", help="write confusion.png and predictions.png into this folder")] = None,
+    report_dir: Annotated[str | None, typer.Option(
+        "--report", metavar="DIR", help="write an HTML report (DIR/index.html, self-contained) and report.json: "
+                                        "metrics, confusion, top losses, confused pairs, calibration")] = None,
+    label_issues: Annotated[bool, typer.Option(
+        "--label-issues", help="rank the images whose given label the model finds least likely (cleanlab: "
+                               "pip install 'cnnctl\\[labels]'); in the report and its label_issues.csv")] = False,
+    top_losses: Annotated[int, typer.Option(min=0, help="images in the report's top-losses grid")] = 32,
 ) -> None:
-    """Loss, top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
-    from cnnctl.engine.evaluate import evaluate_checkpoint
+    """Loss, top-1/top-5 accuracy, per-class precision/recall/F1, the confusion matrix and the calibration error
+    of a checkpoint; --report DIR shows why it is wrong, with pictures."""
     from cnnctl.fsutil import require_writable_folder
+    from cnnctl.report import evaluate_and_report
 
-    if plots is not None:  # before any work: an unwritable folder is found now, not after the evaluation
-        require_writable_folder(plots, option="--plots")
+    for folder, option in ((plots, "--plots"), (report_dir, "--report")):
+        if folder is not None:  # before any work: an unwritable folder is found now, not after the evaluation
+            require_writable_folder(folder, option=option)
     checkpoint_path = checkpoint_argument(checkpoint_path)
 
-    result, meta = evaluate_checkpoint(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size,
-                                       root=root, mirror=mirror, device=device, log=stderr_line, data_dir=data,
-                                       plots_dir=plots)
-    report = {"checkpoint": checkpoint_path, "arch": meta.arch, "dataset": dataset or meta.dataset, "split": split,
-              **result.as_dict(meta.classes)}
+    report = evaluate_and_report(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size, root=root,
+                                 mirror=mirror, device=device, log=stderr_line, data_dir=data, plots_dir=plots,
+                                 report_dir=report_dir, label_issues=label_issues, top_losses=top_losses)
     if json_output:
         print_json(report)
         return
     from rich.console import Console
     from rich.table import Table
 
+    classes = [row["class"] for row in report["per_class"]]
+    top_k = report.get("top_k", 5)
+    topk_accuracy = report.get(f"top{top_k}", report.get("top5"))
     console = Console()
-    console.print(f"{meta.arch} on {report['dataset']} {split} ({result.count:,} images): "
-                  f"accuracy {result.top1:.2%}  top-5 {result.top5:.2%}  loss {result.loss:.4f}", highlight=False,
+    console.print(f"{report['arch']} on {report['dataset']} {split} ({report['count']:,} images): "
+                  f"accuracy {report['accuracy']:.2%}  top-{top_k} {topk_accuracy:.2%}  loss {report['loss']:.4f}  "
+                  f"ECE {report['calibration']['ece']:.4f}", highlight=False,
                   soft_wrap=True)
     table = Table(title_justify="left")
     for column in ("class", "precision", "recall", "f1", "support"):
@@ -66,12 +77,35 @@ def eval_command(
         table.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
                       f"{row['support']:,}")
     table.add_row("macro avg", f"{report['macro_precision']:.4f}", f"{report['macro_recall']:.4f}",
-                  f"{report['macro_f1']:.4f}", f"{result.count:,}", style="bold")
+                  f"{report['macro_f1']:.4f}", f"{report['count']:,}", style="bold")
     console.print(table)
     confusion = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
     confusion.add_column("")
-    for name in meta.classes:
+    for name in classes:
         confusion.add_column(name[:8], justify="right")
-    for name, counts in zip(meta.classes, report["confusion"]):
+    for name, counts in zip(classes, report["confusion"]):
         confusion.add_row(name[:12], *(str(count) for count in counts))
     console.print(confusion)
+    if label_issues:
+        print_label_issues(console, report["label_issues"], report["count"], saved=report_dir is not None)
+
+
+ISSUES_PRINTED = 20
+
+
+def print_label_issues(console: Any, issues: list[dict[str, Any]], count: int, *, saved: bool) -> None:
+    """The first suspected label errors as a table; where the full list is."""
+    from rich.table import Table
+
+    table = Table(title=f"suspected label errors: {len(issues):,} of {count:,} images (least likely label first)",
+                  title_justify="left")
+    for column in ("rank", "image", "given", "p(given)", "model says", "p"):
+        table.add_column(column, justify="right" if column in ("rank", "p(given)", "p") else "left")
+    for rank, row in enumerate(issues[:ISSUES_PRINTED], start=1):
+        table.add_row(str(rank), row.get("path") or f"#{row['index']}", row["given"], f"{row['p_given']:.4f}",
+                      row["suggested"], f"{row['p_suggested']:.4f}")
+    console.print(table)
+    if len(issues) > ISSUES_PRINTED:
+        where = "all of them are in the report's label_issues.csv" if saved else \
+            "--report DIR writes all of them to DIR/label_issues.csv; --json prints them"
+        stderr_line(f"{len(issues) - ISSUES_PRINTED:,} more not shown: {where}")

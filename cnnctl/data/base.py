@@ -11,18 +11,21 @@ if TYPE_CHECKING:
 
 @dataclass
 class ImageTensors:
-    """A split held in memory: ``images`` uint8 N×C×H×W, ``labels`` int64 N."""
+    """A split held in memory: ``images`` uint8 N×C×H×W, ``labels`` int64 N; ``paths`` names each image's file
+    when the split was read from an image folder (so reports can say which file is meant)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
     source: str = ""
+    paths: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, indices: torch.Tensor) -> ImageTensors:
-        return ImageTensors(self.images[indices], self.labels[indices], self.classes, self.source)
+        paths = None if self.paths is None else tuple(self.paths[i] for i in indices.tolist())
+        return ImageTensors(self.images[indices], self.labels[indices], self.classes, self.source, paths)
 
 
 @dataclass(frozen=True)

@@ -313,14 +313,15 @@ def load_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: tu
                            interpolation=interpolation)
     _report_failures(decoded.failures, log)
     labels = torch.tensor([items[i][1] for i in decoded.kept], dtype=torch.int64)
-    return ImageTensors(decoded.images, labels, classes, source=source), decoded.grey
+    paths = tuple(str(items[i][0]) for i in decoded.kept)
+    return ImageTensors(decoded.images, labels, classes, source=source, paths=paths), decoded.grey
 
 
 def _to_grey(data: ImageTensors) -> ImageTensors:
     """Every image is grey: keep one of its three equal channels."""
     from cnnctl.data.base import ImageTensors
 
-    return ImageTensors(data.images[:, :1].contiguous(), data.labels, data.classes, data.source)
+    return ImageTensors(data.images[:, :1].contiguous(), data.labels, data.classes, data.source, data.paths)
 
 
 def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedData:
@@ -416,8 +417,11 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
     config = meta.config or {}
     scan = scan_folder(root, classes=meta.classes, log=log, min_classes=1)
     trained_here = bool(meta.data_dir) and Path(meta.data_dir).expanduser().resolve() == root.resolve()
-    chosen = choose_splits(scan, val_split=config.get("val_split"), seed=int(config.get("seed", 0)),
-                           limit=config.get("limit"))
+    if meta.dataset == "folder":  # rebuild the run's own splits (also in another copy of its folder)
+        chosen = choose_splits(scan, val_split=config.get("val_split"), seed=int(config.get("seed", 0)),
+                               limit=config.get("limit"))
+    else:  # trained on a built-in dataset: its --val-split and --limit say nothing about this folder
+        chosen = choose_splits(scan, val_split=None, seed=0, limit=None)
     items = getattr(chosen, split)
     if split == "test" and items is None:
         if trained_here:
@@ -437,7 +441,7 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
     from cnnctl.data.images import to_grey
 
     images = to_grey(data.images) if meta.preprocessing.channels == 1 else data.images
-    return ImageTensors(images, data.labels, data.classes, data.source)
+    return ImageTensors(images, data.labels, data.classes, data.source, data.paths)
 
 
 def load_folder(directory: Path, split: str) -> ImageTensors:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +29,10 @@ class EvalResult:
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
-             *, max_batches: int | None = None, autocast: Any = None) -> EvalResult:
-    """Run ``model`` in eval mode over ``batches``; sums stay on the device until the end (one sync)."""
+             *, max_batches: int | None = None, autocast: Any = None,
+             on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> EvalResult:
+    """Run ``model`` in eval mode over ``batches``; sums stay on the device until the end (one sync).
+    ``on_batch(logits, labels)`` sees every batch's float logits (the evaluation report keeps them)."""
     import contextlib
 
     import torch
@@ -50,6 +52,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
             if max_batches is not None and index >= max_batches:
                 break
             logits = model(inputs).float()
+            if on_batch is not None:
+                on_batch(logits, labels)
             batch_loss = F.cross_entropy(logits, labels, reduction="sum")
             topk = logits.topk(k, dim=1).indices
             hits = (topk == labels.unsqueeze(1)).any(dim=1).sum()
@@ -71,12 +75,20 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     )
 
 
-def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "test", batch_size: int = 1000,
-                        root: str | None = None, mirror: str | None = None, device: str = "auto",
-                        log: Any = None, data_dir: str | None = None,
-                        plots_dir: Any = None) -> tuple[EvalResult, Any]:
-    """Evaluate a checkpoint on a split of its dataset; every other setting comes from its metadata.
-    With ``plots_dir``, also write confusion.png and predictions.png there."""
+@dataclass
+class Evaluation:
+    """What an evaluation of a checkpoint works on: the model, its metadata, the split and its batches."""
+
+    model: Any
+    meta: Any
+    data: Any
+    batches: Any
+
+
+def open_evaluation(path: Any, *, dataset: str | None = None, split: str = "test", batch_size: int = 1000,
+                    root: str | None = None, mirror: str | None = None, device: str = "auto", log: Any = None,
+                    data_dir: str | None = None) -> Evaluation:
+    """Load a checkpoint and the split it should be evaluated on; every other setting comes from its metadata."""
     from cnnctl.data.loader import BatchLoader
     from cnnctl.data.splits import eval_split
     from cnnctl.engine.device import resolve_device
@@ -86,7 +98,19 @@ def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "
     model, meta = load_checkpoint(path, device=torch_device)
     data = eval_split(meta, dataset=dataset, split=split, root=root, mirror=mirror, data_dir=data_dir, log=log)
     batches = BatchLoader(data, meta.preprocessing, batch_size=batch_size, device=torch_device)
-    result = evaluate(model, batches, meta.num_classes)
+    return Evaluation(model, meta, data, batches)
+
+
+def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "test", batch_size: int = 1000,
+                        root: str | None = None, mirror: str | None = None, device: str = "auto",
+                        log: Any = None, data_dir: str | None = None,
+                        plots_dir: Any = None) -> tuple[EvalResult, Any]:
+    """Evaluate a checkpoint on a split of its dataset; every other setting comes from its metadata.
+    With ``plots_dir``, also write confusion.png and predictions.png there."""
+    opened = open_evaluation(path, dataset=dataset, split=split, batch_size=batch_size, root=root, mirror=mirror,
+                             device=device, log=log, data_dir=data_dir)
+    model, meta, data = opened.model, opened.meta, opened.data
+    result = evaluate(model, opened.batches, meta.num_classes)
     if plots_dir is not None:
         from cnnctl import plots
 
