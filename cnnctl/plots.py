@@ -194,7 +194,8 @@ def evaluation_plots(out_dir: Path, model: torch.nn.Module, data: Any, preproces
     return written
 
 
-def plot_file_predictions(predictions: Sequence[Any], meta: Any, path: str | Path, limit: int = 64) -> Path:
+def plot_file_predictions(predictions: Sequence[Any], meta: Any, path: str | Path, limit: int = 64, *,
+                          max_pixels: int | None = None) -> Path:
     """``cnnctl predict --plot``: the first ``limit`` readable images with their predicted class; an image in a
     folder named after a class (``digits/7/x.png``) counts that class as its true label."""
     import torch
@@ -208,7 +209,7 @@ def plot_file_predictions(predictions: Sequence[Any], meta: Any, path: str | Pat
 
         raise UsageError("--plot: no image could be read, nothing to draw")
     index = {name: i for i, name in enumerate(meta.classes)}
-    images = torch.stack([decode_image(Path(p.path), meta.preprocessing) for p in chosen])
+    images = torch.stack([decode_image(Path(p.path), meta.preprocessing, max_pixels=max_pixels) for p in chosen])
     truth = [index.get(Path(p.path).parent.name) for p in chosen]
     return plot_predictions(images, [p.label for p in chosen], meta.classes, Path(path),
                             truth=truth if any(t is not None for t in truth) else None,

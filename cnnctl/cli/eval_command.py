@@ -24,7 +24,8 @@ def eval_command(
     plots: Annotated[str | None, typer.Option(
         "--plots", metavar="DIR", help="write confusion.png and predictions.png into this folder")] = None,
 ) -> None:
-    """Loss, top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
+    """Loss, accuracy, top-k accuracy (k = 5, or the number of classes if fewer), balanced accuracy, macro-F1,
+    per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     from cnnctl.engine.evaluate import evaluate_checkpoint
 
     result, meta = evaluate_checkpoint(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size,
@@ -40,7 +41,9 @@ def eval_command(
 
     console = Console()
     console.print(f"{meta.arch} on {report['dataset']} {split} ({result.count:,} images): "
-                  f"accuracy {result.top1:.2%}  top-5 {result.top5:.2%}  loss {result.loss:.4f}", highlight=False)
+                  f"accuracy {result.top1:.2%}  {result.topk_name} {result.topk:.2%}  balanced accuracy "
+                  f"{result.balanced_accuracy:.2%}  macro-F1 {result.macro_f1:.4f}  loss {result.loss:.4f}",
+                  highlight=False)
     table = Table(title_justify="left")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")

@@ -21,6 +21,8 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
     strict: Annotated[bool, typer.Option(help="fail (exit 1) if any image cannot be read")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="JSON instead of CSV")] = False,
+    max_pixels: Annotated[int | None, typer.Option(
+        min=1, help="refuse images with more pixels (read from the header) \\[default: 89,478,485]")] = None,
     plot: Annotated[str | None, typer.Option(
         "--plot", metavar="PNG", help="also draw the first 64 images with their predicted classes (wrong ones in "
                                       "red where a parent folder names the true class)")] = None,
@@ -38,7 +40,7 @@ def predict(
     if not files:
         raise UsageError("no image files found in " + ", ".join(paths),
                          hint="pass png/jpg/bmp/webp/tif files or folders that contain them")
-    predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk)
+    predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk, max_pixels=max_pixels)
     started = time.perf_counter()
     predictions = list(predictor.predict_files(files))
     seconds = time.perf_counter() - started
@@ -46,7 +48,7 @@ def predict(
     if plot:
         from cnnctl.plots import plot_file_predictions
 
-        plot_file_predictions(predictions, model.cnnctl_meta, plot)
+        plot_file_predictions(predictions, model.cnnctl_meta, plot, max_pixels=max_pixels)
     if json_output:
         rows = [p.__dict__ for p in predictions]
         if output:
