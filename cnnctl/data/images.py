@@ -106,14 +106,12 @@ def read_header(data: bytes, path: Path, max_pixels: int | None = None) -> Image
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     if not data:
         raise DataError(f"{path}: not a readable image (empty file)")
-    _allow_pillow(limit)
+    _pillow_limit_off()
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             header = ImageHeader(image.format or "?", width, height, image.mode,
                                  bool(getattr(image, "is_animated", False)))
-    except Image.DecompressionBombError as error:
-        raise DataError(f"{path}: not decoded ({_reason(error)})", hint="raise --max-pixels") from error
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for broken files
         raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
     if width * height > limit:
@@ -122,15 +120,13 @@ def read_header(data: bytes, path: Path, max_pixels: int | None = None) -> Image
     return header
 
 
-def _allow_pillow(limit: int) -> None:
-    """Pillow refuses images above its own MAX_IMAGE_PIXELS (×2); cnnctl's limit is the one that applies, so
-    Pillow's is raised to it when it is larger (only ever raised: concurrent callers cannot undo each other)."""
+def _pillow_limit_off() -> None:
+    """Pillow refuses images above its own MAX_IMAGE_PIXELS (×2) with its own message and limit; cnnctl checks
+    every header against ``max_pixels`` itself (:func:`read_header`), so that is the limit that applies."""
     from PIL import Image
 
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # cnnctl checks the size itself
-    current = Image.MAX_IMAGE_PIXELS
-    if current is not None and limit > current:
-        Image.MAX_IMAGE_PIXELS = limit
+    Image.MAX_IMAGE_PIXELS = None
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 def _read_with_pillow(data: bytes, path: Path) -> torch.Tensor:
