@@ -44,10 +44,11 @@ def _render(report: CheckReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(soft_wrap=False)
     splits = list(report.counts)
-    title = f"{report.root}: {report.total:,} image files, {len(report.classes)} classes"
-    table = Table(title=title, title_justify="left")
+    console.print(f"{report.root}: {report.total:,} image files, {len(report.classes)} classes", highlight=False,
+                  soft_wrap=True)
+    table = Table()
     table.add_column("class")
     for split in splits:
         table.add_column(split, justify="right")
@@ -66,35 +67,31 @@ def _render(report: CheckReport) -> None:
                  + (f", … {len(sizes) - _LISTED} more" if len(sizes) > _LISTED else ""))
     lines.append("modes: " + ", ".join(f"{mode} ({count:,})" for mode, count in report.modes.items()))
     console.print("\n".join(lines), highlight=False)
-    problem_table = Table(title="problems", title_justify="left")
-    problem_table.add_column("problem")
-    problem_table.add_column("count", justify="right")
-    problem_table.add_column("examples")
-    for name, count, examples in _problem_rows(report):
-        problem_table.add_row(name, f"{count:,}", examples)
-    if problem_table.row_count:
-        console.print(problem_table)
-    else:
+    rows = _problem_rows(report)
+    if not rows:
         console.print("no problems found", highlight=False)
+    for name, count, examples in rows:
+        console.print(f"problem: {count:,} {name}", highlight=False, soft_wrap=True)
+        for example in examples:
+            console.print(f"  {example}", highlight=False, soft_wrap=True)
     for note in report.notes():
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
 
 
-def _problem_rows(r: CheckReport) -> list[tuple[str, int, str]]:
-    def groups(entries: list[list[dict[str, str]]]) -> str:
-        shown = [" = ".join(f"{e['path']} ({e['split']}/{e['class']})" for e in group) for group in entries[:3]]
-        return "\n".join(shown) + (f"\n… {len(entries) - 3} more" if len(entries) > 3 else "")
-
-    def paths(items: list[str]) -> str:
-        return "\n".join(items[:3]) + (f"\n… {len(items) - 3} more" if len(items) > 3 else "")
+def _problem_rows(r: CheckReport) -> list[tuple[str, int, list[str]]]:
+    """(problem, count, up to 3 examples) for each problem found."""
+    def groups(entries: list[list[dict[str, str]]]) -> list[str]:
+        return [" = ".join(f"{e['path']} ({e['split']}/{e['class']})" for e in group) for group in entries[:3]]
 
     rows = [
-        ("unreadable files", len(r.unreadable), "\n".join(item["reason"] for item in r.unreadable[:3])),
-        ("not regular files (FIFO, device, ...)", len(r.special), paths(r.special)),
-        ("symlinked folders leading out (not followed)", len(r.outside_links), paths(r.outside_links)),
-        ("classes without a readable training image", len(r.empty_classes), ", ".join(r.empty_classes[:5])),
-        ("duplicates within a class", len(r.duplicates_within_class), groups(r.duplicates_within_class)),
-        ("same image in different classes", len(r.duplicates_across_classes), groups(r.duplicates_across_classes)),
-        ("same image in different splits (leakage)", len(r.shared_between_splits), groups(r.shared_between_splits)),
+        ("unreadable files", len(r.unreadable), [item["reason"] for item in r.unreadable[:3]]),
+        ("entries that are not regular files (FIFO, device, socket)", len(r.special), r.special[:3]),
+        ("symlinked folders leading out of the data folder (not followed)", len(r.outside_links),
+         r.outside_links[:3]),
+        ("classes without a readable training image", len(r.empty_classes), r.empty_classes[:3]),
+        ("images repeated within a class", len(r.duplicates_within_class), groups(r.duplicates_within_class)),
+        ("images in more than one class", len(r.duplicates_across_classes), groups(r.duplicates_across_classes)),
+        ("images in more than one split (leakage)", len(r.shared_between_splits), groups(r.shared_between_splits)),
     ]
-    return [row for row in rows if row[1]]
+    return [(name, count, examples + ([f"… {count - 3} more"] if count > 3 else []))
+            for name, count, examples in rows if count]
