@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,8 @@ from cnnctl.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
+
+    from cnnctl.engine.fit import PreparedData
 
 SAMPLERS = ("shuffle", "balanced")
 
@@ -109,3 +111,21 @@ def balanced_sample_weights(labels: torch.Tensor, num_classes: int) -> torch.Ten
     """Per-image sampling weight 1 / (images of its class): every class is drawn equally often."""
     counts = class_counts(labels, num_classes).double().clamp_min(1)
     return (1.0 / counts)[labels.to("cpu").long()]
+
+
+def loss_weights(value: str | None, data: PreparedData, device: torch.device,
+                 log: Callable[[str], None]) -> torch.Tensor | None:
+    """``--class-weights`` resolved against the training split, on ``device``, said in one line."""
+    weights = resolve_class_weights(value, data.classes, data.train.labels)
+    if weights is None:
+        return None
+    log(f"class weights ({'inverse frequency' if value == 'auto' else value}): "
+        f"{describe_weights(weights, data.classes)}")
+    return weights.to(device)
+
+
+def sampler_weights(sampler: str | None, data: PreparedData) -> torch.Tensor | None:
+    """Per-image sampling weights for ``--sampler balanced``; None for the plain shuffle."""
+    if sampler in (None, "shuffle"):
+        return None
+    return balanced_sample_weights(data.train.labels, len(data.classes))
