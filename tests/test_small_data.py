@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from real_mnist import write_mnist_folder
 
 import cnnctl
-from real_mnist import write_mnist_folder
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +48,31 @@ def test_class_weights_beat_plain_loss_on_imbalanced_data(tmp_path: Path) -> Non
         result, _ = evaluate_checkpoint(run.best_path)
         scores[weights] = result.macro_f1
     assert scores["auto"] > scores[None] + 0.02, scores
+
+
+def test_bad_imbalance_options_are_one_line_before_training(digits: Path, tmp_path: Path) -> None:
+    from test_cli_errors import assert_one_line_error, run_cli
+
+    weights = tmp_path / "weights.csv"
+    weights.write_text("0,1\n1,-2\n")
+    base = ("train", "lenet5", "--data", str(digits), "--out", str(tmp_path / "runs"))
+    assert_one_line_error(run_cli(*base, "--class-weights", str(weights)), "weights must be finite and >= 0")
+    weights.write_text("0,1\ncat,2\n")
+    assert_one_line_error(run_cli(*base, "--class-weights", str(weights)), "unknown class(es) 'cat'")
+    assert_one_line_error(run_cli(*base, "--monitor", "val_macro_f1", "--val-split", "0"),
+                          "--monitor val_macro_f1 needs a validation split")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_class_left_without_readable_images_is_an_error(tmp_path: Path) -> None:
+    from dataset_files import write_image_folder
+    from test_cli_errors import run_cli
+
+    written = write_image_folder(tmp_path / "data", ("cat", "dog"), 4)
+    for path in written["dog"]:
+        path.write_bytes(path.read_bytes()[:40])  # truncated: every dog fails to decode
+    result = run_cli("train", "simplecnn", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"))
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: class(es) dog: none of their training images could be read"), result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
