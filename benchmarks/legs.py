@@ -92,7 +92,7 @@ def compute_leg(args: argparse.Namespace) -> dict:
 
     from cnnctl.config import TrainConfig
     from cnnctl.data.loader import Normalizer, fit_to_input
-    from cnnctl.data.splits import load_split, resolve_preprocessing, split_train_val
+    from cnnctl.data.splits import load_split, resolve_preprocessing, split_positions
     from cnnctl.registry import get_dataset_spec, get_model_spec
 
     defaults = TrainConfig(arch="lenet5", dataset=args.dataset)
@@ -107,7 +107,8 @@ def compute_leg(args: argparse.Namespace) -> dict:
     spec = get_dataset_spec(args.dataset)
     train = load_split(spec, "train", root=args.root)
     val_split = spec.default_val_split if defaults.val_split is None else defaults.val_split
-    train, _ = split_train_val(train, val_split, 0)
+    train_index, _ = split_positions(len(train), val_split, 0, None)
+    train = train.subset(train_index) if train_index is not None else train
     preprocessing = resolve_preprocessing(get_model_spec("lenet5"), spec.image_shape, spec.mean, spec.std)
     images = Normalizer(preprocessing.mean, preprocessing.std, torch.device("cpu"))(
         fit_to_input(train.images, preprocessing))

@@ -6,8 +6,8 @@ messages the CLI prints), and nothing here exits the interpreter or prints unles
 
 from __future__ import annotations
 
+import inspect
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,45 +18,80 @@ if TYPE_CHECKING:
 
     from cnnctl.config import TrainConfig
     from cnnctl.data.base import Preprocessing
+    from cnnctl.engine.callbacks import Callback
     from cnnctl.engine.fit import FitResult
     from cnnctl.exporter import ExportResult
     from cnnctl.progress import Reporter
 
 
 def train(arch: str | TrainConfig | None = None, *, progress: bool = False, reporter: Reporter | None = None,
-          resume: str | os.PathLike[str] | None = None, **options: Any) -> FitResult:
-    """``cnnctl train ARCH --option value`` as ``train("ARCH", option=value)``; options are TrainConfig's fields
-    (``dataset``, ``epochs``, ``batch_size``, ``lr``, ``out``, ...). A TrainConfig may be passed instead of the
-    name, and options then override its fields. ``train(resume="runs/lenet5-mnist/1", epochs=20)`` continues a
-    run exactly where it stopped, like ``--resume`` (and may extend it).
+          resume: str | os.PathLike[str] | None = None, callbacks: list[Callback] | None = None,
+          **options: Any) -> FitResult:
+    """``cnnctl train ARCH --option value`` as ``train("ARCH", option=value)``: every option of ``cnnctl train``
+    under its name (``dataset``, ``epochs``, ``batch_size``, ``lr``, ``data``, ``dropout``, ``out``, ...; see
+    cnnctl/options.py). A TrainConfig may be passed instead of the name, and options then override its fields.
+    ``train(resume="runs/lenet5-mnist/1", epochs=20)`` continues a run exactly where it stopped, like
+    ``--resume`` (and may extend it). Errors name the parameters (``epochs must be at least 1``).
 
     Returns a ``FitResult``: the run folder (``.run_dir``; the result itself is path-like, so
     ``cnnctl.load(run)`` and ``Path(run)`` work), ``.best_path``, ``.last_path``, ``.history`` (one dict per
     epoch) and ``.test`` (the final test metrics). ``progress=True`` prints a line per epoch; a ``reporter``
-    (see ``cnnctl.progress``) receives every event instead.
+    (see ``cnnctl.progress``) receives every event instead. ``callbacks`` (``cnnctl.engine.callbacks.Callback``
+    instances) run beside the built-in ones.
     """
+    from cnnctl.options import naming
+
+    with naming("param"):
+        trainer = _trainer(arch, reporter if reporter is not None or not progress else _plain_reporter(),
+                           resume, callbacks, options)
+        return trainer.run()
+
+
+def _train_signature() -> inspect.Signature:
+    """``train``'s signature with every option as a keyword (for help(), IDEs and REPL completion), generated
+    from cnnctl/options.py; older spellings (``data_dir``) still arrive through ``**options``."""
+    from cnnctl.options import CONFIG_OPTIONS
+
+    own = inspect.signature(train).parameters.values()
+    explicit = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    taken = {p.name for p in explicit}
+    generated = [inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.stored_default)
+                 for option in CONFIG_OPTIONS if option.name not in taken]
+    rest = [p for p in own if p.kind is inspect.Parameter.VAR_KEYWORD]
+    return inspect.Signature([*explicit, *generated, *rest], return_annotation="FitResult")
+
+
+train.__signature__ = _train_signature()  # type: ignore[attr-defined]
+
+
+def _plain_reporter() -> Reporter:
+    from cnnctl.progress import PlainReporter
+
+    return PlainReporter()
+
+
+def _trainer(arch: Any, reporter: Reporter | None, resume: Any, callbacks: list[Callback] | None,
+             options: dict[str, Any]) -> Any:
     from cnnctl.config import TrainConfig
     from cnnctl.config_file import build_train_config, coerce_options
     from cnnctl.engine.fit import Trainer
-    from cnnctl.progress import PlainReporter
 
     source = "cnnctl.train()"
-    if reporter is None and progress:
-        reporter = PlainReporter()
     if resume is not None:
         if arch is not None:
             raise UsageError("cnnctl.train(resume=...) continues a run with its own architecture and configuration",
                              hint="pass only the options to change, e.g. epochs=")
-        return Trainer.resuming(os.fspath(resume), coerce_options(options, source=source), reporter).run()
+        return Trainer.resuming(os.fspath(resume), coerce_options(options, source=source), reporter,
+                                callbacks=callbacks)
     if isinstance(arch, TrainConfig):
-        options = {**asdict(arch), **options}
+        options = {**arch.to_dict(), **options}
     elif arch is not None:
         if "arch" in options:
             raise UsageError("cnnctl.train got the architecture twice (positionally and as arch=)")
         options = {"arch": arch, **options}
     if not options.get("arch"):  # the command line's message would point at `cnnctl train` and --config
         raise UsageError("cnnctl.train needs an architecture", hint='e.g. cnnctl.train("lenet5", dataset="mnist")')
-    return Trainer(build_train_config(options, source=source), reporter).run()
+    return Trainer(build_train_config(options, source=source), reporter, callbacks=callbacks)
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu") -> tuple[torch.nn.Module, Preprocessing]:

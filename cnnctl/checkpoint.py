@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.data.base import Preprocessing
-from cnnctl.errors import CheckpointError
+from cnnctl.errors import CheckpointError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -100,10 +100,16 @@ def versions() -> dict[str, str]:
     return found
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself inside its training wrappers: DistributedDataParallel's ``.module``, then
+    ``torch.compile``'s ``_orig_mod`` (whose state-dict keys carry the wrappers' prefixes)."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
 def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict as standalone contiguous CPU tensors (safetensors refuses shared storage)."""
-    model = getattr(model, "module", model)  # DistributedDataParallel / compiled wrappers
-    model = getattr(model, "_orig_mod", model)
+    model = unwrap(model)
     return {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.state_dict().items()}
 
 
@@ -121,7 +127,7 @@ def save(path: str | Path, model: torch.nn.Module, meta: CheckpointMeta) -> Path
 
 def read_meta(path: str | Path) -> CheckpointMeta:
     """Read only the metadata (cheap: the safetensors header, not the tensors)."""
-    path = _existing(path)
+    path = existing_checkpoint(path)
     from safetensors import safe_open
 
     try:
@@ -140,7 +146,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    path = _existing(path)
+    path = existing_checkpoint(path)
     try:
         return load_file(str(path))
     except Exception as error:
@@ -148,16 +154,12 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, CheckpointMeta]:
-    """Rebuild the model a checkpoint describes, load its weights, and return it in eval mode with its meta."""
-    from cnnctl.models import build_model
+    """The model a checkpoint describes, with its weights, in eval mode, and its meta. Building the model is the
+    models package's job (:func:`cnnctl.models.load_checkpoint`); this name stays for the callers of the file
+    API."""
+    from cnnctl.models import load_checkpoint
 
-    meta = read_meta(path)
-    tensors = read_tensors(path)
-    model = build_model(
-        meta.arch, num_classes=meta.num_classes, in_channels=meta.preprocessing.channels, **meta.arch_args
-    )
-    load_weights_strict(model, tensors, source=str(path))
-    return model.to(device).eval(), meta
+    return load_checkpoint(path, device=device)
 
 
 def load_weights_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
@@ -187,7 +189,8 @@ def _few(items: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _existing(path: str | Path) -> Path:
+def existing_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file ``path`` names: the file itself, or a run folder's best (else last) checkpoint."""
     path = Path(path)
     if path.is_dir():
         for name in ("best.safetensors", "last.safetensors"):
@@ -201,6 +204,6 @@ def _existing(path: str | Path) -> Path:
 
 def _not_safetensors(path: Path, error: Exception) -> CheckpointError:
     return CheckpointError(
-        f"{path} is not a readable safetensors checkpoint ({str(error).splitlines()[0][:120]})",
+        f"{path} is not a readable safetensors checkpoint ({first_line(error, 120)})",
         hint="it may be truncated or another format; cnnctl never unpickles checkpoints",
     )

@@ -1,80 +1,53 @@
-"""TrainConfig: every option of ``cnnctl train``, resolved. It is what config.json in a run folder holds."""
+"""TrainConfig: every option of ``cnnctl train``, resolved. It is what config.json in a run folder holds.
+
+Its fields are generated from the declarations in :mod:`cnnctl.options` (name, type, default); this module adds
+what a configuration does with them: derived defaults, the checks that involve several options, and saving.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import UsageError
+from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, coerce, label
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 MONITORS = ("val_loss", "val_acc")
 AMP_DTYPES = ("auto", "fp16", "bf16")
 
 
-@dataclass
-class TrainConfig:
-    arch: str
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    root: str | None = None
-    mirror: str | None = None
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float | None = None
-    optimizer: str = "adam"
-    scheduler: str = "onecycle"
-    momentum: float | None = None
-    weight_decay: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    val_split: float | None = None
-    augment: str | None = None
-    out: str = "runs"
-    name: str | None = None
-    threads: int | None = None
-    img_size: int | None = None
-    # None: channels-last unless the network has BatchNorm (benchmarks/choices.py: LeNet-5 1.14x faster with it,
-    # LeNet-5 + BatchNorm 2.5x slower on CPU); resolved when the model is built and saved resolved
-    channels_last: bool | None = None
-    arch_args: dict[str, Any] = field(default_factory=dict)
-    # architectures: start from local weights (--pretrained), train only the classifier first (--freeze-epochs)
-    pretrained: str | None = None
-    freeze_epochs: int = 0
-    limit: int | None = None  # train on this many randomly chosen training images (after the validation split)
-    # --- training engine (issue 5): optimizer, schedule, regularisation, precision, early stopping, outputs ---
-    nesterov: bool = False
-    warmup_epochs: float = 0.0
-    step_size: int | None = None
-    gamma: float = 0.1
-    milestones: list[int] | None = None
-    t0: int | None = None
-    t_mult: int = 1
-    min_lr: float = 0.0
-    plateau_patience: int = 2
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    amp: bool = False
-    amp_dtype: str = "auto"
-    patience: int | None = None
-    monitor: str = "val_acc"
-    keep: int = 1
-    deterministic: bool = False
-    plots: bool = True
-    # --- distributed training (issue 8): BatchNorm statistics over the global batch (--nproc is launcher-only) ---
-    sync_bn: bool = False
+class _OptimizerNames:
+    """``OPTIMIZERS``: the registered optimizer names, read when used (the registry is engine/optim.py)."""
+
+    def _names(self) -> tuple[str, ...]:
+        from cnnctl.engine.optim import OPTIMIZERS as registry
+
+        return tuple(registry)
+
+    def __iter__(self) -> Any:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+
+OPTIMIZERS = _OptimizerNames()
+
+
+class _TrainConfigMethods:
+    """The behaviour of :class:`TrainConfig` (its fields come from cnnctl.options)."""
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
-        # OneCycle warms up to this peak and anneals from it, so it can be higher than a constant rate.
-        if self.scheduler == "onecycle":
-            # LeNet-sized networks train fastest at 5e-3; deeper BatchNorm networks (ResNet, MobileNet) need the
-            # usual 1e-3 or their running statistics cannot follow the weights and evaluation collapses.
-            return {"sgd": 0.1, "rmsprop": 1e-3}.get(self.optimizer, 5e-3 if self._is_lenet_sized() else 1e-3)
-        return {"sgd": 0.05}.get(self.optimizer, 1e-3)
+        from cnnctl.engine.optim import get_optimizer
+
+        return get_optimizer(self.optimizer).default_lr(self.scheduler, self._is_lenet_sized())
 
     def _is_lenet_sized(self) -> bool:
         from cnnctl.registry import get_model_spec
@@ -85,132 +58,222 @@ class TrainConfig:
             return True
 
     def resolved_momentum(self) -> float:
-        """SGD/RMSprop momentum, or Adam's β1: 0.9, except RMSprop's 0 (torch's defaults)."""
+        """SGD/RMSprop momentum, or Adam's β1: the optimizer's default unless given."""
         if self.momentum is not None:
             return self.momentum
-        return 0.0 if self.optimizer == "rmsprop" else 0.9
+        from cnnctl.engine.optim import get_optimizer
+
+        return get_optimizer(self.optimizer).momentum
 
     def resolved_weight_decay(self) -> float:
-        """0, except AdamW's decoupled 0.01 (torch's default: AdamW without decay is Adam)."""
+        """The optimizer's default decay (AdamW's decoupled 0.01, else 0) unless given."""
         if self.weight_decay is not None:
             return self.weight_decay
-        return 0.01 if self.optimizer == "adamw" else 0.0
+        from cnnctl.engine.optim import get_optimizer
+
+        return get_optimizer(self.optimizer).weight_decay
 
     def resolve_defaults(self) -> None:
         """Replace every "depends on other options" default by its value, so the saved configuration says
-        exactly what ran, and a resumed run with more --epochs keeps its step size, milestones and cycle."""
+        exactly what ran, and a resumed run with more --epochs keeps its step size, milestones and cycle.
+        Built-in datasets also fix the augmentation and validation split here (an image folder's are resolved
+        when it is scanned, by :meth:`resolve_data_defaults`)."""
+        from cnnctl.engine.schedules import get_schedule
+
         self.lr = self.resolved_lr()
         self.momentum = self.resolved_momentum()
         self.weight_decay = self.resolved_weight_decay()
-        third = max(1, self.epochs // 3)
-        if self.scheduler == "step" and self.step_size is None:
-            self.step_size = third
-        if self.scheduler == "multistep" and self.milestones is None:
-            self.milestones = sorted({max(1, round(self.epochs * 0.5)), max(1, round(self.epochs * 0.75))})
-        if self.scheduler == "cosine-restarts" and self.t0 is None:
-            self.t0 = third
+        schedule = get_schedule(self.scheduler)
+        if schedule.defaults is not None:
+            schedule.defaults(self)
+        if not self.data_dir and self.dataset != "folder":
+            from cnnctl.registry import get_dataset_spec
+
+            try:
+                spec = get_dataset_spec(self.dataset)
+            except UsageError:  # reported, with suggestions, when the data is loaded
+                return
+            self.resolve_data_defaults(spec)
+
+    def resolve_data_defaults(self, dataset_spec: Any, default_val_split: float | None = None) -> None:
+        """The dataset's augmentation and validation split where none was given (``default_val_split``: the one
+        to use instead of the spec's, e.g. a folder's 10%; None for a folder that has its own val/)."""
+        if self.augment is None:
+            self.augment = dataset_spec.augment
+        if self.val_split is None:
+            self.val_split = dataset_spec.default_val_split if default_val_split is None else default_val_split
 
     def validate(self) -> None:
-        """Reject contradictory or out-of-range options before any work starts."""
+        """Reject out-of-range or contradictory options before any work starts."""
         from cnnctl.models import check_arch_args
         from cnnctl.registry import get_model_spec
 
-        check_arch_args(get_model_spec(self.arch), self.arch_args)  # unknown names, --dropout out of range
-        if self.epochs < 1:
-            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.lr is not None and not self.lr > 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            from cnnctl.registry import suggest
+        for option in CONFIG_OPTIONS:  # each option's own range (already checked when given as text)
+            if option.field is None:
+                coerce(option, getattr(self, option.name))
+        spec = get_model_spec(self.arch)
+        check_arch_args(spec, self.arch_args)  # unknown names, --dropout out of range
+        _check_arch_arg_types(spec, self.arch_args)
+        if self.arch_args.get("dropout") is not None:
+            coerce(OPTION_BY_NAME["dropout"], self.arch_args["dropout"])
+        self._validate_input_size(spec)
+        self._validate_combinations()
 
-            raise suggest(self.optimizer, list(OPTIMIZERS), "optimizer")
-        from cnnctl.engine.schedules import SCHEDULERS
+    def _validate_input_size(self, spec: Any) -> None:
+        """``--img-size`` an architecture cannot take: below its minimum, or (fixed-input networks) a size that
+        is neither its input nor one padded evenly to it, which would be silently replaced."""
+        if self.img_size is None:
+            return
+        flag = label("img_size")
+        if self.img_size < spec.min_input:
+            raise UsageError(f"{spec.name} needs inputs of at least {spec.min_input}x{spec.min_input} pixels, "
+                             f"got {flag} {self.img_size}", hint=f"pass {flag} {spec.min_input} or larger")
+        if spec.fixed_input:
+            height, width = spec.input_size
+            gap = height - self.img_size
+            if height == width and (gap == 0 or (gap > 0 and gap % 2 == 0)):
+                return
+            raise UsageError(f"{spec.name} takes only {height}x{width} inputs, so {flag} {self.img_size} cannot be "
+                             "used", hint=f"leave {flag} out (images are resized to {height}x{width}), or pass "
+                                          f"{height} or a smaller size that pads evenly to it")
 
-        if self.scheduler not in SCHEDULERS:
-            from cnnctl.registry import suggest
-
-            raise suggest(self.scheduler, list(SCHEDULERS), "scheduler")
-        if self.val_split is not None and self.val_split < 0:
-            raise UsageError(f"--val-split must be >= 0, got {self.val_split}")
-        if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
-            raise UsageError(f"unknown device {self.device!r}; choose auto, cpu, cuda, cuda:N or mps")
-        if self.freeze_epochs < 0:
-            raise UsageError(f"--freeze-epochs must be >= 0, got {self.freeze_epochs}")
-        if self.limit is not None and self.limit < 1:
-            raise UsageError(f"--limit must be at least 1, got {self.limit}")
-        if self.img_size is not None and self.img_size < 1:
-            raise UsageError(f"--img-size must be at least 1, got {self.img_size}")
-        self._validate_engine_options()
-
-    def _validate_engine_options(self) -> None:
-        """The training engine's options (issue 5): ranges and combinations that cannot work together."""
-        from cnnctl.registry import suggest
+    def _validate_combinations(self) -> None:
+        """Options that cannot work together."""
+        from cnnctl.engine.optim import get_optimizer
+        from cnnctl.engine.schedules import get_schedule
 
         def need(condition: bool, message: str, hint: str | None = None) -> None:
             if not condition:
                 raise UsageError(message, hint=hint)
 
+        optimizer = get_optimizer(self.optimizer)
+        schedule = get_schedule(self.scheduler)
         momentum = self.resolved_momentum()
-        need(0 <= momentum < 1, f"--momentum must be in [0, 1), got {momentum}")
-        need(self.resolved_weight_decay() >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.nesterov:
-            need(self.optimizer == "sgd", f"--nesterov applies to --optimizer sgd, not {self.optimizer}")
-            need(momentum > 0, "--nesterov needs --momentum > 0")
-        need(0 <= self.warmup_epochs < self.epochs,
-             f"--warmup-epochs must be in [0, --epochs) = [0, {self.epochs}), got {self.warmup_epochs}")
-        need(not (self.warmup_epochs and self.scheduler == "onecycle"),
-             "--warmup-epochs does not combine with --scheduler onecycle, which warms up on its own",
-             hint="use --scheduler cosine (or step, multistep, ...) with --warmup-epochs")
-        need(0 < self.gamma <= 1, f"--gamma must be in (0, 1], got {self.gamma}")
-        need(self.step_size is None or self.step_size >= 1, f"--step-size must be >= 1, got {self.step_size}")
-        if self.milestones is not None:
-            need(all(m >= 1 for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
-                 f"--milestones must be increasing epoch numbers >= 1, got {self.milestones}")
-        need(self.t0 is None or self.t0 >= 1, f"--t0 must be >= 1 epoch, got {self.t0}")
-        need(self.t_mult >= 1, f"--t-mult must be >= 1, got {self.t_mult}")
-        need(0 <= self.min_lr < self.resolved_lr(),
-             f"--min-lr must be in [0, lr) = [0, {self.resolved_lr():g}), got {self.min_lr}")
-        need(self.plateau_patience >= 0, f"--plateau-patience must be >= 0, got {self.plateau_patience}")
-        need(0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        need(self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}")
-        if self.amp_dtype not in AMP_DTYPES:
-            raise suggest(self.amp_dtype, list(AMP_DTYPES), "--amp-dtype")
-        need(self.patience is None or self.patience >= 1, f"--patience must be >= 1, got {self.patience}")
-        if self.monitor not in MONITORS:
-            raise suggest(self.monitor, list(MONITORS), "--monitor")
-        need(self.keep >= 1, f"--keep must be >= 1, got {self.keep}")
-        if self.augment is not None:
-            from cnnctl.data.augment import AUGMENT_PRESETS
-
-            if self.augment not in AUGMENT_PRESETS:
-                raise suggest(self.augment, list(AUGMENT_PRESETS), "augmentation")
+            need(optimizer.nesterov, f"{label('nesterov')} applies to {label('optimizer')} "
+                 f"{' or '.join(n for n in OPTIMIZERS if get_optimizer(n).nesterov)}, not {self.optimizer}")
+            need(momentum > 0, f"{label('nesterov')} needs {label('momentum')} > 0")
+        need(self.warmup_epochs < self.epochs, f"{label('warmup_epochs')} must be in [0, {label('epochs')}) = "
+             f"[0, {self.epochs}), got {self.warmup_epochs}")
+        need(not (self.warmup_epochs and schedule.own_warmup),
+             f"{label('warmup_epochs')} does not combine with {label('scheduler')} {self.scheduler}, which warms "
+             "up on its own", hint=f"use {label('scheduler')} cosine (or step, multistep, ...) with "
+                                   f"{label('warmup_epochs')}")
+        lr = self.resolved_lr()
+        need(self.min_lr < lr, f"{label('min_lr')} must be in [0, lr) = [0, {lr:g}), got {self.min_lr}")
         needs = self.needs_validation()
-        need(not (needs and self.val_split == 0), f"{needs} needs a validation split, but --val-split is 0")
+        need(not (needs and self.val_split == 0), f"{needs} needs a validation split, but {label('val_split')} is 0")
 
     def needs_validation(self) -> str | None:
         """The option that cannot work without a validation split, if any."""
-        if self.scheduler == "plateau":
-            return "--scheduler plateau"
+        from cnnctl.engine.schedules import SCHEDULERS
+
+        schedule = SCHEDULERS.get(self.scheduler)
+        if schedule is not None and schedule.needs_validation:
+            return f"{label('scheduler')} {self.scheduler}"
         if self.patience is not None:
-            return "--patience (early stopping)"
+            return f"{label('patience')} (early stopping)"
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The configuration under the options' own names (``data``, ``dropout``: the flags' names)."""
+        data: dict[str, Any] = {}
+        arch_args = dict(self.arch_args)
+        for option in CONFIG_OPTIONS:
+            if option.field == "arch_args.dropout":
+                value = arch_args.pop("dropout", None)
+                if value is not None:
+                    data[option.name] = value
+                continue
+            if option.name == "arch_args":
+                continue
+            data[option.name] = _plain(getattr(self, option.attribute))
+        data["arch_args"] = arch_args
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            from cnnctl.registry import suggest
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Any:
+        """A configuration from a mapping of option names (old spellings too: ``data_dir``), checked."""
+        from cnnctl.options import coerce_mapping
 
-            raise suggest(unknown[0], sorted(known), f"option in {source}:")
-        return cls(**data)
+        return config_from_options(cls, coerce_mapping(data, source))
 
     def save(self, path: Path) -> None:
         from cnnctl.fsutil import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _check_arch_arg_types(spec: Any, arch_args: dict[str, Any]) -> None:
+    """Each architecture argument has the type of its builder's default (``batch_norm: true``, a number for a
+    number): a config file cannot pass a string, a list or a mapping where the network expects a flag."""
+    import inspect
+
+    defaults = {name: p.default for name, p in inspect.signature(spec.builder).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    defaults.update(spec.default_args)
+    for key, value in arch_args.items():
+        expected = defaults.get(key)
+        if expected is None:
+            continue
+        if isinstance(expected, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(expected, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = ok and (not isinstance(expected, int) or isinstance(expected, float) or float(value).is_integer())
+        else:
+            ok = isinstance(value, type(expected))
+        if not ok:
+            raise UsageError(f"{spec.name}'s argument {key} must be {type(expected).__name__} like its default "
+                             f"{expected!r}, got {value!r}")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _field_type(option: Any) -> Any:
+    kind = {list: list[int], dict: dict[str, Any]}.get(option.type, option.type)
+    return kind | None if option.nullable else kind
+
+
+def _fields() -> list[tuple[str, Any, Any]]:
+    result: list[tuple[str, Any, Any]] = [("arch", str, dataclasses.field())]
+    for option in CONFIG_OPTIONS:
+        if option.name == "arch" or "." in option.attribute:
+            continue
+        if option.type is dict:
+            default = dataclasses.field(default_factory=dict)
+        elif option.type is list:
+            default = dataclasses.field(default=None)
+        else:
+            default = dataclasses.field(default=option.stored_default)
+        result.append((option.attribute, _field_type(option), default))
+    return result
+
+
+TrainConfig = dataclasses.make_dataclass("TrainConfig", _fields(), bases=(_TrainConfigMethods,))
+TrainConfig.__module__ = __name__
+TrainConfig.__doc__ = ("Every option of `cnnctl train` (see cnnctl/options.py). Attributes are the options' names, "
+                       "except --data, kept as `data_dir`, and --dropout, kept in `arch_args`.")
+
+
+def config_from_options(cls: Any, values: dict[str, Any]) -> Any:
+    """A TrainConfig from already-checked option values keyed by option name (``data``, ``dropout``, ...)."""
+    values = dict(values)
+    arch_args = dict(values.pop("arch_args", None) or {})
+    dropout = values.pop("dropout", None)
+    if dropout is not None:
+        if arch_args.get("dropout") not in (None, dropout):
+            raise UsageError(f"{label('dropout')} is given twice: {dropout}, and {arch_args['dropout']} in arch_args")
+        arch_args["dropout"] = dropout
+    if "data" in values:
+        values["data_dir"] = values.pop("data")
+    known = {f.name for f in dataclasses.fields(cls)}
+    stray = sorted(set(values) - known)
+    if stray:  # command-line-only options (quiet, resume, ...) have no place in a configuration
+        from cnnctl.options import unknown_option
+
+        raise unknown_option(stray[0], "the configuration")
+    return cls(**values, arch_args=arch_args)
+

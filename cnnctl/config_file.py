@@ -1,7 +1,8 @@
 """``--config FILE`` for ``cnnctl train``: YAML, TOML or JSON holding any TrainConfig option.
 
-Precedence: TrainConfig's defaults < the file < options given on the command line. Keys may be written
-``batch_size`` or ``batch-size``. Each value is checked against the option's type, so a wrong key or value is
+Precedence: TrainConfig's defaults < the file < options given on the command line. Keys are the options' names
+(cnnctl/options.py), written ``batch_size`` or ``batch-size``; older names (``data_dir``) are accepted. Each
+value is checked against the option's type and range, so a wrong key or value is
 one clear line before any work starts. A run folder's ``config.yaml`` is such a file: passing it back
 reproduces the run.
 """
@@ -9,29 +10,35 @@ reproduces the run.
 from __future__ import annotations
 
 import json
-import types
-import typing
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from cnnctl.config import TrainConfig
 from cnnctl.errors import UsageError
 
+MAX_CONFIG_BYTES = 1_000_000  # a configuration is a few hundred bytes; anything near this is not one
+MAX_CONFIG_DEPTH = 8  # options are flat; arch_args adds one level
+
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The file's mapping, keys normalised to field names (not yet checked)."""
+    """The file's mapping, keys as written (checked by :func:`coerce_options`). The file is untrusted input:
+    its size and nesting are limited and YAML aliases (which can expand a small file into millions of values)
+    are refused."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--config {path}: no such file")
     suffix = path.suffix.lower()
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise UsageError(f"--config {path}: {size:,} bytes is too large for a configuration "
+                             f"(at most {MAX_CONFIG_BYTES:,})")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"--config {path}: cannot read it ({error})") from error
     try:
         if suffix in (".yaml", ".yml"):
-            data = _yaml().safe_load(text)
+            data = _yaml().load(text, Loader=_no_alias_loader())  # noqa: S506 - a SafeLoader subclass
         elif suffix == ".toml":
             data = _toml().loads(text)
         elif suffix == ".json":
@@ -39,16 +46,60 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             raise UsageError(f"--config {path}: unknown format {suffix or '(no suffix)'}",
                              hint="use a .yaml, .yml, .toml or .json file")
-    except UsageError:
-        raise
+    except UsageError as error:
+        if error.message.startswith("--config"):
+            raise
+        raise UsageError(f"--config {path}: {error.message}", hint=error.hint) from error
+    except RecursionError as error:
+        raise UsageError(f"--config {path}: nested too deeply (at most {MAX_CONFIG_DEPTH} levels)") from error
     except Exception as error:  # each parser has its own error type; all mean "not valid syntax"
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"--config {path}: not valid {suffix[1:].upper()} ({first})") from error
+        from cnnctl.errors import first_line
+
+        raise UsageError(f"--config {path}: not valid {suffix[1:].upper()} ({first_line(error)})") from error
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
-    return {str(key).replace("-", "_"): value for key, value in data.items()}
+    if _depth(data) > MAX_CONFIG_DEPTH:
+        raise UsageError(f"--config {path}: nested too deeply (at most {MAX_CONFIG_DEPTH} levels)")
+    return data
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_CONFIG_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(item, level + 1) for item in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(item, level + 1) for item in value), default=level)
+    return level
+
+
+_LOADER: Any = None
+
+
+def _no_alias_loader() -> Any:
+    """PyYAML's SafeLoader, refusing aliases (``*name``) and nesting deeper than MAX_CONFIG_DEPTH while parsing,
+    so neither an alias bomb nor a deep file costs more than reading it."""
+    global _LOADER
+    if _LOADER is None:
+        yaml = _yaml()
+
+        class NoAliasSafeLoader(yaml.SafeLoader):
+            def compose_node(self, parent: Any, index: Any) -> Any:
+                if self.check_event(yaml.AliasEvent):
+                    raise UsageError("YAML aliases (*name) are not accepted in a configuration",
+                                     hint="write the value out")
+                self._depth = getattr(self, "_depth", 0) + 1
+                try:
+                    if self._depth > MAX_CONFIG_DEPTH:
+                        raise UsageError(f"nested too deeply (at most {MAX_CONFIG_DEPTH} levels)")
+                    return super().compose_node(parent, index)
+                finally:
+                    self._depth -= 1
+
+        _LOADER = NoAliasSafeLoader
+    return _LOADER
 
 
 def _yaml() -> Any:
@@ -73,73 +124,31 @@ def _toml() -> Any:
 
 
 def coerce_options(values: dict[str, Any], *, source: str) -> dict[str, Any]:
-    """Check every key names a TrainConfig field and convert each value to the field's type."""
-    hints = typing.get_type_hints(TrainConfig)
-    known = {f.name for f in fields(TrainConfig)}
-    result = {}
-    for key, value in values.items():
-        if key not in known:
-            from cnnctl.registry import suggest
+    """Check every key names an option (any spelling: ``batch-size``, or an older name such as ``data_dir``) and
+    convert and range-check each value; the result is keyed by the options' names."""
+    from cnnctl.options import coerce_mapping
 
-            raise suggest(key, sorted(known), f"option in {source}:")
-        result[key] = _coerce(value, hints[key], f"{source}: {key}")
-    return result
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    args = typing.get_args(annotation)
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [arg for arg in args if arg is not type(None)]
-        return _coerce(value, inner[0], where)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "false", "no", "off"):
-            return value.lower() in ("true", "yes", "on")
-        raise UsageError(f"{where} must be true or false, got {value!r}")
-    if annotation in (int, float):
-        try:
-            number = float(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
-        except ValueError:
-            number = None
-        if annotation is int:
-            if number is None or not number.is_integer():
-                raise UsageError(f"{where} must be a whole number, got {value!r}")
-            return int(value) if isinstance(value, int) else int(number)
-        if number is None:
-            raise UsageError(f"{where} must be a number, got {value!r}")
-        return number
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise UsageError(f"{where} must be a string, got {value!r}")
-    if origin is list:
-        if isinstance(value, str):
-            value = [item for item in value.replace(" ", "").split(",") if item]
-        if not isinstance(value, (list, tuple)):
-            raise UsageError(f"{where} must be a list, got {value!r}")
-        return [_coerce(item, args[0], where) for item in value]
-    if origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise UsageError(f"{where} must be a mapping, got {value!r}")
-    return value
+    return coerce_mapping(values, source)
 
 
 def build_train_config(options: dict[str, Any], config_file: str | Path | None = None, *,
                        source: str = "the command line") -> TrainConfig:
     """TrainConfig from ``options`` (given explicitly: on the command line, or to ``cnnctl.train()``) over
     ``config_file``; ``source`` names where the options came from in error messages."""
+    from cnnctl.config import config_from_options
+
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(coerce_options(read_config_file(config_file), source=str(config_file)))
-    values.update(coerce_options(options, source=source))
+    given = coerce_options(options, source=source)
+    if "dropout" in given and "arch_args" in values:  # the command line's --dropout wins over the file's
+        values["arch_args"] = {k: v for k, v in (values["arch_args"] or {}).items() if k != "dropout"}
+    values.update(given)
     if not values.get("arch"):
         raise UsageError("name an architecture to train", hint="e.g. `cnnctl train lenet5`, or put `arch:` in --config")
-    return TrainConfig(**values)
+    config = config_from_options(TrainConfig, values)
+    config.validate()
+    return config
 
 
 def dump_yaml(config: TrainConfig) -> str | None:

@@ -32,3 +32,10 @@ class CheckpointError(CnnctlError):
 
 class DownloadError(DataError):
     """Every mirror failed, or what arrived did not verify."""
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, at most ``limit`` characters (its type name if it has none):
+    how a library's multi-line error is quoted inside one of cnnctl's one-line messages."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

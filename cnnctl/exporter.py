@@ -18,20 +18,42 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.errors import CnnctlError, UsageError, first_line
 
 if TYPE_CHECKING:
     import torch
 
     from cnnctl.checkpoint import CheckpointMeta
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 TOLERANCE = 1e-4  # largest accepted absolute difference between exported and PyTorch logits
 VERIFY_COUNT = 16
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PREPROCESSING_FORMAT = 1
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One ``--format``: ``write(model, inputs, path, *, dynamic_batch, opset, arch)`` writes the file (returning
+    the opset written, or None), ``runner(path)`` loads it with its own runtime as a batch → logits function;
+    ``require()`` fails in one line when an optional package is missing; ``has_opset``: ``--opset`` applies."""
+
+    name: str
+    description: str
+    suffix: str
+    write: Callable[..., int | None]
+    runner: Callable[[Path], Callable[[torch.Tensor], torch.Tensor]]
+    require: Callable[[], None] | None = None
+    has_opset: bool = False
+
+
+FORMATS: dict[str, ExportFormat] = {}
+
+
+def register_format(info: ExportFormat) -> ExportFormat:
+    FORMATS[info.name] = info
+    return info
 
 
 @dataclass
@@ -61,16 +83,19 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
     batches of exactly one image (an ONNX model refuses others; TorchScript is traced and checked at 1).
     Raises ``CnnctlError`` when the outputs differ by more than ``tolerance``; then nothing is written.
     """
-    from cnnctl import checkpoint
+    from cnnctl.checkpoint import existing_checkpoint
     from cnnctl.fsutil import atomic_path, atomic_write_text
+    from cnnctl.models import load_checkpoint
 
-    format = _check_format(format)
-    if opset is not None and format != "onnx":
-        raise UsageError("--opset applies only to --format onnx")
-    if format == "onnx":
-        require_onnx()
-    source = checkpoint._existing(Path(checkpoint_path))  # a run folder means its best.safetensors
-    model, meta = checkpoint.load(source, device="cpu")
+    info = get_format(format)
+    format = info.name
+    if opset is not None and not info.has_opset:
+        with_opset = " or ".join(name for name, entry in FORMATS.items() if entry.has_opset)
+        raise UsageError(f"--opset applies only to --format {with_opset}")
+    if info.require is not None:
+        info.require()
+    source = existing_checkpoint(Path(checkpoint_path))  # a run folder means its best.safetensors
+    model, meta = load_checkpoint(source, device="cpu")
     model_path, preprocessing_path = output_paths(source, format, output)
 
     inputs, verified_on = verification_inputs(meta, root=root)
@@ -80,12 +105,8 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
         expected = model(inputs).float()
     batch = None if dynamic_batch else 1
     with atomic_path(model_path) as tmp, _quiet_exporters():
-        if format == "onnx":
-            opset = _export_onnx(model, inputs, tmp, dynamic_batch=dynamic_batch, opset=opset, arch=meta.arch)
-            run = _onnx_runner(tmp)
-        else:
-            _export_torchscript(model, inputs, tmp, arch=meta.arch)
-            run = _torchscript_runner(tmp)
+        opset = info.write(model, inputs, tmp, dynamic_batch=dynamic_batch, opset=opset, arch=meta.arch)
+        run = info.runner(tmp)
         actual = torch.cat([run(chunk) for chunk in _chunks(inputs, batch)])
         if actual.shape != expected.shape:
             raise CnnctlError(f"the exported model returned shape {tuple(actual.shape)} instead of "
@@ -115,18 +136,18 @@ def require_onnx() -> None:
                           "not installed", hint="pip install 'cnnctl[onnx]'")
 
 
-def _check_format(format: str) -> str:
+def get_format(format: str) -> ExportFormat:
     name = format.strip().lower()
     if name not in FORMATS:
         from cnnctl.registry import suggest
 
         raise suggest(format, list(FORMATS), "export format")
-    return name
+    return FORMATS[name]
 
 
 def output_paths(source: Path, format: str, output: Any = None) -> tuple[Path, Path]:
     """Where the model and its preprocessing JSON go: ``<stem><suffix>`` and ``<stem>.preprocessing.json``."""
-    suffix = FORMATS[format]
+    suffix = get_format(format).suffix
     default_name = source.name.removesuffix(".safetensors") + suffix
     if output is None:
         model_path = source.with_name(default_name)
@@ -162,7 +183,7 @@ def verification_inputs(meta: CheckpointMeta, *, root: Any = None,
 
 def _local_test_images(meta: CheckpointMeta, root: Any, count: int) -> tuple[torch.Tensor | None, str]:
     from cnnctl.data.download import is_present
-    from cnnctl.data.splits import load_split
+    from cnnctl.data.splits import eval_split
     from cnnctl.registry import datasets
 
     if not meta.dataset:
@@ -175,7 +196,7 @@ def _local_test_images(meta: CheckpointMeta, root: Any, count: int) -> tuple[tor
     if not spec.files or not is_present(spec.storage_name, spec.files, Path(root) if root else None):
         return None, f"the {spec.name} test split is not on this machine; `cnnctl download {spec.name}` fetches it"
     try:
-        test = load_split(spec, "test", root=str(root) if root else None)
+        test = eval_split(meta, split="test", root=str(root) if root else None)
     except CnnctlError as error:
         return None, f"the {spec.name} test split could not be read: {error.message}"
     taken = min(count, len(test))
@@ -240,7 +261,7 @@ def _export_onnx(model: torch.nn.Module, inputs: torch.Tensor, path: Path, *, dy
                           opset_version=opset, dynamo=True, external_data=False, dynamic_shapes=dynamic_shapes,
                           verbose=False)
     except Exception as error:  # the exporter raises many types; the message is what matters
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = first_line(error, 200)
         target = f" at opset {opset}" if opset else ""
         raise CnnctlError(f"could not export {arch} to ONNX{target}: {reason}",
                           hint="try another --opset, or --debug for the traceback") from error
@@ -269,7 +290,8 @@ def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
-def _export_torchscript(model: torch.nn.Module, inputs: torch.Tensor, path: Path, *, arch: str) -> None:
+def _export_torchscript(model: torch.nn.Module, inputs: torch.Tensor, path: Path, *, dynamic_batch: bool,
+                        opset: int | None, arch: str) -> None:
     """Traced, not scripted: tracing takes any model that runs, and verification checks that it traced well."""
     import torch
 
@@ -278,7 +300,7 @@ def _export_torchscript(model: torch.nn.Module, inputs: torch.Tensor, path: Path
             traced = torch.jit.trace(model, inputs[:1], check_trace=False)  # verified below, on 16 images
         torch.jit.save(traced, str(path))
     except Exception as error:
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = first_line(error, 200)
         raise CnnctlError(f"could not export {arch} to TorchScript: {reason}",
                           hint="--debug shows the traceback") from error
 
@@ -360,3 +382,12 @@ def _other_exports(path: Path, document: dict[str, Any]) -> dict[str, Any]:
     if any(earlier.get(key) != document[key] for key in shared):
         return {}
     return {name: entry for name, entry in exports.items() if (path.parent / name).is_file()}
+
+
+# The entries call the functions by name, so a test (or a plugin) that replaces one is used.
+register_format(ExportFormat("onnx", "ONNX, run by onnxruntime (pip install 'cnnctl[onnx]')", ".onnx",
+                             lambda *args, **kwargs: _export_onnx(*args, **kwargs),
+                             lambda path: _onnx_runner(path), require=lambda: require_onnx(), has_opset=True))
+register_format(ExportFormat("torchscript", "TorchScript (traced), run by torch.jit.load", ".torchscript.pt",
+                             lambda *args, **kwargs: _export_torchscript(*args, **kwargs),
+                             lambda path: _torchscript_runner(path)))

@@ -22,6 +22,9 @@ class Reporter:
 
     def epoch_end(self, row: dict[str, float], epochs: int) -> None: ...
 
+    def phase(self, text: str) -> None:
+        """What the run is doing between steps: "validating", "testing", "plotting"."""
+
     def end(self, summary: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...

@@ -49,7 +49,14 @@ class DatasetSpec:
 
     ``loader(root, split)`` returns an ``ImageTensors`` (uint8 N×C×H×W images and int64 labels) and
     ``files`` lists what ``cnnctl download`` fetches and verifies. ``extra["prepare"]``, if set, is called with
-    the dataset's folder after a download (e.g. to unpack an archive) so the data is ready before first use.
+    the dataset's folder after a download (e.g. to unpack an archive) so the data is ready before first use;
+    ``extra["download_hint"]`` is said when there is nothing to download.
+
+    Datasets that are not fixed tensors (an image folder: classes, size and mean/std depend on the folder) give
+    their own ``prepare(config, model_spec, log) -> PreparedData`` (training's train/val/test, fitted to the
+    model) and ``eval_split(meta, split, *, root, mirror, data_dir, log) -> ImageTensors`` (the split a
+    checkpoint is evaluated on, rebuilt as training chose it); without them :mod:`cnnctl.data.splits` loads
+    ``loader``'s splits, holds out validation and rebuilds it the same way.
     """
 
     name: str
@@ -67,6 +74,8 @@ class DatasetSpec:
     augment: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
     storage: str | None = None  # folder under the data root; default: name (cifar100-coarse shares cifar100's)
+    prepare: Callable[..., Any] | None = None
+    eval_split: Callable[..., Any] | None = None
 
     @property
     def storage_name(self) -> str:

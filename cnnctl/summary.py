@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import UsageError
+from cnnctl.errors import UsageError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -88,7 +88,7 @@ def summarize(model: torch.nn.Module, input_shape: tuple[int, int, int], *, arch
         with torch.no_grad(), counter:
             model(torch.zeros(1, *input_shape))
     except RuntimeError as error:
-        first = str(error).splitlines()[0][:160]
+        first = first_line(error)
         raise UsageError(f"{arch} cannot take a {'x'.join(map(str, input_shape))} input ({first})",
                          hint="pick another --input-size") from error
     finally:

@@ -67,7 +67,7 @@ def test_load_and_predict_agree_with_the_model(simplecnn_checkpoint: Path, tmp_p
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: cnnctl.train(dataset="mnist"), "cnnctl.train needs an architecture"),
     (lambda: cnnctl.train("lenet5", epoch=2), "unknown option in cnnctl.train(): 'epoch': did you mean epochs?"),
-    (lambda: cnnctl.train("lenet5", epochs=0), "--epochs must be at least 1, got 0"),
+    (lambda: cnnctl.train("lenet5", epochs=0), "epochs must be at least 1, got 0"),
     (lambda: cnnctl.train("simplecnm"), "unknown architecture 'simplecnm': did you mean simplecnn?"),
     (lambda: cnnctl.load("no/such.safetensors"), "checkpoint no/such.safetensors does not exist"),
     (lambda: cnnctl.load(42), "cnnctl.load expected a path, got int"),
@@ -98,6 +98,6 @@ def test_a_train_config_can_be_passed_and_overridden(tiny_digits, tmp_path: Path
     from cnnctl.config import TrainConfig
 
     config = TrainConfig(arch="simplecnn", dataset="tinydigits", epochs=5, out=str(tmp_path))
-    with pytest.raises(UsageError, match="--batch-size must be at least 1"):
+    with pytest.raises(UsageError, match="^batch_size must be at least 1"):
         cnnctl.train(config, batch_size=0)  # options override the config's fields
     assert config.batch_size == 128  # and the config passed in is not changed

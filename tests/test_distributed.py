@@ -156,5 +156,5 @@ def test_the_launcher_passes_on_the_command_without_nproc(tiny_digits, monkeypat
     result = CliRunner().invoke(app, ["train", "lenet5", "-d", "tinydigits", "--nproc", "2", "--no-plots",
                                       "--deterministic", "--lr", "0.01", "--device", "cpu"])
     assert result.exit_code == 3  # the ranks' exit code
-    assert launched == [(["train", "lenet5", "--dataset", "tinydigits", "--lr", "0.01", "--device", "cpu",
-                          "--deterministic", "--no-plots"], 2)]
+    assert launched == [(["train", "lenet5", "--dataset", "tinydigits", "--device", "cpu", "--lr", "0.01",
+                          "--no-plots", "--deterministic"], 2)]  # in the order of cnnctl/options.py

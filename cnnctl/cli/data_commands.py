@@ -40,8 +40,7 @@ def download(
     root_path = Path(root) if root else None
     for spec in specs:
         if not spec.files:
-            hint = " — train on your images with `cnnctl train ARCH --data PATH`" if spec.name == "folder" else ""
-            raise UsageError(f"{spec.name} has nothing to download{hint}")
+            raise UsageError(f"{spec.name} has nothing to download", hint=spec.extra.get("download_hint"))
         if source:
             directory = import_files(spec.storage_name, spec.files, Path(source), root=root_path, log=stderr_line)
         else:

@@ -7,12 +7,22 @@ from typing import Annotated
 import typer
 
 from cnnctl.cli._common import command, print_json
+from cnnctl.exporter import FORMATS
+from cnnctl.options import choice_settings
+
+
+def _format_names() -> list[str]:
+    return list(FORMATS)
+
+
+_FORMAT_HELP = "; ".join(f"{entry.name}: {entry.description}" for entry in FORMATS.values()).replace("[", "\\[")
 
 
 @command("export")
 def export_command(
     checkpoint_path: Annotated[str, typer.Argument(metavar="CHECKPOINT", help=".safetensors file or run folder")],
-    format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript")] = "onnx",
+    format: Annotated[str, typer.Option("--format", "-f", help=_FORMAT_HELP, **choice_settings(_format_names))]
+        = "onnx",
     dynamic_batch: Annotated[bool, typer.Option(
         "--dynamic-batch", help="accept any batch size (default: exactly 1 image per call)")] = False,
     opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset (default: the exporter's own)")] = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cnnctl.errors import UsageError
@@ -59,20 +60,48 @@ def random_affine(images: torch.Tensor, generator: torch.Generator, *, degrees: 
     return warped.round_().clamp_(0, 255).to(images.dtype)
 
 
+@dataclass(frozen=True)
+class AugmentPreset:
+    """One ``--augment`` preset: ``build(image_size)`` returns the batch augmentation (None: leave images as they
+    are). Registered with :func:`register_augmentation`; listing, validation and ``--help`` read the registry."""
+
+    name: str
+    description: str
+    build: Callable[[tuple[int, int]], Augmentation | None]
+
+
+AUGMENT_PRESETS: dict[str, AugmentPreset] = {}
+
+
+def register_augmentation(name: str, description: str,
+                          build: Callable[[tuple[int, int]], Augmentation | None]) -> AugmentPreset:
+    AUGMENT_PRESETS[name] = preset = AugmentPreset(name, description, build)
+    return preset
+
+
+def _crop_padding(image_size: tuple[int, int]) -> int:
+    return max(2, round(min(image_size) / 8))
+
+
 def make_augmentation(preset: str, image_size: tuple[int, int]) -> Augmentation | None:
-    """Return the batch augmentation for a preset name: ``none``, ``shift`` (crop with padding, digits),
-    ``crop-flip`` (crop with padding and horizontal flip, natural images), ``affine`` (small random rotation,
-    scale and shift per image: handwriting)."""
-    padding = max(2, round(min(image_size) / 8))
-    if preset == "none":
-        return None
-    if preset == "shift":
-        return lambda images, generator: random_crop(images, generator, padding)
-    if preset == "affine":
-        return random_affine
-    if preset == "crop-flip":
-        return lambda images, generator: random_hflip(random_crop(images, generator, padding), generator)
-    raise UsageError(f"unknown augmentation {preset!r}; choose one of: {', '.join(AUGMENT_PRESETS)}")
+    """The batch augmentation of a registered preset, for images of ``image_size``."""
+    if preset not in AUGMENT_PRESETS:
+        raise UsageError(f"unknown augmentation {preset!r}; choose one of: {', '.join(AUGMENT_PRESETS)}")
+    return AUGMENT_PRESETS[preset].build(image_size)
 
 
-AUGMENT_PRESETS = ("none", "shift", "crop-flip", "affine")
+def _shift(image_size: tuple[int, int]) -> Augmentation:
+    padding = _crop_padding(image_size)
+    return lambda images, generator: random_crop(images, generator, padding)
+
+
+def _crop_flip(image_size: tuple[int, int]) -> Augmentation:
+    padding = _crop_padding(image_size)
+    return lambda images, generator: random_hflip(random_crop(images, generator, padding), generator)
+
+
+register_augmentation("none", "no augmentation", lambda image_size: None)
+register_augmentation("shift", "random shift: crop with zero padding (digits)", _shift)
+register_augmentation("crop-flip", "crop with padding and horizontal flip (natural images)", _crop_flip)
+register_augmentation("affine", "small random rotation, scale and shift per image (handwriting)",
+                      lambda image_size: random_affine)

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     import torch
 
     from cnnctl.config import TrainConfig
-    from cnnctl.data.base import ImageTensors, Preprocessing
+    from cnnctl.data.base import ImageTensors
     from cnnctl.data.check import FolderCheck
+    from cnnctl.data.splits import PreparedData
     from cnnctl.registry import ModelSpec
 
 DEFAULT_IMAGE_SIZE = 64  # folder images are resized to this square unless --img-size (or a fixed-input model) says
@@ -383,19 +384,18 @@ class FolderSplits:
 
 
 def choose_splits(scan: FolderScan, *, val_split: float | None, seed: int, limit: int | None) -> FolderSplits:
-    from cnnctl.data.splits import limit_indices, split_indices
+    """The files of each split: ``val/`` if the folder has one, else ``--val-split`` of ``train/`` held out,
+    then ``--limit``; the positions come from :func:`cnnctl.data.splits.split_positions`, as for every dataset."""
+    from cnnctl.data.splits import split_positions
 
     train = scan.splits["train"]
     val = scan.splits.get("val")
-    if val is None:
-        fraction = DEFAULT_VAL_SPLIT if val_split is None else val_split
-        train_index, val_index = split_indices(len(train), fraction, seed)
-        if val_index is not None:
-            val = [train[i] for i in val_index.tolist()]
-            train = [train[i] for i in train_index.tolist()]
-    limited = limit_indices(len(train), limit, seed)
-    if limited is not None:
-        train = [train[i] for i in limited.tolist()]
+    fraction = 0 if val is not None else (DEFAULT_VAL_SPLIT if val_split is None else val_split)
+    train_index, val_index = split_positions(len(train), fraction, seed, limit)
+    if val_index is not None:
+        val = [train[i] for i in val_index.tolist()]
+    if train_index is not None:
+        train = [train[i] for i in train_index.tolist()]
     return FolderSplits(train, val or None, scan.splits.get("test") or None)
 
 
@@ -423,14 +423,12 @@ def _to_grey(data: ImageTensors) -> ImageTensors:
     return ImageTensors(data.images[:, :1].contiguous(), data.labels, data.classes, data.source)
 
 
-def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log
-                   ) -> tuple[ImageTensors, ImageTensors | None, ImageTensors | None, tuple[str, ...], Preprocessing,
-                              str]:
-    """Training's view of ``config.data_dir``: (train, val, test, classes, preprocessing, dataset label).
+def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedData:
+    """Training's view of ``config.data_dir`` (the folder dataset's ``DatasetSpec.prepare``).
 
     Records the absolute folder in ``config`` so the checkpoint (and eval) can find it again.
     """
-    from cnnctl.data.splits import resolve_preprocessing
+    from cnnctl.data.splits import PreparedData, resolve_preprocessing
 
     if not config.data_dir:
         raise UsageError("the folder dataset needs --data PATH (a folder with one sub-folder per class)")
@@ -438,6 +436,11 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log
         raise UsageError(f"--data and --dataset {config.dataset} contradict each other; pass one of them")
     root = Path(config.data_dir).expanduser().resolve()
     scan = scan_folder(root, log=log)
+    from cnnctl.registry import get_dataset_spec
+
+    # What ran goes into the saved configuration: a folder with its own val/ holds nothing out of train/.
+    config.resolve_data_defaults(get_dataset_spec("folder"),
+                                 default_val_split=0 if scan.splits.get("val") is not None else DEFAULT_VAL_SPLIT)
     chosen = choose_splits(scan, val_split=config.val_split, seed=config.seed, limit=config.limit)
     side = DEFAULT_IMAGE_SIZE if config.img_size is None else config.img_size
     # Decode straight to the size the model will see (a fixed-input model may ask for another one).
@@ -484,15 +487,16 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log
         + (f", {len(loaded['val']):,} validation" if loaded["val"] is not None else "")
         + (f", {len(loaded['test']):,} test" if loaded["test"] is not None else "")
         + f", {'grey' if channels == 1 else 'RGB'} at {size[0]}x{size[1]}")
-    return train, loaded["val"], loaded["test"], scan.classes, preprocessing, "folder"
+    return PreparedData(train, loaded["val"], loaded["test"], scan.classes, preprocessing, "folder")
 
 
-def load_folder_eval_split(meta: Any, *, split: str = "test", data_dir: str | None = None,
-                           log: Log = lambda _: None, max_items: int | None = None) -> ImageTensors:
-    """The images eval should use, labelled by the checkpoint's class names: ``test/``, or the ``val``/``train``
-    split rebuilt exactly as training chose it. Without ``test/``, the folder the checkpoint was trained on is
-    evaluated on the validation images held out in training, any other folder (``--data``) on all its images.
-    ``max_items`` decodes only the split's first files (export verification). ``source`` ends in the split used.
+def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | None = None,
+                           log: Log = lambda _: None, max_items: int | None = None, **_: Any) -> ImageTensors:
+    """The folder dataset's ``DatasetSpec.eval_split``: the images eval should use, labelled by the checkpoint's
+    class names: ``test/``, or the ``val``/``train`` split rebuilt exactly as training chose it. Without
+    ``test/``, the folder the checkpoint was trained on is evaluated on the validation images held out in
+    training, any other folder (``--data``) on all its images. ``max_items`` decodes only the split's first
+    files (export verification). ``source`` ends in the split used.
     """
     folder = data_dir or meta.data_dir
     if not folder:
@@ -531,23 +535,34 @@ def load_folder_eval_split(meta: Any, *, split: str = "test", data_dir: str | No
     return ImageTensors(images, data.labels, data.classes, data.source)
 
 
-def _not_directly(directory: Path, split: str) -> Any:
-    raise UsageError("the folder dataset needs --data PATH (a folder with one sub-folder per class)")
+def load_folder(directory: Path, split: str) -> ImageTensors:
+    """``DatasetSpec.loader`` of the folder dataset: one split of an image folder at the default size, the
+    validation images held out of ``train/`` as training holds them out by default (seed 0)."""
+    scan = scan_folder(directory)
+    chosen = choose_splits(scan, val_split=None, seed=0, limit=None)
+    items = getattr(chosen, split, None)
+    if not items:
+        raise UsageError(f"{directory} has no {split} images")
+    data, grey = load_items(items, scan.classes, (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE),
+                            source=str(Path(directory) / split))
+    return _to_grey(data) if grey else data
 
 
 FOLDER = register_dataset(
     DatasetSpec(
         name="folder",
         description="your own images: train ARCH --data PATH (a folder per class)",
-        classes=(),
+        classes=(),  # the class folders', found by scan_folder; mean/std are measured on the training images
         image_shape=(3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE),
         mean=(),
         std=(),
         train_size=0,
         test_size=0,
-        loader=_not_directly,
+        loader=load_folder,
         default_val_split=0,  # unused: folders hold out DEFAULT_VAL_SPLIT of train/ unless they have val/
         augment="none",
-        extra={"kind": "folder"},
+        prepare=prepare_folder,
+        eval_split=load_folder_eval_split,
+        extra={"kind": "folder", "download_hint": "train on your images with `cnnctl train ARCH --data PATH`"},
     )
 )

@@ -1,10 +1,18 @@
-"""From a dataset name to ready splits: download if missing, load, hold out validation, fit to the model."""
+"""From a dataset name to ready splits: download if missing, load, hold out validation, fit to the model.
+
+Every dataset goes through the same two entry points, whatever it is made of: :func:`prepare_data` (training's
+train/val/test) and :func:`eval_split` (the split a checkpoint is evaluated on, rebuilt exactly as training
+chose it). A dataset whose :class:`~cnnctl.registry.DatasetSpec` has its own ``prepare``/``eval_split`` (the
+image folder) uses them; the others get the tensor path below. Validation and ``--limit`` positions come from
+one function, :func:`split_positions`, for every dataset.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cnnctl.data.base import ImageTensors, Preprocessing
 from cnnctl.errors import UsageError
@@ -12,6 +20,76 @@ from cnnctl.registry import DatasetSpec, ModelSpec
 
 if TYPE_CHECKING:
     import torch
+
+    from cnnctl.config import TrainConfig
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PreparedData:
+    """What training gets from a dataset: the splits (uint8, in memory), class names, how images meet the model
+    and the dataset's name for the checkpoint."""
+
+    train: ImageTensors
+    val: ImageTensors | None
+    test: ImageTensors | None
+    classes: tuple[str, ...]
+    preprocessing: Preprocessing
+    dataset_label: str
+
+
+def training_dataset(config: TrainConfig) -> DatasetSpec:
+    """The dataset a training configuration names: ``--data PATH`` means the image folder."""
+    from cnnctl.registry import get_dataset_spec
+
+    return get_dataset_spec("folder" if config.data_dir else config.dataset)
+
+
+def prepare_data(config: TrainConfig, model: ModelSpec, log: Log = lambda _: None) -> PreparedData:
+    """Load (downloading if needed) the splits that ``config`` names and fit them to its architecture."""
+    spec = training_dataset(config)
+    if spec.prepare is not None:
+        return spec.prepare(config, model, log)
+    train = load_split(spec, "train", root=config.root, mirror=config.mirror, log=log)
+    test = load_split(spec, "test", root=config.root, mirror=config.mirror, log=log)
+    val_split = spec.default_val_split if config.val_split is None else config.val_split
+    train_index, val_index = split_positions(len(train), val_split, config.seed, config.limit)
+    val = train.subset(val_index) if val_index is not None else None
+    train = train.subset(train_index) if train_index is not None else train
+    preprocessing = resolve_preprocessing(model, spec.image_shape, spec.mean, spec.std, config.img_size)
+    return PreparedData(train, val, test, spec.classes, preprocessing, spec.name)
+
+
+def eval_split(meta: Any, *, dataset: str | None = None, split: str = "test", root: str | None = None,
+               mirror: str | None = None, data_dir: str | None = None, log: Log | None = None) -> ImageTensors:
+    """The split a checkpoint should be evaluated on; ``val`` and ``train`` are rebuilt exactly as training
+    chose them (same seed, same --val-split and --limit)."""
+    from cnnctl.registry import get_dataset_spec
+
+    log = log or (lambda _: None)
+    name = "folder" if data_dir else (dataset or meta.dataset)
+    if not name:
+        raise UsageError("the checkpoint does not say which dataset it was trained on", hint="pass --dataset")
+    spec = get_dataset_spec(name)
+    if spec.eval_split is not None:
+        return spec.eval_split(meta, split, root=root, mirror=mirror, data_dir=data_dir, log=log)
+    if len(spec.classes) != meta.num_classes:
+        raise UsageError(f"{spec.name} has {len(spec.classes)} classes but the checkpoint predicts "
+                         f"{meta.num_classes}")
+    if split == "test":
+        return load_split(spec, "test", root=root, mirror=mirror, log=log)
+    if split not in ("train", "val"):
+        raise UsageError(f"unknown split {split!r}; choose test, val or train")
+    train = load_split(spec, "train", root=root, mirror=mirror, log=log)
+    config = meta.config or {}
+    val_split = spec.default_val_split if config.get("val_split") is None else config["val_split"]
+    train_index, val_index = split_positions(len(train), val_split, int(config.get("seed", 0)), config.get("limit"))
+    if split == "train":
+        return train.subset(train_index) if train_index is not None else train
+    if val_index is None:
+        raise UsageError("this run held out no validation split", hint="use --split test")
+    return train.subset(val_index)
 
 
 def dataset_directory(spec: DatasetSpec, *, root: str | None, mirror: str | None,
@@ -44,14 +122,6 @@ def split_indices(total: int, val_split: float, seed: int) -> tuple[torch.Tensor
     return order[count:].sort().values, order[:count].sort().values
 
 
-def split_train_val(data: ImageTensors, val_split: float, seed: int) -> tuple[ImageTensors, ImageTensors | None]:
-    """Hold out a validation set: ``val_split`` < 1 is a fraction, ≥ 1 a count. Fixed by ``seed``."""
-    train_index, val_index = split_indices(len(data), val_split, seed)
-    if val_index is None:
-        return data, None
-    return data.subset(train_index), data.subset(val_index)
-
-
 def limit_indices(total: int, limit: int | None, seed: int) -> torch.Tensor | None:
     """``--limit``: ``limit`` positions of ``total`` drawn at random (fixed by ``seed``), or None to keep all."""
     import torch
@@ -62,10 +132,18 @@ def limit_indices(total: int, limit: int | None, seed: int) -> torch.Tensor | No
     return torch.randperm(total, generator=generator)[:limit].sort().values
 
 
-def limit_training(data: ImageTensors, limit: int | None, seed: int) -> ImageTensors:
-    """Train on a random subset of ``limit`` images (after the validation images were held out)."""
-    index = limit_indices(len(data), limit, seed)
-    return data if index is None else data.subset(index)
+def split_positions(total: int, val_split: float, seed: int, limit: int | None
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Positions among a training split of ``total`` items: (train, validation), validation held out first
+    (``val_split`` < 1 a fraction, ≥ 1 a count), then ``--limit`` drawn from the rest; both fixed by ``seed``.
+    None means "all of them" for train and "none" for validation. Every dataset's splits come from here."""
+    train_index, val_index = split_indices(total, val_split, seed)
+    limited = limit_indices(len(train_index), limit, seed)
+    if limited is not None:
+        train_index = train_index[limited]
+    elif val_index is None:
+        return None, None
+    return train_index, val_index
 
 
 def resolve_preprocessing(model: ModelSpec, image_shape: tuple[int, int, int], mean: tuple[float, ...],

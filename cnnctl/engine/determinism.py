@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from cnnctl.errors import UsageError
+from cnnctl.errors import UsageError, first_line
 
 
 @contextlib.contextmanager
@@ -29,7 +29,7 @@ def deterministic_mode(enabled: bool) -> Iterator[None]:
     except RuntimeError as error:
         if "deterministic" not in str(error):
             raise
-        first = str(error).strip().splitlines()[0][:160]
+        first = first_line(error)
         raise UsageError(f"--deterministic: {first}",
                          hint="this operation has no deterministic implementation here; train without "
                               "--deterministic") from error

@@ -246,6 +246,60 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+# ------------------------------------------------------------------------------------------------ the loop's rules
+STOP_CHECK_EVERY = 8  # batches between the ranks' checks for a Ctrl-C/SIGTERM (one all-reduce each)
+
+
+def join(context: DistContext, device: torch.device, batch_size: int, *, sync_bn: bool
+         ) -> tuple[torch.device, int, bool]:
+    """Under torchrun: check that the processes fit this machine and the batch, and join the process group
+    (gloo on CPU, nccl on CUDA with cuda:LOCAL_RANK). Returns this rank's device, its share of each global
+    batch, and whether this call created the group (then :func:`shutdown` ends it). Alone: ``device``."""
+    if not context.enabled:
+        return device, batch_size, False
+    per_rank = check_world(batch_size, device, context.world_size, context.local_world_size, sync_bn=sync_bn)
+    device, owns_group = init_process_group(context, device)
+    return device, per_rank, owns_group
+
+
+def in_turn(context: DistContext, work: Any) -> Any:
+    """``work()`` on each machine's local rank 0 first (it downloads what is missing), then on the others,
+    which find the files in place and write nothing."""
+    first = context.local_rank == 0
+    if not first:
+        barrier(context)
+    result = work()
+    if first:
+        barrier(context)
+    return result
+
+
+def sum_over_ranks(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, context: DistContext,
+                   model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Training sums of all ranks together (each trained on its own shard). Every rank also takes rank 0's
+    BatchNorm statistics, so all of them hold the model that rank 0 validates and saves."""
+    if not context.enabled:
+        return loss_sum, correct, seen
+    import torch
+
+    totals = torch.stack([loss_sum.double(), correct.double(),
+                          torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device)])
+    all_reduce_sum(totals, context)
+    broadcast_buffers(model, context)
+    return totals[0], totals[1].long(), int(totals[2])
+
+
+def stop_agreed(flag: bool, context: DistContext, device: torch.device, batches_done: int | None = None) -> bool:
+    """Whether to stop (a signal came, or a callback asked). Alone: ``flag``. With several processes every rank
+    must stop after the same batch: the ranks agree (all-reduce) every STOP_CHECK_EVERY batches and at each
+    epoch's end (``batches_done`` None)."""
+    if not context.enabled:
+        return bool(flag)
+    if batches_done is not None and batches_done % STOP_CHECK_EVERY:
+        return False
+    return any_rank(bool(flag), context, device)
+
+
 # ------------------------------------------------------------------------------------------------ the launcher
 def worker_program() -> list[str]:
     """How each rank starts cnnctl: ``-m cnnctl``, or the same Python script when one was run as this process's

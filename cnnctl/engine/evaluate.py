@@ -104,54 +104,20 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     )
 
 
-def load_eval_split(meta: Any, *, dataset: str | None = None, split: str = "test", root: str | None = None,
-                    mirror: str | None = None, log: Any = None, data_dir: str | None = None) -> Any:
-    """The split a checkpoint should be evaluated on; ``val`` is rebuilt exactly as training held it out."""
-    from cnnctl.data.splits import limit_training, load_split, split_train_val
-    from cnnctl.errors import UsageError
-    from cnnctl.registry import get_dataset_spec
-
-    name = dataset or meta.dataset
-    if name == "folder" or data_dir:  # your own images: the checkpoint's folder or --data (datasets area)
-        from cnnctl.data.folder import load_folder_eval_split
-
-        return load_folder_eval_split(meta, split=split, data_dir=data_dir, log=log or (lambda _: None))
-    if not name:
-        raise UsageError("the checkpoint does not say which dataset it was trained on", hint="pass --dataset")
-    spec = get_dataset_spec(name)
-    if len(spec.classes) != meta.num_classes:
-        raise UsageError(f"{spec.name} has {len(spec.classes)} classes but the checkpoint predicts "
-                         f"{meta.num_classes}")
-    log = log or (lambda _: None)
-    if split == "test":
-        return load_split(spec, "test", root=root, mirror=mirror, log=log)
-    if split not in ("train", "val"):
-        raise UsageError(f"unknown split {split!r}; choose test, val or train")
-    train = load_split(spec, "train", root=root, mirror=mirror, log=log)
-    config = meta.config or {}
-    val_split = config.get("val_split")
-    val_split = spec.default_val_split if val_split is None else val_split
-    train, val = split_train_val(train, val_split, int(config.get("seed", 0)))
-    if split == "train":
-        return limit_training(train, config.get("limit"), int(config.get("seed", 0)))
-    if val is None:
-        raise UsageError("this run held out no validation split", hint="use --split test")
-    return val
-
-
 def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "test", batch_size: int = 1000,
                         root: str | None = None, mirror: str | None = None, device: str = "auto",
                         log: Any = None, data_dir: str | None = None,
                         plots_dir: Any = None) -> tuple[EvalResult, Any]:
     """Evaluate a checkpoint on a split of its dataset; every other setting comes from its metadata.
     With ``plots_dir``, also write confusion.png and predictions.png there."""
-    from cnnctl import checkpoint
     from cnnctl.data.loader import BatchLoader
+    from cnnctl.data.splits import eval_split
     from cnnctl.engine.device import resolve_device
+    from cnnctl.models import load_checkpoint
 
     torch_device = resolve_device(device)
-    model, meta = checkpoint.load(path, device=torch_device)
-    data = load_eval_split(meta, dataset=dataset, split=split, root=root, mirror=mirror, log=log, data_dir=data_dir)
+    model, meta = load_checkpoint(path, device=torch_device)
+    data = eval_split(meta, dataset=dataset, split=split, root=root, mirror=mirror, data_dir=data_dir, log=log)
     batches = BatchLoader(data, meta.preprocessing, batch_size=batch_size, device=torch_device)
     result = evaluate(model, batches, meta.num_classes)
     if plots_dir is not None:

@@ -6,6 +6,7 @@ The first signal only sets a flag that the training loop reads after each batch;
 
 from __future__ import annotations
 
+import atexit
 import shlex
 import signal
 import threading
@@ -63,4 +64,25 @@ class InterruptGuard:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        if self.requested is not None and self._previous:
+            _ignore_signals_at_exit()
         self._previous.clear()
+
+
+_exit_guard_registered = False
+
+
+def _ignore_signals_at_exit() -> None:
+    """Training stopped on a signal: a further Ctrl-C while the interpreter shuts down (the user pressing it
+    twice) must not interrupt the exit callbacks of torch and others, which Python would report as
+    "Exception ignored in atexit callback" with a traceback. Registered last, so it runs first at exit."""
+    global _exit_guard_registered
+    if _exit_guard_registered:
+        return
+    _exit_guard_registered = True
+
+    def ignore() -> None:
+        for signum in InterruptGuard.SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+    atexit.register(ignore)

@@ -13,25 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import CheckpointError, UsageError
+from cnnctl.engine.run_folder import STATE_FILE, run_lock  # noqa: F401 - part of this module's API
+from cnnctl.errors import CheckpointError, UsageError, first_line
 
 if TYPE_CHECKING:
     import torch
 
     from cnnctl.config import TrainConfig
-
-STATE_FILE = "state.safetensors"
+    from cnnctl.engine.fit import Trainer
 STATE_KEY = "cnnctl_state"
 STATE_FORMAT = 1
-# Options a resumed run may change; every other option is the run's own (changing it would not continue the run).
-RESUMABLE_OVERRIDES = frozenset({"epochs", "patience", "device", "threads", "plots", "keep", "root", "mirror"})
 
 
 @dataclass
@@ -168,7 +164,7 @@ def read_state_document(run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"{run_dir} has no training state ({STATE_FILE})",
                               hint="the run stopped before its first epoch ended; start it again") from error
     except Exception as error:  # safetensors raises its own types for a damaged header
-        raise CheckpointError(f"{path} is not a readable training state ({str(error).splitlines()[0][:120]})",
+        raise CheckpointError(f"{path} is not a readable training state ({first_line(error, 120)})",
                               hint="it may be damaged; start the run again") from error
     if document.get("format", 0) > STATE_FORMAT:
         raise CheckpointError(f"{path} was written by a newer cnnctl (format {document['format']})",
@@ -184,7 +180,7 @@ def read_state(run_dir: Path) -> LoadedState:
     try:
         tensors = load_file(str(path))
     except Exception as error:  # noqa: BLE001 - a damaged body raises safetensors' own types
-        raise CheckpointError(f"{path} is not a readable training state ({str(error).splitlines()[0][:120]})",
+        raise CheckpointError(f"{path} is not a readable training state ({first_line(error, 120)})",
                               hint="it may be damaged; start the run again") from error
     return LoadedState(TrainingState(**document["state"]), tensors, document.get("rng", {}),
                        document.get("optimizer", {}))
@@ -203,63 +199,142 @@ def resolve_run_dir(path: str | Path) -> Path:
     else:
         raise UsageError(f"--resume {path}: no such run folder or checkpoint")
     if not (run_dir / STATE_FILE).is_file():
+        if (run_dir / "last.safetensors").is_file():  # the state is written after the epoch's checkpoints
+            raise UsageError(f"--resume {path}: {run_dir} holds no training state ({STATE_FILE}): the run was "
+                             "stopped while it saved its first epoch (last.safetensors has that epoch's weights, "
+                             "but not the optimizer and schedule a resume needs)", hint="start the run again")
         hint = ("the run stopped before its first epoch ended; start it again" if (run_dir / "config.json").is_file()
                 else "pass a run folder written by `cnnctl train`")
         raise UsageError(f"--resume {path}: {run_dir} holds no training state ({STATE_FILE})", hint=hint)
     return run_dir
 
 
-def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
-    """The run's saved configuration with the options a resumed run may change; anything else that differs
-    from the saved value is a contradiction and says so before any work starts."""
-    from cnnctl.config import TrainConfig
-
+def training_ended(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` trained all its epochs (or stopped early) but has no results.json: it was
+    killed during the final test, which a resume then runs."""
+    if (run_dir / "results.json").is_file():
+        return False
     state = TrainingState(**read_state_document(run_dir)["state"])
-    saved = dict(state.config)
-    for name, value in overrides.items():
-        if name in RESUMABLE_OVERRIDES or value is None or saved.get(name) == value:
-            continue
-        if name == "arch":
-            raise UsageError(f"--resume {run_dir}: the run trains {saved.get('arch')}, not {value}",
-                             hint="resume without naming an architecture, or start a new run")
-        flag = "--" + name.replace("_", "-")
-        raise UsageError(f"--resume continues {run_dir} with its own settings; {flag} cannot change "
-                         f"(the run has {saved.get(name)!r}, given {value!r})",
-                         hint="leave it out, or start a new run with --config " + str(run_dir / "config.yaml"))
-    merged = {**saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES and v is not None}}
-    config = TrainConfig.from_dict(merged, source=str(run_dir / STATE_FILE))
-    done = state.epoch
-    if state.batch == 0 and done >= config.epochs:
-        raise UsageError(f"{run_dir} has already finished {done} of {config.epochs} epochs",
-                         hint=f"pass --epochs N with N > {done} to train it further")
-    if state.stopped_early and state.batch == 0 and not {"epochs", "patience"} & set(overrides):
-        raise UsageError(f"{run_dir} stopped early after epoch {done} ({config.monitor} did not improve for "
-                         f"{config.patience} epochs)", hint="pass a larger --patience or --epochs to train on")
-    if config.epochs < done:
-        raise UsageError(f"--epochs {config.epochs} is fewer than the {done} epochs {run_dir} has already trained")
+    return state.batch == 0 and (state.stopped_early or state.epoch >= int(state.config.get("epochs", 0)))
+
+
+def resume_settings(run_dir: Path, overrides: dict[str, Any], log: Any) -> TrainConfig:
+    """:func:`resume_config`, except that a run killed during its final test (training ended, results.json
+    missing) resumes to run that test rather than being refused as finished."""
+    done = int(read_state_document(run_dir)["state"]["epoch"])
+    train_on = int(overrides.get("epochs") or 0) > done or overrides.get("patience") is not None
+    if train_on or not training_ended(run_dir):
+        return resume_config(run_dir, overrides)
+    config = resume_config(run_dir, {**overrides, "epochs": done + 1})  # passes the "already finished" check
+    config.epochs = done
+    log(f"{run_dir}: training ended but its final test did not (results.json is missing); running it now")
     return config
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the run folder while training, so that two processes never write one run
-    (a second ``--resume`` of a run still training fails at once). Released by the OS even after ``kill -9``."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; the folder is still created exclusively
-        yield
+# ---------------------------------------------------------------------------------------------- the trainer's state
+def save_training_state(trainer: Trainer, epoch: int, batch: int, loader_state: torch.Tensor,
+                        partial: dict[str, Any] | None = None) -> None:
+    """``state.safetensors``: ``epoch`` finished epochs plus ``batch`` batches of the next (with its sums, all
+    ranks' together), and every callback's ``state_dict()``. Rank 0 only."""
+    if not trainer.dist.is_main:
         return
-    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole block
+    from cnnctl.checkpoint import state_tensors
+
+    tensors = {f"model.{name}": tensor for name, tensor in state_tensors(trainer.model).items()}
+    optimizer_tensors, optimizer_document = flatten_optimizer(trainer.optimizer)
+    rng_tensors, rng_document = capture_rng(loader_state)
+    tensors.update(optimizer_tensors)
+    tensors.update(rng_tensors)
+    partial_document: dict[str, float] = {}
+    if partial:
+        tensors["partial.loss_sum"] = partial["loss_sum"].detach().to("cpu").clone()
+        tensors["partial.correct"] = partial["correct"].detach().to("cpu").clone()
+        partial_document = {"seen": partial["seen"], "seconds": partial["seconds"]}
+    extra = dict(trainer.state_extra)
+    callback_states = trainer.callbacks.state_dict()
+    if callback_states:
+        extra["callbacks"] = callback_states
+    if trainer.stop_reason:
+        extra["stop_reason"] = trainer.stop_reason
+    state = TrainingState(epoch=epoch, batch=batch, history=trainer.history, tracker=trainer.tracker.to_dict(),
+                          schedule=trainer.schedule.state_dict(), scaler=trainer.scaler.state_dict(),
+                          partial=partial_document, stopped_early=trainer.should_stop,
+                          config=trainer.config.to_dict(), extra=extra)
+    write_state(trainer.run_dir, tensors, state, rng_document, optimizer_document)
+
+
+def restore_training_state(trainer: Trainer, loaded: LoadedState) -> None:
+    """Put model, optimizer, schedule, scaler, counters, callbacks and every random-number state back as saved."""
+    from cnnctl.checkpoint import load_weights_strict, unwrap
+    from cnnctl.engine.tracking import MetricTracker
+
+    source = str(trainer.run_dir / STATE_FILE)
+    state = loaded.state
+    load_weights_strict(unwrap(trainer.model), loaded.model_tensors(), source=source)
     try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            raise UsageError(f"{run_dir} is being trained by another cnnctl process",
-                             hint="wait for it to finish, or stop it first") from error
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield
-    finally:
-        handle.close()
+        trainer.optimizer.load_state_dict(unflatten_optimizer(loaded.tensors, loaded.optimizer))
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise CheckpointError(f"{source}: its optimizer state does not fit this model ({error})") from error
+    trainer.schedule.load_state_dict(state.schedule)
+    if state.scaler:
+        trainer.scaler.load_state_dict(state.scaler)
+    trainer.tracker = MetricTracker.from_dict(state.tracker)
+    trainer.tracker.keep = trainer.config.keep
+    trainer.history = list(state.history)
+    trainer.start_epoch, trainer.start_batch = state.epoch, state.batch
+    extra = dict(state.extra)
+    trainer.callbacks.load_state_dict(extra.pop("callbacks", {}))
+    extra.pop("stop_reason", None)
+    trainer.state_extra = extra
+    if state.batch:
+        trainer.partial = {**state.partial, "loss_sum": loaded.tensors["partial.loss_sum"].to(trainer.device),
+                           "correct": loaded.tensors["partial.correct"].to(trainer.device)}
+        if not trainer.dist.is_main:  # the saved sums are all ranks' together: rank 0 carries them on
+            trainer.partial.update(loss_sum=trainer.partial["loss_sum"] * 0,
+                                   correct=trainer.partial["correct"] * 0, seen=0)
+    restore_rng(loaded.tensors, loaded.rng)
+    trainer.train_batches.generator.set_state(loaded.tensors["rng.loader"])
+    where = f"epoch {state.epoch}" + (f", batch {state.batch}" if state.batch else "")
+    trainer.reporter.message(f"resuming {trainer.run_dir} after {where}, to {trainer.config.epochs} epochs")
+
+
+def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The run's saved configuration with the options a resumed run may change (those declared ``resumable`` in
+    cnnctl/options.py); anything else that differs from the saved value is a contradiction and says so before
+    any work starts. ``overrides`` are keyed by option name (``data``, ``dropout``; older names are accepted)."""
+    from cnnctl.config import TrainConfig
+    from cnnctl.options import RESUMABLE, coerce_mapping, label
+
+    state = TrainingState(**read_state_document(run_dir)["state"])
+    source = str(run_dir / STATE_FILE)
+    saved = TrainConfig.from_dict(dict(state.config), source=source).to_dict()  # old spellings → option names
+    overrides = coerce_mapping(overrides, "the options")
+    if "arch_args" in overrides and "dropout" in (overrides["arch_args"] or {}):
+        overrides["dropout"] = overrides.pop("arch_args")["dropout"]
+    for name, value in overrides.items():
+        if name in RESUMABLE or value is None or saved.get(name) == value:
+            continue
+        if name == "arch":
+            from cnnctl.registry import get_model_spec
+
+            if get_model_spec(value).name == saved.get("arch"):
+                continue
+            raise UsageError(f"--resume {run_dir}: the run trains {saved.get('arch')}, not {value}",
+                             hint="resume without naming an architecture, or start a new run")
+        raise UsageError(f"--resume continues {run_dir} with its own settings; {label(name)} cannot change "
+                         f"(the run has {saved.get(name)!r}, given {value!r})",
+                         hint="leave it out, or start a new run with --config " + str(run_dir / "config.yaml"))
+    merged = {**saved, **{k: v for k, v in overrides.items() if k in RESUMABLE and v is not None}}
+    config = TrainConfig.from_dict(merged, source=source)
+    done = state.epoch
+    if state.batch == 0 and done >= config.epochs:
+        raise UsageError(f"{run_dir} has already finished {done} of {config.epochs} epochs",
+                         hint=f"pass {label('epochs')} N with N > {done} to train it further")
+    if state.stopped_early and state.batch == 0 and not {"epochs", "patience"} & set(overrides):
+        raise UsageError(f"{run_dir} stopped early after epoch {done} ({config.monitor} did not improve for "
+                         f"{config.patience} epochs)",
+                         hint=f"pass a larger {label('patience')} or {label('epochs')} to train on")
+    if config.epochs < done:
+        raise UsageError(f"{label('epochs')} {config.epochs} is fewer than the {done} epochs {run_dir} has already "
+                         "trained")
+    return config

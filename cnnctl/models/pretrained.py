@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import CheckpointError, UsageError
+from cnnctl.errors import CheckpointError, UsageError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -59,9 +59,9 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     refuses arbitrary pickled objects; a cnnctl run folder means its best checkpoint."""
     path = Path(path)
     if path.is_dir():
-        from cnnctl.checkpoint import _existing
+        from cnnctl.checkpoint import existing_checkpoint
 
-        path = _existing(path)
+        path = existing_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"--pretrained {path} does not exist",
                               hint="cnnctl never downloads weights: download the file yourself and pass its path")
@@ -78,7 +78,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for objects weights_only refuses, RuntimeError for bad files
-        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise CheckpointError(
             f"--pretrained {path} cannot be read as plain tensors ({first})",
             hint="cnnctl loads .pth files with torch.load(weights_only=True) only; re-save it with "

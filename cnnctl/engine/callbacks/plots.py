@@ -1,0 +1,36 @@
+"""curves.png, and from the final test's evaluation confusion.png and predictions.png (``--no-plots`` skips
+them). Rank 0 only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cnnctl.engine.callbacks.base import Callback
+from cnnctl.engine.callbacks.final_test import FinalTest
+
+if TYPE_CHECKING:
+    from cnnctl.engine.fit import FitResult, Trainer
+
+
+class Plots(Callback):
+    order = -10  # after the final test
+
+    def __init__(self, final_test: FinalTest):
+        self.final_test = final_test
+
+    def on_fit_end(self, trainer: Trainer, result: FitResult) -> None:
+        if not (trainer.config.plots and trainer.dist.is_main):
+            return
+        from cnnctl import plots
+
+        missing = plots.available()
+        if missing:
+            trainer.reporter.message(missing)
+            return
+        trainer.reporter.phase("plotting")
+        result.plots = [plots.plot_curves(trainer.history, trainer.run_dir / "curves.png")]
+        if self.final_test.evaluation is not None:
+            model, test = self.final_test.evaluation
+            data = trainer.data
+            result.plots += plots.evaluation_plots(trainer.run_dir, model, data.test, data.preprocessing,
+                                                   list(data.classes), test.confusion, split="test")
