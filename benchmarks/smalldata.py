@@ -11,9 +11,9 @@ Sections:
              batch size the default chose.
   digits     scikit-learn's 1,797 8x8 digits as a folder (every fifth image in test/): lenet5, 10 epochs, now
              and before.
-  imbalanced the same digits with 200 / 20 / 200 / 20 training images (10:1), balanced test set; lenet5 with
-             plain cross-entropy, ``--class-weights auto`` and ``--sampler balanced``: test macro-F1, balanced
-             accuracy and accuracy from ``cnnctl eval --json``.
+  imbalanced the same digits with 200 / 20 / 200 / 20 training images (10:1), balanced test set; lenet5, 3
+             epochs, with plain cross-entropy, ``--class-weights auto`` and ``--sampler balanced``, at the default
+             batch size and at 128: test macro-F1, balanced accuracy and accuracy from ``cnnctl eval --json``.
 
 Every run is its own ``cnnctl`` process with ``--threads`` (default 2) and seed 0. MNIST comes from
 ``$CNNCTL_MIRROR`` or ``/work/shared/datasets/mnist``.
@@ -113,13 +113,17 @@ def imbalanced(work: Path, threads: int) -> list[dict[str, object]]:
 
     data = write_mnist_folder(work / "mnist4-10to1", train_per_class=(200, 20, 200, 20))
     rows = []
-    for leg, extra in (("plain", []), ("class-weights auto", ["--class-weights", "auto"]),
-                       ("sampler balanced", ["--sampler", "balanced"])):
+    legs = []
+    for batch in ([], ["--batch-size", "128"]):
+        for name, extra in (("plain", []), ("class-weights auto", ["--class-weights", "auto"]),
+                            ("sampler balanced", ["--sampler", "balanced"])):
+            legs.append((f"{name}{' batch 128' if batch else ''}", [*batch, *extra]))
+    for leg, extra in legs:
         result = train("lenet5", data, work / "runs", extra, threads, 3, "lenet5-" + leg.replace(" ", "-"))
         scores = evaluate(str(result["run"]))
         rows.append({"leg": leg, "macro_f1": scores["macro_f1"], "balanced_accuracy": scores["balanced_accuracy"],
                      "accuracy": scores["accuracy"]})
-        print(f"lenet5 10:1 {leg:20s} macro-F1 {scores['macro_f1']:.4f}  balanced accuracy "
+        print(f"lenet5 10:1 {leg:30s} macro-F1 {scores['macro_f1']:.4f}  balanced accuracy "
               f"{scores['balanced_accuracy']:.2%}  accuracy {scores['accuracy']:.2%}", flush=True)
     return rows
 

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from real_mnist import write_mnist_folder
 
 import cnnctl
@@ -23,8 +22,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("arch", "options"), [("lenet5", {}), ("mobilenet_v3_small", {"img_size": 64})])
 def test_defaults_train_small_real_data(digits: Path, tmp_path: Path, arch: str, options: dict[str, int]) -> None:
-    torch.set_num_threads(2)
-    run = cnnctl.train(arch, data_dir=str(digits), epochs=5, out=str(tmp_path), plots=False, **options)
+    run = cnnctl.train(arch, data=str(digits), epochs=5, out=str(tmp_path), plots=False, threads=1, **options)
     config = json.loads((run.run_dir / "config.json").read_text())
     assert config["batch_size"] == 16  # 720 training images: 45 steps an epoch
     assert run.test is not None and run.test["test_acc"] >= 0.95, run.test
@@ -39,15 +37,16 @@ def test_defaults_train_small_real_data(digits: Path, tmp_path: Path, arch: str,
 def test_class_weights_beat_plain_loss_on_imbalanced_data(tmp_path: Path) -> None:
     from cnnctl.engine.evaluate import evaluate_checkpoint
 
-    torch.set_num_threads(2)
     folder = write_mnist_folder(tmp_path / "imbalanced", train_per_class=(200, 20, 200, 20))
     scores = {}
     for weights in (None, "auto"):
-        run = cnnctl.train("lenet5", data_dir=str(folder), epochs=3, batch_size=128, class_weights=weights,
-                           out=str(tmp_path / "runs"), plots=False)
+        # batch 128: 3 steps an epoch, where plain cross-entropy has not learnt the rare digits yet (at the
+        # default batch, 16, both runs reach a macro-F1 near 0.94: benchmarks/smalldata.py)
+        run = cnnctl.train("lenet5", data=str(folder), epochs=3, batch_size=128, class_weights=weights,
+                           out=str(tmp_path / "runs"), plots=False, threads=1)
         result, _ = evaluate_checkpoint(run.best_path)
         scores[weights] = result.macro_f1
-    assert scores["auto"] > scores[None] + 0.02, scores
+    assert scores["auto"] > scores[None] + 0.1, scores
 
 
 def test_bad_imbalance_options_are_one_line_before_training(digits: Path, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def eval_command(
     console.print(f"{meta.arch} on {report['dataset']} {split} ({result.count:,} images): "
                   f"accuracy {result.top1:.2%}  {result.topk_name} {result.topk:.2%}  balanced accuracy "
                   f"{result.balanced_accuracy:.2%}  macro-F1 {result.macro_f1:.4f}  loss {result.loss:.4f}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     table = Table(title_justify="left")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")

@@ -441,6 +441,9 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     # What ran goes into the saved configuration: a folder with its own val/ holds nothing out of train/.
     config.resolve_data_defaults(get_dataset_spec("folder"),
                                  default_val_split=0 if scan.splits.get("val") is not None else DEFAULT_VAL_SPLIT)
+    from cnnctl.engine.imbalance import check_class_names
+
+    check_class_names(getattr(config, "class_weights", None), scan.classes)  # before any image is decoded
     chosen = choose_splits(scan, val_split=config.val_split, seed=config.seed, limit=config.limit)
     side = DEFAULT_IMAGE_SIZE if config.img_size is None else config.img_size
     # Decode straight to the size the model will see (a fixed-input model may ask for another one).

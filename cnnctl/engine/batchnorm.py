@@ -74,3 +74,4 @@ def recompute_batchnorm(model: torch.nn.Module, batches: Iterable[tuple[torch.Te
                 layer.running_var.copy_(var)
                 layer.num_batches_tracked.copy_(count)
     return seen
+

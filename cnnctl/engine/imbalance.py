@@ -93,13 +93,22 @@ def resolve_class_weights(value: str | None, classes: Sequence[str], labels: tor
         weights = torch.zeros(len(classes), dtype=torch.float64)
         weights[present] = counts.sum() / (int(present.sum()) * counts[present])
         return weights.float()
+    given = check_class_names(value, classes)
+    return torch.tensor([given.get(name, 1.0) for name in classes], dtype=torch.float32)
+
+
+def check_class_names(value: str | None, classes: Sequence[str]) -> dict[str, float]:
+    """The weights a ``--class-weights`` FILE gives, refused if it names a class the data does not have (called
+    as soon as the class names are known: a folder's right after it is scanned, before decoding)."""
+    if value is None or value == "auto":
+        return {}
     given = read_class_weights_file(value)
     unknown = sorted(set(given) - set(classes))
     if unknown:
         known = ", ".join(classes[:10]) + (" …" if len(classes) > 10 else "")
         raise UsageError(f"--class-weights {value}: unknown class(es) {', '.join(map(repr, unknown[:5]))}; the "
                          f"classes are {known}")
-    return torch.tensor([given.get(name, 1.0) for name in classes], dtype=torch.float32)
+    return given
 
 
 def describe_weights(weights: torch.Tensor, classes: Sequence[str], limit: int = 6) -> str:
