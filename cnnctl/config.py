@@ -14,7 +14,8 @@ from typing import Any
 from cnnctl.errors import UsageError
 from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, coerce, label
 
-MONITORS = ("val_loss", "val_acc")
+MONITORS = ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc")
+VALIDATION_ONLY_MONITORS = ("val_macro_f1", "val_balanced_acc")  # no train_ counterpart to fall back on
 AMP_DTYPES = ("auto", "fp16", "bf16")
 
 
@@ -202,6 +203,8 @@ class _TrainConfigMethods:
             return f"{label('scheduler')} {self.scheduler}"
         if self.patience is not None:
             return f"{label('patience')} (early stopping)"
+        if self.monitor in VALIDATION_ONLY_MONITORS:
+            return f"{label('monitor')} {self.monitor}"
         return None
 
     def to_dict(self) -> dict[str, Any]:

@@ -175,7 +175,8 @@ def output_paths(source: Path, format: str, output: Any = None) -> tuple[Path, P
 def verification_inputs(meta: CheckpointMeta, *, root: Any = None,
                         count: int = VERIFY_COUNT) -> tuple[torch.Tensor, str]:
     """A normalised batch to compare the export on: the first ``count`` test images of the checkpoint's dataset
-    if it is on this machine (nothing is downloaded), else deterministic random pixels. Also says which."""
+    (for an image folder: of the folder it was trained on, its test split or the validation images held out) if
+    it is on this machine (nothing is downloaded), else deterministic random pixels. Also says which."""
     import torch
 
     from cnnctl.data.loader import Normalizer, fit_to_input
@@ -198,6 +199,8 @@ def _local_test_images(meta: CheckpointMeta, root: Any, count: int) -> tuple[tor
 
     if not meta.dataset:
         return None, "the checkpoint names no dataset"
+    if meta.dataset == "folder":
+        return _folder_images(meta, count)
     spec = datasets().get(meta.dataset)
     if spec is None:
         return None, f"dataset {meta.dataset} is not registered"
@@ -209,6 +212,23 @@ def _local_test_images(meta: CheckpointMeta, root: Any, count: int) -> tuple[tor
         return None, f"the {spec.name} test split could not be read: {error.message}"
     taken = min(count, len(test))
     return test.images[:taken], f"{taken} images from the {spec.name} test split"
+
+
+def _folder_images(meta: CheckpointMeta, count: int) -> tuple[torch.Tensor | None, str]:
+    """The first ``count`` images of the split eval would use, from the folder the checkpoint was trained on."""
+    from cnnctl.data.folder import load_folder_eval_split
+
+    folder = meta.data_dir
+    if not folder:
+        return None, "the checkpoint does not say which image folder it was trained on"
+    if not Path(folder).expanduser().is_dir():
+        return None, f"the image folder it was trained on, {folder}, is not on this machine"
+    try:
+        data = load_folder_eval_split(meta, max_items=count)
+    except CnnctlError as error:
+        return None, f"the images of {folder} could not be read: {error.message}"
+    split = Path(data.source).name
+    return data.images, f"{len(data)} images of the {split} split of {folder}"
 
 
 def _chunks(inputs: torch.Tensor, batch: int | None) -> Iterator[torch.Tensor]:
@@ -327,7 +347,11 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
     channels, input_height, input_width = prep.input_shape
     height, width = prep.image_size
     colour = "grayscale (1 channel)" if channels == 1 else f"RGB ({channels} channels)"
-    steps = [f"decode the image as {colour}, uint8"]
+    grey = (" (from RGB: L = (19595 R + 38470 G + 7471 B + 32768) >> 16, i.e. PIL's convert('L'), rounded)"
+            if channels == 1 else " (alpha dropped, palette expanded)")
+    steps = ["decode the image file (an animated image: its first frame)",
+             "apply its EXIF orientation, as PIL.ImageOps.exif_transpose does (phone photos are stored sideways)",
+             f"convert to {colour}, uint8{grey}"]
     if prep.resize is not None:
         steps += [f"resize so that the shorter side is {prep.resize} pixels, keeping the aspect ratio "
                   f"({prep.interpolation}, antialiased, on uint8)",

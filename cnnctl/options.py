@@ -182,6 +182,19 @@ def _milestones(value: list[int]) -> str | None:
     return None
 
 
+def _class_weights(value: str) -> str | None:
+    """``auto``, or a readable file of finite weights >= 0 (its class names are checked once the data is known)."""
+    if value == "auto":
+        return None
+    from cnnctl.engine.imbalance import read_class_weights_file
+
+    try:
+        read_class_weights_file(value)
+    except UsageError as error:
+        return error.message.removeprefix("--class-weights ")
+    return None
+
+
 def _device(value: str) -> str | None:
     if value in ("auto", "cpu", "mps") or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
         return None
@@ -209,6 +222,14 @@ OPTIONS: tuple[Option, ...] = (
            panel=DATA, minimum=1, maximum=4096, synonyms=("image_size", "input_size", "size", "resolution")),
     Option("limit", int, None, "train on this many randomly chosen training images", panel=DATA, minimum=1,
            synonyms=("max_images", "subset")),
+    # small and imbalanced data (docs/data.md)
+    Option("max_pixels", int, None, "refuse image files whose header claims more pixels (before decoding them)",
+           panel=DATA, derived="89,478,485, Pillow's limit", minimum=1, resumable=True,
+           synonyms=("max_image_pixels", "pixel_limit")),
+    Option("class_weights", str, None, "weight the training loss per class: auto (inverse frequency) or a JSON/CSV "
+           "file of class name → weight", panel=DATA, check=_class_weights, synonyms=("class_weight", "weights_file")),
+    Option("sampler", str, "shuffle", "how each epoch draws training images: shuffle, or balanced (every class "
+           "equally often, with replacement)", panel=DATA, choices=lambda: ("shuffle", "balanced")),
     # model
     Option("pretrained", str, None, "start from published weights: imagenet (the architecture's recommended "
            "ImageNet weights) or a weights name (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT; timm: a tag), fetched into "
@@ -226,7 +247,9 @@ OPTIONS: tuple[Option, ...] = (
     # training
     Option("epochs", int, 10, "training epochs (with --resume: the new total)", minimum=1,
            resumable=True, synonyms=("num_epochs", "n_epochs", "epoch", "max_epochs")),
-    Option("batch_size", int, 128, "images per step (the global batch with several processes)", minimum=1,
+    Option("batch_size", int, DERIVED, "images per step (the global batch with several processes)", minimum=1,
+           derived="128, or for a small training set the largest power of two down to 16 that gives an epoch 32 "
+                   "steps (720 images: 16); see docs/data.md",
            synonyms=("batch", "bs", "batchsize", "train_batch_size")),
     Option("device", str, "auto", "auto, cpu, cuda, cuda:N or mps", check=_device, resumable=True,
            synonyms=("gpu", "accelerator")),
@@ -273,6 +296,9 @@ OPTIONS: tuple[Option, ...] = (
            panel=REGULARISE, synonyms=("mixed_precision", "fp16", "bf16")),
     Option("amp_dtype", str, "auto", "the mixed-precision type", panel=REGULARISE,
            choices=lambda: ("auto", "fp16", "bf16")),
+    Option("precise_bn", bool, True, "re-estimate BatchNorm statistics over up to 4,096 training images before "
+           "every validation (stale running averages make small data evaluate at chance)", panel=REGULARISE,
+           synonyms=("precise_batchnorm", "recompute_bn")),
     # output
     Option("out", str, "runs", "folder that holds run folders", panel=OUTPUT,
            synonyms=("output", "output_dir", "out_dir", "runs_dir")),
@@ -292,7 +318,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("patience", int, None, "early stopping: stop after this many epochs without improvement of --monitor",
            panel=RUN, minimum=1, resumable=True, synonyms=("early_stopping", "early_stop")),
     Option("monitor", str, "val_acc", "picks best.safetensors, early stopping and plateau", panel=RUN,
-           choices=lambda: ("val_loss", "val_acc"), synonyms=("metric",)),
+           choices=lambda: ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc"), synonyms=("metric",)),
     Option("keep", int, 1, "keep the K best epochs in checkpoints/ (best.safetensors is always the best)",
            panel=RUN, minimum=1, resumable=True, synonyms=("save_top_k", "top_k", "keep_best")),
     Option("deterministic", bool, False, "deterministic kernels: the same seed gives the same weights", panel=RUN),

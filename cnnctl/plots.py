@@ -228,7 +228,8 @@ def evaluation_plots(out_dir: Path, model: torch.nn.Module, data: Any, preproces
     return written
 
 
-def plot_file_predictions(predictions: Sequence[Any], meta: Any, path: str | Path, limit: int = 64) -> Path:
+def plot_file_predictions(predictions: Sequence[Any], meta: Any, path: str | Path, limit: int = 64, *,
+                          max_pixels: int | None = None) -> Path:
     """``cnnctl predict --plot``: up to ``limit`` readable images with their predicted class, taken from every
     class; an image in a folder named after a class (``digits/7/x.png``) counts that class as its true label, and
     wrong ones come first."""
@@ -247,7 +248,8 @@ def plot_file_predictions(predictions: Sequence[Any], meta: Any, path: str | Pat
     known = any(t is not None for t in truth)
     chosen = mistakes_first([p.label for p in readable], truth if known else None,
                             [p.probability for p in readable], limit)
-    images = torch.stack([decode_image(Path(readable[i].path), meta.preprocessing) for i in chosen])
+    images = torch.stack([decode_image(Path(readable[i].path), meta.preprocessing, max_pixels=max_pixels)
+                          for i in chosen])
     shown_classes = len({readable[i].label for i in chosen})
     title = (f"{len(chosen)} of {len(readable):,} images, predictions of {shown_classes} classes"
              + ("; wrong ones first" if known else ""))

@@ -124,8 +124,11 @@ def start_line(info: dict[str, Any]) -> str:
 
 
 def end_line(summary: dict[str, Any]) -> str:
-    return (f"test accuracy {summary['test_acc']:.2%} (top-5 {summary['test_top5']:.2%}, loss "
-            f"{summary['test_loss']:.4f}) on {summary['test_count']:,} images, best epoch {summary['best_epoch']}")
+    """``top-5``, or ``top-3`` for 3 classes: results.json names the top-k accuracy ``test_top<k>``."""
+    key = next((k for k in summary if k.startswith("test_top") and k[8:].isdigit()), None)
+    topk = f"top-{key[8:]} {summary[key]:.2%}, " if key else ""
+    return (f"test accuracy {summary['test_acc']:.2%} ({topk}loss {summary['test_loss']:.4f}) on "
+            f"{summary['test_count']:,} images, best epoch {summary['best_epoch']}")
 
 
 class PlainReporter(Reporter):

@@ -28,7 +28,8 @@ class ModelSummary:
     total_parameters: int = 0
     trainable_parameters: int = 0
     macs: int = 0
-    parameter_mb: float = 0.0
+    parameter_mb: float = 0.0  # megabytes (10^6 bytes) of parameters, as torchinfo's "Params size (MB)"
+    buffer_mb: float = 0.0  # BatchNorm running statistics and other buffers, in 10^6 bytes, counted apart
 
     @property
     def non_trainable_parameters(self) -> int:
@@ -45,6 +46,7 @@ class ModelSummary:
             "non_trainable_parameters": self.non_trainable_parameters,
             "macs": self.macs,
             "parameter_mb": self.parameter_mb,
+            "buffer_mb": self.buffer_mb,
         }
 
 
@@ -104,10 +106,10 @@ def summarize(model: torch.nn.Module, input_shape: tuple[int, int, int], *, arch
         model.train(was_training)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    size_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    size_bytes += sum(b.numel() * b.element_size() for b in model.buffers())
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
     return ModelSummary(arch, input_shape, num_classes, rows, total, trainable, counter.get_total_flops() // 2,
-                        size_bytes / 2**20)
+                        parameter_bytes / 1e6, buffer_bytes / 1e6)
 
 
 def summarize_target(target: str, input_size: str | None, num_classes: int | None) -> ModelSummary:

@@ -100,4 +100,4 @@ def test_a_train_config_can_be_passed_and_overridden(tiny_digits, tmp_path: Path
     config = TrainConfig(arch="simplecnn", dataset="tinydigits", epochs=5, out=str(tmp_path))
     with pytest.raises(UsageError, match="^batch_size must be at least 1"):
         cnnctl.train(config, batch_size=0)  # options override the config's fields
-    assert config.batch_size == 128  # and the config passed in is not changed
+    assert config.batch_size is None  # and the config passed in is not changed (its batch size is derived later)

@@ -14,6 +14,7 @@ import typer
 import cnnctl.cli.explain_command  # noqa: F401  (registers `cnnctl explain`)
 import cnnctl.cli.export_command  # noqa: F401  (registers `cnnctl export`)
 from cnnctl.cli import (  # noqa: F401  (each registers its commands)
+    check_command,
     data_commands,
     doctor_command,
     eval_command,
@@ -26,7 +27,7 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
 from cnnctl.cli._common import app, state
 
 # `cnnctl --help` lists the commands in the order of a workflow; commands not named here follow, as registered
-WORKFLOW = ("download", "train", "eval", "predict", "export", "runs", "tune", "summary", "list", "doctor")
+WORKFLOW = ("download", "train", "eval", "predict", "export", "check", "runs", "tune", "summary", "list", "doctor")
 
 
 def _in_workflow_order() -> None:

@@ -43,8 +43,9 @@ def eval_command(
                                "pip install 'cnnctl\\[labels]'); in the report and its label_issues.csv")] = False,
     top_losses: Annotated[int, typer.Option(min=0, help="images in the report's top-losses grid")] = 32,
 ) -> None:
-    """Loss, top-1/top-5 accuracy, per-class precision/recall/F1, the confusion matrix and the calibration error
-    of a checkpoint; --report DIR shows why it is wrong, with pictures."""
+    """Loss, accuracy, top-k accuracy (k = 5, or the number of classes if fewer), balanced accuracy, macro-F1,
+    per-class precision/recall/F1, the confusion matrix and the calibration error of a checkpoint;
+    --report DIR shows why it is wrong, with pictures."""
     from cnnctl.fsutil import require_writable_folder
     from cnnctl.report import evaluate_and_report
 
@@ -66,9 +67,11 @@ def eval_command(
     top_k = report.get("top_k", 5)
     topk_accuracy = report.get(f"top{top_k}", report.get("top5"))
     console = Console()
+    balance = (f"balanced accuracy {report['balanced_accuracy']:.2%}  macro-F1 {report['macro_f1']:.4f}  "
+               if "balanced_accuracy" in report else "")
     console.print(f"{report['arch']} on {report['dataset']} {split} ({report['count']:,} images): "
-                  f"accuracy {report['accuracy']:.2%}  top-{top_k} {topk_accuracy:.2%}  loss {report['loss']:.4f}  "
-                  f"ECE {report['calibration']['ece']:.4f}", highlight=False,
+                  f"accuracy {report['accuracy']:.2%}  top-{top_k} {topk_accuracy:.2%}  {balance}"
+                  f"loss {report['loss']:.4f}  ECE {report['calibration']['ece']:.4f}", highlight=False,
                   soft_wrap=True)
     table = Table(title_justify="left")
     for column in ("class", "precision", "recall", "f1", "support"):

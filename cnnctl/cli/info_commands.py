@@ -176,7 +176,9 @@ def summary(
                   f"trainable parameters:     {result.trainable_parameters:,}\n"
                   f"non-trainable parameters: {result.non_trainable_parameters:,}\n"
                   f"MACs:                     {result.macs:,} ({_scaled(result.macs)})\n"
-                  f"parameter size:           {result.parameter_mb:.2f} MB", highlight=False)
+                  f"parameter size:           {result.parameter_mb:.2f} MB (10^6 bytes)"
+                  + (f"\nbuffers:                  {result.buffer_mb:.2f} MB (BatchNorm statistics and the like)"
+                     if result.buffer_mb else ""), highlight=False)
     for line in _checkpoint_lines(target):
         console.print(line, highlight=False)
 

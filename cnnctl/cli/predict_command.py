@@ -30,6 +30,8 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
     strict: Annotated[bool, typer.Option(help="fail (exit 1) if any image cannot be read")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="JSON instead of CSV")] = False,
+    max_pixels: Annotated[int | None, typer.Option(
+        min=1, help="refuse images with more pixels (read from the header) \\[default: 89,478,485]")] = None,
     plot: Annotated[str | None, typer.Option(
         "--plot", metavar="PNG", help="also draw the first 64 images with their predicted classes (wrong ones in "
                                       "red where a parent folder names the true class)")] = None,
@@ -67,7 +69,7 @@ named after classes (digits/7/x.png) also give the accuracy."""
     if not files:
         raise UsageError("no image files found in " + ", ".join(displayable(p) for p in paths),
                          hint="pass png/jpg/bmp/webp/tif files or folders that contain them")
-    predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk)
+    predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk, max_pixels=max_pixels)
     predictor.import_decoders()  # start-up, not prediction: outside the time reported
     started = time.perf_counter()
     predictions = []
@@ -80,7 +82,7 @@ named after classes (digits/7/x.png) also give the accuracy."""
     if plot:
         from cnnctl.plots import plot_file_predictions
 
-        plotted = plot_file_predictions(predictions, model.cnnctl_meta, plot)
+        plotted = plot_file_predictions(predictions, model.cnnctl_meta, plot, max_pixels=max_pixels)
         stderr_line(f"wrote {plotted}")
     text = predictions_json(predictions) if json_output else predictions_csv(predictions)
     if to_file:

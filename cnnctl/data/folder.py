@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from cnnctl.config import TrainConfig
     from cnnctl.data.base import ImageTensors
+    from cnnctl.data.check import FolderCheck
     from cnnctl.data.splits import PreparedData
     from cnnctl.registry import ModelSpec
 
@@ -45,38 +46,99 @@ class FolderScan:
     classes: tuple[str, ...]
     splits: dict[str, list[tuple[Path, int]]] = field(default_factory=dict)
     skipped: int = 0  # hidden files and files that are not images
+    special: list[Path] = field(default_factory=list)  # image-named entries that are not regular files (FIFOs, ...)
+    outside_links: list[Path] = field(default_factory=list)  # symlinked folders leading out of the data folder
 
 
-def _visible_dirs(path: Path) -> list[Path]:
+@dataclass
+class _Walk:
+    """Bookkeeping of one folder scan: the data folder's real path (symlinked folders must stay inside it) and
+    what was left out."""
+
+    root: str
+    skipped: int = 0
+    special: list[Path] = field(default_factory=list)
+    outside_links: list[Path] = field(default_factory=list)
+
+    def follow(self, directory: Path) -> bool:
+        """Whether to enter the symlinked folder ``directory``: only if it stays inside the data folder."""
+        real = os.path.realpath(directory)
+        inside = real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
+        if not inside and directory not in self.outside_links:
+            self.outside_links.append(directory)
+        return inside
+
+
+def _visible_dirs(path: Path, walk: _Walk | None = None) -> list[Path]:
+    """Sub-folders of ``path`` that are not hidden (and, with ``walk``, that a symlink does not lead out of the
+    data folder)."""
     try:
-        return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        found = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError as error:
         raise DataError(f"cannot read {path}: {error.strerror or error}") from error
+    if walk is None:
+        return found
+    return [p for p in found if not p.is_symlink() or walk.follow(p)]
 
 
-def _images_in(directory: Path) -> tuple[list[Path], int]:
-    """Image files under ``directory`` (recursively, sorted); hidden and non-image files are counted, not kept."""
+def _images_in(directory: Path, walk: _Walk) -> list[Path]:
+    """Image files under ``directory`` (recursively, sorted). Hidden and non-image files are counted in
+    ``walk.skipped``; image-named entries that are not regular files (a FIFO, a link to a device) are listed in
+    ``walk.special``, never opened; symlinked folders are followed only while they stay inside the data folder."""
     from cnnctl.data.images import IMAGE_SUFFIXES
 
     found: list[Path] = []
-    skipped = 0
-    for current, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-                skipped += 1
+    pending = [directory]
+    visited: set[str] = set()  # real paths: a link loop is walked once
+    while pending:
+        current = pending.pop()
+        real = os.path.realpath(current)
+        if real in visited:
+            continue
+        visited.add(real)
+        try:
+            entries = sorted(os.scandir(current), key=lambda entry: entry.name)
+        except OSError as error:
+            raise DataError(f"cannot read {current}: {error.strerror or error}") from error
+        subfolders: list[Path] = []
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith("."):
+                walk.skipped += 1
+            elif _is_dir(entry):
+                if not entry.is_symlink() or walk.follow(path):
+                    subfolders.append(path)
+            elif path.suffix.lower() not in IMAGE_SUFFIXES:
+                walk.skipped += 1
+            elif _is_regular(entry):
+                found.append(path)
             else:
-                found.append(Path(current) / name)
-    return found, skipped
+                walk.special.append(path)
+        pending.extend(reversed(subfolders))  # depth first, in name order
+    return sorted(found)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_regular(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()  # follows a symlink: a link to /dev/zero is a device, not a file
+    except OSError:
+        return False
 
 
 def _loose_files(directory: Path) -> int:
     return sum(1 for p in directory.iterdir() if p.is_file())
 
 
-def _layout(root: Path) -> dict[str, Path]:
+def _layout(root: Path, walk: _Walk) -> dict[str, Path]:
     """``{"train": root}`` for class folders directly under ``root``, else the split folders it has."""
-    subdirs = _visible_dirs(root)
+    subdirs = _visible_dirs(root, walk)
     names = {d.name.lower(): d for d in subdirs}
     if "train" in names and all(name in SPLIT_FOLDERS for name in names):
         splits: dict[str, Path] = {}
@@ -100,21 +162,25 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, log: 
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder", hint="--data takes a folder with one sub-folder per class")
-    split_dirs = _layout(root)
-    skipped = 0
+    walk = _Walk(os.path.realpath(root))
+    split_dirs = _layout(root, walk)
     per_split: dict[str, dict[str, list[Path]]] = {}
     for split, directory in split_dirs.items():
-        class_dirs = _visible_dirs(directory)
+        class_dirs = _visible_dirs(directory, walk)
         loose = _loose_files(directory)
         if loose and split_dirs.get("train") == root:
             log(f"ignoring {loose} file(s) directly in {directory}: images must be inside a class folder")
-        skipped += loose
-        found: dict[str, list[Path]] = {}
-        for class_dir in class_dirs:
-            images, ignored = _images_in(class_dir)
-            skipped += ignored
-            found[class_dir.name] = images
-        per_split[split] = found
+        walk.skipped += loose
+        per_split[split] = {class_dir.name: _images_in(class_dir, walk) for class_dir in class_dirs}
+    skipped = walk.skipped
+    if walk.outside_links:
+        log(f"not following {len(walk.outside_links)} symlinked folder(s) that lead out of {root}: "
+            + ", ".join(f"{p} -> {os.path.realpath(p)}" for p in walk.outside_links[:3])
+            + (" …" if len(walk.outside_links) > 3 else ""))
+    if walk.special:
+        log(f"skipped {len(walk.special)} image-named entr{'y' if len(walk.special) == 1 else 'ies'} that "
+            f"{'is' if len(walk.special) == 1 else 'are'} not a regular file (FIFO, device, socket): "
+            + ", ".join(str(p) for p in walk.special[:3]) + (" …" if len(walk.special) > 3 else ""))
 
     train_found = per_split["train"]
     if classes is None:
@@ -135,7 +201,7 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, log: 
     else:
         class_names = tuple(classes)
     index = {name: position for position, name in enumerate(class_names)}
-    scan = FolderScan(root, class_names, skipped=skipped)
+    scan = FolderScan(root, class_names, skipped=skipped, special=walk.special, outside_links=walk.outside_links)
     for split, found in per_split.items():
         items: list[tuple[Path, int]] = []
         for name, images in found.items():
@@ -162,31 +228,60 @@ def _suffix_list() -> str:
 # decoding
 
 
-class _DecodeFiles:
-    """A map-style dataset for torch's DataLoader: position → (position, RGB image at ``size`` or None, problem)."""
+@dataclass(frozen=True)
+class FileInfo:
+    """What decoding one file found: its stored size and mode (before orientation and resizing) and a digest of
+    its decoded pixels (equal digests: the same image, whatever the file format)."""
 
-    def __init__(self, files: Sequence[Path], size: tuple[int, int], resize: int | None = None,
-                 interpolation: str = "bilinear"):
+    width: int
+    height: int
+    mode: str
+    format: str
+    animated: bool
+    digest: str
+
+
+def pixel_digest(image: torch.Tensor) -> str:
+    """blake2b of an oriented RGB uint8 image's shape and pixels."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr(tuple(image.shape)).encode())
+    digest.update(image.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _DecodeFiles:
+    """A map-style dataset for torch's DataLoader: position → (position, RGB image at ``size`` or None, problem,
+    :class:`FileInfo` or None). ``size`` None keeps the stored size (the data check needs no pixels back)."""
+
+    def __init__(self, files: Sequence[Path], size: tuple[int, int] | None, max_pixels: int | None = None,
+                 resize: int | None = None, interpolation: str = "bilinear"):
         self.files = list(files)
         self.size = size
+        self.max_pixels = max_pixels
         self.resize = resize  # pretrained preprocessing: shorter side to this, then centre crop to size
         self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, position: int) -> tuple[int, Any, str]:
-        from cnnctl.data.images import read_image
+    def __getitem__(self, position: int) -> tuple[int, Any, str, FileInfo | None]:
+        from cnnctl.data.images import decode_with_header, read_file_bytes
         from cnnctl.data.loader import resize_and_crop
 
+        path = self.files[position]
         try:
-            image = read_image(self.files[position], channels=3)
+            image, header = decode_with_header(read_file_bytes(path), path, max_pixels=self.max_pixels)
         except DataError as error:
-            return position, None, error.message
-        return position, resize_and_crop(image, self.size, self.resize, self.interpolation), ""
+            return position, None, error.message, None
+        info = FileInfo(header.width, header.height, header.mode, header.format, header.animated,
+                        pixel_digest(image))
+        return position, (resize_and_crop(image, self.size, self.resize, self.interpolation) if self.size
+                                 else None), "", info
 
 
-def _collate(batch: list[tuple[int, Any, str]]) -> list[tuple[int, Any, str]]:
+def _collate(batch: list[tuple[int, Any, str, Any]]) -> list[tuple[int, Any, str, Any]]:
     return batch
 
 
@@ -208,41 +303,51 @@ class Decoded:
     kept: list[int]  # their positions in the input list
     failures: list[tuple[Path, str]]
     grey: bool  # every decoded image has equal R, G and B
+    infos: list[FileInfo | None] = field(default_factory=list)  # per input position; None where it failed
 
 
-def decode_files(files: Sequence[Path], size: tuple[int, int], *, workers: int | None = None,
-                 resize: int | None = None, interpolation: str = "bilinear") -> Decoded:
+def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers: int | None = None,
+                 max_pixels: int | None = None, resize: int | None = None, interpolation: str = "bilinear"
+                 ) -> Decoded:
     """Decode and resize ``files`` into one uint8 tensor, in DataLoader workers. Unreadable files are reported
-    back, not raised: one broken file should not stop a training run."""
+    back, not raised: one broken file should not stop a training run. ``size`` None only inspects the files
+    (``infos``, ``failures``; ``images`` is empty)."""
     import torch
     from torch.utils.data import DataLoader
 
     from cnnctl.data.images import is_grey
 
     count = len(files)
-    needed = count * 3 * size[0] * size[1]
+    shape = size or (0, 0)
+    needed = count * 3 * shape[0] * shape[1]
     free = _free_memory()
     if free is not None and needed > MEMORY_FRACTION * free:
-        raise UsageError(f"{count:,} images at {size[0]}x{size[1]} need {needed / 2**30:.1f} GiB in memory, more "
+        raise UsageError(f"{count:,} images at {shape[0]}x{shape[1]} need {needed / 2**30:.1f} GiB in memory, more "
                          f"than half of the {free / 2**30:.1f} GiB free", hint="pass a smaller --img-size or --limit")
     workers = default_workers(count) if workers is None else workers
-    images = torch.empty((count, 3, *size), dtype=torch.uint8)
+    images = torch.empty((count if size else 0, 3, *shape), dtype=torch.uint8)
     ok = torch.zeros(count, dtype=torch.bool)
     grey = True
     failures: list[tuple[Path, str]] = []
+    infos: list[FileInfo | None] = [None] * count
     if count:
-        batches = DataLoader(_DecodeFiles(files, size, resize, interpolation), batch_size=64, num_workers=workers,
+        batches = DataLoader(_DecodeFiles(files, size, max_pixels, resize, interpolation), batch_size=64,
+                             num_workers=workers,
                              collate_fn=_collate)
         for batch in batches:
-            for position, image, problem in batch:
-                if image is None:
+            for position, image, problem, info in batch:
+                if info is None:
                     failures.append((files[position], problem))
                     continue
-                images[position] = image
+                infos[position] = info
                 ok[position] = True
-                grey = grey and bool(is_grey(image))
+                if image is not None:
+                    images[position] = image
+                    grey = grey and bool(is_grey(image))
     kept = ok.nonzero().flatten()
-    return Decoded(images[kept] if len(kept) < count else images, kept.tolist(), failures, grey)
+    if size and len(kept) < count:
+        images = images[kept]
+    return Decoded(images, kept.tolist(), failures, grey, infos)
 
 
 def _report_failures(failures: list[tuple[Path, str]], log: Log) -> None:
@@ -302,15 +407,19 @@ def choose_splits(scan: FolderScan, *, val_split: float | None, seed: int, limit
 
 
 def load_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: tuple[int, int], *, source: str,
-               workers: int | None = None, log: Log = lambda _: None, resize: int | None = None,
+               workers: int | None = None, log: Log = lambda _: None, max_pixels: int | None = None,
+               check: FolderCheck | None = None, split: str = "train", resize: int | None = None,
                interpolation: str = "bilinear") -> tuple[ImageTensors, bool]:
-    """Decode a split's files into :class:`ImageTensors` (RGB); also say whether every image was grey."""
+    """Decode a split's files into :class:`ImageTensors` (RGB); also say whether every image was grey.
+    ``check`` (data/check.py) collects what decoding found, for the data check's summary."""
     import torch
 
     from cnnctl.data.base import ImageTensors
 
-    decoded = decode_files([path for path, _ in items], size, workers=workers, resize=resize,
+    decoded = decode_files([path for path, _ in items], size, workers=workers, max_pixels=max_pixels, resize=resize,
                            interpolation=interpolation)
+    if check is not None:
+        check.add(split, items, decoded)
     _report_failures(decoded.failures, log)
     labels = torch.tensor([items[i][1] for i in decoded.kept], dtype=torch.int64)
     paths = tuple(str(items[i][0]) for i in decoded.kept)
@@ -342,6 +451,9 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     # What ran goes into the saved configuration: a folder with its own val/ holds nothing out of train/.
     config.resolve_data_defaults(get_dataset_spec("folder"),
                                  default_val_split=0 if scan.splits.get("val") is not None else DEFAULT_VAL_SPLIT)
+    from cnnctl.engine.imbalance import check_class_names
+
+    check_class_names(getattr(config, "class_weights", None), scan.classes)  # before any image is decoded
     chosen = choose_splits(scan, val_split=config.val_split, seed=config.seed, limit=config.limit)
     side = DEFAULT_IMAGE_SIZE if config.img_size is None else config.img_size
     # Decode straight to the size the model will see (a fixed-input model may ask for another one).
@@ -360,18 +472,29 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     all_grey = True
     total = sum(len(items or ()) for items in (chosen.train, chosen.val, chosen.test))
     log(f"decoding {total:,} images from {root} at {size[0]}x{size[1]} (kept in memory)")
+    from cnnctl.data.check import FolderCheck
+
+    check = FolderCheck(scan)
     for split in ("train", "val", "test"):
         items = getattr(chosen, split)
         if not items:
             loaded[split] = None
             continue
-        data, grey = load_items(items, scan.classes, size, source=str(root / split), log=log, resize=resize,
+        data, grey = load_items(items, scan.classes, size, source=str(root / split), log=log,
+                                max_pixels=getattr(config, "max_pixels", None), check=check, split=split,
+                                resize=resize,
                                 interpolation=weights_prep.interpolation if weights_prep else "bilinear")
         all_grey = all_grey and grey
         loaded[split] = data
     train = loaded["train"]
     if train is None or len(train) == 0:
         raise DataError(f"none of the training images in {root} could be read")
+    report = check.report()
+    log(report.summary_line())
+    if report.empty_classes:
+        names = ", ".join(report.empty_classes[:5]) + (" …" if len(report.empty_classes) > 5 else "")
+        raise DataError(f"class(es) {names}: none of their training images could be read (see above)",
+                        hint=f"fix or remove the files (`cnnctl check {root}` lists them)")
     missing = [name for index, name in enumerate(scan.classes) if not bool((train.labels == index).any())]
     if missing:
         log(f"warning: no training image of class(es) {', '.join(missing[:5])} (unreadable files or --limit); "
@@ -399,11 +522,12 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
 
 
 def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | None = None,
-                           log: Log = lambda _: None, **_: Any) -> ImageTensors:
+                           log: Log = lambda _: None, max_items: int | None = None, **_: Any) -> ImageTensors:
     """The folder dataset's ``DatasetSpec.eval_split``: the images eval should use, labelled by the checkpoint's
     class names: ``test/``, or the ``val``/``train`` split rebuilt exactly as training chose it. Without
     ``test/``, the folder the checkpoint was trained on is evaluated on the validation images held out in
-    training, any other folder (``--data``) on all its images.
+    training, any other folder (``--data``) on all its images. ``max_items`` decodes only the split's first
+    files (export verification). ``source`` ends in the split used.
     """
     folder = data_dir or meta.data_dir
     if not folder:
@@ -432,9 +556,11 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
             log(f"{root} has no test/ folder: evaluating on all {len(items):,} of its images")
     if not items:
         raise UsageError(f"{root} has no {split} images", hint="use --split train, or add a val/ or test/ folder")
+    if max_items is not None:
+        items = items[:max_items]
     data, _ = load_items(items, tuple(meta.classes), tuple(meta.preprocessing.image_size),
-                         source=str(root / split), log=log, resize=meta.preprocessing.resize,
-                         interpolation=meta.preprocessing.interpolation)
+                         source=str(root / split), log=log, max_pixels=config.get("max_pixels"),
+                         resize=meta.preprocessing.resize, interpolation=meta.preprocessing.interpolation)
     if len(data) == 0:
         raise DataError(f"none of the {split} images in {root} could be read")
     from cnnctl.data.base import ImageTensors

@@ -1,13 +1,29 @@
-"""Reading one image file into a uint8 tensor: torchvision.io first, Pillow for the formats it lacks (BMP, TIFF).
+"""Reading one image file into a uint8 tensor, the same way on every path (training folders, eval, predict, plots).
 
-Used by folder datasets (training, eval) and by prediction, so an image becomes the same pixels on every path.
+What an image file becomes, in order:
+
+1. **Only regular files are read**, and at most ``MAX_FILE_BYTES``: a FIFO named ``x.png`` is refused without
+   being opened (it would block forever), a symlink to ``/dev/zero`` is refused as a device.
+2. **The header is checked before anything is decoded**: more than ``max_pixels`` pixels (default Pillow's
+   ``MAX_IMAGE_PIXELS``, 89,478,485; ``--max-pixels`` changes it) is refused, so a 30,000×30,000 PNG of a few
+   kB cannot take gigabytes.
+3. **Decoding**: PNG and JPEG with torchvision.io, every other format (GIF, WebP, BMP, TIFF) with Pillow.
+   An animated GIF (or WebP, TIFF) gives its first frame only.
+4. **EXIF orientation is applied** (a phone photo is stored sideways with a tag saying how to turn it), exactly
+   as ``PIL.ImageOps.exif_transpose`` does, for every format.
+5. **Channels**: RGB (alpha dropped, palettes expanded); grey, where asked, is ``L = (19595 R + 38470 G + 7471 B
+   + 2^15) >> 16``, Pillow's ``convert("L")`` (ITU-R 601-2 luma, rounded); an image whose R, G and B are equal
+   keeps that channel exactly.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cnnctl.errors import DataError
 
@@ -19,77 +35,165 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
                         category=DeprecationWarning)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-_PILLOW_ONLY = frozenset({".bmp", ".tif", ".tiff"})  # torchvision.io cannot decode these
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS: a 0.25 GiB 24-bit image (~9,459 x 9,459)
+MAX_FILE_BYTES = 256 * 2**20  # larger image files are refused unread: no photo or scan we train on comes close
+_TORCHVISION_FORMATS = frozenset({"PNG", "JPEG"})  # decoded by torchvision.io (faster), EXIF included
+_ORIENTATION_TAG = 0x0112
+PREPROCESSING_NOTES = (
+    "EXIF orientation applied (as PIL.ImageOps.exif_transpose)",
+    "animated images: first frame",
+    "alpha dropped, palettes expanded",
+    "grey = (19595 R + 38470 G + 7471 B + 32768) >> 16, as PIL convert('L')",
+)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, read without decoding its pixels."""
+
+    format: str  # Pillow's name: PNG, JPEG, GIF, WEBP, BMP, TIFF, ...
+    width: int
+    height: int
+    mode: str  # Pillow's mode: L, RGB, RGBA, P, 1, I;16, ...
+    animated: bool
 
 
 def _reason(error: BaseException) -> str:
     text = str(error).strip()
-    if not text or ".cpp" in text:  # torchvision's C++ errors name their source line, not the problem
+    if not text or ".cpp" in text or "/csrc/" in text:  # torchvision's C++ errors name their source, not the problem
         return "unknown format or corrupt data"
     return " ".join(text.split())[:100]
 
 
-def _read_with_pillow(data: bytes, path: Path, channels: int) -> torch.Tensor:
+def read_file_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; anything else (a FIFO, a device, a folder, a larger
+    file) is a ``DataError`` naming it, raised before reading (a FIFO is not even opened)."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise DataError(f"{path}: not a readable image ({error.strerror or type(error).__name__})") from error
+    _check_regular(path, info, max_bytes)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise DataError(f"{path}: not a readable image ({error.strerror or type(error).__name__})") from error
+    with os.fdopen(descriptor, "rb") as handle:
+        _check_regular(path, os.fstat(handle.fileno()), max_bytes)  # the file opened is the file checked
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise DataError(f"{path}: larger than {max_bytes / 2**20:.0f} MiB; not read")
+    return data
+
+
+def _check_regular(path: Path, info: os.stat_result, max_bytes: int) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
+                or stat.S_ISBLK(info.st_mode) else "a folder" if stat.S_ISDIR(info.st_mode) else "a socket"
+                if stat.S_ISSOCK(info.st_mode) else "not a regular file")
+        raise DataError(f"{path}: not a regular file ({kind}); not read")
+    if info.st_size > max_bytes:
+        raise DataError(f"{path}: {info.st_size / 2**20:,.0f} MiB, larger than the {max_bytes / 2**20:.0f} MiB "
+                        "an image file may have; not read")
+
+
+def read_header(data: bytes, path: Path, max_pixels: int | None = None) -> ImageHeader:
+    """Parse the header (no pixels decoded) and refuse an image of more than ``max_pixels`` pixels."""
+    import io
+
+    from PIL import Image
+
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if not data:
+        raise DataError(f"{path}: not a readable image (empty file)")
+    _pillow_limit_off()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            header = ImageHeader(image.format or "?", width, height, image.mode,
+                                 bool(getattr(image, "is_animated", False)))
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for broken files
+        raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
+    if width * height > limit:
+        raise DataError(f"{path}: {width:,}x{height:,} = {width * height:,} pixels, more than the limit of "
+                        f"{limit:,}; not decoded", hint="pass --max-pixels N to allow larger images")
+    return header
+
+
+def _pillow_limit_off() -> None:
+    """Pillow refuses images above its own MAX_IMAGE_PIXELS (×2) with its own message and limit; cnnctl checks
+    every header against ``max_pixels`` itself (:func:`read_header`), so that is the limit that applies."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+def _read_with_pillow(data: bytes, path: Path) -> torch.Tensor:
+    """RGB uint8 3×H×W through Pillow: first frame, EXIF orientation applied."""
     import io
 
     import numpy as np
     import torch
+    from PIL import Image, ImageOps
 
-    try:
-        from PIL import Image
-    except ImportError as error:  # pragma: no cover - Pillow is a torchvision dependency
-        raise DataError(f"{path}: reading {path.suffix} files needs Pillow", hint="pip install pillow") from error
     try:
         with Image.open(io.BytesIO(data)) as image:
-            converted = image.convert("L" if channels == 1 else "RGB")
-            array = np.asarray(converted, dtype=np.uint8)
+            image.seek(0)
+            oriented = ImageOps.exif_transpose(image)
+            array = np.asarray(oriented.convert("RGB"), dtype=np.uint8)
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for broken files
         raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
-    tensor = torch.from_numpy(array.copy())
-    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
-def read_image(path: str | Path, channels: int = 3) -> torch.Tensor:
-    """Decode ``path`` as uint8 ``channels``×H×W (1: grey, 3: RGB; alpha is dropped, palettes are expanded).
+def read_image(path: str | Path, channels: int = 3, *, max_pixels: int | None = None) -> torch.Tensor:
+    """Decode ``path`` as uint8 ``channels``×H×W (1: grey, 3: RGB) as the module docstring describes.
 
-    Grey comes from :func:`to_grey`, so a grey image gives the same pixels whichever way it is read. Raises
-    ``DataError`` naming the file if it cannot be read or decoded.
+    Raises ``DataError`` naming the file if it is not a regular file, too large, or cannot be decoded.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise DataError(f"{path}: not a readable image ({error.strerror or type(error).__name__})") from error
-    return decode_image_bytes(data, path, channels)
+    return decode_image_bytes(read_file_bytes(path), path, channels, max_pixels=max_pixels)
 
 
-def decode_image_bytes(data: bytes, path: Path, channels: int = 3) -> torch.Tensor:
-    """:func:`read_image` for a file already read (``path`` names it in errors and picks the decoder)."""
+def decode_image_bytes(data: bytes, path: Path, channels: int = 3, *, max_pixels: int | None = None
+                       ) -> torch.Tensor:
+    """:func:`read_image` for a file already read (``path`` names it in errors)."""
+    image, _ = decode_with_header(data, path, max_pixels=max_pixels)
+    return to_grey(image) if channels == 1 else image
+
+
+def decode_with_header(data: bytes, path: Path, *, max_pixels: int | None = None) -> tuple[torch.Tensor, ImageHeader]:
+    """RGB uint8 3×H×W (oriented) and the file's header; the header is checked against ``max_pixels`` first."""
     import torch
+
+    header = read_header(data, path, max_pixels)
+    if header.format not in _TORCHVISION_FORMATS:
+        return _read_with_pillow(data, path), header
     from torchvision.io import ImageReadMode, decode_image
 
-    if not data:
-        raise DataError(f"{path}: not a readable image (empty file)")
     from cnnctl.data.png_check import png_problem
 
     if problem := png_problem(data):  # torchvision's decoder would crash the process on this one
         raise DataError(f"{path}: not a readable image ({problem})")
-    if path.suffix.lower() in _PILLOW_ONLY:
-        image = _read_with_pillow(data, path, 3)
-    else:
-        try:
-            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError, OSError) as error:
-            # A file whose suffix lies (a BMP saved as .png) still gets a chance with Pillow.
-            try:
-                image = _read_with_pillow(data, path, 3)
-            except DataError:
-                raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
-        if image.dtype != torch.uint8:  # 16-bit PNGs
-            from torchvision.transforms.v2 import functional as TF
+    try:
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                             apply_exif_orientation=True)
+    except (RuntimeError, ValueError, OSError) as error:
+        try:  # Pillow names the problem ("image file is truncated") where torchvision names its source line
+            image = _read_with_pillow(data, path)
+        except DataError as pillow_error:
+            raise pillow_error from error
+    if image.dtype != torch.uint8:  # 16-bit PNGs
+        from torchvision.transforms.v2 import functional as TF
 
-            image = TF.to_dtype(image, torch.uint8, scale=True)
-    return to_grey(image) if channels == 1 else image
+        image = TF.to_dtype(image, torch.uint8, scale=True)
+    return image, header
+
+
+def describe_header(header: ImageHeader) -> dict[str, Any]:
+    return {"format": header.format, "width": header.width, "height": header.height, "mode": header.mode,
+            "animated": header.animated}
 
 
 def is_grey(images: torch.Tensor) -> torch.Tensor:
@@ -98,18 +202,22 @@ def is_grey(images: torch.Tensor) -> torch.Tensor:
     return same.flatten(-2).all(-1)
 
 
-def to_grey(images: torch.Tensor) -> torch.Tensor:
-    """RGB (N×)3×H×W → (N×)1×H×W: the shared channel of grey images exactly, luminance for colour ones."""
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N×)3×H×W → (N×)1×H×W by Pillow's ``convert("L")``: ``(19595 R + 38470 G + 7471 B + 2^15) >> 16``
+    in integers (ITU-R 601-2 luma with rounding; truncating would make about half the pixels one level darker)."""
     import torch
-    from torchvision.transforms.v2 import functional as TF
 
+    rgb = images[..., :3, :, :].to(torch.int32)
+    grey = (rgb[..., 0:1, :, :] * 19595 + rgb[..., 1:2, :, :] * 38470 + rgb[..., 2:3, :, :] * 7471 + 32768) >> 16
+    return grey.to(torch.uint8)
+
+
+def to_grey(images: torch.Tensor) -> torch.Tensor:
+    """RGB (N×)3×H×W → (N×)1×H×W by :func:`luminance` (the weights sum to 2^16, so an image whose R, G and B are
+    equal keeps that channel exactly)."""
     if images.shape[-3] == 1:
         return images
-    grey = is_grey(images)
-    if bool(grey.all()):
-        return images[..., :1, :, :].contiguous()
-    luminance = TF.rgb_to_grayscale(images[..., :3, :, :], num_output_channels=1)
-    return torch.where(grey.view(*grey.shape, 1, 1, 1), images[..., :1, :, :], luminance).contiguous()
+    return luminance(images).contiguous()
 
 
 def resize_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -14,6 +14,23 @@ if TYPE_CHECKING:
 
     from cnnctl.data.base import ImageTensors, Preprocessing
 
+# The default --batch-size: 128, unless the training set is so small that an epoch would have fewer than
+# MIN_STEPS_PER_EPOCH optimizer steps; then the largest power of two (at least MIN_DEFAULT_BATCH) that gives it
+# that many. 720 images at 128 are 6 steps an epoch, 30 in a 5-epoch run: too few for the weights to converge
+# and for BatchNorm's running statistics to follow them (mobilenet_v3_small: 25% test accuracy, chance; 97% at
+# 32). See benchmarks/smalldata.py.
+MAX_DEFAULT_BATCH = 128
+MIN_DEFAULT_BATCH = 16
+MIN_STEPS_PER_EPOCH = 32
+
+
+def default_batch_size(train_images: int) -> int:
+    """128 for 4,096 training images or more; 64, 32 down to 16 for smaller sets (at least 32 steps an epoch)."""
+    batch = MAX_DEFAULT_BATCH
+    while batch > MIN_DEFAULT_BATCH and train_images < batch * MIN_STEPS_PER_EPOCH:
+        batch //= 2
+    return batch
+
 
 
 def resize_and_crop(images: torch.Tensor, size: tuple[int, int], resize: int | None = None,
@@ -110,6 +127,7 @@ class BatchLoader:
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         channels_last: bool = False,
         drop_last: bool = False,
+        sample_weights: torch.Tensor | None = None,
     ):
         import torch
 
@@ -126,6 +144,9 @@ class BatchLoader:
         self.normalize = Normalizer(preprocessing.mean, preprocessing.std, device)
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
+        # --sampler balanced: each epoch draws len(data) images with replacement, image i with probability
+        # proportional to sample_weights[i] (engine/imbalance.py: 1 / images of its class)
+        self.sample_weights = None if sample_weights is None else sample_weights.to("cpu", torch.float64)
         self.shard: tuple[int, int] = (0, 1)  # (rank, world size); batch_size is then the per-rank batch
 
     def __len__(self) -> int:
@@ -142,7 +163,12 @@ class BatchLoader:
         import torch
 
         total = int(self.labels.shape[0])
-        order = torch.randperm(total, generator=self.generator) if self.shuffle else torch.arange(total)
+        if self.sample_weights is not None:
+            order = torch.multinomial(self.sample_weights, total, replacement=True, generator=self.generator)
+        elif self.shuffle:
+            order = torch.randperm(total, generator=self.generator)
+        else:
+            order = torch.arange(total)
         rank, world = self.shard
         if world > 1:
             order = shard_order(order, rank, world, self.batch_size)

@@ -51,6 +51,9 @@ def prepare_data(config: TrainConfig, model: ModelSpec, log: Log = lambda _: Non
     spec = training_dataset(config)
     if spec.prepare is not None:
         return spec.prepare(config, model, log)
+    from cnnctl.engine.imbalance import check_class_names
+
+    check_class_names(config.class_weights, spec.classes)  # before anything is downloaded or read
     train = load_split(spec, "train", root=config.root, mirror=config.mirror, log=log)
     test = load_split(spec, "test", root=config.root, mirror=config.mirror, log=log)
     val_split = spec.default_val_split if config.val_split is None else config.val_split

@@ -55,6 +55,9 @@ def build_loaders(config: TrainConfig, data: PreparedData, device: torch.device,
                            channels_last=config.channels_last)
 
     train = loader(data.train, True)
+    from cnnctl.engine.imbalance import sampler_weights
+
+    train.sample_weights = sampler_weights(config.sampler, data)  # --sampler balanced
     if dist.enabled and len(data.train) < dist.world_size:
         raise UsageError(f"{len(data.train)} training image(s) cannot be shared by {dist.world_size} processes",
                          hint="use fewer processes or more data")

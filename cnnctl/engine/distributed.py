@@ -66,8 +66,8 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def check_world(batch_size: int, device: torch.device, world_size: int, local_processes: int, *,
-                sync_bn: bool = False) -> int:
+def check_world(batch_size: int | None, device: torch.device, world_size: int, local_processes: int, *,
+                sync_bn: bool = False) -> int | None:
     """Reject a process count that cannot work here; return the per-rank batch size. ``local_processes`` are the
     ranks on this machine (each needs its own GPU on CUDA)."""
     import torch.distributed as dist
@@ -101,7 +101,11 @@ def check_world(batch_size: int, device: torch.device, world_size: int, local_pr
     return per_rank
 
 
-def per_rank_batch(batch_size: int, world_size: int) -> int:
+def per_rank_batch(batch_size: int | None, world_size: int) -> int | None:
+    """Each rank's share of the global batch; None while the default batch size is not chosen yet (it depends on
+    the training set, data/loader.py default_batch_size)."""
+    if batch_size is None:
+        return None
     if batch_size % world_size:
         lower = batch_size - batch_size % world_size
         raise UsageError(f"--batch-size {batch_size} is the global batch and must divide evenly over {world_size} "

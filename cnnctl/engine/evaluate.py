@@ -1,4 +1,5 @@
-"""Evaluation: loss, top-1, top-5 and the confusion matrix over a whole split, in one pass."""
+"""Evaluation: loss, top-1, top-k (k = min(5, classes)) and the confusion matrix over a whole split, in one pass;
+balanced accuracy and macro-F1 come from the confusion matrix."""
 
 from __future__ import annotations
 
@@ -14,14 +15,44 @@ if TYPE_CHECKING:
 class EvalResult:
     loss: float
     top1: float
-    top5: float
+    topk: float  # top-k accuracy, k = ``k``
     count: int
     confusion: Any  # torch.Tensor [true, predicted]
+    k: int = 5
+
+    @property
+    def top5(self) -> float:
+        """The top-k accuracy (k = ``k``: 5, or the number of classes when there are fewer)."""
+        return self.topk
+
+    @property
+    def topk_name(self) -> str:
+        """``top-5``, ``top-3``, ...: how text names the top-k accuracy."""
+        return f"top-{self.k}"
+
+    @property
+    def topk_key(self) -> str:
+        """``top5``, ``top3``, ...: how JSON (and results.json, as ``test_top3``) names it."""
+        return f"top{self.k}"
+
+    @property
+    def balanced_accuracy(self) -> float:
+        from cnnctl.engine.metrics import balanced_accuracy
+
+        return balanced_accuracy(self.confusion)
+
+    @property
+    def macro_f1(self) -> float:
+        from cnnctl.engine.metrics import macro_f1
+
+        return macro_f1(self.confusion)
 
     def as_dict(self, classes: list[str] | None = None) -> dict[str, Any]:
         from cnnctl.engine.metrics import per_class_report
 
-        result: dict[str, Any] = {"loss": self.loss, "accuracy": self.top1, "top5": self.top5, "count": self.count}
+        result: dict[str, Any] = {"loss": self.loss, "accuracy": self.top1, self.topk_key: self.topk,
+                                  "top_k": self.k, "balanced_accuracy": self.balanced_accuracy,
+                                  "macro_f1": self.macro_f1, "count": self.count}
         if classes is not None:
             result.update(per_class_report(self.confusion, classes))
             result["confusion"] = self.confusion.tolist()
@@ -38,15 +69,15 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     import torch
     import torch.nn.functional as F
 
-    from cnnctl.engine.metrics import confusion_matrix
+    from cnnctl.engine.metrics import confusion_matrix, topk_k
 
     was_training = model.training
     model.eval()
     loss_sum = None
-    top5_hits = None
+    topk_hits = None
     confusion = None
     count = 0
-    k = min(5, num_classes)
+    k = topk_k(num_classes)
     with torch.inference_mode(), (autocast or contextlib.nullcontext()):
         for index, (inputs, labels) in enumerate(batches):
             if max_batches is not None and index >= max_batches:
@@ -59,19 +90,21 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
             hits = (topk == labels.unsqueeze(1)).any(dim=1).sum()
             batch_confusion = confusion_matrix(labels, topk[:, 0], num_classes)
             loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-            top5_hits = hits if top5_hits is None else top5_hits + hits
+            topk_hits = hits if topk_hits is None else topk_hits + hits
             confusion = batch_confusion if confusion is None else confusion + batch_confusion
             count += int(labels.shape[0])
     model.train(was_training)
     if count == 0:
-        return EvalResult(float("nan"), float("nan"), float("nan"), 0, torch.zeros(num_classes, num_classes))
+        return EvalResult(float("nan"), float("nan"), float("nan"), 0,
+                          torch.zeros(num_classes, num_classes, dtype=torch.int64), k)
     confusion = confusion.cpu()
     return EvalResult(
         loss=float(loss_sum) / count,
         top1=float(confusion.diagonal().sum()) / count,
-        top5=float(top5_hits) / count,
+        topk=float(topk_hits) / count,
         count=count,
         confusion=confusion,
+        k=k,
     )
 
 

@@ -169,6 +169,15 @@ class Trainer:
         if self.precision.note:
             self.reporter.message(self.precision.note)
         self.data = distributed.in_turn(self.dist, lambda: prepare_data(config, self.reporter))
+        if config.batch_size is None:  # the default depends on the training set (data/loader.py)
+            from cnnctl.data.loader import default_batch_size
+
+            config.batch_size = default_batch_size(len(self.data.train))
+            if self.dist.enabled:
+                self.per_rank_batch = distributed.per_rank_batch(config.batch_size, self.dist.world_size)
+        from cnnctl.engine.imbalance import loss_weights
+
+        self.class_weights = loss_weights(config.class_weights, self.data, self.device, self.reporter.message)
         needs = config.needs_validation()
         if needs and self.data.val is None:
             raise UsageError(f"{needs} needs a validation split, but this run holds none out",
@@ -252,7 +261,8 @@ class Trainer:
             try:
                 with self.precision.autocast():
                     logits = model(inputs)
-                    loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+                    loss = F.cross_entropy(logits, labels, weight=self.class_weights,
+                                           label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if config.grad_clip:
@@ -299,7 +309,8 @@ class Trainer:
             self.reporter.phase("validating")
             val = evaluate(self.eval_model(), self.val_batches, len(self.data.classes),
                            autocast=self.precision.autocast())
-            row = {"val_loss": val.loss, "val_acc": val.top1}
+            row = {"val_loss": val.loss, "val_acc": val.top1, "val_balanced_acc": val.balanced_accuracy,
+                   "val_macro_f1": val.macro_f1}
         return broadcast_object(row, self.dist)
 
     def eval_model(self) -> torch.nn.Module:

@@ -46,29 +46,30 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], int]:
                         found.append(candidate)
                     else:
                         skipped += 1
-        elif path.is_file():
+        elif path.exists():  # a FIFO or device named explicitly becomes an error row, unread
             found.append(path)
         else:
             raise CnnctlError(f"{path} does not exist", hint="pass image files or folders of images")
     return found, skipped
 
 
-def decode_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
+def decode_image(path: Path, preprocessing: Preprocessing, *, max_pixels: int | None = None) -> torch.Tensor:
     """Read one image as uint8 C×H×W with the checkpoint's channel count and size (not yet padded): resized,
     or resized and centre-cropped when the checkpoint's preprocessing has a ``resize`` (pretrained weights)."""
     from cnnctl.data.images import read_image
     from cnnctl.data.loader import resize_and_crop
 
-    image = read_image(path, channels=1 if preprocessing.channels == 1 else 3)  # BMP/TIFF via Pillow
+    image = read_image(path, channels=1 if preprocessing.channels == 1 else 3, max_pixels=max_pixels)
     return resize_and_crop(image, tuple(preprocessing.image_size), preprocessing.resize, preprocessing.interpolation)
 
 
-def decode_bytes(data: bytes, path: Path, preprocessing: Preprocessing) -> torch.Tensor:
+def decode_bytes(data: bytes, path: Path, preprocessing: Preprocessing, *, max_pixels: int | None = None
+                 ) -> torch.Tensor:
     """:func:`decode_image` for a file already read."""
     from cnnctl.data.images import decode_image_bytes
     from cnnctl.data.loader import resize_and_crop
 
-    image = decode_image_bytes(data, path, channels=1 if preprocessing.channels == 1 else 3)
+    image = decode_image_bytes(data, path, channels=1 if preprocessing.channels == 1 else 3, max_pixels=max_pixels)
     return resize_and_crop(image, tuple(preprocessing.image_size), preprocessing.resize, preprocessing.interpolation)
 
 
@@ -97,7 +98,7 @@ class Predictor:
     """
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, *, batch_size: int = 256, topk: int = 5,
-                 workers: int | None = None):
+                 workers: int | None = None, max_pixels: int | None = None):
         import torch
 
         from cnnctl.data.loader import Normalizer
@@ -112,6 +113,7 @@ class Predictor:
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.normalize = Normalizer(self.preprocessing.mean, self.preprocessing.std, self.device)
         self.timings = {"decode_s": 0.0, "inference_s": 0.0}
+        self.max_pixels = max_pixels  # images with more pixels are refused from their header (data/images.py)
         self._torch = torch
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -129,12 +131,10 @@ class Predictor:
         probabilities = self.logits(images).softmax(dim=1).cpu()
         return probabilities.argmax(dim=1), probabilities
 
-    def _safe_decode(self, data: bytes | None, path: Path) -> torch.Tensor | str:
+    def _safe_decode(self, data: bytes, path: Path) -> torch.Tensor | str:
         """A decoded image, or the one-line reason it could not be read (so one bad file does not stop a run)."""
         try:
-            if data is None:
-                return decode_image(path, self.preprocessing)
-            return decode_bytes(data, path, self.preprocessing)
+            return decode_bytes(data, path, self.preprocessing, max_pixels=self.max_pixels)
         except DataError as error:
             return str(error)
 
@@ -142,12 +142,15 @@ class Predictor:
         """Decode small files now and hand large ones to ``pool``; returns images, error strings or futures."""
         started = time.perf_counter()
         pending: list[Any] = []
+        from cnnctl.data.images import read_file_bytes
+
         for path in chunk:
             try:
-                data = path.read_bytes()
-            except OSError:
-                data = None  # decode_image reports the reason
-            if data is not None and len(data) >= PARALLEL_DECODE_BYTES:
+                data = read_file_bytes(path)  # regular files only, bounded: a FIFO or /dev/zero is an error row
+            except DataError as error:
+                pending.append(str(error))
+                continue
+            if len(data) >= PARALLEL_DECODE_BYTES:
                 pending.append(pool.submit(self._safe_decode, data, path))
             else:
                 pending.append(self._safe_decode(data, path))

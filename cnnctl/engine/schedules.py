@@ -278,6 +278,6 @@ class Schedule:
 def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int,
                    monitor: str = "val_loss") -> Schedule:
     """The schedule ``config`` names (already checked by ``TrainConfig.validate``)."""
-    plateau = PlateauState(mode="max" if monitor.endswith("acc") else "min", patience=config.plateau_patience,
+    plateau = PlateauState(mode="min" if monitor.endswith("loss") else "max", patience=config.plateau_patience,
                            factor=config.gamma)
     return Schedule(plan_from_config(config, steps_per_epoch), optimizer, plateau)

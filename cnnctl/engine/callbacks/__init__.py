@@ -8,16 +8,17 @@ __all__ = ["Callback", "CallbackList", "default_callbacks"]
 
 
 def default_callbacks() -> list[Callback]:
-    """What every run has: progress display, sanity check, early stopping, checkpoints and state, metrics.csv,
-    the final test and plots."""
+    """What every run has: precise BatchNorm statistics, progress display, sanity check, early stopping,
+    checkpoints and state, metrics.csv, the final test and plots."""
     from cnnctl.engine.callbacks.checkpoint_saver import CheckpointSaver
     from cnnctl.engine.callbacks.early_stopping import EarlyStopping
     from cnnctl.engine.callbacks.final_test import FinalTest
     from cnnctl.engine.callbacks.metrics_csv import MetricsCsv
     from cnnctl.engine.callbacks.plots import Plots
+    from cnnctl.engine.callbacks.precise_bn import PreciseBatchNorm
     from cnnctl.engine.callbacks.progress import ProgressDisplay
     from cnnctl.engine.callbacks.sanity_check import SanityCheck
 
     final_test = FinalTest()
-    return [ProgressDisplay(), SanityCheck(), EarlyStopping(), CheckpointSaver(), MetricsCsv(), final_test,
-            Plots(final_test)]
+    return [PreciseBatchNorm(), ProgressDisplay(), SanityCheck(), EarlyStopping(), CheckpointSaver(), MetricsCsv(),
+            final_test, Plots(final_test)]

@@ -47,8 +47,9 @@ class FinalTest(Callback):
         batches = BatchLoader(data.test, data.preprocessing, batch_size=max(trainer.config.batch_size, 512),
                               device=trainer.device)
         test = evaluate(model, batches, len(data.classes))
-        summary = {"test_loss": test.loss, "test_acc": test.top1, "test_top5": test.top5, "test_count": test.count,
-                   "best_epoch": meta.epoch}
+        summary = {"test_loss": test.loss, "test_acc": test.top1, f"test_{test.topk_key}": test.topk,
+                   "test_balanced_acc": test.balanced_accuracy, "test_macro_f1": test.macro_f1,
+                   "test_count": test.count, "best_epoch": meta.epoch}
         if fingerprints:  # distributed: one sha256 of the final weights per rank (all equal)
             summary.update(processes=len(fingerprints), weights_sha256=fingerprints)
         meta.metrics = {**(meta.metrics or {}), **{k: v for k, v in summary.items() if k.startswith("test_")}}

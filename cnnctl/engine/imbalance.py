@@ -1,0 +1,140 @@
+"""Imbalanced classes: per-class loss weights (``--class-weights auto|FILE``) and the per-image sampling weights of
+``--sampler balanced``.
+
+``auto`` is inverse frequency normalised as scikit-learn's ``class_weight="balanced"``: ``w_c = N / (C · n_c)``,
+so a balanced training set gets weight 1 everywhere and the loss keeps its scale. A FILE gives values per class
+name: JSON (``{"cat": 1.0, "dog": 4.0}``) or text lines ``name,weight`` / ``name weight``; a class it does not
+name keeps weight 1. The validation loss is always the plain, unweighted cross-entropy, so it stays comparable
+between runs with and without weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnnctl.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnctl.engine.fit import PreparedData
+
+SAMPLERS = ("shuffle", "balanced")
+
+
+def read_class_weights_file(path: str | Path) -> dict[str, float]:
+    """Class name → weight from a JSON object or ``name,weight`` lines; every value a finite number >= 0."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UsageError(f"--class-weights {path}: cannot read it ({error.strerror or error})",
+                         hint="pass auto, or a JSON/CSV file of class name → weight") from error
+    values: dict[str, object]
+    if text.lstrip().startswith("{"):
+        try:
+            loaded = json.loads(text)
+        except ValueError as error:
+            raise UsageError(f"--class-weights {path}: not valid JSON ({error})") from error
+        values = dict(loaded)
+    else:
+        values = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = [part.strip() for part in (line.split(",") if "," in line else line.split())]
+            if len(parts) != 2:
+                raise UsageError(f"--class-weights {path}:{number}: expected 'name,weight', got {line!r}")
+            if parts[0] in values:
+                raise UsageError(f"--class-weights {path}:{number}: class {parts[0]!r} is given twice")
+            values[parts[0]] = parts[1]
+    weights: dict[str, float] = {}
+    for name, value in values.items():
+        try:
+            weight = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise UsageError(f"--class-weights {path}: the weight of {name!r} is not a number: {value!r}") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise UsageError(f"--class-weights {path}: the weight of {name!r} is {value}; weights must be finite "
+                             "and >= 0")
+        weights[str(name)] = weight
+    if weights and not any(weights.values()):
+        raise UsageError(f"--class-weights {path}: every weight is 0")
+    return weights
+
+
+def check_class_weights_option(value: str | None) -> None:
+    """Reject a bad ``--class-weights`` before any data is loaded (the class names are checked once known)."""
+    if value is None or value == "auto":
+        return
+    read_class_weights_file(value)
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    import torch
+
+    return torch.bincount(labels.to("cpu", torch.int64), minlength=num_classes)
+
+
+def resolve_class_weights(value: str | None, classes: Sequence[str], labels: torch.Tensor) -> torch.Tensor | None:
+    """The loss weight of each class (float32, in ``classes`` order), or None for plain cross-entropy."""
+    import torch
+
+    if value is None:
+        return None
+    if value == "auto":
+        counts = class_counts(labels, len(classes)).double()
+        present = counts > 0
+        weights = torch.zeros(len(classes), dtype=torch.float64)
+        weights[present] = counts.sum() / (int(present.sum()) * counts[present])
+        return weights.float()
+    given = check_class_names(value, classes)
+    return torch.tensor([given.get(name, 1.0) for name in classes], dtype=torch.float32)
+
+
+def check_class_names(value: str | None, classes: Sequence[str]) -> dict[str, float]:
+    """The weights a ``--class-weights`` FILE gives, refused if it names a class the data does not have (called
+    as soon as the class names are known: a folder's right after it is scanned, before decoding)."""
+    if value is None or value == "auto":
+        return {}
+    given = read_class_weights_file(value)
+    unknown = sorted(set(given) - set(classes))
+    if unknown:
+        known = ", ".join(classes[:10]) + (" …" if len(classes) > 10 else "")
+        raise UsageError(f"--class-weights {value}: unknown class(es) {', '.join(map(repr, unknown[:5]))}; the "
+                         f"classes are {known}")
+    return given
+
+
+def describe_weights(weights: torch.Tensor, classes: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(f"{name} {float(w):.3g}" for name, w in list(zip(classes, weights))[:limit])
+    return shown + (" …" if len(classes) > limit else "")
+
+
+def balanced_sample_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-image sampling weight 1 / (images of its class): every class is drawn equally often."""
+    counts = class_counts(labels, num_classes).double().clamp_min(1)
+    return (1.0 / counts)[labels.to("cpu").long()]
+
+
+def loss_weights(value: str | None, data: PreparedData, device: torch.device,
+                 log: Callable[[str], None]) -> torch.Tensor | None:
+    """``--class-weights`` resolved against the training split, on ``device``, said in one line."""
+    weights = resolve_class_weights(value, data.classes, data.train.labels)
+    if weights is None:
+        return None
+    log(f"class weights ({'inverse frequency' if value == 'auto' else value}): "
+        f"{describe_weights(weights, data.classes)}")
+    return weights.to(device)
+
+
+def sampler_weights(sampler: str | None, data: PreparedData) -> torch.Tensor | None:
+    """Per-image sampling weights for ``--sampler balanced``; None for the plain shuffle."""
+    if sampler in (None, "shuffle"):
+        return None
+    return balanced_sample_weights(data.train.labels, len(data.classes))
