@@ -9,7 +9,14 @@ import os
 import sys
 
 import cnnctl.cli.export_command  # noqa: F401  (registers `cnnctl export`)
-from cnnctl.cli import data_commands, eval_command, info_commands, predict_command, train_command  # noqa: F401
+from cnnctl.cli import (  # noqa: F401
+    data_commands,
+    eval_command,
+    info_commands,
+    lr_find_command,
+    predict_command,
+    train_command,
+)
 from cnnctl.cli._common import app, state
 
 

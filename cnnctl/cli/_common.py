@@ -79,3 +79,7 @@ def print_json(data: Any) -> None:
 
 def stderr_line(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+TTA_HELP = ("test-time augmentation: average the probabilities over the image and its mirror (flip), or also "
+            "4 shifted copies of each (flip-crop, 10 views); mirrors suit natural images, not digits")

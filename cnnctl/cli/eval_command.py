@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cnnctl.cli._common import command, print_json, stderr_line
+from cnnctl.cli._common import TTA_HELP, command, print_json, stderr_line
 
 
 @command("eval")
@@ -23,15 +23,16 @@ def eval_command(
                                                   "checkpoint's folder, for folder runs]")] = None,
     plots: Annotated[str | None, typer.Option(
         "--plots", metavar="DIR", help="write confusion.png and predictions.png into this folder")] = None,
+    tta: Annotated[str, typer.Option(metavar="[none|flip|flip-crop]", help=TTA_HELP)] = "none",
 ) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     from cnnctl.engine.evaluate import evaluate_checkpoint
 
     result, meta = evaluate_checkpoint(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size,
                                        root=root, mirror=mirror, device=device, log=stderr_line, data_dir=data,
-                                       plots_dir=plots)
+                                       plots_dir=plots, tta=tta)
     report = {"checkpoint": checkpoint_path, "arch": meta.arch, "dataset": dataset or meta.dataset, "split": split,
-              **result.as_dict(meta.classes)}
+              "tta": tta, **result.as_dict(meta.classes)}
     if json_output:
         print_json(report)
         return
@@ -40,7 +41,8 @@ def eval_command(
 
     console = Console()
     console.print(f"{meta.arch} on {report['dataset']} {split} ({result.count:,} images): "
-                  f"accuracy {result.top1:.2%}  top-5 {result.top5:.2%}  loss {result.loss:.4f}", highlight=False)
+                  f"accuracy {result.top1:.2%}  top-5 {result.top5:.2%}  loss {result.loss:.4f}"
+                  + (f"  (test-time augmentation: {tta})" if tta != "none" else ""), highlight=False)
     table = Table(title_justify="left")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")

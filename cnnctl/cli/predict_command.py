@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cnnctl.cli._common import command, print_json, stderr_line
+from cnnctl.cli._common import TTA_HELP, command, print_json, stderr_line
 from cnnctl.errors import CnnctlError, UsageError
 
 
@@ -24,6 +24,7 @@ def predict(
     plot: Annotated[str | None, typer.Option(
         "--plot", metavar="PNG", help="also draw the first 64 images with their predicted classes (wrong ones in "
                                       "red where a parent folder names the true class)")] = None,
+    tta: Annotated[str, typer.Option(metavar="[none|flip|flip-crop]", help=TTA_HELP)] = "none",
 ) -> None:
     """Classify images with a checkpoint; preprocessing comes from the checkpoint. Rows: path, label, class,
     probability, top-k."""
@@ -32,13 +33,15 @@ def predict(
     import sys
 
     from cnnctl.engine.predict import Predictor, find_images, load_for_inference
+    from cnnctl.tta import check_tta
 
+    tta = check_tta(tta)
     model, _ = load_for_inference(checkpoint_path, device=device)
     files, skipped = find_images(paths)
     if not files:
         raise UsageError("no image files found in " + ", ".join(paths),
                          hint="pass png/jpg/bmp/webp/tif files or folders that contain them")
-    predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk)
+    predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk, tta=tta)
     started = time.perf_counter()
     predictions = list(predictor.predict_files(files))
     seconds = time.perf_counter() - started

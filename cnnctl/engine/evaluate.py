@@ -29,8 +29,9 @@ class EvalResult:
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
-             *, max_batches: int | None = None, autocast: Any = None) -> EvalResult:
-    """Run ``model`` in eval mode over ``batches``; sums stay on the device until the end (one sync)."""
+             *, max_batches: int | None = None, autocast: Any = None, tta: str = "none") -> EvalResult:
+    """Run ``model`` in eval mode over ``batches``; sums stay on the device until the end (one sync). ``tta``:
+    average the softmax over views of each image (:mod:`cnnctl.tta`)."""
     import contextlib
 
     import torch
@@ -49,8 +50,14 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
         for index, (inputs, labels) in enumerate(batches):
             if max_batches is not None and index >= max_batches:
                 break
-            logits = model(inputs).float()
-            batch_loss = F.cross_entropy(logits, labels, reduction="sum")
+            if tta == "none":
+                logits = model(inputs).float()
+                batch_loss = F.cross_entropy(logits, labels, reduction="sum")
+            else:
+                from cnnctl.tta import tta_probabilities
+
+                logits = tta_probabilities(model, inputs, tta).clamp_min(1e-12).log()  # log of the mean softmax
+                batch_loss = F.nll_loss(logits, labels, reduction="sum")
             topk = logits.topk(k, dim=1).indices
             hits = (topk == labels.unsqueeze(1)).any(dim=1).sum()
             batch_confusion = confusion_matrix(labels, topk[:, 0], num_classes)
@@ -74,19 +81,21 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
 def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "test", batch_size: int = 1000,
                         root: str | None = None, mirror: str | None = None, device: str = "auto",
                         log: Any = None, data_dir: str | None = None,
-                        plots_dir: Any = None) -> tuple[EvalResult, Any]:
+                        plots_dir: Any = None, tta: str = "none") -> tuple[EvalResult, Any]:
     """Evaluate a checkpoint on a split of its dataset; every other setting comes from its metadata.
-    With ``plots_dir``, also write confusion.png and predictions.png there."""
+    With ``plots_dir``, also write confusion.png and predictions.png there; ``tta``: see :mod:`cnnctl.tta`."""
     from cnnctl.data.loader import BatchLoader
     from cnnctl.data.splits import eval_split
     from cnnctl.engine.device import resolve_device
     from cnnctl.models import load_checkpoint
+    from cnnctl.tta import check_tta
 
+    tta = check_tta(tta)
     torch_device = resolve_device(device)
     model, meta = load_checkpoint(path, device=torch_device)
     data = eval_split(meta, dataset=dataset, split=split, root=root, mirror=mirror, data_dir=data_dir, log=log)
     batches = BatchLoader(data, meta.preprocessing, batch_size=batch_size, device=torch_device)
-    result = evaluate(model, batches, meta.num_classes)
+    result = evaluate(model, batches, meta.num_classes, tta=tta)
     if plots_dir is not None:
         from cnnctl import plots
 

@@ -75,6 +75,7 @@ class Trainer:
         self.state_extra: dict[str, Any] = {"world_size": self.dist.world_size} if self.dist.enabled else {}
         self.improvement: tuple[bool, bool, list[int]] = (False, False, [])  # MetricTracker.update of this epoch
         self.device = self.data = self.model = None  # set by setup(), with the optimizer, schedule, batches
+        self.averaged: Any = None  # --ema: the AveragedModel that validation and checkpoints use
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
 
     @classmethod
@@ -100,6 +101,10 @@ class Trainer:
         from cnnctl.engine.interrupt import InterruptGuard, interrupted_error
         from cnnctl.engine.state import read_state
 
+        if self.config.lr == "auto":
+            from cnnctl.lr_find import resolve_auto_lr
+
+            resolve_auto_lr(self.config, self.reporter.message)
         self.config.resolve_defaults()
         with deterministic_mode(self.config.deterministic), contextlib.ExitStack() as locked:
             loaded = None
@@ -176,6 +181,10 @@ class Trainer:
                                             find_unused=config.freeze_epochs > 0)
         self.head_only = HeadOnlyPhase(unwrap(self.model), self.model_spec.classifier, config.freeze_epochs)
         self.optimizer = build_optimizer(config, unwrap(self.model).parameters())
+        if config.ema:
+            from cnnctl.engine.callbacks.ema import build_average
+
+            self.averaged = build_average(unwrap(self.model), config.ema)
         self.train_batches, self.val_batches = components.build_loaders(config, self.data, self.device, self.dist,
                                                                         self.per_rank_batch)
         self.schedule = build_schedule(config, self.optimizer, steps_per_epoch=len(self.train_batches),
@@ -220,6 +229,7 @@ class Trainer:
         import torch.nn.functional as F
 
         from cnnctl.checkpoint import unwrap
+        from cnnctl.data.mixing import hard_labels
         from cnnctl.engine.components import check_finite, out_of_memory_error
         from cnnctl.engine.distributed import stop_agreed, sum_over_ranks
         from cnnctl.engine.interrupt import interrupted_error
@@ -257,7 +267,7 @@ class Trainer:
             detached = loss.detach().float()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), index, first_bad)
             loss_sum += detached * labels.shape[0]
-            correct += (logits.detach().argmax(1) == labels).sum()
+            correct += (logits.detach().argmax(1) == hard_labels(labels)).sum()  # mixup: the dominant label
             seen += int(labels.shape[0])
             if (index + 1) % check_every == 0 or index + 1 == steps:
                 check_finite(self, first_bad, epoch, steps)
@@ -296,5 +306,7 @@ class Trainer:
 
     def eval_model(self) -> torch.nn.Module:
         """The model to evaluate: without DistributedDataParallel, whose forward would join the other ranks
-        (only rank 0 evaluates), but as trained otherwise."""
+        (only rank 0 evaluates), but as trained otherwise; with --ema, the average."""
+        if self.averaged is not None:
+            return self.averaged.module
         return getattr(self.model, "module", self.model) if self.dist.enabled else self.model
