@@ -138,9 +138,9 @@ def _choices_of(module: str, attribute: str) -> Callable[[], list[str]]:
 
 
 def _plain_folder_name(value: str) -> str | None:
-    bad = set("/\\:\0")
+    bad = set("/\\\0")  # a ':' becomes '-' in the folder's name (run_folder.run_name)
     if value in ("", ".", "..") or bad & set(value) or any(ord(c) < 32 for c in value) or len(value) > 200:
-        return "must be a plain folder name (no '/', '\\', ':', '..' or absolute path)"
+        return "must be a plain folder name (no '/', '\\', '..' or absolute path)"
     return None
 
 

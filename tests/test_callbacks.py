@@ -165,7 +165,7 @@ def test_run_folder_names(micro_digits, tmp_path: Path) -> None:
     run = cnnctl.train(epochs=1, out=str(tmp_path / "out"), name="tv:simple", **OPTIONS)
     assert run.run_dir == tmp_path / "out" / "tv-simple" / "1"
     for name in ("../../escaped", str(tmp_path / "absolute")):
-        with pytest.raises(UsageError, match="outside --out"):
+        with pytest.raises(UsageError, match="plain folder name|outside --out"):
             cnnctl.train(epochs=1, out=str(tmp_path / "out"), name=name, **OPTIONS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
 

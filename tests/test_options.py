@@ -121,7 +121,6 @@ def test_the_api_takes_the_flags_names_and_saves_them(micro_digits, tmp_path: Pa
     (("--weight-decay", "-0.1"), "--weight-decay must be >= 0"),
     (("--name", "../escape"), "--name must be a plain folder name"),
     (("--name", "/abs"), "--name must be a plain folder name"),
-    (("--name", "c:d"), "--name must be a plain folder name"),
     (("--epochs", "ten"), "--epochs must be a whole number, got 'ten'"),
 ])
 def test_out_of_range_values_are_one_line_before_any_work(micro_digits, tmp_path: Path, args, fragment) -> None:
