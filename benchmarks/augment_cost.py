@@ -35,13 +35,8 @@ def per_batch_seconds(function, batches: list) -> float:
     return (time.perf_counter() - started) / len(batches)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-
+def measure(label: str, shape: tuple[int, int, int], images: int, arch: str, count: int) -> list[dict]:
+    """The rows of one data shape: a training step, then each augmentation, in seconds per epoch."""
     import torch
     import torch.nn.functional as F
     from torchvision.transforms import v2
@@ -50,48 +45,61 @@ def main() -> None:
     from cnnctl.data.mixing import make_mixing
     from cnnctl.models import build_model
 
-    torch.set_num_threads(args.threads)
-    rows = []
-    for label, ((channels, height, width), images, arch) in SHAPES.items():
-        steps = -(-images // BATCH)
-        generator = torch.Generator().manual_seed(0)
-        batches = [torch.randint(0, 256, (BATCH, channels, height, width), generator=generator,
-                                 dtype=torch.int64).to(torch.uint8) for _ in range(args.batches)]
-        model = build_model(arch, num_classes=10, in_channels=channels)
-        optimizer = torch.optim.Adam(model.parameters())
-        labels = torch.randint(0, 10, (BATCH,), generator=generator)
-        pad = 2 if arch == "lenet5" else 0  # LeNet-5 takes 32×32: digits are padded, as cnnctl does
+    channels, height, width = shape
+    rows: list[dict] = []
+    steps = -(-images // BATCH)
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 256, (BATCH, channels, height, width), generator=generator,
+                             dtype=torch.int64).to(torch.uint8) for _ in range(count)]
+    model = build_model(arch, num_classes=10, in_channels=channels)
+    optimizer = torch.optim.Adam(model.parameters())
+    labels = torch.randint(0, 10, (BATCH,), generator=generator)
+    pad = 2 if arch == "lenet5" else 0  # LeNet-5 takes 32×32: digits are padded, as cnnctl does
 
-        def step(images: torch.Tensor) -> None:
-            inputs = F.pad(images.float() / 255, (pad,) * 4)
-            loss = F.cross_entropy(model(inputs), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    def step(images: torch.Tensor) -> None:
+        inputs = F.pad(images.float() / 255, (pad,) * 4)
+        loss = F.cross_entropy(model(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
-        step_s = per_batch_seconds(step, batches)
-        rows.append({"data": label, "augmentation": f"(a {arch} training step)", "s_per_epoch": step_s * steps})
-        settings = AugmentSettings(channels=channels)
-        whole_batch = {"trivialaugment": v2.TrivialAugmentWide(), "randaugment": v2.RandAugment(),
-                       "augmix": v2.AugMix(), "autoaugment-imagenet": v2.AutoAugment()}
-        for name, preset in AUGMENT_PRESETS.items():
-            if name == "none" or (preset.channels is not None and preset.channels != channels):
-                continue
-            augment = make_augmentation(name, (height, width), settings)
-            seconds = per_batch_seconds(lambda images: augment(images, generator), batches)
-            row = {"data": label, "augmentation": name, "s_per_epoch": seconds * steps,
-                   "x_step": seconds / step_s}
-            if name in whole_batch:
-                row["one_draw_per_batch_s_per_epoch"] = per_batch_seconds(whole_batch[name], batches) * steps
-            rows.append(row)
-        erasing = make_augmentation("none", (height, width), settings, random_erasing=0.25)
-        seconds = per_batch_seconds(lambda images: erasing(images, generator), batches)
-        rows.append({"data": label, "augmentation": "--random-erasing 0.25", "s_per_epoch": seconds * steps,
+    step_s = per_batch_seconds(step, batches)
+    rows.append({"data": label, "augmentation": f"(a {arch} training step)", "s_per_epoch": step_s * steps})
+    settings = AugmentSettings(channels=channels)
+    whole_batch = {"trivialaugment": v2.TrivialAugmentWide(), "randaugment": v2.RandAugment(),
+                   "augmix": v2.AugMix(), "autoaugment-imagenet": v2.AutoAugment()}
+    for name, preset in AUGMENT_PRESETS.items():
+        if name == "none" or (preset.channels is not None and preset.channels != channels):
+            continue
+        augment = make_augmentation(name, (height, width), settings)
+        seconds = per_batch_seconds(lambda images, augment=augment: augment(images, generator), batches)
+        row = {"data": label, "augmentation": name, "s_per_epoch": seconds * steps,
+               "x_step": seconds / step_s}
+        if name in whole_batch:
+            row["one_draw_per_batch_s_per_epoch"] = per_batch_seconds(whole_batch[name], batches) * steps
+        rows.append(row)
+    erasing = make_augmentation("none", (height, width), settings, random_erasing=0.25)
+    seconds = per_batch_seconds(lambda images: erasing(images, generator), batches)
+    rows.append({"data": label, "augmentation": "--random-erasing 0.25", "s_per_epoch": seconds * steps,
+                 "x_step": seconds / step_s})
+    for flag, mix in (("--mixup 0.2", make_mixing(0.2, None, 10)), ("--cutmix 1.0", make_mixing(None, 1.0, 10))):
+        seconds = per_batch_seconds(lambda images, mix=mix: mix(images.float(), labels, generator), batches)
+        rows.append({"data": label, "augmentation": flag, "s_per_epoch": seconds * steps,
                      "x_step": seconds / step_s})
-        for flag, mix in (("--mixup 0.2", make_mixing(0.2, None, 10)), ("--cutmix 1.0", make_mixing(None, 1.0, 10))):
-            seconds = per_batch_seconds(lambda images, mix=mix: mix(images.float(), labels, generator), batches)
-            rows.append({"data": label, "augmentation": flag, "s_per_epoch": seconds * steps,
-                         "x_step": seconds / step_s})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = [row for label, shape in SHAPES.items() for row in measure(label, *shape, args.batches)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return

@@ -144,6 +144,8 @@ def test_tta_of_a_symmetric_image_is_the_plain_prediction_and_flip_crop_averages
     inputs = torch.randn(3, 1, 28, 28)
     views = tta_views(inputs, "flip-crop")
     assert len(views) == 10 and all(view.shape == inputs.shape for view in views)
+    assert len(tta_views(inputs, "crop")) == 5 and torch.equal(tta_views(inputs, "crop")[1][..., 1:, 1:],
+                                                                inputs[..., :-1, :-1])  # shifted by one pixel
     with torch.inference_mode():
         by_hand = sum(model(view.contiguous()).softmax(1) for view in views) / 10
         assert torch.allclose(tta_probabilities(model, inputs, "flip-crop"), by_hand, atol=1e-6)

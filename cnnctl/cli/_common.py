@@ -81,5 +81,5 @@ def stderr_line(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-TTA_HELP = ("test-time augmentation: average the probabilities over the image and its mirror (flip), or also "
-            "4 shifted copies of each (flip-crop, 10 views); mirrors suit natural images, not digits")
+TTA_HELP = ("test-time augmentation: average the probabilities over the image and its mirror (flip), the image and "
+            "4 shifted copies (crop), or both (flip-crop, 10 views); mirrors suit natural images, not digits")

@@ -23,7 +23,7 @@ def eval_command(
                                                   "checkpoint's folder, for folder runs]")] = None,
     plots: Annotated[str | None, typer.Option(
         "--plots", metavar="DIR", help="write confusion.png and predictions.png into this folder")] = None,
-    tta: Annotated[str, typer.Option(metavar="[none|flip|flip-crop]", help=TTA_HELP)] = "none",
+    tta: Annotated[str, typer.Option(metavar="[none|flip|crop|flip-crop]", help=TTA_HELP)] = "none",
 ) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     from cnnctl.engine.evaluate import evaluate_checkpoint

@@ -24,7 +24,7 @@ def predict(
     plot: Annotated[str | None, typer.Option(
         "--plot", metavar="PNG", help="also draw the first 64 images with their predicted classes (wrong ones in "
                                       "red where a parent folder names the true class)")] = None,
-    tta: Annotated[str, typer.Option(metavar="[none|flip|flip-crop]", help=TTA_HELP)] = "none",
+    tta: Annotated[str, typer.Option(metavar="[none|flip|crop|flip-crop]", help=TTA_HELP)] = "none",
 ) -> None:
     """Classify images with a checkpoint; preprocessing comes from the checkpoint. Rows: path, label, class,
     probability, top-k."""
