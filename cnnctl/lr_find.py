@@ -153,7 +153,9 @@ def plot_lr_find(result: LrFindResult, path: Path) -> Path:
 
 
 def resolve_auto_lr(config: TrainConfig, log: Any) -> None:
-    """``--lr auto``: run the sweep with ``config``'s options and train with its suggestion."""
+    """``--lr auto``: run the sweep with ``config``'s options and train with its suggestion (else nothing)."""
+    if config.lr != "auto":
+        return
     found = lr_find(dataclasses.replace(config, lr=None), log=None)
     config.lr = float(f"{found.suggestion:.3g}")
     log(f"--lr auto: lr-find suggests {config.lr:g} ({RULE}; {len(found.lrs)} steps)")

@@ -100,11 +100,9 @@ class Trainer:
         from cnnctl.engine.distributed import check_resume_world, shutdown
         from cnnctl.engine.interrupt import InterruptGuard, interrupted_error
         from cnnctl.engine.state import read_state
+        from cnnctl.lr_find import resolve_auto_lr
 
-        if self.config.lr == "auto":
-            from cnnctl.lr_find import resolve_auto_lr
-
-            resolve_auto_lr(self.config, self.reporter.message)
+        resolve_auto_lr(self.config, self.reporter.message)  # --lr auto: a learning-rate sweep first
         self.config.resolve_defaults()
         with deterministic_mode(self.config.deterministic), contextlib.ExitStack() as locked:
             loaded = None
@@ -148,6 +146,7 @@ class Trainer:
 
         from cnnctl.checkpoint import unwrap
         from cnnctl.engine import components, distributed
+        from cnnctl.engine.callbacks.ema import build_average
         from cnnctl.engine.device import resolve_device, seed_everything
         from cnnctl.engine.freeze import HeadOnlyPhase
         from cnnctl.engine.precision import resolve_precision
@@ -181,10 +180,7 @@ class Trainer:
                                             find_unused=config.freeze_epochs > 0)
         self.head_only = HeadOnlyPhase(unwrap(self.model), self.model_spec.classifier, config.freeze_epochs)
         self.optimizer = build_optimizer(config, unwrap(self.model).parameters())
-        if config.ema:
-            from cnnctl.engine.callbacks.ema import build_average
-
-            self.averaged = build_average(unwrap(self.model), config.ema)
+        self.averaged = build_average(unwrap(self.model), config.ema)  # --ema, else None
         self.train_batches, self.val_batches = components.build_loaders(config, self.data, self.device, self.dist,
                                                                         self.per_rank_batch)
         self.schedule = build_schedule(config, self.optimizer, steps_per_epoch=len(self.train_batches),

@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from cnnctl.engine.fit import Trainer
 
 
-def build_average(model: torch.nn.Module, decay: float) -> torch.nn.Module:
+def build_average(model: torch.nn.Module, decay: float | None) -> torch.nn.Module | None:
     """An ``AveragedModel`` of ``model`` (a copy on its device) that ``update_parameters(model)`` moves towards
-    it with ``decay``."""
+    it with ``decay``; None without a decay."""
+    if not decay:
+        return None
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
