@@ -5,7 +5,8 @@ training step of a small network on the same batch, all in one process on one th
     python benchmarks/augment_cost.py                  # every preset, 30 batches each, seconds per epoch
     python benchmarks/augment_cost.py --batches 100 --threads 2
 
-The time per epoch is the measured time per batch × batches per epoch (469 for MNIST, 391 for CIFAR-10). The
+Times are this process's CPU seconds (``time.process_time``) on one thread; per epoch is the time per batch ×
+batches per epoch (469 for MNIST, 391 for CIFAR-10). The
 v2 policies run image by image (each image its own random operation: data/augment.py explains why); the column
 ``one draw per batch`` shows what applying the transform once to the whole batch would cost instead — every
 image then gets the same operation, which is a different (and weaker) augmentation.
@@ -28,11 +29,13 @@ BATCH = 128
 
 
 def per_batch_seconds(function, batches: list) -> float:
+    """CPU seconds of this process per call (on one thread, CPU time is what a quiet core would take as wall time,
+    and it is far less disturbed than wall time when other processes share the cores)."""
     function(batches[0])  # warm-up
-    started = time.perf_counter()
+    started = time.process_time()
     for item in batches:
         function(item)
-    return (time.perf_counter() - started) / len(batches)
+    return (time.process_time() - started) / len(batches)
 
 
 def measure(label: str, shape: tuple[int, int, int], images: int, arch: str, count: int) -> list[dict]:
