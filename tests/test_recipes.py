@@ -172,6 +172,13 @@ def test_lr_find_suggests_a_rate_inside_the_sweep_reproducibly_and_draws_it(micr
     assert result.stdout.strip() == f"suggested lr: {first.suggestion:.3g}"
 
 
+def test_lr_auto_trains_with_the_sweeps_suggestion_and_saves_it(micro_digits, tmp_path: Path) -> None:
+    run = cnnctl.train("simplecnn", epochs=1, lr="auto", out=str(tmp_path), **FAST)
+    suggestion = lr_find(build_train_config({"arch": "simplecnn", **FAST}, source="test")).suggestion
+    saved = json.loads((run.run_dir / "config.json").read_text())["lr"]
+    assert saved == float(f"{suggestion:.3g}") and run.history[0]["lr"] <= saved
+
+
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--mixup", "0"], "--mixup must be positive"),
     (["--cutmix", "-1"], "--cutmix must be positive"),
