@@ -35,13 +35,13 @@ def batch(count: int = 16, channels: int = 3, size: int = 32, seed: int = 3) -> 
 
 @pytest.mark.parametrize("name", POLICIES)
 def test_policies_keep_shape_and_dtype_draw_per_image_and_repeat_under_a_seed(name: str) -> None:
-    augment = make_augmentation(f"crop-flip,{name}", (32, 32), AugmentSettings(channels=3), random_erasing=0.5)
-    same = batch(1).expand(24, -1, -1, -1).contiguous()  # 24 copies of one image
+    augment = make_augmentation(f"crop-flip,{name}", (24, 24), AugmentSettings(channels=3), random_erasing=0.5)
+    same = batch(1, size=24).expand(16, -1, -1, -1).contiguous()  # 16 copies of one image
     global_state = torch.get_rng_state()
     out = augment(same, torch.Generator().manual_seed(5))
     assert torch.equal(torch.get_rng_state(), global_state)  # torch's own generator is left as it was
     assert out.shape == same.shape and out.dtype == torch.uint8
-    assert len({tuple(image.flatten().tolist()) for image in out}) > 12  # each image its own draw
+    assert len({tuple(image.flatten().tolist()) for image in out}) > 8  # each image its own draw
     assert torch.equal(out, augment(same, torch.Generator().manual_seed(5)))
     assert not torch.equal(out, augment(same, torch.Generator().manual_seed(6)))
 
