@@ -97,16 +97,17 @@ class RecordWeights(Callback):
 
 def test_ema_weights_equal_the_hand_computed_average_and_are_what_is_saved(micro_digits, tmp_path: Path) -> None:
     recorder, decay = RecordWeights(), 0.6
-    run = cnnctl.train("lenet5", epochs=2, ema=decay, arch_args={"batch_norm": True}, out=str(tmp_path),
+    run = cnnctl.train("lenet5", epochs=3, ema=decay, arch_args={"batch_norm": True}, out=str(tmp_path),
                        callbacks=[recorder], **FAST)
-    assert len(recorder.steps) == 10  # 80 images, batches of 16, 2 epochs
+    assert len(recorder.steps) == 15  # 80 images, batches of 16, 3 epochs: the warm-up reaches 0.6 at update 13
     expected = dict(recorder.steps[0])  # the first update copies the weights
-    for weights in recorder.steps[1:]:
+    for updates, weights in enumerate(recorder.steps[1:], start=1):
+        step_decay = min(decay, (1 + updates) / (10 + updates))  # the warm-up: 2/11, 3/12, ... then 0.6
         for name, value in weights.items():
-            expected[name] = (expected[name] * decay + value * (1 - decay) if value.is_floating_point()
+            expected[name] = (expected[name] * step_decay + value * (1 - step_decay) if value.is_floating_point()
                               else value)
     saved = load_file(str(run.run_dir / "last.safetensors"))
-    assert "bn1.running_mean" in saved and int(saved["bn1.num_batches_tracked"]) == 10
+    assert "bn1.running_mean" in saved and int(saved["bn1.num_batches_tracked"]) == 15
     for name, value in expected.items():
         assert torch.allclose(saved[name], value, atol=1e-6), name
     assert not torch.allclose(saved["fc3.weight"], recorder.steps[-1]["fc3.weight"])  # not the raw weights

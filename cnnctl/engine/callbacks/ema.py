@@ -4,9 +4,11 @@ Built on ``torch.optim.swa_utils.AveragedModel`` with ``use_buffers=True``, so B
 variance are averaged like the weights (timm's ModelEmaV2 and torchvision's reference scripts do the same): the
 averaged network is evaluated with statistics that belong to averaged weights, with no extra pass over the data.
 Integer buffers (BatchNorm's ``num_batches_tracked``) are copied, not averaged. The first update copies the
-weights; after it ``ema = decay·ema + (1 − decay)·weights``. Validation, ``last.safetensors``,
-``best.safetensors`` and the final test use the average; the training state keeps both, so a resumed run
-continues the same average.
+weights; the n-th after it is ``ema = d·ema + (1 − d)·weights`` with ``d = min(decay, (1 + n) / (10 + n))``, the
+warm-up of TensorFlow's ExponentialMovingAverage: without it a short run's average keeps a large share of its
+first, untrained weights (0.999^1290 = 27% after 3 LeNet-5 epochs on MNIST, which cost 0.5% test accuracy).
+Validation, ``last.safetensors``, ``best.safetensors`` and the final test use the average; the training state
+keeps both, so a resumed run continues the same average.
 """
 
 from __future__ import annotations
@@ -29,12 +31,11 @@ def build_average(model: torch.nn.Module, decay: float | None) -> torch.nn.Modul
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    lerp = get_ema_multi_avg_fn(decay)
-
     @torch.no_grad()
     def average(averaged: list[torch.Tensor], current: list[torch.Tensor], count: torch.Tensor) -> None:
         if torch.is_floating_point(averaged[0]):
-            lerp(averaged, current, count)
+            updates = int(count)
+            get_ema_multi_avg_fn(min(decay, (1 + updates) / (10 + updates)))(averaged, current, count)
         else:  # step counters: the model's own
             torch._foreach_copy_(averaged, current)
 
