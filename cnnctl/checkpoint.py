@@ -61,28 +61,22 @@ class CheckpointMeta:
 
     @classmethod
     def from_json(cls, text: str, *, source: str) -> CheckpointMeta:
-        try:
-            data = json.loads(text)
-            if data.get("format", 0) > FORMAT_VERSION:
-                raise CheckpointError(
-                    f"{source} was written by a newer cnnctl (format {data['format']})", hint="upgrade cnnctl"
-                )
-            return cls(
-                arch=str(data["arch"]),
-                arch_args=dict(data.get("arch_args") or {}),
-                classes=[str(name) for name in data["classes"]],
-                preprocessing=Preprocessing.from_dict(data["preprocessing"]),
-                dataset=data.get("dataset"),
-                data_dir=data.get("data_dir"),
-                epoch=data.get("epoch"),
-                metrics=data.get("metrics") or {},
-                versions=data.get("versions") or {},
-                config=data.get("config") or {},
-            )
-        except CheckpointError:
-            raise
-        except (ValueError, KeyError, TypeError, IndexError) as error:
-            raise CheckpointError(f"{source}: its cnnctl metadata is damaged ({error})") from error
+        """Parse metadata checked against the schema (``checkpoint_schema``): a bad field is one error naming it."""
+        from cnnctl.checkpoint_schema import parse_document
+
+        data = parse_document(text, source)
+        return cls(
+            arch=data["arch"],
+            arch_args=data["arch_args"],
+            classes=data["classes"],
+            preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+            dataset=data["dataset"],
+            data_dir=data["data_dir"],
+            epoch=data["epoch"],
+            metrics=data["metrics"],
+            versions=data["versions"],
+            config=data["config"],
+        )
 
 
 def versions() -> dict[str, str]:
@@ -126,27 +120,36 @@ def save(path: str | Path, model: torch.nn.Module, meta: CheckpointMeta) -> Path
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
-    """Read only the metadata (cheap: the safetensors header, not the tensors)."""
+    """Read only the metadata (the safetensors header, not the tensors), checked against the schema and against
+    the tensors the header lists, so nothing is built from a checkpoint that does not add up."""
     path = existing_checkpoint(path)
     from safetensors import safe_open
 
+    from cnnctl.checkpoint_schema import check_tensors, read_header
+
+    header = read_header(path)  # bounded: refuses a huge header before parsing it
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        with safe_open(str(path), framework="pt"):
+            pass
     except Exception as error:  # safetensors raises its own error types for a bad header
         raise _not_safetensors(path, error) from error
-    if METADATA_KEY not in metadata:
+    if METADATA_KEY not in header.metadata:
         raise CheckpointError(
             f"{path} is a safetensors file without cnnctl metadata",
             hint="only checkpoints written by `cnnctl train` can be used here; use --pretrained for other weights",
         )
-    return CheckpointMeta.from_json(metadata[METADATA_KEY], source=str(path))
+    meta = CheckpointMeta.from_json(header.metadata[METADATA_KEY], source=str(path))
+    check_tensors(meta, header.tensors, str(path))
+    return meta
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    from cnnctl.checkpoint_schema import check_dtypes, read_header
+
     path = existing_checkpoint(path)
+    check_dtypes(read_header(path).tensors, str(path))  # bounded, before safetensors parses the header itself
     try:
         return load_file(str(path))
     except Exception as error:
@@ -164,46 +167,41 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch
 
 def load_weights_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
     """Load exactly matching weights, or raise one error that says what does not match."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    mismatched = [
-        f"{name} {tuple(tensors[name].shape)} vs {tuple(expected[name].shape)}"
-        for name in expected
-        if name in tensors and tensors[name].shape != expected[name].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_few(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatch {_few(mismatched)}")
+    from cnnctl.checkpoint_schema import shape_problems
+
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    problems = shape_problems(expected, {name: tuple(tensor.shape) for name, tensor in tensors.items()})
     if problems:
         raise CheckpointError(f"{source} does not match its architecture: {'; '.join(problems)}")
     model.load_state_dict(tensors, strict=True)
 
 
-def _few(items: list[str], limit: int = 3) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
 def existing_checkpoint(path: str | Path) -> Path:
     """The checkpoint file ``path`` names: the file itself, or a run folder's best (else last) checkpoint."""
+    import stat
+
     path = Path(path)
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as error:  # permission denied on a folder on the way, a name too long, ...
+        from cnnctl.fsutil import os_reason
+
+        raise CheckpointError(f"cannot read checkpoint {path}: {os_reason(error)}",
+                              hint="check the permissions of the file and its folders") from error
+    if mode is not None and stat.S_ISDIR(mode):
         for name in ("best.safetensors", "last.safetensors"):
             if (path / name).is_file():
                 return path / name
         raise CheckpointError(f"{path} is a folder without best.safetensors or last.safetensors")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist", hint="pass a .safetensors file or a run folder")
+    if mode is None or not stat.S_ISREG(mode):
+        what = "does not exist" if mode is None else "is not a regular file"
+        raise CheckpointError(f"checkpoint {path} {what}", hint="pass a .safetensors file or a run folder")
     return path
 
 
 def _not_safetensors(path: Path, error: Exception) -> CheckpointError:
-    return CheckpointError(
-        f"{path} is not a readable safetensors checkpoint ({first_line(error, 120)})",
-        hint="it may be truncated or another format; cnnctl never unpickles checkpoints",
-    )
+    from cnnctl.checkpoint_schema import not_safetensors
+
+    return not_safetensors(path, first_line(error, 120))

@@ -35,15 +35,16 @@ ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 @dataclass(frozen=True)
 class ExportFormat:
-    """One ``--format``: ``write(model, inputs, path, *, dynamic_batch, opset, arch)`` writes the file (returning
-    the opset written, or None), ``runner(path)`` loads it with its own runtime as a batch → logits function;
+    """One ``--format``: ``write(model, inputs, *, dynamic_batch, opset, arch)`` serialises the model in memory
+    (returning the file's bytes and the opset written, or None), ``runner(data)`` loads those bytes with the
+    format's own runtime as a batch → logits function (the file is written only after it verified);
     ``require()`` fails in one line when an optional package is missing; ``has_opset``: ``--opset`` applies."""
 
     name: str
     description: str
     suffix: str
-    write: Callable[..., int | None]
-    runner: Callable[[Path], Callable[[torch.Tensor], torch.Tensor]]
+    write: Callable[..., tuple[bytes, int | None]]
+    runner: Callable[[bytes], Callable[[torch.Tensor], torch.Tensor]]
     require: Callable[[], None] | None = None
     has_opset: bool = False
 
@@ -84,7 +85,7 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
     Raises ``CnnctlError`` when the outputs differ by more than ``tolerance``; then nothing is written.
     """
     from cnnctl.checkpoint import existing_checkpoint
-    from cnnctl.fsutil import atomic_path, atomic_write_text
+    from cnnctl.fsutil import atomic_write_bytes, atomic_write_text
     from cnnctl.models import load_checkpoint
 
     info = get_format(format)
@@ -95,8 +96,8 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
     if info.require is not None:
         info.require()
     source = existing_checkpoint(Path(checkpoint_path))  # a run folder means its best.safetensors
-    model, meta = load_checkpoint(source, device="cpu")
     model_path, preprocessing_path = output_paths(source, format, output)
+    model, meta = load_checkpoint(source, device="cpu")
 
     inputs, verified_on = verification_inputs(meta, root=root)
     import torch
@@ -104,20 +105,21 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
     with torch.inference_mode():
         expected = model(inputs).float()
     batch = None if dynamic_batch else 1
-    with atomic_path(model_path) as tmp, _quiet_exporters():
-        opset = info.write(model, inputs, tmp, dynamic_batch=dynamic_batch, opset=opset, arch=meta.arch)
-        run = info.runner(tmp)
+    with _quiet_exporters():  # the model is serialised in memory and checked before a byte is written
+        data, opset = info.write(model, inputs, dynamic_batch=dynamic_batch, opset=opset, arch=meta.arch)
+        run = info.runner(data)
         actual = torch.cat([run(chunk) for chunk in _chunks(inputs, batch)])
-        if actual.shape != expected.shape:
-            raise CnnctlError(f"the exported model returned shape {tuple(actual.shape)} instead of "
-                              f"{tuple(expected.shape)}; nothing was written")
-        max_abs_diff = float((actual - expected).abs().max())
-        if not max_abs_diff <= tolerance:  # also catches NaN
-            raise CnnctlError(f"the {format} export differs from PyTorch by up to {max_abs_diff:.3g} "
-                              f"(> {tolerance:g}) on {verified_on}; nothing was written")
-        result = ExportResult(model_path, preprocessing_path, format, dynamic_batch, opset, max_abs_diff,
-                              tolerance, verified_on, int(inputs.shape[0]))
-        atomic_write_text(preprocessing_path, json.dumps(preprocessing_document(meta, result), indent=2) + "\n")
+    if actual.shape != expected.shape:
+        raise CnnctlError(f"the exported model returned shape {tuple(actual.shape)} instead of "
+                          f"{tuple(expected.shape)}; nothing was written")
+    max_abs_diff = float((actual - expected).abs().max())
+    if not max_abs_diff <= tolerance:  # also catches NaN
+        raise CnnctlError(f"the {format} export differs from PyTorch by up to {max_abs_diff:.3g} "
+                          f"(> {tolerance:g}) on {verified_on}; nothing was written")
+    result = ExportResult(model_path, preprocessing_path, format, dynamic_batch, opset, max_abs_diff,
+                          tolerance, verified_on, int(inputs.shape[0]))
+    atomic_write_bytes(model_path, data)
+    atomic_write_text(preprocessing_path, json.dumps(preprocessing_document(meta, result), indent=2) + "\n")
     return result
 
 
@@ -146,19 +148,28 @@ def get_format(format: str) -> ExportFormat:
 
 
 def output_paths(source: Path, format: str, output: Any = None) -> tuple[Path, Path]:
-    """Where the model and its preprocessing JSON go: ``<stem><suffix>`` and ``<stem>.preprocessing.json``."""
+    """Where the model and its preprocessing JSON go: ``<stem><suffix>`` and ``<stem>.preprocessing.json``.
+    Both are checked now, before any work: only regular files (or links to them) in writable folders."""
+    from cnnctl.fsutil import STDOUT, is_folder, require_writable_file
+
     suffix = get_format(format).suffix
     default_name = source.name.removesuffix(".safetensors") + suffix
     if output is None:
         model_path = source.with_name(default_name)
+    elif str(output) == STDOUT:
+        raise UsageError("export writes two files (the model and its preprocessing JSON), so --output - "
+                         "(standard output) is not possible", hint="pass a file name or a folder")
     else:
-        folder = str(output).endswith(("/", os.sep)) or Path(output).expanduser().is_dir()
+        folder = str(output).endswith(("/", os.sep)) or is_folder(Path(output).expanduser())
         output = Path(output).expanduser()
         model_path = output / default_name if folder else output
-    if model_path.resolve() == source.resolve():
+    if os.path.realpath(model_path) == os.path.realpath(source):
         raise UsageError(f"--output {model_path} is the checkpoint itself", hint="choose another file name")
     stem = model_path.name.removesuffix(suffix) if model_path.name.endswith(suffix) else model_path.stem
-    return model_path, model_path.with_name(stem + ".preprocessing.json")
+    preprocessing_path = model_path.with_name(stem + ".preprocessing.json")
+    option = "--output" if output is not None else "export"
+    return (require_writable_file(model_path, option=option),
+            require_writable_file(preprocessing_path, option=option))
 
 
 def verification_inputs(meta: CheckpointMeta, *, root: Any = None,
@@ -229,39 +240,39 @@ def _quiet_exporters() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _export_onnx(model: torch.nn.Module, inputs: torch.Tensor, path: Path, *, dynamic_batch: bool,
-                 opset: int | None, arch: str) -> int:
-    """torch.export-based ONNX export (the default since torch 2.9; the TorchScript-based one is deprecated)."""
+def _export_onnx(model: torch.nn.Module, inputs: torch.Tensor, *, dynamic_batch: bool, opset: int | None,
+                 arch: str) -> tuple[bytes, int]:
+    """torch.export-based ONNX export (the default since torch 2.9; the TorchScript-based one is deprecated),
+    serialised in memory: the model file's bytes and the opset written."""
     import torch
 
     example = inputs[:2] if dynamic_batch else inputs[:1]  # a batch of 1 would be specialised to 1
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     try:
-        torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          opset_version=opset, dynamo=True, external_data=False, dynamic_shapes=dynamic_shapes,
-                          verbose=False)
+        program = torch.onnx.export(model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    opset_version=opset, dynamo=True, external_data=False,
+                                    dynamic_shapes=dynamic_shapes, verbose=False)
+        proto = program.model_proto
+        data = proto.SerializeToString()
     except Exception as error:  # the exporter raises many types; the message is what matters
         reason = first_line(error, 200)
         target = f" at opset {opset}" if opset else ""
         raise CnnctlError(f"could not export {arch} to ONNX{target}: {reason}",
                           hint="try another --opset, or --debug for the traceback") from error
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
     written = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
     if opset is not None and written != opset:  # the exporter falls back silently when it cannot convert
         raise CnnctlError(f"could not export {arch} to ONNX opset {opset}: the exporter could only write opset "
                           f"{written}; nothing was written", hint=f"use --opset {written}, or leave it out")
-    return written
+    return data, written
 
 
-def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+def _onnx_runner(data: bytes) -> Callable[[torch.Tensor], torch.Tensor]:
     import onnxruntime
     import torch
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})
@@ -270,25 +281,32 @@ def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
-def _export_torchscript(model: torch.nn.Module, inputs: torch.Tensor, path: Path, *, dynamic_batch: bool,
-                        opset: int | None, arch: str) -> None:
-    """Traced, not scripted: tracing takes any model that runs, and verification checks that it traced well."""
+def _export_torchscript(model: torch.nn.Module, inputs: torch.Tensor, *, dynamic_batch: bool, opset: int | None,
+                        arch: str) -> tuple[bytes, None]:
+    """Traced, not scripted: tracing takes any model that runs, and verification checks that it traced well.
+    Saved to memory (a full disk would abort inside libtorch's writer); the caller writes the bytes."""
+    import io
+
     import torch
 
     try:
         with torch.no_grad():
             traced = torch.jit.trace(model, inputs[:1], check_trace=False)  # verified below, on 16 images
-        torch.jit.save(traced, str(path))
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
     except Exception as error:
         reason = first_line(error, 200)
         raise CnnctlError(f"could not export {arch} to TorchScript: {reason}",
                           hint="--debug shows the traceback") from error
+    return buffer.getvalue(), None
 
 
-def _torchscript_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+def _torchscript_runner(data: bytes) -> Callable[[torch.Tensor], torch.Tensor]:
+    import io
+
     import torch
 
-    loaded = torch.jit.load(str(path), map_location="cpu")  # the file just written, not an untrusted one
+    loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")  # the model just traced, not an untrusted file
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -363,7 +381,7 @@ def _other_exports(path: Path, document: dict[str, Any]) -> dict[str, Any]:
 # The entries call the functions by name, so a test (or a plugin) that replaces one is used.
 register_format(ExportFormat("onnx", "ONNX, run by onnxruntime (pip install 'cnnctl[onnx]')", ".onnx",
                              lambda *args, **kwargs: _export_onnx(*args, **kwargs),
-                             lambda path: _onnx_runner(path), require=lambda: require_onnx(), has_opset=True))
+                             lambda data: _onnx_runner(data), require=lambda: require_onnx(), has_opset=True))
 register_format(ExportFormat("torchscript", "TorchScript (traced), run by torch.jit.load", ".torchscript.pt",
                              lambda *args, **kwargs: _export_torchscript(*args, **kwargs),
-                             lambda path: _torchscript_runner(path)))
+                             lambda data: _torchscript_runner(data)))

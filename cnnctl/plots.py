@@ -71,6 +71,8 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
         axis.legend()
+    panels[0].set_yscale("log")  # the late epochs' small improvements stay visible
+    panels[0].set_title("loss (log scale)")
     panels[1].yaxis.set_major_formatter(_percent())
     lr_axis = panels[2]
     lr_axis.plot(epochs, [row.get("lr", math.nan) for row in history], "o-", markersize=3, label="epoch start")
@@ -124,13 +126,13 @@ def plot_confusion(confusion: Any, classes: Sequence[str], path: Path, title: st
 
 def plot_predictions(images: torch.Tensor, predicted: Sequence[int], classes: Sequence[str], path: Path, *,
                      truth: Sequence[int | None] | None = None, probabilities: Sequence[float] | None = None,
-                     title: str | None = None) -> Path:
+                     title: str | None = None, count_wrong: bool = True) -> Path:
     """A grid of uint8 N×C×H×W images titled with the predicted class; with ``truth``, wrong ones are red and
-    framed, and name the true class too."""
+    framed, and name the true class too (and ``count_wrong`` adds their number to the title)."""
     count = int(images.shape[0])
     columns = min(8, max(1, count))
     rows = max(1, math.ceil(count / columns))
-    figure = _figure(columns * 1.45, rows * 1.6 + (0.4 if title else 0))
+    figure = _figure(columns * 1.45, rows * (1.9 if truth is not None else 1.6) + (0.4 if title else 0))
     axes = figure.subplots(rows, columns, squeeze=False)
     wrong = 0
     for index, axis in enumerate(axes.flat):
@@ -157,59 +159,98 @@ def plot_predictions(images: torch.Tensor, predicted: Sequence[int], classes: Se
                 spine.set_linewidth(2.5)
         axis.set_title(text, fontsize=8, color=color)
     if title:
-        marked = f" — {wrong} wrong, in red" if truth is not None else ""
+        marked = f" — {wrong} wrong, in red" if truth is not None and count_wrong else ""
         figure.suptitle(title + marked, fontsize=10)
     figure.tight_layout()
     return _save(figure, path)
 
 
-def predictions_for(model: torch.nn.Module, images: torch.Tensor, preprocessing: Any,
+def predictions_for(model: torch.nn.Module, images: torch.Tensor, preprocessing: Any, batch_size: int = 512,
                     ) -> tuple[list[int], list[float]]:
-    """Predicted class and its probability for uint8 images already at the preprocessing's image size."""
+    """Predicted class and its probability for uint8 images already at the preprocessing's image size, a batch
+    at a time (a whole split of large images would not fit in memory at once)."""
     import torch
 
     from cnnctl.data.loader import Normalizer, fit_to_input
 
     device = next(model.parameters()).device
-    inputs = Normalizer(preprocessing.mean, preprocessing.std, device)(fit_to_input(images, preprocessing).to(device))
+    normalize = Normalizer(preprocessing.mean, preprocessing.std, device)
     was_training = model.training
     model.eval()
+    labels: list[int] = []
+    confidences: list[float] = []
     with torch.inference_mode():
-        probabilities = model(inputs).float().softmax(dim=1).cpu()
+        for start in range(0, int(images.shape[0]), batch_size):
+            chunk = fit_to_input(images[start:start + batch_size], preprocessing).to(device)
+            best = model(normalize(chunk)).float().softmax(dim=1).max(dim=1)
+            labels += best.indices.cpu().tolist()
+            confidences += best.values.cpu().tolist()
     model.train(was_training)
-    best = probabilities.max(dim=1)
-    return best.indices.tolist(), best.values.tolist()
+    return labels, confidences
+
+
+def mistakes_first(predicted: Sequence[int], truth: Sequence[int | None] | None, confidence: Sequence[float],
+                   limit: int) -> list[int]:
+    """Indices to show: the wrong predictions (most confident first), then the others taken in turn from each
+    class, so a grid shows the mistakes and every class rather than whatever came first."""
+    count = len(predicted)
+    wrong = [i for i in range(count) if truth is not None and truth[i] is not None and truth[i] != predicted[i]]
+    wrong.sort(key=lambda i: -confidence[i])
+    chosen = wrong[:limit]
+    taken = set(chosen)
+    by_class: dict[int, list[int]] = {}
+    for i in range(count):
+        if i not in taken:
+            key = truth[i] if truth is not None and truth[i] is not None else predicted[i]
+            by_class.setdefault(key, []).append(i)
+    queues = [by_class[key] for key in sorted(by_class)]
+    depth = 0
+    while len(chosen) < limit and any(depth < len(queue) for queue in queues):
+        chosen += [queue[depth] for queue in queues if depth < len(queue)][:limit - len(chosen)]
+        depth += 1
+    return chosen
 
 
 def evaluation_plots(out_dir: Path, model: torch.nn.Module, data: Any, preprocessing: Any, classes: Sequence[str],
                      confusion: Any, *, split: str = "test", grid: int = 32) -> list[Path]:
-    """``confusion.png`` and ``predictions.png`` (the first ``grid`` images of ``data``) into ``out_dir``."""
+    """``confusion.png`` and ``predictions.png`` into ``out_dir``: the grid shows the split's wrong predictions
+    first, then correct ones from every class."""
     out_dir = Path(out_dir)
     written = [plot_confusion(confusion, classes, out_dir / "confusion.png", title=f"{split} confusion matrix")]
-    images = data.images[:grid]
-    predicted, probabilities = predictions_for(model, images, preprocessing)
-    truth = data.labels[:grid].tolist()
-    written.append(plot_predictions(images, predicted, classes, out_dir / "predictions.png", truth=truth,
-                                    probabilities=probabilities, title=f"first {len(predicted)} {split} images"))
+    predicted, probabilities = predictions_for(model, data.images, preprocessing)
+    truth = data.labels.tolist()
+    chosen = mistakes_first(predicted, truth, probabilities, grid)
+    wrong = sum(p != t for p, t in zip(predicted, truth))
+    title = f"{split}: {wrong:,} of {len(truth):,} wrong; {len(chosen)} shown, the wrong ones first (red)"
+    written.append(plot_predictions(data.images[chosen], [predicted[i] for i in chosen], classes,
+                                    out_dir / "predictions.png", truth=[truth[i] for i in chosen],
+                                    probabilities=[probabilities[i] for i in chosen], title=title, count_wrong=False))
     return written
 
 
 def plot_file_predictions(predictions: Sequence[Any], meta: Any, path: str | Path, limit: int = 64) -> Path:
-    """``cnnctl predict --plot``: the first ``limit`` readable images with their predicted class; an image in a
-    folder named after a class (``digits/7/x.png``) counts that class as its true label."""
+    """``cnnctl predict --plot``: up to ``limit`` readable images with their predicted class, taken from every
+    class; an image in a folder named after a class (``digits/7/x.png``) counts that class as its true label, and
+    wrong ones come first."""
     import torch
 
-    from cnnctl.engine.predict import decode_image
+    from cnnctl.engine.predict import decode_image, true_label
 
     require()
-    chosen = [p for p in predictions if not p.error][:limit]
-    if not chosen:
+    readable = [p for p in predictions if not p.error]
+    if not readable:
         from cnnctl.errors import UsageError
 
         raise UsageError("--plot: no image could be read, nothing to draw")
     index = {name: i for i, name in enumerate(meta.classes)}
-    images = torch.stack([decode_image(Path(p.path), meta.preprocessing) for p in chosen])
-    truth = [index.get(Path(p.path).parent.name) for p in chosen]
-    return plot_predictions(images, [p.label for p in chosen], meta.classes, Path(path),
-                            truth=truth if any(t is not None for t in truth) else None,
-                            probabilities=[p.probability for p in chosen], title=f"{len(chosen)} predictions")
+    truth = [true_label(p.path, index) for p in readable]
+    known = any(t is not None for t in truth)
+    chosen = mistakes_first([p.label for p in readable], truth if known else None,
+                            [p.probability for p in readable], limit)
+    images = torch.stack([decode_image(Path(readable[i].path), meta.preprocessing) for i in chosen])
+    shown_classes = len({readable[i].label for i in chosen})
+    title = (f"{len(chosen)} of {len(readable):,} images, predictions of {shown_classes} classes"
+             + ("; wrong ones first" if known else ""))
+    return plot_predictions(images, [readable[i].label for i in chosen], meta.classes, Path(path),
+                            truth=[truth[i] for i in chosen] if known else None,
+                            probabilities=[readable[i].probability for i in chosen], title=title)

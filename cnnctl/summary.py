@@ -48,18 +48,27 @@ class ModelSummary:
         }
 
 
-def parse_input_size(text: str) -> tuple[int, int, int]:
-    """``1x32x32`` (C×H×W), ``32`` or ``32x32`` (one channel) → (C, H, W)."""
+def parse_input_size(text: str, channels: int) -> tuple[int, int, int]:
+    """``3x32x32`` (C×H×W); ``32x32`` (H×W) or ``32`` (square) with the model's own ``channels``.
+
+    Two numbers where one looks like a channel count (``3x32``: 3 high, or 3 channels of 32?) are refused: what
+    was meant cannot be told."""
+    example = f"{channels}x32x32 (channels x height x width) or 32x32 (height x width)"
     try:
         parts = [int(part) for part in text.lower().replace("×", "x").split("x")]
     except ValueError as error:
-        raise UsageError(f"--input-size {text!r} is not like 1x32x32 (channels x height x width)") from error
+        raise UsageError(f"--input-size {text!r} is not like {example}") from error
+    if min(parts, default=0) < 1 or len(parts) > 3:
+        raise UsageError(f"--input-size {text!r} is not like {example}")
     if len(parts) == 1:
-        parts = [1, parts[0], parts[0]]
-    elif len(parts) == 2:
-        parts = [1, *parts]
-    if len(parts) != 3 or min(parts) < 1:
-        raise UsageError(f"--input-size {text!r} is not like 1x32x32 (channels x height x width)")
+        return channels, parts[0], parts[0]
+    if len(parts) == 2:
+        small, large = sorted(parts)
+        if small <= 4 < large and small != large:
+            raise UsageError(f"--input-size {text!r} is ambiguous: {parts[0]} channels, or {parts[0]} pixels high?",
+                             hint=f"write all three, e.g. {parts[0]}x{parts[1]}x{parts[1]}, or the size alone, "
+                                  f"e.g. {large}x{large}")
+        return channels, parts[0], parts[1]
     return parts[0], parts[1], parts[2]
 
 
@@ -112,10 +121,11 @@ def summarize_target(target: str, input_size: str | None, num_classes: int | Non
         from cnnctl import checkpoint
 
         model, meta = checkpoint.load(target)
-        shape = parse_input_size(input_size) if input_size else meta.preprocessing.input_shape
+        shape = (parse_input_size(input_size, meta.preprocessing.channels) if input_size
+                 else meta.preprocessing.input_shape)
         return summarize(model, shape, arch=meta.arch, num_classes=meta.num_classes)
     spec = get_model_spec(target)
-    shape = parse_input_size(input_size) if input_size else (spec.in_channels, *spec.input_size)
+    shape = parse_input_size(input_size, spec.in_channels) if input_size else (spec.in_channels, *spec.input_size)
     classes = num_classes or 10
     if spec.fixed_input and shape[1:] != spec.input_size:
         raise UsageError(f"{spec.name} takes {spec.input_size[0]}x{spec.input_size[1]} inputs, not "

@@ -221,3 +221,24 @@ def test_missing_archive(dirs: tuple[Path, Path]) -> None:
     downloads, out = dirs
     with pytest.raises(DataError, match="missing"):
         safe_extract(downloads / "absent.tar.gz", out / "set")
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_deeply_nested_members_are_refused_not_recursed_into(dirs: tuple[Path, Path], kind: str) -> None:
+    downloads, out = dirs
+    deep = "d/" * 1500 + "data_batch_1"  # os.makedirs / Path.mkdir recurse once per folder
+    if kind == "tar":
+        archive = make_tar(downloads / "deep.tar.gz", files={**FILES, deep: b"x"})
+    else:
+        archive = make_zip(downloads / "deep.zip", files={**FILES, deep: b"x"})
+    with pytest.raises(DataError, match="is nested 1,501 folders deep \\(more than 64\\)") as caught:
+        safe_extract(archive, out / "deep")
+    assert str(archive) in str(caught.value) and len(str(caught.value)) < 600
+    assert_nothing_left(out)
+
+
+def test_members_nested_within_the_bound_extract(dirs: tuple[Path, Path]) -> None:
+    downloads, out = dirs
+    nested = "a/" * 60 + "file.bin"
+    archive = make_tar(downloads / "nested.tar.gz", files={**FILES, nested: b"ok"})
+    assert (safe_extract(archive, out / "nested") / nested).read_bytes() == b"ok"

@@ -105,7 +105,8 @@ def test_corrupt_and_foreign_checkpoints(tmp_path: Path, lenet5_checkpoint: Path
     assert_one_line_error(run_cli("eval", str(truncated)), "not a readable safetensors")
     pickle_file = tmp_path / "model.pt"
     torch.save({"weight": torch.zeros(2)}, pickle_file)
-    assert_one_line_error(run_cli("predict", str(pickle_file), str(tmp_path)), "not a readable safetensors")
+    assert_one_line_error(run_cli("predict", str(pickle_file), str(tmp_path)), "is a PyTorch pickle file",
+                          "never unpickles", f"--pretrained {pickle_file}")
     foreign = tmp_path / "foreign.safetensors"
     from safetensors.torch import save_file
 

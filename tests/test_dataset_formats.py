@@ -94,7 +94,7 @@ def test_download_train_eval_predict_through_the_cli(tiny, name: str, tmp_path: 
     assert meta.classes == list(real.classes) and meta.dataset == name
     assert meta.preprocessing.channels == real.image_shape[0]
     assert meta.preprocessing.mean == real.mean and meta.preprocessing.input_shape[1:] == (32, 32)
-    assert json.loads((run_dir / "config.json").read_text())["augment"] is None  # the dataset's default was used
+    assert json.loads((run_dir / "config.json").read_text())["augment"] == real.augment  # the default, recorded
 
     evaluated = runner.invoke(app, ["eval", str(run_dir), "--json"])
     assert evaluated.exit_code == 0, evaluated.output

@@ -528,3 +528,92 @@ def test_verify_file_variants(tmp_path: Path) -> None:
     plain = tmp_path / "raw.bin"
     plain.write_bytes(CONTENT)
     assert verify_file(plain, RemoteFile("raw.bin", content_sha256=IMAGES.content_sha256))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# hostile servers: endless and trickling bodies
+
+
+def endless(chunk: bytes = b"\0" * 65536, announce: bool = False) -> Route:
+    """A body that never ends (no Content-Length unless ``announce``), like a server streaming /dev/zero."""
+
+    def route(handler: _Handler, seen: Seen) -> None:
+        seen.status = 200
+        handler.send_response(200)
+        if announce:
+            handler.send_header("Content-Length", str(10**12))
+        handler.end_headers()
+        if announce:
+            return
+        while True:
+            handler.wfile.write(chunk)
+            seen.sent += len(chunk)
+
+    return route
+
+
+def trickle(every: float) -> Route:
+    """One byte every ``every`` seconds: each read succeeds within the timeout, the transfer never ends."""
+
+    def route(handler: _Handler, seen: Seen) -> None:
+        seen.status = 200
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(GZ)))
+        handler.end_headers()
+        for byte in GZ:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            seen.sent += 1
+            time.sleep(every)
+
+    return route
+
+
+SIZED = RemoteFile("sized.bin", file_md5=hashlib.md5(LABELS).hexdigest(), size=len(LABELS))
+BOUNDED_GZ = RemoteFile("images.gz", content_sha256=IMAGES.content_sha256, content_size=len(CONTENT))
+
+
+def test_endless_body_is_cut_at_the_largest_possible_size(server: Server, tmp_path: Path) -> None:
+    server.routes["/endless/sized.bin"] = endless()
+    server.routes["/endless/images.gz"] = endless()
+    for remote in (SIZED, BOUNDED_GZ):
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match=f"more than the {remote.max_bytes:,} bytes this file can have"):
+            fetch(tmp_path, [f"{server.url}/endless/"], files=(remote,))
+        assert time.monotonic() - started < 20
+        assert list((tmp_path / DATASET).iterdir()) == [tmp_path / DATASET / ".lock"]  # no .part left
+
+
+def test_announced_size_over_the_limit_is_refused_before_reading(server: Server, tmp_path: Path) -> None:
+    server.routes["/huge/sized.bin"] = endless(announce=True)
+    with pytest.raises(DownloadError, match=f"announces 1,000,000,000,000 bytes, more than the {len(LABELS):,}"):
+        fetch(tmp_path, [f"{server.url}/huge/"], files=(SIZED,))
+
+
+def test_recompressed_gz_within_the_content_bound_verifies(server: Server, tmp_path: Path) -> None:
+    stored = gzip.compress(CONTENT, compresslevel=0, mtime=0)  # the largest gzip there is of this content
+    assert len(stored) > len(GZ) and len(stored) <= BOUNDED_GZ.max_bytes
+    server.routes["/stored/images.gz"] = serve(stored)
+    directory = fetch(tmp_path, [f"{server.url}/stored/"], files=(BOUNDED_GZ,))
+    assert verify_file(directory / "images.gz", IMAGES)
+
+
+def test_trickling_server_is_given_up_and_next_mirror_used(server: Server, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(download, "TIMEOUT_SECONDS", 0.5)
+    server.routes["/slow/images.gz"] = trickle(0.05)  # 20 bytes/s: every read in time, the whole file in hours
+    good = publish(server, "good")
+    logs: list[str] = []
+    started = time.monotonic()
+    directory = fetch(tmp_path, [f"{server.url}/slow/", good], logs, files=(IMAGES,))
+    assert time.monotonic() - started < 15
+    assert verify_file(directory / "images.gz", IMAGES)
+    assert any("too slow" in line and "/slow/" in line for line in logs), logs
+
+
+def test_every_registered_dataset_file_has_a_size_bound() -> None:
+    from cnnctl.registry import datasets
+
+    for spec in datasets().values():
+        for remote in spec.files:
+            assert remote.max_bytes is not None, f"{spec.name}/{remote.name}"

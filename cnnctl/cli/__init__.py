@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
+
+import typer
 
 import cnnctl.cli.export_command  # noqa: F401  (registers `cnnctl export`)
-from cnnctl.cli import (  # noqa: F401
+from cnnctl.cli import (  # noqa: F401  (each registers its commands)
     data_commands,
+    doctor_command,
     eval_command,
     info_commands,
     lr_find_command,
@@ -18,6 +22,56 @@ from cnnctl.cli import (  # noqa: F401
     train_command,
 )
 from cnnctl.cli._common import app, state
+
+# `cnnctl --help` lists the commands in the order of a workflow; commands not named here follow, as registered
+WORKFLOW = ("download", "train", "eval", "predict", "export", "summary", "list", "doctor")
+
+
+def _in_workflow_order() -> None:
+    def position(info: typer.models.CommandInfo) -> int:
+        name = info.name or (info.callback.__name__ if info.callback else "")
+        return WORKFLOW.index(name) if name in WORKFLOW else len(WORKFLOW)
+
+    app.registered_commands.sort(key=position)  # a stable sort keeps the others in their order
+
+
+_in_workflow_order()
+
+
+def version_line() -> str:
+    """``cnnctl 0.1.0 (torch 2.4.0, torchvision 0.19.0, Python 3.12.3)``, read without importing torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import cnnctl
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"cnnctl {cnnctl.__version__} (torch {installed('torch')}, torchvision {installed('torchvision')}, " \
+           f"Python {python})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_print_version, is_eager=True, help="print the version and exit")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="show the full traceback when something fails (anywhere on the line, or CNNCTL_DEBUG=1)",
+    )] = False,
+) -> None:
+    """Train, evaluate and run image-classification CNNs."""
+    if debug:
+        state.debug = True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,10 +16,32 @@ app = typer.Typer(
     name="cnnctl",
     help="Train, evaluate and run image-classification CNNs. Add --debug anywhere for full tracebacks.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _flags_show_no_type() -> None:
+    """A flag takes no value, so its help row shows no ``<bool>`` type (Typer shows one for every option)."""
+    try:
+        from typer.core import TyperOption
+
+        shown = TyperOption.display_type_rich
+    except (ImportError, AttributeError):  # another Typer: its help shows types its own way
+        return
+    if getattr(shown, "cnnctl_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.cnnctl_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_type()
 
 
 class _State:
@@ -56,6 +78,10 @@ def handle_errors(func: F) -> F:
         except Exception as error:  # noqa: BLE001 - the last line of defence, shown fully with --debug
             if state.debug:
                 raise
+            if isinstance(error, OSError) and error.filename is not None:  # a file the system refuses: not a bug
+                from cnnctl.fsutil import displayable, os_reason
+
+                fail(f"cannot use {displayable(str(error.filename))}: {os_reason(error)}")
             fail(f"unexpected {type(error).__name__}: {error} (run again with --debug for the traceback)")
 
     return wrapper  # type: ignore[return-value]
@@ -79,6 +105,35 @@ def print_json(data: Any) -> None:
 
 def stderr_line(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def checkpoint_argument(target: str | None) -> str:
+    """A command's CHECKPOINT argument made concrete: nothing → the latest run under ./runs, a run group → its
+    latest run (said on stderr), a .pth → refused with what to do instead."""
+    from cnnctl.runs import resolve_checkpoint
+
+    return resolve_checkpoint(target, log=stderr_line)
+
+
+def complete_checkpoint(incomplete: str) -> list[str]:
+    from cnnctl.runs import completion_candidates
+
+    return completion_candidates(incomplete)
+
+
+def complete_arch(incomplete: str) -> list[str]:
+    from cnnctl import registry
+
+    return [name for name in registry.models() if name.startswith(incomplete)]
+
+
+def complete_dataset(incomplete: str) -> list[str]:
+    from cnnctl import registry
+
+    return [name for name in registry.datasets() if name.startswith(incomplete)]
+
+
+CHECKPOINT_HELP = ".safetensors file, run folder or run group (its latest run) \\[default: the latest run under ./runs]"
 
 
 TTA_HELP = ("test-time augmentation: average the probabilities over the image and its mirror (flip), the image and "

@@ -13,7 +13,7 @@ from cnnctl.errors import UsageError
 @command()
 def download(
     names: Annotated[list[str] | None, typer.Argument(help="dataset names (see `cnnctl list datasets`)")] = None,
-    root: Annotated[str | None, typer.Option(help="data folder \\[env: CNNCTL_DATA; default ~/.cache/cnnctl/data]")
+    root: Annotated[str | None, typer.Option(help="data folder \\[env: CNNCTL_DATA] \\[default: ~/.cache/cnnctl/data]")
                     ] = None,
     mirror: Annotated[str | None, typer.Option(help="URL or folder tried before the official mirrors "
                                                      "\\[env: CNNCTL_MIRROR]")] = None,

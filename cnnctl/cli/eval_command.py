@@ -6,14 +6,27 @@ from typing import Annotated
 
 import typer
 
-from cnnctl.cli._common import TTA_HELP, command, print_json, stderr_line
+from cnnctl.cli._common import (
+    CHECKPOINT_HELP,
+    TTA_HELP,
+    checkpoint_argument,
+    command,
+    complete_checkpoint,
+    complete_dataset,
+    print_json,
+    stderr_line,
+)
+from cnnctl.options import choice_settings
 
 
 @command("eval")
 def eval_command(
-    checkpoint_path: Annotated[str, typer.Argument(metavar="CHECKPOINT", help=".safetensors file or run folder")],
-    dataset: Annotated[str | None, typer.Option(help="dataset \\[default: the checkpoint's]")] = None,
-    split: Annotated[str, typer.Option(help="test, val (as held out in training) or train")] = "test",
+    checkpoint_path: Annotated[str | None, typer.Argument(
+        metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint)] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset \\[default: the checkpoint's]",
+                                                autocompletion=complete_dataset)] = None,
+    split: Annotated[str, typer.Option(**choice_settings(lambda: ("test", "val", "train")),
+                                       help="val: as held out in training")] = "test",
     batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 1000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
     root: Annotated[str | None, typer.Option(help="data folder \\[env: CNNCTL_DATA]")] = None,
@@ -27,6 +40,11 @@ def eval_command(
 ) -> None:
     """Loss, top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix of a checkpoint."""
     from cnnctl.engine.evaluate import evaluate_checkpoint
+    from cnnctl.fsutil import require_writable_folder
+
+    if plots is not None:  # before any work: an unwritable folder is found now, not after the evaluation
+        require_writable_folder(plots, option="--plots")
+    checkpoint_path = checkpoint_argument(checkpoint_path)
 
     result, meta = evaluate_checkpoint(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size,
                                        root=root, mirror=mirror, device=device, log=stderr_line, data_dir=data,
@@ -42,7 +60,8 @@ def eval_command(
     console = Console()
     console.print(f"{meta.arch} on {report['dataset']} {split} ({result.count:,} images): "
                   f"accuracy {result.top1:.2%}  top-5 {result.top5:.2%}  loss {result.loss:.4f}"
-                  + (f"  (test-time augmentation: {tta})" if tta != "none" else ""), highlight=False)
+                  + (f"  (test-time augmentation: {tta})" if tta != "none" else ""), highlight=False,
+                  soft_wrap=True)
     table = Table(title_justify="left")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")

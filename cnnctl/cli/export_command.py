@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cnnctl.cli._common import command, print_json
+from cnnctl.cli._common import CHECKPOINT_HELP, checkpoint_argument, command, complete_checkpoint, print_json
 from cnnctl.exporter import FORMATS
 from cnnctl.options import choice_settings
 
@@ -20,20 +20,25 @@ _FORMAT_HELP = "; ".join(f"{entry.name}: {entry.description}" for entry in FORMA
 
 @command("export")
 def export_command(
-    checkpoint_path: Annotated[str, typer.Argument(metavar="CHECKPOINT", help=".safetensors file or run folder")],
+    checkpoint_path: Annotated[str | None, typer.Argument(
+        metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint)] = None,
     format: Annotated[str, typer.Option("--format", "-f", help=_FORMAT_HELP, **choice_settings(_format_names))]
         = "onnx",
     dynamic_batch: Annotated[bool, typer.Option(
-        "--dynamic-batch", help="accept any batch size (default: exactly 1 image per call)")] = False,
-    opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset (default: the exporter's own)")] = None,
+        "--dynamic-batch", help="accept any batch size \\[default: exactly 1 image per call]")] = False,
+    opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset \\[default: the exporter's own]")] = None,
     output: Annotated[str | None, typer.Option(
-        "--output", "-o", help="model file or folder to write (default: beside the checkpoint)")] = None,
-    root: Annotated[str | None, typer.Option(help="data folder with the test images (default: $CNNCTL_DATA)")] = None,
+        "--output", "-o", help="model file or folder to write \\[default: beside the checkpoint]")] = None,
+    root: Annotated[str | None, typer.Option(help="data folder with the test images \\[env: CNNCTL_DATA]")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Export a checkpoint to ONNX or TorchScript, check that the exported model gives PyTorch's outputs (within
-    1e-4, on test images of its dataset when present here), and write its preprocessing beside it as JSON."""
+    """Export a checkpoint to ONNX or TorchScript.
+
+    The exported model must give PyTorch's outputs (within 1e-4, on test images of its dataset when present \
+here); its preprocessing is written beside it as JSON."""
     from cnnctl.exporter import export
+
+    checkpoint_path = checkpoint_argument(checkpoint_path)
 
     result = export(checkpoint_path, format=format, output=output, dynamic_batch=dynamic_batch, opset=opset,
                     root=root)

@@ -6,14 +6,18 @@ from typing import Annotated
 
 import typer
 
-from cnnctl.cli._common import command, print_json
+from cnnctl.cli._common import command, complete_arch, print_json
 from cnnctl.errors import UsageError
+from cnnctl.options import choice_settings
 
 
 @command("list")
 def list_command(
-    what: Annotated[str, typer.Argument(help="all, architectures (archs, models) or datasets")] = "all",
+    what: Annotated[str, typer.Argument(
+        help="what to list (architectures also as archs or models)", show_default=False,
+        **choice_settings(lambda: ("all", "architectures", "datasets")))] = "all",
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    wide: Annotated[bool, typer.Option("--wide", "-w", help="every column and the long descriptions")] = False,
     root: Annotated[str | None, typer.Option(help="data folder to check for local copies \\[env: CNNCTL_DATA]")] = None,
 ) -> None:
     """List the registered architectures and datasets."""
@@ -55,38 +59,64 @@ def list_command(
 
     console = Console()
     if "architectures" in output:
-        table = Table(title="architectures", title_justify="left", caption_justify="left",
-                      caption="+ : larger inputs too.  torchvision models also answer to tv:NAME; plain "
-                              "resnet18/34/50 are the small-image versions, tv:resnet18/34/50 the ImageNet ones.")
-        for column in ("name", "source", "input", "min input", "params (10 classes)", "description"):
-            table.add_column(column, justify="right" if column.startswith(("params", "min")) else "left")
+        caption = ("+ : larger inputs too.  torchvision models also answer to tv:NAME; plain resnet18/34/50 are the "
+                   "small-image versions, tv:resnet18/34/50 the ImageNet ones." +
+                   ("" if wide else "  --wide: every column."))
+        table = Table(title="architectures", title_justify="left", caption_justify="left", caption=caption)
+        columns = ("name", "source", "input", "min input", "params (10 classes)", "description") if wide else (
+            "name", "input", "params", "description")
+        for column in columns:
+            table.add_column(column, justify="right" if column.startswith(("params", "min")) else "left",
+                             no_wrap=column != "description")
         for row in output["architectures"]:
             size = "x".join(map(str, row["input_size"])) + ("" if row["fixed_input"] else "+")
             minimum = size.rstrip("+") if row["fixed_input"] else (
                 "any" if row["min_input"] <= 1 else f"{row['min_input']}x{row['min_input']}")
             params = f"{row['params']:,}" if row["params"] else "—"
-            table.add_row(str(row["name"]), str(row["source"]), size, minimum, params, str(row["description"]))
+            description = str(row["description"])
+            if wide:
+                table.add_row(str(row["name"]), str(row["source"]), size, minimum, params, description)
+            else:
+                table.add_row(str(row["name"]), size, params, short_description(description))
         console.print(table)
     if "datasets" in output:
         table = Table(title="datasets", title_justify="left")
-        for column in ("name", "classes", "image", "train", "test", "local", "description"):
+        columns = ("name", "classes", "image", "train", "test", "local", "description") if wide else (
+            "name", "classes", "image", "train / test", "local", "description")
+        for column in columns:
             table.add_column(column, justify="right" if column in ("classes", "train", "test") else "left",
                              no_wrap=column != "description")
         for row in output["datasets"]:
+            description = str(row["description"]) if wide else short_description(str(row["description"]), 24)
             if row["classes"] is None:
-                table.add_row(str(row["name"]), "any", "any", "—", "—", "—", str(row["description"]))
-                continue
-            table.add_row(str(row["name"]), str(row["classes"]), "x".join(map(str, row["image_shape"])),
-                          f"{row['train_size']:,}", f"{row['test_size']:,}", "yes" if row["local"] else "no",
-                          str(row["description"]))
+                cells = ["any", "any", "—", "—", "—"]
+            else:
+                cells = [str(row["classes"]), "x".join(map(str, row["image_shape"])), f"{row['train_size']:,}",
+                         f"{row['test_size']:,}", "yes" if row["local"] else "no"]
+            if not wide:
+                cells[2:4] = [f"{cells[2]} / {cells[3]}" if cells[2] != "—" else "—"]
+            table.add_row(str(row["name"]), *cells, description)
         console.print(table)
+
+
+def short_description(text: str, limit: int = 32) -> str:
+    """The head of a description: up to its first ':' or '(' ("classic LeNet-5: conv 6@5x5, ..." → "classic
+    LeNet-5"), else its first ``limit`` characters at a word boundary."""
+    for mark in (":", " (", ", "):
+        head = text.split(mark)[0].strip()
+        if len(head) <= limit:
+            return head
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return cut + "…"
 
 
 @command()
 def summary(
-    target: Annotated[str, typer.Argument(help="architecture name or checkpoint (.safetensors or run folder)")],
-    input_size: Annotated[str | None, typer.Option(help="CxHxW, e.g. 1x32x32 (default: the model's own)")] = None,
-    num_classes: Annotated[int | None, typer.Option(min=1, help="classes (default 10, or the checkpoint's)")] = None,
+    target: Annotated[str, typer.Argument(help="architecture name or checkpoint (.safetensors or run folder)",
+                                          autocompletion=complete_arch)],
+    input_size: Annotated[str | None, typer.Option(
+        help="CxHxW (3x224x224), or HxW (64x64) with the model's channels \\[default: the model's own]")] = None,
+    num_classes: Annotated[int | None, typer.Option(min=1, help="classes \\[default: 10, or the checkpoint's]")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Per-layer table, parameter counts and MACs of an architecture or checkpoint."""

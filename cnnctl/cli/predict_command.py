@@ -7,15 +7,25 @@ from typing import Annotated
 
 import typer
 
-from cnnctl.cli._common import TTA_HELP, command, print_json, stderr_line
+from cnnctl.cli._common import (
+    CHECKPOINT_HELP,
+    TTA_HELP,
+    checkpoint_argument,
+    command,
+    complete_checkpoint,
+    stderr_line,
+)
 from cnnctl.errors import CnnctlError, UsageError
 
 
 @command()
 def predict(
-    checkpoint_path: Annotated[str, typer.Argument(metavar="CHECKPOINT", help=".safetensors file or run folder")],
-    paths: Annotated[list[str], typer.Argument(metavar="PATH...", help="image files or folders")],
-    output: Annotated[str | None, typer.Option("--output", "-o", help="write CSV here \\[default: stdout]")] = None,
+    checkpoint_path: Annotated[str | None, typer.Argument(
+        metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint, show_default=False)] = None,
+    paths: Annotated[list[str] | None, typer.Argument(metavar="PATH", help="image files or folders",
+                                                      show_default=False)] = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help="write CSV (or JSON) to this file; - for stdout \\[default: stdout]")] = None,
     topk: Annotated[int, typer.Option(min=1, help="how many top classes per image")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
@@ -26,62 +36,77 @@ def predict(
                                       "red where a parent folder names the true class)")] = None,
     tta: Annotated[str, typer.Option(metavar="[none|flip|crop|flip-crop]", help=TTA_HELP)] = "none",
 ) -> None:
-    """Classify images with a checkpoint; preprocessing comes from the checkpoint. Rows: path, label, class,
-    probability, top-k."""
-    import csv
-    import io
+    """Classify images with a checkpoint.
+
+    Preprocessing comes from the checkpoint. Rows: path, label, class, probability, top-k. Images in folders \
+named after classes (digits/7/x.png) also give the accuracy."""
     import sys
 
-    from cnnctl.engine.predict import Predictor, find_images, load_for_inference
+    from cnnctl.engine.predict import (
+        Predictor,
+        find_images,
+        folder_accuracy,
+        load_for_inference,
+        predictions_csv,
+        predictions_json,
+    )
+    from cnnctl.fsutil import STDOUT, atomic_write_text, displayable, require_writable_file
+    from cnnctl.progress import counting, rate_text
+    from cnnctl.runs import is_checkpoint_like
     from cnnctl.tta import check_tta
 
     tta = check_tta(tta)
+
+    to_file = output is not None and output != STDOUT
+    if to_file:  # checked before any work: a device, a FIFO, a folder or an unwritable place is refused now
+        require_writable_file(output, option="--output", stdout_ok=True)
+    if plot:
+        require_writable_file(plot, option="--plot")
+    if checkpoint_path is not None and not is_checkpoint_like(checkpoint_path):  # images only: the latest run
+        checkpoint_path, paths = None, [checkpoint_path, *(paths or [])]
+    if not paths:
+        raise UsageError("name the images to classify", hint="cnnctl predict [CHECKPOINT] PATH... (files or folders)")
+    checkpoint_path = checkpoint_argument(checkpoint_path)
     model, _ = load_for_inference(checkpoint_path, device=device)
     files, skipped = find_images(paths)
     if not files:
-        raise UsageError("no image files found in " + ", ".join(paths),
+        raise UsageError("no image files found in " + ", ".join(displayable(p) for p in paths),
                          hint="pass png/jpg/bmp/webp/tif files or folders that contain them")
     predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk, tta=tta)
+    predictor.import_decoders()  # start-up, not prediction: outside the time reported
     started = time.perf_counter()
-    predictions = list(predictor.predict_files(files))
+    predictions = []
+    with counting(len(files), "predicting") as bar:
+        for prediction in predictor.predict_files(files):
+            predictions.append(prediction)
+            bar.advance()
     seconds = time.perf_counter() - started
     failures = [p for p in predictions if p.error]
     if plot:
         from cnnctl.plots import plot_file_predictions
 
-        plot_file_predictions(predictions, model.cnnctl_meta, plot)
-    if json_output:
-        rows = [p.__dict__ for p in predictions]
-        if output:
-            import json
-
-            from cnnctl.fsutil import atomic_write_text
-
-            atomic_write_text(output, json.dumps(rows, indent=2) + "\n")
-        else:
-            print_json(rows)
+        plotted = plot_file_predictions(predictions, model.cnnctl_meta, plot)
+        stderr_line(f"wrote {plotted}")
+    text = predictions_json(predictions) if json_output else predictions_csv(predictions)
+    if to_file:
+        atomic_write_text(output, text)  # type: ignore[arg-type]
     else:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["path", "label", "class", "probability", "topk", "error"])
-        for p in predictions:
-            top = ";".join(f"{name}:{prob:.4f}" for _, name, prob in p.topk)
-            probability = "" if p.probability is None else f"{p.probability:.6f}"
-            writer.writerow([p.path, "" if p.label is None else p.label, p.class_name or "", probability, top,
-                             p.error or ""])
-        if output:
-            from cnnctl.fsutil import atomic_write_text
-
-            atomic_write_text(output, buffer.getvalue())
-        else:
-            sys.stdout.write(buffer.getvalue())
-    rate = len(predictions) / seconds if seconds > 0 else float("inf")
+        sys.stdout.write(text)
+        sys.stdout.flush()
     note = f", skipped {skipped} non-image files" if skipped else ""
     timings = predictor.timings
-    stderr_line(f"predicted {len(predictions) - len(failures):,} of {len(predictions):,} images in {seconds:.2f}s "
-                f"({rate:,.0f} images/s; decode {timings['decode_s']:.2f}s, inference {timings['inference_s']:.2f}s)"
-                f"{note}" + (f"; wrote {output}" if output else ""))
+    rate = rate_text(len(predictions), seconds, "images/s")
+    stderr_line(f"predicted {len(predictions) - len(failures):,} of {len(predictions):,} "
+                f"image{'s' if len(predictions) != 1 else ''} in {seconds:.2f}s ({rate + '; ' if rate else ''}"
+                f"decode {timings['decode_s']:.2f}s, inference {timings['inference_s']:.2f}s)"
+                f"{note}" + (f"; wrote {output}" if to_file else ""))
+    accuracy = folder_accuracy(predictions, model.cnnctl_meta.classes)
+    if accuracy is not None:
+        correct, counted = accuracy
+        others = len(predictions) - len(failures) - counted
+        stderr_line(f"accuracy {correct / counted:.2%} ({correct:,} of {counted:,} images whose folder names their "
+                    f"class{f'; {others:,} others not counted' if others else ''})")
     for failure in failures[:5]:
-        stderr_line(f"  could not read {failure.error}")
+        stderr_line(f"  could not read {displayable(failure.error or '')}")
     if failures and strict:
         raise CnnctlError(f"{len(failures)} of {len(predictions)} images could not be read (--strict)")

@@ -7,8 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnctl.cli._common import command
+from cnnctl.cli._common import command, complete_arch, complete_checkpoint, complete_dataset
 from cnnctl.options import OPTIONS, Option, choice_settings
+
+# shell completion of the open-ended names (the closed lists complete through choice_settings)
+COMPLETIONS = {"arch": complete_arch, "dataset": complete_dataset, "resume": complete_checkpoint}
 
 
 def _default_text(option: Option) -> str | None:
@@ -34,13 +37,14 @@ def _parameter(option: Option) -> inspect.Parameter:
     cli_type: Any = str if option.type in (int, float, list, dict) else option.type
     annotation: Any = cli_type | None if option.nullable else cli_type
     if option.argument:
-        info: Any = typer.Argument(help=_help(option), show_default=False)
+        info: Any = typer.Argument(help=_help(option), show_default=False,
+                                   autocompletion=COMPLETIONS.get(option.name))
     else:
         flag = option.cli_flag
         declarations = [f"{flag}/{flag.replace('--', '--no-', 1)}" if option.type is bool else flag]
         if option.short:
             declarations.append(option.short)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"autocompletion": COMPLETIONS[option.name]} if option.name in COMPLETIONS else {}
         if option.choices is not None:
             extra.update(choice_settings(option.choices))
         elif option.type is bool:
@@ -79,6 +83,13 @@ def train(ctx: typer.Context, **params: Any) -> None:
         from cnnctl.engine.fit import Trainer
 
         trainer = Trainer(build_train_config(explicit, config_file))
+    # --- output location: checked writable before any data is loaded ---
+    from cnnctl.fsutil import require_writable_folder
+
+    if trainer.resume_dir is not None:
+        require_writable_folder(trainer.resume_dir, option="--resume", create=False)
+    else:
+        require_writable_folder(trainer.config.out, option="--out")
     if nproc is not None:
         from cnnctl.cli._common import state
         from cnnctl.engine.distributed import start_processes

@@ -27,6 +27,8 @@ COPY_CHUNK = 1 << 20
 EXTRACTED_MARKER = ".cnnctl-extracted.json"
 _FILTER_ERROR: type[Exception] | tuple[()] = getattr(tarfile, "FilterError", ())
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError)
+MAX_DEPTH = 64  # folders inside folders in one member's path; the datasets' archives use 2
+MAX_NAME = 4096  # characters in one member's path
 
 
 def _corrupt(archive: Path, detail: object = None) -> DataError:
@@ -35,7 +37,10 @@ def _corrupt(archive: Path, detail: object = None) -> DataError:
 
 
 def _shown(name: str) -> str:
-    """Quote a member name for a one-line message; repr only when it holds control characters."""
+    """Quote a member name for a one-line message; repr only when it holds control characters; long names are
+    cut to their first 100 characters."""
+    if len(name) > 100:
+        name = name[:100] + "..."
     return f"'{name}'" if name.isprintable() else repr(name)
 
 
@@ -51,9 +56,13 @@ def _member_parts(archive: Path, name: str) -> tuple[str, ...]:
     unified = name.replace("\\", "/")
     if unified.startswith("/") or (len(unified) >= 2 and unified[1] == ":"):
         raise _refuse(archive, name, "has an absolute path")
+    if len(name) > MAX_NAME:
+        raise _refuse(archive, name, f"has a {len(name):,}-character path (more than {MAX_NAME:,})")
     parts = tuple(part for part in PurePosixPath(unified).parts if part not in ("", "."))
     if ".." in parts:
         raise _refuse(archive, name, "has a '..' path component")
+    if len(parts) > MAX_DEPTH:
+        raise _refuse(archive, name, f"is nested {len(parts):,} folders deep (more than {MAX_DEPTH})")
     return parts
 
 

@@ -181,7 +181,7 @@ CIFAR10 = register_dataset(
         train_size=50_000,
         test_size=10_000,
         loader=_cifar10_loader,
-        files=(RemoteFile(_CIFAR10_ARCHIVE, file_md5="c58f30108f718f92721af3b95e74349a"),),
+        files=(RemoteFile(_CIFAR10_ARCHIVE, file_md5="c58f30108f718f92721af3b95e74349a", size=170_498_071),),
         mirrors=_CIFAR_MIRRORS,
         default_val_split=5000,
         augment="crop-flip",
@@ -192,7 +192,7 @@ CIFAR10 = register_dataset(
 _CIFAR100_SPLITS = {"train": ("train",), "test": ("test",)}
 _cifar100_loader = _cifar_loader(_prepare_cifar100, "cifar-100-python", _CIFAR100_SPLITS, "fine_labels",
                                  CIFAR100_CLASSES)
-_CIFAR100_FILES = (RemoteFile(_CIFAR100_ARCHIVE, file_md5="eb9058c3a382ffc7106e4002c42a8d85"),)
+_CIFAR100_FILES = (RemoteFile(_CIFAR100_ARCHIVE, file_md5="eb9058c3a382ffc7106e4002c42a8d85", size=169_001_437),)
 
 CIFAR100 = register_dataset(
     DatasetSpec(

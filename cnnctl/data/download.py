@@ -30,6 +30,7 @@ from cnnctl.errors import CnnctlError, DataError, DownloadError
 from cnnctl.fsutil import atomic_write_bytes
 
 TIMEOUT_SECONDS: float = 30.0  # connect and per-read timeout; tests patch it
+MIN_BYTES_PER_SECOND = 1024  # a transfer slower than this over TIMEOUT_SECONDS is given up (a trickling server)
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "cnnctl (+https://github.com/; dataset download)"
 MARKER_NAME = ".verified.json"
@@ -44,7 +45,19 @@ class RemoteFile:
     content_sha256: str | None = None  # sha256 of the DECOMPRESSED content if name ends in .gz, else of the file
     content_md5: str | None = None     # md5 of the decompressed content (same rule)
     file_md5: str | None = None        # md5 of the file bytes exactly as published (also accepted)
-    size: int | None = None            # optional, published file size in bytes
+    size: int | None = None            # published file size in bytes
+    content_size: int | None = None    # size of the decompressed content of a .gz checked by content
+
+    @property
+    def max_bytes(self) -> int | None:
+        """The most bytes a copy that can still verify may have. For a ``.gz`` mirrors may recompress, the
+        largest gzip of ``content_size`` bytes (stored blocks add 5 bytes per 64 KiB, plus the header);
+        otherwise the published size."""
+        if self.name.endswith(".gz") and self.content_size is not None:
+            return self.content_size + self.content_size // 1000 + 4096
+        if self.name.endswith(".gz") and (self.content_sha256 or self.content_md5):
+            return None  # a recompressed copy may be larger than the published one
+        return self.size
 
     @property
     def has_checksum(self) -> bool:
@@ -218,7 +231,7 @@ class _Meter:
             return
         self._progress = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.DownloadColumn(),
                                      rp.TransferSpeedColumn(), rp.TimeRemainingColumn(),
-                                     console=Console(stderr=True))
+                                     console=Console(stderr=True), transient=True)  # the "verified" line stays
         self._progress.start()
         self._task = self._progress.add_task(label, total=total, completed=completed)
 
@@ -274,22 +287,41 @@ def _write_failure(path: Path, error: OSError) -> CnnctlError:
                      hint="set CNNCTL_DATA or --root to a writable folder")
 
 
-def _copy_stream(source: BinaryIO, sink: BinaryIO, path: Path, meter: _Meter) -> int:
-    """Copy in chunks; read errors blame the mirror, write errors blame the disk."""
+class _TooLarge(_MirrorFailure):
+    """More bytes arrived than the file can have: what was received can never verify."""
+
+
+def _copy_stream(source: BinaryIO, sink: BinaryIO, path: Path, meter: _Meter, *, limit: int | None = None,
+                 watch_rate: bool = False) -> int:
+    """Copy in chunks; read errors blame the mirror, write errors blame the disk. At most ``limit`` bytes are
+    accepted; with ``watch_rate`` a transfer slower than ``MIN_BYTES_PER_SECOND`` over ``TIMEOUT_SECONDS`` is
+    given up (the timeout alone is per read, so a server sending a byte now and then would never time out)."""
+    read = getattr(source, "read1", None) or source.read  # read1: what has arrived, not a full 1 MiB
     received = 0
+    window_start, window_bytes = time.monotonic(), 0
     while True:
         try:
-            chunk = source.read(CHUNK_BYTES)
+            chunk = read(CHUNK_BYTES)
         except (OSError, http.client.HTTPException) as error:
             raise _MirrorFailure(f"transfer interrupted after {received:,} bytes: {_describe(error)}") from error
         if not chunk:
             return received
+        if limit is not None and received + len(chunk) > limit:
+            raise _TooLarge(f"sent more than the {limit:,} bytes this file can have; discarded what arrived")
         try:
             sink.write(chunk)
         except OSError as error:
             raise _write_failure(path, error) from error
         received += len(chunk)
         meter.advance(len(chunk))
+        if watch_rate:
+            window_bytes += len(chunk)
+            elapsed = time.monotonic() - window_start
+            if elapsed >= TIMEOUT_SECONDS:
+                if window_bytes < MIN_BYTES_PER_SECOND * elapsed:
+                    raise _MirrorFailure(f"too slow: {window_bytes:,} bytes in the last {elapsed:.1f} s (less "
+                                         f"than {MIN_BYTES_PER_SECOND:,} bytes/s), after {received:,} bytes")
+                window_start, window_bytes = time.monotonic(), 0
 
 
 def _open_part(part: Path, append: bool) -> BinaryIO:
@@ -305,6 +337,10 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 def _fetch_http(url: str, part: Path, remote: RemoteFile, meter: _Meter, log: Callable[[str], None]) -> int:
     """Download ``url`` into ``part``, resuming with a Range request; returns the offset it resumed from."""
     offset = part.stat().st_size if part.is_file() else 0
+    limit = remote.max_bytes
+    if limit is not None and offset > limit:  # can never verify: start again
+        part.unlink(missing_ok=True)
+        offset = 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -338,10 +374,17 @@ def _fetch_http(url: str, part: Path, remote: RemoteFile, meter: _Meter, log: Ca
             total = length
         if total is None and length is not None:
             total = offset + length
+        if limit is not None and total is not None and total > limit:
+            raise _MirrorFailure(f"the server announces {total:,} bytes, more than the {limit:,} this file can have")
         with _open_part(part, append=offset > 0) as sink:
             meter.start(remote.name, total if total is not None else remote.size, offset)
             try:
-                received = _copy_stream(response, sink, part, meter)
+                received = _copy_stream(response, sink, part, meter,
+                                        limit=None if limit is None else limit - offset, watch_rate=True)
+            except _TooLarge:
+                sink.close()
+                part.unlink(missing_ok=True)
+                raise
             finally:
                 meter.stop()
         if length is not None and received < length:
@@ -374,7 +417,11 @@ def _copy_local(source: Path, part: Path, remote: RemoteFile, meter: _Meter, log
     with handle, _open_part(part, append=False) as sink:
         meter.start(remote.name, os.fstat(handle.fileno()).st_size, 0)
         try:
-            _copy_stream(handle, sink, part, meter)
+            _copy_stream(handle, sink, part, meter, limit=remote.max_bytes)
+        except _TooLarge:
+            sink.close()
+            part.unlink(missing_ok=True)
+            raise
         finally:
             meter.stop()
 

@@ -112,24 +112,32 @@ MNIST = register_dataset(
                 content_sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
                 content_md5="6bbc9ace898e44ae57da46a324031adb",
                 file_md5="f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                size=9_912_422,
+                content_size=47_040_016,
             ),
             RemoteFile(
                 "train-labels-idx1-ubyte.gz",
                 content_sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
                 content_md5="a25bea736e30d166cdddb491f175f624",
                 file_md5="d53e105ee54ea40749a09fcbcd1e9432",
+                size=28_881,
+                content_size=60_008,
             ),
             RemoteFile(
                 "t10k-images-idx3-ubyte.gz",
                 content_sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
                 content_md5="2646ac647ad5339dbf082846283269ea",
                 file_md5="9fb629c4189551a2d022fa330f9573f3",
+                size=1_648_877,
+                content_size=7_840_016,
             ),
             RemoteFile(
                 "t10k-labels-idx1-ubyte.gz",
                 content_sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
                 content_md5="27ae3e4e09519cfbb04c329615203637",
                 file_md5="ec29112dd5afa0611ce80d1b7f02629c",
+                size=4_542,
+                content_size=10_008,
             ),
         ),
         mirrors=(
@@ -145,7 +153,9 @@ def _idx_files(md5s: tuple[str, str, str, str]) -> tuple[RemoteFile, ...]:
     """The four MNIST-named files, checked by the md5 of the published .gz (as torchvision lists them)."""
     names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
              "t10k-labels-idx1-ubyte.gz")
-    return tuple(RemoteFile(name, file_md5=md5) for name, md5 in zip(names, md5s))
+    content_sizes = (16 + 60_000 * 28 * 28, 8 + 60_000, 16 + 10_000 * 28 * 28, 8 + 10_000)  # IDX header + data
+    return tuple(RemoteFile(name, file_md5=md5, content_size=size) for name, md5, size in zip(names, md5s,
+                                                                                           content_sizes))
 
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

@@ -70,6 +70,10 @@ def decode_image_bytes(data: bytes, path: Path, channels: int = 3) -> torch.Tens
 
     if not data:
         raise DataError(f"{path}: not a readable image (empty file)")
+    from cnnctl.data.png_check import png_problem
+
+    if problem := png_problem(data):  # torchvision's decoder would crash the process on this one
+        raise DataError(f"{path}: not a readable image ({problem})")
     if path.suffix.lower() in _PILLOW_ONLY:
         image = _read_with_pillow(data, path, 3)
     else:

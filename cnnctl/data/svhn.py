@@ -84,8 +84,8 @@ SVHN = register_dataset(
         test_size=26_032,
         loader=_svhn_loader,
         files=(
-            RemoteFile("train_32x32.mat", file_md5="e26dedcc434d2e4c54c9b2d4a06d8373"),
-            RemoteFile("test_32x32.mat", file_md5="eb5a983be6a315427106f1b164d9cef3"),
+            RemoteFile("train_32x32.mat", file_md5="e26dedcc434d2e4c54c9b2d4a06d8373", size=182_040_794),
+            RemoteFile("test_32x32.mat", file_md5="eb5a983be6a315427106f1b164d9cef3", size=64_275_384),
         ),
         mirrors=("http://ufldl.stanford.edu/housenumbers/",),
         default_val_split=5000,

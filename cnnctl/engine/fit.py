@@ -267,7 +267,7 @@ class Trainer:
             seen += int(labels.shape[0])
             if (index + 1) % check_every == 0 or index + 1 == steps:
                 check_finite(self, first_bad, epoch, steps)
-            self.callbacks.on_train_batch_end(self, index + 1, loss)
+            self.callbacks.on_train_batch_end(self, index + 1, detached)  # no autograd graph kept alive
             if index + 1 < steps and stop_agreed(guard.requested is not None, self.dist, self.device, index + 1):
                 check_finite(self, first_bad, epoch, steps)
                 seconds = earlier_seconds + time.perf_counter() - started

@@ -82,6 +82,8 @@ def load_for_inference(path: str | Path, device: str = "cpu") -> tuple[torch.nn.
 # measured on 10,000 MNIST PNGs, a thread pool *halved* decode throughput (GIL hand-offs), so only big files,
 # whose decode time dwarfs the hand-off, go to the pool.
 PARALLEL_DECODE_BYTES = 32 * 1024
+# At most this many input values per batch (256 MB as float32): large inputs get smaller batches.
+MAX_BATCH_VALUES = 2**26
 
 
 class Predictor:
@@ -102,7 +104,8 @@ class Predictor:
         self.meta = meta
         self.preprocessing = meta.preprocessing
         self.device = next(model.parameters()).device
-        self.batch_size = batch_size
+        channels, height, width = self.preprocessing.input_shape
+        self.batch_size = max(1, min(batch_size, MAX_BATCH_VALUES // (channels * height * width)))
         self.topk = max(1, min(topk, meta.num_classes))
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.normalize = Normalizer(self.preprocessing.mean, self.preprocessing.std, self.device)
@@ -167,10 +170,15 @@ class Predictor:
         self.timings["decode_s"] += time.perf_counter() - started
         return decoded
 
+    @staticmethod
+    def import_decoders() -> None:
+        """Import the image decoders (~1 s the first time), so that callers can keep it out of their timing."""
+        import torchvision.io  # noqa: F401
+        from torchvision.transforms.v2 import functional  # noqa: F401
+
     def decoded_batches(self, files: Sequence[Path]) -> Iterator[tuple[Sequence[Path], list[torch.Tensor | str]]]:
         """``(paths, images or error strings)`` per batch, decoding the next batch while the caller works."""
-        import torchvision.io  # noqa: F401 - ~1 s the first time; kept out of the decode timing
-        from torchvision.transforms.v2 import functional  # noqa: F401
+        self.import_decoders()  # kept out of the decode timing
         with ThreadPoolExecutor(self.workers) as pool:
             previous: tuple[Sequence[Path], list[Any]] | None = None
             for start in range(0, len(files), self.batch_size):
@@ -208,7 +216,7 @@ class Predictor:
 def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str = "cpu", tta: str = "none"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``cnnctl.predict``: labels (int64 N) and class probabilities (N×classes) for files, folders or a uint8
-    N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip or flip-crop (cnnctl/tta.py)."""
+    N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (cnnctl/tta.py)."""
     import torch
 
     if isinstance(model_or_path, (str, Path)):
@@ -229,3 +237,75 @@ def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str =
     if errors:
         raise DataError(errors[0])
     return predictor.predict_tensor(torch.stack(decoded))
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+CSV_COLUMNS = ("path", "label", "class", "probability", "topk", "error")
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formula(cell: str) -> str:
+    """Prefix a text cell that a spreadsheet would take for a formula with ``'``, as OWASP advises."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def topk_cell(ranked: Sequence[tuple[int, str, float]]) -> str:
+    """``name:probability`` pairs joined by ``;``. In names ``%``, ``;`` and ``:`` are written ``%25``, ``%3B``
+    and ``%3A`` (URL encoding), so ``cell.split(";")`` then ``split(":")`` always finds the pairs and
+    ``urllib.parse.unquote`` gives the names back."""
+    def quoted(name: str) -> str:
+        return name.replace("%", "%25").replace(";", "%3B").replace(":", "%3A")
+
+    return ";".join(f"{quoted(name)}:{probability:.4f}" for _, name, probability in ranked)
+
+
+def displayable_prediction(p: Prediction) -> Prediction:
+    """``p`` with file and class names that are not valid UTF-8 written with ``\\xNN`` escapes (printable,
+    writable as UTF-8, and still naming the file)."""
+    from cnnctl.fsutil import displayable
+
+    return Prediction(displayable(p.path), p.label, None if p.class_name is None else displayable(p.class_name),
+                      p.probability, [(c, displayable(name), prob) for c, name, prob in p.topk],
+                      None if p.error is None else displayable(p.error))
+
+
+def predictions_csv(predictions: Iterable[Prediction]) -> str:
+    """The CSV ``cnnctl predict`` writes: one row per file, text cells safe to open in a spreadsheet, names
+    escaped as in :func:`displayable_prediction`."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for p in map(displayable_prediction, predictions):
+        probability = "" if p.probability is None else f"{p.probability:.6f}"
+        label = "" if p.label is None else str(p.label)
+        path, name, top, error = (neutralise_formula(cell)
+                                  for cell in (p.path, p.class_name or "", topk_cell(p.topk), p.error or ""))
+        writer.writerow([path, label, name, probability, top, error])
+    return buffer.getvalue()
+
+
+def predictions_json(predictions: Iterable[Prediction]) -> str:
+    """The JSON ``cnnctl predict --json`` writes: a list of the predictions' fields, names escaped as in CSV."""
+    import json
+
+    return json.dumps([displayable_prediction(p).__dict__ for p in predictions], indent=2) + "\n"
+
+
+def true_label(path: str | Path, class_index: dict[str, int]) -> int | None:
+    """The class an image's folder names (``digits/7/x.png`` → class ``7``), or None."""
+    return class_index.get(Path(path).parent.name)
+
+
+def folder_accuracy(predictions: Sequence[Prediction], classes: Sequence[str]) -> tuple[int, int] | None:
+    """(correct, counted) over the readable images whose folder names a class; None when none does."""
+    index = {name: i for i, name in enumerate(classes)}
+    pairs = [(p.label, true_label(p.path, index)) for p in predictions if not p.error]
+    known = [(label, truth) for label, truth in pairs if truth is not None]
+    if not known:
+        return None
+    return sum(label == truth for label, truth in known), len(known)

@@ -157,6 +157,14 @@ def read_state_document(run_dir: Path) -> dict[str, Any]:
 
     path = run_dir / STATE_FILE
     try:
+        with open(path, "rb"):  # safetensors reports an unreadable file as a missing one
+            pass
+    except PermissionError as error:
+        raise CheckpointError(f"cannot read the training state {path}: permission denied",
+                              hint="check the permissions of the run folder and its files") from error
+    except OSError:
+        pass  # reported below, as before
+    try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         document = json.loads(metadata[STATE_KEY])
