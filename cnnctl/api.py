@@ -105,12 +105,14 @@ def load(path: str | os.PathLike[str], device: str = "cpu") -> tuple[torch.nn.Mo
     return load_for_inference(_as_path(path, "cnnctl.load"), device=device)
 
 
-def predict(model_or_path: Any, images: Any, *, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model_or_path: Any, images: Any, *, device: str = "cpu",
+            tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """Classify ``images`` — an image file, a folder, a list of them, or a uint8 tensor (C×H×W or N×C×H×W at the
     checkpoint's image size) — with a model from ``load`` or a checkpoint path.
 
     Returns ``(labels, probabilities)``: int64 class indices (N) and softmax probabilities (N×classes). The
     class names are ``model.cnnctl_meta.classes``. Preprocessing comes from the checkpoint, as in the CLI.
+    ``tta``: ``flip`` or ``flip-crop`` averages the probabilities over views of each image (cnnctl/tta.py).
     """
     import torch
 
@@ -131,7 +133,7 @@ def predict(model_or_path: Any, images: Any, *, device: str = "cpu") -> tuple[to
     else:
         raise UsageError(f"cnnctl.predict cannot read images from a {type(images).__name__}",
                          hint="pass image files, folders, or a uint8 tensor")
-    return predict_api(model_or_path, images, device=device)
+    return predict_api(model_or_path, images, device=device, tta=tta)
 
 
 def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", *, output: Any = None,

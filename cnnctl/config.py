@@ -44,7 +44,8 @@ class _TrainConfigMethods:
     """The behaviour of :class:`TrainConfig` (its fields come from cnnctl.options)."""
 
     def resolved_lr(self) -> float:
-        if self.lr is not None:
+        """The learning rate; with ``--lr auto`` not yet found, the optimizer's default (for the range checks)."""
+        if self.lr is not None and self.lr != "auto":
             return self.lr
         from cnnctl.engine.optim import get_optimizer
 

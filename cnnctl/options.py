@@ -85,7 +85,8 @@ class Option:
     resumable: bool = False
     argument: bool = False
     flag: str | None = None  # the command-line flag when it is not --name-with-dashes
-    many: bool = False  # a str option holding several of its choices, comma-separated ("a,b")
+    many: bool = False  # a str option holding several of its choices, comma-separated ("a,b"), in that order
+    words: tuple[str, ...] = ()  # a number option that also takes these words (``--lr auto``)
 
     @property
     def nullable(self) -> bool:
@@ -258,7 +259,8 @@ OPTIONS: tuple[Option, ...] = (
     # optimizer and schedule
     Option("optimizer", str, "adam", "optimizer", panel=OPTIM, choices=_choices_of("cnnctl.engine.optim", "OPTIMIZERS"),
            synonyms=("optim", "opt", "optimiser")),
-    Option("lr", float, DERIVED, "(peak) learning rate", panel=OPTIM, minimum=0, exclusive_min=True,
+    Option("lr", float, DERIVED, "(peak) learning rate; auto: run `cnnctl lr-find` first and use its suggestion",
+           panel=OPTIM, minimum=0, exclusive_min=True, words=("auto",),
            derived="the optimizer's: adam/adamw 1e-3, or 5e-3 with onecycle for the LeNet family; sgd 0.1 with "
                    "onecycle, else 0.05; rmsprop 1e-3",
            synonyms=("learning_rate", "lr_rate", "learningrate", "base_lr", "max_lr", "rate")),
@@ -285,9 +287,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("plateau_patience", int, 2, "plateau: epochs without improvement of --monitor before decaying",
            panel=OPTIM, minimum=0),
     # regularisation and precision
-    Option("augment", str, DERIVED, "batch augmentation", panel=REGULARISE, derived="the dataset's",
-           choices=_choices_of("cnnctl.data.augment", "AUGMENT_PRESETS"),
+    Option("augment", str, DERIVED, "batch augmentation; several combine in order, e.g. crop-flip,trivialaugment",
+           panel=REGULARISE, derived="the dataset's", choices=_choices_of("cnnctl.data.augment", "AUGMENT_PRESETS"),
+           many=True, normalize=lambda value: value.replace(" ", ""),
            synonyms=("augmentation", "aug", "transforms")),
+    # training recipes (docs/recipes.md)
+    Option("randaugment_magnitude", int, 9, "randaugment: strength of its operations (0-30)", panel=REGULARISE,
+           minimum=0, maximum=30),
+    Option("random_erasing", float, 0.0, "erase a random rectangle of each training image with this probability",
+           panel=REGULARISE, minimum=0, maximum=1, synonyms=("erasing", "reprob")),
+    Option("mixup", float, None, "mixup with this Beta(α, α): blend image pairs and their labels", panel=REGULARISE,
+           minimum=0, exclusive_min=True, synonyms=("mixup_alpha",)),
+    Option("cutmix", float, None, "cutmix with this Beta(α, α): paste a patch of another image, labels by area "
+           "(with --mixup: one of the two per batch)", panel=REGULARISE, minimum=0, exclusive_min=True,
+           synonyms=("cutmix_alpha",)),
+    Option("ema", float, None, "keep an exponential moving average of the weights with this decay (e.g. 0.999); "
+           "validation and best.safetensors use it", panel=REGULARISE, minimum=0, maximum=1, exclusive_min=True,
+           exclusive_max=True, synonyms=("ema_decay", "model_ema", "model_ema_decay")),
     Option("label_smoothing", float, 0.0, "label smoothing of the training loss (0-1)", panel=REGULARISE,
            minimum=0, maximum=1, exclusive_max=True, synonyms=("smoothing",)),
     Option("grad_clip", float, None, "clip the gradients' global L2 norm to this", panel=REGULARISE, minimum=0,
@@ -405,7 +421,8 @@ def coerce(option: Option, value: Any) -> Any:
         else:
             raise UsageError(f"{where} must be true or false, got {value!r}")
     elif kind in (int, float):
-        result = _number(value, kind, where)
+        word = value.strip().lower() if isinstance(value, str) else None
+        result = word if word in option.words else _number(value, kind, where)
     elif kind is str:
         if option.many and isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
             value = ",".join(value)
@@ -450,7 +467,7 @@ def check_value(option: Option, value: Any) -> None:
     if value is None:
         return
     where = label(option.name)
-    if option.type in (int, float):
+    if option.type in (int, float) and value not in option.words:
         low, high = option.minimum, option.maximum
         below = low is not None and (value <= low if option.exclusive_min else value < low)
         above = high is not None and (value >= high if option.exclusive_max else value > high)

@@ -19,6 +19,7 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
     doctor_command,
     eval_command,
     info_commands,
+    lr_find_command,
     predict_command,
     runs_command,
     train_command,

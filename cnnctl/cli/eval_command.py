@@ -8,6 +8,7 @@ import typer
 
 from cnnctl.cli._common import (
     CHECKPOINT_HELP,
+    TTA_HELP,
     checkpoint_argument,
     command,
     complete_checkpoint,
@@ -42,6 +43,7 @@ def eval_command(
         "--label-issues", help="rank the images whose given label the model finds least likely (cleanlab: "
                                "pip install 'cnnctl\\[labels]'); in the report and its label_issues.csv")] = False,
     top_losses: Annotated[int, typer.Option(min=0, help="images in the report's top-losses grid")] = 32,
+    tta: Annotated[str, typer.Option(metavar="[none|flip|crop|flip-crop]", help=TTA_HELP)] = "none",
 ) -> None:
     """Loss, accuracy, top-k accuracy (k = 5, or the number of classes if fewer), balanced accuracy, macro-F1,
     per-class precision/recall/F1, the confusion matrix and the calibration error of a checkpoint;
@@ -56,7 +58,8 @@ def eval_command(
 
     report = evaluate_and_report(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size, root=root,
                                  mirror=mirror, device=device, log=stderr_line, data_dir=data, plots_dir=plots,
-                                 report_dir=report_dir, label_issues=label_issues, top_losses=top_losses)
+                                 report_dir=report_dir, label_issues=label_issues, top_losses=top_losses,
+                                 tta=tta)
     if json_output:
         print_json(report)
         return
@@ -71,7 +74,8 @@ def eval_command(
                if "balanced_accuracy" in report else "")
     console.print(f"{report['arch']} on {report['dataset']} {split} ({report['count']:,} images): "
                   f"accuracy {report['accuracy']:.2%}  top-{top_k} {topk_accuracy:.2%}  {balance}"
-                  f"loss {report['loss']:.4f}  ECE {report['calibration']['ece']:.4f}", highlight=False,
+                  f"loss {report['loss']:.4f}  ECE {report['calibration']['ece']:.4f}"
+                  + (f"  (test-time augmentation: {tta})" if tta != "none" else ""), highlight=False,
                   soft_wrap=True)
     table = Table(title_justify="left")
     for column in ("class", "precision", "recall", "f1", "support"):

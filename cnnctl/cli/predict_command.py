@@ -9,6 +9,7 @@ import typer
 
 from cnnctl.cli._common import (
     CHECKPOINT_HELP,
+    TTA_HELP,
     checkpoint_argument,
     command,
     complete_checkpoint,
@@ -35,6 +36,7 @@ def predict(
     plot: Annotated[str | None, typer.Option(
         "--plot", metavar="PNG", help="also draw the first 64 images with their predicted classes (wrong ones in "
                                       "red where a parent folder names the true class)")] = None,
+    tta: Annotated[str, typer.Option(metavar="[none|flip|crop|flip-crop]", help=TTA_HELP)] = "none",
 ) -> None:
     """Classify images with a checkpoint.
 
@@ -53,6 +55,9 @@ named after classes (digits/7/x.png) also give the accuracy."""
     from cnnctl.fsutil import STDOUT, atomic_write_text, displayable, require_writable_file
     from cnnctl.progress import counting, rate_text
     from cnnctl.runs import is_checkpoint_like
+    from cnnctl.tta import check_tta
+
+    tta = check_tta(tta)
 
     to_file = output is not None and output != STDOUT
     if to_file:  # checked before any work: a device, a FIFO, a folder or an unwritable place is refused now
@@ -69,7 +74,8 @@ named after classes (digits/7/x.png) also give the accuracy."""
     if not files:
         raise UsageError("no image files found in " + ", ".join(displayable(p) for p in paths),
                          hint="pass png/jpg/bmp/webp/tif files or folders that contain them")
-    predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk, max_pixels=max_pixels)
+    predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk, max_pixels=max_pixels,
+                          tta=tta)
     predictor.import_decoders()  # start-up, not prediction: outside the time reported
     started = time.perf_counter()
     predictions = []

@@ -1,4 +1,11 @@
-"""Batch augmentations as tensor ops on uint8 N×C×H×W images (random generator passed in for reproducibility)."""
+"""Batch augmentations as tensor ops on uint8 N×C×H×W images (random generator passed in for reproducibility).
+
+The geometric presets (shift, crop-flip, affine) draw per image in one vectorised op. The policies from
+``torchvision.transforms.v2`` (trivialaugment, randaugment, autoaugment-*, augmix, random erasing) draw ONE random
+operation per call, so on a whole batch every image would get the same one; they are applied image by image
+instead (:func:`per_image`), each image its own draw, with torch's random numbers forked and seeded from the
+loader's generator so that ``--seed`` and resume reproduce them. benchmarks/augment_cost.py measures the cost.
+"""
 
 from __future__ import annotations
 
@@ -101,22 +108,58 @@ class RandomResizedCropFlip:
         return cropped.round_().clamp_(0, 255).to(images.dtype)
 
 
+def per_image(transform: Callable[[torch.Tensor], torch.Tensor]) -> Augmentation:
+    """A torchvision v2 transform applied to each image of a batch on its own (its own random draw), with torch's
+    global random numbers seeded from ``generator`` for that batch and put back afterwards."""
+
+    def apply(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        import torch
+
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return torch.stack([transform(image) for image in images])
+
+    return apply
+
+
+def chain(augmentations: list[Augmentation]) -> Augmentation:
+    def apply(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        for augmentation in augmentations:
+            images = augmentation(images, generator)
+        return images
+
+    return apply
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """What a preset may depend on besides the image size."""
+
+    channels: int = 3
+    randaugment_magnitude: int = 9
+
+
 @dataclass(frozen=True)
 class AugmentPreset:
-    """One ``--augment`` preset: ``build(image_size)`` returns the batch augmentation (None: leave images as they
-    are). Registered with :func:`register_augmentation`; listing, validation and ``--help`` read the registry."""
+    """One ``--augment`` preset: ``build(image_size)`` (or ``build(image_size, settings)`` when ``settings``)
+    returns the batch augmentation (None: leave images as they are). ``channels``: the only channel count it is
+    made for (None: any). Registered with :func:`register_augmentation`; listing, validation and ``--help`` read
+    the registry."""
 
     name: str
     description: str
-    build: Callable[[tuple[int, int]], Augmentation | None]
+    build: Callable[..., Augmentation | None]
+    channels: int | None = None
+    settings: bool = False
 
 
 AUGMENT_PRESETS: dict[str, AugmentPreset] = {}
 
 
-def register_augmentation(name: str, description: str,
-                          build: Callable[[tuple[int, int]], Augmentation | None]) -> AugmentPreset:
-    AUGMENT_PRESETS[name] = preset = AugmentPreset(name, description, build)
+def register_augmentation(name: str, description: str, build: Callable[..., Augmentation | None], *,
+                          channels: int | None = None, settings: bool = False) -> AugmentPreset:
+    AUGMENT_PRESETS[name] = preset = AugmentPreset(name, description, build, channels, settings)
     return preset
 
 
@@ -124,11 +167,32 @@ def _crop_padding(image_size: tuple[int, int]) -> int:
     return max(2, round(min(image_size) / 8))
 
 
-def make_augmentation(preset: str, image_size: tuple[int, int]) -> Augmentation | None:
-    """The batch augmentation of a registered preset, for images of ``image_size``."""
-    if preset not in AUGMENT_PRESETS:
-        raise UsageError(f"unknown augmentation {preset!r}; choose one of: {', '.join(AUGMENT_PRESETS)}")
-    return AUGMENT_PRESETS[preset].build(image_size)
+def make_augmentation(preset: str, image_size: tuple[int, int], settings: AugmentSettings | None = None,
+                      *, random_erasing: float = 0.0) -> Augmentation | None:
+    """The batch augmentation of one preset or several comma-separated ones (applied in order), for images of
+    ``image_size``, then random erasing with probability ``random_erasing``."""
+    from cnnctl.registry import suggest
+
+    settings = settings or AugmentSettings()
+    parts: list[Augmentation] = []
+    for name in [part.strip() for part in preset.split(",") if part.strip()] or ["none"]:
+        if name not in AUGMENT_PRESETS:
+            raise suggest(name, list(AUGMENT_PRESETS), "augmentation")
+        entry = AUGMENT_PRESETS[name]
+        if entry.channels is not None and entry.channels != settings.channels:
+            raise UsageError(f"--augment {name} is a policy for {entry.channels}-channel images, but this run's "
+                             f"images have {settings.channels}",
+                             hint="use trivialaugment or randaugment, which suit any channel count")
+        built = entry.build(image_size, settings) if entry.settings else entry.build(image_size)
+        if built is not None:
+            parts.append(built)
+    if random_erasing > 0:
+        from torchvision.transforms import v2
+
+        parts.append(per_image(v2.RandomErasing(p=random_erasing, value=0)))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else chain(parts)
 
 
 def _shift(image_size: tuple[int, int]) -> Augmentation:
@@ -148,3 +212,28 @@ register_augmentation("affine", "small random rotation, scale and shift per imag
                       lambda image_size: random_affine)
 register_augmentation("resized-crop-flip", "random resized crop and horizontal flip (fine-tuning ImageNet weights)",
                       RandomResizedCropFlip)
+
+
+def _policy(make: Callable[[AugmentSettings], Callable[[torch.Tensor], torch.Tensor]]
+            ) -> Callable[[tuple[int, int], AugmentSettings], Augmentation]:
+    return lambda image_size, settings: per_image(make(settings))
+
+
+def _v2() -> object:
+    from torchvision.transforms import v2
+
+    return v2
+
+
+register_augmentation("trivialaugment", "TrivialAugment Wide: one random operation at a random strength per image",
+                      _policy(lambda settings: _v2().TrivialAugmentWide()), settings=True)
+register_augmentation("randaugment", "RandAugment: 2 random operations per image at --randaugment-magnitude",
+                      _policy(lambda settings: _v2().RandAugment(magnitude=settings.randaugment_magnitude)),
+                      settings=True)
+for _policy_name in ("imagenet", "cifar10", "svhn"):
+    register_augmentation(
+        f"autoaugment-{_policy_name}", f"AutoAugment's policy learned on {_policy_name} (colour images)",
+        _policy(lambda settings, name=_policy_name: _v2().AutoAugment(
+            getattr(_v2().AutoAugmentPolicy, name.upper()))), channels=3, settings=True)
+register_augmentation("augmix", "AugMix: a blend of augmentation chains per image",
+                      _policy(lambda settings: _v2().AugMix()), settings=True)

@@ -128,6 +128,7 @@ class BatchLoader:
         channels_last: bool = False,
         drop_last: bool = False,
         sample_weights: torch.Tensor | None = None,
+        mix: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ):
         import torch
 
@@ -141,6 +142,7 @@ class BatchLoader:
         self.augment = augment
         self.channels_last = channels_last
         self.drop_last = drop_last
+        self.mix = mix  # mixup/cutmix (data/mixing.py): labels become soft targets
         self.normalize = Normalizer(preprocessing.mean, preprocessing.std, device)
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
@@ -185,10 +187,12 @@ class BatchLoader:
             images = self.images.index_select(0, index)
             if self.augment is not None:
                 images = self.augment(images, self.generator)
-            inputs = self.normalize(images)
+            inputs, labels = self.normalize(images), self.labels.index_select(0, index)
+            if self.mix is not None:
+                inputs, labels = self.mix(inputs, labels, self.generator)
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            yield inputs, self.labels.index_select(0, index)
+            yield inputs, labels
 
 
 def shard_order(order: torch.Tensor, rank: int, world: int, batch_size: int) -> torch.Tensor:

@@ -42,17 +42,22 @@ def build_loaders(config: TrainConfig, data: PreparedData, device: torch.device,
                   per_rank_batch: int) -> tuple[Any, Any]:
     """Training batches (shuffled, augmented; each rank its shard of every global batch) and, on rank 0 alone,
     validation batches (only rank 0 validates)."""
-    from cnnctl.data.augment import make_augmentation
+    from cnnctl.data.augment import AugmentSettings, make_augmentation
     from cnnctl.data.loader import BatchLoader
+    from cnnctl.data.mixing import make_mixing
     from cnnctl.registry import get_dataset_spec
 
     augment_name = config.augment or get_dataset_spec(data.dataset_label).augment  # the dataset's default
-    augment = make_augmentation(augment_name, data.preprocessing.image_size)
+    settings = AugmentSettings(channels=data.preprocessing.channels,
+                               randaugment_magnitude=config.randaugment_magnitude)
+    augment = make_augmentation(augment_name, data.preprocessing.image_size, settings,
+                                random_erasing=config.random_erasing)
+    mix = make_mixing(config.mixup, config.cutmix, len(data.classes))
 
     def loader(split: ImageTensors, shuffle: bool) -> BatchLoader:
         return BatchLoader(split, data.preprocessing, batch_size=config.batch_size, device=device, shuffle=shuffle,
                            seed=config.seed, augment=augment if shuffle else None,
-                           channels_last=config.channels_last)
+                           channels_last=config.channels_last, mix=mix if shuffle else None)
 
     train = loader(data.train, True)
     from cnnctl.engine.imbalance import sampler_weights

@@ -61,9 +61,10 @@ class EvalResult:
 
 def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
              *, max_batches: int | None = None, autocast: Any = None,
-             on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> EvalResult:
+             on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None, tta: str = "none") -> EvalResult:
     """Run ``model`` in eval mode over ``batches``; sums stay on the device until the end (one sync).
-    ``on_batch(logits, labels)`` sees every batch's float logits (the evaluation report keeps them)."""
+    ``on_batch(logits, labels)`` sees every batch's float logits (the evaluation report keeps them); ``tta``:
+    average the softmax over views of each image (:mod:`cnnctl.tta`; the logits are then log-probabilities)."""
     import contextlib
 
     import torch
@@ -82,10 +83,16 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
         for index, (inputs, labels) in enumerate(batches):
             if max_batches is not None and index >= max_batches:
                 break
-            logits = model(inputs).float()
+            if tta == "none":
+                logits = model(inputs).float()
+                batch_loss = F.cross_entropy(logits, labels, reduction="sum")
+            else:
+                from cnnctl.tta import tta_probabilities
+
+                logits = tta_probabilities(model, inputs, tta).clamp_min(1e-12).log()  # log of the mean softmax
+                batch_loss = F.nll_loss(logits, labels, reduction="sum")
             if on_batch is not None:
                 on_batch(logits, labels)
-            batch_loss = F.cross_entropy(logits, labels, reduction="sum")
             topk = logits.topk(k, dim=1).indices
             hits = (topk == labels.unsqueeze(1)).any(dim=1).sum()
             batch_confusion = confusion_matrix(labels, topk[:, 0], num_classes)
@@ -137,13 +144,16 @@ def open_evaluation(path: Any, *, dataset: str | None = None, split: str = "test
 def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "test", batch_size: int = 1000,
                         root: str | None = None, mirror: str | None = None, device: str = "auto",
                         log: Any = None, data_dir: str | None = None,
-                        plots_dir: Any = None) -> tuple[EvalResult, Any]:
+                        plots_dir: Any = None, tta: str = "none") -> tuple[EvalResult, Any]:
     """Evaluate a checkpoint on a split of its dataset; every other setting comes from its metadata.
-    With ``plots_dir``, also write confusion.png and predictions.png there."""
+    With ``plots_dir``, also write confusion.png and predictions.png there; ``tta``: see :mod:`cnnctl.tta`."""
+    from cnnctl.tta import check_tta
+
+    tta = check_tta(tta)  # before any work
     opened = open_evaluation(path, dataset=dataset, split=split, batch_size=batch_size, root=root, mirror=mirror,
                              device=device, log=log, data_dir=data_dir)
     model, meta, data = opened.model, opened.meta, opened.data
-    result = evaluate(model, opened.batches, meta.num_classes)
+    result = evaluate(model, opened.batches, meta.num_classes, tta=tta)
     if plots_dir is not None:
         from cnnctl import plots
 

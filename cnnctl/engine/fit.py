@@ -77,6 +77,7 @@ class Trainer:
         self.state_extra: dict[str, Any] = {"world_size": self.dist.world_size} if self.dist.enabled else {}
         self.improvement: tuple[bool, bool, list[int]] = (False, False, [])  # MetricTracker.update of this epoch
         self.device = self.data = self.model = None  # set by setup(), with the optimizer, schedule, batches
+        self.averaged: Any = None  # --ema: the AveragedModel that validation and checkpoints use
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
 
     @classmethod
@@ -101,7 +102,9 @@ class Trainer:
         from cnnctl.engine.distributed import check_resume_world, shutdown
         from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interrupted_error
         from cnnctl.engine.state import read_state
+        from cnnctl.lr_find import resolve_auto_lr
 
+        resolve_auto_lr(self.config, self.reporter.message)  # --lr auto: a learning-rate sweep first
         self.config.resolve_defaults()
         with deterministic_mode(self.config.deterministic), contextlib.ExitStack() as locked:
             loaded = None
@@ -148,6 +151,7 @@ class Trainer:
 
         from cnnctl.checkpoint import unwrap
         from cnnctl.engine import components, distributed
+        from cnnctl.engine.callbacks.ema import build_average
         from cnnctl.engine.device import resolve_device, seed_everything
         from cnnctl.engine.freeze import HeadOnlyPhase
         from cnnctl.engine.precision import resolve_precision
@@ -193,6 +197,7 @@ class Trainer:
 
         self.optimizer = build_optimizer(config, parameter_groups(unwrap(self.model), self.model_spec.classifier,
                                                                   config))
+        self.averaged = build_average(unwrap(self.model), config.ema)  # --ema, else None
         self.train_batches, self.val_batches = components.build_loaders(config, self.data, self.device, self.dist,
                                                                         self.per_rank_batch)
         self.schedule = build_schedule(config, self.optimizer, steps_per_epoch=len(self.train_batches),
@@ -237,6 +242,7 @@ class Trainer:
         import torch.nn.functional as F
 
         from cnnctl.checkpoint import unwrap
+        from cnnctl.data.mixing import hard_labels
         from cnnctl.engine.components import check_finite, out_of_memory_error
         from cnnctl.engine.distributed import stop_agreed, sum_over_ranks
         from cnnctl.engine.interrupt import interrupted_error
@@ -275,7 +281,7 @@ class Trainer:
             detached = loss.detach().float()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), index, first_bad)
             loss_sum += detached * labels.shape[0]
-            correct += (logits.detach().argmax(1) == labels).sum()
+            correct += (logits.detach().argmax(1) == hard_labels(labels)).sum()  # mixup: the dominant label
             seen += int(labels.shape[0])
             if (index + 1) % check_every == 0 or index + 1 == steps:
                 check_finite(self, first_bad, epoch, steps)
@@ -315,5 +321,7 @@ class Trainer:
 
     def eval_model(self) -> torch.nn.Module:
         """The model to evaluate: without DistributedDataParallel, whose forward would join the other ranks
-        (only rank 0 evaluates), but as trained otherwise."""
+        (only rank 0 evaluates), but as trained otherwise; with --ema, the average."""
+        if self.averaged is not None:
+            return self.averaged.module
         return getattr(self.model, "module", self.model) if self.dist.enabled else self.model

@@ -98,10 +98,11 @@ class Predictor:
     """
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, *, batch_size: int = 256, topk: int = 5,
-                 workers: int | None = None, max_pixels: int | None = None):
+                 workers: int | None = None, max_pixels: int | None = None, tta: str = "none"):
         import torch
 
         from cnnctl.data.loader import Normalizer
+        from cnnctl.tta import check_tta
 
         self.model = model.eval()
         self.meta = meta
@@ -114,21 +115,33 @@ class Predictor:
         self.normalize = Normalizer(self.preprocessing.mean, self.preprocessing.std, self.device)
         self.timings = {"decode_s": 0.0, "inference_s": 0.0}
         self.max_pixels = max_pixels  # images with more pixels are refused from their header (data/images.py)
+        self.tta = check_tta(tta)  # test-time augmentation (cnnctl/tta.py)
         self._torch = torch
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 N×C×H×W at ``image_size`` → logits."""
+    def model_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N×C×H×W at ``image_size`` → the normalised, padded batch the model takes."""
         import torch.nn.functional as F
 
         images = images.to(self.device)
         pad = self.preprocessing.pad
         if pad:
             images = F.pad(images, (pad, pad, pad, pad), value=0)
+        return self.normalize(images)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N×C×H×W at ``image_size`` → logits."""
         with self._torch.inference_mode():
-            return self.model(self.normalize(images)).float()
+            return self.model(self.model_inputs(images)).float()
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N×C×H×W at ``image_size`` → class probabilities, averaged over the ``tta`` views."""
+        from cnnctl.tta import tta_probabilities
+
+        with self._torch.inference_mode():
+            return tta_probabilities(self.model, self.model_inputs(images), self.tta)
 
     def predict_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        probabilities = self.logits(images).softmax(dim=1).cpu()
+        probabilities = self.probabilities(images).cpu()
         return probabilities.argmax(dim=1), probabilities
 
     def _safe_decode(self, data: bytes, path: Path) -> torch.Tensor | str:
@@ -206,10 +219,10 @@ class Predictor:
             yield from results  # type: ignore[misc]
 
 
-def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str = "cpu"
+def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str = "cpu", tta: str = "none"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``cnnctl.predict``: labels (int64 N) and class probabilities (N×classes) for files, folders or a uint8
-    N×C×H×W tensor already at the checkpoint's image size."""
+    N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (cnnctl/tta.py)."""
     import torch
 
     if isinstance(model_or_path, (str, Path)):
@@ -219,7 +232,7 @@ def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str =
     meta = getattr(model, "cnnctl_meta", None)
     if meta is None:
         raise CnnctlError("cnnctl.predict needs a model from cnnctl.load() or a checkpoint path")
-    predictor = Predictor(model, meta, topk=topk)
+    predictor = Predictor(model, meta, topk=topk, tta=tta)
     if isinstance(images, torch.Tensor):
         return predictor.predict_tensor(images)
     files, _ = find_images([images] if isinstance(images, (str, Path)) else images)

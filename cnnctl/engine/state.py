@@ -249,6 +249,9 @@ def save_training_state(trainer: Trainer, epoch: int, batch: int, loader_state: 
     from cnnctl.checkpoint import state_tensors
 
     tensors = {f"model.{name}": tensor for name, tensor in state_tensors(trainer.model).items()}
+    if trainer.averaged is not None:  # --ema
+        tensors.update({f"averaged.{name}": tensor.detach().to("cpu").contiguous().clone()
+                        for name, tensor in trainer.averaged.state_dict().items()})  # module.* and n_averaged
     optimizer_tensors, optimizer_document = flatten_optimizer(trainer.optimizer)
     rng_tensors, rng_document = capture_rng(loader_state)
     tensors.update(optimizer_tensors)
@@ -279,6 +282,10 @@ def restore_training_state(trainer: Trainer, loaded: LoadedState) -> None:
     source = str(trainer.run_dir / STATE_FILE)
     state = loaded.state
     load_weights_strict(unwrap(trainer.model), loaded.model_tensors(), source=source)
+    if trainer.averaged is not None:  # --ema
+        averaged = {key[len("averaged."):]: value for key, value in loaded.tensors.items()
+                    if key.startswith("averaged.")}
+        load_weights_strict(trainer.averaged, averaged, source=source)
     try:
         trainer.optimizer.load_state_dict(unflatten_optimizer(loaded.tensors, loaded.optimizer))
     except (ValueError, KeyError, RuntimeError) as error:

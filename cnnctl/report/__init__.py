@@ -20,8 +20,9 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
                         batch_size: int = 1000, root: str | None = None, mirror: str | None = None,
                         device: str = "auto", log: Any = None, data_dir: str | None = None,
                         plots_dir: Any = None, report_dir: Any = None, label_issues: bool = False,
-                        top_losses: int = TOP_LOSSES) -> dict[str, Any]:
+                        top_losses: int = TOP_LOSSES, tta: str = "none") -> dict[str, Any]:
     """Evaluate a checkpoint in one pass over the split and return every number as a JSON-able dict.
+    ``tta``: average the softmax over views of each image (:mod:`cnnctl.tta`).
 
     Always: loss, top-1/top-5 accuracy, per-class precision/recall/F1, the confusion matrix and calibration
     (ECE over 15 bins). ``label_issues``: the images whose given label is suspect, ranked. ``report_dir``: also
@@ -30,6 +31,9 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
     from cnnctl.engine.evaluate import evaluate, open_evaluation
     from cnnctl.errors import UsageError
     from cnnctl.report import analysis
+    from cnnctl.tta import check_tta
+
+    tta = check_tta(tta)  # before any work
 
     if label_issues:
         analysis.require_cleanlab()
@@ -45,9 +49,9 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
     meta, data = opened.meta, opened.data
     classes = list(meta.classes)
     collector = analysis.OutputCollector(keep=label_issues or report_dir is not None)
-    result = evaluate(opened.model, opened.batches, meta.num_classes, on_batch=collector)
+    result = evaluate(opened.model, opened.batches, meta.num_classes, on_batch=collector, tta=tta)
     report: dict[str, Any] = {"checkpoint": str(checkpoint_path), "arch": meta.arch,
-                              "dataset": dataset or meta.dataset, "split": split, **result.as_dict(classes),
+                              "dataset": dataset or meta.dataset, "split": split, "tta": tta, **result.as_dict(classes),
                               "calibration": collector.calibration.result()}
     outputs = collector.outputs() if collector.keep else None
     if label_issues and outputs is not None:

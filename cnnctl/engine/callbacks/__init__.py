@@ -8,10 +8,12 @@ __all__ = ["Callback", "CallbackList", "default_callbacks"]
 
 
 def default_callbacks() -> list[Callback]:
-    """What every run has: precise BatchNorm statistics, progress display, sanity check, early stopping,
+    """What every run has: precise BatchNorm statistics, progress display, sanity check, the weights' average
+    (--ema), early stopping,
     checkpoints and state, metrics.csv, the final test and plots."""
     from cnnctl.engine.callbacks.checkpoint_saver import CheckpointSaver
     from cnnctl.engine.callbacks.early_stopping import EarlyStopping
+    from cnnctl.engine.callbacks.ema import ExponentialMovingAverage
     from cnnctl.engine.callbacks.final_test import FinalTest
     from cnnctl.engine.callbacks.metrics_csv import MetricsCsv
     from cnnctl.engine.callbacks.plots import Plots
@@ -20,5 +22,5 @@ def default_callbacks() -> list[Callback]:
     from cnnctl.engine.callbacks.sanity_check import SanityCheck
 
     final_test = FinalTest()
-    return [PreciseBatchNorm(), ProgressDisplay(), SanityCheck(), EarlyStopping(), CheckpointSaver(), MetricsCsv(),
-            final_test, Plots(final_test)]
+    return [PreciseBatchNorm(), ProgressDisplay(), SanityCheck(), ExponentialMovingAverage(), EarlyStopping(),
+            CheckpointSaver(), MetricsCsv(), final_test, Plots(final_test)]

@@ -29,7 +29,8 @@ class CheckpointSaver(Callback):
 
         folder = trainer.folder
         improved, in_top, dropped = trainer.improvement
-        checkpoint.save(folder.last, trainer.model, checkpoint_meta(trainer, epoch, metrics))
+        # the weights validated: with --ema the average (the training state keeps the raw weights too)
+        checkpoint.save(folder.last, trainer.eval_model(), checkpoint_meta(trainer, epoch, metrics))
         if improved:  # the same weights and metadata: copy the file rather than serialise the model again
             atomic_copy(folder.last, folder.best)
         if trainer.config.keep > 1 and in_top:
