@@ -23,6 +23,7 @@ MAX_TENSORS = 50_000  # DenseNet-121 has ~1,000
 MAX_CLASSES = 100_000
 MAX_CLASS_NAME = 1_000
 MAX_INPUT_SIDE = 2048  # pixels per side after padding: larger inputs are refused, not attempted
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")  # the resize filters torchvision's transforms name
 MAX_PAD = 512
 MAX_ARCH_INT = 65_536
 MAX_TEXT = 4_096
@@ -232,6 +233,11 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
     mean = check.numbers(prep.get("mean"), "preprocessing.mean", channels, -1e6, 1e6)
     std = check.numbers(prep.get("std"), "preprocessing.std", channels, 1e-6, 1e6)
     extra = check.obj(prep.get("extra"), "preprocessing.extra", optional=True)
+    resize = check.integer(prep.get("resize"), "preprocessing.resize", 1, MAX_INPUT_SIDE, optional=True)
+    interpolation = check.text(prep.get("interpolation"), "preprocessing.interpolation", optional=True, limit=20)
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise check.fail("preprocessing.interpolation", f"is {_short(interpolation)}; one of "
+                                                        f"{', '.join(INTERPOLATIONS)} expected")
     input_shape = [channels, height + 2 * pad, width + 2 * pad]
     if "input_shape" in data and data["input_shape"] != input_shape:
         raise check.fail("input_shape", f"is {_short(data['input_shape'])} but the preprocessing gives "
@@ -249,7 +255,8 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
         "arch_args": arch_args,
         "classes": list(classes),
         "preprocessing": {"channels": channels, "image_size": [height, width], "pad": pad, "mean": list(mean),
-                          "std": list(std), "extra": extra},
+                          "std": list(std), "extra": extra, "resize": resize,
+                          "interpolation": interpolation or "bilinear"},
         "dataset": check.text(data.get("dataset"), "dataset", optional=True, limit=200),
         "data_dir": check.text(data.get("data_dir"), "data_dir", optional=True),
         "epoch": check.integer(data.get("epoch"), "epoch", 0, 2**31, optional=True),

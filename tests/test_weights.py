@@ -234,7 +234,8 @@ def test_acceptance_download_then_train_offline_and_every_user_applies_the_weigh
     torch.testing.assert_close(probabilities, wanted, atol=1e-5, rtol=0)
 
     # eval: the accuracy of those predictions on test/
-    labels = torch.tensor([0 if "red" in path.name else 1 for path in files])
+    classes = model.cnnctl_meta.classes
+    labels = torch.tensor([classes.index("red" if "red" in path.name else "green") for path in files])
     evaluated = runner.invoke(app, ["eval", str(best), "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     accuracy = json.loads(evaluated.stdout)["accuracy"]
