@@ -167,7 +167,8 @@ def test_the_report_opens_in_chromium_and_its_numbers_are_evals(mnist_checkpoint
     cards = {key: float(value) for key, value in page["values"].items()}
     assert cards == {"accuracy": evaluated["accuracy"], "top5": evaluated["top5"], "loss": evaluated["loss"],
                      "macro_precision": evaluated["macro_precision"], "macro_recall": evaluated["macro_recall"],
-                     "macro_f1": evaluated["macro_f1"], "ece": evaluated["calibration"]["ece"]}
+                     "macro_f1": evaluated["macro_f1"], "ece": evaluated["calibration"]["ece"],
+                     "balanced_accuracy": evaluated["balanced_accuracy"]}
     assert page["grids"]["top-losses-grid"] == shown
     assert page["grids"]["label-issues-grid"] == [row["index"] for row in report["label_issues"]][:48]
     assert page["title"].startswith("lenet5 on mnist test")

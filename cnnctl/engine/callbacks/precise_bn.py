@@ -20,7 +20,7 @@ class PreciseBatchNorm(Callback):
     ranks rank 0's buffers, as after every epoch). Skipped for networks without BatchNorm and during
     ``--freeze-epochs``, whose BatchNorm statistics are frozen with the rest of the body."""
 
-    order = -100  # before the progress display and user callbacks see the last step
+    order = -40  # after the weights' average (-50) took the last step, before user callbacks see it
 
     def __init__(self) -> None:
         self._batches: Any = None
@@ -31,7 +31,8 @@ class PreciseBatchNorm(Callback):
         from cnnctl.checkpoint import unwrap
         from cnnctl.engine.batchnorm import batchnorm_layers, recompute_batchnorm
 
-        model = unwrap(trainer.model)
+        # the model that is validated and saved: with --ema the average, whose statistics the raw steps blurred
+        model = trainer.averaged.module if trainer.averaged is not None else unwrap(trainer.model)
         if not batchnorm_layers(model):
             return
         recompute_batchnorm(model, self._fixed_batches(trainer))

@@ -15,6 +15,7 @@ trained is on disk in the event files too. Rank 0 alone writes.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import weakref
 from pathlib import Path
@@ -91,8 +92,10 @@ class TensorBoardLogger(Callback):
 
         at = self.global_step(len(trainer.history), self.steps_per_epoch)
         if result.test is not None:
-            for key in ("acc", "loss", "top5"):
-                self.writer.add_scalar(f"test/{key}", float(result.test[f"test_{key}"]), at)
+            topk = next((key[len("test_"):] for key in result.test if re.fullmatch(r"test_top\d+", key)), None)
+            for key in ("acc", "loss", topk):  # top-k by its k (top-3 for 3 classes)
+                if key is not None:
+                    self.writer.add_scalar(f"test/{key}", float(result.test[f"test_{key}"]), at)
             for tag, image in self.test_images(trainer, result):
                 self.writer.add_image(tag, image, at, dataformats="HWC")
         self.writer.file_writer.add_summary(hparams(run_params(trainer.config), {})[2])  # session end: success
