@@ -176,7 +176,7 @@ class _DecodeFiles:
         from cnnctl.data.images import read_image, resize_to
 
         try:
-            image = read_image(self.files[position], channels=3)
+            image = read_image(self.files[position], channels=3, size=self.size)
         except DataError as error:
             return position, None, error.message
         return position, resize_to(image, self.size), ""

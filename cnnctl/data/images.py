@@ -41,7 +41,9 @@ def _read_with_pillow(data: bytes, path: Path, channels: int) -> torch.Tensor:
         raise DataError(f"{path}: reading {path.suffix} files needs Pillow", hint="pip install pillow") from error
     try:
         with Image.open(io.BytesIO(data)) as image:
-            converted = image.convert("L" if channels == 1 else "RGB")
+            from PIL import ImageOps
+
+            converted = ImageOps.exif_transpose(image.convert("L" if channels == 1 else "RGB"))
             array = np.asarray(converted, dtype=np.uint8)
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for broken files
         raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
@@ -49,10 +51,12 @@ def _read_with_pillow(data: bytes, path: Path, channels: int) -> torch.Tensor:
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
-def read_image(path: str | Path, channels: int = 3) -> torch.Tensor:
+def read_image(path: str | Path, channels: int = 3, *, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Decode ``path`` as uint8 ``channels``×H×W (1: grey, 3: RGB; alpha is dropped, palettes are expanded).
 
-    Grey comes from :func:`to_grey`, so a grey image gives the same pixels whichever way it is read. Raises
+    Grey comes from :func:`to_grey`, so a grey image gives the same pixels whichever way it is read. ``size``
+    (H, W) is the size the caller will resize to: a JPEG at least twice as large on both sides is then decoded
+    at reduced scale (see :func:`_read_jpeg_reduced`); the result is still at least ``size``. Raises
     ``DataError`` naming the file if it cannot be read or decoded.
     """
     path = Path(path)
@@ -60,21 +64,26 @@ def read_image(path: str | Path, channels: int = 3) -> torch.Tensor:
         data = path.read_bytes()
     except OSError as error:
         raise DataError(f"{path}: not a readable image ({error.strerror or type(error).__name__})") from error
-    return decode_image_bytes(data, path, channels)
+    return decode_image_bytes(data, path, channels, size=size)
 
 
-def decode_image_bytes(data: bytes, path: Path, channels: int = 3) -> torch.Tensor:
+def decode_image_bytes(data: bytes, path: Path, channels: int = 3, *, size: tuple[int, int] | None = None
+                       ) -> torch.Tensor:
     """:func:`read_image` for a file already read (``path`` names it in errors and picks the decoder)."""
     import torch
     from torchvision.io import ImageReadMode, decode_image
 
     if not data:
         raise DataError(f"{path}: not a readable image (empty file)")
-    if path.suffix.lower() in _PILLOW_ONLY:
+    reduced = _read_jpeg_reduced(data, size) if size is not None and data[:2] == _JPEG_MAGIC else None
+    if reduced is not None:
+        image = reduced
+    elif path.suffix.lower() in _PILLOW_ONLY:
         image = _read_with_pillow(data, path, 3)
     else:
         try:
-            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                                 apply_exif_orientation=True)
         except (RuntimeError, ValueError, OSError) as error:
             # A file whose suffix lies (a BMP saved as .png) still gets a chance with Pillow.
             try:
@@ -86,6 +95,38 @@ def decode_image_bytes(data: bytes, path: Path, channels: int = 3) -> torch.Tens
 
             image = TF.to_dtype(image, torch.uint8, scale=True)
     return to_grey(image) if channels == 1 else image
+
+
+_JPEG_MAGIC = b"\xff\xd8"
+
+
+def _read_jpeg_reduced(data: bytes, size: tuple[int, int]) -> torch.Tensor | None:
+    """A JPEG decoded at 1/2, 1/4 or 1/8 scale with libjpeg's DCT scaling (Pillow's ``draft``), as RGB uint8
+    3×H×W with both sides still ≥ ``max(size)`` (so EXIF rotation cannot make a side too small); None when the
+    file is not at least twice that size on both sides (decode it normally) or Pillow cannot read it.
+
+    DCT scaling skips most of the decoding work: a 12-megapixel photo for a 224×224 model decodes ~8× faster.
+    """
+    import io
+
+    import numpy as np
+    import torch
+
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:  # pragma: no cover - Pillow is a torchvision dependency
+        return None
+    side = max(size)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "JPEG" or min(image.size) < 2 * side:
+                return None
+            image.draft("RGB", (side, side))
+            upright = ImageOps.exif_transpose(image.convert("RGB"))
+            array = np.asarray(upright, dtype=np.uint8)
+    except Exception:  # noqa: BLE001 - anything odd: the normal decoder reports it properly
+        return None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 def is_grey(images: torch.Tensor) -> torch.Tensor:

@@ -57,16 +57,18 @@ def decode_image(path: Path, preprocessing: Preprocessing) -> torch.Tensor:
     """Read one image as uint8 C×H×W with the checkpoint's channel count and size (not yet padded)."""
     from cnnctl.data.images import read_image, resize_to
 
-    image = read_image(path, channels=1 if preprocessing.channels == 1 else 3)  # BMP/TIFF via Pillow
-    return resize_to(image, tuple(preprocessing.image_size))
+    size = tuple(preprocessing.image_size)
+    image = read_image(path, channels=1 if preprocessing.channels == 1 else 3, size=size)  # BMP/TIFF via Pillow
+    return resize_to(image, size)
 
 
 def decode_bytes(data: bytes, path: Path, preprocessing: Preprocessing) -> torch.Tensor:
     """:func:`decode_image` for a file already read."""
     from cnnctl.data.images import decode_image_bytes, resize_to
 
-    image = decode_image_bytes(data, path, channels=1 if preprocessing.channels == 1 else 3)
-    return resize_to(image, tuple(preprocessing.image_size))
+    size = tuple(preprocessing.image_size)
+    image = decode_image_bytes(data, path, channels=1 if preprocessing.channels == 1 else 3, size=size)
+    return resize_to(image, size)
 
 
 def load_for_inference(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Preprocessing]:
