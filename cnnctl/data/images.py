@@ -126,7 +126,8 @@ def _read_jpeg_reduced(data: bytes, size: tuple[int, int]) -> torch.Tensor | Non
             array = np.asarray(upright, dtype=np.uint8)
     except Exception:  # noqa: BLE001 - anything odd: the normal decoder reports it properly
         return None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    # left channels-last: torch's antialiased uint8 resize is several times faster on that layout
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 def is_grey(images: torch.Tensor) -> torch.Tensor:
