@@ -3,6 +3,8 @@
     python benchmarks/bench.py                    # everything (~4 min on 2 cores)
     python benchmarks/bench.py --only train       # (a) tutorial vs (b) cnnctl train vs (c) compute limit
     python benchmarks/bench.py --batch-norm       # the same legs with LeNet-5 + BatchNorm
+    python benchmarks/bench.py --only folder,cifar,photos          # image folders, CIFAR ResNet-18, photos
+    python benchmarks/bench.py --only folder,cifar,photos --quick  # the same at a size 2 shared cores manage
 
 Sections:
   train    (a) the seed tutorial's pipeline, (b) ``cnnctl train lenet5 --dataset mnist`` with its defaults and
@@ -12,6 +14,13 @@ Sections:
   predict  ``cnnctl predict`` on a folder of the 10,000 MNIST test digits written as PNG files.
   eval     ``cnnctl eval`` of the full run's checkpoint on the 10,000-image test set.
   startup  ``cnnctl --help`` and ``cnnctl list`` (these paths must not import torch).
+  folder   a folder of JPEGs (colourised MNIST digits) trained with mobilenet_v3_small and tv:resnet18 at 64x64
+           and 224x224: (a) the folder tutorial's PIL Dataset + DataLoader with workers, (b) ``cnnctl train
+           --data``, (c) the compute limit; plus the scan and decode rate of many small files, and peak memory.
+  cifar    resnet18 (small-image) on data in the CIFAR-10 python format, crop-flip augmentation: (a) the ResNet
+           tutorial's hand-written Dataset, (b) ``cnnctl train resnet18 --dataset cifar10``, (c) compute limit.
+  photos   ``cnnctl predict`` vs a PIL + torchvision.transforms loop on multi-megapixel JPEGs for a 224-input
+           model, and every available decoder's files/s on them (with and without DCT-scaled decoding).
 
 Every leg runs in its own process so that each starts from the same state; legs alternate so that a change in
 machine load (the machines we measure on are shared) hits all of them alike. Nothing is estimated: every number
@@ -37,7 +46,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 LEGS = Path(__file__).resolve().parent / "legs.py"
-SECTIONS = ("train", "full", "predict", "eval", "startup")
+IMAGE_LEGS = Path(__file__).resolve().parent / "image_legs.py"
+SECTIONS = ("train", "full", "predict", "eval", "startup", "folder", "cifar", "photos")
+DEFAULT_SECTIONS = ("train", "full", "predict", "eval", "startup")
 
 
 def log(text: str) -> None:
@@ -291,6 +302,239 @@ def section_startup(args: argparse.Namespace, data_dir: Path, work: Path, report
         log(f"  cnnctl {name}: {median(values):.3f}s ({imports[name]})")
 
 
+# ------------------------------------------------------------------------------------------ folder, cifar, photos
+
+FULL_SIZES: dict[str, Any] = {"folder_files": 5000, "folder_sizes": [64, 224],
+                              "folder_archs": ["mobilenet_v3_small", "tv:resnet18"], "folder_epochs": 2,
+                              "scan_files": 50_000, "cifar_train": 50_000, "cifar_epochs": 1, "photos": 2000,
+                              "megapixels": "1,12", "rounds": 3, "batch_size": 64, "cifar_batch_size": 128}
+QUICK_SIZES: dict[str, Any] = {"folder_files": 1000, "folder_sizes": [64], "folder_archs": ["mobilenet_v3_small"],
+                               "folder_epochs": 2, "scan_files": 5000, "cifar_train": 512, "cifar_epochs": 1,
+                               "photos": 200, "megapixels": "2,4", "rounds": 1, "batch_size": 64,
+                               "cifar_batch_size": 128}
+
+
+def image_leg(name: str, *options: str) -> dict[str, Any]:
+    _, result = run([sys.executable, str(IMAGE_LEGS), name, *options])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+PEAK_PROBE = ("import atexit, resource, runpy, sys\n"
+              "atexit.register(lambda: print('PEAK_RSS_MIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss"
+              " / 1024, file=sys.stderr))\n"
+              "sys.argv = ['cnnctl', *sys.argv[1:]]\nrunpy.run_module('cnnctl', run_name='__main__')")
+
+
+def cnnctl_train_leg(arguments: list[str], work: Path) -> dict[str, Any]:
+    """``cnnctl train ARGS`` in a fresh process: per-epoch seconds (metrics.csv), wall time and peak memory."""
+    wall, result = run([sys.executable, "-c", PEAK_PROBE, "train", *arguments, "--out", str(work / "runs"),
+                        "--quiet", "--no-plots"])
+    match = re.search(r"run folder: (.+)", result.stdout)
+    if not match:
+        raise SystemExit(f"could not find the run folder in:\n{result.stdout}\n{result.stderr[-2000:]}")
+    run_dir = Path(match.group(1).strip())
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    epochs = [float(r["epoch_time_s"]) for r in rows]
+    peak = re.search(r"PEAK_RSS_MIB ([\d.]+)", result.stderr)
+    return {"leg": "cnnctl", "epoch_s": epochs, "wall_s": wall,
+            "images": round(float(rows[0]["images_per_s"]) * epochs[0]), "run_dir": str(run_dir),
+            # everything before epoch 2: start-up, scan, decode into the cache, epoch 1 (and the final test)
+            "first_epoch_s": wall - sum(epochs[1:]), "peak_rss_mib": float(peak.group(1)) if peak else None}
+
+
+def interleave(legs: dict[str, Any], rounds: int, label: str) -> list[dict[str, dict[str, Any]]]:
+    results = []
+    for number in range(rounds):
+        keys = list(legs)
+        order = keys[number % len(keys):] + keys[:number % len(keys)]
+        measured = {}
+        for key in order:
+            measured[key] = legs[key]()
+            log(f"  {label} round {number + 1}/{rounds} leg {key}: epochs "
+                f"{', '.join(f'{s:.1f}s' for s in measured[key]['epoch_s'])} (load {load_average()})")
+        results.append(measured)
+    return results
+
+
+def train_summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Medians per leg and the paired ratios (time per image, within each round, then the median)."""
+    def rate(leg: dict[str, Any], epoch: int) -> float:
+        seconds = leg["epoch_s"][min(epoch, len(leg["epoch_s"]) - 1)]
+        if epoch == 0 and "first_epoch_s" in leg:
+            seconds = leg["first_epoch_s"]
+        return leg["images"] / seconds
+
+    summary: dict[str, Any] = {"legs": {}}
+    for key in rounds[0]:
+        legs = [r[key] for r in rounds]
+        summary["legs"][key] = {
+            "images": legs[0]["images"], "epoch1_s": median([leg.get("first_epoch_s", leg["epoch_s"][0])
+                                                             for leg in legs]),
+            "later_s": median([s for leg in legs for s in leg["epoch_s"][1:]] or [leg["epoch_s"][0] for leg in legs]),
+            "peak_rss_mib": median([leg["peak_rss_mib"] for leg in legs if leg.get("peak_rss_mib")]),
+        }
+    summary["b_over_a_epoch1"] = median([rate(r["b"], 0) / rate(r["a"], 0) for r in rounds])
+    summary["b_over_a_later"] = median([rate(r["b"], 1) / rate(r["a"], 1) for r in rounds])
+    summary["b_time_over_c_later"] = median([rate(r["c"], 1) / rate(r["b"], 1) for r in rounds])
+    return summary
+
+
+def section_folder(args: argparse.Namespace, data_dir: Path, work: Path, report: dict[str, Any]) -> None:
+    sizes = report["sizes"]
+    mnist_root = str(work / "data")
+    report["folder"] = {}
+    for size in sizes["folder_sizes"]:
+        folder = work / f"folder-{size}"
+        if not folder.is_dir():
+            made = image_leg("make-folder", "--mnist-root", mnist_root, "--out", str(folder),
+                             "--files", str(sizes["folder_files"]), "--size", str(size))
+            log(f"  wrote {made['files']:,} JPEGs at {size}x{size} ({made['bytes'] / 2**20:.1f} MiB) in {folder}")
+        epochs, batch = str(sizes["folder_epochs"]), str(sizes["batch_size"])
+        for arch in sizes["folder_archs"]:
+            common = ["--data", str(folder), "--arch", arch, "--size", str(size), "--epochs", epochs,
+                      "--batch-size", batch]
+            legs = {
+                "a": lambda common=common: image_leg("folder-tutorial", *common),
+                "b": lambda arch=arch, folder=folder, size=size, epochs=epochs, batch=batch: cnnctl_train_leg(
+                    [arch, "--data", str(folder), "--img-size", str(size), "--epochs", epochs, "--batch-size", batch,
+                     "--val-split", "0"], work),
+                "c": lambda common=common: image_leg("folder-compute", *common),
+            }
+            rounds = interleave(legs, sizes["rounds"], f"{arch} {size}x{size}")
+            report["folder"][f"{arch} {size}x{size}"] = train_summary(rounds)
+    scan_folder = work / "folder-scan"
+    if not scan_folder.is_dir():
+        image_leg("make-folder", "--mnist-root", mnist_root, "--out", str(scan_folder), "--files",
+                  str(sizes["scan_files"]), "--size", "32")
+    code = ("import json, resource, time\nfrom pathlib import Path\n"
+            "from cnnctl.data.folder import scan_folder, decode_files\n"
+            f"root = Path({str(scan_folder / 'train')!r})\n"
+            "s = time.perf_counter(); scan = scan_folder(root); scan_s = time.perf_counter() - s\n"
+            "files = [path for path, _ in scan.items] if hasattr(scan, 'items') else sorted(root.rglob('*.jpg'))\n"
+            "s = time.perf_counter(); decoded = decode_files(files, (32, 32)); decode_s = time.perf_counter() - s\n"
+            "print(json.dumps({'files': len(files), 'scan_s': scan_s, 'decode_s': decode_s,"
+            " 'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+    _, result = run([sys.executable, "-c", code])
+    scan = json.loads(result.stdout.strip().splitlines()[-1])
+    log(f"  scan {scan['files']:,} files {scan['scan_s']:.2f}s, decode {scan['decode_s']:.2f}s")
+    report["folder_scan"] = scan
+
+
+def section_cifar(args: argparse.Namespace, data_dir: Path, work: Path, report: dict[str, Any]) -> None:
+    sizes = report["sizes"]
+    root = work / "data"
+    if not (root / "cifar10" / "cifar-10-python.tar.gz").exists():
+        image_leg("make-cifar", "--mnist-root", str(root), "--out", str(root), "--train", str(sizes["cifar_train"]),
+                  "--test", "100")
+    epochs, batch = str(sizes["cifar_epochs"]), str(sizes["cifar_batch_size"])
+    legs = {
+        "a": lambda: image_leg("cifar-tutorial", "--data", str(root), "--epochs", epochs, "--batch-size", batch),
+        "b": lambda: cnnctl_train_leg(["resnet18", "--dataset", "cifar10", "--epochs", epochs, "--batch-size", batch,
+                                       "--augment", "crop-flip", "--val-split", "0"], work),
+        "c": lambda: image_leg("cifar-compute", "--images", str(sizes["cifar_train"]), "--epochs", epochs,
+                               "--batch-size", batch),
+    }
+    rounds = interleave(legs, sizes["rounds"], "resnet18 cifar")
+    summary = train_summary(rounds)
+    # CIFAR is in memory from the start: compare training epochs, not cnnctl's start-up
+    summary["b_over_a"] = median([(r["b"]["images"] / r["b"]["epoch_s"][0]) / (r["a"]["images"] / r["a"]["epoch_s"][0])
+                                  for r in rounds])
+    summary["b_time_over_c"] = median([(r["c"]["images"] / r["c"]["epoch_s"][0]) /
+                                       (r["b"]["images"] / r["b"]["epoch_s"][0]) for r in rounds])
+    report["cifar"] = summary
+
+
+def section_photos(args: argparse.Namespace, data_dir: Path, work: Path, report: dict[str, Any]) -> None:
+    sizes = report["sizes"]
+    photos, tiny = work / "photos", work / "folder-tiny-224"
+    if not photos.is_dir():
+        made = image_leg("make-photos", "--mnist-root", str(work / "data"), "--out", str(photos), "--count",
+                         str(sizes["photos"]), "--megapixels", sizes["megapixels"])
+        log(f"  wrote {made['photos']:,} photos, {made['megapixels_mean']:.1f} MP on average, "
+            f"{made['bytes'] / 2**20:.0f} MiB")
+    if not tiny.is_dir():
+        image_leg("make-folder", "--mnist-root", str(work / "data"), "--out", str(tiny), "--files", "100",
+                  "--size", "224")
+    checkpoint = Path(cnnctl_train_leg(["mobilenet_v3_small", "--data", str(tiny), "--img-size", "224", "--epochs",
+                                        "1", "--batch-size", "50", "--val-split", "0"], work)["run_dir"])
+    checkpoint = checkpoint / "best.safetensors"
+    loops, predicts = [], []
+    for number in range(sizes["rounds"]):
+        order = ["loop", "cnnctl"] if number % 2 == 0 else ["cnnctl", "loop"]
+        for name in order:
+            if name == "loop":
+                loops.append(image_leg("predict-tutorial", "--checkpoint", str(checkpoint), "--data", str(photos)))
+                log(f"  PIL + transforms loop: {loops[-1]['images_per_s']:.1f} images/s (load {load_average()})")
+            else:
+                output = work / "photo-predictions.csv"
+                wall, result = run(cnnctl("predict", str(checkpoint), str(photos), "--output", str(output)))
+                line = result.stderr.strip().splitlines()[-1]
+                match = re.search(r"in ([\d.]+)s \(([\d,]+) images/s; decode ([\d.]+)s, inference ([\d.]+)s\)", line)
+                if not match:
+                    raise SystemExit(f"unexpected predict output: {line}")
+                predicts.append({"wall_s": wall, "predict_s": float(match.group(1)),
+                                 "decode_s": float(match.group(3)), "inference_s": float(match.group(4))})
+                log(f"  cnnctl predict: {wall:.1f}s wall; {line} (load {load_average()})")
+    count = sizes["photos"]
+    decoders = image_leg("decoders", "--data", str(photos), "--size", "224", "--files", str(min(count, 100)))
+    report["photos"] = {
+        "images": count, "megapixels": sizes["megapixels"],
+        "loop_images_per_s": median([r["images_per_s"] for r in loops]),
+        "cnnctl_images_per_s_end_to_end": count / median([r["wall_s"] for r in predicts]),
+        "cnnctl_images_per_s_after_start": count / median([r["predict_s"] for r in predicts]),
+        "decode_s": median([r["decode_s"] for r in predicts]),
+        "inference_s": median([r["inference_s"] for r in predicts]),
+        "ratio_end_to_end": median([(count / p["wall_s"]) / loop["images_per_s"]
+                                    for p, loop in zip(predicts, loops)]),
+        "decoders": decoders,
+    }
+
+
+def render_images(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    names = {"a": "(a) tutorial (PIL Dataset, DataLoader)", "b": "(b) cnnctl train", "c": "(c) compute limit"}
+    if report.get("sections") and any(s in report for s in ("folder", "cifar", "photos")):
+        lines += ["", f"sizes: {json.dumps(report['sizes'])}"]
+    for name, summary in report.get("folder", {}).items():
+        lines += ["", f"folder of JPEGs, {name}, batch {report['sizes']['batch_size']}, "
+                      f"median of {report['sizes']['rounds']} round(s):",
+                  f"{'leg':<42} {'images':>7} {'epoch 1 s':>10} {'later s/epoch':>14} {'peak MiB':>9}"]
+        for key, leg in summary["legs"].items():
+            lines.append(f"{names[key]:<42} {leg['images']:>7,} {leg['epoch1_s']:>10.1f} {leg['later_s']:>14.1f} "
+                         f"{leg['peak_rss_mib']:>9,.0f}")
+        lines.append(f"b/a epoch 1 = {summary['b_over_a_epoch1']:.2f}x (target >= 2; cnnctl's includes start-up, "
+                     "scan, decode and the final test)")
+        lines.append(f"b/a epoch 2+ = {summary['b_over_a_later']:.2f}x (target >= 3)")
+        lines.append(f"b/c epoch 2+ = {summary['b_time_over_c_later']:.3f} (time per image; target <= 1.15)")
+    if "folder_scan" in report:
+        s = report["folder_scan"]
+        lines.append(f"scan {s['files']:,} small JPEGs: {s['files'] / s['scan_s']:,.0f} files/s; decode into memory: "
+                     f"{s['files'] / s['decode_s']:,.0f} files/s; peak {s['peak_rss_mib']:,.0f} MiB")
+    if "cifar" in report:
+        c = report["cifar"]
+        lines += ["", "CIFAR-10 format, resnet18 (small-image), crop-flip, batch "
+                      f"{report['sizes']['cifar_batch_size']}, median of {report['sizes']['rounds']} round(s):",
+                  f"{'leg':<42} {'images':>7} {'s/epoch':>10} {'images/s':>9}"]
+        for key, leg in c["legs"].items():
+            seconds = leg["epoch1_s"] if key != "b" else c["legs"]["b"]["later_s"]
+            lines.append(f"{names[key]:<42} {leg['images']:>7,} {seconds:>10.1f} {leg['images'] / seconds:>9,.1f}")
+        lines.append(f"b/a = {c['b_over_a']:.2f}x (target >= 1.5)")
+        lines.append(f"b/c = {c['b_time_over_c']:.3f} (time per image; target <= 1.10)")
+    if "photos" in report:
+        p = report["photos"]
+        lines += ["", f"predict, {p['images']:,} JPEG photos of {p['megapixels'].replace(',', '-')} MP, "
+                      "mobilenet_v3_small at 224x224:",
+                  f"PIL + torchvision.transforms loop: {p['loop_images_per_s']:.1f} images/s",
+                  f"cnnctl predict: {p['cnnctl_images_per_s_end_to_end']:.1f} images/s end to end, "
+                  f"{p['cnnctl_images_per_s_after_start']:.1f} after start-up (decode {p['decode_s']:.1f}s, "
+                  f"inference {p['inference_s']:.1f}s)",
+                  f"cnnctl/loop = {p['ratio_end_to_end']:.2f}x end to end (target >= 3)",
+                  f"decoders, files/s to a 224x224 RGB tensor ({p['decoders']['files']} photos, one thread):"]
+        for name, rate in p["decoders"]["files_per_s"].items():
+            lines.append(f"  {name:<44} {rate:>7.1f}")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------------------- report
 
 
@@ -339,6 +583,7 @@ def render(report: dict[str, Any]) -> str:
         s = report["startup"]
         lines.append("cnnctl --help {:.3f}s, cnnctl list {:.3f}s (target <= 0.3; torch imported: {}, {})".format(
             s["--help"]["wall_s"], s["list"]["wall_s"], s["--help"]["imports_torch"], s["list"]["imports_torch"]))
+    lines.extend(render_images(report))
     return "\n".join(lines)
 
 
@@ -353,7 +598,10 @@ def default_mirror() -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections: {', '.join(SECTIONS)}")
+    parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                        help=f"comma-separated sections: {', '.join(SECTIONS)} [default: %(default)s]")
+    parser.add_argument("--quick", action="store_true",
+                        help="folder/cifar/photos at a size a shared 2-core machine manages (QUICK_SIZES)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per leg per round (train section)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three legs")
     parser.add_argument("--full-runs", type=int, default=1, help="10-epoch end-to-end runs")
@@ -379,8 +627,10 @@ def main() -> None:
         data_dir = work / "data" / "mnist"
         report: dict[str, Any] = {"machine": machine(), "load_before": load_average(), "epochs": args.epochs,
                                   "rounds": args.rounds, "batch_norm": args.batch_norm, "sections": sections}
+        report["sizes"] = QUICK_SIZES if args.quick else FULL_SIZES
         functions = {"train": section_train, "full": section_full, "predict": section_predict,
-                     "eval": section_eval, "startup": section_startup}
+                     "eval": section_eval, "startup": section_startup, "folder": section_folder,
+                     "cifar": section_cifar, "photos": section_photos}
         for name in SECTIONS:
             if name in sections:
                 log(f"[{name}]")
