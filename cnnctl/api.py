@@ -114,25 +114,10 @@ def predict(model_or_path: Any, images: Any, *, device: str = "cpu",
     class names are ``model.cnnctl_meta.classes``. Preprocessing comes from the checkpoint, as in the CLI.
     ``tta``: ``flip`` or ``flip-crop`` averages the probabilities over views of each image (cnnctl/tta.py).
     """
-    import torch
 
     from cnnctl.engine.predict import predict_api
 
-    if isinstance(model_or_path, (str, os.PathLike)):
-        model_or_path, _ = load(model_or_path, device=device)
-    meta = getattr(model_or_path, "cnnctl_meta", None)
-    if meta is None:
-        raise CnnctlError("cnnctl.predict needs a model from cnnctl.load() or a checkpoint path",
-                          hint=f"got {type(model_or_path).__name__}")
-    if isinstance(images, torch.Tensor):
-        images = _checked_batch(images, meta.preprocessing)
-    elif isinstance(images, (str, os.PathLike)):
-        images = Path(images)
-    elif isinstance(images, (list, tuple)):
-        images = [_as_path(image, "cnnctl.predict") for image in images]
-    else:
-        raise UsageError(f"cnnctl.predict cannot read images from a {type(images).__name__}",
-                         hint="pass image files, folders, or a uint8 tensor")
+    model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.predict")
     return predict_api(model_or_path, images, device=device, tta=tta)
 
 
@@ -146,6 +131,27 @@ def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", *, out
     return _export(_as_path(checkpoint_path, "cnnctl.export"), format=format, output=output,
                    dynamic_batch=dynamic_batch, opset=opset, root=root)
 
+
+
+def _model_and_images(model_or_path: Any, images: Any, device: str, caller: str) -> tuple[Any, Any]:
+    """The model (loaded when a path is given) and the images as the engine takes them: a checked uint8 batch,
+    a path, or a list of paths."""
+    import torch
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        model_or_path, _ = load(model_or_path, device=device)
+    meta = getattr(model_or_path, "cnnctl_meta", None)
+    if meta is None:
+        raise CnnctlError(f"{caller} needs a model from cnnctl.load() or a checkpoint path",
+                          hint=f"got {type(model_or_path).__name__}")
+    if isinstance(images, torch.Tensor):
+        return model_or_path, _checked_batch(images, meta.preprocessing)
+    if isinstance(images, (str, os.PathLike)):
+        return model_or_path, Path(images)
+    if isinstance(images, (list, tuple)):
+        return model_or_path, [_as_path(image, caller) for image in images]
+    raise UsageError(f"{caller} cannot read images from a {type(images).__name__}",
+                     hint="pass image files, folders, or a uint8 tensor")
 
 def _as_path(value: Any, caller: str) -> Path:
     if not isinstance(value, (str, os.PathLike)):
@@ -198,24 +204,9 @@ def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: 
     Grad-CAM looks at (default: the last convolutional block); ``target`` a class (default: the prediction).
     Returns one ``Explanation`` per image: ``.heatmap`` (H×W in [0, 1]), ``.target_name``, ``.topk``,
     ``.layer``, and ``.output``, the PNG written into the ``output`` folder when one is given."""
-    import torch
 
     from cnnctl.heatmaps import explain as _explain
 
-    if isinstance(model_or_path, (str, os.PathLike)):
-        model_or_path, _ = load(model_or_path, device=device)
-    meta = getattr(model_or_path, "cnnctl_meta", None)
-    if meta is None:
-        raise CnnctlError("cnnctl.explain needs a model from cnnctl.load() or a checkpoint path",
-                          hint=f"got {type(model_or_path).__name__}")
-    if isinstance(images, torch.Tensor):
-        images = _checked_batch(images, meta.preprocessing)
-    elif isinstance(images, (str, os.PathLike)):
-        images = Path(images)
-    elif isinstance(images, (list, tuple)):
-        images = [_as_path(image, "cnnctl.explain") for image in images]
-    else:
-        raise UsageError(f"cnnctl.explain cannot read images from a {type(images).__name__}",
-                         hint="pass image files, folders, or a uint8 tensor")
+    model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.explain")
     return _explain(model_or_path, images, method=method, layer=layer, target=target,
                     output=None if output is None else Path(output), topk=topk, device=device)

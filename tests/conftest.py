@@ -116,3 +116,14 @@ def micro_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Da
     monkeypatch.setenv("CNNCTL_DATA", str(tmp_path / "data"))
     yield spec
     registry._DATASETS.pop("microdigits", None)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module of small models: several threads only add overhead on tiny batches."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

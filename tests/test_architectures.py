@@ -4,7 +4,6 @@ it. Plus the numbers from the issue, naming, the 1-channel stem and --dropout.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,7 @@ LIGHT_AT_224 = {"mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "shu
                 "shufflenet_v2_x1_0", "regnet_x_400mf", "regnet_y_400mf", "squeezenet1_1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared two-core machine, idle OpenMP threads spin and double the CPU time of
-    these many small forward passes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tv_name(spec: registry.ModelSpec) -> str:

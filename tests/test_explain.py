@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,12 +28,7 @@ EXPECTED_LAYERS = {"lenet5": "relu2", "simplecnn": "relu2", "smallvgg": "relu2_2
                    "regnet_x_400mf": "trunk_output", "convnext_tiny": "features", "alexnet": "features"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small_input(spec: registry.ModelSpec) -> tuple[int, int, int]:

@@ -22,13 +22,7 @@ from cnnctl.errors import CheckpointError, UsageError
 from cnnctl.models import build_model
 from cnnctl.models.pretrained import load_pretrained
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def features(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
