@@ -95,6 +95,7 @@ def hostile_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.mkfifo(folder / "fifo.png")
     (folder / "zero.png").symlink_to("/dev/zero")
     Image.fromarray(_asymmetric()).save(folder / "fine.png")
+    Image.fromarray(_asymmetric()).save(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png"))  # not UTF-8
     return folder
 
 
@@ -134,10 +135,11 @@ def test_predict_on_hostile_files_gives_error_rows_in_bounded_memory(hostile_fol
                           capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     rows = {Path(row["path"]).name: row for row in json.loads(done.stdout)}
-    assert set(rows) == {"bomb.png", "fifo.png", "zero.png", "frames.gif", "fine.png"}
+    assert set(rows) == {"bomb.png", "fifo.png", "zero.png", "frames.gif", "fine.png", "caf\\xe9.png"}
     assert "more than the limit" in rows["bomb.png"]["error"]
     assert "FIFO" in rows["fifo.png"]["error"] and "device" in rows["zero.png"]["error"]
     assert rows["frames.gif"]["error"] is None and rows["fine.png"]["error"] is None
+    assert rows["caf\\xe9.png"]["error"] is None  # read, and named with its byte escaped
     peak_kb = int(done.stderr.rsplit("maxrss_kb", 1)[1].split()[0])
     assert peak_kb < 1.5 * 2**20, f"peak memory {peak_kb / 2**20:.2f} GiB"
 

@@ -72,6 +72,25 @@ def build_loaders(config: TrainConfig, data: PreparedData, device: torch.device,
     return train, (loader(data.val, False) if validate_here else None)
 
 
+def validation_metrics(trainer: Any) -> dict[str, float]:
+    """Validation loss and accuracy. With several processes rank 0 evaluates the whole split and broadcasts
+    the numbers: simpler than sharding the split and reducing sums (no uneven shards to pad), exactly the
+    numbers a single process computes, and validation is a small part of an epoch's time."""
+    if trainer.data.val is None:
+        return {}
+    from cnnctl.engine.distributed import broadcast_object
+    from cnnctl.engine.evaluate import evaluate
+
+    row = {}
+    if trainer.val_batches is not None:
+        trainer.reporter.phase("validating")
+        val = evaluate(trainer.eval_model(), trainer.val_batches, len(trainer.data.classes),
+                       autocast=trainer.precision.autocast())
+        row = {"val_loss": val.loss, "val_acc": val.top1, "val_balanced_acc": val.balanced_accuracy,
+               "val_macro_f1": val.macro_f1}
+    return broadcast_object(row, trainer.dist)
+
+
 def check_finite(trainer: Any, first_bad: torch.Tensor, epoch: int, steps: int) -> None:
     """Stop with one line at the first batch whose loss was not finite (``first_bad`` ≥ 0)."""
     bad = int(first_bad)

@@ -211,6 +211,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ epochs
     def fit(self, guard: Any) -> None:
+        from cnnctl.engine import components
         from cnnctl.engine.distributed import stop_agreed
         from cnnctl.engine.interrupt import interrupted_error
 
@@ -221,7 +222,7 @@ class Trainer:
             self.head_only.begin_epoch(epoch, self.reporter.message)
             callbacks.on_epoch_start(self, epoch)
             row = self.train_epoch(epoch, guard, skip)
-            row.update(self.validate())
+            row.update(components.validation_metrics(self))
             if self.schedule.epoch_end(row.get(self.monitor)):
                 self.reporter.message(f"plateau: {self.monitor} has not improved for "
                                       f"{config.plateau_patience + 1} epochs; learning rate × {config.gamma:g}")
@@ -300,24 +301,6 @@ class Trainer:
                 "train_acc": float(correct) / max(seen, 1), "lr": self.schedule.lr_at(first_step),
                 "lr_end": self.schedule.lr_at(first_step + steps - 1), "epoch_time_s": seconds,
                 "images_per_s": seen / seconds if seconds > 0 else 0.0}
-
-    def validate(self) -> dict[str, float]:
-        """Validation loss and accuracy. With several processes rank 0 evaluates the whole split and broadcasts
-        the numbers: simpler than sharding the split and reducing sums (no uneven shards to pad), exactly the
-        numbers a single process computes, and validation is a small part of an epoch's time."""
-        if self.data.val is None:
-            return {}
-        from cnnctl.engine.distributed import broadcast_object
-        from cnnctl.engine.evaluate import evaluate
-
-        row = {}
-        if self.val_batches is not None:
-            self.reporter.phase("validating")
-            val = evaluate(self.eval_model(), self.val_batches, len(self.data.classes),
-                           autocast=self.precision.autocast())
-            row = {"val_loss": val.loss, "val_acc": val.top1, "val_balanced_acc": val.balanced_accuracy,
-                   "val_macro_f1": val.macro_f1}
-        return broadcast_object(row, self.dist)
 
     def eval_model(self) -> torch.nn.Module:
         """The model to evaluate: without DistributedDataParallel, whose forward would join the other ranks
