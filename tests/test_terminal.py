@@ -134,7 +134,14 @@ def test_training_piped_prints_only_data_on_stdout(workdir: Path, trained: str) 
     assert "\x1b[" not in result.stdout + result.stderr  # no bar, no colour codes in a log
 
 
+def _mnist_mirror() -> str:
+    from real_mnist import mnist_mirror
+
+    return str(mnist_mirror())
+
+
 @pytest.mark.parametrize("args, expected", [
+    (("download", "mnist", "--mirror", _mnist_mirror()), ("mnist", "ready")),  # copied and verified, with a bar
     (("eval", "runs/lenet5-termdigits", "--plots", "evalplots"),
      ("using the latest run in runs/lenet5-termdigits", "accuracy")),
     (("predict", "images", "--plot", "grid.png", "-o", "predictions.csv"),
