@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -138,12 +138,9 @@ def _model_and_images(model_or_path: Any, images: Any, device: str, caller: str)
     a path, or a list of paths."""
     import torch
 
-    if isinstance(model_or_path, (str, os.PathLike)):
-        model_or_path, _ = load(model_or_path, device=device)
-    meta = getattr(model_or_path, "cnnctl_meta", None)
-    if meta is None:
-        raise CnnctlError(f"{caller} needs a model from cnnctl.load() or a checkpoint path",
-                          hint=f"got {type(model_or_path).__name__}")
+    from cnnctl.engine.predict import model_with_meta
+
+    model_or_path, meta = model_with_meta(model_or_path, device, caller)
     if isinstance(images, torch.Tensor):
         return model_or_path, _checked_batch(images, meta.preprocessing)
     if isinstance(images, (str, os.PathLike)):

@@ -311,18 +311,12 @@ def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: 
     image size); with ``output``, also ``<stem>.<method>.png`` per image in that folder."""
     import torch
 
-    from cnnctl.engine.predict import decode_image, find_images, load_for_inference
+    from cnnctl.engine.predict import decode_image, find_images, model_with_meta
 
     require_captum()
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    if isinstance(model_or_path, (str, Path)):
-        model, _ = load_for_inference(model_or_path, device=device)
-    else:
-        model = model_or_path
-    meta = getattr(model, "cnnctl_meta", None)
-    if meta is None:
-        raise UsageError("cnnctl.explain needs a model from cnnctl.load() or a checkpoint path")
+    model, meta = model_with_meta(model_or_path, device, "cnnctl.explain")
     if isinstance(images, torch.Tensor):
         batch = images.unsqueeze(0) if images.dim() == 3 else images
         sources = [f"image {i}" for i in range(batch.shape[0])]

@@ -73,6 +73,19 @@ def decode_bytes(data: bytes, path: Path, preprocessing: Preprocessing, *, max_p
     return resize_and_crop(image, tuple(preprocessing.image_size), preprocessing.resize, preprocessing.interpolation)
 
 
+def model_with_meta(model_or_path: Any, device: str, caller: str) -> tuple[torch.nn.Module, Any]:
+    """A model from :func:`load_for_inference` (loaded here when given a checkpoint path) and its metadata."""
+    import os
+
+    model = load_for_inference(model_or_path, device=device)[0] if isinstance(model_or_path, (str, os.PathLike)) \
+        else model_or_path
+    meta = getattr(model, "cnnctl_meta", None)
+    if meta is None:
+        raise CnnctlError(f"{caller} needs a model from cnnctl.load() or a checkpoint path",
+                          hint=f"got {type(model).__name__}")
+    return model, meta
+
+
 def load_for_inference(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Preprocessing]:
     from cnnctl import checkpoint
     from cnnctl.engine.device import resolve_device
@@ -225,13 +238,7 @@ def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str =
     N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (cnnctl/tta.py)."""
     import torch
 
-    if isinstance(model_or_path, (str, Path)):
-        model, _ = load_for_inference(model_or_path, device=device)
-    else:
-        model = model_or_path
-    meta = getattr(model, "cnnctl_meta", None)
-    if meta is None:
-        raise CnnctlError("cnnctl.predict needs a model from cnnctl.load() or a checkpoint path")
+    model, meta = model_with_meta(model_or_path, device, "cnnctl.predict")
     predictor = Predictor(model, meta, topk=topk, tta=tta)
     if isinstance(images, torch.Tensor):
         return predictor.predict_tensor(images)
