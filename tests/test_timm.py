@@ -5,7 +5,6 @@ data config as the checkpoint's preprocessing, and offline use with no socket op
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -44,19 +43,6 @@ def hub_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     (folder / HUB_ID).mkdir(parents=True)
     save_file(tensors, str(folder / HUB_ID / "model.safetensors"))
     return folder, tensors
-
-
-@pytest.fixture()
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    attempts: list[object] = []
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        attempts.append(args)
-        raise AssertionError(f"a network connection was opened: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    return attempts
 
 
 def test_names_resolve_lazily_with_the_tutorials_spellings() -> None:

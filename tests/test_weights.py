@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -51,21 +50,6 @@ def mirror(tmp_path: Path, weights_file: Path, monkeypatch: pytest.MonkeyPatch) 
     shutil.copy(weights_file, folder / weights_file.name)
     publish(monkeypatch, ARCH, weights_file.name)
     return folder
-
-
-@pytest.fixture()
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Any attempt to open a network connection is recorded and fails."""
-    attempts: list[object] = []
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        attempts.append(args)
-        raise AssertionError(f"a network connection was opened: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    return attempts
 
 
 def no_leftovers(folder: Path) -> None:
