@@ -40,3 +40,17 @@ def test_unknown_architecture_suggests_a_close_match() -> None:
         registry.get_model_spec("lenet55")
     with pytest.raises(registry.UsageError, match="choose one of"):
         registry.get_model_spec("transformer-xxl")
+
+
+def test_smallvgg_stages_keep_the_two_stage_default_and_add_depth() -> None:
+    default = build_model("smallvgg", num_classes=10, in_channels=1)
+    assert sum(p.numel() for p in default.parameters()) == registry.get_model_spec("smallvgg").params
+    assert "conv2_2.weight" in default.state_dict() and "conv3_1.weight" not in default.state_dict()
+    deeper = build_model("smallvgg", num_classes=10, in_channels=1, width=8, stages=3)
+    weights = deeper.state_dict()
+    assert weights["conv3_2.weight"].shape == (32, 32, 3, 3)  # width doubles each stage: 8, 16, 32
+    assert weights["fc1.weight"].shape == (128, 32 * 3 * 3)  # 28 pixels halved three times, floored
+    for side in (28, 32, 64):
+        assert deeper(torch.randn(2, 1, side, side)).shape == (2, 10)
+    with pytest.raises(registry.UsageError, match="1 to 4 stages"):
+        build_model("smallvgg", num_classes=10, in_channels=1, stages=7)
