@@ -19,8 +19,10 @@ Sections:
            --data``, (c) the compute limit; plus the scan and decode rate of many small files, and peak memory.
   cifar    resnet18 (small-image) on data in the CIFAR-10 python format, crop-flip augmentation: (a) the ResNet
            tutorial's hand-written Dataset, (b) ``cnnctl train resnet18 --dataset cifar10``, (c) compute limit.
-  photos   ``cnnctl predict`` vs a PIL + torchvision.transforms loop on multi-megapixel JPEGs for a 224-input
-           model, and every available decoder's files/s on them (with and without DCT-scaled decoding).
+  photos   ``cnnctl predict`` (and the same with reduced-size JPEG decoding off) vs a PIL +
+           torchvision.transforms loop on multi-megapixel JPEGs for a 224-input model, after start-up and end to
+           end (``--photos N``, ``--megapixels LOW,HIGH``, ``--image-rounds R`` override the size), and every
+           available decoder's files/s on them (benchmarks/decoders.py).
 
 Every leg runs in its own process so that each starts from the same state; legs alternate so that a change in
 machine load (the machines we measure on are shared) hits all of them alike. Nothing is estimated: every number
@@ -500,8 +502,8 @@ def section_photos(args: argparse.Namespace, data_dir: Path, work: Path, report:
         loop_key = "seconds" if key == "predict_s" else "wall_s"
         return median([r["loop"][loop_key] / r[mine][key] for r in rounds])
 
-    decoders = image_leg("decoders", "--data", str(photos), "--size", "224", "--files", str(min(count, 100)),
-                         "--rounds", "3", "--threads", "1")
+    decoders = image_leg("decoders", "--data", str(photos), "--size", "224", "--files", str(min(count, 30)),
+                         "--rounds", str(sizes["rounds"]), "--threads", "1")
     report["photos"] = {
         "images": count, "megapixels": sizes["megapixels"], "rounds": rounds, "load_after": load_average(),
         "loop_images_per_s": count / median([r["loop"]["seconds"] for r in rounds]),

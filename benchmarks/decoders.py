@@ -93,9 +93,12 @@ def candidates(size: int | None) -> tuple[dict[str, Callable[[Path, bytes], obje
         found["Pillow-SIMD"] = found.pop("Pillow")
     else:
         missing["Pillow-SIMD"] = f"not installed (Pillow {PIL.__version__} is the stock build)"
-    target = None if size is None else cnnctl_images.ResizeTarget((size, size))
-    cnnctl_label = "cnnctl decode_image_bytes" + (" (reduced JPEG decode)" if size is not None else "")
-    found[cnnctl_label] = lambda path, data: fit(cnnctl_images.decode_image_bytes(data, path, 3, target=target))
+    if size is None:
+        found["cnnctl decode_image_bytes"] = lambda path, data: cnnctl_images.decode_image_bytes(data, path, 3)
+    else:  # what predict calls: header check, reduced-size decode where it applies, EXIF orientation, resize
+        target = cnnctl_images.ResizeTarget((size, size))
+        found["cnnctl decode_to_target (predict's decode)"] = lambda path, data: cnnctl_images.decode_to_target(
+            data, path, target, 3)
     return found, missing
 
 

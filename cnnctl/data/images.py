@@ -66,7 +66,7 @@ class ImageHeader:
     height: int
     mode: str  # Pillow's mode: L, RGB, RGBA, P, 1, I;16, ...
     animated: bool
-    orientation: int = 1  # EXIF orientation (1-8); 5-8 turn the image by 90°, so its H and W swap
+    orientation: int = 1  # JPEG's EXIF orientation (1-8; other formats: 1); 5-8 turn it by 90°, H and W swap
 
     @property
     def oriented_size(self) -> tuple[int, int]:
@@ -154,7 +154,11 @@ def read_header(data: bytes, path: Path, max_pixels: int | None = None) -> Image
 
 
 def _orientation(image: Any) -> int:
-    """The EXIF orientation ``PIL.ImageOps.exif_transpose`` would apply (1 where there is none or it is broken)."""
+    """The EXIF orientation ``PIL.ImageOps.exif_transpose`` would apply (1 where there is none or it is broken),
+    read for JPEGs only: their EXIF block is read with the header, where Pillow's ``getexif()`` on a PNG without
+    one decodes the whole image to look for it."""
+    if image.format != "JPEG":
+        return 1
     try:
         value = image.getexif().get(_ORIENTATION_TAG, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block: exif_transpose fails on it too, decoding reports it
