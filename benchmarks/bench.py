@@ -19,8 +19,10 @@ Sections:
            --data``, (c) the compute limit; plus the scan and decode rate of many small files, and peak memory.
   cifar    resnet18 (small-image) on data in the CIFAR-10 python format, crop-flip augmentation: (a) the ResNet
            tutorial's hand-written Dataset, (b) ``cnnctl train resnet18 --dataset cifar10``, (c) compute limit.
-  photos   ``cnnctl predict`` vs a PIL + torchvision.transforms loop on multi-megapixel JPEGs for a 224-input
-           model, and every available decoder's files/s on them (with and without DCT-scaled decoding).
+  photos   ``cnnctl predict`` (and the same with reduced-size JPEG decoding off) vs a PIL +
+           torchvision.transforms loop on multi-megapixel JPEGs for a 224-input model, after start-up and end to
+           end (``--photos N``, ``--megapixels LOW,HIGH``, ``--image-rounds R`` override the size), and every
+           available decoder's files/s on them (benchmarks/decoders.py).
 
 Every leg runs in its own process so that each starts from the same state; legs alternate so that a change in
 machine load (the machines we measure on are shared) hits all of them alike. Nothing is estimated: every number
@@ -444,9 +446,29 @@ def section_cifar(args: argparse.Namespace, data_dir: Path, work: Path, report: 
     report["cifar"] = summary
 
 
+# ``cnnctl predict`` with reduced-size JPEG decoding switched off (the module switch in cnnctl/data/images.py)
+FULL_DECODE_PREDICT = ("import runpy, sys\nimport cnnctl.data.images as images\nimages.REDUCED_JPEG_DECODE = False\n"
+                       "sys.argv = ['cnnctl', *sys.argv[1:]]\nrunpy.run_module('cnnctl', run_name='__main__')")
+PREDICT_LINE = re.compile(r"in ([\d.]+)s \(([\d,]+) images/s; decode ([\d.]+)s, inference ([\d.]+)s\)")
+
+
+def photo_predict_leg(checkpoint: Path, photos: Path, output: Path, *, reduced: bool) -> dict[str, Any]:
+    """``cnnctl predict`` in a fresh process: wall time, the time after start-up it reports, decode and inference."""
+    prefix = cnnctl() if reduced else [sys.executable, "-c", FULL_DECODE_PREDICT]
+    wall, result = run([*prefix, "predict", str(checkpoint), str(photos), "--output", str(output)])
+    line = result.stderr.strip().splitlines()[-1]
+    match = PREDICT_LINE.search(line)
+    if not match:
+        raise SystemExit(f"unexpected predict output: {line}")
+    return {"wall_s": wall, "predict_s": float(match.group(1)), "decode_s": float(match.group(3)),
+            "inference_s": float(match.group(4))}
+
+
 def section_photos(args: argparse.Namespace, data_dir: Path, work: Path, report: dict[str, Any]) -> None:
+    """Rounds of three fresh processes in rotating order: the PIL + transforms loop, ``cnnctl predict`` and
+    ``cnnctl predict`` with full-size decoding; ratios paired within a round, after start-up and end to end."""
     sizes = report["sizes"]
-    photos, tiny = work / "photos", work / "folder-tiny-224"
+    photos, tiny = work / f"photos-{sizes['photos']}-{sizes['megapixels'].replace(',', '-')}", work / "folder-tiny-224"
     if not photos.is_dir():
         made = image_leg("make-photos", "--mnist-root", str(work / "data"), "--out", str(photos), "--count",
                          str(sizes["photos"]), "--megapixels", sizes["megapixels"])
@@ -458,36 +480,47 @@ def section_photos(args: argparse.Namespace, data_dir: Path, work: Path, report:
     checkpoint = Path(cnnctl_train_leg(["mobilenet_v3_small", "--data", str(tiny), "--img-size", "224", "--epochs",
                                         "1", "--batch-size", "50", "--val-split", "0"], work)["run_dir"])
     checkpoint = checkpoint / "best.safetensors"
-    loops, predicts = [], []
+    legs = {
+        "loop": lambda: {**image_leg_timed("predict-tutorial", "--checkpoint", str(checkpoint), "--data",
+                                           str(photos))},
+        "cnnctl": lambda: photo_predict_leg(checkpoint, photos, work / "photo-predictions.csv", reduced=True),
+        "full": lambda: photo_predict_leg(checkpoint, photos, work / "photo-predictions-full.csv", reduced=False),
+    }
+    rounds = []
     for number in range(sizes["rounds"]):
-        order = ["loop", "cnnctl"] if number % 2 == 0 else ["cnnctl", "loop"]
-        for name in order:
-            if name == "loop":
-                loops.append(image_leg("predict-tutorial", "--checkpoint", str(checkpoint), "--data", str(photos)))
-                log(f"  PIL + transforms loop: {loops[-1]['images_per_s']:.1f} images/s (load {load_average()})")
-            else:
-                output = work / "photo-predictions.csv"
-                wall, result = run(cnnctl("predict", str(checkpoint), str(photos), "--output", str(output)))
-                line = result.stderr.strip().splitlines()[-1]
-                match = re.search(r"in ([\d.]+)s \(([\d,]+) images/s; decode ([\d.]+)s, inference ([\d.]+)s\)", line)
-                if not match:
-                    raise SystemExit(f"unexpected predict output: {line}")
-                predicts.append({"wall_s": wall, "predict_s": float(match.group(1)),
-                                 "decode_s": float(match.group(3)), "inference_s": float(match.group(4))})
-                log(f"  cnnctl predict: {wall:.1f}s wall; {line} (load {load_average()})")
+        keys = list(legs)
+        measured = {}
+        for key in keys[number % len(keys):] + keys[:number % len(keys)]:
+            measured[key] = legs[key]()
+            log(f"  round {number + 1} {key}: {measured[key]['wall_s']:.1f}s wall, "
+                f"{measured[key].get('predict_s', measured[key].get('seconds')):.1f}s after start-up "
+                f"(load {load_average()})")
+        rounds.append(measured)
     count = sizes["photos"]
-    decoders = image_leg("decoders", "--data", str(photos), "--size", "224", "--files", str(min(count, 100)))
+
+    def paired(mine: str, key: str) -> float:  # loop time / cnnctl time, within each round
+        loop_key = "seconds" if key == "predict_s" else "wall_s"
+        return median([r["loop"][loop_key] / r[mine][key] for r in rounds])
+
+    decoders = image_leg("decoders", "--data", str(photos), "--size", "224", "--files", str(min(count, 30)),
+                         "--rounds", str(sizes["rounds"]), "--threads", "1")
     report["photos"] = {
-        "images": count, "megapixels": sizes["megapixels"],
-        "loop_images_per_s": median([r["images_per_s"] for r in loops]),
-        "cnnctl_images_per_s_end_to_end": count / median([r["wall_s"] for r in predicts]),
-        "cnnctl_images_per_s_after_start": count / median([r["predict_s"] for r in predicts]),
-        "decode_s": median([r["decode_s"] for r in predicts]),
-        "inference_s": median([r["inference_s"] for r in predicts]),
-        "ratio_end_to_end": median([(count / p["wall_s"]) / loop["images_per_s"]
-                                    for p, loop in zip(predicts, loops)]),
+        "images": count, "megapixels": sizes["megapixels"], "rounds": rounds, "load_after": load_average(),
+        "loop_images_per_s": count / median([r["loop"]["seconds"] for r in rounds]),
+        "loop_wall_s": median([r["loop"]["wall_s"] for r in rounds]),
+        **{f"{name}_{key}": median([r[name][key] for r in rounds]) for name in ("cnnctl", "full")
+           for key in ("wall_s", "predict_s", "decode_s", "inference_s")},
+        "ratio_after_start": paired("cnnctl", "predict_s"), "ratio_end_to_end": paired("cnnctl", "wall_s"),
+        "full_ratio_after_start": paired("full", "predict_s"), "full_ratio_end_to_end": paired("full", "wall_s"),
+        "reduced_over_full_after_start": median([r["full"]["predict_s"] / r["cnnctl"]["predict_s"] for r in rounds]),
         "decoders": decoders,
     }
+
+
+def image_leg_timed(name: str, *options: str) -> dict[str, Any]:
+    """:func:`image_leg` plus the wall time of its process (start-up included)."""
+    wall, result = run([sys.executable, str(IMAGE_LEGS), name, *options])
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), "wall_s": wall}
 
 
 def render_images(report: dict[str, Any]) -> list[str]:
@@ -522,16 +555,25 @@ def render_images(report: dict[str, Any]) -> list[str]:
         lines.append(f"b/c = {c['b_time_over_c']:.3f} (time per image; target <= 1.10)")
     if "photos" in report:
         p = report["photos"]
-        lines += ["", f"predict, {p['images']:,} JPEG photos of {p['megapixels'].replace(',', '-')} MP, "
-                      "mobilenet_v3_small at 224x224:",
-                  f"PIL + torchvision.transforms loop: {p['loop_images_per_s']:.1f} images/s",
-                  f"cnnctl predict: {p['cnnctl_images_per_s_end_to_end']:.1f} images/s end to end, "
-                  f"{p['cnnctl_images_per_s_after_start']:.1f} after start-up (decode {p['decode_s']:.1f}s, "
-                  f"inference {p['inference_s']:.1f}s)",
-                  f"cnnctl/loop = {p['ratio_end_to_end']:.2f}x end to end (target >= 3)",
-                  f"decoders, files/s to a 224x224 RGB tensor ({p['decoders']['files']} photos, one thread):"]
+        count = p["images"]
+        lines += ["", f"predict, {count:,} JPEG photos of {p['megapixels'].replace(',', '-')} MP, mobilenet_v3_small "
+                      f"at 224x224, median of {len(p['rounds'])} round(s) (load after: {p['load_after']}):",
+                  f"{'leg':<46} {'wall s':>7} {'after start-up s':>17} {'images/s':>9} {'decode s':>9} "
+                  f"{'inference s':>12}",
+                  f"{'PIL + torchvision.transforms loop':<46} {p['loop_wall_s']:>7.1f} "
+                  f"{count / p['loop_images_per_s']:>17.1f} {p['loop_images_per_s']:>9.1f}"]
+        for name, label in (("cnnctl", "cnnctl predict"), ("full", "cnnctl predict, reduced JPEG decode off")):
+            lines.append(f"{label:<46} {p[f'{name}_wall_s']:>7.1f} {p[f'{name}_predict_s']:>17.1f} "
+                         f"{count / p[f'{name}_predict_s']:>9.1f} {p[f'{name}_decode_s']:>9.1f} "
+                         f"{p[f'{name}_inference_s']:>12.1f}")
+        lines += [f"cnnctl/loop = {p['ratio_after_start']:.2f}x after start-up, {p['ratio_end_to_end']:.2f}x end "
+                  "to end (both processes' wall time; target >= 3)",
+                  f"reduced JPEG decode off: {p['full_ratio_after_start']:.2f}x / {p['full_ratio_end_to_end']:.2f}x; "
+                  f"reduced decoding makes predict {p['reduced_over_full_after_start']:.2f}x faster after start-up",
+                  f"decoders, files/s to a 224x224 RGB tensor ({p['decoders']['files']} photos, one thread, "
+                  "ratio to torchvision.io):"]
         for name, rate in p["decoders"]["files_per_s"].items():
-            lines.append(f"  {name:<44} {rate:>7.1f}")
+            lines.append(f"  {name:<50} {rate:>7.1f} {p['decoders']['vs_torchvision'][name]:>6.2f}x")
     return lines
 
 
@@ -604,12 +646,16 @@ def main() -> None:
                         help="folder/cifar/photos at a size a shared 2-core machine manages (QUICK_SIZES)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per leg per round (train section)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three legs")
+    parser.add_argument("--image-rounds", dest="rounds_images", type=int,
+                        help="rounds of the folder/cifar/photos legs (default: the size's)")
     parser.add_argument("--full-runs", type=int, default=1, help="10-epoch end-to-end runs")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of the predict/eval/startup timings")
     parser.add_argument("--batch-norm", action="store_true", help="LeNet-5 + BatchNorm in every leg")
     parser.add_argument("--mirror", default=default_mirror(), help="MNIST folder or URL [default: %(default)s]")
     parser.add_argument("--work", help="scratch folder (kept); default: a temporary folder (removed)")
     parser.add_argument("--json", dest="json_path", help="also write the full results here")
+    parser.add_argument("--photos", type=int, help="photos in the photos section (default: the size's)")
+    parser.add_argument("--megapixels", help="LOW,HIGH megapixels of the photos (default: the size's)")
     args = parser.parse_args()
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -627,7 +673,9 @@ def main() -> None:
         data_dir = work / "data" / "mnist"
         report: dict[str, Any] = {"machine": machine(), "load_before": load_average(), "epochs": args.epochs,
                                   "rounds": args.rounds, "batch_norm": args.batch_norm, "sections": sections}
-        report["sizes"] = QUICK_SIZES if args.quick else FULL_SIZES
+        report["sizes"] = dict(QUICK_SIZES if args.quick else FULL_SIZES)
+        report["sizes"].update({key: value for key, value in (("photos", args.photos), ("megapixels", args.megapixels),
+                                                              ("rounds", args.rounds_images)) if value})
         functions = {"train": section_train, "full": section_full, "predict": section_predict,
                      "eval": section_eval, "startup": section_startup, "folder": section_folder,
                      "cifar": section_cifar, "photos": section_photos}

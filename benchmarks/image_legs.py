@@ -8,7 +8,7 @@
     python benchmarks/image_legs.py cifar-tutorial  --data DATA_ROOT --epochs 1
     python benchmarks/image_legs.py cifar-compute   --images 50000 --epochs 1
     python benchmarks/image_legs.py predict-tutorial --checkpoint CKPT --data DIR
-    python benchmarks/image_legs.py decoders --data DIR --size 224
+    python benchmarks/image_legs.py decoders --data DIR --size 224 --files 100 --rounds 3
 
 Each measuring leg prints one JSON line. The data is built from the real MNIST digits (colourised, resized,
 JPEG-encoded), so files have realistic sizes and decode costs; the photos are digits upscaled to 1-12
@@ -348,53 +348,15 @@ def predict_tutorial(args: argparse.Namespace) -> dict:
 
 
 def decoders(args: argparse.Namespace) -> dict:
-    """Seconds per file to get a ``size``×``size`` uint8 RGB tensor, for each decoder available here."""
-    import io
-
-    import numpy as np
-    import torch
-    from PIL import Image
-    from torchvision.io import ImageReadMode, decode_jpeg
-    from torchvision.transforms.v2 import functional as TF
-
-    from cnnctl.data.images import decode_image_bytes, resize_to
+    """Files per second to a ``size``×``size`` uint8 RGB tensor, per decoder (benchmarks/decoders.py's table)."""
+    from decoders import measure
 
     files = sorted(Path(args.data).rglob("*.jpg"))[:args.files]
-    blobs = [(path, path.read_bytes()) for path in files]
-    target = (args.size, args.size)
-
-    def pillow(data: bytes, draft: bool):
-        with Image.open(io.BytesIO(data)) as image:
-            if draft:
-                image.draft("RGB", target)
-            array = np.asarray(image.convert("RGB"))
-        return resize_to(torch.from_numpy(array).permute(2, 0, 1), target)
-
-    candidates = {
-        "torchvision.io decode_jpeg + resize": lambda path, data: TF.resize(
-            decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB),
-            list(target), antialias=True),
-        "Pillow full decode + resize": lambda path, data: pillow(data, False),
-        "Pillow draft() (DCT scaling) + resize": lambda path, data: pillow(data, True),
-        "cnnctl read (decode_image_bytes)": lambda path, data: resize_to(
-            decode_image_bytes(data, path, 3), target),
-    }
-    try:
-        import simplejpeg  # noqa: F401
-
-        candidates["simplejpeg + resize"] = lambda path, data: TF.resize(
-            torch.from_numpy(simplejpeg.decode_jpeg(data, colorspace="RGB")).permute(2, 0, 1), list(target),
-            antialias=True)
-    except ImportError:
-        pass
-    results = {}
-    for name, decode in candidates.items():
-        decode(*blobs[0])
-        started = time.perf_counter()
-        for path, data in blobs:
-            decode(path, data)
-        results[name] = len(blobs) / (time.perf_counter() - started)
-    return {"leg": "decoders", "files": len(blobs), "size": args.size, "files_per_s": results}
+    result = measure("photos", files, args.size, args.rounds)
+    return {"leg": "decoders", "files": len(files), "size": args.size,
+            "files_per_s": {name: row["files_per_s"] for name, row in result["rows"].items()},
+            "vs_torchvision": {name: row["vs_torchvision"] for name, row in result["rows"].items()},
+            "missing": result["missing"]}
 
 
 LEGS = {"make-folder": make_folder, "make-cifar": make_cifar, "make-photos": make_photos,
@@ -421,6 +383,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=1, help="rotating rounds (decoders)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args()
     if args.threads:

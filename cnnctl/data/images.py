@@ -8,7 +8,12 @@ What an image file becomes, in order:
    ``MAX_IMAGE_PIXELS``, 89,478,485; ``--max-pixels`` changes it) is refused, so a 30,000×30,000 PNG of a few
    kB cannot take gigabytes.
 3. **Decoding**: PNG and JPEG with torchvision.io, every other format (GIF, WebP, BMP, TIFF) with Pillow.
-   An animated GIF (or WebP, TIFF) gives its first frame only.
+   An animated GIF (or WebP, TIFF) gives its first frame only. **A large JPEG is decoded at reduced size** when
+   the caller says what it will resize the image to (``target``, a :class:`ResizeTarget`) and that is at most
+   half the stored size in both directions: libjpeg's DCT scaling through Pillow's ``draft()`` decodes it at 1/2,
+   1/4 or 1/8 scale, keeping at least ``REDUCING_GAP`` times the pixels the resize needs (the shorter side for a
+   shorter-side resize, both sides for a plain resize, counted after EXIF orientation), so the antialiased resize
+   that follows sees nearly what it would see from the full decode. ``REDUCED_JPEG_DECODE = False`` turns it off.
 4. **EXIF orientation is applied** (a phone photo is stored sideways with a tag saying how to turn it), exactly
    as ``PIL.ImageOps.exif_transpose`` does, for every format.
 5. **Channels**: RGB (alpha dropped, palettes expanded); grey, where asked, is ``L = (19595 R + 38470 G + 7471 B
@@ -18,6 +23,7 @@ What an image file becomes, in order:
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import warnings
@@ -39,6 +45,10 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS: a 0.25 GiB 2
 MAX_FILE_BYTES = 256 * 2**20  # larger image files are refused unread: no photo or scan we train on comes close
 _TORCHVISION_FORMATS = frozenset({"PNG", "JPEG"})  # decoded by torchvision.io (faster), EXIF included
 _ORIENTATION_TAG = 0x0112
+# Decode a JPEG at 1/2, 1/4 or 1/8 scale when the consumer resizes it far smaller (see the module docstring); the
+# decoded image keeps at least REDUCING_GAP times the pixels the resize needs (Pillow's thumbnail() default).
+REDUCED_JPEG_DECODE = True
+REDUCING_GAP = 2.0
 PREPROCESSING_NOTES = (
     "EXIF orientation applied (as PIL.ImageOps.exif_transpose)",
     "animated images: first frame",
@@ -56,6 +66,29 @@ class ImageHeader:
     height: int
     mode: str  # Pillow's mode: L, RGB, RGBA, P, 1, I;16, ...
     animated: bool
+    orientation: int = 1  # JPEG's EXIF orientation (1-8; other formats: 1); 5-8 turn it by 90°, H and W swap
+
+    @property
+    def oriented_size(self) -> tuple[int, int]:
+        """(H, W) once EXIF orientation is applied."""
+        return (self.width, self.height) if self.orientation in (5, 6, 7, 8) else (self.height, self.width)
+
+
+@dataclass(frozen=True)
+class ResizeTarget:
+    """What a decoded image is resized to (``data.loader.resize_and_crop``'s arguments): ``size`` (H, W)
+    directly, or with ``resize`` the shorter side to ``resize`` and then a centre crop to ``size``."""
+
+    size: tuple[int, int]
+    resize: int | None = None
+    interpolation: str = "bilinear"  # torchvision's InterpolationMode value (always antialiased)
+
+    def minimum(self) -> tuple[int, int]:
+        """(H, W) the oriented image must keep for the resize to see nearly what the full image gives it."""
+        if self.resize is not None:  # the shorter side becomes ``resize``: both sides at least that
+            side = math.ceil(self.resize * REDUCING_GAP)
+            return side, side
+        return math.ceil(self.size[0] * REDUCING_GAP), math.ceil(self.size[1] * REDUCING_GAP)
 
 
 def _reason(error: BaseException) -> str:
@@ -111,13 +144,26 @@ def read_header(data: bytes, path: Path, max_pixels: int | None = None) -> Image
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             header = ImageHeader(image.format or "?", width, height, image.mode,
-                                 bool(getattr(image, "is_animated", False)))
+                                 bool(getattr(image, "is_animated", False)), _orientation(image))
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for broken files
         raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
     if width * height > limit:
         raise DataError(f"{path}: {width:,}x{height:,} = {width * height:,} pixels, more than the limit of "
                         f"{limit:,}; not decoded", hint="pass --max-pixels N to allow larger images")
     return header
+
+
+def _orientation(image: Any) -> int:
+    """The EXIF orientation ``PIL.ImageOps.exif_transpose`` would apply (1 where there is none or it is broken),
+    read for JPEGs only: their EXIF block is read with the header, where Pillow's ``getexif()`` on a PNG without
+    one decodes the whole image to look for it."""
+    if image.format != "JPEG":
+        return 1
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: exif_transpose fails on it too, decoding reports it
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _pillow_limit_off() -> None:
@@ -147,6 +193,33 @@ def _read_with_pillow(data: bytes, path: Path) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+def _read_reduced_jpeg(data: bytes, header: ImageHeader, target: ResizeTarget) -> torch.Tensor | None:
+    """RGB uint8 3×H×W of a JPEG decoded at 1/2, 1/4 or 1/8 scale (still at least ``target.minimum()`` after EXIF
+    orientation), orientation applied; None where no scale of at least 2 keeps enough pixels, for colour modes
+    other than RGB and L (CMYK), and where Pillow cannot decode it (the full decode then says why, or succeeds)."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    if header.format != "JPEG" or header.mode not in ("RGB", "L"):
+        return None
+    need_height, need_width = target.minimum()
+    if header.orientation in (5, 6, 7, 8):  # stored sideways: the stored rows become columns
+        need_height, need_width = need_width, need_height
+    if min(header.width // need_width, header.height // need_height) < 2:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (need_width, need_height))  # libjpeg picks the smallest scale keeping this size
+            oriented = ImageOps.exif_transpose(image)
+            array = np.asarray(oriented.convert("RGB"), dtype=np.uint8)
+    except Exception:  # noqa: BLE001 - the full decode reports the problem in the usual way
+        return None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
 def read_image(path: str | Path, channels: int = 3, *, max_pixels: int | None = None) -> torch.Tensor:
     """Decode ``path`` as uint8 ``channels``×H×W (1: grey, 3: RGB) as the module docstring describes.
 
@@ -163,13 +236,44 @@ def decode_image_bytes(data: bytes, path: Path, channels: int = 3, *, max_pixels
     return to_grey(image) if channels == 1 else image
 
 
-def decode_with_header(data: bytes, path: Path, *, max_pixels: int | None = None) -> tuple[torch.Tensor, ImageHeader]:
-    """RGB uint8 3×H×W (oriented) and the file's header; the header is checked against ``max_pixels`` first."""
-    import torch
+def decode_to_target(data: bytes, path: Path, target: ResizeTarget, channels: int = 3, *,
+                     max_pixels: int | None = None) -> torch.Tensor:
+    """uint8 ``channels``×H×W at ``target.size``: :func:`decode_image_bytes` then ``loader.resize_and_crop``, with
+    a large JPEG decoded at reduced size (module docstring, step 3). A shorter-side resize takes its long side
+    from the stored image's proportions, as the full decode would, so the centre crop covers the same region."""
+    from cnnctl.data.loader import resize_and_crop
 
     header = read_header(data, path, max_pixels)
+    image = _read_reduced_jpeg(data, header, target) if REDUCED_JPEG_DECODE else None
+    reduced = image is not None
+    if image is None:
+        image = _decode_full(data, path, header)
+    if channels == 1:
+        image = to_grey(image)
+    if reduced and target.resize is not None:
+        height, width = header.oriented_size
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        # torchvision's rule for resize(image, [side]) (int, floored), applied to the full image's size
+        resized = ([target.resize, int(target.resize * width / height)] if height <= width
+                   else [int(target.resize * height / width), target.resize])
+        image = TF.resize(image, resized, interpolation=InterpolationMode(target.interpolation), antialias=True)
+    return resize_and_crop(image, target.size, target.resize, target.interpolation)
+
+
+def decode_with_header(data: bytes, path: Path, *, max_pixels: int | None = None) -> tuple[torch.Tensor, ImageHeader]:
+    """RGB uint8 3×H×W (oriented) and the file's header; the header is checked against ``max_pixels`` first."""
+    header = read_header(data, path, max_pixels)
+    return _decode_full(data, path, header), header
+
+
+def _decode_full(data: bytes, path: Path, header: ImageHeader) -> torch.Tensor:
+    """RGB uint8 3×H×W (oriented) of a file whose header was checked, at its stored size."""
+    import torch
+
     if header.format not in _TORCHVISION_FORMATS:
-        return _read_with_pillow(data, path), header
+        return _read_with_pillow(data, path)
     from torchvision.io import ImageReadMode, decode_image
 
     from cnnctl.data.png_check import png_problem
@@ -188,7 +292,7 @@ def decode_with_header(data: bytes, path: Path, *, max_pixels: int | None = None
         from torchvision.transforms.v2 import functional as TF
 
         image = TF.to_dtype(image, torch.uint8, scale=True)
-    return image, header
+    return image
 
 
 def describe_header(header: ImageHeader) -> dict[str, Any]:

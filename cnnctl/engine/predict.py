@@ -56,21 +56,20 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], int]:
 def decode_image(path: Path, preprocessing: Preprocessing, *, max_pixels: int | None = None) -> torch.Tensor:
     """Read one image as uint8 C×H×W with the checkpoint's channel count and size (not yet padded): resized,
     or resized and centre-cropped when the checkpoint's preprocessing has a ``resize`` (pretrained weights)."""
-    from cnnctl.data.images import read_image
-    from cnnctl.data.loader import resize_and_crop
+    from cnnctl.data.images import read_file_bytes
 
-    image = read_image(path, channels=1 if preprocessing.channels == 1 else 3, max_pixels=max_pixels)
-    return resize_and_crop(image, tuple(preprocessing.image_size), preprocessing.resize, preprocessing.interpolation)
+    return decode_bytes(read_file_bytes(path), path, preprocessing, max_pixels=max_pixels)
 
 
 def decode_bytes(data: bytes, path: Path, preprocessing: Preprocessing, *, max_pixels: int | None = None
                  ) -> torch.Tensor:
-    """:func:`decode_image` for a file already read."""
-    from cnnctl.data.images import decode_image_bytes
-    from cnnctl.data.loader import resize_and_crop
+    """:func:`decode_image` for a file already read. A large JPEG is decoded at reduced size, never smaller than
+    the resize needs (data/images.py, ``REDUCED_JPEG_DECODE``)."""
+    from cnnctl.data.images import ResizeTarget, decode_to_target
 
-    image = decode_image_bytes(data, path, channels=1 if preprocessing.channels == 1 else 3, max_pixels=max_pixels)
-    return resize_and_crop(image, tuple(preprocessing.image_size), preprocessing.resize, preprocessing.interpolation)
+    height, width = preprocessing.image_size
+    target = ResizeTarget((height, width), preprocessing.resize, preprocessing.interpolation)
+    return decode_to_target(data, path, target, 1 if preprocessing.channels == 1 else 3, max_pixels=max_pixels)
 
 
 def model_with_meta(model_or_path: Any, device: str, caller: str) -> tuple[torch.nn.Module, Any]:
