@@ -441,8 +441,8 @@ def section_cifar(args: argparse.Namespace, data_dir: Path, work: Path, report: 
         "a": lambda: image_leg("cifar-tutorial", "--data", str(root), "--epochs", epochs, "--batch-size", batch),
         "b": lambda: cnnctl_train_leg(["resnet18", "--dataset", "cifar10", "--epochs", epochs, "--batch-size", batch,
                                        "--augment", "crop-flip", "--val-split", "0"], work),
-        "c": lambda: image_leg("cifar-compute", "--images", str(sizes["cifar_train"]), "--epochs", epochs,
-                               "--batch-size", batch),
+        "c": lambda: image_leg("cifar-compute", "--data", str(root), "--images", str(sizes["cifar_train"]),
+                               "--epochs", epochs, "--batch-size", batch),
     }
     rounds = interleave(legs, sizes["rounds"], "resnet18 cifar")
     summary = train_summary(rounds)

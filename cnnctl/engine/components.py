@@ -46,8 +46,9 @@ def build_model(config: TrainConfig, spec: ModelSpec, data: PreparedData, device
 # channels-last, on another (Intel Xeon with AVX-512) it trained 1.8x faster, and smallvgg 1.3x faster
 # (benchmarks/cpu_formats.py). So on a CPU a few training steps of the actual model and batch shape are timed each
 # way, once per machine, model and shape, and the answer is kept in the cache file.
-PROBE_STEPS = 2  # timed steps per format per turn, after one untimed step (oneDNN builds its kernels)
+PROBE_STEPS = 1  # timed steps per format per turn, after one untimed step (oneDNN builds its kernels)
 PROBE_TURNS = 2  # contiguous, channels-last, contiguous, channels-last: the best of each
+PROBE_MAX_BATCH = 64  # a larger batch is probed at this size: the formats' ratio, at a quarter of resnet18's cost
 PROBE_MARGIN = 1.05  # channels-last must be this much faster to be chosen over the rule's answer
 FORMAT_CACHE = "memory-format.json"
 
@@ -139,9 +140,9 @@ def _probe(model: torch.nn.Module, input_shape: tuple[int, ...], batch: int) -> 
         runners = {}
         for channels_last in (False, True):
             fmt = torch.channels_last if channels_last else torch.contiguous_format
+            inputs = torch.randn(min(batch, PROBE_MAX_BATCH), *input_shape, generator=generator)
             runners[channels_last] = (copy.deepcopy(model).to(memory_format=fmt).train(),
-                                      torch.randn(batch, *input_shape, generator=generator).contiguous(
-                                          memory_format=fmt))
+                                      inputs.contiguous(memory_format=fmt))
             step(*runners[channels_last])  # oneDNN builds its kernels for this shape
         for _ in range(PROBE_TURNS):
             for channels_last, (probe, inputs) in runners.items():
