@@ -6,7 +6,8 @@
     python benchmarks/image_legs.py folder-tutorial --data DIR --arch mobilenet_v3_small --size 64 --epochs 2
     python benchmarks/image_legs.py folder-compute  --data DIR --arch mobilenet_v3_small --size 64 --epochs 2
     python benchmarks/image_legs.py cifar-tutorial  --data DATA_ROOT --epochs 1
-    python benchmarks/image_legs.py cifar-compute   --images 50000 --epochs 1
+    python benchmarks/image_legs.py cifar-compute   --data DATA_ROOT --images 50000 --epochs 1
+    python benchmarks/image_legs.py cifar-inputs    --data DATA_ROOT --batch-size 32   # random vs real inputs
     python benchmarks/image_legs.py predict-tutorial --checkpoint CKPT --data DIR
     python benchmarks/image_legs.py decoders --data DIR --size 224
 
@@ -351,6 +352,65 @@ def cifar_compute(args: argparse.Namespace) -> dict:
             "batch_size": args.batch_size, "threads": torch.get_num_threads(), "channels_last": channels_last}
 
 
+def cifar_inputs(args: argparse.Namespace) -> dict:
+    """Why random tensors are no compute limit: the same resnet18 steps on random Gaussian inputs with random
+    labels, on real normalised crop-flip batches, and on the random ones with denormals flushed to zero, in one
+    process, taking turns (``--rounds``, ``--steps`` each); images/s and ratios to the random inputs."""
+    import copy
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from cnnctl.data.augment import AugmentSettings, make_augmentation
+    from cnnctl.data.loader import BatchLoader
+    from cnnctl.data.splits import load_split, resolve_preprocessing
+    from cnnctl.registry import get_dataset_spec, get_model_spec
+
+    torch.manual_seed(0)
+    spec = get_dataset_spec("cifar10")
+    train = load_split(spec, "train", root=args.data)
+    preprocessing = resolve_preprocessing(get_model_spec("resnet18"), spec.image_shape, spec.mean, spec.std)
+    augment = make_augmentation("crop-flip", preprocessing.image_size, AugmentSettings(channels=3))
+    loader = BatchLoader(train, preprocessing, batch_size=args.batch_size, device=torch.device("cpu"), shuffle=True,
+                         augment=augment)
+    real = [batch for batch, _ in zip(loader, range(4))]
+    random = [(torch.randn_like(x), torch.randint(0, 10, y.shape)) for x, y in real]
+    base = build("resnet18", 10)
+
+    def runner(batches, flush_denormal: bool = False):
+        model = copy.deepcopy(base).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step(index: int) -> None:
+            torch.set_flush_denormal(flush_denormal)
+            inputs, labels = batches[index % len(batches)]
+            loss = F.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            torch.set_flush_denormal(False)
+        return step
+
+    variants = {"random inputs and labels": runner(random), "real crop-flip batches": runner(real),
+                "random, denormals flushed": runner(random, True)}
+    for step in variants.values():
+        step(0)
+        step(1)
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for number in range(args.rounds):
+        for name in names[number % len(names):] + names[:number % len(names)]:
+            started = time.perf_counter()
+            for index in range(args.steps):
+                variants[name](index)
+            rates[name].append(args.steps * args.batch_size / (time.perf_counter() - started))
+    return {"leg": "cifar-inputs", "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+            "images_per_s": {name: statistics.median(values) for name, values in rates.items()},
+            "ratio": {name: statistics.median(v / r for v, r in zip(values, rates[names[0]]))
+                      for name, values in rates.items()}}
+
+
 # --------------------------------------------------------------------------------------------------- photo legs
 
 
@@ -430,7 +490,7 @@ def decoders(args: argparse.Namespace) -> dict:
 
 LEGS = {"make-folder": make_folder, "make-cifar": make_cifar, "make-photos": make_photos,
         "folder-tutorial": folder_tutorial, "folder-compute": folder_compute, "cifar-tutorial": cifar_tutorial,
-        "cifar-compute": cifar_compute, "predict-tutorial": predict_tutorial, "decoders": decoders}
+        "cifar-compute": cifar_compute, "cifar-inputs": cifar_inputs, "predict-tutorial": predict_tutorial, "decoders": decoders}
 
 
 def main() -> None:
@@ -452,6 +512,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="cifar-inputs: turns of each variant")
+    parser.add_argument("--steps", type=int, default=3, help="cifar-inputs: training steps per turn")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="compute legs: the memory format [default: the one cnnctl train chooses]")
     args = parser.parse_args()
