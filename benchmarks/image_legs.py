@@ -490,7 +490,8 @@ def decoders(args: argparse.Namespace) -> dict:
 
 LEGS = {"make-folder": make_folder, "make-cifar": make_cifar, "make-photos": make_photos,
         "folder-tutorial": folder_tutorial, "folder-compute": folder_compute, "cifar-tutorial": cifar_tutorial,
-        "cifar-compute": cifar_compute, "cifar-inputs": cifar_inputs, "predict-tutorial": predict_tutorial, "decoders": decoders}
+        "cifar-compute": cifar_compute, "cifar-inputs": cifar_inputs, "predict-tutorial": predict_tutorial,
+        "decoders": decoders}
 
 
 def main() -> None:
