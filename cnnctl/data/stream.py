@@ -106,16 +106,14 @@ class _StreamFiles:
         return len(self.images.files)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str]:
-        from cnnctl.data.images import decode_with_header, read_file_bytes
-        from cnnctl.data.loader import resize_and_crop
+        from cnnctl.data.folder import decode_file, resize_and_crop_to
 
         spec = self.images
-        path = spec.files[position]
         try:
-            image, _ = decode_with_header(read_file_bytes(path), path, max_pixels=spec.max_pixels)
+            image, _ = decode_file(spec.files[position], spec.max_pixels)
         except DataError as error:
             return position, None, error.message
-        image = resize_and_crop(image, spec.size, spec.resize, spec.interpolation)
+        image = resize_and_crop_to(image, spec.size, spec.resize, spec.interpolation)
         return position, image[:spec.channels], ""
 
 
