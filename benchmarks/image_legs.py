@@ -6,7 +6,8 @@
     python benchmarks/image_legs.py folder-tutorial --data DIR --arch mobilenet_v3_small --size 64 --epochs 2
     python benchmarks/image_legs.py folder-compute  --data DIR --arch mobilenet_v3_small --size 64 --epochs 2
     python benchmarks/image_legs.py cifar-tutorial  --data DATA_ROOT --epochs 1
-    python benchmarks/image_legs.py cifar-compute   --images 50000 --epochs 1
+    python benchmarks/image_legs.py cifar-compute   --data DATA_ROOT --images 50000 --epochs 1
+    python benchmarks/image_legs.py cifar-inputs    --data DATA_ROOT --batch-size 32   # random vs real inputs
     python benchmarks/image_legs.py predict-tutorial --checkpoint CKPT --data DIR
     python benchmarks/image_legs.py decoders --data DIR --size 224 --files 100 --rounds 3
 
@@ -163,18 +164,23 @@ def build(arch: str, num_classes: int):
 def train_epochs(model, batches_per_epoch, epochs: int, warmup: bool = False) -> list[float]:
     """Adam, cross-entropy; per-epoch seconds (the first includes everything the loader does first).
 
-    ``warmup`` (the compute limit): one untimed step on the first batch first, so the one-time cost of building
-    oneDNN kernels is not charged to the limit — with a few batches per epoch it would dominate it.
+    ``warmup`` (the compute limit): two untimed full steps first (oneDNN builds its kernels, Adam its state), so
+    one-time costs are not charged to the limit — with a few batches per epoch they would dominate it. The
+    optimizer is cnnctl's default, built by cnnctl (Adam, lr 1e-3).
     """
-    import torch
     import torch.nn.functional as F
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    from cnnctl.config import TrainConfig
+    from cnnctl.engine.optim import build_optimizer
+
+    optimizer = build_optimizer(TrainConfig(arch="resnet18"), model.parameters())
     model.train()
     if warmup:
-        inputs, labels = next(iter(batches_per_epoch()))
-        F.cross_entropy(model(inputs), labels).backward()
-        optimizer.zero_grad(set_to_none=True)
+        for inputs, labels in list(batches_per_epoch())[:2]:
+            loss = F.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
     seconds = []
     for _ in range(epochs):
         started = time.perf_counter()
@@ -187,10 +193,16 @@ def train_epochs(model, batches_per_epoch, epochs: int, warmup: bool = False) ->
     return seconds
 
 
-def memory_format(model, channels_last: bool):
+def chosen_channels_last(model, input_shape: tuple[int, int, int], batch_size: int, asked: bool | None) -> bool:
+    """``--channels-last``/``--no-channels-last``, else what ``cnnctl train`` chooses for this model and batch
+    (engine/components.py: measured on this CPU, cached), so that the limit runs in cnnctl's memory format."""
     import torch
 
-    return torch.channels_last if channels_last else torch.contiguous_format
+    from cnnctl.engine.components import choose_channels_last
+
+    if asked is not None:
+        return asked
+    return choose_channels_last(model, input_shape, batch_size, torch.device("cpu"))
 
 
 def peak_rss_mib() -> float:
@@ -257,11 +269,13 @@ def folder_compute(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(0)
     count = sum(1 for p in (Path(args.data) / "train").rglob("*") if p.is_file())
-    model = build(args.arch, 10).to(memory_format=memory_format(None, args.channels_last))
-    batches = compute_batches(count, args.size, args.batch_size, 10, args.channels_last)
+    model = build(args.arch, 10)
+    channels_last = chosen_channels_last(model, (3, args.size, args.size), args.batch_size, args.channels_last)
+    model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    batches = compute_batches(count, args.size, args.batch_size, 10, channels_last)
     seconds = train_epochs(model, lambda: batches, args.epochs, warmup=True)
     return {"leg": "compute", "epoch_s": seconds, "images": count, "batch_size": args.batch_size,
-            "threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib()}
+            "threads": torch.get_num_threads(), "channels_last": channels_last, "peak_rss_mib": peak_rss_mib()}
 
 
 # ----------------------------------------------------------------------------------------------------- CIFAR legs
@@ -310,14 +324,91 @@ def cifar_tutorial(args: argparse.Namespace) -> dict:
 
 
 def cifar_compute(args: argparse.Namespace) -> dict:
+    """The compute limit of ``cnnctl train resnet18 --dataset cifar10``: the same network, memory format, optimizer
+    and batch on the same images (read by cnnctl from the CIFAR-10 archive), normalised into memory beforehand;
+    with ``--data`` missing, random tensors of the same shape."""
     import torch
 
     torch.manual_seed(0)
-    model = build("resnet18", 10).to(memory_format=memory_format(None, args.channels_last))
-    batches = compute_batches(args.images, 32, args.batch_size, 10, args.channels_last)
+    model = build("resnet18", 10)
+    channels_last = chosen_channels_last(model, (3, 32, 32), args.batch_size, args.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    if args.data:
+        from cnnctl.data.loader import Normalizer
+        from cnnctl.data.splits import load_split
+        from cnnctl.registry import get_dataset_spec
+
+        spec = get_dataset_spec("cifar10")
+        train = load_split(spec, "train", root=args.data)
+        images = Normalizer(spec.mean, spec.std, torch.device("cpu"))(train.images[:args.images])
+        images, labels = images.contiguous(memory_format=fmt), train.labels[:args.images]
+        batches = [(images[i:i + args.batch_size], labels[i:i + args.batch_size])
+                   for i in range(0, len(labels), args.batch_size)]
+    else:
+        batches = compute_batches(args.images, 32, args.batch_size, 10, channels_last)
     seconds = train_epochs(model, lambda: batches, args.epochs, warmup=True)
-    return {"leg": "compute", "epoch_s": seconds, "images": args.images, "batch_size": args.batch_size,
-            "threads": torch.get_num_threads()}
+    return {"leg": "compute", "epoch_s": seconds, "images": sum(len(y) for _, y in batches),
+            "batch_size": args.batch_size, "threads": torch.get_num_threads(), "channels_last": channels_last}
+
+
+def cifar_inputs(args: argparse.Namespace) -> dict:
+    """Why random tensors are no compute limit: the same resnet18 steps on random Gaussian inputs with random
+    labels, on real normalised crop-flip batches, and on the random ones with denormals flushed to zero, in one
+    process, taking turns (``--rounds``, ``--steps`` each); images/s and ratios to the random inputs."""
+    import copy
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from cnnctl.data.augment import AugmentSettings, make_augmentation
+    from cnnctl.data.loader import BatchLoader
+    from cnnctl.data.splits import load_split, resolve_preprocessing
+    from cnnctl.registry import get_dataset_spec, get_model_spec
+
+    torch.manual_seed(0)
+    spec = get_dataset_spec("cifar10")
+    train = load_split(spec, "train", root=args.data)
+    preprocessing = resolve_preprocessing(get_model_spec("resnet18"), spec.image_shape, spec.mean, spec.std)
+    augment = make_augmentation("crop-flip", preprocessing.image_size, AugmentSettings(channels=3))
+    loader = BatchLoader(train, preprocessing, batch_size=args.batch_size, device=torch.device("cpu"), shuffle=True,
+                         augment=augment)
+    real = [batch for batch, _ in zip(loader, range(4))]
+    random = [(torch.randn_like(x), torch.randint(0, 10, y.shape)) for x, y in real]
+    base = build("resnet18", 10)
+
+    def runner(batches, flush_denormal: bool = False):
+        model = copy.deepcopy(base).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step(index: int) -> None:
+            torch.set_flush_denormal(flush_denormal)
+            inputs, labels = batches[index % len(batches)]
+            loss = F.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            torch.set_flush_denormal(False)
+        return step
+
+    variants = {"random inputs and labels": runner(random), "real crop-flip batches": runner(real),
+                "random, denormals flushed": runner(random, True)}
+    for step in variants.values():
+        step(0)
+        step(1)
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for number in range(args.rounds):
+        for name in names[number % len(names):] + names[:number % len(names)]:
+            started = time.perf_counter()
+            for index in range(args.steps):
+                variants[name](index)
+            rates[name].append(args.steps * args.batch_size / (time.perf_counter() - started))
+    return {"leg": "cifar-inputs", "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+            "images_per_s": {name: statistics.median(values) for name, values in rates.items()},
+            "ratio": {name: statistics.median(v / r for v, r in zip(values, rates[names[0]]))
+                      for name, values in rates.items()}}
 
 
 # --------------------------------------------------------------------------------------------------- photo legs
@@ -361,7 +452,8 @@ def decoders(args: argparse.Namespace) -> dict:
 
 LEGS = {"make-folder": make_folder, "make-cifar": make_cifar, "make-photos": make_photos,
         "folder-tutorial": folder_tutorial, "folder-compute": folder_compute, "cifar-tutorial": cifar_tutorial,
-        "cifar-compute": cifar_compute, "predict-tutorial": predict_tutorial, "decoders": decoders}
+        "cifar-compute": cifar_compute, "cifar-inputs": cifar_inputs, "predict-tutorial": predict_tutorial,
+        "decoders": decoders}
 
 
 def main() -> None:
@@ -383,8 +475,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=1, help="rotating rounds (decoders)")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--rounds", type=int, default=3, help="decoders: rotating rounds; cifar-inputs: turns of each variant")
+    parser.add_argument("--steps", type=int, default=3, help="cifar-inputs: training steps per turn")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="compute legs: the memory format [default: the one cnnctl train chooses]")
     args = parser.parse_args()
     if args.threads:
         import torch

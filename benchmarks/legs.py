@@ -98,11 +98,14 @@ def compute_leg(args: argparse.Namespace) -> dict:
     defaults = TrainConfig(arch="lenet5", dataset=args.dataset)
     batch_size = args.batch_size or defaults.batch_size
     channels_last = defaults.channels_last if args.channels_last is None else args.channels_last
-    if channels_last is None:  # cnnctl's rule (engine/fit.py): channels-last for networks without BatchNorm
-        channels_last = not args.batch_norm
     threads = args.threads or defaults.threads
     if threads:
         torch.set_num_threads(threads)
+    if channels_last is None:  # cnnctl's choice (engine/components.py): the format measured faster here
+        from cnnctl.engine.components import choose_channels_last
+
+        channels_last = choose_channels_last(build_benchmark_model(args.batch_norm), (1, 32, 32), batch_size or 128,
+                                             torch.device("cpu"))
     torch.manual_seed(0)
     spec = get_dataset_spec(args.dataset)
     train = load_split(spec, "train", root=args.root)

@@ -227,6 +227,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_pixels", int, None, "refuse image files whose header claims more pixels (before decoding them)",
            panel=DATA, derived="89,478,485, Pillow's limit", minimum=1, resumable=True,
            synonyms=("max_image_pixels", "pixel_limit")),
+    Option("cache", str, "auto", "image folders: decode once into memory (memory), decode in worker processes every "
+           "epoch (none), or memory when the decoded images fit the budget (auto: half the free memory, or "
+           "CNNCTL_MEMORY_BUDGET bytes)", panel=DATA, choices=lambda: ("auto", "memory", "none"), resumable=True,
+           synonyms=("cache_images", "in_memory", "streaming")),
     Option("class_weights", str, None, "weight the training loss per class: auto (inverse frequency) or a JSON/CSV "
            "file of class name → weight", panel=DATA, check=_class_weights, synonyms=("class_weight", "weights_file")),
     Option("sampler", str, "shuffle", "how each epoch draws training images: shuffle, or balanced (every class "

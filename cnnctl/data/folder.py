@@ -2,8 +2,10 @@
 
 Files are found and labelled by :func:`scan_folder`, then decoded once (torchvision.io, in DataLoader workers),
 resized to one square size and kept in memory as a single uint8 tensor, so training takes the same fast path as
-the built-in datasets and no epoch decodes again. Without ``val/`` the validation images are held out of
-``train`` with ``--val-split`` (default 10%) and ``--seed``, exactly as eval rebuilds them.
+the built-in datasets and no epoch decodes again. A folder whose decoded images would not fit the memory budget
+streams instead (``--cache``, data/stream.py): its training images are decoded by workers every epoch.
+Without ``val/`` the validation images are held out of ``train`` with ``--val-split`` (default 10%) and
+``--seed``, exactly as eval rebuilds them.
 
 The checkpoint stores the folder, the class names (the folder names), the channel count (grey when every image
 is grey, else RGB), the size, and the mean/std measured on the training images.
@@ -27,12 +29,12 @@ if TYPE_CHECKING:
     from cnnctl.data.base import ImageTensors
     from cnnctl.data.check import FolderCheck
     from cnnctl.data.splits import PreparedData
+    from cnnctl.data.stream import StreamedImages
     from cnnctl.registry import ModelSpec
 
 DEFAULT_IMAGE_SIZE = 64  # folder images are resized to this square unless --img-size (or a fixed-input model) says
 DEFAULT_VAL_SPLIT = 0.1
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-MEMORY_FRACTION = 0.5  # refuse to cache more than this share of the free memory
 _EXAMPLES = 3
 
 Log = Callable[[str], None]
@@ -267,29 +269,34 @@ class _DecodeFiles:
         return len(self.files)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str, FileInfo | None]:
-        from cnnctl.data.images import decode_with_header, read_file_bytes
-        from cnnctl.data.loader import resize_and_crop
-
         path = self.files[position]
         try:
-            image, header = decode_with_header(read_file_bytes(path), path, max_pixels=self.max_pixels)
+            image, header = decode_file(path, self.max_pixels)
         except DataError as error:
             return position, None, error.message, None
         info = FileInfo(header.width, header.height, header.mode, header.format, header.animated,
                         pixel_digest(image))
-        return position, (resize_and_crop(image, self.size, self.resize, self.interpolation) if self.size
+        return position, (resize_and_crop_to(image, self.size, self.resize, self.interpolation) if self.size
                                  else None), "", info
+
+
+def decode_file(path: Path, max_pixels: int | None) -> tuple[torch.Tensor, Any]:
+    """One folder image, oriented RGB uint8, and its header: the decode both the cache and streaming use."""
+    from cnnctl.data.images import decode_with_header, read_file_bytes
+
+    return decode_with_header(read_file_bytes(path), path, max_pixels=max_pixels)
+
+
+def resize_and_crop_to(image: torch.Tensor, size: tuple[int, int], resize: int | None,
+                       interpolation: str) -> torch.Tensor:
+    """A decoded folder image at the size it is kept at (the cache's and streaming's, alike)."""
+    from cnnctl.data.loader import resize_and_crop
+
+    return resize_and_crop(image, size, resize, interpolation)
 
 
 def _collate(batch: list[tuple[int, Any, str, Any]]) -> list[tuple[int, Any, str, Any]]:
     return batch
-
-
-def _free_memory() -> int | None:
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, OSError, ValueError):
-        return None
 
 
 def default_workers(count: int) -> int:
@@ -304,28 +311,58 @@ class Decoded:
     failures: list[tuple[Path, str]]
     grey: bool  # every decoded image has equal R, G and B
     infos: list[FileInfo | None] = field(default_factory=list)  # per input position; None where it failed
+    sums: ChannelSums | None = None  # keep=False: what the channel statistics need, images not kept
+
+
+@dataclass
+class ChannelSums:
+    """Per-channel sums of pixel values and of their squares in [0, 1] units (float64), and the pixel count."""
+
+    total: torch.Tensor
+    squares: torch.Tensor
+    pixels: int = 0
+
+    def add(self, images: torch.Tensor) -> None:
+        import torch
+
+        values = images.to(torch.float64) / 255.0
+        self.total += values.sum(dim=(0, 2, 3))
+        self.squares += values.square().sum(dim=(0, 2, 3))
+        self.pixels += images.shape[0] * images.shape[2] * images.shape[3]
+
+    def stats(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean and std of the first ``channels`` channels (a flat channel's std is 1e-3, never 0)."""
+        mean = self.total[:channels] / max(self.pixels, 1)
+        std = (self.squares[:channels] / max(self.pixels, 1) - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)
+        return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
 
 
 def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers: int | None = None,
-                 max_pixels: int | None = None, resize: int | None = None, interpolation: str = "bilinear"
-                 ) -> Decoded:
+                 max_pixels: int | None = None, resize: int | None = None, interpolation: str = "bilinear",
+                 keep: bool = True) -> Decoded:
     """Decode and resize ``files`` into one uint8 tensor, in DataLoader workers. Unreadable files are reported
     back, not raised: one broken file should not stop a training run. ``size`` None only inspects the files
-    (``infos``, ``failures``; ``images`` is empty)."""
+    (``infos``, ``failures``; ``images`` is empty); ``keep=False`` measures the resized images (``sums``,
+    ``grey``) without keeping them, for a split that streams."""
     import torch
     from torch.utils.data import DataLoader
 
     from cnnctl.data.images import is_grey
+    from cnnctl.data.stream import memory_budget, size_text
 
     count = len(files)
     shape = size or (0, 0)
+    keep = keep and size is not None
     needed = count * 3 * shape[0] * shape[1]
-    free = _free_memory()
-    if free is not None and needed > MEMORY_FRACTION * free:
-        raise UsageError(f"{count:,} images at {shape[0]}x{shape[1]} need {needed / 2**30:.1f} GiB in memory, more "
-                         f"than half of the {free / 2**30:.1f} GiB free", hint="pass a smaller --img-size or --limit")
+    budget, source = memory_budget()
+    if keep and budget is not None and needed > budget:
+        raise UsageError(f"{count:,} images at {shape[0]}x{shape[1]} need {size_text(needed)} in memory, more than "
+                         f"the budget of {size_text(budget)} ({source})",
+                         hint="pass a smaller --img-size or --limit (training streams with --cache auto or none)")
     workers = default_workers(count) if workers is None else workers
-    images = torch.empty((count if size else 0, 3, *shape), dtype=torch.uint8)
+    images = torch.empty((count if keep else 0, 3, *shape), dtype=torch.uint8)
+    sums = None if keep or size is None else ChannelSums(torch.zeros(3, dtype=torch.float64),
+                                                         torch.zeros(3, dtype=torch.float64))
     ok = torch.zeros(count, dtype=torch.bool)
     grey = True
     failures: list[tuple[Path, str]] = []
@@ -342,12 +379,15 @@ def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers
                 infos[position] = info
                 ok[position] = True
                 if image is not None:
-                    images[position] = image
+                    if keep:
+                        images[position] = image
+                    else:
+                        sums.add(image.unsqueeze(0))
                     grey = grey and bool(is_grey(image))
     kept = ok.nonzero().flatten()
-    if size and len(kept) < count:
+    if keep and len(kept) < count:
         images = images[kept]
-    return Decoded(images, kept.tolist(), failures, grey, infos)
+    return Decoded(images, kept.tolist(), failures, grey, infos, sums)
 
 
 def _report_failures(failures: list[tuple[Path, str]], log: Log) -> None:
@@ -365,16 +405,10 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     import torch
 
     channels = images.shape[1]
-    total = torch.zeros(channels, dtype=torch.float64)
-    squares = torch.zeros(channels, dtype=torch.float64)
+    sums = ChannelSums(torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64))
     for start in range(0, images.shape[0], 1024):
-        chunk = images[start:start + 1024].to(torch.float64) / 255.0
-        total += chunk.sum(dim=(0, 2, 3))
-        squares += chunk.square().sum(dim=(0, 2, 3))
-    pixels = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / pixels
-    std = (squares / pixels - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)  # a flat channel must not divide by 0
-    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+        sums.add(images[start:start + 1024])
+    return sums.stats(channels)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -426,11 +460,39 @@ def load_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: tu
     return ImageTensors(decoded.images, labels, classes, source=source, paths=paths), decoded.grey
 
 
-def _to_grey(data: ImageTensors) -> ImageTensors:
+def stream_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: tuple[int, int], *, source: str,
+                 log: Log = lambda _: None, max_pixels: int | None = None, check: FolderCheck | None = None,
+                 split: str = "train", resize: int | None = None, interpolation: str = "bilinear"
+                 ) -> tuple[StreamedImages, bool, ChannelSums]:
+    """A split that streams (data/stream.py): one decoding pass finds the unreadable files, whether every image
+    is grey and the channel sums, exactly as :func:`load_items` would, but keeps no pixels."""
+    import torch
+
+    from cnnctl.data.stream import StreamedImages, stream_workers
+
+    decoded = decode_files([path for path, _ in items], size, max_pixels=max_pixels, resize=resize,
+                           interpolation=interpolation, keep=False)
+    if check is not None:
+        check.add(split, items, decoded)
+    _report_failures(decoded.failures, log)
+    labels = torch.tensor([items[i][1] for i in decoded.kept], dtype=torch.int64)
+    files = tuple(items[i][0] for i in decoded.kept)
+    assert decoded.sums is not None
+    return (StreamedImages(files, labels, classes, source, size, resize=resize, interpolation=interpolation,
+                           max_pixels=max_pixels, workers=stream_workers(len(files))), decoded.grey, decoded.sums)
+
+
+def _to_grey(data: ImageTensors | StreamedImages) -> ImageTensors | StreamedImages:
     """Every image is grey: keep one of its three equal channels."""
     from cnnctl.data.base import ImageTensors
 
+    if getattr(data, "streamed", False):
+        return data.as_grey()
     return ImageTensors(data.images[:, :1].contiguous(), data.labels, data.classes, data.source, data.paths)
+
+
+def _channels(data: ImageTensors | StreamedImages) -> int:
+    return data.channels if getattr(data, "streamed", False) else int(data.images.shape[1])
 
 
 def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedData:
@@ -468,22 +530,30 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     if weights_prep is not None:
         resize = weights_prep.resize
         size = (resize, resize)
-    loaded: dict[str, ImageTensors | None] = {}
+    loaded: dict[str, ImageTensors | StreamedImages | None] = {}
     all_grey = True
-    total = sum(len(items or ()) for items in (chosen.train, chosen.val, chosen.test))
-    log(f"decoding {total:,} images from {root} at {size[0]}x{size[1]} (kept in memory)")
+    counts = {split: len(getattr(chosen, split) or ()) for split in ("train", "val", "test")}
+    from cnnctl.data.stream import plan_cache, stream_workers
+
+    plan = plan_cache(getattr(config, "cache", None) or "auto", counts, 3 * size[0] * size[1],
+                      f"{root} at {size[0]}x{size[1]}", stream_workers(counts["train"]))
+    log(plan.reason)
     from cnnctl.data.check import FolderCheck
 
     check = FolderCheck(scan)
+    train_sums = None
     for split in ("train", "val", "test"):
         items = getattr(chosen, split)
         if not items:
             loaded[split] = None
             continue
-        data, grey = load_items(items, scan.classes, size, source=str(root / split), log=log,
-                                max_pixels=getattr(config, "max_pixels", None), check=check, split=split,
-                                resize=resize,
-                                interpolation=weights_prep.interpolation if weights_prep else "bilinear")
+        reading = dict(source=str(root / split), log=log, max_pixels=getattr(config, "max_pixels", None),
+                       check=check, split=split, resize=resize,
+                       interpolation=weights_prep.interpolation if weights_prep else "bilinear")
+        if split == "train" and plan.stream:
+            data, grey, train_sums = stream_items(items, scan.classes, size, **reading)
+        else:
+            data, grey = load_items(items, scan.classes, size, **reading)
         all_grey = all_grey and grey
         loaded[split] = data
     train = loaded["train"]
@@ -503,9 +573,9 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
         loaded = {split: _to_grey(data) if data is not None else None for split, data in loaded.items()}
         train = loaded["train"]
     assert train is not None
-    channels = train.images.shape[1]
+    channels = _channels(train)
     if weights is None:
-        mean, std = _channel_stats(train.images)
+        mean, std = train_sums.stats(channels) if train_sums is not None else _channel_stats(train.images)
         preprocessing = resolve_preprocessing(model, (channels, *size), mean, std, None)
     else:  # the weights' own normalisation, resize and crop
         preprocessing = run_preprocessing(weights, channels, size, img_size=config.img_size, folder=True,

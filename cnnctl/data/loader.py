@@ -134,8 +134,12 @@ class BatchLoader:
 
         self.device = device
         # an augmentation that crops (random resized crop) takes the images as stored, larger than the input
-        self.images = fit_to_input(data.images, preprocessing,
-                                   crop=not getattr(augment, "crops_to_size", False)).to(device)
+        self.crop = not getattr(augment, "crops_to_size", False)
+        self.preprocessing = preprocessing
+        # a folder too large for memory (data/stream.py): each batch decoded by worker processes, then fitted
+        self.stream = data if getattr(data, "streamed", False) else None
+        self.images = None if self.stream is not None else fit_to_input(data.images, preprocessing,
+                                                                         crop=self.crop).to(device)
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -179,12 +183,20 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         import torch
 
-        order = self.epoch_indices().to(self.device)
+        order = self.epoch_indices()
         count = int(order.shape[0])
         stop = count - count % self.batch_size if self.drop_last else count
+        streamed = None
+        if self.stream is not None:
+            streamed = self.stream.batches([order[start:start + self.batch_size].tolist()
+                                            for start in range(0, stop, self.batch_size)])
+        order = order.to(self.device)
         for start in range(0, stop, self.batch_size):
             index = order[start : start + self.batch_size]
-            images = self.images.index_select(0, index)
+            if streamed is None:
+                images = self.images.index_select(0, index)
+            else:  # the same pixels the in-memory path would index, decoded now
+                images = fit_to_input(next(streamed), self.preprocessing, crop=self.crop).to(self.device)
             if self.augment is not None:
                 images = self.augment(images, self.generator)
             inputs, labels = self.normalize(images), self.labels.index_select(0, index)

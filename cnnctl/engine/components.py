@@ -3,6 +3,8 @@ loop raises when a step fails (a loss that is no longer finite, out of memory)."
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.errors import CnnctlError, UsageError
@@ -20,7 +22,8 @@ if TYPE_CHECKING:
 def build_model(config: TrainConfig, spec: ModelSpec, data: PreparedData, device: torch.device,
                 log: Any) -> torch.nn.Module:
     """The architecture for the data's classes and channels, on ``device``, with --pretrained weights and in
-    channels-last memory when that is faster (models without BatchNorm, unless --channels-last says)."""
+    channels-last memory when that is faster (measured on a CPU, see :func:`choose_channels_last`; unless
+    --channels-last / --no-channels-last says)."""
     import torch
 
     from cnnctl.models import build_model as build_architecture
@@ -32,10 +35,122 @@ def build_model(config: TrainConfig, spec: ModelSpec, data: PreparedData, device
 
         load_pretrained(model, spec, config.pretrained, log=log, config=config)
     if config.channels_last is None:
-        config.channels_last = not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        config.channels_last = choose_channels_last(model, data.preprocessing.input_shape, config.batch_size or 1,
+                                                    device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+# The memory format measured, not assumed: on one CPU (AMD EPYC) LeNet-5 + BatchNorm trained 2.5x slower in
+# channels-last, on another (Intel Xeon with AVX-512) it trained 1.8x faster, and smallvgg 1.3x faster
+# (benchmarks/cpu_formats.py). So on a CPU a few training steps of the actual model and batch shape are timed each
+# way, once per machine, model and shape, and the answer is kept in the cache file.
+PROBE_STEPS = 1  # timed steps per format per turn, after one untimed step (oneDNN builds its kernels)
+PROBE_TURNS = 2  # contiguous, channels-last, contiguous, channels-last: the best of each
+PROBE_MAX_BATCH = 64  # a larger batch is probed at this size: the formats' ratio, at a quarter of resnet18's cost
+PROBE_MARGIN = 1.05  # channels-last must be this much faster to be chosen over the rule's answer
+FORMAT_CACHE = "memory-format.json"
+
+
+def format_cache_path() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "cnnctl" / FORMAT_CACHE
+
+
+def choose_channels_last(model: torch.nn.Module, input_shape: tuple[int, ...], batch: int,
+                         device: torch.device) -> bool:
+    """Channels-last where it trains faster. Without a measurement (a GPU, several processes, a probe that
+    fails): for networks without BatchNorm only. On a CPU: a probe of a few training steps each way, cached
+    (the file says what was measured: ``speedup`` is channels-last's speed over contiguous)."""
+    import os
+
+    import torch
+
+    has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    rule = not has_batch_norm
+    if device.type != "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return rule
+    key = _probe_key(model, input_shape, batch)
+    cache = format_cache_path()
+    known = _read_cache(cache)
+    if key in known:
+        return bool(known[key]["channels_last"])
+    try:
+        contiguous, channels_last = _probe(model, input_shape, batch)
+    except (RuntimeError, ValueError, TypeError):  # an architecture the probe cannot step: keep the rule
+        return rule
+    speedup = contiguous / channels_last
+    chosen = speedup > PROBE_MARGIN or (rule and speedup > 1 / PROBE_MARGIN)
+    known[key] = {"channels_last": chosen, "speedup": round(speedup, 3)}
+    try:
+        from cnnctl.fsutil import atomic_write_text
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, json.dumps(known, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass  # a read-only home: probe again next time
+    return chosen
+
+
+def _probe_key(model: torch.nn.Module, input_shape: tuple[int, ...], batch: int) -> str:
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    layers = sum(1 for _ in model.modules())
+    parameters = sum(p.numel() for p in model.parameters())
+    shape = "x".join(str(n) for n in input_shape)
+    return (f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {type(model).__name__} "
+            f"{layers} layers {parameters} parameters | batch {batch} of {shape}")
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _probe(model: torch.nn.Module, input_shape: tuple[int, ...], batch: int) -> tuple[float, float]:
+    """Best seconds of PROBE_STEPS training steps (forward, backward) contiguous and channels-last, on copies of
+    ``model`` (its weights and BatchNorm statistics stay as they are) and without touching torch's random state."""
+    import copy
+    import time
+
+    import torch
+
+    def step(probe: torch.nn.Module, inputs: torch.Tensor) -> None:
+        output = probe(inputs)
+        logits = output[0] if isinstance(output, (tuple, list)) else getattr(output, "logits", output)
+        logits.float().logsumexp(1).mean().backward()
+        probe.zero_grad(set_to_none=True)
+
+    generator = torch.Generator().manual_seed(0)
+    best = {False: float("inf"), True: float("inf")}
+    with torch.random.fork_rng(devices=[]):  # dropout in the copies draws from torch's generator: put it back
+        runners = {}
+        for channels_last in (False, True):
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            inputs = torch.randn(min(batch, PROBE_MAX_BATCH), *input_shape, generator=generator)
+            runners[channels_last] = (copy.deepcopy(model).to(memory_format=fmt).train(),
+                                      inputs.contiguous(memory_format=fmt))
+            step(*runners[channels_last])  # oneDNN builds its kernels for this shape
+        for _ in range(PROBE_TURNS):
+            for channels_last, (probe, inputs) in runners.items():
+                started = time.perf_counter()
+                for _ in range(PROBE_STEPS):
+                    step(probe, inputs)
+                best[channels_last] = min(best[channels_last], time.perf_counter() - started)
+    return best[False], best[True]
 
 
 def build_loaders(config: TrainConfig, data: PreparedData, device: torch.device, dist: DistContext,
