@@ -475,7 +475,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=3, help="decoders: rotating rounds; cifar-inputs: turns of each variant")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="decoders: rotating rounds; cifar-inputs: turns of each variant")
     parser.add_argument("--steps", type=int, default=3, help="cifar-inputs: training steps per turn")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="compute legs: the memory format [default: the one cnnctl train chooses]")

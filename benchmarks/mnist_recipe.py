@@ -3,6 +3,7 @@
     python benchmarks/mnist_recipe.py                          # the recipe with seeds 0 and 1, then the ablation
     python benchmarks/mnist_recipe.py --only recipe --seeds 0 1  # the timed runs alone (run them on quiet cores)
     python benchmarks/mnist_recipe.py --only ablation --jobs 2 --threads 1
+    python benchmarks/mnist_recipe.py --recipe benchmarks/mnist-recipe-fp32.yaml --only recipe  # CPUs without bf16
 
 Each run is ``cnnctl train --config FILE`` in a fresh process, FILE being the recipe with one ingredient taken
 out (the ablation) or the recipe as committed. Reported per run: the final test accuracy from results.json, the
@@ -67,9 +68,9 @@ def raw_weights(run_dir: Path) -> Path:
     return path
 
 
-def run_variant(name: str, overrides: dict[str, Any], seed: int, threads: int, out: Path, tta: bool,
+def run_variant(recipe: Path, name: str, overrides: dict[str, Any], seed: int, threads: int, out: Path, tta: bool,
                 env: dict[str, str]) -> dict[str, Any]:
-    config = yaml.safe_load(RECIPE.read_text())
+    config = yaml.safe_load(recipe.read_text())
     for key, value in overrides.items():
         if value is None:
             config.pop(key, None)
@@ -96,6 +97,7 @@ def run_variant(name: str, overrides: dict[str, Any], seed: int, threads: int, o
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="the recipe file [default: %(default)s]")
     parser.add_argument("--only", choices=("recipe", "ablation"), help="one part only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the recipe runs")
     parser.add_argument("--variants", nargs="+", choices=sorted(ABLATION), default=list(ABLATION))
@@ -117,11 +119,11 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     if args.only in (None, "recipe"):
         for seed in args.seeds:  # one at a time: these are the timed runs
-            rows.append(run_variant("recipe", {}, seed, args.threads, out, True, env))
+            rows.append(run_variant(args.recipe, "recipe", {}, seed, args.threads, out, True, env))
     if args.only in (None, "ablation"):
         with ThreadPoolExecutor(args.jobs) as pool:
-            jobs = [pool.submit(run_variant, name, ABLATION[name][1], args.seeds[0], args.threads, out, False, env)
-                    for name in args.variants]
+            jobs = [pool.submit(run_variant, args.recipe, name, ABLATION[name][1], args.seeds[0], args.threads, out,
+                                False, env) for name in args.variants]
             rows += [job.result() for job in jobs]
     load = os.getloadavg()[0]
 

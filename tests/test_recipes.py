@@ -20,6 +20,7 @@ from cnnctl.data.mixing import hard_labels, make_mixing
 from cnnctl.engine.callbacks import Callback
 from cnnctl.errors import UsageError
 from cnnctl.lr_find import lr_find
+from cnnctl.models import build_model
 from cnnctl.tta import tta_probabilities, tta_views
 
 runner = CliRunner()
@@ -196,3 +197,12 @@ def test_bad_recipe_options_are_one_line_before_training(micro_digits, tmp_path:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
     assert not list(tmp_path.rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("name", ["mnist-recipe.yaml", "mnist-best.yaml"])
+def test_the_committed_mnist_recipes_are_valid_configs_for_real_mnist(name: str) -> None:
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / name
+    config = build_train_config({}, path)
+    assert (config.dataset, config.val_split) == ("mnist", 0)  # all 60,000 training images
+    model = build_model(config.arch, num_classes=10, in_channels=1, **config.arch_args)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
