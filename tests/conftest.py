@@ -52,6 +52,21 @@ def write_idx_mirror(directory: Path, train_count: int = 1200, test_count: int =
     return contents
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The tests' own ``~/.cache``: what earlier runs cached on this machine (the measured memory format) must
+    not decide a test, and tests must not fill the user's cache."""
+    import os
+
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def digits_mirror(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
     directory = tmp_path_factory.mktemp("mirror")

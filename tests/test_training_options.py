@@ -242,20 +242,19 @@ def test_amp_bf16_on_cpu_or_a_clear_fallback(micro_digits, tmp_path: Path, monke
 
 # ------------------------------------------------------------------------------------------------ failures
 class Explodes(torch.nn.Module):
-    """simplecnn-sized model whose loss becomes NaN at a chosen training step, or that runs out of memory."""
-
-    calls = 0
+    """simplecnn-sized model whose loss becomes NaN at a chosen training step, or that runs out of memory. Each
+    instance counts its own steps, so the memory-format probe's copies do not move the step that fails."""
 
     def __init__(self, num_classes: int = 4, in_channels: int = 1, at_step: int = 8, failure: str = "nan"):
         super().__init__()
         self.linear = torch.nn.Linear(in_channels * 28 * 28, num_classes)
-        self.at_step, self.failure = at_step, failure
+        self.at_step, self.failure, self.calls = at_step, failure, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear(x.flatten(1))
         if self.training:
-            Explodes.calls += 1
-            if Explodes.calls == self.at_step:
+            self.calls += 1
+            if self.calls == self.at_step:
                 if self.failure == "oom":
                     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
                 return out * float("nan")
@@ -269,7 +268,6 @@ def exploding_model():
     registry.models()
     registry.add_model(ModelSpec(name="explodes", builder=Explodes, description="test", family="test",
                                  input_size=(28, 28), fixed_input=True))
-    Explodes.calls = 0
     yield
     registry._MODELS.pop("explodes", None)
 
