@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -435,9 +436,13 @@ def section_folder(args: argparse.Namespace, data_dir: Path, work: Path, report:
 def section_cifar(args: argparse.Namespace, data_dir: Path, work: Path, report: dict[str, Any]) -> None:
     sizes = report["sizes"]
     root = work / "data"
-    if not (root / "cifar10" / "cifar-10-python.tar.gz").exists():
+    written = root / "cifar10" / "bench-train-images.txt"  # a kept --work may hold another size's archive
+    if not (root / "cifar10" / "cifar-10-python.tar.gz").exists() or \
+            not written.exists() or written.read_text().strip() != str(sizes["cifar_train"]):
+        shutil.rmtree(root / "cifar10", ignore_errors=True)  # with what cnnctl extracted from the old archive
         image_leg("make-cifar", "--mnist-root", str(root), "--out", str(root), "--train", str(sizes["cifar_train"]),
                   "--test", "100")
+        written.write_text(f"{sizes['cifar_train']}\n")
     epochs, batch = str(sizes["cifar_epochs"]), str(sizes["cifar_batch_size"])
     legs = {
         "a": lambda: image_leg("cifar-tutorial", "--data", str(root), "--epochs", epochs, "--batch-size", batch),
@@ -670,6 +675,8 @@ def main() -> None:
     parser.add_argument("--json", dest="json_path", help="also write the full results here")
     parser.add_argument("--photos", type=int, help="photos in the photos section (default: the size's)")
     parser.add_argument("--megapixels", help="LOW,HIGH megapixels of the photos (default: the size's)")
+    parser.add_argument("--cifar-images", dest="cifar_train", type=int,
+                        help="training images in the cifar section (default: the size's)")
     args = parser.parse_args()
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -689,7 +696,8 @@ def main() -> None:
                                   "rounds": args.rounds, "batch_norm": args.batch_norm, "sections": sections}
         report["sizes"] = dict(QUICK_SIZES if args.quick else FULL_SIZES)
         report["sizes"].update({key: value for key, value in (("photos", args.photos), ("megapixels", args.megapixels),
-                                                              ("rounds", args.rounds_images)) if value})
+                                                              ("rounds", args.rounds_images),
+                                                              ("cifar_train", args.cifar_train)) if value})
         functions = {"train": section_train, "full": section_full, "predict": section_predict,
                      "eval": section_eval, "startup": section_startup, "folder": section_folder,
                      "cifar": section_cifar, "photos": section_photos}
