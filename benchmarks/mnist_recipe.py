@@ -3,7 +3,7 @@
     python benchmarks/mnist_recipe.py                          # the recipe with seeds 0 and 1, then the ablation
     python benchmarks/mnist_recipe.py --only recipe --seeds 0 1  # the timed runs alone (run them on quiet cores)
     python benchmarks/mnist_recipe.py --only ablation --jobs 2 --threads 1
-    python benchmarks/mnist_recipe.py --recipe benchmarks/mnist-recipe-fp32.yaml --only recipe  # CPUs without bf16
+    python benchmarks/mnist_recipe.py --recipe OTHER.yaml --only recipe   # another recipe file, same measurements
 
 Each run is ``cnnctl train --config FILE`` in a fresh process, FILE being the recipe with one ingredient taken
 out (the ablation) or the recipe as committed. Reported per run: the final test accuracy from results.json, the
