@@ -269,6 +269,8 @@ class _DecodeFiles:
         return len(self.files)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str, FileInfo | None]:
+        from cnnctl.data.loader import resize_and_crop
+
         path = self.files[position]
         try:
             image, header = decode_file(path, self.max_pixels)
@@ -276,7 +278,7 @@ class _DecodeFiles:
             return position, None, error.message, None
         info = FileInfo(header.width, header.height, header.mode, header.format, header.animated,
                         pixel_digest(image))
-        return position, (resize_and_crop_to(image, self.size, self.resize, self.interpolation) if self.size
+        return position, (resize_and_crop(image, self.size, self.resize, self.interpolation) if self.size
                                  else None), "", info
 
 
@@ -285,14 +287,6 @@ def decode_file(path: Path, max_pixels: int | None) -> tuple[torch.Tensor, Any]:
     from cnnctl.data.images import decode_with_header, read_file_bytes
 
     return decode_with_header(read_file_bytes(path), path, max_pixels=max_pixels)
-
-
-def resize_and_crop_to(image: torch.Tensor, size: tuple[int, int], resize: int | None,
-                       interpolation: str) -> torch.Tensor:
-    """A decoded folder image at the size it is kept at (the cache's and streaming's, alike)."""
-    from cnnctl.data.loader import resize_and_crop
-
-    return resize_and_crop(image, size, resize, interpolation)
 
 
 def _collate(batch: list[tuple[int, Any, str, Any]]) -> list[tuple[int, Any, str, Any]]:

@@ -106,14 +106,15 @@ class _StreamFiles:
         return len(self.images.files)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str]:
-        from cnnctl.data.folder import decode_file, resize_and_crop_to
+        from cnnctl.data.folder import decode_file
+        from cnnctl.data.loader import resize_and_crop
 
         spec = self.images
         try:
             image, _ = decode_file(spec.files[position], spec.max_pixels)
         except DataError as error:
             return position, None, error.message
-        image = resize_and_crop_to(image, spec.size, spec.resize, spec.interpolation)
+        image = resize_and_crop(image, spec.size, spec.resize, spec.interpolation)
         return position, image[:spec.channels], ""
 
 
