@@ -21,7 +21,8 @@ Sections:
            tutorial's hand-written Dataset, (b) ``cnnctl train resnet18 --dataset cifar10``, (c) compute limit.
   photos   ``cnnctl predict`` (and the same with reduced-size JPEG decoding off) vs a PIL +
            torchvision.transforms loop on multi-megapixel JPEGs for a 224-input model, after start-up and end to
-           end (``--photos N``, ``--megapixels LOW,HIGH``, ``--image-rounds R`` override the size), and every
+           end (``--photos N``, ``--megapixels LOW,HIGH``, ``--image-rounds R`` override the size), a training
+           folder's one-time decode of the same photos with reduced-size decoding on and off, and every
            available decoder's files/s on them (benchmarks/decoders.py).
 
 Every leg runs in its own process so that each starts from the same state; legs alternate so that a change in
@@ -387,7 +388,7 @@ def section_folder(args: argparse.Namespace, data_dir: Path, work: Path, report:
     mnist_root = str(work / "data")
     report["folder"] = {}
     for size in sizes["folder_sizes"]:
-        folder = work / f"folder-{size}"
+        folder = work / f"folder-{sizes['folder_files']}-{size}"  # a kept --work may hold other sizes
         if not folder.is_dir():
             made = image_leg("make-folder", "--mnist-root", mnist_root, "--out", str(folder),
                              "--files", str(sizes["folder_files"]), "--size", str(size))
@@ -415,7 +416,7 @@ def section_folder(args: argparse.Namespace, data_dir: Path, work: Path, report:
             summary["s_over_b_later"] = median([last_rate(r["s"]) / last_rate(r["b"]) for r in rounds])
             summary["s_over_a_later"] = median([last_rate(r["s"]) / last_rate(r["a"]) for r in rounds])
             report["folder"][f"{arch} {size}x{size}"] = summary
-    scan_folder = work / "folder-scan"
+    scan_folder = work / f"folder-scan-{sizes['scan_files']}"
     if not scan_folder.is_dir():
         image_leg("make-folder", "--mnist-root", mnist_root, "--out", str(scan_folder), "--files",
                   str(sizes["scan_files"]), "--size", "32")
@@ -423,7 +424,7 @@ def section_folder(args: argparse.Namespace, data_dir: Path, work: Path, report:
             "from cnnctl.data.folder import scan_folder, decode_files\n"
             f"root = Path({str(scan_folder / 'train')!r})\n"
             "s = time.perf_counter(); scan = scan_folder(root); scan_s = time.perf_counter() - s\n"
-            "files = [path for path, _ in scan.items] if hasattr(scan, 'items') else sorted(root.rglob('*.jpg'))\n"
+            "files = [path for path, _ in scan.splits['train']]\n"
             "s = time.perf_counter(); decoded = decode_files(files, (32, 32)); decode_s = time.perf_counter() - s\n"
             "print(json.dumps({'files': len(files), 'scan_s': scan_s, 'decode_s': decode_s,"
             " 'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
@@ -517,6 +518,7 @@ def section_photos(args: argparse.Namespace, data_dir: Path, work: Path, report:
         loop_key = "seconds" if key == "predict_s" else "wall_s"
         return median([r["loop"][loop_key] / r[mine][key] for r in rounds])
 
+    folder_decode = photo_folder_decode(photos, sizes["rounds"])
     decoders = image_leg("decoders", "--data", str(photos), "--size", "224", "--files", str(min(count, 30)),
                          "--rounds", str(sizes["rounds"]), "--threads", "1")
     report["photos"] = {
@@ -528,8 +530,33 @@ def section_photos(args: argparse.Namespace, data_dir: Path, work: Path, report:
         "ratio_after_start": paired("cnnctl", "predict_s"), "ratio_end_to_end": paired("cnnctl", "wall_s"),
         "full_ratio_after_start": paired("full", "predict_s"), "full_ratio_end_to_end": paired("full", "wall_s"),
         "reduced_over_full_after_start": median([r["full"]["predict_s"] / r["cnnctl"]["predict_s"] for r in rounds]),
-        "decoders": decoders,
+        "decoders": decoders, "folder_decode": folder_decode,
     }
+
+
+# The decode a training folder of these photos does once (epoch 1, or every epoch when streamed): decode_files
+# into 224x224 with its default workers, reduced-size JPEG decoding on or off, in a fresh process.
+FOLDER_DECODE = ("import json, sys, time\nfrom pathlib import Path\nimport cnnctl.data.images as images\n"
+                 "from cnnctl.data.folder import decode_files\n"
+                 "images.REDUCED_JPEG_DECODE = sys.argv[2] == 'reduced'\n"
+                 "files = sorted(Path(sys.argv[1]).glob('*.jpg'))\n"
+                 "decode_files(files[:2], (224, 224), workers=0)  # imports, first-call set-up\n"
+                 "s = time.perf_counter(); decoded = decode_files(files, (224, 224))\n"
+                 "seconds = time.perf_counter() - s\n"
+                 "print(json.dumps({'files': len(decoded.kept), 'seconds': seconds}))")
+
+
+def photo_folder_decode(photos: Path, rounds: int) -> dict[str, Any]:
+    """Files/s of the folder decode on the photos, reduced-size decoding on and off, rounds in rotating order."""
+    rates: dict[str, list[float]] = {"reduced": [], "full": []}
+    for number in range(rounds):
+        for mode in (("reduced", "full") if number % 2 == 0 else ("full", "reduced")):
+            _, result = run([sys.executable, "-c", FOLDER_DECODE, str(photos), mode])
+            measured = json.loads(result.stdout.strip().splitlines()[-1])
+            rates[mode].append(measured["files"] / measured["seconds"])
+            log(f"  folder decode of the photos, {mode}: {rates[mode][-1]:.1f} files/s")
+    return {"files_per_s": {mode: median(values) for mode, values in rates.items()},
+            "reduced_over_full": median([a / b for a, b in zip(rates["reduced"], rates["full"])])}
 
 
 def image_leg_timed(name: str, *options: str) -> dict[str, Any]:
@@ -589,6 +616,10 @@ def render_images(report: dict[str, Any]) -> list[str]:
                   "to end (both processes' wall time; target >= 3)",
                   f"reduced JPEG decode off: {p['full_ratio_after_start']:.2f}x / {p['full_ratio_end_to_end']:.2f}x; "
                   f"reduced decoding makes predict {p['reduced_over_full_after_start']:.2f}x faster after start-up",
+                  f"folder decode of these photos into 224x224 (training's epoch-1 decode, default workers): "
+                  f"{p['folder_decode']['files_per_s']['reduced']:.1f} files/s, reduced JPEG decode off "
+                  f"{p['folder_decode']['files_per_s']['full']:.1f} files/s "
+                  f"({p['folder_decode']['reduced_over_full']:.2f}x)",
                   f"decoders, files/s to a 224x224 RGB tensor ({p['decoders']['files']} photos, one thread, "
                   "ratio to torchvision.io):"]
         for name, rate in p["decoders"]["files_per_s"].items():
@@ -677,6 +708,14 @@ def main() -> None:
     parser.add_argument("--megapixels", help="LOW,HIGH megapixels of the photos (default: the size's)")
     parser.add_argument("--cifar-images", dest="cifar_train", type=int,
                         help="training images in the cifar section (default: the size's)")
+    parser.add_argument("--folder-files", dest="folder_files", type=int,
+                        help="JPEGs in each folder of the folder section (default: the size's)")
+    parser.add_argument("--folder-sizes", dest="folder_sizes", type=lambda text: [int(v) for v in text.split(",")],
+                        help="comma-separated image sizes of the folder section, e.g. 64,224 (default: the size's)")
+    parser.add_argument("--folder-archs", dest="folder_archs", type=lambda text: text.split(","),
+                        help="comma-separated networks of the folder section (default: the size's)")
+    parser.add_argument("--scan-files", dest="scan_files", type=int,
+                        help="small JPEGs in the scan and decode-rate measurement (default: the size's)")
     args = parser.parse_args()
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -695,9 +734,11 @@ def main() -> None:
         report: dict[str, Any] = {"machine": machine(), "load_before": load_average(), "epochs": args.epochs,
                                   "rounds": args.rounds, "batch_norm": args.batch_norm, "sections": sections}
         report["sizes"] = dict(QUICK_SIZES if args.quick else FULL_SIZES)
-        report["sizes"].update({key: value for key, value in (("photos", args.photos), ("megapixels", args.megapixels),
-                                                              ("rounds", args.rounds_images),
-                                                              ("cifar_train", args.cifar_train)) if value})
+        overrides = ("photos", "megapixels", "cifar_train", "folder_files", "folder_sizes", "folder_archs",
+                     "scan_files")
+        report["sizes"].update({key: getattr(args, key) for key in overrides if getattr(args, key)})
+        if args.rounds_images:
+            report["sizes"]["rounds"] = args.rounds_images
         functions = {"train": section_train, "full": section_full, "predict": section_predict,
                      "eval": section_eval, "startup": section_startup, "folder": section_folder,
                      "cifar": section_cifar, "photos": section_photos}

@@ -316,7 +316,7 @@ OPTIONS: tuple[Option, ...] = (
            panel=REGULARISE, synonyms=("mixed_precision", "fp16", "bf16")),
     Option("amp_dtype", str, "auto", "the mixed-precision type", panel=REGULARISE,
            choices=lambda: ("auto", "fp16", "bf16")),
-    Option("precise_bn", bool, True, "re-estimate BatchNorm statistics over up to 4,096 training images before "
+    Option("precise_bn", bool, True, "re-estimate BatchNorm statistics over up to 1,024 training images before "
            "every validation (stale running averages make small data evaluate at chance)", panel=REGULARISE,
            synonyms=("precise_batchnorm", "recompute_bn")),
     # output

@@ -1,6 +1,7 @@
-"""Large JPEGs decoded at reduced size (libjpeg's DCT scaling) for predict: nearly the pixels of the full decode
-after the resize, the right way round after EXIF orientation, never smaller than the resize needs, and the same
-predictions from a trained model."""
+"""Large JPEGs decoded at reduced size (libjpeg's DCT scaling) for predict and for image folders: nearly the
+pixels of the full decode after the resize, the right way round after EXIF orientation, never smaller than the
+resize needs, the same pixels in a folder's cache, its streamed batches and predict, and the same predictions from
+a trained model."""
 
 from __future__ import annotations
 
@@ -160,7 +161,7 @@ def test_a_trained_model_predicts_the_same_classes_on_photos(tmp_path: Path, mon
     files = sorted(photos.iterdir())
     size = tuple(meta.preprocessing.image_size)
     assert meta.preprocessing.resize is None
-    assert _reduced(files[0].read_bytes(), ResizeTarget(size)).shape[1] < 1350 / 4
+    assert _reduced(files[0].read_bytes(), ResizeTarget(size)).shape[1] == -(-1350 // 4)  # 1/4 scale
     truth = [int(path.stem.split("-")[1]) for path in files]
     reduced = [p.label for p in Predictor(model, meta).predict_files(files)]
     with monkeypatch.context() as patch:
@@ -168,3 +169,35 @@ def test_a_trained_model_predicts_the_same_classes_on_photos(tmp_path: Path, mon
         full = [p.label for p in Predictor(model, meta).predict_files(files)]
     assert reduced == full
     assert sum(label == true for label, true in zip(full, truth)) >= 0.8 * len(files)
+
+
+@pytest.mark.parametrize(("size", "resize", "scale"), [((64, 64), None, 4), ((160, 160), 160, 2)])
+def test_a_folder_decodes_large_jpegs_as_predict_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       size: tuple[int, int], resize: int | None, scale: int) -> None:
+    """The folder cache, a streamed batch and predict give one file the same pixels (decoded at 1/``scale``),
+    within two grey levels of the full decode; a copied file still has its original's digest."""
+    from cnnctl.data.folder import decode_files
+    from cnnctl.data.stream import StreamedImages, _StreamFiles
+
+    files = []
+    stored = [(1400, 1050), (1050, 1400), (1600, 900), (1400, 1050)]
+    for number, (width, height) in enumerate(stored[:3]):
+        path = tmp_path / f"{number}.jpg"
+        path.write_bytes(_jpeg(_photo(width, height, seed=number), orientation=6 if number == 2 else 1))
+        files.append(path)
+    (tmp_path / "copy.jpg").write_bytes(files[0].read_bytes())
+    files.append(tmp_path / "copy.jpg")
+    target = ResizeTarget(size, resize)
+    for path, (width, height) in zip(files, stored):
+        assert _reduced(path.read_bytes(), target)[0].numel() == -(-width // scale) * -(-height // scale)
+    cached = decode_files(files, size, workers=0, resize=resize)
+    streamed = _StreamFiles(StreamedImages(tuple(files), torch.zeros(len(files)), ("a",), "x", size, resize=resize))
+    preprocessing = Preprocessing(3, size, resize=resize)
+    for position, path in enumerate(files):
+        predicted = decode_bytes(path.read_bytes(), path, preprocessing)
+        assert torch.equal(cached.images[position], predicted)
+        assert torch.equal(streamed[position][1], predicted)
+        full = _full(monkeypatch, decode_bytes, path.read_bytes(), path, preprocessing)
+        assert (predicted.to(torch.int16) - full.to(torch.int16)).abs().float().mean() <= 2.0
+    assert cached.infos[0].digest == cached.infos[3].digest != cached.infos[1].digest
+    assert (cached.infos[2].width, cached.infos[2].height) == (1600, 900)  # the stored size, before the turn

@@ -1,9 +1,10 @@
 """Your own images: a folder with one sub-folder per class, optionally split into ``train/``, ``val/``, ``test/``.
 
-Files are found and labelled by :func:`scan_folder`, then decoded once (torchvision.io, in DataLoader workers),
-resized to one square size and kept in memory as a single uint8 tensor, so training takes the same fast path as
-the built-in datasets and no epoch decodes again. A folder whose decoded images would not fit the memory budget
-streams instead (``--cache``, data/stream.py): its training images are decoded by workers every epoch.
+Files are found and labelled by :func:`scan_folder`, then decoded once (data/images.py, in DataLoader workers;
+a large JPEG at reduced size, as predict decodes it), resized to one square size and kept in memory as a single
+uint8 tensor, so training takes the same fast path as the built-in datasets and no epoch decodes again. A folder
+whose decoded images would not fit the memory budget streams instead (``--cache``, data/stream.py): its training
+images are decoded by workers every epoch.
 Without ``val/`` the validation images are held out of ``train`` with ``--val-split`` (default 10%) and
 ``--seed``, exactly as eval rebuilds them.
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from cnnctl.config import TrainConfig
     from cnnctl.data.base import ImageTensors
     from cnnctl.data.check import FolderCheck
+    from cnnctl.data.images import ImageHeader, ResizeTarget
     from cnnctl.data.splits import PreparedData
     from cnnctl.data.stream import StreamedImages
     from cnnctl.registry import ModelSpec
@@ -233,7 +235,8 @@ def _suffix_list() -> str:
 @dataclass(frozen=True)
 class FileInfo:
     """What decoding one file found: its stored size and mode (before orientation and resizing) and a digest of
-    its decoded pixels (equal digests: the same image, whatever the file format)."""
+    its decoded pixels before the resize (equal digests: the same image, whatever the file format; a large JPEG
+    that training decodes at reduced size is digested at that size, so copies of it still match)."""
 
     width: int
     height: int
@@ -269,28 +272,41 @@ class _DecodeFiles:
         return len(self.files)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str, FileInfo | None]:
-        from cnnctl.data.loader import resize_and_crop
+        from cnnctl.data.images import ResizeTarget, fit_to_target
 
         path = self.files[position]
+        target = ResizeTarget(self.size, self.resize, self.interpolation) if self.size else None
         try:
-            image, header = decode_file(path, self.max_pixels)
+            image, header = decode_file(path, self.max_pixels, target)
         except DataError as error:
             return position, None, error.message, None
         info = FileInfo(header.width, header.height, header.mode, header.format, header.animated,
                         pixel_digest(image))
-        return position, (resize_and_crop(image, self.size, self.resize, self.interpolation) if self.size
-                                 else None), "", info
+        return position, (fit_to_target(image, header, target) if target else None), "", info
 
 
-def decode_file(path: Path, max_pixels: int | None) -> tuple[torch.Tensor, Any]:
-    """One folder image, oriented RGB uint8, and its header: the decode both the cache and streaming use."""
-    from cnnctl.data.images import decode_with_header, read_file_bytes
+def decode_file(path: Path, max_pixels: int | None, target: ResizeTarget | None = None
+                ) -> tuple[torch.Tensor, ImageHeader]:
+    """One folder image, oriented RGB uint8, and its header: the decode both the cache and streaming use. With
+    ``target`` (what the image will be resized to), a large JPEG is decoded at reduced size, as predict does, so
+    that training, eval and predict see the same pixels from the same file (``fit_to_target`` then resizes it)."""
+    from cnnctl.data.images import decode_for_target, decode_with_header, read_file_bytes
 
-    return decode_with_header(read_file_bytes(path), path, max_pixels=max_pixels)
+    data = read_file_bytes(path)
+    if target is None:
+        return decode_with_header(data, path, max_pixels=max_pixels)
+    return decode_for_target(data, path, target, max_pixels=max_pixels)
 
 
-def _collate(batch: list[tuple[int, Any, str, Any]]) -> list[tuple[int, Any, str, Any]]:
-    return batch
+def _collate(batch: list[tuple[int, Any, str, Any]]) -> tuple[list[tuple[int, str, Any]], Any]:
+    """``(position, problem, info)`` per file and one uint8 tensor of the batch's decoded images (None without any):
+    a worker hands a batch back through shared memory, and one tensor costs one transfer where 64 small ones cost
+    64."""
+    import torch
+
+    images = [image for _, image, _, _ in batch if image is not None]
+    return [(position, problem, info) for position, _, problem, info in batch], \
+        (torch.stack(images) if images else None)
 
 
 def default_workers(count: int) -> int:
@@ -365,19 +381,22 @@ def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers
         batches = DataLoader(_DecodeFiles(files, size, max_pixels, resize, interpolation), batch_size=64,
                              num_workers=workers,
                              collate_fn=_collate)
-        for batch in batches:
-            for position, image, problem, info in batch:
+        for found, decoded in batches:
+            positions = []
+            for position, problem, info in found:
                 if info is None:
                     failures.append((files[position], problem))
                     continue
                 infos[position] = info
                 ok[position] = True
-                if image is not None:
-                    if keep:
-                        images[position] = image
-                    else:
-                        sums.add(image.unsqueeze(0))
-                    grey = grey and bool(is_grey(image))
+                positions.append(position)
+            if decoded is None:  # size None: only the files' infos were asked for
+                continue
+            if keep:
+                images[positions] = decoded
+            else:
+                sums.add(decoded)
+            grey = grey and bool(is_grey(decoded).all())
     kept = ok.nonzero().flatten()
     if keep and len(kept) < count:
         images = images[kept]

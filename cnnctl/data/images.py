@@ -10,10 +10,11 @@ What an image file becomes, in order:
 3. **Decoding**: PNG and JPEG with torchvision.io, every other format (GIF, WebP, BMP, TIFF) with Pillow.
    An animated GIF (or WebP, TIFF) gives its first frame only. **A large JPEG is decoded at reduced size** when
    the caller says what it will resize the image to (``target``, a :class:`ResizeTarget`) and that is at most
-   half the stored size in both directions: libjpeg's DCT scaling through Pillow's ``draft()`` decodes it at 1/2,
-   1/4 or 1/8 scale, keeping at least ``REDUCING_GAP`` times the pixels the resize needs (the shorter side for a
+   half the stored size in both directions: libjpeg's DCT scaling through Pillow's ``draft()`` decodes it at 1/2
+   or 1/4 scale, keeping at least ``REDUCING_GAP`` times the pixels the resize needs (the shorter side for a
    shorter-side resize, both sides for a plain resize, counted after EXIF orientation), so the antialiased resize
-   that follows sees nearly what it would see from the full decode. ``REDUCED_JPEG_DECODE = False`` turns it off.
+   that follows sees nearly what it would see from the full decode. Training folders, eval and predict all
+   decode this way, so one file gives them the same pixels. ``REDUCED_JPEG_DECODE = False`` turns it off.
 4. **EXIF orientation is applied** (a phone photo is stored sideways with a tag saying how to turn it), exactly
    as ``PIL.ImageOps.exif_transpose`` does, for every format.
 5. **Channels**: RGB (alpha dropped, palettes expanded); grey, where asked, is ``L = (19595 R + 38470 G + 7471 B
@@ -45,10 +46,13 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS: a 0.25 GiB 2
 MAX_FILE_BYTES = 256 * 2**20  # larger image files are refused unread: no photo or scan we train on comes close
 _TORCHVISION_FORMATS = frozenset({"PNG", "JPEG"})  # decoded by torchvision.io (faster), EXIF included
 _ORIENTATION_TAG = 0x0112
-# Decode a JPEG at 1/2, 1/4 or 1/8 scale when the consumer resizes it far smaller (see the module docstring); the
+# Decode a JPEG at 1/2 or 1/4 scale when the consumer resizes it far smaller (see the module docstring); the
 # decoded image keeps at least REDUCING_GAP times the pixels the resize needs (Pillow's thumbnail() default).
 REDUCED_JPEG_DECODE = True
 REDUCING_GAP = 2.0
+# libjpeg's 1/8 scale (one pixel per 8x8 block) came out 2-2.7 grey levels from the full decode after a resize to
+# 64x64, where 1/2 and 1/4 stay within 0.5, and it decodes only ~12% faster than 1/4: 1/4 is the smallest scale.
+MAX_JPEG_REDUCTION = 4
 PREPROCESSING_NOTES = (
     "EXIF orientation applied (as PIL.ImageOps.exif_transpose)",
     "animated images: first frame",
@@ -194,9 +198,12 @@ def _read_with_pillow(data: bytes, path: Path) -> torch.Tensor:
 
 
 def _read_reduced_jpeg(data: bytes, header: ImageHeader, target: ResizeTarget) -> torch.Tensor | None:
-    """RGB uint8 3×H×W of a JPEG decoded at 1/2, 1/4 or 1/8 scale (still at least ``target.minimum()`` after EXIF
+    """RGB uint8 3×H×W of a JPEG decoded at 1/2 or 1/4 scale (still at least ``target.minimum()`` after EXIF
     orientation), orientation applied; None where no scale of at least 2 keeps enough pixels, for colour modes
-    other than RGB and L (CMYK), and where Pillow cannot decode it (the full decode then says why, or succeeds)."""
+    other than RGB and L (CMYK), and where Pillow cannot decode it (the full decode then says why, or succeeds).
+
+    The tensor is a view of the decoder's H×W×3 rows (channels-last strides), not a CHW copy: torch's antialiased
+    uint8 resize is fastest on that layout, and the copy alone cost as much as the resize."""
     import io
 
     import numpy as np
@@ -208,16 +215,18 @@ def _read_reduced_jpeg(data: bytes, header: ImageHeader, target: ResizeTarget) -
     need_height, need_width = target.minimum()
     if header.orientation in (5, 6, 7, 8):  # stored sideways: the stored rows become columns
         need_height, need_width = need_width, need_height
-    if min(header.width // need_width, header.height // need_height) < 2:
+    fits = min(header.width // need_width, header.height // need_height, MAX_JPEG_REDUCTION)
+    if fits < 2:
         return None
+    scale = 4 if fits >= 4 else 2
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (need_width, need_height))  # libjpeg picks the smallest scale keeping this size
-            oriented = ImageOps.exif_transpose(image)
-            array = np.asarray(oriented.convert("RGB"), dtype=np.uint8)
+            image.draft("RGB", (header.width // scale, header.height // scale))  # libjpeg decodes at 1/scale
+            ImageOps.exif_transpose(image, in_place=True)
+            array = np.array(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
     except Exception:  # noqa: BLE001 - the full decode reports the problem in the usual way
         return None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def read_image(path: str | Path, channels: int = 3, *, max_pixels: int | None = None) -> torch.Tensor:
@@ -239,18 +248,29 @@ def decode_image_bytes(data: bytes, path: Path, channels: int = 3, *, max_pixels
 def decode_to_target(data: bytes, path: Path, target: ResizeTarget, channels: int = 3, *,
                      max_pixels: int | None = None) -> torch.Tensor:
     """uint8 ``channels``×H×W at ``target.size``: :func:`decode_image_bytes` then ``loader.resize_and_crop``, with
-    a large JPEG decoded at reduced size (module docstring, step 3). A shorter-side resize takes its long side
-    from the stored image's proportions, as the full decode would, so the centre crop covers the same region."""
-    from cnnctl.data.loader import resize_and_crop
-
-    header = read_header(data, path, max_pixels)
-    image = _read_reduced_jpeg(data, header, target) if REDUCED_JPEG_DECODE else None
-    reduced = image is not None
-    if image is None:
-        image = _decode_full(data, path, header)
+    a large JPEG decoded at reduced size (module docstring, step 3)."""
+    image, header = decode_for_target(data, path, target, max_pixels=max_pixels)
     if channels == 1:
         image = to_grey(image)
-    if reduced and target.resize is not None:
+    return fit_to_target(image, header, target)
+
+
+def decode_for_target(data: bytes, path: Path, target: ResizeTarget, *, max_pixels: int | None = None
+                      ) -> tuple[torch.Tensor, ImageHeader]:
+    """RGB uint8 3×H×W (oriented), at 1/2 or 1/4 of its stored size where it is a JPEG that ``target``
+    allows to decode smaller (module docstring, step 3), else at its stored size; and the file's header."""
+    header = read_header(data, path, max_pixels)
+    image = _read_reduced_jpeg(data, header, target) if REDUCED_JPEG_DECODE else None
+    return (_decode_full(data, path, header) if image is None else image), header
+
+
+def fit_to_target(image: torch.Tensor, header: ImageHeader, target: ResizeTarget) -> torch.Tensor:
+    """An image from :func:`decode_for_target` resized (and cropped) to ``target.size``, contiguous. For a
+    shorter-side resize of a reduced decode, the long side comes from the stored image's proportions, as the
+    full decode would give it, so the centre crop covers the same region."""
+    from cnnctl.data.loader import resize_and_crop
+
+    if target.resize is not None and tuple(image.shape[-2:]) != header.oriented_size:
         height, width = header.oriented_size
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as TF
@@ -259,7 +279,7 @@ def decode_to_target(data: bytes, path: Path, target: ResizeTarget, channels: in
         resized = ([target.resize, int(target.resize * width / height)] if height <= width
                    else [int(target.resize * height / width), target.resize])
         image = TF.resize(image, resized, interpolation=InterpolationMode(target.interpolation), antialias=True)
-    return resize_and_crop(image, target.size, target.resize, target.interpolation)
+    return resize_and_crop(image, target.size, target.resize, target.interpolation).contiguous()
 
 
 def decode_with_header(data: bytes, path: Path, *, max_pixels: int | None = None) -> tuple[torch.Tensor, ImageHeader]:

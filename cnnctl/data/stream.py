@@ -107,15 +107,15 @@ class _StreamFiles:
 
     def __getitem__(self, position: int) -> tuple[int, Any, str]:
         from cnnctl.data.folder import decode_file
-        from cnnctl.data.loader import resize_and_crop
+        from cnnctl.data.images import ResizeTarget, fit_to_target
 
         spec = self.images
+        target = ResizeTarget(spec.size, spec.resize, spec.interpolation)
         try:
-            image, _ = decode_file(spec.files[position], spec.max_pixels)
+            image, header = decode_file(spec.files[position], spec.max_pixels, target)
         except DataError as error:
             return position, None, error.message
-        image = resize_and_crop(image, spec.size, spec.resize, spec.interpolation)
-        return position, image[:spec.channels], ""
+        return position, fit_to_target(image, header, target)[:spec.channels], ""
 
 
 def _stack(batch: list[tuple[int, Any, str]]) -> tuple[Any, list[str]]:
