@@ -262,20 +262,20 @@ class _DecodeFiles:
 
     def __init__(self, files: Sequence[Path], size: tuple[int, int] | None, max_pixels: int | None = None,
                  resize: int | None = None, interpolation: str = "bilinear"):
+        from cnnctl.data.images import ResizeTarget
+
         self.files = list(files)
-        self.size = size
         self.max_pixels = max_pixels
-        self.resize = resize  # pretrained preprocessing: shorter side to this, then centre crop to size
-        self.interpolation = interpolation
+        # ``resize`` (pretrained preprocessing): the shorter side to it, then the centre crop to ``size``
+        self.target = ResizeTarget(size, resize, interpolation) if size else None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str, FileInfo | None]:
-        from cnnctl.data.images import ResizeTarget, fit_to_target
+        from cnnctl.data.images import fit_to_target
 
-        path = self.files[position]
-        target = ResizeTarget(self.size, self.resize, self.interpolation) if self.size else None
+        path, target = self.files[position], self.target
         try:
             image, header = decode_file(path, self.max_pixels, target)
         except DataError as error:
@@ -290,12 +290,9 @@ def decode_file(path: Path, max_pixels: int | None, target: ResizeTarget | None 
     """One folder image, oriented RGB uint8, and its header: the decode both the cache and streaming use. With
     ``target`` (what the image will be resized to), a large JPEG is decoded at reduced size, as predict does, so
     that training, eval and predict see the same pixels from the same file (``fit_to_target`` then resizes it)."""
-    from cnnctl.data.images import decode_for_target, decode_with_header, read_file_bytes
+    from cnnctl.data.images import decode_with_header, read_file_bytes
 
-    data = read_file_bytes(path)
-    if target is None:
-        return decode_with_header(data, path, max_pixels=max_pixels)
-    return decode_for_target(data, path, target, max_pixels=max_pixels)
+    return decode_with_header(read_file_bytes(path), path, max_pixels=max_pixels, target=target)
 
 
 def _collate(batch: list[tuple[int, Any, str, Any]]) -> tuple[list[tuple[int, str, Any]], Any]:

@@ -249,23 +249,14 @@ def decode_to_target(data: bytes, path: Path, target: ResizeTarget, channels: in
                      max_pixels: int | None = None) -> torch.Tensor:
     """uint8 ``channels``×H×W at ``target.size``: :func:`decode_image_bytes` then ``loader.resize_and_crop``, with
     a large JPEG decoded at reduced size (module docstring, step 3)."""
-    image, header = decode_for_target(data, path, target, max_pixels=max_pixels)
+    image, header = decode_with_header(data, path, max_pixels=max_pixels, target=target)
     if channels == 1:
         image = to_grey(image)
     return fit_to_target(image, header, target)
 
 
-def decode_for_target(data: bytes, path: Path, target: ResizeTarget, *, max_pixels: int | None = None
-                      ) -> tuple[torch.Tensor, ImageHeader]:
-    """RGB uint8 3×H×W (oriented), at 1/2 or 1/4 of its stored size where it is a JPEG that ``target``
-    allows to decode smaller (module docstring, step 3), else at its stored size; and the file's header."""
-    header = read_header(data, path, max_pixels)
-    image = _read_reduced_jpeg(data, header, target) if REDUCED_JPEG_DECODE else None
-    return (_decode_full(data, path, header) if image is None else image), header
-
-
 def fit_to_target(image: torch.Tensor, header: ImageHeader, target: ResizeTarget) -> torch.Tensor:
-    """An image from :func:`decode_for_target` resized (and cropped) to ``target.size``, contiguous. For a
+    """An image from :func:`decode_with_header` resized (and cropped) to ``target.size``, contiguous. For a
     shorter-side resize of a reduced decode, the long side comes from the stored image's proportions, as the
     full decode would give it, so the centre crop covers the same region."""
     from cnnctl.data.loader import resize_and_crop
@@ -282,10 +273,14 @@ def fit_to_target(image: torch.Tensor, header: ImageHeader, target: ResizeTarget
     return resize_and_crop(image, target.size, target.resize, target.interpolation).contiguous()
 
 
-def decode_with_header(data: bytes, path: Path, *, max_pixels: int | None = None) -> tuple[torch.Tensor, ImageHeader]:
-    """RGB uint8 3×H×W (oriented) and the file's header; the header is checked against ``max_pixels`` first."""
+def decode_with_header(data: bytes, path: Path, *, max_pixels: int | None = None,
+                       target: ResizeTarget | None = None) -> tuple[torch.Tensor, ImageHeader]:
+    """RGB uint8 3×H×W (oriented) and the file's header; the header is checked against ``max_pixels`` first. With
+    ``target`` (what the image will be resized to), a JPEG it allows to decode smaller comes at 1/2 or 1/4 of its
+    stored size (module docstring, step 3), else every image comes at its stored size."""
     header = read_header(data, path, max_pixels)
-    return _decode_full(data, path, header), header
+    image = _read_reduced_jpeg(data, header, target) if target is not None and REDUCED_JPEG_DECODE else None
+    return (_decode_full(data, path, header) if image is None else image), header
 
 
 def _decode_full(data: bytes, path: Path, header: ImageHeader) -> torch.Tensor:

@@ -100,22 +100,24 @@ class _StreamFiles:
     """Worker-side dataset: position → (position, uint8 C×H×W image as the one-time decode makes it, problem)."""
 
     def __init__(self, images: StreamedImages):
+        from cnnctl.data.images import ResizeTarget
+
         self.images = images
+        self.target = ResizeTarget(images.size, images.resize, images.interpolation)
 
     def __len__(self) -> int:
         return len(self.images.files)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str]:
         from cnnctl.data.folder import decode_file
-        from cnnctl.data.images import ResizeTarget, fit_to_target
+        from cnnctl.data.images import fit_to_target
 
         spec = self.images
-        target = ResizeTarget(spec.size, spec.resize, spec.interpolation)
         try:
-            image, header = decode_file(spec.files[position], spec.max_pixels, target)
+            image, header = decode_file(spec.files[position], spec.max_pixels, self.target)
         except DataError as error:
             return position, None, error.message
-        return position, fit_to_target(image, header, target)[:spec.channels], ""
+        return position, fit_to_target(image, header, self.target)[:spec.channels], ""
 
 
 def _stack(batch: list[tuple[int, Any, str]]) -> tuple[Any, list[str]]:
