@@ -228,8 +228,9 @@ OPTIONS: tuple[Option, ...] = (
            panel=DATA, derived="89,478,485, Pillow's limit", minimum=1, resumable=True,
            synonyms=("max_image_pixels", "pixel_limit")),
     Option("cache", str, "auto", "image folders: decode once into memory (memory), decode in worker processes every "
-           "epoch (none), or memory when the decoded images fit the budget (auto: half the free memory, or "
-           "CNNCTL_MEMORY_BUDGET bytes)", panel=DATA, choices=lambda: ("auto", "memory", "none"), resumable=True,
+           "epoch (none), or memory when the decoded images fit the budget (auto: half the available memory, "
+           "under a container's or job's memory limit too, or CNNCTL_MEMORY_BUDGET bytes)",
+           panel=DATA, choices=lambda: ("auto", "memory", "none"), resumable=True,
            synonyms=("cache_images", "in_memory", "streaming")),
     Option("class_weights", str, None, "weight the training loss per class: auto (inverse frequency) or a JSON/CSV "
            "file of class name → weight", panel=DATA, check=_class_weights, synonyms=("class_weight", "weights_file")),

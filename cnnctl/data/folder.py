@@ -321,26 +321,46 @@ class Decoded:
     sums: ChannelSums | None = None  # keep=False: what the channel statistics need, images not kept
 
 
+# values per chunk when summing: a float copy of a whole chunk of 1,024 images at 224² took 2.5 GB
+STATS_CHUNK_VALUES = 2**22
+
+
 @dataclass
 class ChannelSums:
-    """Per-channel sums of pixel values and of their squares in [0, 1] units (float64), and the pixel count."""
+    """Per-channel sums of the uint8 pixel values and of their squares, exact in int64, and the pixel count.
+
+    Exact integers make the statistics independent of how the images were split into chunks: the cache and a
+    streamed split, which add different batches, give the same mean and std to the last bit."""
 
     total: torch.Tensor
     squares: torch.Tensor
     pixels: int = 0
 
-    def add(self, images: torch.Tensor) -> None:
+    @classmethod
+    def zeros(cls, channels: int) -> ChannelSums:
         import torch
 
-        values = images.to(torch.float64) / 255.0
-        self.total += values.sum(dim=(0, 2, 3))
-        self.squares += values.square().sum(dim=(0, 2, 3))
+        return cls(torch.zeros(channels, dtype=torch.int64), torch.zeros(channels, dtype=torch.int64))
+
+    def add(self, images: torch.Tensor) -> None:
+        """Add uint8 N×C×H×W images, a bounded chunk at a time (memory stays a few MB over the images)."""
+        import torch
+
+        if images.shape[0] == 0:
+            return
+        step = max(1, STATS_CHUNK_VALUES // images[0].numel())
+        for start in range(0, images.shape[0], step):
+            wide = images[start:start + step].to(torch.int32)
+            self.total += wide.sum(dim=(0, 2, 3), dtype=torch.int64)
+            self.squares += wide.mul_(wide).sum(dim=(0, 2, 3), dtype=torch.int64)
         self.pixels += images.shape[0] * images.shape[2] * images.shape[3]
 
     def stats(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Mean and std of the first ``channels`` channels (a flat channel's std is 1e-3, never 0)."""
-        mean = self.total[:channels] / max(self.pixels, 1)
-        std = (self.squares[:channels] / max(self.pixels, 1) - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)
+        """Mean and std of the first ``channels`` channels in [0, 1] units (a flat channel's std is 1e-3, never 0)."""
+        count = max(self.pixels, 1)
+        mean = self.total[:channels].double() / (255.0 * count)
+        second = self.squares[:channels].double() / (255.0**2 * count)
+        std = (second - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)
         return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
 
 
@@ -368,8 +388,7 @@ def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers
                          hint="pass a smaller --img-size or --limit (training streams with --cache auto or none)")
     workers = default_workers(count) if workers is None else workers
     images = torch.empty((count if keep else 0, 3, *shape), dtype=torch.uint8)
-    sums = None if keep or size is None else ChannelSums(torch.zeros(3, dtype=torch.float64),
-                                                         torch.zeros(3, dtype=torch.float64))
+    sums = None if keep or size is None else ChannelSums.zeros(3)
     ok = torch.zeros(count, dtype=torch.bool)
     grey = True
     failures: list[tuple[Path, str]] = []
@@ -411,14 +430,10 @@ def _report_failures(failures: list[tuple[Path, str]], log: Log) -> None:
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 N×C×H×W in [0, 1] units, in chunks (no float copy of the whole set)."""
-    import torch
-
-    channels = images.shape[1]
-    sums = ChannelSums(torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64))
-    for start in range(0, images.shape[0], 1024):
-        sums.add(images[start:start + 1024])
-    return sums.stats(channels)
+    """Per-channel mean and std of uint8 N×C×H×W in [0, 1] units."""
+    sums = ChannelSums.zeros(images.shape[1])
+    sums.add(images)
+    return sums.stats(images.shape[1])
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ augmentation, normalisation as batch tensor ops, data/loader.py). The order and 
 loader's own generator in the main process, so a streamed run draws the same batches as the same run in memory,
 and a resumed one redraws them. Memory stays at a few batches in flight, whatever the folder's size.
 
-The budget is half of the free memory, or ``CNNCTL_MEMORY_BUDGET`` (bytes; ``K``/``M``/``G`` suffixes).
+The budget is half of the memory this process can still take (the machine's available memory, or less under a
+container's or job's memory limit: data/memory.py), or ``CNNCTL_MEMORY_BUDGET`` (bytes; ``K``/``M``/``G``
+suffixes).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 BUDGET_ENV = "CNNCTL_MEMORY_BUDGET"
-MEMORY_FRACTION = 0.5  # without CNNCTL_MEMORY_BUDGET: cache at most this share of the free memory
+MEMORY_FRACTION = 0.5  # without CNNCTL_MEMORY_BUDGET: cache at most this share of the available memory
 CACHE_MODES = ("auto", "memory", "none")
 PREFETCH_BATCHES = 2  # per worker: decoded batches waiting for the training step
 
@@ -40,22 +42,17 @@ def parse_bytes(text: str) -> int:
     return int(float(match.group(1)) * 1024**power)
 
 
-def free_memory() -> int | None:
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
 def memory_budget() -> tuple[int | None, str]:
     """How many bytes of decoded images may be kept in memory, and where that number comes from."""
     value = os.environ.get(BUDGET_ENV)
     if value:
         return parse_bytes(value), BUDGET_ENV
-    free = free_memory()
-    if free is None:
-        return None, "the free memory is unknown"
-    return int(MEMORY_FRACTION * free), f"half of the {free / 2**30:.1f} GiB free"
+    from cnnctl.data.memory import available_memory
+
+    available = available_memory()
+    if available is None:
+        return None, "the available memory is unknown"
+    return int(MEMORY_FRACTION * available.bytes), f"half of {available.source}"
 
 
 def size_text(count: int) -> str:

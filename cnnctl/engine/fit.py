@@ -166,6 +166,10 @@ class Trainer:
             self.reporter = SilentReporter()
         if config.threads:
             torch.set_num_threads(config.threads)
+        if self.device.type == "cpu":
+            from cnnctl.engine.host_memory import reuse_freed_host_memory
+
+            reuse_freed_host_memory()
         seed_everything(config.seed)
         self.model_spec = get_model_spec(config.arch)
         config.arch = self.model_spec.name
