@@ -33,19 +33,18 @@ JOIN_AND_RUN = ("import os, runpy, sys\nopen(sys.argv.pop(1), 'w').write(str(os.
                 "sys.argv = ['cnnctl', *sys.argv[1:]]\nrunpy.run_module('cnnctl', run_name='__main__')")
 
 
-def memory_cgroup() -> tuple[Path, int]:
-    """This process's cgroup folder in a writable memory hierarchy, and the cgroup version."""
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        number, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            folder, version = Path("/sys/fs/cgroup/memory") / path.lstrip("/"), 1
-        elif number == "0" and controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
-            folder, version = Path("/sys/fs/cgroup") / path.lstrip("/"), 2
-        else:
+def memory_cgroup() -> tuple[Path, int] | None:
+    """A cgroup folder of this process's memory hierarchy (v1 or v2) that a child with a limit can be made in,
+    and its cgroup version; None without one (not Linux, not root, or no memory controller)."""
+    from cnnctl.data.memory import process_memory_cgroups
+
+    for folder, _, version in process_memory_cgroups():
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
             continue
-        if folder.is_dir() and os.access(folder, os.W_OK):
-            return folder, version
-    raise SystemExit("no writable cgroup memory controller here (needs Linux and root)")
+        if version == 2 and "memory" not in (folder / "cgroup.subtree_control").read_text().split():
+            continue
+        return folder, version
+    return None
 
 
 def counter(path: Path, key: str) -> int | None:
@@ -61,7 +60,10 @@ def counter(path: Path, key: str) -> int | None:
 
 
 def limited_run(arguments: list[str], limit: int, environment: dict[str, str]) -> dict[str, Any]:
-    parent, version = memory_cgroup()
+    found = memory_cgroup()
+    if found is None:
+        raise SystemExit("no writable cgroup memory controller here (needs Linux and root)")
+    parent, version = found
     group = parent / f"cnnctl-bench-{uuid.uuid4().hex[:8]}"
     group.mkdir()
     try:

@@ -86,32 +86,29 @@ def test_without_proc_the_machine_free_memory_is_used(tmp_path: Path) -> None:
     assert available is not None and available.bytes > 0 and available.source.endswith("free")
 
 
-def real_cgroup_parent() -> tuple[Path, str] | None:
-    """A writable cgroup folder of this process's memory hierarchy (v1 or v2), and the limit file's name."""
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        number, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            folder, limit = Path("/sys/fs/cgroup/memory") / path.lstrip("/"), "memory.limit_in_bytes"
-        elif number == "0" and controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
-            folder, limit = Path("/sys/fs/cgroup") / path.lstrip("/"), "memory.max"
-            if "memory" not in (folder / "cgroup.subtree_control").read_text().split():
-                continue
-        else:
-            continue
-        if folder.is_dir() and os.access(folder, os.W_OK):
-            return folder, limit
-    return None
+def load_memory_limit_benchmark():
+    """benchmarks/memory_limit.py, whose cgroup helpers the real-cgroup test shares."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "memory_limit.py"
+    spec = importlib.util.spec_from_file_location("memory_limit_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@pytest.mark.skipif(sys.platform != "linux" or real_cgroup_parent() is None,
+MEMORY_LIMIT = load_memory_limit_benchmark()
+
+
+@pytest.mark.skipif(sys.platform != "linux" or MEMORY_LIMIT.memory_cgroup() is None,
                     reason="needs a writable cgroup memory controller (Linux, as root: CI's machine has one)")
 def test_a_process_in_a_real_memory_limited_cgroup_gets_a_budget_under_the_limit() -> None:
-    parent, limit_file = real_cgroup_parent()
+    parent, version = MEMORY_LIMIT.memory_cgroup()
     child = parent / f"cnnctl-test-{uuid.uuid4().hex[:8]}"
     child.mkdir()
     try:
-        (child / limit_file).write_text(str(GIB))
-        tasks = "tasks" if limit_file == "memory.limit_in_bytes" else "cgroup.procs"
+        (child / ("memory.limit_in_bytes" if version == 1 else "memory.max")).write_text(str(GIB))
+        tasks = "tasks" if version == 1 else "cgroup.procs"
         code = ("import os, sys\n"
                 f"open({str(child / tasks)!r}, 'w').write(str(os.getpid()))\n"
                 "from cnnctl.data.stream import memory_budget\n"

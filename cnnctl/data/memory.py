@@ -53,22 +53,26 @@ def _machine_available(root: Path) -> Available | None:
 
 def _cgroup_room(root: Path) -> Available | None:
     """The least room (limit − usage + reclaimable page cache) under any memory limit of this process's cgroups."""
-    try:
-        memberships = (root / "proc/self/cgroup").read_text().splitlines()
-        mounts = (root / "proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
     best: Available | None = None
-    for directory, mount, version in _memory_cgroups(root, memberships, mounts):
-        level = directory
-        while True:
+    for directory, mount, version in process_memory_cgroups(root):
+        for level in (directory, *directory.parents):  # up to the hierarchy's mount point
             room = _room_at(level, version)
             if room is not None and (best is None or room.bytes < best.bytes):
                 best = room
             if level == mount or mount not in level.parents:
                 break
-            level = level.parent
     return best
+
+
+def process_memory_cgroups(root: Path = Path("/")) -> list[tuple[Path, Path, int]]:
+    """(this process's cgroup folder, its hierarchy's mount point, cgroup version) for the v1 memory hierarchy
+    and the v2 unified one; empty where /proc does not say."""
+    try:
+        memberships = (root / "proc/self/cgroup").read_text().splitlines()
+        mounts = (root / "proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    return _memory_cgroups(root, memberships, mounts)
 
 
 def _memory_cgroups(root: Path, memberships: list[str], mounts: list[str]) -> list[tuple[Path, Path, int]]:

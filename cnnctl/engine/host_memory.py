@@ -5,13 +5,13 @@ glibc's malloc serves each block above its mmap threshold (at most 32 MB however
 of 64 through mobilenet_v3_small's first layer: 51 MB), so every training step faults in and zeroes them again.
 One epoch of mobilenet_v3_small on 5,000 JPEGs at 224², batch 64, 2 cores: 13.4 million page faults and 37 s of
 kernel time without this, 0.74 million and 3 s with it; the epoch went from 68.3 s to 48.9 s (1.40x) and the
-peak resident memory from 2.84 to 3.07 GiB. ``M_MMAP_MAX = 0`` keeps every block in the
-heap, and a high ``M_TRIM_THRESHOLD`` stops the heap's top from being returned to the system after each step.
+peak resident memory from 2.84 to 3.07 GiB. ``M_MMAP_MAX = 0`` keeps every block in the heap, and a high
+``M_TRIM_THRESHOLD`` stops the heap's top from being returned to the system after each step.
 
 What it costs: memory freed during a run stays with the process for its next allocations instead of going back
-to the system, so the resident size stays at its peak until the process ends (8% higher in the run above). Left alone where the user chose
-their own allocator settings (``MALLOC_*_`` or ``GLIBC_TUNABLES``, or an allocator in ``LD_PRELOAD``) and
-where ``CNNCTL_HOST_MALLOC=system``; only glibc has these knobs.
+to the system, so the resident size stays at its peak until the process ends (8% higher in the run above).
+Left alone where the user chose their own allocator settings (``MALLOC_*_`` or ``GLIBC_TUNABLES``, or an
+allocator in ``LD_PRELOAD``) and where ``CNNCTL_HOST_MALLOC=system``; only glibc has these knobs.
 """
 
 from __future__ import annotations
