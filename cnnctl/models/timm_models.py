@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import DownloadError, UsageError
+from cnnctl.models.weight_packages import package_weights_for, renamed_by_order
 from cnnctl.registry import ModelSpec, register_model_resolver
 
 PREFIX = "timm:"
@@ -175,12 +176,18 @@ def fetch_hub_weights(weights: Any, *, mirror: str | None, dest: str | Path | No
     except ImportError as error:
         raise UsageError("timm weights need huggingface_hub", hint="pip install 'cnnctl[timm]'") from error
     cache_dir = _hub_cache()
-    if offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    packaged = None if dest else package_weights_for(weights.arch)
+    if offline or packaged is not None or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in (
+            "1", "true", "yes", "on"):
         for name in HF_FILES:  # a lookup in the cache folder only: no request at all
             cached = try_to_load_from_cache(hub_id, name, cache_dir=cache_dir)
             if isinstance(cached, str):
                 return Path(cached) if not dest else _copy_into(Path(cached), Path(dest).expanduser() / hub_id
                                                                 / name, log)
+        if packaged is not None:  # an installed weights package (models/weight_packages.py)
+            log(f"pretrained: {hub_id} is not in the Hugging Face cache; using {packaged[1]} from the installed "
+                f"package {packaged[0].package}")
+            return packaged[1]
         raise DownloadError(
             f"{hub_id}/{HF_FILES[0]} is not in the Hugging Face cache {cache_dir} and --offline forbids "
             "downloading it",
@@ -229,6 +236,11 @@ def load_timm_pretrained(model: Any, spec: ModelSpec, weights: Any, path: Path,
     first = next(iter(model.parameters()))
     num_classes = int(model.num_classes)
     in_chans = _input_channels(model)
+    from cnnctl.models._adapt import first_conv_name
+
+    # weights published under another library's names (an installed package) in timm's order
+    tensors = renamed_by_order(tensors, model.state_dict(), loose=(f"{spec.classifier}.", first_conv_name(model))
+                               ) or tensors
     timm = _timm()
     reference = timm.create_model(weights.extra["timm_name"], pretrained=True, num_classes=num_classes,
                                   in_chans=in_chans, pretrained_cfg_overlay={"state_dict": tensors})
