@@ -364,6 +364,10 @@ OPTIONS: tuple[Option, ...] = (
            "first convolution's filters)", panel=PRETRAINED,
            derived="replicate for published weights, sum for weight files",
            choices=lambda: ("replicate", "sum")),
+    Option("linear_probe", bool, False, "train only a new linear classifier on the pretrained backbone's features "
+           "(backbone frozen in eval mode, features of the un-augmented images computed once, a few hundred steps "
+           "of the head); a run folder and checkpoint like any other, in one epoch", panel=PRETRAINED,
+           synonyms=("probe", "linear_eval", "linear_classifier")),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}

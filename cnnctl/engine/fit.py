@@ -173,6 +173,11 @@ class Trainer:
         seed_everything(config.seed)
         self.model_spec = get_model_spec(config.arch)
         config.arch = self.model_spec.name
+        if config.linear_probe:  # the classifier must be a linear layer: said before the data is read
+            from cnnctl.engine.linear_probe import check_probe_head
+            from cnnctl.models import build_model as build_architecture
+
+            check_probe_head(self, build_architecture(config.arch, num_classes=2, in_channels=3, **config.arch_args))
         self.precision = resolve_precision(config.amp, config.amp_dtype, self.device)
         if self.precision.note:
             self.reporter.message(self.precision.note)
@@ -225,7 +230,12 @@ class Trainer:
             skip = self.start_batch if epoch == self.start_epoch + 1 else 0
             self.head_only.begin_epoch(epoch, self.reporter.message)
             callbacks.on_epoch_start(self, epoch)
-            row = self.train_epoch(epoch, guard, skip)
+            if config.linear_probe:
+                from cnnctl.engine.linear_probe import probe_epoch
+
+                row = probe_epoch(self, epoch)
+            else:
+                row = self.train_epoch(epoch, guard, skip)
             row.update(components.validation_metrics(self))
             if self.schedule.epoch_end(row.get(self.monitor)):
                 self.reporter.message(f"plateau: {self.monitor} has not improved for "
