@@ -17,6 +17,7 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
     check_command,
     data_commands,
     doctor_command,
+    embed_command,
     eval_command,
     info_commands,
     lr_find_command,
@@ -28,7 +29,8 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
 from cnnctl.cli._common import app, state
 
 # `cnnctl --help` lists the commands in the order of a workflow; commands not named here follow, as registered
-WORKFLOW = ("download", "train", "eval", "predict", "export", "check", "runs", "tune", "summary", "list", "doctor")
+WORKFLOW = ("download", "train", "eval", "predict", "embed", "probe", "export", "check", "runs", "tune", "summary",
+            "list", "doctor")
 
 
 def _in_workflow_order() -> None:
