@@ -22,6 +22,7 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
     info_commands,
     lr_find_command,
     predict_command,
+    probe_command,
     runs_command,
     train_command,
     tune_command,
