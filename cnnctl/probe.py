@@ -67,7 +67,8 @@ def _subset(items: list[tuple[Path, int]], count: int, seed: int) -> list[tuple[
 
 
 def probe(data_dir: str | Path, candidates: Sequence[Candidate], *, budget: float = 300.0, seed: int = 0,
-          val_split: float | None = None, batch_size: int = 32, device: str = "cpu", log: Log = lambda _: None,
+          val_split: float | None = None, batch_size: int = 32, device: str = "cpu", img_size: int | None = None,
+          log: Log = lambda _: None,
           on_result: Callable[[ProbeResult], None] = lambda _: None) -> list[ProbeResult]:
     """Probe each candidate within its share of ``budget`` seconds; results best first (unprobed ones last)."""
     from cnnctl.data.folder import choose_splits, scan_folder
@@ -85,7 +86,7 @@ def probe(data_dir: str | Path, candidates: Sequence[Candidate], *, budget: floa
         share = (budget - (time.perf_counter() - started)) / (len(candidates) - index)
         try:
             result = _probe_one(candidate, scan.classes, train_items, val_items, share, seed=seed,
-                                batch_size=batch_size, device=device, log=log)
+                                batch_size=batch_size, device=device, img_size=img_size, log=log)
         except (UsageError, DataError) as error:  # one backbone's failure does not end the ranking
             result = ProbeResult(candidate, note=f"failed: {error}")
         on_result(result)
@@ -95,7 +96,7 @@ def probe(data_dir: str | Path, candidates: Sequence[Candidate], *, budget: floa
 
 def _probe_one(candidate: Candidate, classes: tuple[str, ...], train_items: list[tuple[Path, int]],
                val_items: list[tuple[Path, int]], share: float, *, seed: int, batch_size: int, device: str,
-               log: Log) -> ProbeResult:
+               img_size: int | None, log: Log) -> ProbeResult:
     import torch
 
     from cnnctl.engine.embed import pretrained_backbone
@@ -106,7 +107,8 @@ def _probe_one(candidate: Candidate, classes: tuple[str, ...], train_items: list
     if share < HEAD_SECONDS * 2:
         result.note = "over budget"
         return result
-    backbone = pretrained_backbone(candidate.arch, candidate.pretrained, device=device, offline=True)
+    backbone = pretrained_backbone(candidate.arch, candidate.pretrained, device=device, offline=True,
+                                   img_size=img_size)
 
     def features(items: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         return batch_features(backbone.model, backbone.classifier, _batches(backbone, items, classes, batch_size,
@@ -152,8 +154,9 @@ def _batches(backbone: Any, items: list[tuple[Path, int]], classes: tuple[str, .
     return BatchLoader(images, prep, batch_size=batch_size, device=device)
 
 
-def fine_tune_command(result: ProbeResult, data_dir: str | Path) -> str:
-    """The command that fine-tunes the winner on the same data."""
+def fine_tune_command(result: ProbeResult, data_dir: str | Path, img_size: int | None = None) -> str:
+    """The command that fine-tunes the winner on the same data (at the probe's image size)."""
     candidate = result.candidate
+    size = f" --img-size {img_size}" if img_size else ""
     return (f"cnnctl train {shlex.quote(candidate.arch)} --data {shlex.quote(str(data_dir))} --pretrained "
-            f"{shlex.quote(candidate.pretrained)} --offline --epochs 5")
+            f"{shlex.quote(candidate.pretrained)}{size} --offline --epochs 5")

@@ -25,6 +25,9 @@ def probe(
     val_split: Annotated[float | None, typer.Option(
         min=0, help="validation fraction held out of train when the folder has no val/ \\[default: 0.1]",
         show_default=False)] = None,
+    img_size: Annotated[int | None, typer.Option(
+        min=16, max=4096, help="centre crop to probe at (the resize scales with it, as in training) \\[default: "
+                               "each weights' own]", show_default=False)] = None,
     seed: Annotated[int, typer.Option(min=0, help="which images are held out and drawn")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
@@ -53,11 +56,12 @@ def probe(
         stderr_line(f"  {row['backbone']}: {accuracy} ({row['seconds']:.1f}s){note}")
 
     results = run_probe(data, candidates, budget=budget, seed=seed, val_split=val_split, batch_size=batch_size,
-                        device=str(resolve_device(device)), log=lambda _: None, on_result=said)
+                        device=str(resolve_device(device)), img_size=img_size, log=lambda _: None,
+                        on_result=said)
     best = results[0] if results and results[0].val_accuracy is not None else None
     if json_output:
         print_json({"results": [r.row() for r in results],
-                    "command": fine_tune_command(best, data) if best else None})
+                    "command": fine_tune_command(best, data, img_size) if best else None})
         return
     from rich.console import Console
     from rich.table import Table
@@ -72,4 +76,4 @@ def probe(
     if best is None:
         stderr_line("no backbone could be probed within the budget; raise --budget")
         raise typer.Exit(1)
-    print(f"fine-tune the best: {fine_tune_command(best, data)}")
+    print(f"fine-tune the best: {fine_tune_command(best, data, img_size)}")

@@ -152,9 +152,11 @@ def weights_of(arch: str, pretrained: str) -> Any:
 
 
 def pretrained_backbone(arch: str, pretrained: str, *, device: str = "cpu", offline: bool = False,
-                        weights_mirror: str | None = None, log: Log = lambda _: None) -> Backbone:
+                        weights_mirror: str | None = None, img_size: int | None = None,
+                        log: Log = lambda _: None) -> Backbone:
     """``arch`` built with its weights' number of classes, ``pretrained`` loaded (see
-    :func:`cnnctl.models.pretrained.load_pretrained`), in eval mode on ``device``."""
+    :func:`cnnctl.models.pretrained.load_pretrained`), in eval mode on ``device``; ``img_size`` crops smaller
+    (or larger) than the weights' crop, the resize scaled with it, as ``--img-size`` does in training."""
     from cnnctl.engine.device import resolve_device
     from cnnctl.models import build_model
     from cnnctl.models.pretrained import load_pretrained
@@ -166,7 +168,7 @@ def pretrained_backbone(arch: str, pretrained: str, *, device: str = "cpu", offl
     model = build_model(spec.name, num_classes=int(weights.extra.get("num_classes") or 1000), in_channels=3)
     settings = SimpleNamespace(offline=offline, weights_mirror=weights_mirror)
     report = load_pretrained(model, spec, pretrained, log=log, config=settings)
-    preprocessing = run_preprocessing(weights, 3, weights.preprocessing.crop, img_size=None, folder=True,
+    preprocessing = run_preprocessing(weights, 3, weights.preprocessing.crop, img_size=img_size, folder=True,
                                       grey_input="replicate")
     return Backbone(model.to(resolve_device(device)).eval(), spec.classifier, preprocessing, spec.name,
                     report.path)
