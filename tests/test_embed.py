@@ -218,8 +218,8 @@ def test_linear_probe_of_lite0_learns_digits_and_keeps_the_backbone(digits: Path
 
 
 def test_probe_ranks_offline_backbones_and_prints_the_command(digits: Path) -> None:
-    result = CliRunner().invoke(app, ["probe", "--data", str(digits), "--backbone", LITE0, "--budget", "600", "--img-size", str(PROBE_SIZE),
-                                      "--json"])
+    result = CliRunner().invoke(app, ["probe", "--data", str(digits), "--backbone", LITE0, "--budget", "600",
+                                      "--img-size", str(PROBE_SIZE), "--json"])
     assert result.exit_code == 0, result.output
     import json
 
