@@ -207,3 +207,23 @@ def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: 
     model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.explain")
     return _explain(model_or_path, images, method=method, layer=layer, target=target,
                     output=None if output is None else Path(output), topk=topk, device=device)
+
+
+def embed(checkpoint_or_arch: Any, images: Any, *, pretrained: str | None = None, device: str = "cpu",
+          batch_size: int = 64, output: str | os.PathLike[str] | None = None, offline: bool = False) -> Any:
+    """``cnnctl embed``: the L2-normalised penultimate features of ``images`` (files, a folder of images, or a
+    folder of class folders) under a checkpoint / run folder, or an architecture with ``pretrained`` weights
+    (``imagenet``, a weights name, a file). Returns ``Embeddings``: ``.features`` (N×D float32 NumPy array, unit
+    rows), ``.paths`` (their order), ``.labels`` and ``.classes`` (class folders; None otherwise). ``output``
+    also writes them (.npz or .parquet)."""
+    from cnnctl.engine.embed import check_output, open_backbone, write_embeddings
+    from cnnctl.engine.embed import embed as _embed
+
+    if output is not None:
+        check_output(os.fspath(output))
+    paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    backbone = open_backbone(os.fspath(checkpoint_or_arch), pretrained, device=device, offline=offline)
+    result = _embed(backbone, paths, batch_size=batch_size)
+    if output is not None:
+        write_embeddings(result, os.fspath(output), backbone=backbone)
+    return result

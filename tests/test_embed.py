@@ -121,15 +121,13 @@ def test_parquet_holds_what_npz_holds(embedded: Path, few_digits: Path, tmp_path
 def test_embed_takes_plain_images_and_a_checkpoint(few_digits: Path, tmp_path: Path) -> None:
     """Files without class folders have no labels; a cnnctl checkpoint embeds with its own preprocessing."""
     import cnnctl
-    from cnnctl.engine.embed import embed, open_backbone
 
     run = cnnctl.train("lenet5", data=str(few_digits), epochs=1, out=str(tmp_path / "runs"), plots=False,
                        val_split=0)
     files = sorted(few_digits.glob("*/*.png"))[:3]
-    result = embed(open_backbone(str(run.run_dir)), files)
+    result = cnnctl.embed(run, files)
     assert result.labels is None and result.paths == [str(f) for f in files]
     model, _ = cnnctl.load(run.run_dir)
-    inputs = []
     from cnnctl.engine.predict import Predictor, decode_image
 
     predictor = Predictor(model, model.cnnctl_meta)
