@@ -53,8 +53,8 @@ class PretrainedReport:
         if self.mapping:
             first = ", ".join(f"{theirs} → {ours}" for theirs, ours in list(self.mapping.items())[:MAPPING_SHOWN])
             found.append(f"pretrained: the file's names differ from the model's; {len(self.mapping)} tensors paired "
-                         f"by order, their shapes lining up one to one: {first}, ... (the full mapping is kept in the "
-                         "checkpoints' metadata, `pretrained.mapping`)")
+                         f"by order, their shapes lining up one to one: {first}, ... (all pairs are kept in the "
+                         "metadata's `pretrained.mapping`)")
         if self.adapted:
             found.append(f"pretrained: first convolution adapted: {'; '.join(self.adapted)}")
         if self.reinitialised:
