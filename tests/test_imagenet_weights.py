@@ -229,3 +229,21 @@ def test_a_file_with_another_head_is_no_imagenet_classifier(photos: dict[str, Pa
                                               str(photos["china.jpg"])]))
     assert "does not hold timm:tf_efficientnet_lite0's 1000-class ImageNet classifier (the weights have 10 " \
            "classes, the model 1000)" in line
+
+
+def test_bad_predict_arguments_and_a_damaged_mapping_are_one_line(photos: dict[str, Path]) -> None:
+    from cnnctl.checkpoint_schema import parse_document
+
+    image = str(photos["china.jpg"])
+    line = one_error_line(runner.invoke(app, ["predict", "--pretrained", "imagenet", image]))
+    assert "--pretrained needs the architecture before the images" in line
+    line = one_error_line(runner.invoke(app, ["predict", "--arch", LITE0]))
+    assert "name the weights file and the images: cnnctl predict FILE --arch ARCH PATH..." in line
+    document = {"arch": "lenet5", "classes": ["a", "b"], "preprocessing": {"channels": 1, "image_size": [32, 32],
+                                                                           "mean": [0.5], "std": [0.5]},
+                "pretrained": {"matched_by": "order", "mapping": {"_fc.weight": 7}}}
+    with pytest.raises(CheckpointError, match=r"field 'pretrained.mapping\[\"_fc.weight\"\]' must be a string"):
+        parse_document(json.dumps(document), "x.safetensors")
+    document["pretrained"]["mapping"] = {"_fc.weight": "fc3.weight"}
+    assert parse_document(json.dumps(document), "x.safetensors")["pretrained"]["mapping"] == {
+        "_fc.weight": "fc3.weight"}

@@ -35,7 +35,14 @@ def _pretrained_arguments(first: str | None, paths: list[str], arch: str | None,
         raise UsageError("name the architecture and the images: cnnctl predict ARCH --pretrained imagenet PATH..."
                          if pretrained else "name the weights file and the images: cnnctl predict FILE --arch "
                                             "ARCH PATH...")
-    return (first, str(pretrained), paths) if pretrained else (str(arch), first, paths)
+    if pretrained:
+        from pathlib import Path
+
+        if Path(first).exists():
+            raise UsageError(f"--pretrained needs the architecture before the images; {first} is a file",
+                             hint=f"cnnctl predict ARCH --pretrained {pretrained} PATH... (e.g. tv:resnet50)")
+        return first, str(pretrained), paths
+    return str(arch), first, paths
 
 
 @command()
