@@ -138,13 +138,13 @@ def _checkpoint_backbone(target: str, device: str) -> Backbone:
 
 def weights_of(arch: str, pretrained: str) -> Any:
     """The published weights whose preprocessing ``pretrained`` takes: the ones it names, or for a weights file
-    the architecture's recommended ImageNet weights (a file carries no preprocessing of its own)."""
-    from cnnctl.models.weights import is_weights_name, resolve_cached
+    the architecture's recommended ImageNet weights' (a file carries no preprocessing of its own)."""
+    from cnnctl.models.weights import is_weights_name, local_imagenet_weights, resolve_cached
 
     if is_weights_name(pretrained):
         return resolve_cached(arch, pretrained)
     try:
-        return resolve_cached(arch, "imagenet")
+        return local_imagenet_weights(arch, pretrained)
     except UsageError as error:
         raise UsageError(f"{arch} has no published weights, so the preprocessing of {pretrained} is unknown",
                          hint="pass a cnnctl checkpoint instead (it carries its preprocessing), or an "

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import DownloadError, UsageError
-from cnnctl.models.weight_packages import package_weights_for, renamed_by_order
+from cnnctl.models.weight_packages import package_weights_for
 from cnnctl.registry import ModelSpec, register_model_resolver
 
 PREFIX = "timm:"
@@ -144,6 +144,24 @@ def resolve_timm(spec: ModelSpec, value: str) -> Any:
     )
 
 
+def timm_class_names(name: str) -> list[str]:
+    """The class names of timm weights ``name`` (``tf_efficientnet_lite0.in1k``): the ``label_names`` of their
+    pretrained_cfg, else timm's bundled ImageNet descriptions for the label set it infers (ImageNet-1k, -12k,
+    -22k; offline), else the class indices."""
+    cfg = pretrained_cfg(name)
+    if cfg is not None and cfg.label_names:
+        return [str(label) for label in cfg.label_names]
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    count = int(cfg.num_classes) if cfg is not None and cfg.num_classes else 1000
+    subset = infer_imagenet_subset(cfg.to_dict() if cfg is not None else {"num_classes": count})
+    if subset:
+        info = ImageNetInfo(subset)
+        if info.num_classes() == count:
+            return [info.index_to_description(index) for index in range(count)]
+    return [str(index) for index in range(count)]
+
+
 def _in_folder(folder: Path, hub_id: str) -> Path | None:
     for name in HF_FILES:
         candidate = folder / hub_id / name
@@ -236,11 +254,11 @@ def load_timm_pretrained(model: Any, spec: ModelSpec, weights: Any, path: Path,
     first = next(iter(model.parameters()))
     num_classes = int(model.num_classes)
     in_chans = _input_channels(model)
-    from cnnctl.models._adapt import first_conv_name
+    if not set(tensors) & set(model.state_dict()):  # another library's names (an installed weights package)
+        from cnnctl.models.pretrained import TORCH_SUFFIXES, load_tensors
 
-    # weights published under another library's names (an installed package) in timm's order
-    tensors = renamed_by_order(tensors, model.state_dict(), loose=(f"{spec.classifier}.", first_conv_name(model))
-                               ) or tensors
+        return load_tensors(model, spec, tensors, f"{path} ({weights.describe()})", log,
+                            ordered=path.suffix.lower() in TORCH_SUFFIXES)
     timm = _timm()
     reference = timm.create_model(weights.extra["timm_name"], pretrained=True, num_classes=num_classes,
                                   in_chans=in_chans, pretrained_cfg_overlay={"state_dict": tensors})

@@ -67,16 +67,3 @@ def package_weights_for(arch: str) -> tuple[WeightsPackage, Path] | None:
             return entry, path
     return None
 
-
-def renamed_by_order(tensors: dict, model_state: dict, *, loose: tuple[str, ...] = ()) -> dict | None:
-    """``tensors`` under ``model_state``'s key names, matched one-to-one by position, when their names differ but
-    the count and every shape agree (keys starting with a ``loose`` prefix, the classifier and first convolution,
-    may differ in shape: they are adapted later); None when they do not line up."""
-    if set(tensors) == set(model_state) or len(tensors) != len(model_state):
-        return None
-    renamed = {}
-    for (_, tensor), (key, own) in zip(tensors.items(), model_state.items()):
-        if tuple(tensor.shape) != tuple(own.shape) and not key.startswith(loose):
-            return None
-        renamed[key] = tensor
-    return renamed
