@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnctl.errors import DataError, UsageError
+from cnnctl.errors import CnnctlError, DataError, UsageError
 from cnnctl.models.backbones import Candidate
 
 Log = Callable[[str], None]
@@ -87,7 +87,7 @@ def probe(data_dir: str | Path, candidates: Sequence[Candidate], *, budget: floa
         try:
             result = _probe_one(candidate, scan.classes, train_items, val_items, share, seed=seed,
                                 batch_size=batch_size, device=device, img_size=img_size, log=log)
-        except (UsageError, DataError) as error:  # one backbone's failure does not end the ranking
+        except CnnctlError as error:  # one backbone's failure (a file that does not fit) does not end the ranking
             result = ProbeResult(candidate, note=f"failed: {error}")
         on_result(result)
         results.append(result)

@@ -39,7 +39,14 @@ def embed(
     image paths (sorted); labels come from class folders. Read with numpy.load or pyarrow.parquet.read_table."""
     import os
 
-    from cnnctl.engine.embed import check_output, embed_files, labelled_images, open_backbone, write_embeddings
+    from cnnctl.engine.embed import (
+        Embeddings,
+        check_output,
+        embed_files,
+        labelled_images,
+        open_backbone,
+        write_embeddings,
+    )
     from cnnctl.errors import DataError
     from cnnctl.fsutil import displayable, require_writable_file
     from cnnctl.progress import counting
@@ -54,8 +61,6 @@ def embed(
                         hint="pass image files, a folder of images, or a folder of class folders")
     backbone = open_backbone(source, pretrained, device=device, offline=offline, weights_mirror=weights_mirror,
                              log=stderr_line)
-    from cnnctl.engine.embed import Embeddings
-
     started = time.perf_counter()
     with counting(len(files), "embedding") as bar:
         features, kept, failures = embed_files(backbone, files, batch_size=batch_size, max_pixels=max_pixels,

@@ -38,13 +38,10 @@ def probe(
     Backbones: torchvision weights in torch's cache, timm weights in the Hugging Face cache, installed weights
     packages and --weights files. Prints backbone, weights source, validation accuracy and time, and the command
     that fine-tunes the best one."""
-    import os
-
     from cnnctl.engine.device import resolve_device
     from cnnctl.probe import candidates_for, fine_tune_command
     from cnnctl.probe import probe as run_probe
 
-    os.environ["CNNCTL_OFFLINE"] = "1"  # offline by definition: nothing is fetched
     candidates = candidates_for(backbone or (), weights or (), stderr_line)  # a missing name: before any work
     stderr_line(f"probing {len(candidates)} backbone{'s' if len(candidates) != 1 else ''} within {budget:g}s: "
                 + ", ".join(c.arch for c in candidates))
