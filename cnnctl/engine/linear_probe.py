@@ -42,8 +42,12 @@ def check_probe_config(config: Any) -> None:
 
 
 def check_probe_head(trainer: Trainer, model: Any) -> None:
-    """The classifier must be a linear layer (before the data is read)."""
+    """The classifier must be a linear layer, in one process (before the data is read)."""
     from cnnctl.engine.features import linear_head
+
+    if trainer.dist.enabled:
+        raise UsageError("--linear-probe runs in one process: its features are computed once and the head "
+                         "fitted in seconds", hint="leave --nproc out")
 
     linear_head(model, trainer.model_spec.classifier, trainer.model_spec.name)
 
