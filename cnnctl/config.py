@@ -137,6 +137,8 @@ class _TrainConfigMethods:
             self.grey_input = grey_input_mode(self)
         if self.linear_probe:  # one pass over un-augmented images; the backbone's statistics stay its own
             self.epochs, self.augment, self.precise_bn = 1, "none", False
+            if self.channels_last is None:  # no training steps to time the memory formats with
+                self.channels_last = False
         if self.augment is None and (self.data_dir or self.dataset == "folder") and weights_for_config(self):
             self.augment = "resized-crop-flip"
 
