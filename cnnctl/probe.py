@@ -22,7 +22,7 @@ from cnnctl.models.backbones import Candidate
 Log = Callable[[str], None]
 MAX_VAL_IMAGES = 500  # the same validation images for every backbone; more adds time, not ranking quality
 TIMING_IMAGES = 8  # the first batch, timed, sets the rate at which the share of the budget buys images
-HEAD_SECONDS = 3.0  # kept back from each share for fitting the head
+HEAD_SHARE = 0.15  # of each backbone's share, kept back for fitting the head
 MIN_TRAIN_PER_CLASS = 2  # fewer training images than this per class is not a probe
 
 
@@ -57,13 +57,19 @@ def candidates_for(names: Sequence[str] = (), weights: Sequence[str] = (), log: 
 
 
 def _subset(items: list[tuple[Path, int]], count: int, seed: int) -> list[tuple[Path, int]]:
-    """``count`` of ``items`` drawn with ``seed``, in their original order."""
+    """``count`` of ``items`` drawn with ``seed``, the classes taking turns (every class is seen even when few
+    images are affordable), in their original order."""
     import torch
 
     if count >= len(items):
         return list(items)
-    chosen = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:count]
-    return [items[i] for i in sorted(chosen.tolist())]
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    per_class: dict[int, list[int]] = {}
+    for position in order:
+        per_class.setdefault(items[position][1], []).append(position)
+    turns = [positions[rank] for rank in range(max(map(len, per_class.values())))
+             for positions in per_class.values() if rank < len(positions)]
+    return [items[i] for i in sorted(turns[:count])]
 
 
 def probe(data_dir: str | Path, candidates: Sequence[Candidate], *, budget: float = 300.0, seed: int = 0,
@@ -104,7 +110,7 @@ def _probe_one(candidate: Candidate, classes: tuple[str, ...], train_items: list
 
     started = time.perf_counter()
     result = ProbeResult(candidate)
-    if share < HEAD_SECONDS * 2:
+    if share <= 0:
         result.note = "over budget"
         return result
     backbone = pretrained_backbone(candidate.arch, candidate.pretrained, device=device, offline=True,
@@ -114,21 +120,27 @@ def _probe_one(candidate: Candidate, classes: tuple[str, ...], train_items: list
         return batch_features(backbone.model, backbone.classifier, _batches(backbone, items, classes, batch_size,
                                                                             log))
 
+    # the validation images first (every backbone needs them all); their first batch says whether they fit the
+    # share at all, the whole pass the rate at which the rest of the share buys training images
     timing_started = time.perf_counter()
-    first_val = features(val_items[:TIMING_IMAGES])
-    per_image = (time.perf_counter() - timing_started) / min(TIMING_IMAGES, len(val_items))
-    affordable = math.floor((share - (time.perf_counter() - started) - HEAD_SECONDS) / per_image)
-    rest_val = len(val_items) - TIMING_IMAGES
-    train_count = min(len(train_items), affordable - max(rest_val, 0))
-    if train_count < MIN_TRAIN_PER_CLASS * len(classes):
-        result.note = (f"over budget ({per_image:.2f}s an image: {max(affordable, 0)} images fit its "
-                       f"{share:.0f}s share)")
+    val_features, val_labels = features(val_items[:TIMING_IMAGES])
+    first_rate = (time.perf_counter() - timing_started) / min(TIMING_IMAGES, len(val_items))
+    if first_rate * len(val_items) > share - HEAD_SHARE * share:
+        result.note = f"over budget ({first_rate:.2f}s an image; {len(val_items)} validation images do not fit its " \
+                      f"{share:.0f}s share)"
         result.seconds = time.perf_counter() - started
         return result
-    val_features, val_labels = first_val
-    if rest_val > 0:
+    if len(val_items) > TIMING_IMAGES:
         more = features(val_items[TIMING_IMAGES:])
         val_features, val_labels = torch.cat([val_features, more[0]]), torch.cat([val_labels, more[1]])
+    per_image = (time.perf_counter() - timing_started) / len(val_items)
+    left = share * (1 - HEAD_SHARE) - (time.perf_counter() - started)
+    train_count = min(len(train_items), math.floor(left / per_image))
+    if train_count < MIN_TRAIN_PER_CLASS * len(classes):
+        result.note = f"over budget ({per_image:.2f}s an image: {max(train_count, 0)} training images fit its " \
+                      f"{share:.0f}s share)"
+        result.seconds = time.perf_counter() - started
+        return result
     train_features, train_labels = features(_subset(train_items, train_count, seed))
     head = fit_linear_head(train_features, train_labels, len(classes), seed=seed)
     result.val_accuracy = float((head.logits(val_features).argmax(1) == val_labels).float().mean())
