@@ -1,9 +1,10 @@
 """``cnnctl probe``: rank the pretrained backbones this machine has offline by a quick linear probe on your data.
 
-Each backbone (:func:`cnnctl.models.backbones.offline_backbones`) gets the same validation images and as many
-training images as its share of the time budget affords: one batch is timed first, and the rest of the share
-buys images at that rate. Features are computed once with the weights' own preprocessing and a linear head is
-fitted on them (:mod:`cnnctl.engine.features`); the validation accuracy of that head ranks the backbones.
+Every backbone (:func:`cnnctl.models.backbones.offline_backbones`) gets the same validation and training images,
+as many as the time budget affords: each is timed on one batch first, and the sum of their rates says how many
+images all of them can be given (the slowest are left out when not even a few fit). Features are computed once
+with the weights' own preprocessing and a linear head is fitted on them (:mod:`cnnctl.engine.features`); the
+validation accuracy of that head ranks the backbones.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnctl.engine.embed import pretrained_backbone
+from cnnctl.engine.features import batch_features, fit_linear_head
 from cnnctl.errors import CnnctlError, DataError, UsageError
 from cnnctl.models.backbones import Candidate
 
 Log = Callable[[str], None]
 MAX_VAL_IMAGES = 500  # the same validation images for every backbone; more adds time, not ranking quality
-TIMING_IMAGES = 8  # the first batch, timed, sets the rate at which the share of the budget buys images
-HEAD_SHARE = 0.15  # of each backbone's share, kept back for fitting the head
+TIMING_IMAGES = 8  # one batch, timed after a warm-up one, sets each backbone's rate
+HEAD_SHARE = 0.15  # of the budget left after timing, kept back for fitting the heads
 MIN_TRAIN_PER_CLASS = 2  # fewer training images than this per class is not a probe
 
 
@@ -76,7 +79,11 @@ def probe(data_dir: str | Path, candidates: Sequence[Candidate], *, budget: floa
           val_split: float | None = None, batch_size: int = 32, device: str = "cpu", img_size: int | None = None,
           log: Log = lambda _: None,
           on_result: Callable[[ProbeResult], None] = lambda _: None) -> list[ProbeResult]:
-    """Probe each candidate within its share of ``budget`` seconds; results best first (unprobed ones last)."""
+    """Probe every candidate on the same images within ``budget`` seconds; results best first (those that did
+    not fit the budget, or failed, last).
+
+    Each backbone is built and timed on one batch first; the rates say how many training images every
+    backbone can be given alike (the slowest backbones are left out when even a few images would not fit)."""
     from cnnctl.data.folder import choose_splits, scan_folder
 
     started = time.perf_counter()
@@ -86,68 +93,54 @@ def probe(data_dir: str | Path, candidates: Sequence[Candidate], *, budget: floa
         raise DataError(f"{data_dir} has no validation images to rank the backbones with",
                         hint="add a val/ folder, or leave --val-split above 0")
     val_items = _subset(splits.val, MAX_VAL_IMAGES, seed)
-    train_items = splits.train
-    results = []
-    for index, candidate in enumerate(candidates):
-        share = (budget - (time.perf_counter() - started)) / (len(candidates) - index)
+    timing_items = val_items[:TIMING_IMAGES]
+    done: list[ProbeResult] = []
+    timed: list[tuple[ProbeResult, Any, float]] = []  # result, backbone, seconds an image
+    for candidate in candidates:
+        result = ProbeResult(candidate)
         try:
-            result = _probe_one(candidate, scan.classes, train_items, val_items, share, seed=seed,
-                                batch_size=batch_size, device=device, img_size=img_size, log=log)
+            backbone = pretrained_backbone(candidate.arch, candidate.pretrained, device=device, offline=True,
+                                           img_size=img_size)
+            _features(backbone, timing_items, scan.classes, batch_size, log)  # warm-up: first calls cost more
+            timing = time.perf_counter()
+            _features(backbone, timing_items, scan.classes, batch_size, log)
+            rate = (time.perf_counter() - timing) / len(timing_items)
         except CnnctlError as error:  # one backbone's failure (a file that does not fit) does not end the ranking
-            result = ProbeResult(candidate, note=f"failed: {error}")
-        on_result(result)
-        results.append(result)
-    return sorted(results, key=lambda r: (r.val_accuracy is None, -(r.val_accuracy or 0.0), r.seconds))
+            result.note = f"failed: {error}"
+            done.append(result)
+            on_result(result)
+            continue
+        timed.append((result, backbone, rate))
+    # every backbone gets the same images: as many as the slowest one's rate affords within what is left
+    while timed:
+        left = (budget - (time.perf_counter() - started)) * (1 - HEAD_SHARE)
+        count = math.floor(left / sum(rate for _, _, rate in timed)) - len(val_items)
+        if count >= MIN_TRAIN_PER_CLASS * len(scan.classes):
+            break
+        slowest = max(timed, key=lambda entry: entry[2])
+        timed.remove(slowest)
+        slowest[0].note = f"over budget ({slowest[2]:.2f}s an image)"
+        done.append(slowest[0])
+        on_result(slowest[0])
+    if timed:
+        train_items = _subset(splits.train, count, seed)
+        for result, backbone, _ in timed:
+            begun = time.perf_counter()
+            val_features, val_labels = _features(backbone, val_items, scan.classes, batch_size, log)
+            train_features, train_labels = _features(backbone, train_items, scan.classes, batch_size, log)
+            head = fit_linear_head(train_features, train_labels, len(scan.classes), seed=seed)
+            result.val_accuracy = float((head.logits(val_features).argmax(1) == val_labels).float().mean())
+            result.train_images, result.val_images = int(train_labels.shape[0]), int(val_labels.shape[0])
+            result.feature_dim = int(train_features.shape[1])
+            result.seconds = time.perf_counter() - begun
+            on_result(result)
+            done.append(result)
+    return sorted(done, key=lambda r: (r.val_accuracy is None, -(r.val_accuracy or 0.0), r.seconds))
 
 
-def _probe_one(candidate: Candidate, classes: tuple[str, ...], train_items: list[tuple[Path, int]],
-               val_items: list[tuple[Path, int]], share: float, *, seed: int, batch_size: int, device: str,
-               img_size: int | None, log: Log) -> ProbeResult:
-    import torch
-
-    from cnnctl.engine.embed import pretrained_backbone
-    from cnnctl.engine.features import batch_features, fit_linear_head
-
-    started = time.perf_counter()
-    result = ProbeResult(candidate)
-    if share <= 0:
-        result.note = "over budget"
-        return result
-    backbone = pretrained_backbone(candidate.arch, candidate.pretrained, device=device, offline=True,
-                                   img_size=img_size)
-
-    def features(items: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch_features(backbone.model, backbone.classifier, _batches(backbone, items, classes, batch_size,
-                                                                            log))
-
-    # the validation images first (every backbone needs them all); their first batch says whether they fit the
-    # share at all, the whole pass the rate at which the rest of the share buys training images
-    timing_started = time.perf_counter()
-    val_features, val_labels = features(val_items[:TIMING_IMAGES])
-    first_rate = (time.perf_counter() - timing_started) / min(TIMING_IMAGES, len(val_items))
-    if first_rate * len(val_items) > share - HEAD_SHARE * share:
-        result.note = f"over budget ({first_rate:.2f}s an image; {len(val_items)} validation images do not fit its " \
-                      f"{share:.0f}s share)"
-        result.seconds = time.perf_counter() - started
-        return result
-    if len(val_items) > TIMING_IMAGES:
-        more = features(val_items[TIMING_IMAGES:])
-        val_features, val_labels = torch.cat([val_features, more[0]]), torch.cat([val_labels, more[1]])
-    per_image = (time.perf_counter() - timing_started) / len(val_items)
-    left = share * (1 - HEAD_SHARE) - (time.perf_counter() - started)
-    train_count = min(len(train_items), math.floor(left / per_image))
-    if train_count < MIN_TRAIN_PER_CLASS * len(classes):
-        result.note = f"over budget ({per_image:.2f}s an image: {max(train_count, 0)} training images fit its " \
-                      f"{share:.0f}s share)"
-        result.seconds = time.perf_counter() - started
-        return result
-    train_features, train_labels = features(_subset(train_items, train_count, seed))
-    head = fit_linear_head(train_features, train_labels, len(classes), seed=seed)
-    result.val_accuracy = float((head.logits(val_features).argmax(1) == val_labels).float().mean())
-    result.train_images, result.val_images = int(train_labels.shape[0]), int(val_labels.shape[0])
-    result.feature_dim = int(train_features.shape[1])
-    result.seconds = time.perf_counter() - started
-    return result
+def _features(backbone: Any, items: list[tuple[Path, int]], classes: tuple[str, ...], batch_size: int,
+              log: Log) -> tuple[Any, Any]:
+    return batch_features(backbone.model, backbone.classifier, _batches(backbone, items, classes, batch_size, log))
 
 
 def _batches(backbone: Any, items: list[tuple[Path, int]], classes: tuple[str, ...], batch_size: int,

@@ -13,9 +13,8 @@ from cnnctl.cli._common import command, print_json, stderr_line
 def probe(
     data: Annotated[str, typer.Option(help="a folder with one sub-folder per class (or train/ and val/ holding "
                                            "them)", show_default=False)],
-    budget: Annotated[float, typer.Option(min=1, help="seconds for the whole ranking, shared equally by the "
-                                                      "backbones; each uses as many training images as its "
-                                                      "share affords")] = 300.0,
+    budget: Annotated[float, typer.Option(min=1, help="seconds for the whole ranking: every backbone gets the "
+                                                      "same images, as many as the budget affords")] = 300.0,
     backbone: Annotated[list[str] | None, typer.Option(
         "--backbone", help="probe only this backbone (repeatable); it must be available offline",
         show_default=False)] = None,
@@ -63,13 +62,16 @@ def probe(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("backbone", "weights", "val accuracy", "train / val images", "time", box=None)
+    table = Table("backbone", "weights", "val accuracy", "train / val images", "time", box=None, expand=False)
     for result in results:
         table.add_row(result.candidate.arch, result.candidate.source,
                       "—" if result.val_accuracy is None else f"{result.val_accuracy:.2%}",
                       f"{result.train_images:,} / {result.val_images:,}" if result.val_accuracy is not None
                       else result.note, f"{result.seconds:.1f}s")
-    Console(soft_wrap=True).print(table)
+    import sys
+
+    # a pipe gets the full table, not one cut to 80 columns
+    Console(width=None if sys.stdout.isatty() else 1000).print(table)
     if best is None:
         stderr_line("no backbone could be probed within the budget; raise --budget")
         raise typer.Exit(1)
