@@ -265,8 +265,16 @@ def read_run(folder: Path, root: Path) -> RunInfo:
         epochs_planned=saved_config.get("epochs"),
         best_epoch=(results or {}).get("best_epoch", tracker.get("best_epoch")),
         monitor=tracker.get("monitor", saved_config.get("monitor")), best_value=tracker.get("best_value"),
-        test_acc=(results or {}).get("test_acc"), time_s=sum(row.get("epoch_time_s", 0.0) for row in history),
+        test_acc=(results or {}).get("test_acc"), time_s=_training_seconds(history, state),
         status=status, stale_files_removed=removed, history=history)
+
+
+def _training_seconds(history: list[dict[str, float]], state: dict[str, Any]) -> float:
+    """The time spent training: the finished epochs', and that of the epoch a signal stopped half-way (kept
+    in the saved state; there is no metrics.csv row for it yet)."""
+    finished = sum(row.get("epoch_time_s", 0.0) for row in history)
+    partial = (state.get("partial") or {}).get("seconds", 0.0) if state.get("batch") else 0.0
+    return finished + float(partial)
 
 
 def _training_ended(state: dict[str, Any]) -> bool:

@@ -37,6 +37,8 @@ class FitResult:
     last_path: Path
     history: list[dict[str, float]] = field(default_factory=list)
     test: dict[str, Any] | None = None
+    results: dict[str, Any] = field(default_factory=dict)  # results.json: ``test`` or, without a test split,
+    # the best epoch evaluated on the validation split ("split": "val")
     stopped_early: bool = False
     plots: list[Path] = field(default_factory=list)
 
@@ -118,10 +120,10 @@ class Trainer:
                     self.folder.interrupted.unlink(missing_ok=True)
             self.setup(loaded)
             if loaded is None:
-                from cnnctl.engine.run_folder import new_run_folder
+                from cnnctl.engine.run_folder import default_run_name, new_run_folder
 
-                self.folder = new_run_folder(self.config, f"{self.model_spec.name}-{self.data.dataset_label}",
-                                             self.dist)
+                default_name = default_run_name(self.model_spec.name, self.data.dataset_label, self.config.data_dir)
+                self.folder = new_run_folder(self.config, default_name, self.dist)
                 self._lock(locked)
             try:
                 with InterruptGuard() as guard:
