@@ -622,7 +622,8 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
     class names: ``test/``, or the ``val``/``train`` split rebuilt exactly as training chose it. Without
     ``test/``, the folder the checkpoint was trained on is evaluated on the validation images held out in
     training, any other folder (``--data``) on all its images. ``max_items`` decodes only the split's first
-    files (export verification). ``source`` ends in the split used.
+    files (export verification). ``split`` is the split used (``all``: every image of a folder without
+    ``test/`` that training never saw).
     """
     folder = data_dir or meta.data_dir
     if not folder:
@@ -648,6 +649,7 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
             split, items = "val", chosen.val
         else:  # a folder training never saw: all of it is new
             items = scan.splits["train"] + (scan.splits.get("val") or [])
+            split = "all"
             log(f"{root} has no test/ folder: evaluating on all {len(items):,} of its images")
     if not items:
         raise UsageError(f"{root} has no {split} images", hint="use --split train, or add a val/ or test/ folder")
@@ -662,7 +664,7 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
     from cnnctl.data.images import to_grey
 
     images = to_grey(data.images) if meta.preprocessing.channels == 1 else data.images
-    return ImageTensors(images, data.labels, data.classes, data.source, data.paths)
+    return ImageTensors(images, data.labels, data.classes, data.source, data.paths, split)
 
 
 def load_folder(directory: Path, split: str) -> ImageTensors:
