@@ -194,11 +194,44 @@ def existing_checkpoint(path: str | Path) -> Path:
         for name in ("best.safetensors", "last.safetensors"):
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f"{path} is a folder without best.safetensors or last.safetensors")
+        raise not_a_run_folder(path)
     if mode is None or not stat.S_ISREG(mode):
         what = "does not exist" if mode is None else "is not a regular file"
         raise CheckpointError(f"checkpoint {path} {what}", hint="pass a .safetensors file or a run folder")
     return path
+
+
+def not_a_run_folder(path: Path) -> CheckpointError:
+    """A folder given where a checkpoint was expected: what it holds instead, and what to pass."""
+    from cnnctl.filekind import IMAGE_SUFFIXES
+
+    if (path / "config.json").is_file() and ((path / ".lock").is_file() or (path / "state.safetensors").is_file()):
+        return CheckpointError(f"the run in {path} has no checkpoint yet (it has not finished an epoch)",
+                               hint="wait for its first epoch, or pass another run")
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        entries = []
+    holds_images = any(entry.suffix.lower() in IMAGE_SUFFIXES for entry in entries) or any(
+        child.suffix.lower() in IMAGE_SUFFIXES for entry in entries[:50] if entry.is_dir()
+        for child in _some_files(entry))
+    if holds_images:
+        return CheckpointError(f"{path} is a folder of images, not a run folder",
+                               hint=f"pass a run folder (runs/ARCH-DATA/N) or a .safetensors checkpoint; to "
+                                    f"classify these images: cnnctl predict CHECKPOINT {path}")
+    return CheckpointError(f"{path} is not a run folder: it holds no best.safetensors or last.safetensors",
+                           hint="pass a run folder written by `cnnctl train` (runs/ARCH-DATA/N) or a "
+                                ".safetensors checkpoint")
+
+
+def _some_files(folder: Path, limit: int = 20) -> list[Path]:
+    """Up to ``limit`` entries of ``folder`` (a class folder may hold thousands)."""
+    import itertools
+
+    try:
+        return list(itertools.islice(folder.iterdir(), limit))
+    except OSError:
+        return []
 
 
 def _not_safetensors(path: Path, error: Exception) -> CheckpointError:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnctl import filekind
 from cnnctl.errors import CheckpointError, CnnctlError, first_line
 
 MAX_HEADER_BYTES = 16 * 2**20  # a ResNet-50 header is ~40 KB; safetensors itself allows 100 MB
@@ -52,6 +53,47 @@ def not_safetensors(path: Path | str, reason: str) -> CheckpointError:
                            hint="it may be truncated or another format; cnnctl never unpickles checkpoints")
 
 
+def wrong_kind_error(path: Path | str, kind: str | None = None) -> CheckpointError | None:
+    """The message for a file that is not a cnnctl checkpoint but something cnnctl recognises (an export, a
+    PyTorch pickle, an image, a text file...), naming it and what to pass instead; None when ``path`` is a
+    safetensors file or of an unknown kind. ``kind``: already sniffed."""
+    path = Path(path)
+    kind = kind or filekind.sniff(path)
+    if path.suffix.lower() == ".onnx" and kind not in (filekind.SAFETENSORS,):
+        kind = filekind.ONNX
+    if kind is None or kind == filekind.SAFETENSORS:
+        return None
+    run = _run_folder_of(path)
+    instead = (f"pass the run folder {run} or its {(run / 'best.safetensors').name}" if run is not None
+               else "pass a run folder (runs/ARCH-DATA/N) or its best.safetensors")
+    if kind in (filekind.ONNX, filekind.TORCHSCRIPT):
+        source = filekind.exported_from(path)
+        how = "cnnctl export" if kind == filekind.ONNX else "cnnctl export --format torchscript"
+        return CheckpointError(
+            f"{path} is {filekind.describe(kind)} (what `{how}` writes), not a cnnctl checkpoint",
+            hint=f"pass the .safetensors checkpoint it was exported from{f': {source}' if source else ''}")
+    if kind in (filekind.TORCH_SAVE, filekind.PICKLE):
+        return CheckpointError(
+            f"{path} is a PyTorch pickle file: cnnctl never unpickles files (loading one can run any code it "
+            "holds); it evaluates, predicts with and exports its own .safetensors checkpoints",
+            hint=f"to start training from these weights: cnnctl train ARCH --pretrained {path}")
+    if kind == filekind.IMAGE:
+        return CheckpointError(f"{path} is an image, not a checkpoint",
+                               hint=f"to classify it: cnnctl predict CHECKPOINT {path}")
+    return CheckpointError(f"{path} is {filekind.describe(kind)}, not a cnnctl checkpoint", hint=instead)
+
+
+def _run_folder_of(path: Path) -> Path | None:
+    """The run folder a file sits in (``runs/lenet5-mnist/1/config.json`` → ``runs/lenet5-mnist/1``)."""
+    folder = path.parent
+    return folder if (folder / "best.safetensors").is_file() or (folder / "last.safetensors").is_file() else None
+
+
+def _unreadable_header(path: Path, reason: str) -> CheckpointError:
+    """A file whose first bytes are no safetensors header: named by its kind where it is recognised."""
+    return wrong_kind_error(path) or not_safetensors(path, reason)
+
+
 def read_header(path: Path) -> Header:
     """Parse the header, refusing a header over ``MAX_HEADER_BYTES`` or ``MAX_TENSORS`` before parsing it
     (its length is the file's first 8 bytes), and one whose offsets point past the end of the file."""
@@ -61,13 +103,14 @@ def read_header(path: Path) -> Header:
             handle.seek(0)
             prefix = handle.read(8)
             if len(prefix) < 8:
-                raise not_safetensors(path, f"{size} bytes, shorter than a safetensors header")
+                raise _unreadable_header(path, "the file is empty" if size == 0 else
+                                         "the file is too short to hold a safetensors header")
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES:
-                raise not_safetensors(path, f"its header claims {length:,} bytes, more than the "
-                                            f"{MAX_HEADER_BYTES:,} cnnctl reads")
+                raise _unreadable_header(path, "it does not begin with a safetensors header")
             if length > size - 8:
-                raise not_safetensors(path, f"its header claims {length:,} bytes but the file has {size:,}")
+                raise _unreadable_header(path, "it ends inside its own header: the file is truncated (an "
+                                               "interrupted copy or download?)")
             raw = handle.read(length)
     except PermissionError as error:
         raise CheckpointError(f"cannot read checkpoint {path}: permission denied",
@@ -83,7 +126,7 @@ def read_header(path: Path) -> Header:
     except RecursionError:
         raise not_safetensors(path, "its header is nested too deeply") from None
     except ValueError as error:
-        raise not_safetensors(path, f"its header is not JSON: {error}") from error
+        raise _unreadable_header(path, f"its header is not JSON: {first_line(error, 80)}") from error
     if not isinstance(document, dict):
         raise not_safetensors(path, "its header is not a JSON object")
     metadata = document.pop("__metadata__", None) or {}

@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnctl.errors import CheckpointError, UsageError
+from cnnctl.errors import UsageError
 
 CHECKPOINT_FILES = ("best.safetensors", "last.safetensors")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl", ".pickle")
+MODEL_SUFFIXES = (*PICKLE_SUFFIXES, ".onnx")  # model files of other formats: named and refused
 DEFAULT_RUNS = "runs"
 
 
@@ -68,9 +69,14 @@ def latest_run(root: str | Path = DEFAULT_RUNS) -> Path | None:
 def is_checkpoint_like(target: str | Path) -> bool:
     """Whether ``target`` names a checkpoint, run folder or run group (rather than, say, a folder of images)."""
     path = Path(target)
-    if path.suffix == ".safetensors" or path.suffix.lower() in PICKLE_SUFFIXES:
+    if path.suffix == ".safetensors" or path.suffix.lower() in MODEL_SUFFIXES:
         return True
-    return path.is_dir() and next(_run_folders(path), None) is not None
+    if path.is_dir():
+        return next(_run_folders(path), None) is not None
+    from cnnctl import filekind
+
+    return filekind.sniff(path) in (filekind.SAFETENSORS, filekind.ONNX, filekind.TORCHSCRIPT,
+                                    filekind.TORCH_SAVE, filekind.PICKLE)
 
 
 def resolve_checkpoint(target: str | None, *, runs: str | Path = DEFAULT_RUNS,
@@ -89,11 +95,17 @@ def resolve_checkpoint(target: str | None, *, runs: str | Path = DEFAULT_RUNS,
             log(f"using the latest run: {chosen}")
         return str(chosen)
     path = Path(target)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(
-            f"{target} is a PyTorch pickle file: cnnctl never unpickles files (loading one can run any code it "
-            "holds); it evaluates, predicts with and exports its own .safetensors checkpoints",
-            hint=f"to start training from these weights: cnnctl train ARCH --pretrained {target}")
+    if path.suffix.lower() in MODEL_SUFFIXES:  # another format's model: named, with what to pass instead
+        from cnnctl import filekind
+        from cnnctl.checkpoint_schema import wrong_kind_error
+
+        kind = filekind.sniff(path) if path.is_file() else filekind.SAFETENSORS  # missing: said later
+        if kind != filekind.SAFETENSORS:  # (a renamed cnnctl checkpoint is still read)
+            if kind not in (filekind.ONNX, filekind.TORCHSCRIPT, filekind.TORCH_SAVE, filekind.PICKLE):
+                kind = filekind.ONNX if path.suffix.lower() == ".onnx" else filekind.PICKLE
+            error = wrong_kind_error(path, kind)
+            if error is not None:
+                raise error
     if path.is_dir() and checkpoint_in(path) is None:
         run = latest_run(path)
         if run is not None:
