@@ -164,7 +164,7 @@ def test_decoding_in_workers_matches_the_main_process(class_folder: Path) -> Non
 def test_folders_that_cannot_be_used(case: str, tmp_path: Path) -> None:
     root = tmp_path / "data"
     args = ["train", "simplecnn", "--data", str(root), "--epochs", "1", "--out", str(tmp_path / "runs")]
-    expected = {"missing": "is not a folder", "no-images": "no images found in",
+    expected = {"missing": "does not exist", "no-images": "no images found in",
                 "one-class": "has images of only one class ('cats')", "both-options": "contradict each other",
                 "unknown-val-class": "is not one of the classes"}[case]
     if case == "no-images":

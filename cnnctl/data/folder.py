@@ -165,7 +165,8 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, log: 
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise UsageError(f"{root} is not a folder", hint="--data takes a folder with one sub-folder per class")
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
+        raise UsageError(f"{root} {problem}", hint="--data takes a folder with one sub-folder per class")
     walk = _Walk(os.path.realpath(root))
     split_dirs = _layout(root, walk)
     per_split: dict[str, dict[str, list[Path]]] = {}
