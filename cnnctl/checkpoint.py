@@ -35,6 +35,7 @@ class CheckpointMeta:
     metrics: dict[str, float] | None = None
     versions: dict[str, str] | None = None
     config: dict[str, Any] | None = None  # the training options (to rebuild the validation split, to resume)
+    image_stats: dict[str, float] | None = None  # how the training images look (cnnctl/image_stats.py)
 
     @property
     def num_classes(self) -> int:
@@ -56,6 +57,7 @@ class CheckpointMeta:
                 "metrics": self.metrics or {},
                 "versions": self.versions or versions(),
                 "config": self.config or {},
+                **({"image_stats": self.image_stats} if self.image_stats else {}),
             }
         )
 
@@ -76,6 +78,7 @@ class CheckpointMeta:
             metrics=data["metrics"],
             versions=data["versions"],
             config=data["config"],
+            image_stats=data["image_stats"],
         )
 
 

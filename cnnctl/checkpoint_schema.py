@@ -18,6 +18,7 @@ from typing import Any
 
 from cnnctl import filekind
 from cnnctl.errors import CheckpointError, CnnctlError, first_line
+from cnnctl.image_stats import STAT_KEYS
 
 MAX_HEADER_BYTES = 16 * 2**20  # a ResNet-50 header is ~40 KB; safetensors itself allows 100 MB
 MAX_TENSORS = 50_000  # DenseNet-121 has ~1,000
@@ -293,6 +294,7 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
     versions = check.obj(data.get("versions"), "versions", optional=True)
     for key, value in versions.items():
         check.text(value, f"versions.{key}", limit=200)
+    image_stats = _image_stats(data.get("image_stats"), check)
     return {
         "arch": arch,
         "arch_args": arch_args,
@@ -306,7 +308,21 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
         "metrics": metrics,
         "versions": versions,
         "config": check.obj(data.get("config"), "config", optional=True),
+        "image_stats": image_stats,
     }
+
+
+def _image_stats(value: Any, check: _Checker) -> dict[str, float] | None:
+    """The training images' statistics (cnnctl/image_stats.py): optional (older checkpoints have none); every
+    level a number from 0 to 1."""
+    if value is None:
+        return None
+    stats = check.obj(value, "image_stats")
+    for key in STAT_KEYS:
+        level = stats.get(key)
+        if not _is_number(level) or not 0 <= level <= 1:
+            raise check.fail(f"image_stats.{key}", f"must be a number from 0 to 1, not {_short(level)}")
+    return {key: float(stats[key]) for key in STAT_KEYS}
 
 
 def _model_spec(arch: str, check: _Checker) -> Any:

@@ -109,6 +109,9 @@ named after classes (digits/7/x.png) also give the accuracy."""
         others = len(predictions) - len(failures) - counted
         stderr_line(f"accuracy {correct / counted:.2%} ({correct:,} of {counted:,} images whose folder names their "
                     f"class{f'; {others:,} others not counted' if others else ''})")
+    warning = predictor.input_warning()
+    if warning:
+        stderr_line(warning)
     if failures:  # each error names its file and why: "x.png: not a readable image (...)"
         first = ", the first 5:" if len(failures) > 5 else ":"
         stderr_line(f"could not read {plural(len(failures), 'image')}{first}")

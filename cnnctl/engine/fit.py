@@ -54,6 +54,20 @@ def prepare_data(config: TrainConfig, reporter: Reporter) -> PreparedData:
     return prepare(config, get_model_spec(config.arch), reporter.message)
 
 
+def measure_training_images(data: PreparedData) -> dict[str, float] | None:
+    """How the training images look (cnnctl/image_stats.py), for the checkpoints: from the training split, or
+    the validation split when the training images stream from disk (not held in memory)."""
+    import torch
+
+    from cnnctl.image_stats import training_image_stats
+
+    for split in (data.train, data.val):
+        images = getattr(split, "images", None)
+        if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[0] > 0:
+            return training_image_stats(images)
+    return None
+
+
 class Trainer:
     """One training run (new, or resumed from a run folder); ``run()`` returns a :class:`FitResult`.
     ``callbacks`` are added to the built-in ones (see :mod:`cnnctl.engine.callbacks.base` for the hooks)."""
@@ -79,6 +93,7 @@ class Trainer:
         self.state_extra: dict[str, Any] = {"world_size": self.dist.world_size} if self.dist.enabled else {}
         self.improvement: tuple[bool, bool, list[int]] = (False, False, [])  # MetricTracker.update of this epoch
         self.device = self.data = self.model = None  # set by setup(), with the optimizer, schedule, batches
+        self.image_stats: dict[str, float] | None = None  # of the training images, for the checkpoints
         self.averaged: Any = None  # --ema: the AveragedModel that validation and checkpoints use
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
 
@@ -179,6 +194,7 @@ class Trainer:
         if self.precision.note:
             self.reporter.message(self.precision.note)
         self.data = distributed.in_turn(self.dist, lambda: prepare_data(config, self.reporter))
+        self.image_stats = measure_training_images(self.data)
         if config.batch_size is None:  # the default depends on the training set (data/loader.py)
             from cnnctl.data.loader import default_batch_size
 
