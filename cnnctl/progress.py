@@ -142,7 +142,7 @@ def end_line(summary: dict[str, Any]) -> str:
     key = next((k for k in summary if k.startswith(f"{split}_top") and k[len(split) + 4:].isdigit()), None)
     topk = f"top-{key[len(split) + 4:]} {summary[key]:.2%}, " if key else ""
     line = (f"{'test' if split == 'test' else 'validation'} accuracy {summary[f'{split}_acc']:.2%} "
-            f"({topk}loss {summary[f'{split}_loss']:.4f}) on {summary[f'{split}_count']:,} images, "
+            f"({topk}loss {summary[f'{split}_loss']:.4f}) on {plural(summary[f'{split}_count'], 'image')}, "
             f"best epoch {summary['best_epoch']}")
     return line if split == "test" else line + " (no test split: a test/ folder gives an unbiased score)"
 

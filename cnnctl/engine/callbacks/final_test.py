@@ -47,7 +47,8 @@ class FinalTest(Callback):
         from cnnctl.models import load_checkpoint
 
         data, folder = trainer.data, trainer.folder
-        split, images = ("test", data.test) if data.test is not None else ("val", data.val)
+        split, images = next(((name, held_out) for name, held_out in (("test", data.test), ("val", data.val))
+                              if held_out is not None and len(held_out) > 0), (None, None))
         if images is None:  # neither split: the best epoch as the monitored training metric chose it
             summary: dict[str, Any] = {"split": None, "best_epoch": trainer.tracker.best_epoch,
                                        "monitor": trainer.monitor, "best_value": trainer.tracker.best_value}
