@@ -240,4 +240,9 @@ def _some_files(folder: Path, limit: int = 20) -> list[Path]:
 def _not_safetensors(path: Path, error: Exception) -> CheckpointError:
     from cnnctl.checkpoint_schema import not_safetensors
 
-    return not_safetensors(path, first_line(error, 120))
+    text = first_line(error, 120)
+    if "incomplete" in text.lower() or "not fully covered" in text:
+        text = "the file is truncated, or its header does not match its size"
+    elif "deserializing header" in text:  # safetensors' own names (HeaderTooLarge, ...) say nothing to a user
+        text = "its header is damaged"
+    return not_safetensors(path, text)
