@@ -96,7 +96,7 @@ def test_split_folders_with_mixed_formats_sizes_and_broken_files(tmp_path: Path)
     result = invoke("train", "lenet5", "--data", str(root), "--epochs", "2", "--batch-size", "16",
                     "--out", str(tmp_path / "runs"))
     assert result.exit_code == 0, result.output
-    assert "could not read 1 image(s)" in result.output and "broken.png" in result.output
+    assert "could not read 1 image; left out:" in result.output and "broken.png" in result.output
     assert "class folder(s) without images left out: empty" in result.output
     run_dir = tmp_path / "runs" / "lenet5-animals" / "1"
     meta = checkpoint.read_meta(run_dir)

@@ -423,7 +423,9 @@ def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers
 def _report_failures(failures: list[tuple[Path, str]], log: Log) -> None:
     if not failures:
         return
-    log(f"could not read {len(failures)} image(s); they are left out:")
+    from cnnctl.progress import plural
+
+    log(f"could not read {plural(len(failures), 'image')}; left out:")
     for _, problem in failures[:_EXAMPLES]:
         log(f"  {problem}")
     if len(failures) > _EXAMPLES:
