@@ -108,6 +108,9 @@ def read_header(path: Path) -> Header:
                                          "the file is too short to hold a safetensors header")
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES:
+                if filekind.sniff(path) == filekind.SAFETENSORS:  # a header that large is built to exhaust memory
+                    raise not_safetensors(path, f"its header claims {length:,} bytes, more than the "
+                                                f"{MAX_HEADER_BYTES:,} cnnctl reads")
                 raise _unreadable_header(path, "it does not begin with a safetensors header")
             if length > size - 8:
                 raise _unreadable_header(path, "it ends inside its own header: the file is truncated (an "
