@@ -99,7 +99,7 @@ def resolve_checkpoint(target: str | None, *, runs: str | Path = DEFAULT_RUNS,
         from cnnctl import filekind
         from cnnctl.checkpoint_schema import wrong_kind_error
 
-        kind = filekind.sniff(path) if path.is_file() else filekind.SAFETENSORS  # missing: said later
+        kind = filekind.sniff(path) if path.is_file() else None  # missing: the suffix says what it would be
         if kind != filekind.SAFETENSORS:  # (a renamed cnnctl checkpoint is still read)
             if kind not in (filekind.ONNX, filekind.TORCHSCRIPT, filekind.TORCH_SAVE, filekind.PICKLE):
                 kind = filekind.ONNX if path.suffix.lower() == ".onnx" else filekind.PICKLE
