@@ -108,8 +108,9 @@ class InputCheck:
         if outside:
             mean = self.outside_brightness / outside
             which = "brighter" if self.brighter >= self.darker else "darker"
-            return (f"warning: {of.format(outside)} {'are' if outside != 1 else 'is'} much {which} than the "
-                    f"training images (mean brightness {mean:.2f}; the training images' range from "
-                    f"{stats['brightness_p01']:.2f} to {stats['brightness_p99']:.2f} on a 0-1 scale); "
-                    "predictions on them may be unreliable")
+            one = outside == 1
+            return (f"warning: {of.format(outside)} {'is' if one else 'are'} much {which} than the training "
+                    f"images (mean brightness {mean:.2f}; the training images range from "
+                    f"{stats['brightness_p01']:.2f} to {stats['brightness_p99']:.2f} on a 0-1 scale); the "
+                    f"prediction{'' if one else 's'} on {'it' if one else 'them'} may be unreliable")
         return None
