@@ -60,7 +60,7 @@ def wrong_kind_error(path: Path | str, kind: str | None = None) -> CheckpointErr
     safetensors file or of an unknown kind. ``kind``: already sniffed."""
     path = Path(path)
     kind = kind or filekind.sniff(path)
-    if path.suffix.lower() == ".onnx" and kind not in (filekind.SAFETENSORS,):
+    if path.suffix.lower() == ".onnx" and kind is None:  # ONNX files need not start as exporters write them
         kind = filekind.ONNX
     if kind is None or kind == filekind.SAFETENSORS:
         return None
