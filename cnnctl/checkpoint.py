@@ -206,19 +206,10 @@ def existing_checkpoint(path: str | Path) -> Path:
 
 def not_a_run_folder(path: Path) -> CheckpointError:
     """A folder given where a checkpoint was expected: what it holds instead, and what to pass."""
-    from cnnctl.filekind import IMAGE_SUFFIXES
-
     if (path / "config.json").is_file() and ((path / ".lock").is_file() or (path / "state.safetensors").is_file()):
         return CheckpointError(f"the run in {path} has no checkpoint yet (it has not finished an epoch)",
                                hint="wait for its first epoch, or pass another run")
-    try:
-        entries = list(path.iterdir())
-    except OSError:
-        entries = []
-    holds_images = any(entry.suffix.lower() in IMAGE_SUFFIXES for entry in entries) or any(
-        child.suffix.lower() in IMAGE_SUFFIXES for entry in entries[:50] if entry.is_dir()
-        for child in _some_files(entry))
-    if holds_images:
+    if _holds_images(path):
         return CheckpointError(f"{path} is a folder of images, not a run folder",
                                hint=f"pass a run folder (runs/ARCH-DATA/N) or a .safetensors checkpoint; to "
                                     f"classify these images: cnnctl predict CHECKPOINT {path}")
@@ -227,14 +218,21 @@ def not_a_run_folder(path: Path) -> CheckpointError:
                                 ".safetensors checkpoint")
 
 
-def _some_files(folder: Path, limit: int = 20) -> list[Path]:
-    """Up to ``limit`` entries of ``folder`` (a class folder may hold thousands)."""
+def _holds_images(folder: Path, depth: int = 3, per_folder: int = 20) -> bool:
+    """Whether ``folder`` holds image files within ``depth`` levels (``photos/train/cats/x.png``), looking at a
+    bounded number of entries per folder (a class folder may hold thousands)."""
     import itertools
 
+    from cnnctl.filekind import IMAGE_SUFFIXES
+
     try:
-        return list(itertools.islice(folder.iterdir(), limit))
+        entries = list(itertools.islice(folder.iterdir(), per_folder))
     except OSError:
-        return []
+        return False
+    if any(entry.suffix.lower() in IMAGE_SUFFIXES for entry in entries):
+        return True
+    return depth > 1 and any(_holds_images(entry, depth - 1, per_folder) for entry in entries
+                             if entry.is_dir() and not entry.name.startswith("."))
 
 
 def _not_safetensors(path: Path, error: Exception) -> CheckpointError:

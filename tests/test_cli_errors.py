@@ -184,10 +184,10 @@ def test_files_of_another_kind_are_named_with_what_to_pass(model_files: dict[str
 
 def test_folders_that_are_not_run_folders_say_what_they_are(tmp_path: Path) -> None:
     images = tmp_path / "photos"
-    (images / "cats").mkdir(parents=True)
+    (images / "train" / "cats").mkdir(parents=True)
     from PIL import Image
 
-    Image.new("RGB", (8, 8)).save(images / "cats" / "a.png")
+    Image.new("RGB", (8, 8)).save(images / "train" / "cats" / "a.png")
     assert_one_line_error(run_cli("eval", str(images)), "is a folder of images, not a run folder",
                           f"cnnctl predict CHECKPOINT {images}")
     (tmp_path / "empty").mkdir()
