@@ -35,7 +35,8 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
 
     Returns a ``FitResult``: the run folder (``.run_dir``; the result itself is path-like, so
     ``cnnctl.load(run)`` and ``Path(run)`` work), ``.best_path``, ``.last_path``, ``.history`` (one dict per
-    epoch) and ``.test`` (the final test metrics). ``progress=True`` prints a line per epoch; a ``reporter``
+    epoch), ``.test`` (the final test metrics) and ``.results`` (results.json: the test metrics, or without a
+    test split the best epoch's on the validation split). ``progress=True`` prints a line per epoch; a ``reporter``
     (see ``cnnctl.progress``) receives every event instead. ``callbacks`` (``cnnctl.engine.callbacks.Callback``
     instances) run beside the built-in ones.
     """

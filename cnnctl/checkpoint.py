@@ -36,6 +36,7 @@ class CheckpointMeta:
     versions: dict[str, str] | None = None
     config: dict[str, Any] | None = None  # the training options (to rebuild the validation split, to resume)
     pretrained: dict[str, Any] | None = None  # the weights it started from (PretrainedReport.to_dict())
+    image_stats: dict[str, float] | None = None  # how the training images look (cnnctl/image_stats.py)
 
     @property
     def num_classes(self) -> int:
@@ -57,6 +58,7 @@ class CheckpointMeta:
                 "metrics": self.metrics or {},
                 "versions": self.versions or versions(),
                 "config": self.config or {},
+                **({"image_stats": self.image_stats} if self.image_stats else {}),
             }
         )
         if self.pretrained:  # absent otherwise: a checkpoint trained from scratch reads as before
@@ -81,6 +83,7 @@ class CheckpointMeta:
             versions=data["versions"],
             config=data["config"],
             pretrained=data["pretrained"] or None,
+            image_stats=data["image_stats"],
         )
 
 
@@ -199,14 +202,50 @@ def existing_checkpoint(path: str | Path) -> Path:
         for name in ("best.safetensors", "last.safetensors"):
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f"{path} is a folder without best.safetensors or last.safetensors")
+        raise not_a_run_folder(path)
     if mode is None or not stat.S_ISREG(mode):
         what = "does not exist" if mode is None else "is not a regular file"
         raise CheckpointError(f"checkpoint {path} {what}", hint="pass a .safetensors file or a run folder")
     return path
 
 
+def not_a_run_folder(path: Path) -> CheckpointError:
+    """A folder given where a checkpoint was expected: what it holds instead, and what to pass."""
+    if (path / "config.json").is_file() and ((path / ".lock").is_file() or (path / "state.safetensors").is_file()):
+        return CheckpointError(f"the run in {path} has no checkpoint yet (it has not finished an epoch)",
+                               hint="wait for its first epoch, or pass another run")
+    if _holds_images(path):
+        return CheckpointError(f"{path} is a folder of images, not a run folder",
+                               hint=f"pass a run folder (runs/ARCH-DATA/N) or a .safetensors checkpoint; to "
+                                    f"classify these images: cnnctl predict CHECKPOINT {path}")
+    return CheckpointError(f"{path} is not a run folder: it holds no best.safetensors or last.safetensors",
+                           hint="pass a run folder written by `cnnctl train` (runs/ARCH-DATA/N) or a "
+                                ".safetensors checkpoint")
+
+
+def _holds_images(folder: Path, depth: int = 3, per_folder: int = 20) -> bool:
+    """Whether ``folder`` holds image files within ``depth`` levels (``photos/train/cats/x.png``), looking at a
+    bounded number of entries per folder (a class folder may hold thousands)."""
+    import itertools
+
+    from cnnctl.filekind import IMAGE_SUFFIXES
+
+    try:
+        entries = list(itertools.islice(folder.iterdir(), per_folder))
+    except OSError:
+        return False
+    if any(entry.suffix.lower() in IMAGE_SUFFIXES for entry in entries):
+        return True
+    return depth > 1 and any(_holds_images(entry, depth - 1, per_folder) for entry in entries
+                             if entry.is_dir() and not entry.name.startswith("."))
+
+
 def _not_safetensors(path: Path, error: Exception) -> CheckpointError:
     from cnnctl.checkpoint_schema import not_safetensors
 
-    return not_safetensors(path, first_line(error, 120))
+    text = first_line(error, 120)
+    if "incomplete" in text.lower() or "not fully covered" in text:
+        text = "the file is truncated, or its header does not match its size"
+    elif "deserializing header" in text:  # safetensors' own names (HeaderTooLarge, ...) say nothing to a user
+        text = "its header is damaged"
+    return not_safetensors(path, text)

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnctl import filekind
 from cnnctl.errors import CheckpointError, CnnctlError, first_line
+from cnnctl.image_stats import STAT_KEYS
 
 MAX_HEADER_BYTES = 16 * 2**20  # a ResNet-50 header is ~40 KB; safetensors itself allows 100 MB
 MAX_TENSORS = 50_000  # DenseNet-121 has ~1,000
@@ -52,6 +54,48 @@ def not_safetensors(path: Path | str, reason: str) -> CheckpointError:
                            hint="it may be truncated or another format; cnnctl never unpickles checkpoints")
 
 
+def wrong_kind_error(path: Path | str, kind: str | None = None) -> CheckpointError | None:
+    """The message for a file that is not a cnnctl checkpoint but something cnnctl recognises (an export, a
+    PyTorch pickle, an image, a text file...), naming it and what to pass instead; None when ``path`` is a
+    safetensors file or of an unknown kind. ``kind``: already sniffed."""
+    path = Path(path)
+    kind = kind or filekind.sniff(path)
+    if path.suffix.lower() == ".onnx" and kind is None:  # ONNX files need not start as exporters write them
+        kind = filekind.ONNX
+    if kind is None or kind == filekind.SAFETENSORS:
+        return None
+    run = _run_folder_of(path)
+    instead = (f"pass the run folder {run} or its {(run / 'best.safetensors').name}" if run is not None
+               else "pass a run folder (runs/ARCH-DATA/N) or its best.safetensors")
+    if kind in (filekind.ONNX, filekind.TORCHSCRIPT):
+        source = filekind.exported_from(path)
+        how = "cnnctl export" if kind == filekind.ONNX else "cnnctl export --format torchscript"
+        return CheckpointError(
+            f"{path} is {filekind.describe(kind)} (what `{how}` writes), not a cnnctl checkpoint",
+            hint=f"pass the .safetensors checkpoint it was exported from{f': {source}' if source else ''}")
+    if kind in (filekind.TORCH_SAVE, filekind.PICKLE):
+        return CheckpointError(
+            f"{path} is a PyTorch pickle file: cnnctl never unpickles files (loading one can run any code it "
+            "holds); it evaluates, predicts with and exports its own .safetensors checkpoints",
+            hint=f"to start training from these weights: cnnctl train ARCH --pretrained {path}; to classify "
+                 f"with ImageNet weights: cnnctl predict {path} --arch ARCH PATH...")
+    if kind == filekind.IMAGE:
+        return CheckpointError(f"{path} is an image, not a checkpoint",
+                               hint=f"to classify it: cnnctl predict CHECKPOINT {path}")
+    return CheckpointError(f"{path} is {filekind.describe(kind)}, not a cnnctl checkpoint", hint=instead)
+
+
+def _run_folder_of(path: Path) -> Path | None:
+    """The run folder a file sits in (``runs/lenet5-mnist/1/config.json`` → ``runs/lenet5-mnist/1``)."""
+    folder = path.parent
+    return folder if (folder / "best.safetensors").is_file() or (folder / "last.safetensors").is_file() else None
+
+
+def _unreadable_header(path: Path, reason: str) -> CheckpointError:
+    """A file whose first bytes are no safetensors header: named by its kind where it is recognised."""
+    return wrong_kind_error(path) or not_safetensors(path, reason)
+
+
 def read_header(path: Path) -> Header:
     """Parse the header, refusing a header over ``MAX_HEADER_BYTES`` or ``MAX_TENSORS`` before parsing it
     (its length is the file's first 8 bytes), and one whose offsets point past the end of the file."""
@@ -61,13 +105,17 @@ def read_header(path: Path) -> Header:
             handle.seek(0)
             prefix = handle.read(8)
             if len(prefix) < 8:
-                raise not_safetensors(path, f"{size} bytes, shorter than a safetensors header")
+                raise _unreadable_header(path, "the file is empty" if size == 0 else
+                                         "the file is too short to hold a safetensors header")
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES:
-                raise not_safetensors(path, f"its header claims {length:,} bytes, more than the "
-                                            f"{MAX_HEADER_BYTES:,} cnnctl reads")
+                if filekind.sniff(path) == filekind.SAFETENSORS:  # a header that large is built to exhaust memory
+                    raise not_safetensors(path, f"its header claims {length:,} bytes, more than the "
+                                                f"{MAX_HEADER_BYTES:,} cnnctl reads")
+                raise _unreadable_header(path, "it does not begin with a safetensors header")
             if length > size - 8:
-                raise not_safetensors(path, f"its header claims {length:,} bytes but the file has {size:,}")
+                raise _unreadable_header(path, "it ends inside its own header: the file is truncated (an "
+                                               "interrupted copy or download?)")
             raw = handle.read(length)
     except PermissionError as error:
         raise CheckpointError(f"cannot read checkpoint {path}: permission denied",
@@ -83,7 +131,7 @@ def read_header(path: Path) -> Header:
     except RecursionError:
         raise not_safetensors(path, "its header is nested too deeply") from None
     except ValueError as error:
-        raise not_safetensors(path, f"its header is not JSON: {error}") from error
+        raise _unreadable_header(path, f"its header is not JSON: {first_line(error, 80)}") from error
     if not isinstance(document, dict):
         raise not_safetensors(path, "its header is not a JSON object")
     metadata = document.pop("__metadata__", None) or {}
@@ -250,6 +298,7 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
     versions = check.obj(data.get("versions"), "versions", optional=True)
     for key, value in versions.items():
         check.text(value, f"versions.{key}", limit=200)
+    image_stats = _image_stats(data.get("image_stats"), check)
     return {
         "arch": arch,
         "arch_args": arch_args,
@@ -264,6 +313,7 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
         "versions": versions,
         "config": check.obj(data.get("config"), "config", optional=True),
         "pretrained": _pretrained(check.obj(data.get("pretrained"), "pretrained", optional=True), check),
+        "image_stats": image_stats,
     }
 
 
@@ -275,6 +325,19 @@ def _pretrained(found: dict[str, Any], check: _Checker) -> dict[str, Any]:
     for theirs, ours in mapping.items():
         check.text(ours, f"pretrained.mapping[{_short(theirs)}]", limit=MAX_TEXT)
     return found
+
+
+def _image_stats(value: Any, check: _Checker) -> dict[str, float] | None:
+    """The training images' statistics (cnnctl/image_stats.py): optional (older checkpoints have none); every
+    level a number from 0 to 1."""
+    if value is None:
+        return None
+    stats = check.obj(value, "image_stats")
+    for key in STAT_KEYS:
+        level = stats.get(key)
+        if not _is_number(level) or not 0 <= level <= 1:
+            raise check.fail(f"image_stats.{key}", f"must be a number from 0 to 1, not {_short(level)}")
+    return {key: float(stats[key]) for key in STAT_KEYS}
 
 
 def _model_spec(arch: str, check: _Checker) -> Any:

@@ -72,7 +72,7 @@ def eval_command(
     console = Console()
     balance = (f"balanced accuracy {report['balanced_accuracy']:.2%}  macro-F1 {report['macro_f1']:.4f}  "
                if "balanced_accuracy" in report else "")
-    console.print(f"{report['arch']} on {report['dataset']} {split} ({report['count']:,} images): "
+    console.print(f"{report['arch']} on {evaluated_on(report)} ({report['count']:,} images): "
                   f"accuracy {report['accuracy']:.2%}  top-{top_k} {topk_accuracy:.2%}  {balance}"
                   f"loss {report['loss']:.4f}  ECE {report['calibration']['ece']:.4f}"
                   + (f"  (test-time augmentation: {tta})" if tta != "none" else ""), highlight=False,
@@ -98,6 +98,18 @@ def eval_command(
 
 
 ISSUES_PRINTED = 20
+SPLIT_NAMES = {"test": "test split", "val": "validation split, held out in training", "train": "training split",
+               "all": "all images"}
+
+
+def evaluated_on(report: dict[str, Any]) -> str:
+    """``mnist test split``, ``digits validation split, held out in training``: the images the numbers are of,
+    as the evaluation chose them (a folder without test/ is evaluated on another split)."""
+    from pathlib import Path
+
+    name = Path(report["data"]).name if report.get("data") else report["dataset"]
+    split = report["split"]
+    return f"all images of {name}" if split == "all" else f"{name} {SPLIT_NAMES.get(split, split)}"
 
 
 def print_label_issues(console: Any, issues: list[dict[str, Any]], count: int, *, saved: bool) -> None:

@@ -91,7 +91,7 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         predictions_json,
     )
     from cnnctl.fsutil import STDOUT, atomic_write_text, displayable, require_writable_file
-    from cnnctl.progress import counting, rate_text
+    from cnnctl.progress import counting, plural, rate_text
     from cnnctl.runs import is_checkpoint_like
     from cnnctl.tta import check_tta
 
@@ -158,7 +158,13 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         others = len(predictions) - len(failures) - counted
         stderr_line(f"accuracy {correct / counted:.2%} ({correct:,} of {counted:,} images whose folder names their "
                     f"class{f'; {others:,} others not counted' if others else ''})")
+    warning = predictor.input_warning()
+    if warning:
+        stderr_line(warning)
+    if failures:  # each error names its file and why: "x.png: not a readable image (...)"
+        first = ", the first 5:" if len(failures) > 5 else ":"
+        stderr_line(f"could not read {plural(len(failures), 'image')}{first}")
     for failure in failures[:5]:
-        stderr_line(f"  could not read {displayable(failure.error or '')}")
+        stderr_line(f"  {displayable(failure.error or '')}")
     if failures and strict:
         raise CnnctlError(f"{len(failures)} of {len(predictions)} images could not be read (--strict)")

@@ -80,6 +80,8 @@ def _percent(value: float | None) -> str:
 
 
 def _duration(seconds: float) -> str:
+    if 0 < seconds < 0.5:
+        return "<1s"
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"

@@ -122,10 +122,10 @@ def train(ctx: typer.Context, **params: Any) -> None:
         reporter.close()
     if not trainer.dist.is_main:
         return
-    if quiet and result.test is not None:
+    if quiet and result.results:
         from cnnctl.progress import end_line
 
-        print(end_line(result.test))
+        print(end_line(result.results))
     print(f"run folder: {result.run_dir}")
 
 

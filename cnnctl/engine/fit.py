@@ -37,6 +37,8 @@ class FitResult:
     last_path: Path
     history: list[dict[str, float]] = field(default_factory=list)
     test: dict[str, Any] | None = None
+    results: dict[str, Any] = field(default_factory=dict)  # results.json: ``test`` or, without a test split,
+    # the best epoch evaluated on the validation split ("split": "val")
     stopped_early: bool = False
     plots: list[Path] = field(default_factory=list)
 
@@ -50,6 +52,20 @@ def prepare_data(config: TrainConfig, reporter: Reporter) -> PreparedData:
     from cnnctl.registry import get_model_spec
 
     return prepare(config, get_model_spec(config.arch), reporter.message)
+
+
+def measure_training_images(data: PreparedData) -> dict[str, float] | None:
+    """How the training images look (cnnctl/image_stats.py), for the checkpoints: from the training split, or
+    the validation split when the training images stream from disk (not held in memory)."""
+    import torch
+
+    from cnnctl.image_stats import training_image_stats
+
+    for split in (data.train, data.val):
+        images = getattr(split, "images", None)
+        if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[0] > 0:
+            return training_image_stats(images)
+    return None
 
 
 class Trainer:
@@ -77,6 +93,7 @@ class Trainer:
         self.state_extra: dict[str, Any] = {"world_size": self.dist.world_size} if self.dist.enabled else {}
         self.improvement: tuple[bool, bool, list[int]] = (False, False, [])  # MetricTracker.update of this epoch
         self.device = self.data = self.model = None  # set by setup(), with the optimizer, schedule, batches
+        self.image_stats: dict[str, float] | None = None  # of the training images, for the checkpoints
         self.averaged: Any = None  # --ema: the AveragedModel that validation and checkpoints use
         self.pretrained: Any = None  # --pretrained: the PretrainedReport the checkpoints' metadata keeps
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
@@ -119,10 +136,10 @@ class Trainer:
                     self.folder.interrupted.unlink(missing_ok=True)
             self.setup(loaded)
             if loaded is None:
-                from cnnctl.engine.run_folder import new_run_folder
+                from cnnctl.engine.run_folder import default_run_name, new_run_folder
 
-                self.folder = new_run_folder(self.config, f"{self.model_spec.name}-{self.data.dataset_label}",
-                                             self.dist)
+                default_name = default_run_name(self.model_spec.name, self.data.dataset_label, self.config.data_dir)
+                self.folder = new_run_folder(self.config, default_name, self.dist)
                 self._lock(locked)
             try:
                 with InterruptGuard() as guard:
@@ -183,6 +200,7 @@ class Trainer:
         if self.precision.note:
             self.reporter.message(self.precision.note)
         self.data = distributed.in_turn(self.dist, lambda: prepare_data(config, self.reporter))
+        self.image_stats = measure_training_images(self.data)
         if config.batch_size is None:  # the default depends on the training set (data/loader.py)
             from cnnctl.data.loader import default_batch_size
 

@@ -84,6 +84,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"--pretrained {path} does not exist",
                               hint="pass a weights file, or `--pretrained imagenet` for the published weights")
+    _refuse_other_kinds(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from cnnctl.checkpoint import read_tensors
@@ -104,6 +105,23 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
                  "torch.save(model.state_dict(), path) or convert it to safetensors",
         ) from error
     return _state_dict_in(content, path)
+
+
+def _refuse_other_kinds(path: Path) -> None:
+    """An exported model, an image, a text file... given as --pretrained: named, with what to pass instead
+    (rather than the loader's own words about a format it was never meant to read)."""
+    from cnnctl import filekind
+
+    kind = filekind.sniff(path)
+    if kind in (filekind.ONNX, filekind.TORCHSCRIPT) or (kind is None and path.suffix.lower() == ".onnx"):
+        from cnnctl.checkpoint_schema import wrong_kind_error
+
+        error = wrong_kind_error(path, kind or filekind.ONNX)
+        assert error is not None
+        raise CheckpointError(f"--pretrained {error.message}", hint=error.hint)
+    if kind not in (None, "zip", filekind.TORCH_SAVE, filekind.PICKLE, filekind.SAFETENSORS):
+        raise CheckpointError(f"--pretrained {path} is {filekind.describe(kind)}, not a weights file",
+                              hint="pass a .safetensors file, a .pth/.pt state dict or a run folder")
 
 
 def _state_dict_in(content: Any, path: Path) -> dict[str, torch.Tensor]:

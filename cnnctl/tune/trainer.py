@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.engine.callbacks import Callback
-from cnnctl.progress import Reporter, epoch_line
+from cnnctl.progress import Reporter, epoch_line, plural
 
 PRUNER_NAMES = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}
 
@@ -75,7 +75,7 @@ class TrialReporter(Reporter):
         from cnnctl.tune.report import format_params
 
         self._say(f"{format_params(self.values)} → {info['run_dir']} ({info['train']:,} train / "
-                  f"{info['val']:,} val images, {info['epochs']} epochs)")
+                  f"{info['val']:,} val images, {plural(info['epochs'], 'epoch')})")
 
     def message(self, text: str) -> None:
         if not text.startswith("sanity check"):  # the same two batches' check for every trial
