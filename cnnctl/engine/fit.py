@@ -77,6 +77,7 @@ class Trainer:
         self.state_extra: dict[str, Any] = {"world_size": self.dist.world_size} if self.dist.enabled else {}
         self.improvement: tuple[bool, bool, list[int]] = (False, False, [])  # MetricTracker.update of this epoch
         self.device = self.data = self.model = None  # set by setup(), with the optimizer, schedule, batches
+        self.thread_choice: Any = None  # the CPU threads setup() chose, when --threads was left to cnnctl
         self.averaged: Any = None  # --ema: the AveragedModel that validation and checkpoints use
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
 
@@ -166,6 +167,11 @@ class Trainer:
             self.reporter = SilentReporter()
         if config.threads:
             torch.set_num_threads(config.threads)
+        elif self.device.type == "cpu" and not self.dist.enabled:  # ranks share the cores as launch() set them
+            from cnnctl.engine.threads import threads_for_this_process
+
+            self.thread_choice = threads_for_this_process()
+            torch.set_num_threads(self.thread_choice.threads)
         if self.device.type == "cpu":
             from cnnctl.engine.host_memory import reuse_freed_host_memory
 
