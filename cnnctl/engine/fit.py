@@ -77,6 +77,7 @@ class Trainer:
         self.state_extra: dict[str, Any] = {"world_size": self.dist.world_size} if self.dist.enabled else {}
         self.improvement: tuple[bool, bool, list[int]] = (False, False, [])  # MetricTracker.update of this epoch
         self.device = self.data = self.model = None  # set by setup(), with the optimizer, schedule, batches
+        self.lr_sweep: Any = None  # --lr auto: the sweep's LrFindResult, drawn into the run folder
         self.thread_choice: Any = None  # the CPU threads setup() chose, when --threads was left to cnnctl
         self.averaged: Any = None  # --ema: the AveragedModel that validation and checkpoints use
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
@@ -97,6 +98,11 @@ class Trainer:
     def run_dir(self) -> Path:
         return self.folder.path
 
+    @property
+    def default_name(self) -> str:
+        """The run's folder name when --name is left out (after setup): ARCH-DATASET."""
+        return f"{self.model_spec.name}-{self.data.dataset_label}"
+
     # ------------------------------------------------------------------------------------------------ the run
     def run(self) -> FitResult:
         from cnnctl.engine.determinism import deterministic_mode
@@ -105,7 +111,7 @@ class Trainer:
         from cnnctl.engine.state import read_state
         from cnnctl.lr_find import resolve_auto_lr
 
-        resolve_auto_lr(self.config, self.reporter.message)  # --lr auto: a learning-rate sweep first
+        self.lr_sweep = resolve_auto_lr(self.config, self.reporter.message)  # --lr auto: a sweep first
         self.config.resolve_defaults()
         with deterministic_mode(self.config.deterministic), contextlib.ExitStack() as locked:
             loaded = None
@@ -121,8 +127,7 @@ class Trainer:
             if loaded is None:
                 from cnnctl.engine.run_folder import new_run_folder
 
-                self.folder = new_run_folder(self.config, f"{self.model_spec.name}-{self.data.dataset_label}",
-                                             self.dist)
+                self.folder = new_run_folder(self.config, self.default_name, self.dist)
                 self._lock(locked)
             try:
                 with InterruptGuard() as guard:

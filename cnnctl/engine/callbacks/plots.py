@@ -1,5 +1,5 @@
-"""curves.png, and from the final test's evaluation confusion.png and predictions.png (``--no-plots`` skips
-them). Rank 0 only."""
+"""curves.png, lr-find.png (with ``--lr auto``), and from the final test's evaluation confusion.png and
+predictions.png (``--no-plots`` skips them). Rank 0 only."""
 
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ class Plots(Callback):
             return
         trainer.reporter.phase("plotting")
         result.plots = [plots.plot_curves(trainer.history, trainer.run_dir / "curves.png")]
+        if trainer.lr_sweep is not None:  # --lr auto
+            from cnnctl.lr_find import plot_lr_find
+
+            result.plots.append(plot_lr_find(trainer.lr_sweep, trainer.run_dir / "lr-find.png"))
         if self.final_test.evaluation is not None:
             model, test = self.final_test.evaluation
             data = trainer.data
