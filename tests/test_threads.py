@@ -5,6 +5,7 @@ affinity, quota and load against an independent computation; the readers get fak
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,19 +31,22 @@ def nearest_whole(value: float, low: int, high: int) -> int:
     return min(range(low, high + 1), key=lambda n: (abs(n - value), -n))
 
 
-@pytest.mark.parametrize("machine", [1, 2, 4, 16, 64])
-@pytest.mark.parametrize("quota", [None, 0.5, 1.5, 2.0, 3.9, 100.0])
-@pytest.mark.parametrize("load", [None, 0.0, 0.4, 0.6, 1.5, 3.5, 6.7, 60.0])
-def test_threads_are_the_usable_cpus_less_the_load_on_them(machine: int, quota: float | None,
-                                                           load: float | None) -> None:
-    for affinity in sorted({1, max(1, machine // 2), machine}):
-        share = CpuShare(machine=machine, affinity=affinity, quota=quota)
-        usable = affinity if quota is None else max(1, min(affinity, int(quota)))  # whole CPUs of the quota
-        others = 0.0 if load is None else load * usable / machine  # the load spread evenly over the machine
-        choice = choose_threads(share, load)
-        assert choice.usable == usable
-        assert choice.threads == nearest_whole(usable - others, 1, usable)
-        assert (choice.note == "") == (choice.threads == machine)
+def test_threads_are_the_usable_cpus_less_the_load_on_them() -> None:
+    for machine, quota, load in itertools.product([1, 2, 4, 16, 64], [None, 0.5, 1.5, 2.0, 3.9, 100.0],
+                                                  [None, 0.0, 0.4, 0.6, 1.5, 3.5, 6.7, 60.0]):
+        affinities = sorted({1, max(1, machine // 2), machine})
+        for affinity in affinities:
+            check_choice(machine, affinity, quota, load)
+
+
+def check_choice(machine: int, affinity: int, quota: float | None, load: float | None) -> None:
+    share = CpuShare(machine=machine, affinity=affinity, quota=quota)
+    usable = affinity if quota is None else max(1, min(affinity, int(quota)))  # whole CPUs of the quota
+    others = 0.0 if load is None else load * usable / machine  # the load spread evenly over the machine
+    choice = choose_threads(share, load)
+    assert choice.usable == usable
+    assert choice.threads == nearest_whole(usable - others, 1, usable)
+    assert (choice.note == "") == (choice.threads == machine)
 
 
 def test_the_start_note_says_the_number_and_why() -> None:
@@ -56,13 +60,14 @@ def test_the_start_note_says_the_number_and_why() -> None:
     assert "may run on 4 of them" in pinned.note and "quota is 2.5 CPUs" in pinned.note
 
 
-@pytest.mark.parametrize("usable", [1, 2, 3, 8])
-@pytest.mark.parametrize("current", [1, 2, 3, 8])
-@pytest.mark.parametrize("others", [0.0, 0.3, 0.5, 0.9, 1.0, 1.4, 2.2, 7.5, 20.0])
-def test_while_training_threads_drop_at_once_and_rise_only_with_a_whole_free_cpu(usable: int, current: int,
-                                                                                 others: float) -> None:
-    if current > usable:
-        return
+def test_while_training_threads_drop_at_once_and_rise_only_with_a_whole_free_cpu() -> None:
+    for usable, current, others in itertools.product([1, 2, 3, 8], [1, 2, 3, 8],
+                                                     [0.0, 0.3, 0.5, 0.9, 1.0, 1.4, 2.2, 7.5, 20.0]):
+        if current <= usable:
+            check_adjustment(usable, current, others)
+
+
+def check_adjustment(usable: int, current: int, others: float) -> None:
     free = usable - others
     wanted = adjust_threads(current, usable, others)
     assert 1 <= wanted <= usable
