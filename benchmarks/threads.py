@@ -109,6 +109,12 @@ def main() -> None:
         print(f"{kind:<8}{threads:<9}{', '.join(f'{rate:,.0f}' for rate in rates):<24}"
               f"{', '.join(f'{share:.0%}' for share in shares):<18}{'; '.join(started)}"
               + (f" → {', '.join(changes)}" if changes else ""))
+    def mean_rate(kind: str, threads: str) -> float:
+        runs = results[(kind, threads)]
+        return sum(float(r["images_per_s"]) for r in runs) / len(runs)
+
+    print("\nauto / all, side by side: " + ", ".join(
+        f"{kind} {mean_rate(kind, 'auto') / mean_rate(kind, cores):.2f}x" for kind in ("solo", "pair", "beside")))
     for threads in ("auto", cores):
         pair = [float(r["images_per_s"]) for r in results[("pair", threads)]]
         solo = sum(float(r["images_per_s"]) for r in results[("solo", threads)]) / len(results[("solo", threads)])
