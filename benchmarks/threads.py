@@ -98,7 +98,7 @@ def main() -> None:
             for kind in ("solo", "pair", "beside"):
                 for threads in (("auto", cores) if index % 2 == 0 else (cores, "auto")):
                     results.setdefault((kind, threads), []).extend(leg(args, Path(folder), kind, threads, index))
-    print(f"\n{'leg':<8}{'threads':<9}{'img/s (each)':<24}{'of solo':<18}start → changes")
+    print(f"\n{'leg':<8}{'threads':<9}{'img/s (each)':<34}{'of solo':<26}start → changes")
     for (kind, threads), runs in sorted(results.items(), key=lambda item: (item[0][0] != "solo", item[0])):
         solo = results[("solo", threads)]
         solo_rate = sum(float(r["images_per_s"]) for r in solo) / len(solo)
@@ -106,8 +106,8 @@ def main() -> None:
         shares = [rate / solo_rate for rate in rates]
         started = sorted({str(r["start"]) for r in runs})
         changes = sorted({change for r in runs for change in r["changes"]})  # type: ignore[attr-defined]
-        print(f"{kind:<8}{threads:<9}{', '.join(f'{rate:,.0f}' for rate in rates):<24}"
-              f"{', '.join(f'{share:.0%}' for share in shares):<18}{'; '.join(started)}"
+        print(f"{kind:<8}{threads:<9}{', '.join(f'{rate:,.0f}' for rate in rates):<34}"
+              f"{', '.join(f'{share:.0%}' for share in shares):<26}{'; '.join(started)}"
               + (f" → {', '.join(changes)}" if changes else ""))
     def mean_rate(kind: str, threads: str) -> float:
         runs = results[(kind, threads)]
