@@ -112,14 +112,15 @@ def plot_confusion(confusion: Any, classes: Sequence[str], path: Path, title: st
     largest_error = float(errors.max()) if errors.count() else 0.0
     axis.imshow(np.zeros_like(share), cmap="Greys", vmin=0, vmax=1)  # white behind the empty cells
     right = axis.imshow(correct, cmap="Blues", vmin=0, vmax=1)
-    wrong = axis.imshow(errors, cmap="Reds", norm=PowerNorm(0.5, vmin=0, vmax=max(largest_error, 1e-9)))
     from mpl_toolkits.axes_grid1 import make_axes_locatable
 
     beside = make_axes_locatable(axis)
     figure.colorbar(right, cax=beside.append_axes("right", size="3.5%", pad=0.15), format=_percent(),
                     label="correct, of the true class")
-    figure.colorbar(wrong, cax=beside.append_axes("right", size="3.5%", pad=0.95), format=_percent(),
-                    label="errors, of the true class")
+    if largest_error:  # a perfect matrix has no error scale to show
+        wrong = axis.imshow(errors, cmap="Reds", norm=PowerNorm(0.5, vmin=0, vmax=largest_error))
+        figure.colorbar(wrong, cax=beside.append_axes("right", size="3.5%", pad=0.95), format=_percent(),
+                        label="errors, of the true class")
     labels = [name if len(name) <= 12 else name[:11] + "…" for name in classes]
     ticks = range(count)
     axis.set_xticks(list(ticks), labels, rotation=90 if count > 10 or max(map(len, labels), default=0) > 3 else 0)
@@ -182,8 +183,12 @@ def plot_predictions(images: torch.Tensor, predicted: Sequence[int], classes: Se
                 spine.set_linewidth(2.5)
         axis.set_title(text, fontsize=8, color=color)
     if title:
+        import textwrap
+
         marked = f" — {wrong} wrong, in red" if truth is not None and count_wrong else ""
-        figure.suptitle(title + marked, fontsize=10)
+        lines = textwrap.wrap(title + marked, width=max(20, int(width / 0.085)))  # a 10-point character is ~0.085"
+        figure.set_figheight(figure.get_figheight() + 0.2 * (len(lines) - 1))
+        figure.suptitle("\n".join(lines), fontsize=10)
     figure.tight_layout()
     return _save(figure, path)
 
