@@ -48,8 +48,13 @@ def devices() -> list[dict[str, Any]]:
     """CPU, CUDA and MPS as torch sees them."""
     import torch
 
+    from cnnctl.engine.threads import threads_for_this_process
+
+    choice = threads_for_this_process()
+    training = f"training now would take {choice.note}" if choice.note else \
+        f"training now would take all {choice.threads} threads"
     rows: list[dict[str, Any]] = [{"name": "cpu", "available": True,
-                                   "detail": f"{os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads"}]
+                                   "detail": f"{os.cpu_count()} cores; {training}"}]
     cuda = torch.cuda.is_available()
     detail = ""
     if cuda:

@@ -53,8 +53,10 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
 
 
 def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200,
-            plot: str | Path | None = None, log: Any = None) -> LrFindResult:
-    """Sweep the learning rate for ``config``'s run (which is not changed, nor saved) and suggest one."""
+            plot: str | Path | bool | None = None, log: Any = None) -> LrFindResult:
+    """Sweep the learning rate for ``config``'s run (which is not changed, nor saved) and suggest one. ``plot``:
+    a PNG path, or True for ``lr-find.png`` beside the run folders that ``cnnctl train`` with the same options
+    makes (``OUT/NAME/``, the sweep's own run), or None/False for no plot."""
     import torch
     import torch.nn.functional as F
 
@@ -67,7 +69,7 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
         raise UsageError(f"lr-find needs 0 < --start-lr < --end-lr, got {start_lr:g} and {end_lr:g}")
     if steps < 10:
         raise UsageError(f"lr-find needs at least 10 --steps, got {steps}")
-    if plot is not None:
+    if plot:
         from cnnctl import plots
 
         plots.require()
@@ -114,9 +116,18 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
     if len(result.lrs) < 2:
         raise UsageError(f"lr-find could not sweep: {result.stopped}", hint="lower --start-lr")
     result.suggestion = suggest_lr(result.lrs, result.smoothed)
-    if plot is not None:
-        result.plot = plot_lr_find(result, Path(plot))
+    if plot:
+        result.plot = plot_lr_find(result, beside_runs(config, trainer.default_name) if plot is True else Path(plot))
     return result
+
+
+def beside_runs(config: TrainConfig, default_name: str) -> Path:
+    """``OUT/NAME/lr-find.png``: next to the numbered run folders ``cnnctl train`` makes with these options."""
+    from cnnctl.engine.run_folder import run_name
+
+    folder = Path(config.out) / run_name(config.name or default_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "lr-find.png"
 
 
 class _Messages:
@@ -152,10 +163,12 @@ def plot_lr_find(result: LrFindResult, path: Path) -> Path:
     return _save(figure, path)
 
 
-def resolve_auto_lr(config: TrainConfig, log: Any) -> None:
-    """``--lr auto``: run the sweep with ``config``'s options and train with its suggestion (else nothing)."""
+def resolve_auto_lr(config: TrainConfig, log: Any) -> LrFindResult | None:
+    """``--lr auto``: run the sweep with ``config``'s options and train with its suggestion; returns the sweep
+    (the run draws it into its folder), or None without ``--lr auto``."""
     if config.lr != "auto":
-        return
+        return None
     found = lr_find(dataclasses.replace(config, lr=None), log=None)
     config.lr = float(f"{found.suggestion:.3g}")
     log(f"--lr auto: lr-find suggests {config.lr:g} ({RULE}; {len(found.lrs)} steps)")
+    return found

@@ -259,7 +259,8 @@ OPTIONS: tuple[Option, ...] = (
            synonyms=("batch", "bs", "batchsize", "train_batch_size")),
     Option("device", str, "auto", "auto, cpu, cuda, cuda:N or mps", check=_device, resumable=True,
            synonyms=("gpu", "accelerator")),
-    Option("threads", int, None, "CPU threads (at most the machine's cores) \\[default: torch's choice]",
+    Option("threads", int, None, "CPU threads (at most the machine's cores) \\[default: the CPUs this "
+           "process may use that other work leaves free, followed while training]",
            minimum=1, check=_threads, resumable=True, synonyms=("num_threads", "n_threads", "cpu_threads")),
     # optimizer and schedule
     Option("optimizer", str, "adam", "optimizer", panel=OPTIM, choices=_choices_of("cnnctl.engine.optim", "OPTIMIZERS"),

@@ -124,8 +124,13 @@ def epoch_line(row: dict[str, float], epochs: int) -> str:
 
 def start_line(info: dict[str, Any]) -> str:
     return (f"training {info['arch']} on {info['dataset']} ({info['train']:,} train / {info['val']:,} val / "
-            f"{info['test']:,} test) on {info['device']}: {info['parameters']:,} parameters, "
+            f"{info['test']:,} test) on {info['device']}{_threads(info)}: {info['parameters']:,} parameters, "
             f"{plural(info['epochs'], 'epoch')}, batch {info['batch_size']} → {info['run_dir']}")
+
+
+def _threads(info: dict[str, Any]) -> str:
+    """Why a CPU run takes fewer threads than the machine has CPUs, when it does."""
+    return f" ({info['threads']})" if info.get("threads") else ""
 
 
 def end_line(summary: dict[str, Any]) -> str:

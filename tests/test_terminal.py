@@ -314,7 +314,7 @@ def test_mistakes_come_first_then_every_class() -> None:
     confidence = [0.9] * 8
     assert mistakes_first(predicted, truth, confidence, 4) == [7, 0, 3, 5]
     wrong_pair = mistakes_first([1, 0, 1], [0, 0, 0], [0.6, 0.9, 0.8], 2)
-    assert wrong_pair == [2, 0]  # the more confident mistake first
+    assert wrong_pair == [2, 1]  # the more confident mistake first, and a tile kept for a correct one
 
 
 def test_curves_use_a_log_axis_for_the_loss(tmp_path: Path) -> None:

@@ -94,6 +94,8 @@ class Trainer:
         self.improvement: tuple[bool, bool, list[int]] = (False, False, [])  # MetricTracker.update of this epoch
         self.device = self.data = self.model = None  # set by setup(), with the optimizer, schedule, batches
         self.image_stats: dict[str, float] | None = None  # of the training images, for the checkpoints
+        self.lr_sweep: Any = None  # --lr auto: the sweep's LrFindResult, drawn into the run folder
+        self.thread_choice: Any = None  # the CPU threads setup() chose, when --threads was left to cnnctl
         self.averaged: Any = None  # --ema: the AveragedModel that validation and checkpoints use
         self.pretrained: Any = None  # --pretrained: the PretrainedReport the checkpoints' metadata keeps
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
@@ -114,6 +116,13 @@ class Trainer:
     def run_dir(self) -> Path:
         return self.folder.path
 
+    @property
+    def default_name(self) -> str:
+        """The run's folder name when --name is left out (after setup): ARCH-DATASET, or ARCH-FOLDER."""
+        from cnnctl.engine.run_folder import default_run_name
+
+        return default_run_name(self.model_spec.name, self.data.dataset_label, self.config.data_dir)
+
     # ------------------------------------------------------------------------------------------------ the run
     def run(self) -> FitResult:
         from cnnctl.engine.determinism import deterministic_mode
@@ -122,7 +131,7 @@ class Trainer:
         from cnnctl.engine.state import read_state
         from cnnctl.lr_find import resolve_auto_lr
 
-        resolve_auto_lr(self.config, self.reporter.message)  # --lr auto: a learning-rate sweep first
+        self.lr_sweep = resolve_auto_lr(self.config, self.reporter.message)  # --lr auto: a sweep first
         self.config.resolve_defaults()
         with deterministic_mode(self.config.deterministic), contextlib.ExitStack() as locked:
             loaded = None
@@ -136,10 +145,9 @@ class Trainer:
                     self.folder.interrupted.unlink(missing_ok=True)
             self.setup(loaded)
             if loaded is None:
-                from cnnctl.engine.run_folder import default_run_name, new_run_folder
+                from cnnctl.engine.run_folder import new_run_folder
 
-                default_name = default_run_name(self.model_spec.name, self.data.dataset_label, self.config.data_dir)
-                self.folder = new_run_folder(self.config, default_name, self.dist)
+                self.folder = new_run_folder(self.config, self.default_name, self.dist)
                 self._lock(locked)
             try:
                 with InterruptGuard() as guard:
@@ -184,6 +192,11 @@ class Trainer:
             self.reporter = SilentReporter()
         if config.threads:
             torch.set_num_threads(config.threads)
+        elif self.device.type == "cpu" and not self.dist.enabled:  # ranks share the cores as launch() set them
+            from cnnctl.engine.threads import threads_for_this_process
+
+            self.thread_choice = threads_for_this_process()
+            torch.set_num_threads(self.thread_choice.threads)
         if self.device.type == "cpu":
             from cnnctl.engine.host_memory import reuse_freed_host_memory
 

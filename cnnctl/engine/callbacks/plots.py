@@ -1,4 +1,5 @@
-"""curves.png, and from the final evaluation (the test split, else the validation split) confusion.png and
+"""curves.png, lr-find.png (with ``--lr auto``), and from the final evaluation (the test split, else the
+validation split) confusion.png and
 predictions.png (``--no-plots`` skips them). Rank 0 only."""
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class Plots(Callback):
             return
         trainer.reporter.phase("plotting")
         result.plots = [plots.plot_curves(trainer.history, trainer.run_dir / "curves.png")]
+        if trainer.lr_sweep is not None:  # --lr auto
+            from cnnctl.lr_find import plot_lr_find
+
+            result.plots.append(plot_lr_find(trainer.lr_sweep, trainer.run_dir / "lr-find.png"))
         if self.final_test.evaluation is not None:  # the test split's, or the validation split's without one
             model, evaluation, images, split = self.final_test.evaluation
             data = trainer.data

@@ -25,6 +25,7 @@ class ProgressDisplay(Callback):
             "val": len(data.val) if data.val is not None else 0,
             "test": len(data.test) if data.test is not None else 0, "run_dir": str(trainer.run_dir),
             "epochs": config.epochs, "batch_size": config.batch_size,
+            "threads": trainer.thread_choice.note if trainer.thread_choice else "",
         })
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
