@@ -81,7 +81,14 @@ def _section(title: str, rows: Sequence[tuple[str, str]], width: int) -> list[st
 
 
 def _usage(command: Any, ctx: Any) -> str:
-    pieces = command.collect_usage_pieces(ctx)
+    """``Usage: cnnctl train [OPTIONS] [ARCH]``: arguments without a metavar in capitals, as in their section."""
+    names = [param.name for param in command.get_params(ctx)
+             if param.param_type_name == "argument" and param.metavar is None and param.name]
+    pieces = []
+    for piece in command.collect_usage_pieces(ctx):
+        for name in names:
+            piece = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", name.upper(), piece)
+        pieces.append(piece)
     return " ".join(["Usage:", ctx.command_path, *pieces])
 
 
