@@ -15,6 +15,7 @@ from cnnctl.cli._common import (
     complete_dataset,
     print_json,
     stderr_line,
+    wrap_fields,
 )
 from cnnctl.options import choice_settings
 
@@ -70,13 +71,14 @@ def eval_command(
     top_k = report.get("top_k", 5)
     topk_accuracy = report.get(f"top{top_k}", report.get("top5"))
     console = Console()
-    balance = (f"balanced accuracy {report['balanced_accuracy']:.2%}  macro-F1 {report['macro_f1']:.4f}  "
-               if "balanced_accuracy" in report else "")
-    console.print(f"{report['arch']} on {evaluated_on(report)} ({report['count']:,} images): "
-                  f"accuracy {report['accuracy']:.2%}  top-{top_k} {topk_accuracy:.2%}  {balance}"
-                  f"loss {report['loss']:.4f}  ECE {report['calibration']['ece']:.4f}"
-                  + (f"  (test-time augmentation: {tta})" if tta != "none" else ""), highlight=False,
-                  soft_wrap=True)
+    fields = [f"accuracy {report['accuracy']:.2%}", f"top-{top_k} {topk_accuracy:.2%}"]
+    if "balanced_accuracy" in report:
+        fields += [f"balanced accuracy {report['balanced_accuracy']:.2%}", f"macro-F1 {report['macro_f1']:.4f}"]
+    fields += [f"loss {report['loss']:.4f}", f"ECE {report['calibration']['ece']:.4f}"]
+    if tta != "none":
+        fields.append(f"(test-time augmentation: {tta})")
+    head = f"{report['arch']} on {evaluated_on(report)} ({report['count']:,} images):"
+    console.print(wrap_fields(head, fields, console.width), highlight=False, soft_wrap=True)
     table = Table(title_justify="left")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")

@@ -1,6 +1,5 @@
 """curves.png, lr-find.png (with ``--lr auto``), and from the final evaluation (the test split, else the
-validation split) confusion.png and
-predictions.png (``--no-plots`` skips them). Rank 0 only."""
+validation split) confusion.png and predictions.png (``--no-plots`` skips them). Rank 0 only."""
 
 from __future__ import annotations
 
