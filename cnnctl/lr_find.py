@@ -79,6 +79,7 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
     result = LrFindResult()
     with deterministic_mode(config.deterministic):
         trainer.setup()
+        plot_path = beside_runs(config, trainer.default_name) if plot is True else Path(plot) if plot else None
         model, optimizer, scaler = trainer.model, trainer.optimizer, trainer.scaler
         model.train()
         batches, average, lowest = iter(trainer.train_batches), 0.0, math.inf
@@ -116,17 +117,22 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
     if len(result.lrs) < 2:
         raise UsageError(f"lr-find could not sweep: {result.stopped}", hint="lower --start-lr")
     result.suggestion = suggest_lr(result.lrs, result.smoothed)
-    if plot:
-        result.plot = plot_lr_find(result, beside_runs(config, trainer.default_name) if plot is True else Path(plot))
+    if plot_path is not None:
+        result.plot = plot_lr_find(result, plot_path)
     return result
 
 
 def beside_runs(config: TrainConfig, default_name: str) -> Path:
-    """``OUT/NAME/lr-find.png``: next to the numbered run folders ``cnnctl train`` makes with these options."""
+    """``OUT/NAME/lr-find.png``: next to the numbered run folders ``cnnctl train`` makes with these options
+    (the folder is made now, before the sweep, so that a folder that cannot be written fails first)."""
     from cnnctl.engine.run_folder import run_name
 
     folder = Path(config.out) / run_name(config.name or default_name)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot write lr-find.png into {folder}: {error.strerror or error}",
+                         hint="pass --out DIR, or --plot PNG for another place") from None
     return folder / "lr-find.png"
 
 
