@@ -17,6 +17,8 @@ from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, coerce, label
 MONITORS = ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc")
 VALIDATION_ONLY_MONITORS = ("val_macro_f1", "val_balanced_acc")  # no train_ counterpart to fall back on
 AMP_DTYPES = ("auto", "fp16", "bf16")
+# Fine-tuning defaults, each measured against its alternatives in benchmarks/finetune.py (docs/pretrained.md).
+FINETUNE_CROP_SCALE = 0.35  # resized crops keep at least this share of the image: 0.08 (ImageNet's) loses digits
 
 
 class _OptimizerNames:
@@ -132,6 +134,9 @@ class _TrainConfigMethods:
             self.backbone_lr_scale = 0.1 if self.pretrained else 1.0
         if self.pretrained:
             self.grey_input = grey_input_mode(self)
+            self.head_init = self.head_init or "zero"
+            self.normalize = self.normalize or ("weights" if weights_for_config(self) else "data")
+            self.crop_scale = self.crop_scale or FINETUNE_CROP_SCALE
         if self.augment is None and (self.data_dir or self.dataset == "folder") and weights_for_config(self):
             self.augment = "resized-crop-flip"
 
@@ -141,8 +146,12 @@ class _TrainConfigMethods:
         from cnnctl.models.weights import ensure_weights_file, offline, weights_for_config
 
         weights = weights_for_config(self)
-        if self.grey_input is not None and not self.pretrained:
-            raise UsageError(f"{label('grey_input')} applies only with {label('pretrained')}")
+        for name in ("grey_input", "head_init", "normalize"):
+            if getattr(self, name) is not None and not self.pretrained:
+                raise UsageError(f"{label(name)} applies only with {label('pretrained')}")
+        if self.normalize == "weights" and weights is None:
+            raise UsageError(f"{label('normalize')} weights: the ImageNet preprocessing of {self.arch} is not known",
+                             hint=f"use {label('normalize')} data")
         if self.grey_input == "replicate" and weights is None:
             raise UsageError(f"{label('grey_input')} replicate applies to published weights ({label('pretrained')} "
                              "imagenet); a weights file meets grey images with its first convolution's filters "

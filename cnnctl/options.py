@@ -360,6 +360,19 @@ OPTIONS: tuple[Option, ...] = (
            "--weights-mirror / --mirror folder) \\[env: CNNCTL_OFFLINE=1]", panel=PRETRAINED, resumable=True),
     Option("backbone_lr_scale", float, DERIVED, "learning rate of every layer but the classifier, relative to "
            "--lr", panel=PRETRAINED, derived="0.1 with --pretrained, else 1", minimum=0, exclusive_min=True),
+    Option("head_init", str, DERIVED, "the new classifier's starting weights when --pretrained replaces it: zero "
+           "(every class equally likely, so the first loss is ln(classes) and the backbone gets no gradient until "
+           "the head has learned) or random (the architecture's own initialisation)", panel=PRETRAINED,
+           derived="zero with --pretrained", choices=lambda: ("zero", "random"),
+           synonyms=("classifier_init", "zero_head", "zero_init_head")),
+    Option("normalize", str, DERIVED, "the mean/std images are normalised with when fine-tuning: the weights' own "
+           "(those they were trained with) or the training images'", panel=PRETRAINED,
+           derived="weights when the architecture's ImageNet preprocessing is known, also for a weights file",
+           choices=lambda: ("weights", "data"), synonyms=("normalise", "mean_std", "input_stats")),
+    Option("crop_scale", float, DERIVED, "resized-crop augmentation: the smallest share of the image's area a "
+           "random crop keeps (torchvision's RandomResizedCrop scale=(crop_scale, 1))", panel=REGULARISE,
+           derived="0.08 (ImageNet's), or FINETUNE_CROP_SCALE with --pretrained", minimum=0, maximum=1,
+           exclusive_min=True, synonyms=("min_scale", "scale", "rrc_scale")),
     Option("grey_input", str, DERIVED, "grey images with colour weights: replicate (to 3 channels) or sum (the "
            "first convolution's filters)", panel=PRETRAINED,
            derived="replicate for published weights, sum for weight files",

@@ -194,6 +194,24 @@ def load_tensors(model: torch.nn.Module, spec: Any, tensors: dict[str, torch.Ten
     return report
 
 
+def initialise_new_head(model: torch.nn.Module, keys: list[str], mode: str,
+                        log: Callable[[str], None] | None = None) -> None:
+    """``--head-init``: ``zero`` sets the replaced classifier tensors ``keys`` to zero, so every class starts
+    equally likely (the first loss is exactly ln(classes)) instead of the large random logits a fresh layer
+    makes from pretrained features; the head's own gradient is not zero (features times the error), and the
+    backbone waits for the head to learn before it gets any. ``random`` keeps the architecture's initialisation."""
+    if mode != "zero" or not keys:
+        return
+    import torch
+
+    parameters = dict(model.named_parameters())
+    zeroed = [key for key in keys if key in parameters]  # not a head's BatchNorm statistics
+    with torch.no_grad():
+        for key in zeroed:
+            parameters[key].zero_()
+    (log or (lambda _: None))(f"pretrained: new classifier starts at zero ({', '.join(zeroed)})")
+
+
 def parameter_groups(model: torch.nn.Module, classifier: str, config: Any) -> Any:
     """``--backbone-lr-scale``: the optimizer's parameter groups, everything outside the classifier at
     ``scale`` times the learning rate (the schedule keeps the ratio); all parameters when the scale is 1."""
