@@ -5,6 +5,7 @@ The Python API mirrors the CLI (see docs/api.md)::
     import cnnctl
     run = cnnctl.train("lenet5", dataset="mnist", epochs=2)   # a FitResult; run.run_dir is the run folder
     model, preprocessing = cnnctl.load(run)                    # its best checkpoint, in eval mode
+    imagenet, _ = cnnctl.load_pretrained("tv:resnet50")        # ImageNet weights as a classifier, no training
     labels, probabilities = cnnctl.predict(model, ["digit.png"])
     cnnctl.export(run, "onnx")                                 # best.onnx + best.preprocessing.json
     numbers = cnnctl.evaluate(run, report="report")            # eval --json's numbers; report/index.html
@@ -20,17 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "train", "load", "predict", "export", "evaluate", "explain", "CnnctlError"]
+__all__ = ["__version__", "train", "load", "load_pretrained", "predict", "export", "evaluate", "explain",
+           "CnnctlError"]
 
 from cnnctl.errors import CnnctlError
 
 if TYPE_CHECKING:
-    from cnnctl.api import evaluate, explain, export, load, predict, train
+    from cnnctl.api import evaluate, explain, export, load, load_pretrained, predict, train
 else:
 
     def __getattr__(name: str) -> Any:
         """``cnnctl.train`` and friends live in cnnctl.api, imported on first use."""
-        if name in ("train", "load", "predict", "export", "evaluate", "explain"):
+        if name in ("train", "load", "load_pretrained", "predict", "export", "evaluate", "explain"):
             from cnnctl import api
 
             return getattr(api, name)

@@ -105,6 +105,26 @@ def load(path: str | os.PathLike[str], device: str = "cpu") -> tuple[torch.nn.Mo
     return load_for_inference(_as_path(path, "cnnctl.load"), device=device)
 
 
+def load_pretrained(arch: str, weights: str | os.PathLike[str] = "imagenet", device: str = "cpu", *,
+                    weights_mirror: str | None = None, offline: bool = False
+                    ) -> tuple[torch.nn.Module, Preprocessing]:
+    """An ImageNet classifier with no training, as ``(model, preprocessing)`` like :func:`load`: ``arch``
+    (``"tv:resnet50"``, ``"timm:tf_efficientnet_lite0"``) with ``weights`` — ``"imagenet"``, a weights name, or a
+    local ``.pth``/``.safetensors`` file (matched by name, or by order when its names are another library's).
+
+    ``model.cnnctl_meta.classes`` are the ImageNet class names, its preprocessing the weights' own, so
+    ``predict(model, "photo.jpg")`` works as for a checkpoint. Published weights are fetched and verified as for
+    ``train(pretrained=...)`` (``weights_mirror`` first; ``offline``: nothing is downloaded).
+    """
+    from types import SimpleNamespace
+
+    from cnnctl.models.imagenet_classifier import imagenet_classifier
+
+    model = imagenet_classifier(arch, os.fspath(weights), device=device,
+                                config=SimpleNamespace(weights_mirror=weights_mirror, offline=offline))
+    return model, model.cnnctl_meta.preprocessing
+
+
 def predict(model_or_path: Any, images: Any, *, device: str = "cpu",
             tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """Classify ``images`` — an image file, a folder, a list of them, or a uint8 tensor (C×H×W or N×C×H×W at the

@@ -35,13 +35,14 @@ class CheckpointMeta:
     metrics: dict[str, float] | None = None
     versions: dict[str, str] | None = None
     config: dict[str, Any] | None = None  # the training options (to rebuild the validation split, to resume)
+    pretrained: dict[str, Any] | None = None  # the weights it started from (PretrainedReport.to_dict())
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def to_json(self) -> str:
-        return json.dumps(
+        document = (
             {
                 "format": FORMAT_VERSION,
                 "arch": self.arch,
@@ -58,6 +59,9 @@ class CheckpointMeta:
                 "config": self.config or {},
             }
         )
+        if self.pretrained:  # absent otherwise: a checkpoint trained from scratch reads as before
+            document["pretrained"] = self.pretrained
+        return json.dumps(document)
 
     @classmethod
     def from_json(cls, text: str, *, source: str) -> CheckpointMeta:
@@ -76,6 +80,7 @@ class CheckpointMeta:
             metrics=data["metrics"],
             versions=data["versions"],
             config=data["config"],
+            pretrained=data["pretrained"] or None,
         )
 
 

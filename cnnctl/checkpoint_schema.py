@@ -263,7 +263,18 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
         "metrics": metrics,
         "versions": versions,
         "config": check.obj(data.get("config"), "config", optional=True),
+        "pretrained": _pretrained(check.obj(data.get("pretrained"), "pretrained", optional=True), check),
     }
+
+
+def _pretrained(found: dict[str, Any], check: _Checker) -> dict[str, Any]:
+    """The weights a run started from; its order mapping (file key → model key) must be names."""
+    mapping = check.obj(found.get("mapping"), "pretrained.mapping", optional=True)
+    if len(mapping) > MAX_TENSORS:
+        raise check.fail("pretrained.mapping", f"has {len(mapping):,} pairs (at most {MAX_TENSORS:,})")
+    for theirs, ours in mapping.items():
+        check.text(ours, f"pretrained.mapping[{_short(theirs)}]", limit=MAX_TEXT)
+    return found
 
 
 def _model_spec(arch: str, check: _Checker) -> Any:

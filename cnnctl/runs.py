@@ -93,7 +93,8 @@ def resolve_checkpoint(target: str | None, *, runs: str | Path = DEFAULT_RUNS,
         raise CheckpointError(
             f"{target} is a PyTorch pickle file: cnnctl never unpickles files (loading one can run any code it "
             "holds); it evaluates, predicts with and exports its own .safetensors checkpoints",
-            hint=f"to start training from these weights: cnnctl train ARCH --pretrained {target}")
+            hint=f"to start training from these weights: cnnctl train ARCH --pretrained {target}; to classify "
+                 f"with ImageNet weights: cnnctl predict {target} --arch ARCH PATH...")
     if path.is_dir() and checkpoint_in(path) is None:
         run = latest_run(path)
         if run is not None:

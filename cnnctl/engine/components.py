@@ -16,20 +16,22 @@ if TYPE_CHECKING:
     from cnnctl.data.base import ImageTensors
     from cnnctl.data.splits import PreparedData
     from cnnctl.engine.distributed import DistContext
+    from cnnctl.models.pretrained import PretrainedReport
     from cnnctl.registry import ModelSpec
 
 
 def build_model(config: TrainConfig, spec: ModelSpec, data: PreparedData, device: torch.device,
-                log: Any) -> torch.nn.Module:
-    """The architecture for the data's classes and channels, on ``device``, with --pretrained weights and in
-    channels-last memory when that is faster (measured on a CPU, see :func:`choose_channels_last`; unless
-    --channels-last / --no-channels-last says)."""
+                log: Any) -> tuple[torch.nn.Module, PretrainedReport | None]:
+    """The architecture for the data's classes and channels, on ``device``, with --pretrained weights (and
+    what was loaded, for the checkpoints' metadata) and in channels-last memory when that is faster (measured
+    on a CPU, see :func:`choose_channels_last`; unless --channels-last / --no-channels-last says)."""
     import torch
 
     from cnnctl.models import build_model as build_architecture
 
     model = build_architecture(config.arch, num_classes=len(data.classes), in_channels=data.preprocessing.channels,
                                **config.arch_args).to(device)
+    report = None
     if config.pretrained:
         from cnnctl.models.pretrained import initialise_new_head, load_pretrained
 
@@ -40,7 +42,7 @@ def build_model(config: TrainConfig, spec: ModelSpec, data: PreparedData, device
                                                     device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model
+    return model, report
 
 
 # The memory format measured, not assumed: on one CPU (AMD EPYC) LeNet-5 + BatchNorm trained 2.5x slower in

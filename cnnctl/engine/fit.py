@@ -78,6 +78,7 @@ class Trainer:
         self.improvement: tuple[bool, bool, list[int]] = (False, False, [])  # MetricTracker.update of this epoch
         self.device = self.data = self.model = None  # set by setup(), with the optimizer, schedule, batches
         self.averaged: Any = None  # --ema: the AveragedModel that validation and checkpoints use
+        self.pretrained: Any = None  # --pretrained: the PretrainedReport the checkpoints' metadata keeps
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
 
     @classmethod
@@ -193,7 +194,8 @@ class Trainer:
         self.monitor = config.monitor if self.data.val is not None else config.monitor.replace("val_", "train_")
         if self.monitor != config.monitor:
             self.reporter.message(f"no validation split: best.safetensors is chosen by {self.monitor}")
-        model = components.build_model(config, self.model_spec, self.data, self.device, self.reporter.message)
+        model, self.pretrained = components.build_model(config, self.model_spec, self.data, self.device,
+                                                        self.reporter.message)
         self.model = distributed.wrap_model(model, self.dist, self.device, sync_bn=config.sync_bn,
                                             find_unused=config.freeze_epochs > 0)
         self.head_only = HeadOnlyPhase(unwrap(self.model), self.model_spec.classifier, config.freeze_epochs)

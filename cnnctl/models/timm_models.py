@@ -143,6 +143,24 @@ def resolve_timm(spec: ModelSpec, value: str) -> Any:
     )
 
 
+def timm_class_names(name: str) -> list[str]:
+    """The class names of timm weights ``name`` (``tf_efficientnet_lite0.in1k``): the ``label_names`` of their
+    pretrained_cfg, else timm's bundled ImageNet descriptions for the label set it infers (ImageNet-1k, -12k,
+    -22k; offline), else the class indices."""
+    cfg = pretrained_cfg(name)
+    if cfg is not None and cfg.label_names:
+        return [str(label) for label in cfg.label_names]
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    count = int(cfg.num_classes) if cfg is not None and cfg.num_classes else 1000
+    subset = infer_imagenet_subset(cfg.to_dict() if cfg is not None else {"num_classes": count})
+    if subset:
+        info = ImageNetInfo(subset)
+        if info.num_classes() == count:
+            return [info.index_to_description(index) for index in range(count)]
+    return [str(index) for index in range(count)]
+
+
 def _in_folder(folder: Path, hub_id: str) -> Path | None:
     for name in HF_FILES:
         candidate = folder / hub_id / name
