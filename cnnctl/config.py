@@ -18,7 +18,8 @@ MONITORS = ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc")
 VALIDATION_ONLY_MONITORS = ("val_macro_f1", "val_balanced_acc")  # no train_ counterpart to fall back on
 AMP_DTYPES = ("auto", "fp16", "bf16")
 # Fine-tuning defaults, each measured against its alternatives in benchmarks/finetune.py (docs/pretrained.md).
-FINETUNE_CROP_SCALE = 0.35  # resized crops keep at least this share of the image: 0.08 (ImageNet's) loses digits
+FINETUNE_CROP_SCALE = 0.6  # resized crops keep at least this share of the image (ImageNet training: 0.08)
+FINETUNE_LABEL_SMOOTHING = 0.1
 
 
 class _OptimizerNames:
@@ -51,7 +52,8 @@ class _TrainConfigMethods:
             return self.lr
         from cnnctl.engine.optim import get_optimizer
 
-        return get_optimizer(self.optimizer).default_lr(self.scheduler, self._is_lenet_sized())
+        return get_optimizer(self.optimizer).default_lr(self.scheduler, self._is_lenet_sized(),
+                                                        pretrained=bool(self.pretrained))
 
     def _is_lenet_sized(self) -> bool:
         from cnnctl.registry import get_model_spec
@@ -138,6 +140,8 @@ class _TrainConfigMethods:
             self.head_init = self.head_init or "zero"
             self.normalize = self.normalize or ("weights" if imagenet else "data")
             self.crop_scale = self.crop_scale or FINETUNE_CROP_SCALE
+        if self.label_smoothing is None:
+            self.label_smoothing = FINETUNE_LABEL_SMOOTHING if self.pretrained else 0.0
         if self.augment is None and (self.data_dir or self.dataset == "folder") and imagenet:
             self.augment = "resized-crop-flip"
 
