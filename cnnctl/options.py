@@ -373,7 +373,7 @@ OPTIONS: tuple[Option, ...] = (
            choices=lambda: ("weights", "data"), synonyms=("normalise", "mean_std", "input_stats")),
     Option("crop_scale", float, DERIVED, "resized-crop augmentation: the smallest share of the image's area a "
            "random crop keeps (torchvision's RandomResizedCrop scale=(crop_scale, 1))", panel=REGULARISE,
-           derived="0.08 (ImageNet's), or FINETUNE_CROP_SCALE with --pretrained", minimum=0, maximum=1,
+           derived="0.6 with --pretrained, else 0.08 (ImageNet training's)", minimum=0, maximum=1,
            exclusive_min=True, synonyms=("min_scale", "scale", "rrc_scale")),
     Option("grey_input", str, DERIVED, "grey images with colour weights: replicate (to 3 channels) or sum (the "
            "first convolution's filters)", panel=PRETRAINED,

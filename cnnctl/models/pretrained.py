@@ -221,7 +221,11 @@ def initialise_new_head(model: torch.nn.Module, keys: list[str], mode: str,
     import torch
 
     parameters = dict(model.named_parameters())
-    zeroed = [key for key in keys if key in parameters]  # not a head's BatchNorm statistics
+    layers = [key.rpartition(".")[0] for key in keys if key in parameters]  # not a head's BatchNorm statistics
+    if not layers:
+        return
+    # only the output layer: a zero hidden layer too would leave every gradient of the head at zero
+    zeroed = [key for key in keys if key in parameters and key.rpartition(".")[0] == layers[-1]]
     with torch.no_grad():
         for key in zeroed:
             parameters[key].zero_()
