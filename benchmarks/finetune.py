@@ -106,6 +106,7 @@ def train(name: str, arch: str, data: Path, out: Path, extra: list[str], threads
           ) -> dict[str, object]:
     """One ``cnnctl train`` process with the defaults plus ``extra``; its numbers. A run of that name already
     finished under ``out`` (an earlier, interrupted invocation) is read instead of trained again."""
+    name = name if seed == 0 else f"{name} seed {seed}"
     command = [sys.executable, "-m", "cnnctl", "train", arch, "--data", str(data), "--epochs", str(EPOCHS),
                "--threads", str(threads), "--seed", str(seed), "--out", str(out), "--name", name.replace(" ", "-"),
                "--no-plots",
