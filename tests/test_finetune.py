@@ -93,3 +93,14 @@ def test_zero_head_initialisation_touches_only_the_output_layer() -> None:
     assert loss.item() == pytest.approx(math.log(3))
     loss.backward()
     assert head[2].weight.grad.abs().sum() > 0  # the output layer learns from its first step
+
+
+def test_fine_tuning_input_size_follows_the_images() -> None:
+    """Small images are upscaled to at least 96, sizes round up to the networks' stride of 32, and nothing goes
+    above the size the weights were trained at."""
+    from cnnctl.models.weights import finetune_image_size
+
+    assert [finetune_image_size(side, 224) for side in (8, 28, 96, 100, 150, 224, 500)] == \
+        [96, 96, 96, 128, 160, 224, 224]
+    assert finetune_image_size(None, 224) == 224  # no readable header: the weights' own size
+    assert finetune_image_size(28, 64) == 64  # weights trained at less than 96 keep their size
