@@ -15,6 +15,7 @@ matrix     with cnnctl's defaults, ``--epochs 5``: tf_efficientnet_lite0 from th
            network from scratch, and lenet5, resnet18 (``--img-size 32``, cnnctl's CIFAR-sized ResNet) and
            mobilenet_v3_small from scratch.
 ablation   on mnist4: the pretrained lite0 with the defaults, then with one default switched back at a time.
+sizes      the time of a lite0 training step at each input size, measured side by side in one process.
 
 Every run is its own ``cnnctl train`` process (seed --seed, --threads T); --jobs 2 runs two at a time (each
 --threads 1), which on a loaded machine finishes sooner than one at a time on 2 threads. Reported per run:
@@ -164,9 +165,34 @@ def run_all(jobs: list[tuple[str, str, Path, list[str]]], out: Path, parallel: i
         return list(pool.map(one, jobs))
 
 
+def step_times(sizes: list[int], threads: int, batch: int = 16, turns: int = 3) -> dict[int, float]:
+    """Seconds per training step (forward + backward + Adam) of lite0 on a batch of ``batch`` at each input size,
+    the sizes interleaved turn by turn in one process (best of ``turns``), so that they share the machine's load:
+    the time cost of the input size as ratios measured side by side."""
+    import timm
+    import torch
+
+    torch.set_num_threads(threads)
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    labels = torch.zeros(batch, dtype=torch.long)
+    best = {size: float("inf") for size in sizes}
+    for _ in range(turns + 1):  # the first turn warms up (oneDNN builds its kernels per shape)
+        for size in sizes:
+            inputs = torch.randn(batch, 3, size, size)
+            started = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            best[size] = min(best[size], time.perf_counter() - started) if _ else best[size]
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("folders", "matrix", "ablation"))
+    parser.add_argument("--only", choices=("folders", "matrix", "ablation", "sizes"))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 96, 128, 160, 224])
     parser.add_argument("--folders", nargs="+", default=["mnist4", "digits"], choices=["mnist4", "digits"])
     parser.add_argument("--archs", nargs="+", default=[label for label, *_ in MATRIX],
                         choices=[label for label, *_ in MATRIX])
@@ -181,6 +207,19 @@ def main() -> None:
     parser.add_argument("--ablation-first", action="store_true",
                         help="run the pretrained matrix rows, then the ablation, then the rest of the matrix")
     args = parser.parse_args()
+    if args.only == "sizes":
+        load_before = load_average()
+        times = step_times(args.sizes, args.threads)
+        text = "\n".join(f"lite0 training step, batch 16 at {size}x{size}: {seconds * 1000:.0f} ms, "
+                         f"{seconds / times[96]:.2f}x the time at 96" if 96 in times else
+                         f"lite0 training step, batch 16 at {size}x{size}: {seconds * 1000:.0f} ms"
+                         for size, seconds in times.items())
+        text += f"\n(best of 3 interleaved turns, --threads {args.threads}, load {load_before} -> {load_average()})"
+        print(text)
+        if args.log is not None:
+            with open(args.log, "a") as handle:
+                handle.write(text + "\n")
+        return
     folders = build_folders(args.work)
     if args.only == "folders":
         print("\n".join(f"{name}: {path}" for name, path in folders.items()))
