@@ -104,3 +104,18 @@ def test_fine_tuning_input_size_follows_the_images() -> None:
         [96, 96, 96, 128, 160, 224, 224]
     assert finetune_image_size(None, 224) == 224  # no readable header: the weights' own size
     assert finetune_image_size(28, 64) == 64  # weights trained at less than 96 keep their size
+
+
+def test_fine_tuning_options_without_imagenet_weights_are_one_line(tmp_path: Path) -> None:
+    from test_cli_errors import assert_one_line_error, run_cli
+
+    assert_one_line_error(run_cli("train", "lenet5", "--head-init", "zero", "--out", str(tmp_path)),
+                          "--head-init applies only with --pretrained")
+    own = tmp_path / "own.safetensors"  # a lenet5 checkpoint is no ImageNet file: its preprocessing is unknown
+    from safetensors.torch import save_file
+
+    from cnnctl.models import build_model
+
+    save_file(build_model("lenet5", num_classes=4, in_channels=1).state_dict(), str(own))
+    assert_one_line_error(run_cli("train", "lenet5", "--pretrained", str(own), "--normalize", "weights", "--out",
+                                  str(tmp_path)), "--normalize weights applies to ImageNet weights")
