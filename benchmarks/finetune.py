@@ -158,7 +158,7 @@ def run_all(jobs: list[tuple[str, str, Path, list[str]]], out: Path, parallel: i
         print(text, flush=True)
         if log is not None:
             with open(log, "a") as handle:
-                handle.write(text + "\n" + f"    $ cnnctl {result.get('command', '')}\n")
+                handle.write(text + "\n" + f"    $ {result.get('command', '')}\n")
         return result
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
