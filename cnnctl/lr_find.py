@@ -93,7 +93,7 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
                 batches = iter(trainer.train_batches)
                 inputs, labels = next(batches)
             with trainer.precision.autocast():
-                loss = F.cross_entropy(model(inputs), labels, label_smoothing=config.label_smoothing)
+                loss = F.cross_entropy(model(inputs), labels, label_smoothing=config.label_smoothing or 0.0)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip:

@@ -33,9 +33,10 @@ def build_model(config: TrainConfig, spec: ModelSpec, data: PreparedData, device
                                **config.arch_args).to(device)
     report = None
     if config.pretrained:
-        from cnnctl.models.pretrained import load_pretrained
+        from cnnctl.models.pretrained import initialise_new_head, load_pretrained
 
         report = load_pretrained(model, spec, config.pretrained, log=log, config=config)
+        initialise_new_head(model, report.reinitialised, config.head_init or "random", log)
     if config.channels_last is None:
         config.channels_last = choose_channels_last(model, data.preprocessing.input_shape, config.batch_size or 1,
                                                     device)
@@ -166,7 +167,8 @@ def build_loaders(config: TrainConfig, data: PreparedData, device: torch.device,
 
     augment_name = config.augment or get_dataset_spec(data.dataset_label).augment  # the dataset's default
     settings = AugmentSettings(channels=data.preprocessing.channels,
-                               randaugment_magnitude=config.randaugment_magnitude)
+                               randaugment_magnitude=config.randaugment_magnitude,
+                               crop_scale=config.crop_scale or AugmentSettings.crop_scale)
     augment = make_augmentation(augment_name, data.preprocessing.image_size, settings,
                                 random_erasing=config.random_erasing)
     mix = make_mixing(config.mixup, config.cutmix, len(data.classes))

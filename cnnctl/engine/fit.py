@@ -316,7 +316,7 @@ class Trainer:
                 with self.precision.autocast():
                     logits = model(inputs)
                     loss = F.cross_entropy(logits, labels, weight=self.class_weights,
-                                           label_smoothing=config.label_smoothing)
+                                           label_smoothing=config.label_smoothing or 0.0)
                 optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if config.grad_clip:

@@ -229,6 +229,28 @@ def load_tensors(model: torch.nn.Module, spec: Any, tensors: dict[str, torch.Ten
     return report
 
 
+def initialise_new_head(model: torch.nn.Module, keys: list[str], mode: str,
+                        log: Callable[[str], None] | None = None) -> None:
+    """``--head-init``: ``zero`` sets the replaced classifier tensors ``keys`` to zero, so every class starts
+    equally likely (the first loss is exactly ln(classes)) instead of the large random logits a fresh layer
+    makes from pretrained features; the head's own gradient is not zero (features times the error), and the
+    backbone waits for the head to learn before it gets any. ``random`` keeps the architecture's initialisation."""
+    if mode != "zero" or not keys:
+        return
+    import torch
+
+    parameters = dict(model.named_parameters())
+    layers = [key.rpartition(".")[0] for key in keys if key in parameters]  # not a head's BatchNorm statistics
+    if not layers:
+        return
+    # only the output layer: a zero hidden layer too would leave every gradient of the head at zero
+    zeroed = [key for key in keys if key in parameters and key.rpartition(".")[0] == layers[-1]]
+    with torch.no_grad():
+        for key in zeroed:
+            parameters[key].zero_()
+    (log or (lambda _: None))(f"pretrained: new classifier starts at zero ({', '.join(zeroed)})")
+
+
 # The last part of a tensor's name that says what it is; paired by order, these must agree (a BatchNorm's four
 # vectors have the same shape, so the shape alone cannot tell a weight from a running mean).
 ROLE_NAMES = ("weight", "bias", "running_mean", "running_var")
