@@ -14,9 +14,7 @@ from typing import Any
 from cnnctl.errors import UsageError
 from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, coerce, label
 
-MONITORS = ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc")
 VALIDATION_ONLY_MONITORS = ("val_macro_f1", "val_balanced_acc")  # no train_ counterpart to fall back on
-AMP_DTYPES = ("auto", "fp16", "bf16")
 
 
 class _OptimizerNames:

@@ -53,12 +53,6 @@ REDUCING_GAP = 2.0
 # libjpeg's 1/8 scale (one pixel per 8x8 block) came out 2-2.7 grey levels from the full decode after a resize to
 # 64x64, where 1/2 and 1/4 stay within 0.5, and it decodes only ~12% faster than 1/4: 1/4 is the smallest scale.
 MAX_JPEG_REDUCTION = 4
-PREPROCESSING_NOTES = (
-    "EXIF orientation applied (as PIL.ImageOps.exif_transpose)",
-    "animated images: first frame",
-    "alpha dropped, palettes expanded",
-    "grey = (19595 R + 38470 G + 7471 B + 32768) >> 16, as PIL convert('L')",
-)
 
 
 @dataclass(frozen=True)
@@ -308,11 +302,6 @@ def _decode_full(data: bytes, path: Path, header: ImageHeader) -> torch.Tensor:
 
         image = TF.to_dtype(image, torch.uint8, scale=True)
     return image
-
-
-def describe_header(header: ImageHeader) -> dict[str, Any]:
-    return {"format": header.format, "width": header.width, "height": header.height, "mode": header.mode,
-            "animated": header.animated}
 
 
 def is_grey(images: torch.Tensor) -> torch.Tensor:

@@ -249,9 +249,6 @@ def published_state_dict(weights: PublishedWeights, path: Path) -> dict[str, Any
 # a training run's view
 
 
-GREY_INPUT_MODES = ("replicate", "sum")
-
-
 @functools.lru_cache(maxsize=16)
 def resolve_cached(arch: str, value: str) -> PublishedWeights:
     """:func:`resolve`, once per run (data preparation and model loading both need it)."""
