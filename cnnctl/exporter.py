@@ -85,8 +85,8 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
     Raises ``CnnctlError`` when the outputs differ by more than ``tolerance``; then nothing is written.
     """
     from cnnctl.checkpoint import existing_checkpoint
+    from cnnctl.checkpoint import load as load_checkpoint
     from cnnctl.fsutil import atomic_write_bytes, atomic_write_text
-    from cnnctl.models import load_checkpoint
 
     info = get_format(format)
     format = info.name

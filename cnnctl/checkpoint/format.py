@@ -1,6 +1,7 @@
-"""Checkpoints: safetensors files whose metadata is enough to rebuild the model and its preprocessing.
+"""The checkpoint file: a safetensors file, its bounded header read, writing it atomically, reading its tensors.
 
-Tensor names are the model's own ``state_dict()`` keys, so a file also loads into the plain model with
+The lowest floor of the checkpoint package (format -> schema -> load). Tensor names are the model's own
+``state_dict()`` keys, so a file also loads into the plain model with
 ``model.load_state_dict(safetensors.torch.load_file(path))``. Metadata is one JSON document under the key
 ``cnnctl``. Nothing here ever unpickles.
 """
@@ -9,80 +10,33 @@ from __future__ import annotations
 
 import json
 import platform
+import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.data.base import Preprocessing
 from cnnctl.errors import CheckpointError, first_line
+from cnnctl.fsutil import atomic_path, os_reason
+from cnnctl.version import __version__
 
 if TYPE_CHECKING:
     import torch
 
+    from cnnctl.checkpoint.schema import CheckpointMeta
+
 FORMAT_VERSION = 1
 METADATA_KEY = "cnnctl"
-
-
-@dataclass
-class CheckpointMeta:
-    arch: str
-    arch_args: dict[str, Any]
-    classes: list[str]
-    preprocessing: Preprocessing
-    dataset: str | None = None
-    data_dir: str | None = None
-    epoch: int | None = None
-    metrics: dict[str, float] | None = None
-    versions: dict[str, str] | None = None
-    config: dict[str, Any] | None = None  # the training options (to rebuild the validation split, to resume)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": FORMAT_VERSION,
-                "arch": self.arch,
-                "arch_args": self.arch_args,
-                "num_classes": self.num_classes,
-                "classes": self.classes,
-                "preprocessing": self.preprocessing.to_dict(),
-                "input_shape": list(self.preprocessing.input_shape),
-                "dataset": self.dataset,
-                "data_dir": self.data_dir,
-                "epoch": self.epoch,
-                "metrics": self.metrics or {},
-                "versions": self.versions or versions(),
-                "config": self.config or {},
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str, *, source: str) -> CheckpointMeta:
-        """Parse metadata checked against the schema (``checkpoint_schema``): a bad field is one error naming it."""
-        from cnnctl.checkpoint_schema import parse_document
-
-        data = parse_document(text, source)
-        return cls(
-            arch=data["arch"],
-            arch_args=data["arch_args"],
-            classes=data["classes"],
-            preprocessing=Preprocessing.from_dict(data["preprocessing"]),
-            dataset=data["dataset"],
-            data_dir=data["data_dir"],
-            epoch=data["epoch"],
-            metrics=data["metrics"],
-            versions=data["versions"],
-            config=data["config"],
-        )
+MAX_HEADER_BYTES = 16 * 2**20  # a ResNet-50 header is ~40 KB; safetensors itself allows 100 MB
+MAX_TENSORS = 50_000  # DenseNet-121 has ~1,000
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+COUNTER_DTYPES = ("I64", "I32")  # BatchNorm's num_batches_tracked
+COUNTER_SUFFIX = "num_batches_tracked"
+DAMAGED_HINT = "the file is damaged or was not written by cnnctl; train again or use the original file"
 
 
 def versions() -> dict[str, str]:
     import torch
-
-    from cnnctl import __version__
 
     found = {"cnnctl": __version__, "torch": torch.__version__, "python": platform.python_version()}
     try:
@@ -111,42 +65,14 @@ def save(path: str | Path, model: torch.nn.Module, meta: CheckpointMeta) -> Path
     """Write ``model``'s weights and ``meta`` atomically to ``path``."""
     from safetensors.torch import save_file
 
-    from cnnctl.fsutil import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(state_tensors(model), str(tmp), metadata={METADATA_KEY: meta.to_json()})
     return path
 
 
-def read_meta(path: str | Path) -> CheckpointMeta:
-    """Read only the metadata (the safetensors header, not the tensors), checked against the schema and against
-    the tensors the header lists, so nothing is built from a checkpoint that does not add up."""
-    path = existing_checkpoint(path)
-    from safetensors import safe_open
-
-    from cnnctl.checkpoint_schema import check_tensors, read_header
-
-    header = read_header(path)  # bounded: refuses a huge header before parsing it
-    try:
-        with safe_open(str(path), framework="pt"):
-            pass
-    except Exception as error:  # safetensors raises its own error types for a bad header
-        raise _not_safetensors(path, error) from error
-    if METADATA_KEY not in header.metadata:
-        raise CheckpointError(
-            f"{path} is a safetensors file without cnnctl metadata",
-            hint="only checkpoints written by `cnnctl train` can be used here; use --pretrained for other weights",
-        )
-    meta = CheckpointMeta.from_json(header.metadata[METADATA_KEY], source=str(path))
-    check_tensors(meta, header.tensors, str(path))
-    return meta
-
-
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
-
-    from cnnctl.checkpoint_schema import check_dtypes, read_header
 
     path = existing_checkpoint(path)
     check_dtypes(read_header(path).tensors, str(path))  # bounded, before safetensors parses the header itself
@@ -156,38 +82,14 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise _not_safetensors(path, error) from error
 
 
-def load(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, CheckpointMeta]:
-    """The model a checkpoint describes, with its weights, in eval mode, and its meta. Building the model is the
-    models package's job (:func:`cnnctl.models.load_checkpoint`); this name stays for the callers of the file
-    API."""
-    from cnnctl.models import load_checkpoint
-
-    return load_checkpoint(path, device=device)
-
-
-def load_weights_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
-    """Load exactly matching weights, or raise one error that says what does not match."""
-    from cnnctl.checkpoint_schema import shape_problems
-
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    problems = shape_problems(expected, {name: tuple(tensor.shape) for name, tensor in tensors.items()})
-    if problems:
-        raise CheckpointError(f"{source} does not match its architecture: {'; '.join(problems)}")
-    model.load_state_dict(tensors, strict=True)
-
-
 def existing_checkpoint(path: str | Path) -> Path:
     """The checkpoint file ``path`` names: the file itself, or a run folder's best (else last) checkpoint."""
-    import stat
-
     path = Path(path)
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
         mode = None
     except OSError as error:  # permission denied on a folder on the way, a name too long, ...
-        from cnnctl.fsutil import os_reason
-
         raise CheckpointError(f"cannot read checkpoint {path}: {os_reason(error)}",
                               hint="check the permissions of the file and its folders") from error
     if mode is not None and stat.S_ISDIR(mode):
@@ -201,7 +103,91 @@ def existing_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def _not_safetensors(path: Path, error: Exception) -> CheckpointError:
-    from cnnctl.checkpoint_schema import not_safetensors
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
 
+
+@dataclass(frozen=True)
+class Header:
+    """A safetensors header: the string metadata and each tensor's dtype and shape (no tensor data read)."""
+
+    metadata: dict[str, str]
+    tensors: dict[str, TensorInfo]
+
+
+def not_safetensors(path: Path | str, reason: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable safetensors checkpoint ({reason[:160]})",
+                           hint="it may be truncated or another format; cnnctl never unpickles checkpoints")
+
+
+def read_header(path: Path) -> Header:
+    """Parse the header, refusing a header over ``MAX_HEADER_BYTES`` or ``MAX_TENSORS`` before parsing it
+    (its length is the file's first 8 bytes), and one whose offsets point past the end of the file."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(0)
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise not_safetensors(path, f"{size} bytes, shorter than a safetensors header")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > MAX_HEADER_BYTES:
+                raise not_safetensors(path, f"its header claims {length:,} bytes, more than the "
+                                            f"{MAX_HEADER_BYTES:,} cnnctl reads")
+            if length > size - 8:
+                raise not_safetensors(path, f"its header claims {length:,} bytes but the file has {size:,}")
+            raw = handle.read(length)
+    except PermissionError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: permission denied",
+                              hint="check the file's permissions") from error
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {os_reason(error)}") from error
+    if raw.count(b'"data_offsets"') > MAX_TENSORS + 1:  # counted before parsing: a huge table costs seconds
+        raise not_safetensors(path, f"it lists more than {MAX_TENSORS:,} tensors, the most cnnctl accepts")
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise not_safetensors(path, "its header is nested too deeply") from None
+    except ValueError as error:
+        raise not_safetensors(path, f"its header is not JSON: {error}") from error
+    if not isinstance(document, dict):
+        raise not_safetensors(path, "its header is not a JSON object")
+    metadata = document.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise not_safetensors(path, "its __metadata__ is not a map of strings")
+    if len(document) > MAX_TENSORS:
+        raise not_safetensors(path, f"it lists more than {MAX_TENSORS:,} tensors, the most cnnctl accepts")
+    tensors: dict[str, TensorInfo] = {}
+    data_size = size - 8 - length
+    for name, entry in document.items():
+        try:
+            dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            valid = (isinstance(dtype, str) and isinstance(shape, list)
+                     and all(_is_int(d) and d >= 0 for d in shape) and _is_int(start) and _is_int(end)
+                     and 0 <= start <= end <= data_size)
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise not_safetensors(path, f"tensor {name!r} has a damaged entry or lies past the end of the file")
+        tensors[name] = TensorInfo(dtype, tuple(shape))
+    return Header(metadata, tensors)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_dtypes(tensors: dict[str, TensorInfo], source: str) -> None:
+    """Weights are floating point (int8, bool or fp8 "weights" would load and predict nonsense); only BatchNorm's
+    batch counters are integers."""
+    for name in sorted(tensors):
+        allowed = COUNTER_DTYPES if name.endswith(COUNTER_SUFFIX) else FLOAT_DTYPES
+        if tensors[name].dtype not in allowed:
+            raise CheckpointError(f"{source}: tensor {name} is {tensors[name].dtype}; weights must be "
+                                  f"{'/'.join(allowed)}", hint=DAMAGED_HINT)
+
+
+def _not_safetensors(path: Path, error: Exception) -> CheckpointError:
     return not_safetensors(path, first_line(error, 120))

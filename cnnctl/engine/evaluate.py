@@ -129,10 +129,10 @@ def open_evaluation(path: Any, *, dataset: str | None = None, split: str = "test
                     root: str | None = None, mirror: str | None = None, device: str = "auto", log: Any = None,
                     data_dir: str | None = None) -> Evaluation:
     """Load a checkpoint and the split it should be evaluated on; every other setting comes from its metadata."""
+    from cnnctl.checkpoint import load as load_checkpoint
     from cnnctl.data.loader import BatchLoader
     from cnnctl.data.splits import eval_split
     from cnnctl.engine.device import resolve_device
-    from cnnctl.models import load_checkpoint
 
     torch_device = resolve_device(device)
     model, meta = load_checkpoint(path, device=torch_device)

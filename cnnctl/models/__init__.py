@@ -18,24 +18,6 @@ def build_model(name: str, *, num_classes: int, in_channels: int, **arch_args: A
     return spec.builder(num_classes=num_classes, in_channels=in_channels, **args)
 
 
-def build_from_meta(meta: Any) -> Any:
-    """The untrained model a checkpoint's metadata describes (architecture, its arguments, classes, channels)."""
-    return build_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.preprocessing.channels,
-                       **meta.arch_args)
-
-
-def load_checkpoint(path: Any, *, device: Any = "cpu") -> tuple[Any, Any]:
-    """Rebuild the model a checkpoint describes, load its weights (exactly matching), and return it in eval mode
-    on ``device`` with its :class:`~cnnctl.checkpoint.CheckpointMeta`."""
-    from cnnctl import checkpoint
-
-    meta = checkpoint.read_meta(path)
-    tensors = checkpoint.read_tensors(path)
-    model = build_from_meta(meta)
-    checkpoint.load_weights_strict(model, tensors, source=str(path))
-    return model.to(device).eval(), meta
-
-
 def arch_options(spec: Any) -> set[str]:
     """The builder arguments an architecture accepts besides ``num_classes``/``in_channels``: its builder's
     named parameters, plus ``default_args`` for builders that pass options through (the torchvision zoo)."""

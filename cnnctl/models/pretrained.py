@@ -61,7 +61,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     refuses arbitrary pickled objects; a cnnctl run folder means its best checkpoint."""
     path = Path(path)
     if path.is_dir():
-        from cnnctl.checkpoint import existing_checkpoint
+        from cnnctl.checkpoint.format import existing_checkpoint
 
         path = existing_checkpoint(path)
     if not path.is_file():
@@ -69,7 +69,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
                               hint="pass a weights file, or `--pretrained imagenet` for the published weights")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from cnnctl.checkpoint import read_tensors
+        from cnnctl.checkpoint.format import read_tensors
 
         return read_tensors(path)
     if suffix not in TORCH_SUFFIXES:

@@ -37,10 +37,10 @@ class FinalTest(Callback):
 
     def run_test(self, trainer: Trainer, fingerprints: list[str]) -> dict[str, Any]:
         from cnnctl import checkpoint
+        from cnnctl.checkpoint import load as load_checkpoint
         from cnnctl.data.loader import BatchLoader
         from cnnctl.engine.evaluate import evaluate
         from cnnctl.fsutil import atomic_write_text
-        from cnnctl.models import load_checkpoint
 
         data, folder = trainer.data, trainer.folder
         model, meta = load_checkpoint(folder.best, device=trainer.device)
