@@ -112,7 +112,7 @@ def predict(model_or_path: Any, images: Any, *, device: str = "cpu",
 
     Returns ``(labels, probabilities)``: int64 class indices (N) and softmax probabilities (N×classes). The
     class names are ``model.cnnctl_meta.classes``. Preprocessing comes from the checkpoint, as in the CLI.
-    ``tta``: ``flip`` or ``flip-crop`` averages the probabilities over views of each image (cnnctl/tta.py).
+    ``tta``: ``flip`` or ``flip-crop`` averages the probabilities over views of each image (cnnctl/engine/tta.py).
     """
 
     from cnnctl.engine.predict import predict_api
@@ -202,7 +202,7 @@ def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: 
     Returns one ``Explanation`` per image: ``.heatmap`` (H×W in [0, 1]), ``.target_name``, ``.topk``,
     ``.layer``, and ``.output``, the PNG written into the ``output`` folder when one is given."""
 
-    from cnnctl.heatmaps import explain as _explain
+    from cnnctl.engine.heatmaps import explain as _explain
 
     model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.explain")
     return _explain(model_or_path, images, method=method, layer=layer, target=target,

@@ -106,7 +106,7 @@ def test_an_interrupted_run_resumes_to_finished_and_compare_draws_one_line_per_r
     from matplotlib.colors import to_rgb
     from matplotlib.image import imread
 
-    from cnnctl.runs import comparison_figure, read_history, run_labels
+    from cnnctl.engine.runs import comparison_figure, read_history, run_labels
 
     out = tmp_path / "runs"
     first = cnnctl.train(epochs=2, out=str(out), **OPTIONS)

@@ -20,8 +20,8 @@ def lr_find(ctx: typer.Context, **params: Any) -> None:
     """An exponential learning-rate sweep for ARCH with the options `cnnctl train` takes: a PNG of loss against
     rate and a suggested --lr (the smoothed loss's minimum ÷ 10). Writes nothing else."""
     from cnnctl.config_file import build_train_config
-    from cnnctl.lr_find import RULE
-    from cnnctl.lr_find import lr_find as sweep
+    from cnnctl.engine.lr_find import RULE
+    from cnnctl.engine.lr_find import lr_find as sweep
 
     explicit = _explicit_options(ctx)
     explicit.pop("lr", None)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.check import SPLIT_ORDER, CheckReport, FolderCheck
+from cnnctl.data.images import IMAGE_SUFFIXES, decode_file, is_grey, to_grey
 from cnnctl.errors import DataError, UsageError
 from cnnctl.registry import DatasetSpec, register_dataset
 
@@ -28,8 +30,6 @@ if TYPE_CHECKING:
 
     from cnnctl.config import TrainConfig
     from cnnctl.data.base import ImageTensors
-    from cnnctl.data.check import FolderCheck
-    from cnnctl.data.images import ImageHeader, ResizeTarget
     from cnnctl.data.splits import PreparedData
     from cnnctl.data.stream import StreamedImages
     from cnnctl.registry import ModelSpec
@@ -89,8 +89,6 @@ def _images_in(directory: Path, walk: _Walk) -> list[Path]:
     """Image files under ``directory`` (recursively, sorted). Hidden and non-image files are counted in
     ``walk.skipped``; image-named entries that are not regular files (a FIFO, a link to a device) are listed in
     ``walk.special``, never opened; symlinked folders are followed only while they stay inside the data folder."""
-    from cnnctl.data.images import IMAGE_SUFFIXES
-
     found: list[Path] = []
     pending = [directory]
     visited: set[str] = set()  # real paths: a link loop is walked once
@@ -223,8 +221,6 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, log: 
 
 
 def _suffix_list() -> str:
-    from cnnctl.data.images import IMAGE_SUFFIXES
-
     return "/".join(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
 
 
@@ -283,16 +279,6 @@ class _DecodeFiles:
         info = FileInfo(header.width, header.height, header.mode, header.format, header.animated,
                         pixel_digest(image))
         return position, (fit_to_target(image, header, target) if target else None), "", info
-
-
-def decode_file(path: Path, max_pixels: int | None, target: ResizeTarget | None = None
-                ) -> tuple[torch.Tensor, ImageHeader]:
-    """One folder image, oriented RGB uint8, and its header: the decode both the cache and streaming use. With
-    ``target`` (what the image will be resized to), a large JPEG is decoded at reduced size, as predict does, so
-    that training, eval and predict see the same pixels from the same file (``fit_to_target`` then resizes it)."""
-    from cnnctl.data.images import decode_with_header, read_file_bytes
-
-    return decode_with_header(read_file_bytes(path), path, max_pixels=max_pixels, target=target)
 
 
 def _collate(batch: list[tuple[int, Any, str, Any]]) -> tuple[list[tuple[int, str, Any]], Any]:
@@ -374,7 +360,6 @@ def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers
     import torch
     from torch.utils.data import DataLoader
 
-    from cnnctl.data.images import is_grey
     from cnnctl.data.stream import memory_budget, size_text
 
     count = len(files)
@@ -563,8 +548,6 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     plan = plan_cache(getattr(config, "cache", None) or "auto", counts, 3 * size[0] * size[1],
                       f"{root} at {size[0]}x{size[1]}", stream_workers(counts["train"]))
     log(plan.reason)
-    from cnnctl.data.check import FolderCheck
-
     check = FolderCheck(scan)
     train_sums = None
     for split in ("train", "val", "test"):
@@ -659,8 +642,6 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
     if len(data) == 0:
         raise DataError(f"none of the {split} images in {root} could be read")
     from cnnctl.data.base import ImageTensors
-    from cnnctl.data.images import to_grey
-
     images = to_grey(data.images) if meta.preprocessing.channels == 1 else data.images
     return ImageTensors(images, data.labels, data.classes, data.source, data.paths)
 
@@ -696,3 +677,17 @@ FOLDER = register_dataset(
         extra={"kind": "folder", "download_hint": "train on your images with `cnnctl train ARCH --data PATH`"},
     )
 )
+
+
+def check_folder(root: str | Path, *, max_pixels: int | None = None, workers: int | None = None,
+                 log: Log = lambda _: None) -> CheckReport:
+    """Scan and decode every file of a folder dataset (its ``train/``, ``val/``, ``test/`` folders as they are;
+    nothing is held out) and report on it."""
+    scan = scan_folder(root, log=log, min_classes=1)
+    check = FolderCheck(scan)
+    for split in SPLIT_ORDER:
+        items = scan.splits.get(split)
+        if items:
+            check.add(split, items, decode_files([path for path, _ in items], None, workers=workers,
+                                                 max_pixels=max_pixels))
+    return check.report()

@@ -106,8 +106,7 @@ class _StreamFiles:
         return len(self.images.files)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str]:
-        from cnnctl.data.folder import decode_file
-        from cnnctl.data.images import fit_to_target
+        from cnnctl.data.images import decode_file, fit_to_target
 
         spec = self.images
         try:

@@ -64,7 +64,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
              on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None, tta: str = "none") -> EvalResult:
     """Run ``model`` in eval mode over ``batches``; sums stay on the device until the end (one sync).
     ``on_batch(logits, labels)`` sees every batch's float logits (the evaluation report keeps them); ``tta``:
-    average the softmax over views of each image (:mod:`cnnctl.tta`; the logits are then log-probabilities)."""
+    average the softmax over views of each image (:mod:`cnnctl.engine.tta`; the logits are then log-probabilities)."""
     import contextlib
 
     import torch
@@ -87,7 +87,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
                 logits = model(inputs).float()
                 batch_loss = F.cross_entropy(logits, labels, reduction="sum")
             else:
-                from cnnctl.tta import tta_probabilities
+                from cnnctl.engine.tta import tta_probabilities
 
                 logits = tta_probabilities(model, inputs, tta).clamp_min(1e-12).log()  # log of the mean softmax
                 batch_loss = F.nll_loss(logits, labels, reduction="sum")
@@ -146,8 +146,8 @@ def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "
                         log: Any = None, data_dir: str | None = None,
                         plots_dir: Any = None, tta: str = "none") -> tuple[EvalResult, Any]:
     """Evaluate a checkpoint on a split of its dataset; every other setting comes from its metadata.
-    With ``plots_dir``, also write confusion.png and predictions.png there; ``tta``: see :mod:`cnnctl.tta`."""
-    from cnnctl.tta import check_tta
+    With ``plots_dir``, also write confusion.png and predictions.png there; ``tta``: see :mod:`cnnctl.engine.tta`."""
+    from cnnctl.engine.tta import check_tta
 
     tta = check_tta(tta)  # before any work
     opened = open_evaluation(path, dataset=dataset, split=split, batch_size=batch_size, root=root, mirror=mirror,

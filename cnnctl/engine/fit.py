@@ -101,10 +101,10 @@ class Trainer:
         from cnnctl.engine.determinism import deterministic_mode
         from cnnctl.engine.distributed import check_resume_world, shutdown
         from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interrupted_error
+        from cnnctl.engine.lr_sweep import resolve_auto_lr
         from cnnctl.engine.state import read_state
-        from cnnctl.lr_find import resolve_auto_lr
 
-        resolve_auto_lr(self.config, self.reporter.message)  # --lr auto: a learning-rate sweep first
+        resolve_auto_lr(type(self), self.config, self.reporter.message)  # --lr auto: a learning-rate sweep first
         self.config.resolve_defaults()
         with deterministic_mode(self.config.deterministic), contextlib.ExitStack() as locked:
             loaded = None
@@ -118,8 +118,6 @@ class Trainer:
                     self.folder.interrupted.unlink(missing_ok=True)
             self.setup(loaded)
             if loaded is None:
-                from cnnctl.engine.run_folder import new_run_folder
-
                 self.folder = new_run_folder(self.config, f"{self.model_spec.name}-{self.data.dataset_label}",
                                              self.dist)
                 self._lock(locked)
@@ -312,3 +310,17 @@ class Trainer:
         if self.averaged is not None:
             return self.averaged.module
         return getattr(self.model, "module", self.model) if self.dist.enabled else self.model
+
+
+def new_run_folder(config: Any, default_name: str, dist: Any) -> RunFolder:
+    """A fresh run folder for ``config`` (``--out``/``--name``), created by rank 0 alone with the resolved
+    configuration in it; its name reaches the other ranks by broadcast."""
+    from cnnctl.config_file import save_run_config
+    from cnnctl.engine.distributed import broadcast_object
+    from cnnctl.engine.run_folder import RunFolder
+
+    path = None
+    if dist.is_main:
+        path = RunFolder.create(config.out, config.name or default_name).path
+        save_run_config(config, path)
+    return RunFolder(broadcast_object(path, dist))

@@ -1,135 +1,32 @@
-"""``cnnctl lr-find``: an exponential learning-rate sweep (Smith, "Cyclical learning rates", 2017) and a
-suggested rate.
-
-The model, data, augmentation and optimizer are built exactly as ``cnnctl train`` builds them from the same
-options; then each of ``steps`` optimizer steps uses a rate ``start·(end/start)^(i/(steps−1))``. The loss is
-smoothed with a bias-corrected exponential moving average (β = 0.98, as fastai does), and the sweep stops early
-once the smoothed loss exceeds 4× its minimum (it diverged).
-
-The suggestion: **the rate at the smoothed loss's minimum, divided by 10**. The rate of steepest descent, the
-other common rule, reads a derivative of a noisy curve and moves by orders of magnitude between runs; the minimum
-of the smoothed curve is stable, and a tenth of it is where the loss still falls fast but is well clear of the
-rates that diverge. It is clamped into the swept range. The sweep is seeded by ``--seed``, so it repeats.
-"""
+"""``cnnctl lr-find`` and ``cnnctl.engine.lr_find.lr_find``: the sweep (:mod:`cnnctl.engine.lr_sweep`) run with
+the training loop's own setup, and its plot. It sits above the loop it reuses; ``--lr auto`` calls the sweep from
+the loop itself."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import UsageError
+from cnnctl.engine.fit import Trainer
+from cnnctl.engine.lr_sweep import RULE, LrFindResult, suggest_lr, sweep_lr
 
 if TYPE_CHECKING:
     from cnnctl.config import TrainConfig
 
-SMOOTHING = 0.98
-DIVERGED = 4.0
-RULE = "the rate at the minimum of the smoothed loss (bias-corrected EMA, beta 0.98), divided by 10"
-
-
-@dataclass
-class LrFindResult:
-    lrs: list[float] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    smoothed: list[float] = field(default_factory=list)
-    suggestion: float = math.nan
-    rule: str = RULE
-    stopped: str = ""  # why the sweep ended before its last step, if it did
-    plot: Path | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"suggested_lr": self.suggestion, "rule": self.rule, "steps": len(self.lrs), "stopped": self.stopped,
-                "plot": str(self.plot) if self.plot else None, "lrs": self.lrs, "losses": self.losses,
-                "smoothed": self.smoothed}
-
-
-def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
-    """:data:`RULE`, clamped into ``[lrs[0], lrs[-1]]``."""
-    best = min(range(len(smoothed)), key=lambda index: smoothed[index])
-    return min(max(lrs[best] / 10, lrs[0]), lrs[-1])
+__all__ = ["RULE", "LrFindResult", "lr_find", "plot_lr_find", "suggest_lr"]
 
 
 def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200,
             plot: str | Path | None = None, log: Any = None) -> LrFindResult:
     """Sweep the learning rate for ``config``'s run (which is not changed, nor saved) and suggest one."""
-    import torch
-    import torch.nn.functional as F
-
-    from cnnctl.checkpoint import unwrap
-    from cnnctl.engine.determinism import deterministic_mode
-    from cnnctl.engine.fit import Trainer
-    from cnnctl.progress import SilentReporter
-
-    if not 0 < start_lr < end_lr:
-        raise UsageError(f"lr-find needs 0 < --start-lr < --end-lr, got {start_lr:g} and {end_lr:g}")
-    if steps < 10:
-        raise UsageError(f"lr-find needs at least 10 --steps, got {steps}")
     if plot is not None:
         from cnnctl import plots
 
         plots.require()
-    config = dataclasses.replace(config, lr=start_lr, ema=None, arch_args=dict(config.arch_args))
-    trainer = Trainer(config, _Messages(log) if log is not None else SilentReporter())
-    config.resolve_defaults()
-    result = LrFindResult()
-    with deterministic_mode(config.deterministic):
-        trainer.setup()
-        model, optimizer, scaler = trainer.model, trainer.optimizer, trainer.scaler
-        model.train()
-        batches, average, lowest = iter(trainer.train_batches), 0.0, math.inf
-        for step in range(steps):
-            lr = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            try:
-                inputs, labels = next(batches)
-            except StopIteration:  # a new epoch of the training split
-                batches = iter(trainer.train_batches)
-                inputs, labels = next(batches)
-            with trainer.precision.autocast():
-                loss = F.cross_entropy(model(inputs), labels, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(unwrap(model).parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                result.stopped = f"the loss was not finite at lr {lr:.3g}"
-                break
-            average = SMOOTHING * average + (1 - SMOOTHING) * value
-            smooth = average / (1 - SMOOTHING ** (step + 1))
-            result.lrs.append(lr)
-            result.losses.append(value)
-            result.smoothed.append(smooth)
-            lowest = min(lowest, smooth)
-            if step >= 10 and smooth > DIVERGED * lowest:
-                result.stopped = f"the smoothed loss rose above {DIVERGED:g}× its minimum at lr {lr:.3g}"
-                break
-    if len(result.lrs) < 2:
-        raise UsageError(f"lr-find could not sweep: {result.stopped}", hint="lower --start-lr")
-    result.suggestion = suggest_lr(result.lrs, result.smoothed)
+    result = sweep_lr(Trainer, config, start_lr=start_lr, end_lr=end_lr, steps=steps, log=log)
     if plot is not None:
         result.plot = plot_lr_find(result, Path(plot))
     return result
-
-
-class _Messages:
-    """A reporter that passes on only the setup's messages (the sweep has no epochs)."""
-
-    def __init__(self, log: Any):
-        self.log = log
-
-    def message(self, text: str) -> None:
-        self.log(text)
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
 
 
 def plot_lr_find(result: LrFindResult, path: Path) -> Path:
@@ -150,12 +47,3 @@ def plot_lr_find(result: LrFindResult, path: Path) -> Path:
     axes.legend(loc="upper left")
     figure.tight_layout()
     return _save(figure, path)
-
-
-def resolve_auto_lr(config: TrainConfig, log: Any) -> None:
-    """``--lr auto``: run the sweep with ``config``'s options and train with its suggestion (else nothing)."""
-    if config.lr != "auto":
-        return
-    found = lr_find(dataclasses.replace(config, lr=None), log=None)
-    config.lr = float(f"{found.suggestion:.3g}")
-    log(f"--lr auto: lr-find suggests {config.lr:g} ({RULE}; {len(found.lrs)} steps)")

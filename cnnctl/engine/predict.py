@@ -114,7 +114,7 @@ class Predictor:
         import torch
 
         from cnnctl.data.loader import Normalizer
-        from cnnctl.tta import check_tta
+        from cnnctl.engine.tta import check_tta
 
         self.model = model.eval()
         self.meta = meta
@@ -127,7 +127,7 @@ class Predictor:
         self.normalize = Normalizer(self.preprocessing.mean, self.preprocessing.std, self.device)
         self.timings = {"decode_s": 0.0, "inference_s": 0.0}
         self.max_pixels = max_pixels  # images with more pixels are refused from their header (data/images.py)
-        self.tta = check_tta(tta)  # test-time augmentation (cnnctl/tta.py)
+        self.tta = check_tta(tta)  # test-time augmentation (cnnctl/engine/tta.py)
         self._torch = torch
 
     def model_inputs(self, images: torch.Tensor) -> torch.Tensor:
@@ -147,7 +147,7 @@ class Predictor:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×C×H×W at ``image_size`` → class probabilities, averaged over the ``tta`` views."""
-        from cnnctl.tta import tta_probabilities
+        from cnnctl.engine.tta import tta_probabilities
 
         with self._torch.inference_mode():
             return tta_probabilities(self.model, self.model_inputs(images), self.tta)
@@ -234,7 +234,7 @@ class Predictor:
 def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str = "cpu", tta: str = "none"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``cnnctl.predict``: labels (int64 N) and class probabilities (N×classes) for files, folders or a uint8
-    N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (cnnctl/tta.py)."""
+    N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (engine/tta.py)."""
     import torch
 
     model, meta = model_with_meta(model_or_path, device, "cnnctl.predict")

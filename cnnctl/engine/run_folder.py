@@ -12,7 +12,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path, PurePath
-from typing import Any
 
 from cnnctl.errors import UsageError
 
@@ -135,19 +134,6 @@ class RunFolder:
             yield
         finally:
             handle.close()
-
-
-def new_run_folder(config: Any, default_name: str, dist: Any) -> RunFolder:
-    """A fresh run folder for ``config`` (``--out``/``--name``), created by rank 0 alone with the resolved
-    configuration in it; its name reaches the other ranks by broadcast."""
-    from cnnctl.config_file import save_run_config
-    from cnnctl.engine.distributed import broadcast_object
-
-    path = None
-    if dist.is_main:
-        path = RunFolder.create(config.out, config.name or default_name).path
-        save_run_config(config, path)
-    return RunFolder(broadcast_object(path, dist))
 
 
 def create_run_dir(out: str | Path, name: str) -> Path:

@@ -21,6 +21,8 @@ from cnnctl.errors import CheckpointError, UsageError, first_line
 if TYPE_CHECKING:
     import torch
 
+    from cnnctl.models.weights import PublishedWeights
+
 WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.", "pretrain_")
 # Where training frameworks put the weights inside a .pth file (Lightning: state_dict; many scripts: model).
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params")
@@ -135,12 +137,58 @@ def load_pretrained(model: torch.nn.Module, spec: Any, path: str | Path,
                                              offline_only=bool(getattr(config, "offline", False)),
                                              log=log or (lambda _: None))
         if found.source == "timm":
-            from cnnctl.models.timm_models import load_timm_pretrained
-
             return load_timm_pretrained(model, spec, found, file, log)
-        return load_tensors(model, spec, published.published_state_dict(found, file),
+        return load_tensors(model, spec, published_state_dict(found, file),
                             f"{file} ({found.describe()})", log)
     return load_tensors(model, spec, read_weights(path), str(path), log)
+
+
+def published_state_dict(weights: PublishedWeights, path: Path) -> dict[str, Any]:
+    """The tensors of a verified torchvision weights file, with the key names the torchvision model uses.
+
+    Read with ``torch.load(weights_only=True)`` (torch.hub's own loader would unpickle anything); DenseNet's old
+    key names are renamed by torchvision's own loader, given the tensors already read."""
+    tensors = read_weights(path)
+    tv_name = weights.extra.get("tv_name", "")
+    if tv_name.startswith("densenet"):
+        from torchvision.models import densenet, get_model
+
+        reference = get_model(tv_name, weights=None)
+
+        class _Read:
+            def get_state_dict(self, **_: Any) -> dict[str, Any]:
+                return dict(tensors)
+
+        densenet._load_state_dict(reference, _Read(), progress=False)  # type: ignore[arg-type]
+        tensors = reference.state_dict()
+    return tensors
+
+
+def load_timm_pretrained(model: Any, spec: Any, weights: Any, path: Path,
+                         log: Callable[[str], None] | None) -> PretrainedReport:
+    """Load a timm weights file into ``model``: timm builds the same architecture from the tensors (its own
+    filter, classifier reset and first-convolution adaptation), and its state dict is copied over."""
+    from cnnctl.models.timm_models import timm_reference_state
+
+    tensors = read_weights(path)
+    first = next(iter(model.parameters()))
+    num_classes = int(model.num_classes)
+    reference, in_chans = timm_reference_state(model, weights, tensors)
+    model.load_state_dict(reference, strict=True)
+    model.to(first.device)
+    report = PretrainedReport(f"{path} ({weights.describe()})")
+    own = model.state_dict()
+    head = f"{spec.classifier}."
+    report.loaded = [key for key in own if key in tensors and tensors[key].shape == own[key].shape]
+    report.reinitialised = [key for key in own if key.startswith(head) and key not in report.loaded]
+    if report.reinitialised:
+        report.head_change = f"the weights have {weights.extra.get('num_classes')} classes, the model {num_classes}"
+    report.adapted = [f"{key} 3 → {in_chans} input channels" for key in own
+                      if key in tensors and tensors[key].ndim == 4 and tensors[key].shape[1] == 3
+                      and own[key].shape[1] == in_chans != 3][:1]
+    for line in report.lines():
+        (log or (lambda _: None))(line)
+    return report
 
 
 def load_tensors(model: torch.nn.Module, spec: Any, tensors: dict[str, torch.Tensor], source: str,

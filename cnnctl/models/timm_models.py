@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import DownloadError, UsageError
+from cnnctl.models.weights import (
+    HASH_IN_NAME,
+    IMAGENET_NAMES,
+    PublishedWeights,
+    WeightsPreprocessing,
+    register_weights_source,
+)
 from cnnctl.registry import ModelSpec, register_model_resolver
 
 PREFIX = "timm:"
@@ -116,8 +123,6 @@ def list_timm(pattern: str = "*") -> list[dict[str, Any]]:
 
 def resolve_timm(spec: ModelSpec, value: str) -> Any:
     """The published weights of a ``timm:`` architecture: its own tag for ``imagenet``, or the tag ``value``."""
-    from cnnctl.models.weights import HASH_IN_NAME, IMAGENET_NAMES, PublishedWeights, WeightsPreprocessing
-
     full = spec.name[len(PREFIX):]
     if value.strip().lower() not in IMAGENET_NAMES:
         full = canonical_name(f"{full.partition('.')[0]}.{value.strip()}")
@@ -219,37 +224,20 @@ def _copy_into(source: Path, target: Path, log: Callable[[str], None]) -> Path:
     return target
 
 
-def load_timm_pretrained(model: Any, spec: ModelSpec, weights: Any, path: Path,
-                         log: Callable[[str], None] | None) -> Any:
-    """Load a timm weights file into ``model``: timm builds the same architecture from the tensors (its own
-    filter, classifier reset and first-convolution adaptation), and its state dict is copied over."""
-    from cnnctl.models.pretrained import PretrainedReport, read_weights
-
-    tensors = read_weights(path)
-    first = next(iter(model.parameters()))
+def timm_reference_state(model: Any, weights: Any, tensors: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The state dict timm builds for ``model``'s classes and input channels from a timm weights file's
+    ``tensors`` (its own filter, classifier reset and first-convolution adaptation), and those input channels."""
     num_classes = int(model.num_classes)
     in_chans = _input_channels(model)
-    timm = _timm()
-    reference = timm.create_model(weights.extra["timm_name"], pretrained=True, num_classes=num_classes,
-                                  in_chans=in_chans, pretrained_cfg_overlay={"state_dict": tensors})
-    model.load_state_dict(reference.state_dict(), strict=True)
-    model.to(first.device)
-    report = PretrainedReport(f"{path} ({weights.describe()})")
-    own = model.state_dict()
-    head = f"{spec.classifier}."
-    report.loaded = [key for key in own if key in tensors and tensors[key].shape == own[key].shape]
-    report.reinitialised = [key for key in own if key.startswith(head) and key not in report.loaded]
-    if report.reinitialised:
-        report.head_change = f"the weights have {weights.extra.get('num_classes')} classes, the model {num_classes}"
-    report.adapted = [f"{key} 3 → {in_chans} input channels" for key in own
-                      if key in tensors and tensors[key].ndim == 4 and tensors[key].shape[1] == 3
-                      and own[key].shape[1] == in_chans != 3][:1]
-    for line in report.lines():
-        (log or (lambda _: None))(line)
-    return report
+    reference = _timm().create_model(weights.extra["timm_name"], pretrained=True, num_classes=num_classes,
+                                     in_chans=in_chans, pretrained_cfg_overlay={"state_dict": tensors})
+    return reference.state_dict(), in_chans
 
 
 def _input_channels(model: Any) -> int:
     from cnnctl.models._adapt import first_conv_name
 
     return int(model.get_submodule(first_conv_name(model)).in_channels)
+
+
+register_weights_source("timm", resolve=resolve_timm, fetch=fetch_hub_weights)

@@ -64,6 +64,24 @@ class PublishedWeights:
         return f"{self.label} ({self.source}{accuracy})"
 
 
+@dataclass(frozen=True)
+class WeightsSource:
+    """Published weights other than torchvision's: how a source resolves ``--pretrained`` for one of its
+    architectures and, optionally, fetches a file itself. Registered by the module of that source's
+    architectures (:mod:`cnnctl.models.timm_models`), which is imported whenever one of them is named."""
+
+    resolve: Callable[[Any, str], PublishedWeights]
+    fetch: Callable[..., Path] | None = None
+
+
+_SOURCES: dict[str, WeightsSource] = {}
+
+
+def register_weights_source(source: str, *, resolve: Callable[[Any, str], PublishedWeights],
+                            fetch: Callable[..., Path] | None = None) -> None:
+    _SOURCES[source] = WeightsSource(resolve, fetch)
+
+
 def is_weights_name(value: str) -> bool:
     """True when ``--pretrained`` names published weights rather than a file: not an existing path, no folder
     separator, no weights-file suffix (``imagenet``, ``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``)."""
@@ -134,10 +152,8 @@ def resolve(arch: str, value: str) -> PublishedWeights:
     from cnnctl.registry import get_model_spec
 
     spec = get_model_spec(arch)
-    if spec.source == "timm":
-        from cnnctl.models.timm_models import resolve_timm
-
-        return resolve_timm(spec, value)
+    if spec.source in _SOURCES:
+        return _SOURCES[spec.source].resolve(spec, value)
     entry = _zoo_entry(spec.name) if spec.source == "torchvision" else None
     if entry is None:
         if _zoo_entry(f"tv:{spec.name}") is not None:
@@ -185,10 +201,9 @@ def ensure_weights_file(weights: PublishedWeights, *, mirror: str | None = None,
     folder mirror may be used, and a missing file is one error naming the file and the folder to put it in."""
     from cnnctl.data.download import _is_url, ensure_files
 
-    if weights.extra.get("hf_hub_id"):  # timm weights on the Hugging Face hub
-        from cnnctl.models.timm_models import fetch_hub_weights
-
-        return fetch_hub_weights(weights, mirror=mirror, dest=dest, offline=offline(offline_only), log=log)
+    if weights.source in _SOURCES and _SOURCES[weights.source].fetch is not None and weights.extra.get("hf_hub_id"):
+        fetch = _SOURCES[weights.source].fetch  # timm weights on the Hugging Face hub
+        return fetch(weights, mirror=mirror, dest=dest, offline=offline(offline_only), log=log)
     directory = Path(dest).expanduser() if dest else hub_checkpoints()
     path = directory / weights.file_name
     damaged = False
@@ -220,29 +235,6 @@ def ensure_weights_file(weights: PublishedWeights, *, mirror: str | None = None,
     if not verify_cached(path, weights):  # what ensure_files promoted, hashed once more before it is used
         raise DownloadError(f"{path} does not match the SHA-256 prefix {weights.sha256_prefix} in its name")
     return path
-
-
-def published_state_dict(weights: PublishedWeights, path: Path) -> dict[str, Any]:
-    """The tensors of a verified torchvision weights file, with the key names the torchvision model uses.
-
-    Read with ``torch.load(weights_only=True)`` (torch.hub's own loader would unpickle anything); DenseNet's old
-    key names are renamed by torchvision's own loader, given the tensors already read."""
-    from cnnctl.models.pretrained import read_weights
-
-    tensors = read_weights(path)
-    tv_name = weights.extra.get("tv_name", "")
-    if tv_name.startswith("densenet"):
-        from torchvision.models import densenet, get_model
-
-        reference = get_model(tv_name, weights=None)
-
-        class _Read:
-            def get_state_dict(self, **_: Any) -> dict[str, Any]:
-                return dict(tensors)
-
-        densenet._load_state_dict(reference, _Read(), progress=False)  # type: ignore[arg-type]
-        tensors = reference.state_dict()
-    return tensors
 
 
 # --------------------------------------------------------------------------------------------------------------

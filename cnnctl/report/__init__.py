@@ -22,16 +22,16 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
                         plots_dir: Any = None, report_dir: Any = None, label_issues: bool = False,
                         top_losses: int = TOP_LOSSES, tta: str = "none") -> dict[str, Any]:
     """Evaluate a checkpoint in one pass over the split and return every number as a JSON-able dict.
-    ``tta``: average the softmax over views of each image (:mod:`cnnctl.tta`).
+    ``tta``: average the softmax over views of each image (:mod:`cnnctl.engine.tta`).
 
     Always: loss, top-1/top-5 accuracy, per-class precision/recall/F1, the confusion matrix and calibration
     (ECE over 15 bins). ``label_issues``: the images whose given label is suspect, ranked. ``report_dir``: also
     the top losses and most confused pairs, written with everything else to ``index.html`` and ``report.json``.
     """
     from cnnctl.engine.evaluate import evaluate, open_evaluation
+    from cnnctl.engine.tta import check_tta
     from cnnctl.errors import UsageError
     from cnnctl.report import analysis
-    from cnnctl.tta import check_tta
 
     tta = check_tta(tta)  # before any work
 

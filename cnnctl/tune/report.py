@@ -98,7 +98,7 @@ def write_best_config(search: Search, best: optuna.trial.FrozenTrial) -> Path | 
     trains again (into ``--out``'s usual numbered folders, not the search's)."""
     from cnnctl.config_file import build_train_config, dump_yaml
     from cnnctl.fsutil import atomic_write_text
-    from cnnctl.tune.study import MACHINE_OPTIONS
+    from cnnctl.tune.space import MACHINE_OPTIONS
 
     document = best.user_attrs.get("config")
     if not document:

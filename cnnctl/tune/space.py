@@ -16,6 +16,8 @@ from typing import Any
 from cnnctl.errors import UsageError
 
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
+# Train options that each process of a shared study may set for itself: they say where, not what, it trains.
+MACHINE_OPTIONS = ("out", "root", "mirror", "device", "threads")
 
 # Train options that cannot be searched, and why.
 NOT_SEARCHABLE = {

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.errors import CheckpointError, CnnctlError, DataError, UsageError
-from cnnctl.tune.space import Param, apply_params, space_from_document
+from cnnctl.tune.space import MACHINE_OPTIONS, Param, apply_params, space_from_document
 
 if TYPE_CHECKING:
     import optuna
@@ -33,8 +33,6 @@ SPEC_FILE = "tune.json"
 STUDY_ATTR = "cnnctl_search"
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = {"val_acc": "maximize", "val_loss": "minimize"}
-# Train options that each process of a shared study may set for itself: they say where, not what, it trains.
-MACHINE_OPTIONS = ("out", "root", "mirror", "device", "threads")
 
 
 @dataclass
