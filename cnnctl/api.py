@@ -11,7 +11,16 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.config import TrainConfig
+from cnnctl.config_file import build_train_config, coerce_options
+from cnnctl.engine.fit import Trainer
+from cnnctl.engine.heatmaps import explain as _explain
+from cnnctl.engine.predict import load_for_inference, model_with_meta, predict_api
 from cnnctl.errors import UsageError
+from cnnctl.exporter import export as _export
+from cnnctl.options import CONFIG_OPTIONS, naming
+from cnnctl.progress import PlainReporter
+from cnnctl.report import evaluate_and_report
 
 if TYPE_CHECKING:
     import torch
@@ -39,8 +48,6 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
     (see ``cnnctl.progress``) receives every event instead. ``callbacks`` (``cnnctl.engine.callbacks.Callback``
     instances) run beside the built-in ones.
     """
-    from cnnctl.options import naming
-
     with naming("param"):
         trainer = _trainer(arch, reporter if reporter is not None or not progress else _plain_reporter(),
                            resume, callbacks, options)
@@ -50,8 +57,6 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
 def _train_signature() -> inspect.Signature:
     """``train``'s signature with every option as a keyword (for help(), IDEs and REPL completion), generated
     from cnnctl/options.py; older spellings (``data_dir``) still arrive through ``**options``."""
-    from cnnctl.options import CONFIG_OPTIONS
-
     own = inspect.signature(train).parameters.values()
     explicit = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
     taken = {p.name for p in explicit}
@@ -65,17 +70,11 @@ train.__signature__ = _train_signature()  # type: ignore[attr-defined]
 
 
 def _plain_reporter() -> Reporter:
-    from cnnctl.progress import PlainReporter
-
     return PlainReporter()
 
 
 def _trainer(arch: Any, reporter: Reporter | None, resume: Any, callbacks: list[Callback] | None,
              options: dict[str, Any]) -> Any:
-    from cnnctl.config import TrainConfig
-    from cnnctl.config_file import build_train_config, coerce_options
-    from cnnctl.engine.fit import Trainer
-
     source = "cnnctl.train()"
     if resume is not None:
         if arch is not None:
@@ -100,8 +99,6 @@ def load(path: str | os.PathLike[str], device: str = "cpu") -> tuple[torch.nn.Mo
     The model is in eval mode on ``device``; ``model.cnnctl_meta`` holds the rest of the checkpoint's metadata
     (``classes``, ``arch``, ``dataset``, ``metrics``).
     """
-    from cnnctl.engine.predict import load_for_inference
-
     return load_for_inference(_as_path(path, "cnnctl.load"), device=device)
 
 
@@ -115,8 +112,6 @@ def predict(model_or_path: Any, images: Any, *, device: str = "cpu",
     ``tta``: ``flip`` or ``flip-crop`` averages the probabilities over views of each image (cnnctl/engine/tta.py).
     """
 
-    from cnnctl.engine.predict import predict_api
-
     model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.predict")
     return predict_api(model_or_path, images, device=device, tta=tta)
 
@@ -126,8 +121,6 @@ def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", *, out
     """``cnnctl export``: write ``<stem>.onnx`` or ``<stem>.torchscript.pt`` and ``<stem>.preprocessing.json``
     beside the checkpoint (or at ``output``), after checking that the exported model gives PyTorch's outputs
     within 1e-4. Returns the paths and the measured difference."""
-    from cnnctl.exporter import export as _export
-
     return _export(_as_path(checkpoint_path, "cnnctl.export"), format=format, output=output,
                    dynamic_batch=dynamic_batch, opset=opset, root=root)
 
@@ -137,8 +130,6 @@ def _model_and_images(model_or_path: Any, images: Any, device: str, caller: str)
     """The model (loaded when a path is given) and the images as the engine takes them: a checked uint8 batch,
     a path, or a list of paths."""
     import torch
-
-    from cnnctl.engine.predict import model_with_meta
 
     model_or_path, meta = model_with_meta(model_or_path, device, caller)
     if isinstance(images, torch.Tensor):
@@ -182,8 +173,6 @@ def evaluate(checkpoint_path: str | os.PathLike[str], *, dataset: str | None = N
 
     ``report="DIR"`` also writes DIR/index.html and DIR/report.json and adds ``top_losses`` and
     ``confused_pairs``; ``label_issues=True`` adds the images whose label looks wrong (cleanlab), ranked."""
-    from cnnctl.report import evaluate_and_report
-
     return evaluate_and_report(_as_path(checkpoint_path, "cnnctl.evaluate"), dataset=dataset, split=split,
                                batch_size=batch_size, root=root, mirror=mirror, device=device,
                                data_dir=None if data is None else os.fspath(data),
@@ -201,8 +190,6 @@ def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: 
     Grad-CAM looks at (default: the last convolutional block); ``target`` a class (default: the prediction).
     Returns one ``Explanation`` per image: ``.heatmap`` (H×W in [0, 1]), ``.target_name``, ``.topk``,
     ``.layer``, and ``.output``, the PNG written into the ``output`` folder when one is given."""
-
-    from cnnctl.engine.heatmaps import explain as _explain
 
     model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.explain")
     return _explain(model_or_path, images, method=method, layer=layer, target=target,

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cnnctl.data.download import default_root
+
 # (distribution, what cnnctl uses it for); the optional ones are the extras of pyproject.toml
 PACKAGES = (
     ("torch", "everything (core)"),
@@ -83,8 +85,6 @@ def folder_state(path: Path) -> tuple[bool, str]:
 
 
 def folders(root: str | None, runs: str) -> list[dict[str, Any]]:
-    from cnnctl.data.download import default_root
-
     data = Path(root).expanduser() if root else default_root()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
     rows = []

@@ -24,7 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cnnctl.engine.imbalance import read_class_weights_file
+from cnnctl.engine.loggers import logger_names, split_names
 from cnnctl.errors import UsageError
+from cnnctl.registry import suggest
 
 DATA = "Data"
 MODEL = "Model"
@@ -139,15 +142,11 @@ def _choices_of(module: str, attribute: str) -> Callable[[], list[str]]:
 
 
 def _logger_names() -> list[str]:
-    from cnnctl.engine.loggers import logger_names
-
     return logger_names()
 
 
 def _join_names(value: str) -> str | None:
     """``" tensorboard,,mlflow "`` → ``"tensorboard,mlflow"``; nothing named → None."""
-    from cnnctl.engine.loggers import split_names
-
     return ",".join(split_names(value)) or None
 
 
@@ -187,8 +186,6 @@ def _class_weights(value: str) -> str | None:
     """``auto``, or a readable file of finite weights >= 0 (its class names are checked once the data is known)."""
     if value == "auto":
         return None
-    from cnnctl.engine.imbalance import read_class_weights_file
-
     try:
         read_class_weights_file(value)
     except UsageError as error:
@@ -482,8 +479,6 @@ def check_value(option: Option, value: Any) -> None:
         known = list(option.choices())
         for item in [part.strip() for part in value.split(",") if part.strip()] if option.many else [value]:
             if item not in known:
-                from cnnctl.registry import suggest
-
                 kind = {"augment": "augmentation", "amp_dtype": where, "monitor": where}.get(option.name, option.name)
                 raise suggest(item, known, kind)
     if option.check is not None:

@@ -20,10 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.base import ImageTensors
 from cnnctl.data.check import SPLIT_ORDER, CheckReport, FolderCheck
-from cnnctl.data.images import IMAGE_SUFFIXES, decode_file, is_grey, to_grey
+from cnnctl.data.images import IMAGE_SUFFIXES, ResizeTarget, decode_file, fit_to_target, is_grey, to_grey
+from cnnctl.data.splits import PreparedData, resolve_preprocessing, split_positions
+from cnnctl.data.stream import StreamedImages, memory_budget, plan_cache, size_text, stream_workers
+from cnnctl.engine.imbalance import check_class_names
 from cnnctl.errors import DataError, UsageError
-from cnnctl.registry import DatasetSpec, register_dataset
+from cnnctl.models.weights import grey_input_mode, run_preprocessing, weights_for_config
+from cnnctl.registry import DatasetSpec, get_dataset_spec, register_dataset
 
 if TYPE_CHECKING:
     import torch
@@ -258,8 +263,6 @@ class _DecodeFiles:
 
     def __init__(self, files: Sequence[Path], size: tuple[int, int] | None, max_pixels: int | None = None,
                  resize: int | None = None, interpolation: str = "bilinear"):
-        from cnnctl.data.images import ResizeTarget
-
         self.files = list(files)
         self.max_pixels = max_pixels
         # ``resize`` (pretrained preprocessing): the shorter side to it, then the centre crop to ``size``
@@ -269,8 +272,6 @@ class _DecodeFiles:
         return len(self.files)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str, FileInfo | None]:
-        from cnnctl.data.images import fit_to_target
-
         path, target = self.files[position], self.target
         try:
             image, header = decode_file(path, self.max_pixels, target)
@@ -360,8 +361,6 @@ def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers
     import torch
     from torch.utils.data import DataLoader
 
-    from cnnctl.data.stream import memory_budget, size_text
-
     count = len(files)
     shape = size or (0, 0)
     keep = keep and size is not None
@@ -437,8 +436,6 @@ class FolderSplits:
 def choose_splits(scan: FolderScan, *, val_split: float | None, seed: int, limit: int | None) -> FolderSplits:
     """The files of each split: ``val/`` if the folder has one, else ``--val-split`` of ``train/`` held out,
     then ``--limit``; the positions come from :func:`cnnctl.data.splits.split_positions`, as for every dataset."""
-    from cnnctl.data.splits import split_positions
-
     train = scan.splits["train"]
     val = scan.splits.get("val")
     fraction = 0 if val is not None else (DEFAULT_VAL_SPLIT if val_split is None else val_split)
@@ -458,8 +455,6 @@ def load_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: tu
     ``check`` (data/check.py) collects what decoding found, for the data check's summary."""
     import torch
 
-    from cnnctl.data.base import ImageTensors
-
     decoded = decode_files([path for path, _ in items], size, workers=workers, max_pixels=max_pixels, resize=resize,
                            interpolation=interpolation)
     if check is not None:
@@ -478,8 +473,6 @@ def stream_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: 
     is grey and the channel sums, exactly as :func:`load_items` would, but keeps no pixels."""
     import torch
 
-    from cnnctl.data.stream import StreamedImages, stream_workers
-
     decoded = decode_files([path for path, _ in items], size, max_pixels=max_pixels, resize=resize,
                            interpolation=interpolation, keep=False)
     if check is not None:
@@ -494,8 +487,6 @@ def stream_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: 
 
 def _to_grey(data: ImageTensors | StreamedImages) -> ImageTensors | StreamedImages:
     """Every image is grey: keep one of its three equal channels."""
-    from cnnctl.data.base import ImageTensors
-
     if getattr(data, "streamed", False):
         return data.as_grey()
     return ImageTensors(data.images[:, :1].contiguous(), data.labels, data.classes, data.source, data.paths)
@@ -510,29 +501,21 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
 
     Records the absolute folder in ``config`` so the checkpoint (and eval) can find it again.
     """
-    from cnnctl.data.splits import PreparedData, resolve_preprocessing
-
     if not config.data_dir:
         raise UsageError("the folder dataset needs --data PATH (a folder with one sub-folder per class)")
     if config.dataset not in ("folder", "mnist"):  # mnist is only the option's default
         raise UsageError(f"--data and --dataset {config.dataset} contradict each other; pass one of them")
     root = Path(config.data_dir).expanduser().resolve()
     scan = scan_folder(root, log=log)
-    from cnnctl.registry import get_dataset_spec
-
     # What ran goes into the saved configuration: a folder with its own val/ holds nothing out of train/.
     config.resolve_data_defaults(get_dataset_spec("folder"),
                                  default_val_split=0 if scan.splits.get("val") is not None else DEFAULT_VAL_SPLIT)
-    from cnnctl.engine.imbalance import check_class_names
-
     check_class_names(getattr(config, "class_weights", None), scan.classes)  # before any image is decoded
     chosen = choose_splits(scan, val_split=config.val_split, seed=config.seed, limit=config.limit)
     side = DEFAULT_IMAGE_SIZE if config.img_size is None else config.img_size
     # Decode straight to the size the model will see (a fixed-input model may ask for another one).
     size = resolve_preprocessing(model, (3, side, side), (0.0,) * 3, (1.0,) * 3, None).image_size
     # pretrained weights: their preprocessing; images are kept at the resize size, cropped per batch
-    from cnnctl.models.weights import grey_input_mode, run_preprocessing, weights_for_config
-
     weights = weights_for_config(config)
     weights_prep = None if weights is None else run_preprocessing(
         weights, 3, size, img_size=config.img_size, folder=True, grey_input=grey_input_mode(config))
@@ -543,8 +526,6 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     loaded: dict[str, ImageTensors | StreamedImages | None] = {}
     all_grey = True
     counts = {split: len(getattr(chosen, split) or ()) for split in ("train", "val", "test")}
-    from cnnctl.data.stream import plan_cache, stream_workers
-
     plan = plan_cache(getattr(config, "cache", None) or "auto", counts, 3 * size[0] * size[1],
                       f"{root} at {size[0]}x{size[1]}", stream_workers(counts["train"]))
     log(plan.reason)
@@ -641,7 +622,6 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
                          resize=meta.preprocessing.resize, interpolation=meta.preprocessing.interpolation)
     if len(data) == 0:
         raise DataError(f"none of the {split} images in {root} could be read")
-    from cnnctl.data.base import ImageTensors
     images = to_grey(data.images) if meta.preprocessing.channels == 1 else data.images
     return ImageTensors(images, data.labels, data.classes, data.source, data.paths)
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.png_check import png_problem
 from cnnctl.errors import DataError
 
 if TYPE_CHECKING:
@@ -314,8 +315,6 @@ def _decode_full(data: bytes, path: Path, header: ImageHeader) -> torch.Tensor:
     if header.format not in _TORCHVISION_FORMATS:
         return _read_with_pillow(data, path)
     from torchvision.io import ImageReadMode, decode_image
-
-    from cnnctl.data.png_check import png_problem
 
     if problem := png_problem(data):  # torchvision's decoder would crash the process on this one
         raise DataError(f"{path}: not a readable image ({problem})")

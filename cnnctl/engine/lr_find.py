@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl import plots
 from cnnctl.engine.fit import Trainer
 from cnnctl.engine.lr_sweep import RULE, LrFindResult, suggest_lr, sweep_lr
+from cnnctl.plots import _figure, _save
 
 if TYPE_CHECKING:
     from cnnctl.config import TrainConfig
@@ -20,8 +22,6 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
             plot: str | Path | None = None, log: Any = None) -> LrFindResult:
     """Sweep the learning rate for ``config``'s run (which is not changed, nor saved) and suggest one."""
     if plot is not None:
-        from cnnctl import plots
-
         plots.require()
     result = sweep_lr(Trainer, config, start_lr=start_lr, end_lr=end_lr, steps=steps, log=log)
     if plot is not None:
@@ -31,8 +31,6 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
 
 def plot_lr_find(result: LrFindResult, path: Path) -> Path:
     """Loss against learning rate (log scale): each step, the smoothed curve and the suggestion."""
-    from cnnctl.plots import _figure, _save
-
     figure = _figure(7, 4.5)
     axes = figure.add_subplot(1, 1, 1)
     axes.plot(result.lrs, result.losses, color="0.75", linewidth=0.8, label="loss per step")

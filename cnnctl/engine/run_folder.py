@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePath
 
 from cnnctl.errors import UsageError
+from cnnctl.fsutil import atomic_write_text
 
 STATE_FILE = "state.safetensors"
 
@@ -85,8 +86,6 @@ class RunFolder:
             return
         import json
         import time
-
-        from cnnctl.fsutil import atomic_write_text
 
         atomic_write_text(self.interrupted, json.dumps({"reason": reason, "time": time.time()}) + "\n")
 

@@ -18,8 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.checkpoint import load_weights_strict, state_tensors, unwrap
+from cnnctl.config import TrainConfig
 from cnnctl.engine.run_folder import STATE_FILE, run_lock  # noqa: F401 - part of this module's API
+from cnnctl.engine.tracking import MetricTracker
 from cnnctl.errors import CheckpointError, UsageError, first_line
+from cnnctl.fsutil import atomic_path
+from cnnctl.options import RESUMABLE, coerce_mapping, label
+from cnnctl.registry import get_model_spec
 
 if TYPE_CHECKING:
     import torch
@@ -129,8 +135,6 @@ def write_state(run_dir: Path, tensors: dict[str, torch.Tensor], state: Training
                 rng_document: dict[str, Any], optimizer_document: dict[str, Any]) -> Path:
     """Write ``state.safetensors`` atomically (temporary file, fsync, rename)."""
     from safetensors.torch import save_file
-
-    from cnnctl.fsutil import atomic_path
 
     document = {"format": STATE_FORMAT, "state": state.__dict__, "rng": rng_document, "optimizer": optimizer_document}
     path = run_dir / STATE_FILE
@@ -246,8 +250,6 @@ def save_training_state(trainer: Trainer, epoch: int, batch: int, loader_state: 
     ranks' together), and every callback's ``state_dict()``. Rank 0 only."""
     if not trainer.dist.is_main:
         return
-    from cnnctl.checkpoint import state_tensors
-
     tensors = {f"model.{name}": tensor for name, tensor in state_tensors(trainer.model).items()}
     if trainer.averaged is not None:  # --ema
         tensors.update({f"averaged.{name}": tensor.detach().to("cpu").contiguous().clone()
@@ -276,9 +278,6 @@ def save_training_state(trainer: Trainer, epoch: int, batch: int, loader_state: 
 
 def restore_training_state(trainer: Trainer, loaded: LoadedState) -> None:
     """Put model, optimizer, schedule, scaler, counters, callbacks and every random-number state back as saved."""
-    from cnnctl.checkpoint import load_weights_strict, unwrap
-    from cnnctl.engine.tracking import MetricTracker
-
     source = str(trainer.run_dir / STATE_FILE)
     state = loaded.state
     load_weights_strict(unwrap(trainer.model), loaded.model_tensors(), source=source)
@@ -317,9 +316,6 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     """The run's saved configuration with the options a resumed run may change (those declared ``resumable`` in
     cnnctl/options.py); anything else that differs from the saved value is a contradiction and says so before
     any work starts. ``overrides`` are keyed by option name (``data``, ``dropout``; older names are accepted)."""
-    from cnnctl.config import TrainConfig
-    from cnnctl.options import RESUMABLE, coerce_mapping, label
-
     state = TrainingState(**read_state_document(run_dir)["state"])
     source = str(run_dir / STATE_FILE)
     saved = TrainConfig.from_dict(dict(state.config), source=source).to_dict()  # old spellings → option names
@@ -330,8 +326,6 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
         if name in RESUMABLE or value is None or saved.get(name) == value:
             continue
         if name == "arch":
-            from cnnctl.registry import get_model_spec
-
             if get_model_spec(value).name == saved.get("arch"):
                 continue
             raise UsageError(f"--resume {run_dir}: the run trains {saved.get('arch')}, not {value}",

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from cnnctl.errors import UsageError
+from cnnctl.registry import get_model_spec, suggest
+
 
 def build_model(name: str, *, num_classes: int, in_channels: int, **arch_args: Any) -> Any:
     """Build a registered architecture by name."""
-    from cnnctl.registry import get_model_spec
-
     spec = get_model_spec(name)
     check_arch_args(spec, arch_args)
     args = {**spec.default_args, **arch_args}
@@ -32,16 +33,12 @@ def arch_options(spec: Any) -> set[str]:
 
 def check_arch_args(spec: Any, arch_args: dict[str, Any]) -> None:
     """Refuse options the architecture does not have (``--dropout`` on a head without dropout) or out of range."""
-    from cnnctl.errors import UsageError
-
     accepted = arch_options(spec)
     for key, value in arch_args.items():
         if key not in accepted:
             if key == "dropout":
                 raise UsageError(f"{spec.name} has no dropout before its classifier, so --dropout cannot be set",
                                  hint="leave --dropout out, or pick an architecture whose head has dropout")
-            from cnnctl.registry import suggest
-
             raise suggest(key, sorted(accepted) or ["(none)"], f"option for {spec.name}:")
         if key == "dropout" and not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise UsageError(f"--dropout must be in [0, 1), got {value}")

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.checkpoint.format import existing_checkpoint, read_tensors
 from cnnctl.errors import CheckpointError, UsageError, first_line
+from cnnctl.models import weights as published
+from cnnctl.models._adapt import adapt_input_conv, first_conv_name
+from cnnctl.models.timm_models import timm_reference_state
 
 if TYPE_CHECKING:
     import torch
@@ -63,16 +67,12 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     refuses arbitrary pickled objects; a cnnctl run folder means its best checkpoint."""
     path = Path(path)
     if path.is_dir():
-        from cnnctl.checkpoint.format import existing_checkpoint
-
         path = existing_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"--pretrained {path} does not exist",
                               hint="pass a weights file, or `--pretrained imagenet` for the published weights")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from cnnctl.checkpoint.format import read_tensors
-
         return read_tensors(path)
     if suffix not in TORCH_SUFFIXES:
         raise UsageError(f"--pretrained {path}: unknown weights format {suffix or '(no suffix)'}",
@@ -129,8 +129,6 @@ def load_pretrained(model: torch.nn.Module, spec: Any, path: str | Path,
     docstring. ``path`` is a file, or published weights (``imagenet``, ``IMAGENET1K_V2``, ...) fetched with
     ``config``'s ``weights_mirror``/``offline``. Shape mismatches outside the classifier and the first
     convolution are errors (wrong architecture), as is a file none of whose tensors fit."""
-    from cnnctl.models import weights as published
-
     if published.is_weights_name(str(path)):
         found = published.resolve_cached(spec.name, str(path))
         file = published.ensure_weights_file(found, mirror=getattr(config, "weights_mirror", None),
@@ -168,8 +166,6 @@ def load_timm_pretrained(model: Any, spec: Any, weights: Any, path: Path,
                          log: Callable[[str], None] | None) -> PretrainedReport:
     """Load a timm weights file into ``model``: timm builds the same architecture from the tensors (its own
     filter, classifier reset and first-convolution adaptation), and its state dict is copied over."""
-    from cnnctl.models.timm_models import timm_reference_state
-
     tensors = read_weights(path)
     first = next(iter(model.parameters()))
     num_classes = int(model.num_classes)
@@ -194,8 +190,6 @@ def load_timm_pretrained(model: Any, spec: Any, weights: Any, path: Path,
 def load_tensors(model: torch.nn.Module, spec: Any, tensors: dict[str, torch.Tensor], source: str,
                  log: Callable[[str], None] | None = None) -> PretrainedReport:
     """:func:`load_pretrained` for tensors already read; ``source`` names them in messages."""
-    from cnnctl.models._adapt import adapt_input_conv, first_conv_name
-
     path = source
     report = PretrainedReport(source)
     own = model.state_dict()

@@ -20,7 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cnnctl.data.download import _is_url
 from cnnctl.errors import DownloadError, UsageError
+from cnnctl.fsutil import atomic_write_bytes
+from cnnctl.models._adapt import first_conv_name
+from cnnctl.models.torchvision_zoo import _catch_up_batch_norm
 from cnnctl.models.weights import (
     HASH_IN_NAME,
     IMAGENET_NAMES,
@@ -28,7 +32,7 @@ from cnnctl.models.weights import (
     WeightsPreprocessing,
     register_weights_source,
 )
-from cnnctl.registry import ModelSpec, register_model_resolver
+from cnnctl.registry import ModelSpec, register_model_resolver, suggest
 
 PREFIX = "timm:"
 # names in tutorials written for older libraries (pretrainedmodels/Cadene) → timm's own
@@ -66,8 +70,6 @@ def canonical_name(name: str) -> str:
     starting = [known for known in tags if known.startswith(tag)]
     if len(starting) == 1:
         return f"{base}.{starting[0]}"
-    from cnnctl.registry import suggest
-
     raise suggest(tag, tags or ["(none)"], f"weights tag for timm:{base}:")
 
 
@@ -80,8 +82,6 @@ def pretrained_cfg(name: str) -> Any:
 def build_timm(name: str, num_classes: int = 1000, in_channels: int = 3, dropout: float | None = None) -> Any:
     """``timm.create_model(name, num_classes=, in_chans=)`` (``dropout`` is timm's ``drop_rate``), with
     BatchNorm momentum raised to 0.1 for short runs as for torchvision's models."""
-    from cnnctl.models.torchvision_zoo import _catch_up_batch_norm
-
     options = {} if dropout is None else {"drop_rate": dropout}
     model = _timm().create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **options)
     _catch_up_batch_norm(model)
@@ -160,8 +160,6 @@ def fetch_hub_weights(weights: Any, *, mirror: str | None, dest: str | Path | No
                       log: Callable[[str], None]) -> Path:
     """A hub-published timm weights file: from a mirror folder, ``dest`` (already there), or the Hugging Face
     cache / hub (``hf_hub_download``; cache only when offline)."""
-    from cnnctl.data.download import _is_url
-
     hub_id = weights.extra["hf_hub_id"]
     chosen = mirror or os.environ.get("CNNCTL_WEIGHTS_MIRROR", "")
     for folder in ([Path(chosen).expanduser()] if chosen and not _is_url(chosen) else []) + (
@@ -216,8 +214,6 @@ def _hub_cache() -> str:
 
 
 def _copy_into(source: Path, target: Path, log: Callable[[str], None]) -> Path:
-    from cnnctl.fsutil import atomic_write_bytes
-
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, source.read_bytes())
     log(f"copied {source} to {target}")
@@ -235,8 +231,6 @@ def timm_reference_state(model: Any, weights: Any, tensors: dict[str, Any]) -> t
 
 
 def _input_channels(model: Any) -> int:
-    from cnnctl.models._adapt import first_conv_name
-
     return int(model.get_submodule(first_conv_name(model)).in_channels)
 
 

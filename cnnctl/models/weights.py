@@ -22,7 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnctl.data.base import Preprocessing
+from cnnctl.data.download import RemoteFile, _is_url, ensure_files, offline_requested, verify_file
 from cnnctl.errors import DownloadError, UsageError
+from cnnctl.models.torchvision_zoo import ZOO, registered_name
+from cnnctl.registry import get_model_spec, suggest
 
 IMAGENET_NAMES = ("imagenet", "imagenet1k", "default")  # --pretrained values meaning "the recommended weights"
 MIRROR_ENV = "CNNCTL_WEIGHTS_MIRROR"
@@ -91,8 +95,6 @@ def is_weights_name(value: str) -> bool:
 
 
 def offline(explicit: bool = False) -> bool:
-    from cnnctl.data.download import offline_requested
-
     return explicit or offline_requested()
 
 
@@ -101,8 +103,6 @@ def offline(explicit: bool = False) -> bool:
 
 
 def _zoo_entry(arch: str) -> Any:
-    from cnnctl.models.torchvision_zoo import ZOO, registered_name
-
     return next((entry for entry in ZOO if registered_name(entry.tv_name) == arch), None)
 
 
@@ -123,8 +123,6 @@ def _choose_member(enum: Any, value: str, arch: str) -> Any:
     members = {member.name: member for member in enum}
     if wanted.upper() in members:
         return members[wanted.upper()]
-    from cnnctl.registry import suggest
-
     raise suggest(value, ["imagenet", "DEFAULT", *members], f"--pretrained for {arch}: weights")
 
 
@@ -149,8 +147,6 @@ def resolve_torchvision(arch: str, tv_name: str, value: str) -> PublishedWeights
 def resolve(arch: str, value: str) -> PublishedWeights:
     """The published weights ``--pretrained value`` means for ``arch`` (a registered name); one-line errors
     for architectures without published weights and for unknown weight names."""
-    from cnnctl.registry import get_model_spec
-
     spec = get_model_spec(arch)
     if spec.source in _SOURCES:
         return _SOURCES[spec.source].resolve(spec, value)
@@ -182,14 +178,10 @@ def official_sources(weights: PublishedWeights) -> list[str]:
 
 
 def _remote(weights: PublishedWeights) -> Any:
-    from cnnctl.data.download import RemoteFile
-
     return RemoteFile(weights.file_name, file_sha256_prefix=weights.sha256_prefix)
 
 
 def verify_cached(path: Path, weights: PublishedWeights) -> bool:
-    from cnnctl.data.download import verify_file
-
     return verify_file(path, _remote(weights))
 
 
@@ -199,8 +191,6 @@ def ensure_weights_file(weights: PublishedWeights, *, mirror: str | None = None,
     """The verified local file of ``weights``: the cached copy if it still matches the SHA-256 prefix in its
     name, else fetched (``mirror`` / ``$CNNCTL_WEIGHTS_MIRROR`` first, then the official URL). Offline, only a
     folder mirror may be used, and a missing file is one error naming the file and the folder to put it in."""
-    from cnnctl.data.download import _is_url, ensure_files
-
     if weights.source in _SOURCES and _SOURCES[weights.source].fetch is not None and weights.extra.get("hf_hub_id"):
         fetch = _SOURCES[weights.source].fetch  # timm weights on the Hugging Face hub
         return fetch(weights, mirror=mirror, dest=dest, offline=offline(offline_only), log=log)
@@ -271,8 +261,6 @@ def run_preprocessing(weights: PublishedWeights, channels: int, image_size: tupl
     (``--img-size`` sets the crop and scales the resize with it); in-memory datasets (MNIST, CIFAR) keep their
     own size or ``--img-size``, since their images are already small crops. Grey data meets colour weights by
     ``grey_input`` (see :func:`grey_input_mode`)."""
-    from cnnctl.data.base import Preprocessing
-
     prep = weights.preprocessing
     mean, std = prep.mean, prep.std
     if channels == 1 and len(mean) == 3:

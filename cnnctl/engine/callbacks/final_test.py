@@ -7,7 +7,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from cnnctl import checkpoint
+from cnnctl.checkpoint import load as load_checkpoint
+from cnnctl.data.loader import BatchLoader
 from cnnctl.engine.callbacks.base import Callback
+from cnnctl.engine.distributed import broadcast_object, gather_object, weights_fingerprint
+from cnnctl.engine.evaluate import evaluate
+from cnnctl.fsutil import atomic_write_text
 
 if TYPE_CHECKING:
     from cnnctl.engine.fit import FitResult, Trainer
@@ -20,8 +26,6 @@ class FinalTest(Callback):
         self.evaluation: tuple[Any, Any] | None = None  # (model, EvalResult) for the plots
 
     def on_fit_end(self, trainer: Trainer, result: FitResult) -> None:
-        from cnnctl.engine.distributed import broadcast_object, gather_object, weights_fingerprint
-
         fingerprints: list[str] = []
         if trainer.dist.enabled:
             fingerprints = gather_object(weights_fingerprint(trainer.model), trainer.dist)
@@ -36,12 +40,6 @@ class FinalTest(Callback):
         result.test = broadcast_object(result.test, trainer.dist)
 
     def run_test(self, trainer: Trainer, fingerprints: list[str]) -> dict[str, Any]:
-        from cnnctl import checkpoint
-        from cnnctl.checkpoint import load as load_checkpoint
-        from cnnctl.data.loader import BatchLoader
-        from cnnctl.engine.evaluate import evaluate
-        from cnnctl.fsutil import atomic_write_text
-
         data, folder = trainer.data, trainer.folder
         model, meta = load_checkpoint(folder.best, device=trainer.device)
         batches = BatchLoader(data.test, data.preprocessing, batch_size=max(trainer.config.batch_size, 512),

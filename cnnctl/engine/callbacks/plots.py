@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cnnctl import plots
 from cnnctl.engine.callbacks.base import Callback
 from cnnctl.engine.callbacks.final_test import FinalTest
 
@@ -21,8 +22,6 @@ class Plots(Callback):
     def on_fit_end(self, trainer: Trainer, result: FitResult) -> None:
         if not (trainer.config.plots and trainer.dist.is_main):
             return
-        from cnnctl import plots
-
         missing = plots.available()
         if missing:
             trainer.reporter.message(missing)
