@@ -40,6 +40,9 @@ DIST = "Several processes (distributed)"
 PRETRAINED = "Pretrained weights and fine-tuning"
 
 SEED_MAX = 2**63 - 2  # torch.Generator seeds are 64-bit; the loader also seeds with seed + 1
+# The largest image side (pixels, after padding) a checkpoint may hold: --img-size is refused beyond it at the
+# start, and the checkpoint reader refuses larger inputs (cnnctl/checkpoint/schema.py), so a run can read its own.
+MAX_IMAGE_SIDE = 2048
 
 
 class _Derived:
@@ -217,7 +220,7 @@ OPTIONS: tuple[Option, ...] = (
            minimum=0, check=_val_split, normalize=_count_or_fraction,
            synonyms=("validation_split", "val_size", "val", "val_fraction")),
     Option("img_size", int, None, "resize images to this square size (networks with a fixed input take only that)",
-           panel=DATA, minimum=1, maximum=4096, synonyms=("image_size", "input_size", "size", "resolution")),
+           panel=DATA, minimum=1, maximum=MAX_IMAGE_SIDE, synonyms=("image_size", "input_size", "size", "resolution")),
     Option("limit", int, None, "train on this many randomly chosen training images", panel=DATA, minimum=1,
            synonyms=("max_images", "subset")),
     # small and imbalanced data (docs/data.md)

@@ -19,11 +19,11 @@ from cnnctl.checkpoint.format import DAMAGED_HINT, FORMAT_VERSION, _is_int, vers
 from cnnctl.data.base import Preprocessing
 from cnnctl.errors import CheckpointError, CnnctlError
 from cnnctl.models import arch_options
+from cnnctl.options import MAX_IMAGE_SIDE  # pixels per side after padding: larger inputs are refused
 from cnnctl.registry import get_model_spec
 
 MAX_CLASSES = 100_000
 MAX_CLASS_NAME = 1_000
-MAX_INPUT_SIDE = 2048  # pixels per side after padding: larger inputs are refused, not attempted
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")  # the resize filters torchvision's transforms name
 MAX_PAD = 512
 MAX_ARCH_INT = 65_536
@@ -150,17 +150,17 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
     size = prep.get("image_size")
     if not isinstance(size, list) or len(size) != 2:
         raise check.fail("preprocessing.image_size", f"must be [height, width], not {_short(size)}")
-    height = check.integer(size[0], "preprocessing.image_size", 1, MAX_INPUT_SIDE)
-    width = check.integer(size[1], "preprocessing.image_size", 1, MAX_INPUT_SIDE)
+    height = check.integer(size[0], "preprocessing.image_size", 1, MAX_IMAGE_SIDE)
+    width = check.integer(size[1], "preprocessing.image_size", 1, MAX_IMAGE_SIDE)
     pad = check.integer(prep.get("pad", 0), "preprocessing.pad", 0, MAX_PAD)
     assert channels is not None and height is not None and width is not None and pad is not None
-    if max(height, width) + 2 * pad > MAX_INPUT_SIDE:
+    if max(height, width) + 2 * pad > MAX_IMAGE_SIDE:
         raise check.fail("preprocessing.pad", f"{pad} makes the input {height + 2 * pad}x{width + 2 * pad}, "
-                                              f"larger than {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}")
+                                              f"larger than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
     mean = check.numbers(prep.get("mean"), "preprocessing.mean", channels, -1e6, 1e6)
     std = check.numbers(prep.get("std"), "preprocessing.std", channels, 1e-6, 1e6)
     extra = check.obj(prep.get("extra"), "preprocessing.extra", optional=True)
-    resize = check.integer(prep.get("resize"), "preprocessing.resize", 1, MAX_INPUT_SIDE, optional=True)
+    resize = check.integer(prep.get("resize"), "preprocessing.resize", 1, MAX_IMAGE_SIDE, optional=True)
     interpolation = check.text(prep.get("interpolation"), "preprocessing.interpolation", optional=True, limit=20)
     if interpolation is not None and interpolation not in INTERPOLATIONS:
         raise check.fail("preprocessing.interpolation", f"is {_short(interpolation)}; one of "
