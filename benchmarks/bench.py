@@ -1,4 +1,4 @@
-"""cnnctl's performance benchmark on the real MNIST, in one run, with the ratios the README reports.
+"""cnnctl's performance benchmark on the real MNIST, in one run, with the ratios docs/performance.md reports.
 
     python benchmarks/bench.py                    # everything (~4 min on 2 cores)
     python benchmarks/bench.py --only train       # (a) tutorial vs (b) cnnctl train vs (c) compute limit

@@ -15,8 +15,8 @@ Sections:
              epochs, with plain cross-entropy, ``--class-weights auto`` and ``--sampler balanced``, at the default
              batch size and at 128: test macro-F1, balanced accuracy and accuracy from ``cnnctl eval --json``.
 
-Every run is its own ``cnnctl`` process with ``--threads`` (default 2) and seed 0. MNIST comes from
-``$CNNCTL_MIRROR`` or ``/work/shared/datasets/mnist``.
+Every run is its own ``cnnctl`` process with ``--threads`` (default 2) and seed 0. MNIST comes as for
+``cnnctl download mnist``: the data folder, else ``$CNNCTL_MIRROR`` or the official mirrors (tests/real_mnist.py).
 """
 
 from __future__ import annotations

@@ -5,10 +5,12 @@ The Python API mirrors the CLI (see docs/api.md)::
     import cnnctl
     run = cnnctl.train("lenet5", dataset="mnist", epochs=2)   # a FitResult; run.run_dir is the run folder
     model, preprocessing = cnnctl.load(run)                    # its best checkpoint, in eval mode
+    imagenet, _ = cnnctl.load_pretrained("tv:resnet50")        # ImageNet weights as a classifier, no training
     labels, probabilities = cnnctl.predict(model, ["digit.png"])
     cnnctl.export(run, "onnx")                                 # best.onnx + best.preprocessing.json
     numbers = cnnctl.evaluate(run, report="report")            # eval --json's numbers; report/index.html
     maps = cnnctl.explain(run, ["digit.png"], output="maps")   # Grad-CAM heat maps, maps/digit.gradcam.png
+    found = cnnctl.embed(run, "images/")                       # penultimate features: .features, .paths
 
 Every failure raises ``cnnctl.CnnctlError`` with a one-line message. Everything heavy (torch, torchvision) is
 imported on first use, so ``import cnnctl`` is instant.
@@ -20,17 +22,18 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl.version import __version__
 
-__all__ = ["__version__", "train", "load", "predict", "export", "evaluate", "explain", "CnnctlError"]
+__all__ = ["__version__", "train", "load", "load_pretrained", "predict", "export", "evaluate", "explain", "embed",
+           "CnnctlError"]
 
 from cnnctl.errors import CnnctlError
 
 if TYPE_CHECKING:
-    from cnnctl.api import evaluate, explain, export, load, predict, train
+    from cnnctl.api import embed, evaluate, explain, export, load, load_pretrained, predict, train
 else:
 
     def __getattr__(name: str) -> Any:
         """``cnnctl.train`` and friends live in cnnctl.api, imported on first use."""
-        if name in ("train", "load", "predict", "export", "evaluate", "explain"):
+        if name in ("train", "load", "load_pretrained", "predict", "export", "evaluate", "explain", "embed"):
             from cnnctl import api
 
             return getattr(api, name)

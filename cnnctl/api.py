@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl.config import TrainConfig
 from cnnctl.config_file import build_train_config, coerce_options
+from cnnctl.engine.embed import check_output, open_backbone, write_embeddings
+from cnnctl.engine.embed import embed as _embed
 from cnnctl.engine.fit import Trainer
 from cnnctl.engine.heatmaps import explain as _explain
 from cnnctl.engine.predict import load_for_inference, model_with_meta, predict_api
 from cnnctl.errors import UsageError
 from cnnctl.exporter import export as _export
+from cnnctl.models.imagenet_classifier import imagenet_classifier
 from cnnctl.options import CONFIG_OPTIONS, naming
 from cnnctl.progress import PlainReporter
 from cnnctl.report import evaluate_and_report
@@ -44,7 +47,8 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
 
     Returns a ``FitResult``: the run folder (``.run_dir``; the result itself is path-like, so
     ``cnnctl.load(run)`` and ``Path(run)`` work), ``.best_path``, ``.last_path``, ``.history`` (one dict per
-    epoch) and ``.test`` (the final test metrics). ``progress=True`` prints a line per epoch; a ``reporter``
+    epoch), ``.test`` (the final test metrics) and ``.results`` (results.json: the test metrics, or without a
+    test split the best epoch's on the validation split). ``progress=True`` prints a line per epoch; a ``reporter``
     (see ``cnnctl.progress``) receives every event instead. ``callbacks`` (``cnnctl.engine.callbacks.Callback``
     instances) run beside the built-in ones.
     """
@@ -100,6 +104,24 @@ def load(path: str | os.PathLike[str], device: str = "cpu") -> tuple[torch.nn.Mo
     (``classes``, ``arch``, ``dataset``, ``metrics``).
     """
     return load_for_inference(_as_path(path, "cnnctl.load"), device=device)
+
+
+def load_pretrained(arch: str, weights: str | os.PathLike[str] = "imagenet", device: str = "cpu", *,
+                    weights_mirror: str | None = None, offline: bool = False
+                    ) -> tuple[torch.nn.Module, Preprocessing]:
+    """An ImageNet classifier with no training, as ``(model, preprocessing)`` like :func:`load`: ``arch``
+    (``"tv:resnet50"``, ``"timm:tf_efficientnet_lite0"``) with ``weights`` — ``"imagenet"``, a weights name, or a
+    local ``.pth``/``.safetensors`` file (matched by name, or by order when its names are another library's).
+
+    ``model.cnnctl_meta.classes`` are the ImageNet class names, its preprocessing the weights' own, so
+    ``predict(model, "photo.jpg")`` works as for a checkpoint. Published weights are fetched and verified as for
+    ``train(pretrained=...)`` (``weights_mirror`` first; ``offline``: nothing is downloaded).
+    """
+    from types import SimpleNamespace
+
+    model = imagenet_classifier(arch, os.fspath(weights), device=device,
+                                config=SimpleNamespace(weights_mirror=weights_mirror, offline=offline))
+    return model, model.cnnctl_meta.preprocessing
 
 
 def predict(model_or_path: Any, images: Any, *, device: str = "cpu",
@@ -194,3 +216,20 @@ def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: 
     model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.explain")
     return _explain(model_or_path, images, method=method, layer=layer, target=target,
                     output=None if output is None else Path(output), topk=topk, device=device)
+
+
+def embed(checkpoint_or_arch: Any, images: Any, *, pretrained: str | None = None, device: str = "cpu",
+          batch_size: int = 64, output: str | os.PathLike[str] | None = None, offline: bool = False) -> Any:
+    """``cnnctl embed``: the L2-normalised penultimate features of ``images`` (files, a folder of images, or a
+    folder of class folders) under a checkpoint / run folder, or an architecture with ``pretrained`` weights
+    (``imagenet``, a weights name, a file). Returns ``Embeddings``: ``.features`` (N×D float32 NumPy array, unit
+    rows), ``.paths`` (their order), ``.labels`` and ``.classes`` (class folders; None otherwise). ``output``
+    also writes them (.npz or .parquet)."""
+    if output is not None:
+        check_output(os.fspath(output))
+    paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    backbone = open_backbone(os.fspath(checkpoint_or_arch), pretrained, device=device, offline=offline)
+    result = _embed(backbone, paths, batch_size=batch_size)
+    if output is not None:
+        write_embeddings(result, os.fspath(output), backbone=backbone)
+    return result

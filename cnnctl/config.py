@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cnnctl.engine.linear_probe import check_probe_config
 from cnnctl.engine.optim import get_optimizer
 from cnnctl.engine.schedules import SCHEDULERS, get_schedule
 from cnnctl.errors import UsageError
@@ -111,6 +112,7 @@ class _TrainConfigMethods:
         self._validate_input_size(spec)
         self._validate_combinations()
         self._validate_pretrained()
+        check_probe_config(self)
 
     def _resolve_fine_tuning_defaults(self) -> None:
         """With --pretrained: the backbone learns at a tenth of the head's rate, and image folders get the
@@ -119,6 +121,10 @@ class _TrainConfigMethods:
             self.backbone_lr_scale = 0.1 if self.pretrained else 1.0
         if self.pretrained:
             self.grey_input = grey_input_mode(self)
+        if self.linear_probe:  # one pass over un-augmented images; the backbone's statistics stay its own
+            self.epochs, self.augment, self.precise_bn = 1, "none", False
+            if self.channels_last is None:  # no training steps to time the memory formats with
+                self.channels_last = False
         if self.augment is None and (self.data_dir or self.dataset == "folder") and weights_for_config(self):
             self.augment = "resized-crop-flip"
 

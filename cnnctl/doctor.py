@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.data.download import default_root
+from cnnctl.engine.threads import threads_for_this_process
 
 # (distribution, what cnnctl uses it for); the optional ones are the extras of pyproject.toml
 PACKAGES = (
@@ -50,8 +51,11 @@ def devices() -> list[dict[str, Any]]:
     """CPU, CUDA and MPS as torch sees them."""
     import torch
 
+    choice = threads_for_this_process()
+    training = f"training now would take {choice.note}" if choice.note else \
+        f"training now would take all {choice.threads} threads"
     rows: list[dict[str, Any]] = [{"name": "cpu", "available": True,
-                                   "detail": f"{os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads"}]
+                                   "detail": f"{os.cpu_count()} cores; {training}"}]
     cuda = torch.cuda.is_available()
     detail = ""
     if cuda:

@@ -259,7 +259,8 @@ OPTIONS: tuple[Option, ...] = (
            synonyms=("batch", "bs", "batchsize", "train_batch_size")),
     Option("device", str, "auto", "auto, cpu, cuda, cuda:N or mps", check=_device, resumable=True,
            synonyms=("gpu", "accelerator")),
-    Option("threads", int, None, "CPU threads (at most the machine's cores) \\[default: torch's choice]",
+    Option("threads", int, None, "CPU threads (at most the machine's cores) \\[default: the CPUs this "
+           "process may use that other work leaves free, followed while training]",
            minimum=1, check=_threads, resumable=True, synonyms=("num_threads", "n_threads", "cpu_threads")),
     # optimizer and schedule
     Option("optimizer", str, "adam", "optimizer", panel=OPTIM, choices=_choices_of("cnnctl.engine.optim", "OPTIMIZERS"),
@@ -364,6 +365,10 @@ OPTIONS: tuple[Option, ...] = (
            "first convolution's filters)", panel=PRETRAINED,
            derived="replicate for published weights, sum for weight files",
            choices=lambda: ("replicate", "sum")),
+    Option("linear_probe", bool, False, "train only a new linear classifier on the pretrained backbone's features "
+           "(backbone frozen in eval mode, features of the un-augmented images computed once, a few hundred steps "
+           "of the head); a run folder and checkpoint like any other, in one epoch", panel=PRETRAINED,
+           synonyms=("probe", "linear_eval", "linear_classifier")),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}

@@ -95,17 +95,33 @@ def _percent() -> Any:
 
 
 def plot_confusion(confusion: Any, classes: Sequence[str], path: Path, title: str = "confusion matrix") -> Path:
-    """Counts per (true, predicted) pair; cells coloured by the share of their true class (row)."""
+    """Counts per (true, predicted) pair, coloured by the share of their true class (row): the diagonal in blue
+    on 0–100 %, the errors in red on a scale of their own (0 to the largest error share, square-root), so a
+    class confused 5 % of the time stands out instead of fading to white beside a 95 % diagonal."""
     import numpy as np
+    from matplotlib.colors import PowerNorm
 
     matrix = np.asarray(confusion.cpu() if hasattr(confusion, "cpu") else confusion, dtype=np.int64)
     count = len(classes)
-    size = min(14.0, max(4.5, 0.55 * count + 2))
-    figure = _figure(size, size * 0.9)
+    size = min(14.0, max(5.0, 0.55 * count + 2.6))
+    figure = _figure(size + 0.9, size * 0.9)
     axis = figure.subplots()
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    image = axis.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of the true class")
+    on_diagonal = np.eye(count, dtype=bool)
+    errors = np.ma.masked_where(on_diagonal | (matrix == 0), share)
+    correct = np.ma.masked_where(~on_diagonal, share)
+    largest_error = float(errors.max()) if errors.count() else 0.0
+    axis.imshow(np.zeros_like(share), cmap="Greys", vmin=0, vmax=1)  # white behind the empty cells
+    right = axis.imshow(correct, cmap="Blues", vmin=0, vmax=1)
+    from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+    beside = make_axes_locatable(axis)
+    figure.colorbar(right, cax=beside.append_axes("right", size="3.5%", pad=0.15), format=_percent(),
+                    label="correct, of the true class")
+    if largest_error:  # a perfect matrix has no error scale to show
+        wrong = axis.imshow(errors, cmap="Reds", norm=PowerNorm(0.5, vmin=0, vmax=largest_error))
+        figure.colorbar(wrong, cax=beside.append_axes("right", size="3.5%", pad=0.95), format=_percent(),
+                        label="errors, of the true class")
     labels = [name if len(name) <= 12 else name[:11] + "…" for name in classes]
     ticks = range(count)
     axis.set_xticks(list(ticks), labels, rotation=90 if count > 10 or max(map(len, labels), default=0) > 3 else 0)
@@ -119,21 +135,27 @@ def plot_confusion(confusion: Any, classes: Sequence[str], path: Path, title: st
         for row in range(count):
             for col in range(count):
                 if matrix[row, col]:
+                    level = share[row, col] if row == col else (
+                        (share[row, col] / largest_error) ** 0.5 if largest_error else 0.0)
                     axis.text(col, row, str(matrix[row, col]), ha="center", va="center",
-                              fontsize=7 if count > 12 else 9, color="white" if share[row, col] > 0.5 else "black")
+                              fontsize=7 if count > 12 else 9, color="white" if level > 0.55 else "black")
     figure.tight_layout()
     return _save(figure, path)
 
 
 def plot_predictions(images: torch.Tensor, predicted: Sequence[int], classes: Sequence[str], path: Path, *,
                      truth: Sequence[int | None] | None = None, probabilities: Sequence[float] | None = None,
-                     title: str | None = None, count_wrong: bool = True) -> Path:
-    """A grid of uint8 N×C×H×W images titled with the predicted class; with ``truth``, wrong ones are red and
-    framed, and name the true class too (and ``count_wrong`` adds their number to the title)."""
+                     title: str | None = None, count_wrong: bool = True,
+                     names: Sequence[str] | None = None) -> Path:
+    """A grid of uint8 N×C×H×W images titled with the predicted class (under its file name, with ``names``);
+    with ``truth``, wrong ones are red and framed, and name the true class too (and ``count_wrong`` adds their
+    number to the title)."""
     count = int(images.shape[0])
     columns = min(8, max(1, count))
     rows = max(1, math.ceil(count / columns))
-    figure = _figure(columns * 1.45, rows * (1.9 if truth is not None else 1.6) + (0.4 if title else 0))
+    lines = 1 + (truth is not None) + (names is not None)
+    width = columns * (1.75 if names is not None else 1.45)
+    figure = _figure(width, rows * (1.3 + 0.3 * lines) + (0.4 if title else 0))
     axes = figure.subplots(rows, columns, squeeze=False)
     wrong = 0
     for index, axis in enumerate(axes.flat):
@@ -149,6 +171,8 @@ def plot_predictions(images: torch.Tensor, predicted: Sequence[int], classes: Se
             axis.imshow(image[:3].permute(1, 2, 0).numpy())
         label = classes[predicted[index]]
         text = label if probabilities is None else f"{label} {probabilities[index]:.0%}"
+        if names is not None:
+            text = f"{short_name(names[index])}\n{text}"
         true = truth[index] if truth is not None else None
         color = "black"
         if true is not None and true != predicted[index]:
@@ -160,10 +184,22 @@ def plot_predictions(images: torch.Tensor, predicted: Sequence[int], classes: Se
                 spine.set_linewidth(2.5)
         axis.set_title(text, fontsize=8, color=color)
     if title:
+        import textwrap
+
         marked = f" — {wrong} wrong, in red" if truth is not None and count_wrong else ""
-        figure.suptitle(title + marked, fontsize=10)
+        lines = textwrap.wrap(title + marked, width=max(20, int(width / 0.085)))  # a 10-point character is ~0.085"
+        figure.set_figheight(figure.get_figheight() + 0.2 * (len(lines) - 1))
+        figure.suptitle("\n".join(lines), fontsize=10)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def short_name(name: str, width: int = 20) -> str:
+    """A file name cut in the middle to fit a tile's title (the start and the extension stay readable)."""
+    if len(name) <= width:
+        return name
+    tail = max(4, width // 3)
+    return f"{name[:width - tail - 1]}…{name[-tail:]}"
 
 
 def predictions_for(model: torch.nn.Module, images: torch.Tensor, preprocessing: Any, batch_size: int = 512,
@@ -189,14 +225,18 @@ def predictions_for(model: torch.nn.Module, images: torch.Tensor, preprocessing:
 
 
 def mistakes_first(predicted: Sequence[int], truth: Sequence[int | None] | None, confidence: Sequence[float],
-                   limit: int) -> list[int]:
-    """Indices to show: the wrong predictions (most confident first), then the others taken in turn from each
-    class, so a grid shows the mistakes and every class rather than whatever came first."""
+                   limit: int, *, correct_share: float = 0.25) -> list[int]:
+    """Indices to show: the wrong predictions (most confident first), then correct ones taken in turn from each
+    class, so a grid shows the mistakes and every class rather than whatever came first. However many the
+    mistakes, ``correct_share`` of the grid (at least one tile) is kept for correct predictions while there are
+    any, so the grid also shows what the model gets right."""
     count = len(predicted)
     wrong = [i for i in range(count) if truth is not None and truth[i] is not None and truth[i] != predicted[i]]
     wrong.sort(key=lambda i: -confidence[i])
-    chosen = wrong[:limit]
-    taken = set(chosen)
+    right = count - len(wrong)
+    kept_for_correct = min(right, max(1, round(limit * correct_share))) if wrong else right
+    chosen = wrong[:max(0, limit - kept_for_correct)]
+    taken = set(wrong)
     by_class: dict[int, list[int]] = {}
     for i in range(count):
         if i not in taken:
@@ -220,7 +260,9 @@ def evaluation_plots(out_dir: Path, model: torch.nn.Module, data: Any, preproces
     truth = data.labels.tolist()
     chosen = mistakes_first(predicted, truth, probabilities, grid)
     wrong = sum(p != t for p, t in zip(predicted, truth))
-    title = f"{split}: {wrong:,} of {len(truth):,} wrong; {len(chosen)} shown, the wrong ones first (red)"
+    shown_wrong = sum(predicted[i] != truth[i] for i in chosen)
+    title = (f"{split}: {wrong:,} of {len(truth):,} wrong; shown: {shown_wrong} wrong (red, most confident "
+             f"first), then {len(chosen) - shown_wrong} correct")
     written.append(plot_predictions(data.images[chosen], [predicted[i] for i in chosen], classes,
                                     out_dir / "predictions.png", truth=[truth[i] for i in chosen],
                                     probabilities=[probabilities[i] for i in chosen], title=title, count_wrong=False))
@@ -229,9 +271,9 @@ def evaluation_plots(out_dir: Path, model: torch.nn.Module, data: Any, preproces
 
 def plot_file_predictions(predictions: Sequence[Any], meta: Any, path: str | Path, limit: int = 64, *,
                           max_pixels: int | None = None) -> Path:
-    """``cnnctl predict --plot``: up to ``limit`` readable images with their predicted class, taken from every
-    class; an image in a folder named after a class (``digits/7/x.png``) counts that class as its true label, and
-    wrong ones come first."""
+    """``cnnctl predict --plot``: the first ``limit`` readable images in input order (the order of the CSV), each
+    under its file name with its predicted class; an image in a folder named after a class (``digits/7/x.png``)
+    counts that class as its true label, and a wrong prediction is red."""
     import torch
 
     require()
@@ -239,15 +281,14 @@ def plot_file_predictions(predictions: Sequence[Any], meta: Any, path: str | Pat
     if not readable:
         raise UsageError("--plot: no image could be read, nothing to draw")
     index = {name: i for i, name in enumerate(meta.classes)}
-    truth = [true_label(p.path, index) for p in readable]
+    shown = readable[:limit]
+    truth = [true_label(p.path, index) for p in shown]
     known = any(t is not None for t in truth)
-    chosen = mistakes_first([p.label for p in readable], truth if known else None,
-                            [p.probability for p in readable], limit)
-    images = torch.stack([decode_image(Path(readable[i].path), meta.preprocessing, max_pixels=max_pixels)
-                          for i in chosen])
-    shown_classes = len({readable[i].label for i in chosen})
-    title = (f"{len(chosen)} of {len(readable):,} images, predictions of {shown_classes} classes"
-             + ("; wrong ones first" if known else ""))
-    return plot_predictions(images, [readable[i].label for i in chosen], meta.classes, Path(path),
-                            truth=[truth[i] for i in chosen] if known else None,
-                            probabilities=[readable[i].probability for i in chosen], title=title)
+    images = torch.stack([decode_image(Path(p.path), meta.preprocessing, max_pixels=max_pixels) for p in shown])
+    title = f"the first {len(shown)} of {len(readable):,} images, in input order"
+    if known:
+        wrong = sum(t is not None and t != p.label for t, p in zip(truth, shown))
+        title += f"; {wrong} wrong, in red (true class from the folder name)"
+    return plot_predictions(images, [p.label for p in shown], meta.classes, Path(path),
+                            truth=truth if known else None, probabilities=[p.probability for p in shown],
+                            title=title, count_wrong=False, names=[Path(p.path).name for p in shown])

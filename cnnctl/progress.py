@@ -38,6 +38,11 @@ class SilentReporter(Reporter):
     """For the Python API and tests."""
 
 
+def plural(count: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``, ``1,000 images``."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
 def duration(seconds: float) -> str:
     """``0:07``, ``12:05``, ``1:02:03``: the clock style of rich and tqdm."""
     seconds = max(0, int(round(seconds)))
@@ -119,16 +124,32 @@ def epoch_line(row: dict[str, float], epochs: int) -> str:
 
 def start_line(info: dict[str, Any]) -> str:
     return (f"training {info['arch']} on {info['dataset']} ({info['train']:,} train / {info['val']:,} val / "
-            f"{info['test']:,} test) on {info['device']}: {info['parameters']:,} parameters, "
-            f"{info['epochs']} epochs, batch {info['batch_size']} → {info['run_dir']}")
+            f"{info['test']:,} test) on {info['device']}{_threads(info)}: {info['parameters']:,} parameters, "
+            f"{plural(info['epochs'], 'epoch')}, batch {info['batch_size']} → {info['run_dir']}")
+
+
+def _threads(info: dict[str, Any]) -> str:
+    """Why a CPU run takes fewer threads than the machine has CPUs, when it does."""
+    return f" ({info['threads']})" if info.get("threads") else ""
 
 
 def end_line(summary: dict[str, Any]) -> str:
-    """``top-5``, or ``top-3`` for 3 classes: results.json names the top-k accuracy ``test_top<k>``."""
-    key = next((k for k in summary if k.startswith("test_top") and k[8:].isdigit()), None)
-    topk = f"top-{key[8:]} {summary[key]:.2%}, " if key else ""
-    return (f"test accuracy {summary['test_acc']:.2%} ({topk}loss {summary['test_loss']:.4f}) on "
-            f"{summary['test_count']:,} images, best epoch {summary['best_epoch']}")
+    """The result line of results.json: the test split's numbers, or without one the validation split's (the
+    split chose the best epoch, so it flatters it), or the best epoch alone. ``top-5``, or ``top-3`` for 3
+    classes: results.json names the top-k accuracy ``test_top<k>``."""
+    split = summary.get("split", "test")
+    if split is None:
+        value = summary.get("best_value")
+        shown = "?" if value is None else f"{value:.4f}" if str(summary.get("monitor")).endswith("loss") \
+            else f"{value:.2%}"
+        return (f"best epoch {summary.get('best_epoch')} ({summary.get('monitor')} {shown}); no validation or "
+                "test split to score it on")
+    key = next((k for k in summary if k.startswith(f"{split}_top") and k[len(split) + 4:].isdigit()), None)
+    topk = f"top-{key[len(split) + 4:]} {summary[key]:.2%}, " if key else ""
+    line = (f"{'test' if split == 'test' else 'validation'} accuracy {summary[f'{split}_acc']:.2%} "
+            f"({topk}loss {summary[f'{split}_loss']:.4f}) on {plural(summary[f'{split}_count'], 'image')}, "
+            f"best epoch {summary['best_epoch']}")
+    return line if split == "test" else line + " (no test split: a test/ folder gives an unbiased score)"
 
 
 class PlainReporter(Reporter):

@@ -138,10 +138,24 @@ def _load_all() -> None:
                 importlib.import_module(f"{package_name}.{module.name}")
 
 
-def _unknown(kind: str, name: str, known: list[str]) -> UsageError:
+MAX_SUGGESTIONS = 8
+
+
+def close_names(name: str, known: list[str]) -> list[str]:
+    """The names ``name`` may have meant: those it begins (``resnet`` → every resnet, ``tv:resnet18`` too),
+    then the closest spelling (``resnt18`` → resnet18)."""
+    typed = name.strip().lower().replace("-", "_")
+    begun = [candidate for candidate in known if len(typed) >= 2 and any(
+        part.lower().replace("-", "_").startswith(typed) for part in (candidate, candidate.split(":")[-1]))]
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return list(dict.fromkeys([*begun, *close]))
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> UsageError:
+    close = close_names(name, known)
     if close:
-        return UsageError(f"unknown {kind} {name!r}: did you mean {close[0]}?")
+        shown = ", ".join(close[:MAX_SUGGESTIONS]) + (" ..." if len(close) > MAX_SUGGESTIONS else "")
+        return UsageError(f"unknown {kind} {name!r}: did you mean {shown}?")
     return UsageError(f"unknown {kind} {name!r}; choose one of: {', '.join(known)}")
 
 

@@ -1,27 +1,35 @@
-"""Image folders cut from the real MNIST (``/work/shared/datasets/mnist`` or ``$CNNCTL_MIRROR``): small, real data.
+"""The real MNIST, found or fetched the way ``cnnctl download mnist`` does, and image folders cut from it.
 
-Used by the small-data tests and by ``benchmarks/smalldata.py``, so both train on exactly the same files.
+The four official ``.gz`` files come from the data folder (``$CNNCTL_DATA``, else ``~/.cache/cnnctl/data``); what
+is missing is fetched there from ``$CNNCTL_MIRROR`` (a folder or URL holding them) or the official mirrors and
+verified by checksum. Without internet, set ``CNNCTL_MIRROR`` as the README says. Used by the tests that need
+real digits and by ``benchmarks/smalldata.py``, so both train on exactly the same files.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MIRROR = Path("/work/shared/datasets/mnist")
 
-
+@functools.cache
 def mnist_mirror() -> Path:
-    """The folder holding the four official MNIST ``.gz`` files."""
-    candidates = [os.environ.get("CNNCTL_MIRROR", ""), str(DEFAULT_MIRROR),
-                  str(Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "mnist")]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "train-images-idx3-ubyte.gz").is_file():
-            return Path(candidate)
-    raise FileNotFoundError("real MNIST not found: set CNNCTL_MIRROR to a folder with the four .gz files")
+    """The folder holding the four verified MNIST ``.gz`` files (fetched into the data folder if needed)."""
+    from cnnctl import registry
+    from cnnctl.data.splits import dataset_directory
+    from cnnctl.errors import CnnctlError
+
+    try:
+        return dataset_directory(registry.get_dataset_spec("mnist"), root=None,
+                                 mirror=os.environ.get("CNNCTL_MIRROR") or None, log=lambda message: None)
+    except CnnctlError as error:
+        raise RuntimeError(f"the real MNIST is needed and could not be fetched: {error}. Without internet: "
+                           "export CNNCTL_MIRROR=/path/to/mnist (a folder holding the four official .gz files)"
+                           ) from error
 
 
 def load_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -142,3 +142,96 @@ def test_summary_lenet5_reports_61706_parameters() -> None:
     result = run_cli("summary", "lenet5")
     assert result.returncode == 0, result.stderr
     assert "61,706" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def model_files(lenet5_checkpoint: Path) -> dict[str, Path]:
+    """The files a user has next to a checkpoint and may pass by mistake: its ONNX and TorchScript exports (made
+    by `cnnctl export`), their preprocessing JSON, a torch.save state dict, a text file and an image."""
+    import cnnctl
+
+    folder = lenet5_checkpoint.parent
+    files = {"onnx": cnnctl.export(lenet5_checkpoint, "onnx").model_path,
+             "torchscript": cnnctl.export(lenet5_checkpoint, "torchscript").model_path,
+             "json": folder / "model.preprocessing.json", "pickle": folder / "weights.pth",
+             "text": folder / "notes.txt", "image": folder / "digit.png"}
+    torch.save(build_model("lenet5", num_classes=10, in_channels=1).state_dict(), files["pickle"])
+    files["text"].write_text("learning rate 0.01 worked best\n")
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(files["image"])
+    return files
+
+
+@pytest.mark.parametrize(("kind", "fragments"), [
+    ("onnx", ("is an ONNX model (what `cnnctl export` writes), not a cnnctl checkpoint",
+              "pass the .safetensors checkpoint it was exported from: {checkpoint}")),
+    ("torchscript", ("is a TorchScript model", "exported from: {checkpoint}")),
+    ("pickle", ("is a PyTorch pickle file", "--pretrained")),
+    ("json", ("is a JSON file, not a cnnctl checkpoint",)),
+    ("text", ("is a text file, not a cnnctl checkpoint",)),
+    ("image", ("is an image, not a checkpoint", "cnnctl predict CHECKPOINT")),
+])
+def test_files_of_another_kind_are_named_with_what_to_pass(model_files: dict[str, Path], lenet5_checkpoint: Path,
+                                                            kind: str, fragments: tuple[str, ...]) -> None:
+    expected = [fragment.format(checkpoint=lenet5_checkpoint) for fragment in fragments]
+    result = run_cli("eval", str(model_files[kind]))
+    assert_one_line_error(result, str(model_files[kind]), *expected)
+    assert "bytes" not in result.stderr and "0x" not in result.stderr
+    if kind in ("onnx", "torchscript", "pickle"):  # predict takes them as the model, not as images to classify
+        assert_one_line_error(run_cli("predict", str(model_files[kind]), str(model_files["image"])), *expected)
+
+
+def test_folders_that_are_not_run_folders_say_what_they_are(tmp_path: Path) -> None:
+    images = tmp_path / "photos"
+    (images / "train" / "cats").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(images / "train" / "cats" / "a.png")
+    assert_one_line_error(run_cli("eval", str(images)), "is a folder of images, not a run folder",
+                          f"cnnctl predict CHECKPOINT {images}")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("eval", str(tmp_path / "empty")), "is not a run folder",
+                          "pass a run folder written by `cnnctl train`")
+
+
+def test_unreadable_images_are_described_without_python_internals(tmp_path: Path, lenet5_checkpoint: Path,
+                                                                  model_files: dict[str, Path]) -> None:
+    """predict, check and train all name what the file is (no '<_io.BytesIO object at 0x...>')."""
+    from typer.testing import CliRunner
+
+    from cnnctl.cli import app
+
+    runner = CliRunner()
+    data = tmp_path / "data" / "train"
+    for name in ("a", "b"):
+        (data / name).mkdir(parents=True)
+        for index in range(4):
+            from PIL import Image
+
+            Image.new("L", (28, 28), color=60 * index).save(data / name / f"{index}.png")
+    (data / "a" / "notes.png").write_text("not a picture\n")
+    (data / "b" / "model.png").write_bytes(model_files["onnx"].read_bytes())
+    outputs = {
+        "predict": runner.invoke(app, ["predict", str(lenet5_checkpoint), str(data)]),
+        "check": runner.invoke(app, ["check", str(data.parent)]),
+        "train": runner.invoke(app, ["train", "lenet5", "--data", str(data.parent), "--epochs", "1",
+                                     "--out", str(tmp_path / "runs")]),
+    }
+    for command, result in outputs.items():
+        assert result.exit_code == 0, (command, result.output)
+        assert "notes.png: not a readable image (it is a text file)" in result.output, (command, result.output)
+        assert "model.png: not a readable image (it is an ONNX model)" in result.output, (command, result.output)
+        assert "0x" not in result.output and "BytesIO" not in result.output and "could not read could not" \
+            not in result.output, (command, result.output)
+    predicted = outputs["predict"].output
+    assert predicted.count("could not read") == 1 and "could not read 2 images:" in predicted
+
+
+def test_names_that_begin_an_architecture_list_them_and_a_missing_folder_does_not_exist(tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("train", "resnet"), "did you mean resnet18, resnet34, resnet50, tv:resnet18, "
+                                                      "tv:resnet34, tv:resnet50?")
+    assert_one_line_error(run_cli("train", "lenet5", "--data", str(tmp_path / "nothere")),
+                          f"{tmp_path / 'nothere'} does not exist")
+    (tmp_path / "file.txt").write_text("x")
+    assert_one_line_error(run_cli("train", "lenet5", "--data", str(tmp_path / "file.txt")), "is a file, not a folder")

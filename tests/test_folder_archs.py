@@ -34,7 +34,7 @@ def test_folder_trains_beyond_chance_and_predicts_with_class_names(photos: Path,
                                   "--epochs", str(epochs), "--batch-size", "16", "--out", str(tmp_path / "runs"),
                                   "--quiet"])
     assert trained.exit_code == 0, trained.output
-    run_dir = tmp_path / "runs" / f"{arch}-folder" / "1"
+    run_dir = tmp_path / "runs" / f"{arch}-{photos.name}" / "1"
     meta = checkpoint.read_meta(run_dir)
     assert meta.classes == list(CLASSES) and meta.preprocessing.input_shape == (3, img_size, img_size)
 

@@ -42,18 +42,25 @@ def test_class_folders_train_eval_and_predict_with_the_folder_names(class_folder
                     "--out", str(tmp_path / "runs"))
     assert result.exit_code == 0, result.output
     assert "skipped 3 hidden or non-image file(s)" in result.output
-    run_dir = tmp_path / "runs" / "simplecnn-folder" / "1"
+    run_dir = tmp_path / "runs" / f"simplecnn-{class_folder.name}" / "1"  # the run group names the folder
     meta = checkpoint.read_meta(run_dir / "best.safetensors")
     assert meta.classes == list(CLASSES) and meta.dataset == "folder"
     assert meta.data_dir == str(class_folder.resolve())
     assert meta.preprocessing.channels == 3 and meta.preprocessing.input_shape == (3, 28, 28)
-    assert not (run_dir / "results.json").exists()  # no test/ folder: nothing to test on during training
+    # no test/ folder: the run still ends with its result, the best epoch on the validation split
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["split"] == "val" and results["val_count"] == 20 and results["best_epoch"] == meta.epoch
+    assert f"validation accuracy {results['val_acc']:.2%}" in result.output
+    assert (run_dir / "confusion.png").is_file() and (run_dir / "predictions.png").is_file()
 
     evaluated = invoke("eval", str(run_dir), "--json")  # no flags: the folder comes from the checkpoint
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.stdout)
-    assert report["count"] == 20  # 10% of 201 held out for validation
+    assert report["count"] == 20 and report["split"] == "val"  # 10% of 201 held out for validation
     assert report["accuracy"] == pytest.approx(meta.metrics["val_acc"], abs=1e-12)
+    assert report["accuracy"] == pytest.approx(results["val_acc"], abs=1e-12)
+    shown = invoke("eval", str(run_dir))
+    assert f"on {class_folder.name} validation split, held out in training (20 images)" in shown.stdout
     assert report["accuracy"] > 0.6  # chance is 1/3
     assert [row["class"] for row in report["per_class"]] == list(CLASSES)
 
@@ -89,9 +96,9 @@ def test_split_folders_with_mixed_formats_sizes_and_broken_files(tmp_path: Path)
     result = invoke("train", "lenet5", "--data", str(root), "--epochs", "2", "--batch-size", "16",
                     "--out", str(tmp_path / "runs"))
     assert result.exit_code == 0, result.output
-    assert "could not read 1 image(s)" in result.output and "broken.png" in result.output
+    assert "could not read 1 image; left out:" in result.output and "broken.png" in result.output
     assert "class folder(s) without images left out: empty" in result.output
-    run_dir = tmp_path / "runs" / "lenet5-folder" / "1"
+    run_dir = tmp_path / "runs" / "lenet5-animals" / "1"
     meta = checkpoint.read_meta(run_dir)
     assert meta.classes == list(CLASSES) and meta.preprocessing.input_shape == (3, 32, 32)
     results = json.loads((run_dir / "results.json").read_text())
@@ -164,7 +171,7 @@ def test_decoding_in_workers_matches_the_main_process(class_folder: Path) -> Non
 def test_folders_that_cannot_be_used(case: str, tmp_path: Path) -> None:
     root = tmp_path / "data"
     args = ["train", "simplecnn", "--data", str(root), "--epochs", "1", "--out", str(tmp_path / "runs")]
-    expected = {"missing": "is not a folder", "no-images": "no images found in",
+    expected = {"missing": "does not exist", "no-images": "no images found in",
                 "one-class": "has images of only one class ('cats')", "both-options": "contradict each other",
                 "unknown-val-class": "is not one of the classes"}[case]
     if case == "no-images":

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from real_mnist import mnist_mirror
 from typer.testing import CliRunner
 
 import cnnctl
@@ -36,22 +37,11 @@ def invoke(*args: str):
     return CliRunner().invoke(app, [str(arg) for arg in args], catch_exceptions=False)
 
 
-def real_mnist() -> Path:
-    """The real MNIST files: $CNNCTL_TEST_MNIST, or shared/datasets/mnist beside (or above) the checkout."""
-    if os.environ.get("CNNCTL_TEST_MNIST"):
-        return Path(os.environ["CNNCTL_TEST_MNIST"])
-    for base in ROOT.parents:
-        candidate = base / "shared" / "datasets" / "mnist"
-        if (candidate / "t10k-images-idx3-ubyte.gz").is_file():
-            return candidate
-    pytest.fail("the real MNIST files are needed: set CNNCTL_TEST_MNIST to a folder holding the four .gz files")
-
-
 @pytest.fixture(scope="module")
 def mnist_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """LeNet-5 after one epoch on the real MNIST training set (its test set stays unseen), with MNIST served from
     the local copy for the whole module."""
-    mirror = real_mnist()
+    mirror = mnist_mirror()
     work = tmp_path_factory.mktemp("mnist")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CNNCTL_DATA", str(work / "data"))
@@ -62,7 +52,7 @@ def mnist_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
 
 @pytest.fixture(scope="module")
 def mnist_test() -> tuple[np.ndarray, np.ndarray]:
-    mirror = real_mnist()
+    mirror = mnist_mirror()
     return read_idx(mirror / "t10k-images-idx3-ubyte.gz"), read_idx(mirror / "t10k-labels-idx1-ubyte.gz")
 
 

@@ -137,3 +137,75 @@ def test_an_interrupted_run_resumes_to_finished_and_compare_draws_one_line_per_r
 
     bad = CliRunner().invoke(app, ["runs", "compare", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and "not a run folder" in bad.stderr and "Traceback" not in bad.output
+
+
+class Messages(InterruptAt):
+    """Records what training says (and, like InterruptAt, can press Ctrl-C at a step)."""
+
+    def __init__(self, epoch: int = 0, step: int = 0):
+        super().__init__(epoch, step)
+        self.messages: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+def test_an_epoch_stopped_half_way_has_its_time_and_resumes_counting_as_ctrl_c_did(micro_digits,
+                                                                                  tmp_path: Path) -> None:
+    from cnnctl.engine.state import read_state
+
+    out = tmp_path / "runs"
+    with pytest.raises(TrainingInterrupted) as caught:
+        cnnctl.train(epochs=2, out=str(out), reporter=Messages(epoch=1, step=3), **OPTIONS)
+    assert "interrupted in epoch 1 after batch 3 of 5" in str(caught.value)
+    run_dir = out / "simplecnn-microdigits" / "1"
+    row = listed(str(out))[0]["simplecnn-microdigits/1"]
+    assert row["status"] == "interrupted" and not (run_dir / "metrics.csv").exists()
+    assert row["time_s"] == read_state(run_dir).state.partial["seconds"] > 0  # the half epoch's time, not 0
+    table = CliRunner().invoke(app, ["runs", str(out)])
+    assert " 0s " not in table.stdout and ("<1s" in table.stdout or "s interrupted" in table.stdout), table.stdout
+
+    resumed = Messages()
+    cnnctl.train(resume=run_dir, reporter=resumed)
+    assert f"resuming {run_dir} in epoch 1 after batch 3 of 5 (training to 2 epochs)" in resumed.messages
+    assert listed(str(out))[0]["simplecnn-microdigits/1"]["status"] == "finished"
+
+
+def test_a_folder_without_test_split_finishes_in_a_group_named_after_it(tmp_path: Path) -> None:
+    from dataset_files import write_image_folder
+
+    from cnnctl.engine.runs import resolve_checkpoint
+
+    photos = tmp_path / "my photos"
+    write_image_folder(photos, ("cats", "dogs"), 20, size=16, seed=2)
+    out = tmp_path / "runs"
+    options = {"data": str(photos), "batch_size": 8, "out": str(out), "plots": False, "threads": 1}
+    run = cnnctl.train("simplecnn", epochs=1, **options)
+    assert run.run_dir == out / "simplecnn-my-photos" / "1"  # the folder's name, made safe for a folder
+    assert run.test is None and run.results["split"] == "val" and run.results["val_count"] == 4
+    assert json.loads((run.run_dir / "results.json").read_text()) == run.results
+    no_val = cnnctl.train("simplecnn", epochs=1, val_split=0, **options)
+    results = json.loads((no_val.run_dir / "results.json").read_text())
+    assert (results["split"], results["best_epoch"], results["monitor"]) == (None, 1, "train_acc")
+
+    old_group = out / "simplecnn-folder" / "1"  # how earlier versions named every folder's runs
+    old_group.parent.mkdir()
+    shutil.copytree(run.run_dir, old_group)
+    runs, _ = listed(str(out))
+    assert {name: (row["status"], row["dataset"]) for name, row in runs.items()} == {
+        "simplecnn-folder/1": ("finished", "my photos"), "simplecnn-my-photos/1": ("finished", "my photos"),
+        "simplecnn-my-photos/2": ("finished", "my photos")}
+    assert resolve_checkpoint(str(out / "simplecnn-folder")) == str(old_group / "best.safetensors")
+    evaluated = CliRunner().invoke(app, ["eval", str(out / "simplecnn-folder"), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(run.results["val_acc"], abs=1e-12)
+
+
+@pytest.mark.parametrize(("data_dir", "expected"), [
+    ("photos", "lenet5-photos"), ("my photos/", "lenet5-my-photos"), ("./a/b/Cats & Dogs", "lenet5-Cats-Dogs"),
+    (None, "lenet5-mnist")])
+def test_default_run_names(data_dir: str | None, expected: str) -> None:
+    from cnnctl.engine.run_folder import default_run_name, run_name
+
+    name = default_run_name("lenet5", "folder" if data_dir else "mnist", data_dir)
+    assert name == expected and run_name(name) == name

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl import filekind
 from cnnctl.errors import CheckpointError, first_line
+from cnnctl.filekind import IMAGE_SUFFIXES
 from cnnctl.fsutil import atomic_path, os_reason
 from cnnctl.version import __version__
 
@@ -96,11 +98,49 @@ def existing_checkpoint(path: str | Path) -> Path:
         for name in ("best.safetensors", "last.safetensors"):
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f"{path} is a folder without best.safetensors or last.safetensors")
+        raise not_a_run_folder(path)
     if mode is None or not stat.S_ISREG(mode):
         what = "does not exist" if mode is None else "is not a regular file"
         raise CheckpointError(f"checkpoint {path} {what}", hint="pass a .safetensors file or a run folder")
     return path
+
+
+def not_a_run_folder(path: Path) -> CheckpointError:
+    """A folder given where a checkpoint was expected: what it holds instead, and what to pass."""
+    if (path / "config.json").is_file() and ((path / ".lock").is_file() or (path / "state.safetensors").is_file()):
+        return CheckpointError(f"the run in {path} has no checkpoint yet (it has not finished an epoch)",
+                               hint="wait for its first epoch, or pass another run")
+    if _holds_images(path):
+        return CheckpointError(f"{path} is a folder of images, not a run folder",
+                               hint=f"pass a run folder (runs/ARCH-DATA/N) or a .safetensors checkpoint; to "
+                                    f"classify these images: cnnctl predict CHECKPOINT {path}")
+    return CheckpointError(f"{path} is not a run folder: it holds no best.safetensors or last.safetensors",
+                           hint="pass a run folder written by `cnnctl train` (runs/ARCH-DATA/N) or a "
+                                ".safetensors checkpoint")
+
+
+def _holds_images(folder: Path, depth: int = 3, per_folder: int = 20) -> bool:
+    """Whether ``folder`` holds image files within ``depth`` levels (``photos/train/cats/x.png``), looking at a
+    bounded number of entries per folder (a class folder may hold thousands)."""
+    import itertools
+
+    try:
+        entries = list(itertools.islice(folder.iterdir(), per_folder))
+    except OSError:
+        return False
+    if any(entry.suffix.lower() in IMAGE_SUFFIXES for entry in entries):
+        return True
+    return depth > 1 and any(_holds_images(entry, depth - 1, per_folder) for entry in entries
+                             if entry.is_dir() and not entry.name.startswith("."))
+
+
+def _not_safetensors(path: Path, error: Exception) -> CheckpointError:
+    text = first_line(error, 120)
+    if "incomplete" in text.lower() or "not fully covered" in text:
+        text = "the file is truncated, or its header does not match its size"
+    elif "deserializing header" in text:  # safetensors' own names (HeaderTooLarge, ...) say nothing to a user
+        text = "its header is damaged"
+    return not_safetensors(path, text)
 
 
 @dataclass(frozen=True)
@@ -122,6 +162,48 @@ def not_safetensors(path: Path | str, reason: str) -> CheckpointError:
                            hint="it may be truncated or another format; cnnctl never unpickles checkpoints")
 
 
+def wrong_kind_error(path: Path | str, kind: str | None = None) -> CheckpointError | None:
+    """The message for a file that is not a cnnctl checkpoint but something cnnctl recognises (an export, a
+    PyTorch pickle, an image, a text file...), naming it and what to pass instead; None when ``path`` is a
+    safetensors file or of an unknown kind. ``kind``: already sniffed."""
+    path = Path(path)
+    kind = kind or filekind.sniff(path)
+    if path.suffix.lower() == ".onnx" and kind is None:  # ONNX files need not start as exporters write them
+        kind = filekind.ONNX
+    if kind is None or kind == filekind.SAFETENSORS:
+        return None
+    run = _run_folder_of(path)
+    instead = (f"pass the run folder {run} or its {(run / 'best.safetensors').name}" if run is not None
+               else "pass a run folder (runs/ARCH-DATA/N) or its best.safetensors")
+    if kind in (filekind.ONNX, filekind.TORCHSCRIPT):
+        source = filekind.exported_from(path)
+        how = "cnnctl export" if kind == filekind.ONNX else "cnnctl export --format torchscript"
+        return CheckpointError(
+            f"{path} is {filekind.describe(kind)} (what `{how}` writes), not a cnnctl checkpoint",
+            hint=f"pass the .safetensors checkpoint it was exported from{f': {source}' if source else ''}")
+    if kind in (filekind.TORCH_SAVE, filekind.PICKLE):
+        return CheckpointError(
+            f"{path} is a PyTorch pickle file: cnnctl never unpickles files (loading one can run any code it "
+            "holds); it evaluates, predicts with and exports its own .safetensors checkpoints",
+            hint=f"to start training from these weights: cnnctl train ARCH --pretrained {path}; to classify "
+                 f"with ImageNet weights: cnnctl predict {path} --arch ARCH PATH...")
+    if kind == filekind.IMAGE:
+        return CheckpointError(f"{path} is an image, not a checkpoint",
+                               hint=f"to classify it: cnnctl predict CHECKPOINT {path}")
+    return CheckpointError(f"{path} is {filekind.describe(kind)}, not a cnnctl checkpoint", hint=instead)
+
+
+def _run_folder_of(path: Path) -> Path | None:
+    """The run folder a file sits in (``runs/lenet5-mnist/1/config.json`` → ``runs/lenet5-mnist/1``)."""
+    folder = path.parent
+    return folder if (folder / "best.safetensors").is_file() or (folder / "last.safetensors").is_file() else None
+
+
+def _unreadable_header(path: Path, reason: str) -> CheckpointError:
+    """A file whose first bytes are no safetensors header: named by its kind where it is recognised."""
+    return wrong_kind_error(path) or not_safetensors(path, reason)
+
+
 def read_header(path: Path) -> Header:
     """Parse the header, refusing a header over ``MAX_HEADER_BYTES`` or ``MAX_TENSORS`` before parsing it
     (its length is the file's first 8 bytes), and one whose offsets point past the end of the file."""
@@ -131,13 +213,17 @@ def read_header(path: Path) -> Header:
             handle.seek(0)
             prefix = handle.read(8)
             if len(prefix) < 8:
-                raise not_safetensors(path, f"{size} bytes, shorter than a safetensors header")
+                raise _unreadable_header(path, "the file is empty" if size == 0 else
+                                         "the file is too short to hold a safetensors header")
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES:
-                raise not_safetensors(path, f"its header claims {length:,} bytes, more than the "
-                                            f"{MAX_HEADER_BYTES:,} cnnctl reads")
+                if filekind.sniff(path) == filekind.SAFETENSORS:  # a header that large is built to exhaust memory
+                    raise not_safetensors(path, f"its header claims {length:,} bytes, more than the "
+                                                f"{MAX_HEADER_BYTES:,} cnnctl reads")
+                raise _unreadable_header(path, "it does not begin with a safetensors header")
             if length > size - 8:
-                raise not_safetensors(path, f"its header claims {length:,} bytes but the file has {size:,}")
+                raise _unreadable_header(path, "it ends inside its own header: the file is truncated (an "
+                                               "interrupted copy or download?)")
             raw = handle.read(length)
     except PermissionError as error:
         raise CheckpointError(f"cannot read checkpoint {path}: permission denied",
@@ -151,7 +237,7 @@ def read_header(path: Path) -> Header:
     except RecursionError:
         raise not_safetensors(path, "its header is nested too deeply") from None
     except ValueError as error:
-        raise not_safetensors(path, f"its header is not JSON: {error}") from error
+        raise _unreadable_header(path, f"its header is not JSON: {first_line(error, 80)}") from error
     if not isinstance(document, dict):
         raise not_safetensors(path, "its header is not a JSON object")
     metadata = document.pop("__metadata__", None) or {}
@@ -188,6 +274,3 @@ def check_dtypes(tensors: dict[str, TensorInfo], source: str) -> None:
             raise CheckpointError(f"{source}: tensor {name} is {tensors[name].dtype}; weights must be "
                                   f"{'/'.join(allowed)}", hint=DAMAGED_HINT)
 
-
-def _not_safetensors(path: Path, error: Exception) -> CheckpointError:
-    return not_safetensors(path, first_line(error, 120))

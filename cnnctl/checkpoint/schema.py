@@ -15,9 +15,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cnnctl.checkpoint.format import DAMAGED_HINT, FORMAT_VERSION, _is_int, versions
+from cnnctl.checkpoint.format import DAMAGED_HINT, FORMAT_VERSION, MAX_TENSORS, _is_int, versions
 from cnnctl.data.base import Preprocessing
 from cnnctl.errors import CheckpointError, CnnctlError
+from cnnctl.image_stats import STAT_KEYS
 from cnnctl.models import arch_options
 from cnnctl.options import MAX_IMAGE_SIDE  # pixels per side after padding: larger inputs are refused
 from cnnctl.registry import get_model_spec
@@ -28,6 +29,12 @@ INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")  # the resi
 MAX_PAD = 512
 MAX_ARCH_INT = 65_536
 MAX_TEXT = 4_096
+
+
+
+
+
+
 
 
 
@@ -177,6 +184,7 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
     versions = check.obj(data.get("versions"), "versions", optional=True)
     for key, value in versions.items():
         check.text(value, f"versions.{key}", limit=200)
+    image_stats = _image_stats(data.get("image_stats"), check)
     return {
         "arch": arch,
         "arch_args": arch_args,
@@ -190,7 +198,32 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
         "metrics": metrics,
         "versions": versions,
         "config": check.obj(data.get("config"), "config", optional=True),
+        "pretrained": _pretrained(check.obj(data.get("pretrained"), "pretrained", optional=True), check),
+        "image_stats": image_stats,
     }
+
+
+def _pretrained(found: dict[str, Any], check: _Checker) -> dict[str, Any]:
+    """The weights a run started from; its order mapping (file key → model key) must be names."""
+    mapping = check.obj(found.get("mapping"), "pretrained.mapping", optional=True)
+    if len(mapping) > MAX_TENSORS:
+        raise check.fail("pretrained.mapping", f"has {len(mapping):,} pairs (at most {MAX_TENSORS:,})")
+    for theirs, ours in mapping.items():
+        check.text(ours, f"pretrained.mapping[{_short(theirs)}]", limit=MAX_TEXT)
+    return found
+
+
+def _image_stats(value: Any, check: _Checker) -> dict[str, float] | None:
+    """The training images' statistics (cnnctl/image_stats.py): optional (older checkpoints have none); every
+    level a number from 0 to 1."""
+    if value is None:
+        return None
+    stats = check.obj(value, "image_stats")
+    for key in STAT_KEYS:
+        level = stats.get(key)
+        if not _is_number(level) or not 0 <= level <= 1:
+            raise check.fail(f"image_stats.{key}", f"must be a number from 0 to 1, not {_short(level)}")
+    return {key: float(stats[key]) for key in STAT_KEYS}
 
 
 def _model_spec(arch: str, check: _Checker) -> Any:
@@ -270,13 +303,15 @@ class CheckpointMeta:
     metrics: dict[str, float] | None = None
     versions: dict[str, str] | None = None
     config: dict[str, Any] | None = None  # the training options (to rebuild the validation split, to resume)
+    pretrained: dict[str, Any] | None = None  # the weights it started from (PretrainedReport.to_dict())
+    image_stats: dict[str, float] | None = None  # how the training images look (cnnctl/image_stats.py)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def to_json(self) -> str:
-        return json.dumps(
+        document = (
             {
                 "format": FORMAT_VERSION,
                 "arch": self.arch,
@@ -291,8 +326,12 @@ class CheckpointMeta:
                 "metrics": self.metrics or {},
                 "versions": self.versions or versions(),
                 "config": self.config or {},
+                **({"image_stats": self.image_stats} if self.image_stats else {}),
             }
         )
+        if self.pretrained:  # absent otherwise: a checkpoint trained from scratch reads as before
+            document["pretrained"] = self.pretrained
+        return json.dumps(document)
 
     @classmethod
     def from_json(cls, text: str, *, source: str) -> CheckpointMeta:
@@ -309,4 +348,6 @@ class CheckpointMeta:
             metrics=data["metrics"],
             versions=data["versions"],
             config=data["config"],
+            pretrained=data["pretrained"] or None,
+            image_stats=data["image_stats"],
         )

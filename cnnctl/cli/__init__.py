@@ -17,10 +17,12 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
     check_command,
     data_commands,
     doctor_command,
+    embed_command,
     eval_command,
     info_commands,
     lr_find_command,
     predict_command,
+    probe_command,
     runs_command,
     train_command,
     tune_command,
@@ -28,7 +30,8 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
 from cnnctl.cli._common import app, state
 
 # `cnnctl --help` lists the commands in the order of a workflow; commands not named here follow, as registered
-WORKFLOW = ("download", "train", "eval", "predict", "export", "check", "runs", "tune", "summary", "list", "doctor")
+WORKFLOW = ("download", "train", "eval", "predict", "embed", "probe", "export", "check", "runs", "tune", "summary",
+            "list", "doctor")
 
 
 def _in_workflow_order() -> None:
@@ -40,6 +43,34 @@ def _in_workflow_order() -> None:
 
 
 _in_workflow_order()
+
+# `cnnctl --help`: one line per command (each command's own help says the rest)
+SUMMARIES = {
+    "download": "fetch and verify datasets (or pretrained weights)",
+    "train": "train an architecture on a dataset or your own images",
+    "eval": "accuracy, per-class metrics, confusion matrix, --report",
+    "predict": "classify image files and folders (CSV or JSON)",
+    "export": "export a checkpoint to ONNX or TorchScript, verified",
+    "check": "check an image folder before training: unreadable files, leaks",
+    "tune": "search hyper-parameters with Optuna",
+    "summary": "layers, parameter counts and MACs of a model",
+    "list": "the architectures and datasets cnnctl knows",
+    "doctor": "check the installation: versions, devices, folders",
+    "explain": "heat maps of where a model finds its evidence",
+    "lr-find": "sweep the learning rate and suggest --lr",
+    "runs": "list run folders and their status; runs compare plots them",
+}
+
+
+def _summaries() -> None:
+    for info in app.registered_commands:
+        name = info.name or (info.callback.__name__ if info.callback else "")
+        info.short_help = info.short_help or SUMMARIES.get(name)
+    for group in app.registered_groups:
+        group.short_help = group.short_help or SUMMARIES.get(group.name or "")
+
+
+_summaries()
 
 
 def version_line() -> str:

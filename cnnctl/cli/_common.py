@@ -10,10 +10,12 @@ from typing import Any, TypeVar
 
 import typer
 
+from cnnctl.cli.help import Command, Group
 from cnnctl.errors import CnnctlError
 
 app = typer.Typer(
     name="cnnctl",
+    cls=Group,
     help="Train, evaluate and run image-classification CNNs. Add --debug anywhere for full tracebacks.",
     no_args_is_help=True,
     add_completion=True,
@@ -90,11 +92,27 @@ def handle_errors(func: F) -> F:
 def command(name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
     """``@command()`` = ``@app.command()`` with cnnctl's error handling."""
 
+    kwargs.setdefault("cls", Command)
+
     def decorate(func: F) -> F:
         app.command(name, **kwargs)(handle_errors(func))
         return func
 
     return decorate
+
+
+def wrap_fields(head: str, fields: list[str], width: int) -> str:
+    """``head``, a space, then ``fields`` two spaces apart, wrapped only between fields (a number is never
+    split); continuation lines are indented by two."""
+    lines, current = [], head
+    for field in fields:
+        gap = " " if current == head else "  "
+        if len(current) + len(gap) + len(field) > width and current.strip():
+            lines.append(current)
+            current = "  " + field
+        else:
+            current = f"{current}{gap}{field}" if current else field
+    return "\n".join([*lines, current])
 
 
 def print_json(data: Any) -> None:

@@ -15,6 +15,7 @@ from cnnctl.cli._common import (
     complete_dataset,
     print_json,
     stderr_line,
+    wrap_fields,
 )
 from cnnctl.options import choice_settings
 
@@ -70,13 +71,14 @@ def eval_command(
     top_k = report.get("top_k", 5)
     topk_accuracy = report.get(f"top{top_k}", report.get("top5"))
     console = Console()
-    balance = (f"balanced accuracy {report['balanced_accuracy']:.2%}  macro-F1 {report['macro_f1']:.4f}  "
-               if "balanced_accuracy" in report else "")
-    console.print(f"{report['arch']} on {report['dataset']} {split} ({report['count']:,} images): "
-                  f"accuracy {report['accuracy']:.2%}  top-{top_k} {topk_accuracy:.2%}  {balance}"
-                  f"loss {report['loss']:.4f}  ECE {report['calibration']['ece']:.4f}"
-                  + (f"  (test-time augmentation: {tta})" if tta != "none" else ""), highlight=False,
-                  soft_wrap=True)
+    fields = [f"accuracy {report['accuracy']:.2%}", f"top-{top_k} {topk_accuracy:.2%}"]
+    if "balanced_accuracy" in report:
+        fields += [f"balanced accuracy {report['balanced_accuracy']:.2%}", f"macro-F1 {report['macro_f1']:.4f}"]
+    fields += [f"loss {report['loss']:.4f}", f"ECE {report['calibration']['ece']:.4f}"]
+    if tta != "none":
+        fields.append(f"(test-time augmentation: {tta})")
+    head = f"{report['arch']} on {evaluated_on(report)} ({report['count']:,} images):"
+    console.print(wrap_fields(head, fields, console.width), highlight=False, soft_wrap=True)
     table = Table(title_justify="left")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
@@ -98,6 +100,18 @@ def eval_command(
 
 
 ISSUES_PRINTED = 20
+SPLIT_NAMES = {"test": "test split", "val": "validation split, held out in training", "train": "training split",
+               "all": "all images"}
+
+
+def evaluated_on(report: dict[str, Any]) -> str:
+    """``mnist test split``, ``digits validation split, held out in training``: the images the numbers are of,
+    as the evaluation chose them (a folder without test/ is evaluated on another split)."""
+    from pathlib import Path
+
+    name = Path(report["data"]).name if report.get("data") else report["dataset"]
+    split = report["split"]
+    return f"all images of {name}" if split == "all" else f"{name} {SPLIT_NAMES.get(split, split)}"
 
 
 def print_label_issues(console: Any, issues: list[dict[str, Any]], count: int, *, saved: bool) -> None:

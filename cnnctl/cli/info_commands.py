@@ -193,7 +193,7 @@ def _checkpoint_fields(target: str) -> dict[str, object]:
 
     meta = read_meta(target)
     return {"pretrained_weights": meta.preprocessing.extra.get("weights") or (meta.config or {}).get("pretrained"),
-            "preprocessing": meta.preprocessing.to_dict()}
+            "preprocessing": meta.preprocessing.to_dict(), "pretrained": meta.pretrained}
 
 
 def _checkpoint_lines(target: str) -> list[str]:
@@ -211,6 +211,10 @@ def _checkpoint_lines(target: str) -> list[str]:
         lines.append(f"pretrained weights:       {prep.extra['weights']} ({prep.extra.get('weights_source', '?')})")
     elif (meta.config or {}).get("pretrained"):
         lines.append(f"pretrained weights:       {meta.config['pretrained']}")
+    mapping = (meta.pretrained or {}).get("mapping") or {}
+    if mapping:
+        lines.append(f"pretrained tensors:       {len(mapping)} paired by order (their names differ from the "
+                     "model's; the pairs are in the metadata's `pretrained.mapping`)")
     size = "x".join(map(str, prep.image_size))
     steps = f"resize {prep.resize} ({prep.interpolation}) → centre crop {size}" if prep.resize else f"resize to {size}"
     mean = ", ".join(f"{v:.3f}" for v in prep.mean)

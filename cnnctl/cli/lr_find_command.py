@@ -18,7 +18,8 @@ SWEEP = "Sweep"
 
 def lr_find(ctx: typer.Context, **params: Any) -> None:
     """An exponential learning-rate sweep for ARCH with the options `cnnctl train` takes: a PNG of loss against
-    rate and a suggested --lr (the smoothed loss's minimum ÷ 10). Writes nothing else."""
+    rate (beside the run folders `cnnctl train` makes with these options) and a suggested --lr (the smoothed
+    loss's minimum ÷ 10). Writes nothing else."""
     from cnnctl.config_file import build_train_config
     from cnnctl.engine.lr_find import RULE
     from cnnctl.engine.lr_find import lr_find as sweep
@@ -27,7 +28,8 @@ def lr_find(ctx: typer.Context, **params: Any) -> None:
     explicit.pop("lr", None)
     config = build_train_config(explicit, params["config_file"])
     result = sweep(config, start_lr=float(params["start_lr"]), end_lr=float(params["end_lr"]),
-                   steps=int(params["steps"]), plot=params["plot"] or None, log=stderr_line)
+                   steps=int(params["steps"]), plot=True if params["plot"] is None else params["plot"] or None,
+                   log=stderr_line)
     if params["json_output"]:
         print_json(result.as_dict())
         return
@@ -46,9 +48,10 @@ _OWN = [
         float, typer.Option(min=0, help="last rate of the sweep", rich_help_panel=SWEEP)]),
     inspect.Parameter("steps", inspect.Parameter.KEYWORD_ONLY, default=200, annotation=Annotated[
         int, typer.Option(min=10, help="optimizer steps of the sweep", rich_help_panel=SWEEP)]),
-    inspect.Parameter("plot", inspect.Parameter.KEYWORD_ONLY, default="lr-find.png", annotation=Annotated[
-        str, typer.Option(metavar="PNG", help="where to draw loss against rate ('' for no plot)",
-                          rich_help_panel=SWEEP)]),
+    inspect.Parameter("plot", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        str | None, typer.Option(metavar="PNG", help="where to draw loss against rate ('' for no plot) "
+                                 "\\[default: OUT/NAME/lr-find.png, beside the run folders train makes]",
+                                 show_default=False, rich_help_panel=SWEEP)]),
     inspect.Parameter("json_output", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
         bool, typer.Option("--json", help="the sweep as JSON on stdout", rich_help_panel=SWEEP)]),
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import typer
 
@@ -16,6 +16,33 @@ from cnnctl.cli._common import (
     stderr_line,
 )
 from cnnctl.errors import CnnctlError, UsageError
+
+
+class WeightsSource(NamedTuple):
+    """Where published weights may come from (what ``--pretrained`` reads from a training configuration)."""
+
+    weights_mirror: str | None
+    offline: bool
+
+
+def _pretrained_arguments(first: str | None, paths: list[str], arch: str | None, pretrained: str | None
+                          ) -> tuple[str, str, list[str]]:
+    """(architecture, weights, images) of ``ARCH --pretrained WEIGHTS IMAGES``, ``FILE --arch ARCH IMAGES`` and
+    ``--arch ARCH --pretrained WEIGHTS IMAGES``."""
+    if arch and pretrained:
+        return arch, pretrained, [first, *paths] if first is not None else paths
+    if first is None:
+        raise UsageError("name the architecture and the images: cnnctl predict ARCH --pretrained imagenet PATH..."
+                         if pretrained else "name the weights file and the images: cnnctl predict FILE --arch "
+                                            "ARCH PATH...")
+    if pretrained:
+        from pathlib import Path
+
+        if Path(first).exists():
+            raise UsageError(f"--pretrained needs the architecture before the images; {first} is a file",
+                             hint=f"cnnctl predict ARCH --pretrained {pretrained} PATH... (e.g. tv:resnet50)")
+        return first, str(pretrained), paths
+    return str(arch), first, paths
 
 
 @command()
@@ -37,11 +64,22 @@ def predict(
         "--plot", metavar="PNG", help="also draw the first 64 images with their predicted classes (wrong ones in "
                                       "red where a parent folder names the true class)")] = None,
     tta: Annotated[str, typer.Option(metavar="[none|flip|crop|flip-crop]", help=TTA_HELP)] = "none",
+    pretrained: Annotated[str | None, typer.Option(
+        metavar="WEIGHTS", help="classify with ImageNet weights, no training: the first argument is then the "
+                                "architecture (cnnctl predict tv:resnet50 --pretrained imagenet photo.jpg); "
+                                "imagenet, a weights name, or a .pth/.safetensors file")] = None,
+    arch: Annotated[str | None, typer.Option(
+        help="the architecture of a weights file given as the first argument (cnnctl predict lite0.pth --arch "
+             "timm:tf_efficientnet_lite0 photo.jpg)")] = None,
+    weights_mirror: Annotated[str | None, typer.Option(
+        help="with --pretrained: URL or folder tried before the official URL \\[env: CNNCTL_WEIGHTS_MIRROR]")] = None,
+    offline: Annotated[bool, typer.Option(
+        "--offline", envvar="CNNCTL_OFFLINE", help="open no network connection (weights must be on disk)")] = False,
 ) -> None:
-    """Classify images with a checkpoint.
+    """Classify images with a checkpoint, or with ImageNet weights (--pretrained).
 
-    Preprocessing comes from the checkpoint. Rows: path, label, class, probability, top-k. Images in folders \
-named after classes (digits/7/x.png) also give the accuracy."""
+    Preprocessing comes from the checkpoint (or the weights). Rows: path, label, class, probability, top-k. \
+Images in folders named after classes (digits/7/x.png) also give the accuracy."""
     import sys
 
     from cnnctl.engine.predict import (
@@ -55,7 +93,7 @@ named after classes (digits/7/x.png) also give the accuracy."""
     from cnnctl.engine.runs import is_checkpoint_like
     from cnnctl.engine.tta import check_tta
     from cnnctl.fsutil import STDOUT, atomic_write_text, displayable, require_writable_file
-    from cnnctl.progress import counting, rate_text
+    from cnnctl.progress import counting, plural, rate_text
 
     tta = check_tta(tta)
 
@@ -64,12 +102,23 @@ named after classes (digits/7/x.png) also give the accuracy."""
         require_writable_file(output, option="--output", stdout_ok=True)
     if plot:
         require_writable_file(plot, option="--plot")
-    if checkpoint_path is not None and not is_checkpoint_like(checkpoint_path):  # images only: the latest run
+    if pretrained or arch:
+        arch, pretrained, paths = _pretrained_arguments(checkpoint_path, paths or [], arch, pretrained)
+    elif checkpoint_path is not None and not is_checkpoint_like(checkpoint_path):  # images only: the latest run
         checkpoint_path, paths = None, [checkpoint_path, *(paths or [])]
     if not paths:
         raise UsageError("name the images to classify", hint="cnnctl predict [CHECKPOINT] PATH... (files or folders)")
-    checkpoint_path = checkpoint_argument(checkpoint_path)
-    model, _ = load_for_inference(checkpoint_path, device=device)
+    if pretrained and arch:
+        from cnnctl.models.imagenet_classifier import imagenet_classifier
+
+        if offline:  # for everything this process does, as `train --offline`
+            import os
+
+            os.environ["CNNCTL_OFFLINE"] = "1"
+        model = imagenet_classifier(arch, pretrained, device=device, log=stderr_line,
+                                    config=WeightsSource(weights_mirror, offline))
+    else:
+        model, _ = load_for_inference(checkpoint_argument(checkpoint_path), device=device)
     files, skipped = find_images(paths)
     if not files:
         raise UsageError("no image files found in " + ", ".join(displayable(p) for p in paths),
@@ -109,7 +158,13 @@ named after classes (digits/7/x.png) also give the accuracy."""
         others = len(predictions) - len(failures) - counted
         stderr_line(f"accuracy {correct / counted:.2%} ({correct:,} of {counted:,} images whose folder names their "
                     f"class{f'; {others:,} others not counted' if others else ''})")
+    warning = predictor.input_warning()
+    if warning:
+        stderr_line(warning)
+    if failures:  # each error names its file and why: "x.png: not a readable image (...)"
+        first = ", the first 5:" if len(failures) > 5 else ":"
+        stderr_line(f"could not read {plural(len(failures), 'image')}{first}")
     for failure in failures[:5]:
-        stderr_line(f"  could not read {displayable(failure.error or '')}")
+        stderr_line(f"  {displayable(failure.error or '')}")
     if failures and strict:
         raise CnnctlError(f"{len(failures)} of {len(predictions)} images could not be read (--strict)")

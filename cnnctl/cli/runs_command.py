@@ -6,15 +6,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
 from cnnctl.cli._common import app, handle_errors, print_json, stderr_line
+from cnnctl.cli.help import Command, Group
 from cnnctl.options import choice_settings
 
 DEFAULT_DIR = "runs"
 
 
-class _RunsGroup(TyperGroup):
+class _RunsGroup(Group):
     """``runs [DIR] [OPTIONS]`` with subcommands: a first word that names a subcommand is that subcommand, not DIR
     (click would otherwise read ``compare`` as the folder); otherwise it is the listing, whose options may come
     after DIR as in any command."""
@@ -80,6 +80,8 @@ def _percent(value: float | None) -> str:
 
 
 def _duration(seconds: float) -> str:
+    if 0 < seconds < 0.5:
+        return "<1s"
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
@@ -88,24 +90,52 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+COLUMNS = ("run", "arch", "dataset", "epochs", "best", "val", "test", "time", "status")
+RIGHT = ("epochs", "best", "val", "test", "time")
+
+
+def _cells(info: Any) -> list[str]:
+    value = info.best_value
+    val = "—" if value is None else (f"{value:.4f}" if (info.monitor or "").endswith("loss") else _percent(value))
+    return [info.run, info.arch or "?", info.dataset or "?",
+            f"{info.epochs_done}/{info.epochs_planned if info.epochs_planned is not None else '?'}",
+            "—" if info.best_epoch is None else str(info.best_epoch), val, _percent(info.test_acc),
+            _duration(info.time_s), info.status]
+
+
 def _render(infos: list[Any]) -> None:
-    from rich import box
+    """One row per run; when that is wider than the terminal, each run's name gets a line of its own above its
+    row, so that no name is broken."""
+    from rich.cells import cell_len
     from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
     colours = {"finished": "green", "running": "cyan", "interrupted": "yellow", "crashed": "red"}
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0), collapse_padding=True)
-    for column in ("run", "arch", "dataset", "epochs", "best", "val", "test", "time", "status"):
-        table.add_column(column, justify="right" if column in ("epochs", "best", "val", "test", "time") else "left",
-                         overflow="fold", no_wrap=column not in ("run", "arch", "dataset"))
-    for info in infos:
-        value = info.best_value
-        val = "—" if value is None else (f"{value:.4f}" if (info.monitor or "").endswith("loss") else _percent(value))
-        table.add_row(info.run, info.arch or "?", info.dataset or "?",
-                      f"{info.epochs_done}/{info.epochs_planned if info.epochs_planned is not None else '?'}",
-                      "—" if info.best_epoch is None else str(info.best_epoch), val, _percent(info.test_acc),
-                      _duration(info.time_s), f"[{colours[info.status]}]{info.status}[/]")
-    Console().print(table)
+    console = Console(highlight=False)
+    rows = [_cells(info) for info in infos]
+    widths = [max(cell_len(cell) for cell in column) for column in zip(COLUMNS, *rows)]
+    stacked = sum(widths) + len(widths) - 1 > console.width
+    first = 1 if stacked else 0
+    indent = "  " if stacked else ""
+
+    def line(cells: list[str], header: bool = False) -> str:
+        parts = []
+        for name, cell, width in zip(COLUMNS[first:], cells[first:], widths[first:]):
+            padded = " " * (width - cell_len(cell))
+            text = escape(cell)
+            if name == "status" and not header:
+                text = f"[{colours[cell]}]{text}[/]"
+            parts.append(padded + text if name in RIGHT else text + (padded if name != "status" else ""))
+        return indent + " ".join(parts)
+
+    if stacked:
+        console.print("[bold]run[/]")
+    console.print(f"[bold]{line(list(COLUMNS), header=True)}[/]")
+    console.print(indent + "─" * (sum(widths[first:]) + len(widths[first:]) - 1))
+    for cells in rows:
+        if stacked:
+            console.print(escape(cells[0]), soft_wrap=True)
+        console.print(line(cells), soft_wrap=True)
 
 
 runs_app.callback(invoke_without_command=True)(handle_errors(runs))
@@ -121,5 +151,5 @@ def compare(
     print(compare_runs(run_dirs, output))
 
 
-runs_app.command("compare")(handle_errors(compare))
+runs_app.command("compare", cls=Command)(handle_errors(compare))
 app.add_typer(runs_app, name="runs", help="List run folders and their status; `runs compare` plots their curves.")

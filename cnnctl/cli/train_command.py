@@ -8,10 +8,14 @@ from typing import Annotated, Any
 import typer
 
 from cnnctl.cli._common import command, complete_arch, complete_checkpoint, complete_dataset
+from cnnctl.cli.help import with_brief_help
 from cnnctl.options import OPTIONS, Option, choice_settings
 
 # shell completion of the open-ended names (the closed lists complete through choice_settings)
 COMPLETIONS = {"arch": complete_arch, "dataset": complete_dataset, "resume": complete_checkpoint}
+# `cnnctl train -h`: the options most runs need, in this order (`--help` shows every option, by panel)
+BRIEF_HELP = ("dataset", "data", "epochs", "batch_size", "lr", "optimizer", "augment", "pretrained", "img_size",
+              "device", "out", "resume", "config_file", "seed", "patience")
 
 
 def _default_text(option: Option) -> str | None:
@@ -122,10 +126,10 @@ def train(ctx: typer.Context, **params: Any) -> None:
         reporter.close()
     if not trainer.dist.is_main:
         return
-    if quiet and result.test is not None:
+    if quiet and result.results:
         from cnnctl.progress import end_line
 
-        print(end_line(result.test))
+        print(end_line(result.results))
     print(f"run folder: {result.run_dir}")
 
 
@@ -135,7 +139,7 @@ train.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
 train.__annotations__ = {parameter.name: parameter.annotation
                          for parameter in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
 train.__annotations__["return"] = None
-command()(train)
+command(cls=with_brief_help(BRIEF_HELP))(train)
 
 
 def _explicit_options(ctx: typer.Context) -> dict[str, object]:

@@ -19,13 +19,15 @@ class ImageTensors:
     classes: tuple[str, ...]
     source: str = ""
     paths: tuple[str, ...] | None = None
+    split: str | None = None  # set where it may differ from the split asked for (a folder without test/)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, indices: torch.Tensor) -> ImageTensors:
         paths = None if self.paths is None else tuple(self.paths[i] for i in indices.tolist())
-        return ImageTensors(self.images[indices], self.labels[indices], self.classes, self.source, paths)
+        return ImageTensors(self.images[indices], self.labels[indices], self.classes, self.source, paths,
+                            self.split)
 
 
 @dataclass(frozen=True)

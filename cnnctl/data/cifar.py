@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from cnnctl.data.archive import extract_once
 from cnnctl.data.base import ImageTensors
 from cnnctl.data.download import RemoteFile
-from cnnctl.errors import DataError
+from cnnctl.errors import DataError, first_line
 from cnnctl.registry import DatasetSpec, register_dataset
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def read_batch(path: Path) -> dict[str, Any]:
     except MemoryError as error:
         raise DataError(f"{path} is corrupt (it asks for more memory than a CIFAR batch needs)") from error
     except Exception as error:  # noqa: BLE001 - unpickling corrupt bytes raises nearly anything
-        raise DataError(f"{path} is corrupt or truncated ({type(error).__name__}: {error})",
+        raise DataError(f"{path} is corrupt or truncated ({first_line(error, 120)})",
                         hint="delete the dataset folder and run `cnnctl download` again") from error
     if not isinstance(batch, dict):
         raise DataError(f"{path} is not a CIFAR batch (it holds a {type(batch).__name__}, not a dict)")

@@ -28,6 +28,7 @@ from cnnctl.data.stream import StreamedImages, memory_budget, plan_cache, size_t
 from cnnctl.engine.imbalance import check_class_names
 from cnnctl.errors import DataError, UsageError
 from cnnctl.models.weights import grey_input_mode, run_preprocessing, weights_for_config
+from cnnctl.progress import plural
 from cnnctl.registry import DatasetSpec, get_dataset_spec, register_dataset
 
 if TYPE_CHECKING:
@@ -168,7 +169,8 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, log: 
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise UsageError(f"{root} is not a folder", hint="--data takes a folder with one sub-folder per class")
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
+        raise UsageError(f"{root} {problem}", hint="--data takes a folder with one sub-folder per class")
     walk = _Walk(os.path.realpath(root))
     split_dirs = _layout(root, walk)
     per_split: dict[str, dict[str, list[Path]]] = {}
@@ -406,7 +408,7 @@ def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers
 def _report_failures(failures: list[tuple[Path, str]], log: Log) -> None:
     if not failures:
         return
-    log(f"could not read {len(failures)} image(s); they are left out:")
+    log(f"could not read {plural(len(failures), 'image')}; left out:")
     for _, problem in failures[:_EXAMPLES]:
         log(f"  {problem}")
     if len(failures) > _EXAMPLES:
@@ -586,7 +588,8 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
     class names: ``test/``, or the ``val``/``train`` split rebuilt exactly as training chose it. Without
     ``test/``, the folder the checkpoint was trained on is evaluated on the validation images held out in
     training, any other folder (``--data``) on all its images. ``max_items`` decodes only the split's first
-    files (export verification). ``source`` ends in the split used.
+    files (export verification). ``split`` is the split used (``all``: every image of a folder without
+    ``test/`` that training never saw).
     """
     folder = data_dir or meta.data_dir
     if not folder:
@@ -612,6 +615,7 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
             split, items = "val", chosen.val
         else:  # a folder training never saw: all of it is new
             items = scan.splits["train"] + (scan.splits.get("val") or [])
+            split = "all"
             log(f"{root} has no test/ folder: evaluating on all {len(items):,} of its images")
     if not items:
         raise UsageError(f"{root} has no {split} images", hint="use --split train, or add a val/ or test/ folder")
@@ -623,7 +627,7 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
     if len(data) == 0:
         raise DataError(f"none of the {split} images in {root} could be read")
     images = to_grey(data.images) if meta.preprocessing.channels == 1 else data.images
-    return ImageTensors(images, data.labels, data.classes, data.source, data.paths)
+    return ImageTensors(images, data.labels, data.classes, data.source, data.paths, split)
 
 
 def load_folder(directory: Path, split: str) -> ImageTensors:

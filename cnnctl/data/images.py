@@ -32,8 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl import filekind
 from cnnctl.data.png_check import png_problem
 from cnnctl.errors import DataError
+from cnnctl.filekind import IMAGE_SUFFIXES  # noqa: F401 - part of this module's API
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS: a 0.25 GiB 24-bit image (~9,459 x 9,459)
 MAX_FILE_BYTES = 256 * 2**20  # larger image files are refused unread: no photo or scan we train on comes close
 _TORCHVISION_FORMATS = frozenset({"PNG", "JPEG"})  # decoded by torchvision.io (faster), EXIF included
@@ -90,11 +91,23 @@ class ResizeTarget:
         return math.ceil(self.size[0] * REDUCING_GAP), math.ceil(self.size[1] * REDUCING_GAP)
 
 
-def _reason(error: BaseException) -> str:
-    text = str(error).strip()
+def _reason(error: BaseException, data: bytes | None = None) -> str:
+    """Why a file could not be decoded, in words: what the file is when it is not an image (``a text file``,
+    ``an ONNX model``), else the decoder's reason without the Python object reprs some of them print."""
+    import re
+
+    from PIL import UnidentifiedImageError
+
+    if isinstance(error, UnidentifiedImageError):  # "cannot identify image file <_io.BytesIO object at 0x...>"
+        kind = filekind.sniff_bytes(data[:filekind.PREFIX_BYTES]) if data is not None else None
+        if kind is not None and kind != filekind.IMAGE:
+            return f"it is {filekind.describe(kind)}"
+        return "not an image format cnnctl can read (PNG, JPEG, BMP, GIF, WebP, TIFF)"
+    text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "", str(error))
+    text = " ".join(text.split()).strip(" :")
     if not text or ".cpp" in text or "/csrc/" in text:  # torchvision's C++ errors name their source, not the problem
         return "unknown format or corrupt data"
-    return " ".join(text.split())[:100]
+    return text[:100]
 
 
 def read_file_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
@@ -145,7 +158,7 @@ def read_header(data: bytes, path: Path, max_pixels: int | None = None) -> Image
             header = ImageHeader(image.format or "?", width, height, image.mode,
                                  bool(getattr(image, "is_animated", False)), _orientation(image))
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for broken files
-        raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
+        raise DataError(f"{path}: not a readable image ({_reason(error, data)})") from error
     if width * height > limit:
         raise DataError(f"{path}: {width:,}x{height:,} = {width * height:,} pixels, more than the limit of "
                         f"{limit:,}; not decoded", hint="pass --max-pixels N to allow larger images")
@@ -188,7 +201,7 @@ def _read_with_pillow(data: bytes, path: Path) -> torch.Tensor:
             oriented = ImageOps.exif_transpose(image)
             array = np.asarray(oriented.convert("RGB"), dtype=np.uint8)
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for broken files
-        raise DataError(f"{path}: not a readable image ({_reason(error)})") from error
+        raise DataError(f"{path}: not a readable image ({_reason(error, data)})") from error
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 

@@ -42,7 +42,10 @@ def fit_to_input(images: torch.Tensor, preprocessing: Preprocessing, *, crop: bo
     size) for an augmentation that crops them itself (``resized-crop-flip``)."""
     import torch.nn.functional as F
 
-    if crop or preprocessing.resize is None:
+    # images stored at the crop size were resized and centre-cropped when decoded (eval's folder splits): resizing
+    # their shorter side again would zoom in by resize/crop
+    done = preprocessing.resize is not None and tuple(images.shape[-2:]) == tuple(preprocessing.image_size)
+    if (crop or preprocessing.resize is None) and not done:
         images = resize_and_crop(images, preprocessing.image_size, preprocessing.resize, preprocessing.interpolation)
     if images.shape[1] != preprocessing.channels:
         images = convert_channels(images, preprocessing.channels)

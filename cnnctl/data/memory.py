@@ -67,17 +67,23 @@ def _cgroup_room(root: Path) -> Available | None:
 def process_memory_cgroups(root: Path = Path("/")) -> list[tuple[Path, Path, int]]:
     """(this process's cgroup folder, its hierarchy's mount point, cgroup version) for the v1 memory hierarchy
     and the v2 unified one; empty where /proc does not say."""
+    return process_cgroups(root, "memory")
+
+
+def process_cgroups(root: Path = Path("/"), controller: str = "memory") -> list[tuple[Path, Path, int]]:
+    """(this process's cgroup folder, its hierarchy's mount point, cgroup version) for the v1 hierarchy of
+    ``controller`` (``memory``, ``cpu``) and the v2 unified one; empty where /proc does not say."""
     try:
         memberships = (root / "proc/self/cgroup").read_text().splitlines()
         mounts = (root / "proc/self/mountinfo").read_text().splitlines()
     except OSError:
         return []
-    return _memory_cgroups(root, memberships, mounts)
+    return _cgroups(root, memberships, mounts, controller)
 
 
-def _memory_cgroups(root: Path, memberships: list[str], mounts: list[str]) -> list[tuple[Path, Path, int]]:
-    """(the process's cgroup folder, its hierarchy's mount point, cgroup version) for the v1 memory hierarchy and
-    the v2 unified one, from /proc/self/cgroup and the mount roots in /proc/self/mountinfo."""
+def _cgroups(root: Path, memberships: list[str], mounts: list[str], controller: str) -> list[tuple[Path, Path, int]]:
+    """(the process's cgroup folder, its hierarchy's mount point, cgroup version) for the v1 hierarchy of
+    ``controller`` and the v2 unified one, from /proc/self/cgroup and the mount roots in /proc/self/mountinfo."""
     paths: dict[int, str] = {}
     for line in memberships:  # "4:memory:/docker/abc" (v1), "0::/user.slice/..." (v2)
         parts = line.split(":", 2)
@@ -85,7 +91,7 @@ def _memory_cgroups(root: Path, memberships: list[str], mounts: list[str]) -> li
             continue
         if parts[0] == "0" and parts[1] == "":
             paths[2] = parts[2]
-        elif "memory" in parts[1].split(","):
+        elif controller in parts[1].split(","):
             paths[1] = parts[2]
     found = []
     for line in mounts:  # "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory"
@@ -94,7 +100,7 @@ def _memory_cgroups(root: Path, memberships: list[str], mounts: list[str]) -> li
             continue
         dash = fields.index("-")
         fstype, options = fields[dash + 1], fields[dash + 3].split(",")
-        version = 2 if fstype == "cgroup2" else 1 if fstype == "cgroup" and "memory" in options else 0
+        version = 2 if fstype == "cgroup2" else 1 if fstype == "cgroup" and controller in options else 0
         if version not in paths:
             continue
         inside, mount_root = Path(paths.pop(version)), Path(fields[3])

@@ -57,5 +57,5 @@ def png_problem(data: bytes) -> str | None:
     if header is None or inflated >= expected:
         return None
     width, height = header[:2]
-    return f"truncated: its header says {width}x{height} pixels but its image data holds only {inflated:,} of the " \
-           f"{expected:,} bytes they need"
+    return (f"truncated: its header says {width}x{height} pixels but its image data ends after "
+            f"{inflated * 100 // expected}% of them")

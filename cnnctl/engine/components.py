@@ -26,26 +26,28 @@ if TYPE_CHECKING:
     from cnnctl.data.base import ImageTensors
     from cnnctl.data.splits import PreparedData
     from cnnctl.engine.distributed import DistContext
+    from cnnctl.models.pretrained import PretrainedReport
     from cnnctl.registry import ModelSpec
 
 
 def build_model(config: TrainConfig, spec: ModelSpec, data: PreparedData, device: torch.device,
-                log: Any) -> torch.nn.Module:
-    """The architecture for the data's classes and channels, on ``device``, with --pretrained weights and in
-    channels-last memory when that is faster (measured on a CPU, see :func:`choose_channels_last`; unless
-    --channels-last / --no-channels-last says)."""
+                log: Any) -> tuple[torch.nn.Module, PretrainedReport | None]:
+    """The architecture for the data's classes and channels, on ``device``, with --pretrained weights (and
+    what was loaded, for the checkpoints' metadata) and in channels-last memory when that is faster (measured
+    on a CPU, see :func:`choose_channels_last`; unless --channels-last / --no-channels-last says)."""
     import torch
 
     model = build_architecture(config.arch, num_classes=len(data.classes), in_channels=data.preprocessing.channels,
                                **config.arch_args).to(device)
+    report = None
     if config.pretrained:
-        load_pretrained(model, spec, config.pretrained, log=log, config=config)
+        report = load_pretrained(model, spec, config.pretrained, log=log, config=config)
     if config.channels_last is None:
         config.channels_last = choose_channels_last(model, data.preprocessing.input_shape, config.batch_size or 1,
                                                     device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model
+    return model, report
 
 
 # The memory format measured, not assumed: on one CPU (AMD EPYC) LeNet-5 + BatchNorm trained 2.5x slower in

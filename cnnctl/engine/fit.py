@@ -41,11 +41,12 @@ from cnnctl.engine.freeze import HeadOnlyPhase
 from cnnctl.engine.host_memory import reuse_freed_host_memory
 from cnnctl.engine.imbalance import loss_weights
 from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interrupted_error
+from cnnctl.engine.linear_probe import check_probe_head, probe_epoch
 from cnnctl.engine.loggers import build_loggers
 from cnnctl.engine.lr_sweep import resolve_auto_lr
 from cnnctl.engine.optim import build_optimizer  # noqa: F401 - part of this module's API
 from cnnctl.engine.precision import resolve_precision
-from cnnctl.engine.run_folder import RunFolder, create_run_dir  # noqa: F401 - part of this module's API
+from cnnctl.engine.run_folder import RunFolder, create_run_dir, default_run_name  # noqa: F401 - part of this module's API
 from cnnctl.engine.schedules import build_schedule
 from cnnctl.engine.state import (
     read_state,
@@ -54,8 +55,11 @@ from cnnctl.engine.state import (
     resume_settings,
     save_training_state,
 )
+from cnnctl.engine.threads import threads_for_this_process
 from cnnctl.engine.tracking import MetricTracker
 from cnnctl.errors import UsageError
+from cnnctl.image_stats import training_image_stats
+from cnnctl.models import build_model as build_architecture
 from cnnctl.models.pretrained import parameter_groups
 from cnnctl.progress import Reporter, SilentReporter
 from cnnctl.registry import get_model_spec
@@ -73,6 +77,8 @@ class FitResult:
     last_path: Path
     history: list[dict[str, float]] = field(default_factory=list)
     test: dict[str, Any] | None = None
+    results: dict[str, Any] = field(default_factory=dict)  # results.json: ``test`` or, without a test split,
+    # the best epoch evaluated on the validation split ("split": "val")
     stopped_early: bool = False
     plots: list[Path] = field(default_factory=list)
 
@@ -83,6 +89,18 @@ class FitResult:
 def prepare_data(config: TrainConfig, reporter: Reporter) -> PreparedData:
     """Load (downloading if needed) the splits that ``config`` names and fit them to its architecture."""
     return prepare(config, get_model_spec(config.arch), reporter.message)
+
+
+def measure_training_images(data: PreparedData) -> dict[str, float] | None:
+    """How the training images look (cnnctl/image_stats.py), for the checkpoints: from the training split, or
+    the validation split when the training images stream from disk (not held in memory)."""
+    import torch
+
+    for split in (data.train, data.val):
+        images = getattr(split, "images", None)
+        if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[0] > 0:
+            return training_image_stats(images)
+    return None
 
 
 class Trainer:
@@ -105,7 +123,11 @@ class Trainer:
         self.state_extra: dict[str, Any] = {"world_size": self.dist.world_size} if self.dist.enabled else {}
         self.improvement: tuple[bool, bool, list[int]] = (False, False, [])  # MetricTracker.update of this epoch
         self.device = self.data = self.model = None  # set by setup(), with the optimizer, schedule, batches
+        self.image_stats: dict[str, float] | None = None  # of the training images, for the checkpoints
+        self.lr_sweep: Any = None  # --lr auto: the sweep's LrFindResult, drawn into the run folder
+        self.thread_choice: Any = None  # the CPU threads setup() chose, when --threads was left to cnnctl
         self.averaged: Any = None  # --ema: the AveragedModel that validation and checkpoints use
+        self.pretrained: Any = None  # --pretrained: the PretrainedReport the checkpoints' metadata keeps
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
 
     @classmethod
@@ -122,9 +144,15 @@ class Trainer:
     def run_dir(self) -> Path:
         return self.folder.path
 
+    @property
+    def default_name(self) -> str:
+        """The run's folder name when --name is left out (after setup): ARCH-DATASET, or ARCH-FOLDER."""
+        return default_run_name(self.model_spec.name, self.data.dataset_label, self.config.data_dir)
+
     # ------------------------------------------------------------------------------------------------ the run
     def run(self) -> FitResult:
-        resolve_auto_lr(type(self), self.config, self.reporter.message)  # --lr auto: a learning-rate sweep first
+
+        self.lr_sweep = resolve_auto_lr(type(self), self.config, self.reporter.message)  # --lr auto: a sweep first
         self.config.resolve_defaults()
         with deterministic_mode(self.config.deterministic), contextlib.ExitStack() as locked:
             loaded = None
@@ -138,8 +166,7 @@ class Trainer:
                     self.folder.interrupted.unlink(missing_ok=True)
             self.setup(loaded)
             if loaded is None:
-                self.folder = new_run_folder(self.config, f"{self.model_spec.name}-{self.data.dataset_label}",
-                                             self.dist)
+                self.folder = new_run_folder(self.config, self.default_name, self.dist)
                 self._lock(locked)
             try:
                 with InterruptGuard() as guard:
@@ -174,15 +201,21 @@ class Trainer:
             self.reporter = SilentReporter()
         if config.threads:
             torch.set_num_threads(config.threads)
+        elif self.device.type == "cpu" and not self.dist.enabled:  # ranks share the cores as launch() set them
+            self.thread_choice = threads_for_this_process()
+            torch.set_num_threads(self.thread_choice.threads)
         if self.device.type == "cpu":
             reuse_freed_host_memory()
         seed_everything(config.seed)
         self.model_spec = get_model_spec(config.arch)
         config.arch = self.model_spec.name
+        if config.linear_probe:  # the classifier must be a linear layer: said before the data is read
+            check_probe_head(self, build_architecture(config.arch, num_classes=2, in_channels=3, **config.arch_args))
         self.precision = resolve_precision(config.amp, config.amp_dtype, self.device)
         if self.precision.note:
             self.reporter.message(self.precision.note)
         self.data = distributed.in_turn(self.dist, lambda: prepare_data(config, self.reporter))
+        self.image_stats = measure_training_images(self.data)
         if config.batch_size is None:  # the default depends on the training set (data/loader.py)
             config.batch_size = default_batch_size(len(self.data.train))
             if self.dist.enabled:
@@ -195,7 +228,8 @@ class Trainer:
         self.monitor = config.monitor if self.data.val is not None else config.monitor.replace("val_", "train_")
         if self.monitor != config.monitor:
             self.reporter.message(f"no validation split: best.safetensors is chosen by {self.monitor}")
-        model = components.build_model(config, self.model_spec, self.data, self.device, self.reporter.message)
+        model, self.pretrained = components.build_model(config, self.model_spec, self.data, self.device,
+                                                        self.reporter.message)
         self.model = distributed.wrap_model(model, self.dist, self.device, sync_bn=config.sync_bn,
                                             find_unused=config.freeze_epochs > 0)
         self.head_only = HeadOnlyPhase(unwrap(self.model), self.model_spec.classifier, config.freeze_epochs)
@@ -219,7 +253,7 @@ class Trainer:
             skip = self.start_batch if epoch == self.start_epoch + 1 else 0
             self.head_only.begin_epoch(epoch, self.reporter.message)
             callbacks.on_epoch_start(self, epoch)
-            row = self.train_epoch(epoch, guard, skip)
+            row = probe_epoch(self, epoch) if config.linear_probe else self.train_epoch(epoch, guard, skip)
             row.update(components.validation_metrics(self))
             if self.schedule.epoch_end(row.get(self.monitor)):
                 self.reporter.message(f"plateau: {self.monitor} has not improved for "

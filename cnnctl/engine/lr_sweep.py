@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl.checkpoint import unwrap
 from cnnctl.engine.determinism import deterministic_mode
+from cnnctl.engine.run_folder import run_name
 from cnnctl.errors import UsageError
+from cnnctl.plots import _figure, _save
 from cnnctl.progress import SilentReporter
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ class LrFindResult:
     rule: str = RULE
     stopped: str = ""  # why the sweep ended before its last step, if it did
     plot: Path | None = None
+    run_name: str = ""  # the run folder name `cnnctl train` gives these options (the plot goes beside it)
 
     def as_dict(self) -> dict[str, Any]:
         return {"suggested_lr": self.suggestion, "rule": self.rule, "steps": len(self.lrs), "stopped": self.stopped,
@@ -71,7 +74,7 @@ def sweep_lr(trainer_class: type[Trainer], config: TrainConfig, *, start_lr: flo
     config = dataclasses.replace(config, lr=start_lr, ema=None, arch_args=dict(config.arch_args))
     trainer = trainer_class(config, _Messages(log) if log is not None else SilentReporter())
     config.resolve_defaults()
-    result = LrFindResult()
+    result = LrFindResult(run_name=trainer.default_name)
     with deterministic_mode(config.deterministic):
         trainer.setup()
         model, optimizer, scaler = trainer.model, trainer.optimizer, trainer.scaler
@@ -114,6 +117,13 @@ def sweep_lr(trainer_class: type[Trainer], config: TrainConfig, *, start_lr: flo
     return result
 
 
+def beside_runs(config: TrainConfig, default_name: str) -> Path:
+    """``OUT/NAME/lr-find.png``: next to the numbered run folders ``cnnctl train`` makes with these options."""
+    folder = Path(config.out) / run_name(config.name or default_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "lr-find.png"
+
+
 class _Messages:
     """A reporter that passes on only the setup's messages (the sweep has no epochs)."""
 
@@ -127,10 +137,30 @@ class _Messages:
         return lambda *args, **kwargs: None
 
 
-def resolve_auto_lr(trainer_class: type[Trainer], config: TrainConfig, log: Any) -> None:
-    """``--lr auto``: run the sweep with ``config``'s options and train with its suggestion (else nothing)."""
+def plot_lr_find(result: LrFindResult, path: Path) -> Path:
+    """Loss against learning rate (log scale): each step, the smoothed curve and the suggestion."""
+    figure = _figure(7, 4.5)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.plot(result.lrs, result.losses, color="0.75", linewidth=0.8, label="loss per step")
+    axes.plot(result.lrs, result.smoothed, color="C0", linewidth=1.8, label="smoothed")
+    axes.axvline(result.suggestion, color="C3", linestyle="--", label=f"suggested lr {result.suggestion:.2g}")
+    axes.set_xscale("log")
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("training loss")
+    top = max(result.smoothed[0], min(result.smoothed)) * 1.5
+    axes.set_ylim(min(result.losses) * 0.9, top)
+    axes.set_title("lr-find: " + RULE, fontsize=8)
+    axes.legend(loc="upper left")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def resolve_auto_lr(trainer_class: type[Trainer], config: TrainConfig, log: Any) -> LrFindResult | None:
+    """``--lr auto``: run the sweep with ``config``'s options and train with its suggestion; returns the sweep
+    (the run draws it into its folder), or None without ``--lr auto``."""
     if config.lr != "auto":
-        return
+        return None
     found = sweep_lr(trainer_class, dataclasses.replace(config, lr=None), log=None)
     config.lr = float(f"{found.suggestion:.3g}")
     log(f"--lr auto: lr-find suggests {config.lr:g} ({RULE}; {len(found.lrs)} steps)")
+    return found

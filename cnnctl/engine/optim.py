@@ -2,7 +2,7 @@
 
 ``TrainConfig`` resolves the learning rate, momentum and weight decay from the entry, ``--optimizer`` lists the
 registered names, and ``build_optimizer`` calls the entry's builder. Adding an optimizer is one decorated
-function, here or in any module imported before training (see README, "Development")::
+function, here or in any module imported before training (see docs/development.md)::
 
     @register_optimizer("sgdw", description="SGD with decoupled weight decay", lr=0.05, onecycle_lr=0.1)
     def _sgdw(parameters, *, lr, momentum, weight_decay, nesterov):

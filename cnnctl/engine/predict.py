@@ -17,6 +17,7 @@ from cnnctl.engine.device import resolve_device
 from cnnctl.engine.tta import check_tta, tta_probabilities
 from cnnctl.errors import CnnctlError, DataError
 from cnnctl.fsutil import displayable
+from cnnctl.image_stats import InputCheck
 
 if TYPE_CHECKING:
     import torch
@@ -123,6 +124,7 @@ class Predictor:
         self.timings = {"decode_s": 0.0, "inference_s": 0.0}
         self.max_pixels = max_pixels  # images with more pixels are refused from their header (data/images.py)
         self.tta = check_tta(tta)  # test-time augmentation (cnnctl/engine/tta.py)
+        self.input_check = InputCheck(meta.image_stats)  # images unlike the training images: input_warning()
         self._torch = torch
 
     def model_inputs(self, images: torch.Tensor) -> torch.Tensor:
@@ -199,6 +201,11 @@ class Predictor:
             if previous is not None:
                 yield previous[0], self._finish_decoding(previous[1])
 
+    def input_warning(self) -> str | None:
+        """One line when the images predicted so far differ clearly from the training images (inverted
+        colours, brightness far outside their range), saying what the model expects."""
+        return self.input_check.warning()
+
     def predict_files(self, files: Sequence[Path]) -> Iterator[Prediction]:
         classes = self.meta.classes
         for chunk, decoded in self.decoded_batches(files):
@@ -207,6 +214,7 @@ class Predictor:
             if good:
                 started = time.perf_counter()
                 batch = self._torch.stack([decoded[i] for i in good])
+                self.input_check.add(batch)
                 _, probabilities = self.predict_tensor(batch)
                 top_p, top_i = probabilities.topk(self.topk, dim=1)
                 # one conversion per batch: indexing tensors element by element costs more than the model
@@ -230,16 +238,22 @@ def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str =
 
     model, meta = model_with_meta(model_or_path, device, "cnnctl.predict")
     predictor = Predictor(model, meta, topk=topk, tta=tta)
-    if isinstance(images, torch.Tensor):
-        return predictor.predict_tensor(images)
-    files, _ = find_images([images] if isinstance(images, (str, Path)) else images)
-    if not files:
-        raise DataError("no images to predict")
-    decoded = [image for _, images in predictor.decoded_batches(files) for image in images]
-    errors = [item for item in decoded if isinstance(item, str)]
-    if errors:
-        raise DataError(errors[0])
-    return predictor.predict_tensor(torch.stack(decoded))
+    if not isinstance(images, torch.Tensor):
+        files, _ = find_images([images] if isinstance(images, (str, Path)) else images)
+        if not files:
+            raise DataError("no images to predict")
+        decoded = [image for _, images in predictor.decoded_batches(files) for image in images]
+        errors = [item for item in decoded if isinstance(item, str)]
+        if errors:
+            raise DataError(errors[0])
+        images = torch.stack(decoded)
+    predictor.input_check.add(images)
+    warning = predictor.input_warning()
+    if warning:  # the command line prints it; here it is a Python warning, once per call
+        import warnings
+
+        warnings.warn(warning.removeprefix("warning: "), UserWarning, stacklevel=3)
+    return predictor.predict_tensor(images)
 
 
 # ---------------------------------------------------------------------------------------------------- output

@@ -30,6 +30,19 @@ def run_name(name: str) -> str:
     return cleaned
 
 
+def default_run_name(arch: str, dataset: str, data_dir: str | os.PathLike[str] | None = None) -> str:
+    """The run group of a run without ``--name``: ``ARCH-DATASET``, or for a folder of images ``ARCH-<its
+    name>`` (``lenet5-digits``), so that runs on different folders land in different groups. Characters a
+    folder name may hold but a run name should not (spaces, quotes, ...) become ``-``."""
+    label = dataset
+    if data_dir:
+        import re
+
+        name = Path(os.path.abspath(os.path.expanduser(os.fspath(data_dir)))).name
+        label = re.sub(r"[^\w.+-]+", "-", name).strip("-.") or dataset
+    return f"{arch}-{label}"
+
+
 class RunFolder:
     """The files of one run folder."""
 

@@ -25,16 +25,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnctl import plots
+from cnnctl import filekind, plots
+from cnnctl.checkpoint.format import wrong_kind_error
 from cnnctl.engine.run_folder import RunFolder
 from cnnctl.engine.state import read_state_document
-from cnnctl.errors import CheckpointError, CnnctlError, UsageError
+from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.fsutil import require_writable_file
 from cnnctl.plots import _figure, _percent
 from cnnctl.registry import suggest
 
 CHECKPOINT_FILES = ("best.safetensors", "last.safetensors")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl", ".pickle")
+MODEL_SUFFIXES = (*PICKLE_SUFFIXES, ".onnx")  # model files of other formats: named and refused
 DEFAULT_RUNS = "runs"
 
 
@@ -74,9 +76,12 @@ def latest_run(root: str | Path = DEFAULT_RUNS) -> Path | None:
 def is_checkpoint_like(target: str | Path) -> bool:
     """Whether ``target`` names a checkpoint, run folder or run group (rather than, say, a folder of images)."""
     path = Path(target)
-    if path.suffix == ".safetensors" or path.suffix.lower() in PICKLE_SUFFIXES:
+    if path.suffix == ".safetensors" or path.suffix.lower() in MODEL_SUFFIXES:
         return True
-    return path.is_dir() and next(_run_folders(path), None) is not None
+    if path.is_dir():
+        return next(_run_folders(path), None) is not None
+    return filekind.sniff(path) in (filekind.SAFETENSORS, filekind.ONNX, filekind.TORCHSCRIPT,
+                                    filekind.TORCH_SAVE, filekind.PICKLE)
 
 
 def resolve_checkpoint(target: str | None, *, runs: str | Path = DEFAULT_RUNS,
@@ -95,11 +100,14 @@ def resolve_checkpoint(target: str | None, *, runs: str | Path = DEFAULT_RUNS,
             log(f"using the latest run: {chosen}")
         return str(chosen)
     path = Path(target)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(
-            f"{target} is a PyTorch pickle file: cnnctl never unpickles files (loading one can run any code it "
-            "holds); it evaluates, predicts with and exports its own .safetensors checkpoints",
-            hint=f"to start training from these weights: cnnctl train ARCH --pretrained {target}")
+    if path.suffix.lower() in MODEL_SUFFIXES:  # another format's model: named, with what to pass instead
+        kind = filekind.sniff(path) if path.is_file() else None  # missing: the suffix says what it would be
+        if kind != filekind.SAFETENSORS:  # (a renamed cnnctl checkpoint is still read)
+            if kind not in (filekind.ONNX, filekind.TORCHSCRIPT, filekind.TORCH_SAVE, filekind.PICKLE):
+                kind = filekind.ONNX if path.suffix.lower() == ".onnx" else filekind.PICKLE
+            error = wrong_kind_error(path, kind)
+            if error is not None:
+                raise error
     if path.is_dir() and checkpoint_in(path) is None:
         run = latest_run(path)
         if run is not None:
@@ -267,8 +275,16 @@ def read_run(folder: Path, root: Path) -> RunInfo:
         epochs_planned=saved_config.get("epochs"),
         best_epoch=(results or {}).get("best_epoch", tracker.get("best_epoch")),
         monitor=tracker.get("monitor", saved_config.get("monitor")), best_value=tracker.get("best_value"),
-        test_acc=(results or {}).get("test_acc"), time_s=sum(row.get("epoch_time_s", 0.0) for row in history),
+        test_acc=(results or {}).get("test_acc"), time_s=_training_seconds(history, state),
         status=status, stale_files_removed=removed, history=history)
+
+
+def _training_seconds(history: list[dict[str, float]], state: dict[str, Any]) -> float:
+    """The time spent training: the finished epochs', and that of the epoch a signal stopped half-way (kept
+    in the saved state; there is no metrics.csv row for it yet)."""
+    finished = sum(row.get("epoch_time_s", 0.0) for row in history)
+    partial = (state.get("partial") or {}).get("seconds", 0.0) if state.get("batch") else 0.0
+    return finished + float(partial)
 
 
 def _training_ended(state: dict[str, Any]) -> bool:

@@ -25,6 +25,7 @@ from cnnctl.engine.tracking import MetricTracker
 from cnnctl.errors import CheckpointError, UsageError, first_line
 from cnnctl.fsutil import atomic_path
 from cnnctl.options import RESUMABLE, coerce_mapping, label
+from cnnctl.progress import plural
 from cnnctl.registry import get_model_spec
 
 if TYPE_CHECKING:
@@ -308,8 +309,16 @@ def restore_training_state(trainer: Trainer, loaded: LoadedState) -> None:
                                    correct=trainer.partial["correct"] * 0, seen=0)
     restore_rng(loaded.tensors, loaded.rng)
     trainer.train_batches.generator.set_state(loaded.tensors["rng.loader"])
-    where = f"epoch {state.epoch}" + (f", batch {state.batch}" if state.batch else "")
-    trainer.reporter.message(f"resuming {trainer.run_dir} after {where}, to {trainer.config.epochs} epochs")
+    trainer.reporter.message(resume_message(trainer.run_dir, state.epoch, state.batch, len(trainer.train_batches),
+                                            trainer.config.epochs))
+
+
+def resume_message(run_dir: Path, done: int, batch: int, steps: int, epochs: int) -> str:
+    """Where a resumed run goes on, counted as the interruption message counts (epochs from 1): ``done``
+    finished epochs and ``batch`` batches of the next."""
+    where = (f"in epoch {done + 1} after batch {batch} of {steps}" if batch
+             else f"after epoch {done}, with epoch {done + 1}")
+    return f"resuming {run_dir} {where} (training to {plural(epochs, 'epoch')})"
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:

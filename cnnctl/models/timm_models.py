@@ -25,6 +25,7 @@ from cnnctl.errors import DownloadError, UsageError
 from cnnctl.fsutil import atomic_write_bytes
 from cnnctl.models._adapt import first_conv_name
 from cnnctl.models.torchvision_zoo import _catch_up_batch_norm
+from cnnctl.models.weight_packages import package_weights_for
 from cnnctl.models.weights import (
     HASH_IN_NAME,
     IMAGENET_NAMES,
@@ -148,6 +149,24 @@ def resolve_timm(spec: ModelSpec, value: str) -> Any:
     )
 
 
+def timm_class_names(name: str) -> list[str]:
+    """The class names of timm weights ``name`` (``tf_efficientnet_lite0.in1k``): the ``label_names`` of their
+    pretrained_cfg, else timm's bundled ImageNet descriptions for the label set it infers (ImageNet-1k, -12k,
+    -22k; offline), else the class indices."""
+    cfg = pretrained_cfg(name)
+    if cfg is not None and cfg.label_names:
+        return [str(label) for label in cfg.label_names]
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    count = int(cfg.num_classes) if cfg is not None and cfg.num_classes else 1000
+    subset = infer_imagenet_subset(cfg.to_dict() if cfg is not None else {"num_classes": count})
+    if subset:
+        info = ImageNetInfo(subset)
+        if info.num_classes() == count:
+            return [info.index_to_description(index) for index in range(count)]
+    return [str(index) for index in range(count)]
+
+
 def _in_folder(folder: Path, hub_id: str) -> Path | None:
     for name in HF_FILES:
         candidate = folder / hub_id / name
@@ -178,12 +197,18 @@ def fetch_hub_weights(weights: Any, *, mirror: str | None, dest: str | Path | No
     except ImportError as error:
         raise UsageError("timm weights need huggingface_hub", hint="pip install 'cnnctl[timm]'") from error
     cache_dir = _hub_cache()
-    if offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    packaged = None if dest else package_weights_for(weights.arch)
+    if offline or packaged is not None or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in (
+            "1", "true", "yes", "on"):
         for name in HF_FILES:  # a lookup in the cache folder only: no request at all
             cached = try_to_load_from_cache(hub_id, name, cache_dir=cache_dir)
             if isinstance(cached, str):
                 return Path(cached) if not dest else _copy_into(Path(cached), Path(dest).expanduser() / hub_id
                                                                 / name, log)
+        if packaged is not None:  # an installed weights package (models/weight_packages.py)
+            log(f"pretrained: {hub_id} is not in the Hugging Face cache; using {packaged[1]} from the installed "
+                f"package {packaged[0].package}")
+            return packaged[1]
         raise DownloadError(
             f"{hub_id}/{HF_FILES[0]} is not in the Hugging Face cache {cache_dir} and --offline forbids "
             "downloading it",

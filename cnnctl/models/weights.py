@@ -161,6 +161,26 @@ def resolve(arch: str, value: str) -> PublishedWeights:
     return resolve_torchvision(spec.name, entry.tv_name, value)
 
 
+def imagenet_preprocessing(arch: str) -> WeightsPreprocessing:
+    """The preprocessing ``arch``'s published ImageNet weights were trained with (timm: the model's
+    ``pretrained_cfg``; torchvision: the weights enum's ``transforms()``); nothing is fetched. One-line error for
+    an architecture without published weights."""
+    return resolve_cached(arch, "imagenet").preprocessing
+
+
+def local_imagenet_weights(arch: str, path: str | Path) -> PublishedWeights:
+    """A local file holding ``arch``'s ImageNet weights (a copy, or the same network converted from another
+    library), described with the preprocessing of the architecture's published weights, so that
+    :func:`run_preprocessing` and predictions apply what those weights expect. Whether the file really holds
+    ImageNet weights is the caller's call (its classifier's class count says it)."""
+    published = resolve_cached(arch, "imagenet")
+    return PublishedWeights(
+        arch=published.arch, source="file", label=f"{Path(path).name} (preprocessing of {published.label})",
+        file_name=Path(path).name, url=None, sha256_prefix=None, preprocessing=published.preprocessing,
+        extra={"file": str(path), "preprocessing_of": published.label,
+               "num_classes": published.extra.get("num_classes")})
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the cache and fetching
 

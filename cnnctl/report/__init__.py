@@ -50,11 +50,14 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
     opened = open_evaluation(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size, root=root,
                              mirror=mirror, device=device, log=log, data_dir=data_dir)
     meta, data = opened.meta, opened.data
+    split = data.split or split  # a folder without test/ is evaluated on another split, which this names
     classes = list(meta.classes)
     collector = analysis.OutputCollector(keep=label_issues or report_dir is not None)
     result = evaluate(opened.model, opened.batches, meta.num_classes, on_batch=collector, tta=tta)
     report: dict[str, Any] = {"checkpoint": str(checkpoint_path), "arch": meta.arch,
-                              "dataset": dataset or meta.dataset, "split": split, "tta": tta, **result.as_dict(classes),
+                              "dataset": dataset or meta.dataset, "split": split, "tta": tta,
+                              **({"data": str(Path(data.source).parent)} if data.split else {}),
+                              **result.as_dict(classes),
                               "calibration": collector.calibration.result()}
     outputs = collector.outputs() if collector.keep else None
     if label_issues and outputs is not None:

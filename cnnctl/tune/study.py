@@ -27,6 +27,7 @@ from cnnctl.config_file import build_train_config
 from cnnctl.engine.distributed import cpu_count, worker_program
 from cnnctl.engine.fit import Trainer
 from cnnctl.engine.interrupt import TrainingInterrupted
+from cnnctl.engine.run_folder import default_run_name
 from cnnctl.engine.state import STATE_FILE
 from cnnctl.errors import CheckpointError, CnnctlError, DataError, UsageError
 from cnnctl.fsutil import atomic_write_text
@@ -130,9 +131,8 @@ def new_spec(options: dict[str, Any], space: list[Param], *, trials: int | None 
     if not options.get("arch"):
         raise UsageError("name an architecture to search with", hint="e.g. cnnctl tune lenet5 --param lr=...")
     name = options.pop("name", None)
-    data_dir = options.get("data_dir")
-    label = Path(str(data_dir)).name if data_dir else str(options.get("dataset", "mnist"))
-    study_name = name or f"{get_model_spec(str(options['arch'])).name.replace(':', '-')}-{label}"
+    study_name = name or default_run_name(get_model_spec(str(options["arch"])).name.replace(":", "-"),
+                                          str(options.get("dataset", "mnist")), options.get("data_dir"))
     spec = SearchSpec(study_name=study_name, options=options, space=space_to_document(space),
                       trials=20 if trials is None else trials, monitor=str(options.get("monitor", "val_acc")),
                       pruner=pruner, pruner_startup=pruner_startup, seed=int(options.get("seed", 0)))

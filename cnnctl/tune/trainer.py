@@ -10,7 +10,7 @@ from typing import Any
 
 from cnnctl.engine.callbacks import Callback
 from cnnctl.errors import UsageError
-from cnnctl.progress import Reporter, epoch_line
+from cnnctl.progress import Reporter, epoch_line, plural
 from cnnctl.tune.report import format_params
 
 PRUNER_NAMES = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}
@@ -73,7 +73,7 @@ class TrialReporter(Reporter):
 
     def start(self, info: dict[str, Any]) -> None:
         self._say(f"{format_params(self.values)} → {info['run_dir']} ({info['train']:,} train / "
-                  f"{info['val']:,} val images, {info['epochs']} epochs)")
+                  f"{info['val']:,} val images, {plural(info['epochs'], 'epoch')})")
 
     def message(self, text: str) -> None:
         if not text.startswith("sanity check"):  # the same two batches' check for every trial

@@ -4,6 +4,7 @@ was made is the one used."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.engine.callbacks.base import Callback
@@ -18,11 +19,13 @@ class ProgressDisplay(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         data, config = trainer.data, trainer.config
         trainer.reporter.start({
-            "arch": trainer.model_spec.name, "dataset": data.dataset_label, "device": str(trainer.device),
+            "arch": trainer.model_spec.name, "device": str(trainer.device),
+            "dataset": f"folder {Path(config.data_dir).name}" if config.data_dir else data.dataset_label,
             "parameters": sum(p.numel() for p in trainer.model.parameters()), "train": len(data.train),
             "val": len(data.val) if data.val is not None else 0,
             "test": len(data.test) if data.test is not None else 0, "run_dir": str(trainer.run_dir),
             "epochs": config.epochs, "batch_size": config.batch_size,
+            "threads": trainer.thread_choice.note if trainer.thread_choice else "",
         })
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:

@@ -113,11 +113,11 @@ class TensorBoardLogger(Callback):
                 final_test = next((c for c in trainer.callbacks.callbacks if isinstance(c, FinalTest)), None)
                 if final_test is None or final_test.evaluation is None or plots.available():
                     return []
-                model, test = final_test.evaluation
+                model, evaluation, images, split = final_test.evaluation
                 data = trainer.data
                 folder = Path(scratch)
-                plots.evaluation_plots(folder, model, data.test, data.preprocessing, list(data.classes),
-                                       test.confusion, split="test")
+                plots.evaluation_plots(folder, model, images, data.preprocessing, list(data.classes),
+                                       evaluation.confusion, split=split)
             return [(tag, read_png(folder / name)) for tag, name in names.items()]
 
     def close(self) -> None:
