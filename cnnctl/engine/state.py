@@ -238,8 +238,7 @@ def resume_settings(run_dir: Path, overrides: dict[str, Any], log: Any) -> Train
     train_on = int(overrides.get("epochs") or 0) > done or overrides.get("patience") is not None
     if train_on or not training_ended(run_dir):
         return resume_config(run_dir, overrides)
-    config = resume_config(run_dir, {**overrides, "epochs": done + 1})  # passes the "already finished" check
-    config.epochs = done
+    config = resume_config(run_dir, {**overrides, "epochs": done}, final_test_only=True)  # no epoch left to train
     log(f"{run_dir}: training ended but its final test did not (results.json is missing); running it now")
     return config
 
@@ -321,10 +320,12 @@ def resume_message(run_dir: Path, done: int, batch: int, steps: int, epochs: int
     return f"resuming {run_dir} {where} (training to {plural(epochs, 'epoch')})"
 
 
-def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+def resume_config(run_dir: Path, overrides: dict[str, Any], *, final_test_only: bool = False) -> TrainConfig:
     """The run's saved configuration with the options a resumed run may change (those declared ``resumable`` in
     cnnctl/options.py); anything else that differs from the saved value is a contradiction and says so before
-    any work starts. ``overrides`` are keyed by option name (``data``, ``dropout``; older names are accepted)."""
+    any work starts. ``overrides`` are keyed by option name (``data``, ``dropout``; older names are accepted).
+    ``final_test_only``: the run's training has ended and only its final test is left, so a finished run is what
+    is expected, not refused."""
     state = TrainingState(**read_state_document(run_dir)["state"])
     source = str(run_dir / STATE_FILE)
     saved = TrainConfig.from_dict(dict(state.config), source=source).to_dict()  # old spellings → option names
@@ -345,6 +346,8 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     merged = {**saved, **{k: v for k, v in overrides.items() if k in RESUMABLE and v is not None}}
     config = TrainConfig.from_dict(merged, source=source)
     done = state.epoch
+    if final_test_only:
+        return config
     if state.batch == 0 and done >= config.epochs:
         raise UsageError(f"{run_dir} has already finished {done} of {config.epochs} epochs",
                          hint=f"pass {label('epochs')} N with N > {done} to train it further")
