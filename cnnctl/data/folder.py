@@ -571,15 +571,14 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     else:  # the weights' own normalisation, resize and crop
         preprocessing = run_preprocessing(weights, channels, size, img_size=config.img_size, folder=True,
                                           grey_input=grey_input_mode(config))
-    config.data_dir = str(root)
-    config.dataset = "folder"
     log(f"{root}: {len(scan.classes)} classes, {len(train):,} training images"
         + (f", {len(loaded['val']):,} validation" if loaded["val"] is not None else "")
         + (f", {len(loaded['test']):,} test" if loaded["test"] is not None else "")
         + f", {'grey' if channels == 1 else 'RGB'} at {size[0]}x{size[1]}"
         + (f" (centre-cropped to {preprocessing.image_size[0]}x{preprocessing.image_size[1]})"
            if preprocessing.resize else ""))
-    return PreparedData(train, loaded["val"], loaded["test"], scan.classes, preprocessing, "folder")
+    return PreparedData(train, loaded["val"], loaded["test"], scan.classes, preprocessing, "folder",
+                        resolved={"data_dir": str(root), "dataset": "folder"})
 
 
 def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | None = None,

@@ -10,7 +10,7 @@ one function, :func:`split_positions`, for every dataset.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,9 @@ Log = Callable[[str], None]
 @dataclass
 class PreparedData:
     """What training gets from a dataset: the splits (uint8, in memory), class names, how images meet the model
-    and the dataset's name for the checkpoint."""
+    and the dataset's name for the checkpoint. ``resolved``: training options the data settled (the folder a
+    ``--data`` run read, as its dataset), which the trainer's setup writes into the configuration; code below
+    the engine never changes a TrainConfig."""
 
     train: ImageTensors
     val: ImageTensors | None
@@ -40,6 +42,7 @@ class PreparedData:
     classes: tuple[str, ...]
     preprocessing: Preprocessing
     dataset_label: str
+    resolved: dict[str, Any] = field(default_factory=dict)
 
 
 def training_dataset(config: TrainConfig) -> DatasetSpec:

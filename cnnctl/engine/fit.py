@@ -87,8 +87,12 @@ class FitResult:
 
 
 def prepare_data(config: TrainConfig, reporter: Reporter) -> PreparedData:
-    """Load (downloading if needed) the splits that ``config`` names and fit them to its architecture."""
-    return prepare(config, get_model_spec(config.arch), reporter.message)
+    """Load (downloading if needed) the splits that ``config`` names and fit them to its architecture; what the
+    data settled (:attr:`PreparedData.resolved`) completes ``config``."""
+    data = prepare(config, get_model_spec(config.arch), reporter.message)
+    for name, value in data.resolved.items():
+        setattr(config, name, value)
+    return data
 
 
 def measure_training_images(data: PreparedData) -> dict[str, float] | None:
