@@ -189,17 +189,21 @@ def _checked_batch(images: torch.Tensor, preprocessing: Preprocessing) -> torch.
 def evaluate(checkpoint_path: str | os.PathLike[str], *, dataset: str | None = None, split: str = "test",
              data: str | os.PathLike[str] | None = None, batch_size: int = 1000, device: str = "auto",
              root: str | None = None, mirror: str | None = None, report: str | os.PathLike[str] | None = None,
-             label_issues: bool = False, top_losses: int = 32) -> dict[str, Any]:
+             label_issues: bool = False, top_losses: int = 32, tta: str = "none",
+             plots: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """``cnnctl eval``: the numbers ``eval --json`` prints, as a dict — ``loss``, ``accuracy``, ``top5``,
     ``per_class``, ``macro_*``, ``confusion`` and ``calibration`` (``ece``, ``mce``, the reliability bins).
 
     ``report="DIR"`` also writes DIR/index.html and DIR/report.json and adds ``top_losses`` and
-    ``confused_pairs``; ``label_issues=True`` adds the images whose label looks wrong (cleanlab), ranked."""
+    ``confused_pairs``; ``label_issues=True`` adds the images whose label looks wrong (cleanlab), ranked.
+    ``tta``: none, flip, crop or flip-crop (as ``eval --tta``); ``plots="DIR"``: confusion.png and
+    predictions.png in DIR (as ``eval --plots``)."""
     return evaluate_and_report(_as_path(checkpoint_path, "cnnctl.evaluate"), dataset=dataset, split=split,
                                batch_size=batch_size, root=root, mirror=mirror, device=device,
                                data_dir=None if data is None else os.fspath(data),
                                report_dir=None if report is None else Path(report), label_issues=label_issues,
-                               top_losses=top_losses)
+                               top_losses=top_losses, tta=tta,
+                               plots_dir=None if plots is None else Path(plots))
 
 
 def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: str | None = None,

@@ -272,11 +272,16 @@ class Trainer:
             if stop_agreed(guard.requested is not None, self.dist, self.device) and epoch < config.epochs:
                 raise interrupted_error(self.run_dir, f"after epoch {epoch}", guard.requested, self.dist.world_size)
 
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss, defined once: the epochs and the learning-rate sweep both use it."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=self.config.label_smoothing)
+
     def train_epoch(self, epoch: int, guard: Any, skip: int = 0) -> dict[str, float]:
         """One epoch of optimizer steps. ``skip`` batches were already trained before an interruption: they are
         drawn again (same order and augmentation) but not trained on."""
         import torch
-        import torch.nn.functional as F
 
         config, model, optimizer, batches = self.config, self.model, self.optimizer, self.train_batches
         model.train()
@@ -297,8 +302,7 @@ class Trainer:
             try:
                 with self.precision.autocast():
                     logits = model(inputs)
-                    loss = F.cross_entropy(logits, labels, weight=self.class_weights,
-                                           label_smoothing=config.label_smoothing)
+                    loss = self.loss(logits, labels)
                 optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if config.grad_clip:

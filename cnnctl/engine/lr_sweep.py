@@ -64,7 +64,6 @@ def sweep_lr(trainer_class: type[Trainer], config: TrainConfig, *, start_lr: flo
     """Sweep the learning rate for ``config``'s run (which is not changed, nor saved) with the training loop's
     own setup (``trainer_class``: the Trainer) and suggest one."""
     import torch
-    import torch.nn.functional as F
 
 
     if not 0 < start_lr < end_lr:
@@ -90,7 +89,7 @@ def sweep_lr(trainer_class: type[Trainer], config: TrainConfig, *, start_lr: flo
                 batches = iter(trainer.train_batches)
                 inputs, labels = next(batches)
             with trainer.precision.autocast():
-                loss = F.cross_entropy(model(inputs), labels, label_smoothing=config.label_smoothing)
+                loss = trainer.loss(model(inputs), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip:
