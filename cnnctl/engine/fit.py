@@ -276,7 +276,8 @@ class Trainer:
         """The training loss, defined once: the epochs and the learning-rate sweep both use it."""
         import torch.nn.functional as F
 
-        return F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=self.config.label_smoothing)
+        return F.cross_entropy(logits, labels, weight=self.class_weights,
+                               label_smoothing=self.config.label_smoothing or 0.0)
 
     def train_epoch(self, epoch: int, guard: Any, skip: int = 0) -> dict[str, float]:
         """One epoch of optimizer steps. ``skip`` batches were already trained before an interruption: they are
