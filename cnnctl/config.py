@@ -75,8 +75,8 @@ class _TrainConfigMethods:
     def resolve_defaults(self) -> None:
         """Replace every "depends on other options" default by its value, so the saved configuration says
         exactly what ran, and a resumed run with more --epochs keeps its step size, milestones and cycle.
-        Built-in datasets also fix the augmentation and validation split here (an image folder's are resolved
-        when it is scanned, by :meth:`resolve_data_defaults`)."""
+        Built-in datasets also fix the augmentation and validation split here (an image folder's are settled
+        when it is scanned, and come back in ``PreparedData.resolved``)."""
         self.lr = self.resolved_lr()
         self.momentum = self.resolved_momentum()
         self.weight_decay = self.resolved_weight_decay()

@@ -509,11 +509,14 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
         raise UsageError(f"--data and --dataset {config.dataset} contradict each other; pass one of them")
     root = Path(config.data_dir).expanduser().resolve()
     scan = scan_folder(root, log=log)
-    # What ran goes into the saved configuration: a folder with its own val/ holds nothing out of train/.
-    config.resolve_data_defaults(get_dataset_spec("folder"),
-                                 default_val_split=0 if scan.splits.get("val") is not None else DEFAULT_VAL_SPLIT)
+    # What ran goes into the saved configuration (PreparedData.resolved): a folder with its own val/ holds
+    # nothing out of train/.
+    val_split = config.val_split
+    if val_split is None:
+        val_split = 0 if scan.splits.get("val") is not None else DEFAULT_VAL_SPLIT
+    augment = config.augment if config.augment is not None else get_dataset_spec("folder").augment
     check_class_names(getattr(config, "class_weights", None), scan.classes)  # before any image is decoded
-    chosen = choose_splits(scan, val_split=config.val_split, seed=config.seed, limit=config.limit)
+    chosen = choose_splits(scan, val_split=val_split, seed=config.seed, limit=config.limit)
     side = DEFAULT_IMAGE_SIZE if config.img_size is None else config.img_size
     # Decode straight to the size the model will see (a fixed-input model may ask for another one).
     size = resolve_preprocessing(model, (3, side, side), (0.0,) * 3, (1.0,) * 3, None).image_size
@@ -578,7 +581,8 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
         + (f" (centre-cropped to {preprocessing.image_size[0]}x{preprocessing.image_size[1]})"
            if preprocessing.resize else ""))
     return PreparedData(train, loaded["val"], loaded["test"], scan.classes, preprocessing, "folder",
-                        resolved={"data_dir": str(root), "dataset": "folder"})
+                        resolved={"data_dir": str(root), "dataset": "folder", "val_split": val_split,
+                                  "augment": augment})
 
 
 def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | None = None,
