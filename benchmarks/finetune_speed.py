@@ -1,7 +1,7 @@
 """Fine-tuning speed of timm:tf_efficientnet_lite0 from real ImageNet weights: ``cnnctl train`` against the same
 model's compute limit, at 64², 128² and 224², contiguous and channels-last, side by side in one run.
 
-    python benchmarks/finetune_speed.py                         # ~6 min on 2 shared cores
+    python benchmarks/finetune_speed.py                         # ~10 min on 2 idle cores
     python benchmarks/finetune_speed.py --sizes 64,128 --output results.txt
 
 Legs, each in a fresh process, one after another at each size:
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import statistics
@@ -39,8 +40,8 @@ if str(REPO) not in sys.path:
 ARCH = "timm:tf_efficientnet_lite0"
 STATIC_ARCH = "timm:efficientnet_lite0"
 BATCH = 32
-# training images per epoch at each size (whole batches): enough steps to time, few enough for 2 cores
-STEPS_PER_EPOCH = {64: 8, 128: 4, 224: 2}
+# training steps per epoch (and timed compute steps) at each size: few enough for 2 shared cores
+STEPS_PER_EPOCH = {64: 4, 128: 2, 224: 1}
 
 
 def log(text: str) -> None:
@@ -123,8 +124,7 @@ def compute_leg(arch: str, weights: Path | None, size: int, channels_last: bool,
         loss.backward()
         optimizer.step()
 
-    for _ in range(2):  # oneDNN builds its kernels on the first calls
-        step()
+    step()  # oneDNN builds its kernels on the first call
     started = time.perf_counter()
     for _ in range(steps):
         step()
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("mode", nargs="?", default="all", choices=("all", "compute"))
     parser.add_argument("--sizes", default="64,128,224")
     parser.add_argument("--weights", type=Path, default=None, help="default: the efficientnet-lite0 package's file")
-    parser.add_argument("--epochs", type=int, default=3, help="cnnctl legs: the first is not counted")
+    parser.add_argument("--epochs", type=int, default=2, help="cnnctl legs: the first is not counted")
     parser.add_argument("--output", type=Path, default=None, help="also write the report here")
     # the compute subcommand's own options
     parser.add_argument("--arch", default=ARCH)
@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args()
     if args.mode == "compute":
-        steps = args.steps or 2 * STEPS_PER_EPOCH.get(args.size, 2)
+        steps = args.steps or max(2, STEPS_PER_EPOCH.get(args.size, 2))
         print(json.dumps(compute_leg(args.arch, args.weights, args.size, args.channels_last, steps)), flush=True)
         return
 
@@ -176,10 +176,10 @@ def main() -> None:
         work = Path(scratch)
         for size in sizes:
             data = write_photos(work / f"photos-{size}", size, STEPS_PER_EPOCH[size] * BATCH)
-            steps = 2 * STEPS_PER_EPOCH[size]
+            steps = max(2, STEPS_PER_EPOCH[size])
             for channels_last in (False, True):
-                for leg in (lambda: run_compute(ARCH, weights, size, channels_last, steps),
-                            lambda: cnnctl_leg(weights, data, size, channels_last, args.epochs, work)):
+                for leg in (functools.partial(run_compute, ARCH, weights, size, channels_last, steps),
+                            functools.partial(cnnctl_leg, weights, data, size, channels_last, args.epochs, work)):
                     load = load_average()
                     found = leg()
                     found["load_before"] = load

@@ -134,3 +134,12 @@ def test_lr_auto_draws_its_sweep_into_the_run_folder(micro_digits, tmp_path: Pat
 
     run = cnnctl.train("simplecnn", epochs=1, lr="auto", out=str(tmp_path), **FAST)
     assert Image.open(run.run_dir / "lr-find.png").size[0] > 200
+
+
+def test_lr_find_that_cannot_write_beside_the_runs_says_so_in_one_line(micro_digits, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    invoked = CliRunner().invoke(app, ["lr-find", "simplecnn", "--dataset", "microdigits", "--threads", "1",
+                                       "--steps", "12", "--out", str(tmp_path / "a-file")])
+    assert invoked.exit_code == 2  # a usage error
+    lines = invoked.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write lr-find.png into" in lines[0] and "--plot PNG" in lines[0]

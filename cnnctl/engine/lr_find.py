@@ -11,6 +11,7 @@ from cnnctl import plots
 from cnnctl.engine.fit import Trainer
 from cnnctl.engine.lr_sweep import RULE, LrFindResult, plot_lr_find, suggest_lr, sweep_lr
 from cnnctl.engine.run_folder import run_name
+from cnnctl.errors import UsageError
 
 if TYPE_CHECKING:
     from cnnctl.config import TrainConfig
@@ -25,14 +26,26 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
     makes (``OUT/NAME/``, the sweep's own run), or None/False for no plot."""
     if plot:
         plots.require()
-    result = sweep_lr(Trainer, config, start_lr=start_lr, end_lr=end_lr, steps=steps, log=log)
-    if plot:
-        result.plot = plot_lr_find(result, beside_runs(config, result.run_name) if plot is True else Path(plot))
+    plot_path: list[Path] = []
+
+    def choose_plot_path(trainer: Trainer) -> None:  # once the run's default name is known, before the sweep
+        if plot:
+            plot_path.append(beside_runs(trainer.config, trainer.default_name) if plot is True else Path(plot))
+
+    result = sweep_lr(Trainer, config, start_lr=start_lr, end_lr=end_lr, steps=steps, log=log,
+                      after_setup=choose_plot_path)
+    if plot_path:
+        result.plot = plot_lr_find(result, plot_path[0])
     return result
 
 
 def beside_runs(config: TrainConfig, default_name: str) -> Path:
-    """``OUT/NAME/lr-find.png``: next to the numbered run folders ``cnnctl train`` makes with these options."""
+    """``OUT/NAME/lr-find.png``: next to the numbered run folders ``cnnctl train`` makes with these options
+    (the folder is made now, before the sweep, so that a folder that cannot be written fails first)."""
     folder = Path(config.out) / run_name(config.name or default_name)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot write lr-find.png into {folder}: {error.strerror or error}",
+                         hint="pass --out DIR, or --plot PNG for another place") from None
     return folder / "lr-find.png"

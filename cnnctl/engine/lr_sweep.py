@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.checkpoint import unwrap
 from cnnctl.engine.determinism import deterministic_mode
-from cnnctl.engine.run_folder import run_name
 from cnnctl.errors import UsageError
 from cnnctl.plots import _figure, _save
 from cnnctl.progress import SilentReporter
@@ -45,7 +45,6 @@ class LrFindResult:
     rule: str = RULE
     stopped: str = ""  # why the sweep ended before its last step, if it did
     plot: Path | None = None
-    run_name: str = ""  # the run folder name `cnnctl train` gives these options (the plot goes beside it)
 
     def as_dict(self) -> dict[str, Any]:
         return {"suggested_lr": self.suggestion, "rule": self.rule, "steps": len(self.lrs), "stopped": self.stopped,
@@ -60,9 +59,12 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
 
 
 def sweep_lr(trainer_class: type[Trainer], config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0,
-             steps: int = 200, log: Any = None) -> LrFindResult:
+             steps: int = 200, log: Any = None, after_setup: Callable[[Trainer], None] | None = None
+             ) -> LrFindResult:
     """Sweep the learning rate for ``config``'s run (which is not changed, nor saved) with the training loop's
-    own setup (``trainer_class``: the Trainer) and suggest one."""
+    own setup (``trainer_class``: the Trainer) and suggest one. ``after_setup(trainer)`` runs once the run is set
+    up and before the first step (lr-find makes its plot's folder there, so that one it cannot write fails
+    first)."""
     import torch
 
 
@@ -73,9 +75,11 @@ def sweep_lr(trainer_class: type[Trainer], config: TrainConfig, *, start_lr: flo
     config = dataclasses.replace(config, lr=start_lr, ema=None, arch_args=dict(config.arch_args))
     trainer = trainer_class(config, _Messages(log) if log is not None else SilentReporter())
     config.resolve_defaults()
-    result = LrFindResult(run_name=trainer.default_name)
+    result = LrFindResult()
     with deterministic_mode(config.deterministic):
         trainer.setup()
+        if after_setup is not None:
+            after_setup(trainer)
         model, optimizer, scaler = trainer.model, trainer.optimizer, trainer.scaler
         model.train()
         batches, average, lowest = iter(trainer.train_batches), 0.0, math.inf
@@ -114,13 +118,6 @@ def sweep_lr(trainer_class: type[Trainer], config: TrainConfig, *, start_lr: flo
         raise UsageError(f"lr-find could not sweep: {result.stopped}", hint="lower --start-lr")
     result.suggestion = suggest_lr(result.lrs, result.smoothed)
     return result
-
-
-def beside_runs(config: TrainConfig, default_name: str) -> Path:
-    """``OUT/NAME/lr-find.png``: next to the numbered run folders ``cnnctl train`` makes with these options."""
-    folder = Path(config.out) / run_name(config.name or default_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / "lr-find.png"
 
 
 class _Messages:

@@ -6,9 +6,9 @@ The file's tensors are matched to the model by name after stripping wrapper pref
 (``module.`` from DataParallel, ``model.`` from Lightning, ``_orig_mod.`` from torch.compile, ``pretrain_``).
 A ``.pth`` whose names are another library's (``_blocks.0._depthwise_conv.weight`` for timm's
 ``blocks.0.0.conv_dw.weight``) is paired by order instead, when every shape lines up one to one; the mapping is
-reported and kept in the run's checkpoints. Then
-the first convolution is adapted to the input channels (3-channel filters summed for 1-channel images, as timm
-does); a classifier whose shape differs (another number of classes) keeps the new model's fresh initialisation.
+reported and kept in the run's checkpoints. Either way the first convolution is adapted to the input channels
+(3-channel filters summed for 1-channel images, as timm does), and a classifier whose shape differs (another
+number of classes) keeps the new model's fresh initialisation.
 Everything that did not load — missing keys, unexpected keys, the re-initialised head — is reported.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl import filekind
-from cnnctl.checkpoint.format import existing_checkpoint, read_tensors, wrong_kind_error
+from cnnctl.checkpoint.format import COUNTER_SUFFIX, existing_checkpoint, read_tensors, wrong_kind_error
 from cnnctl.errors import CheckpointError, UsageError, first_line
 from cnnctl.models import weights as published
 from cnnctl.models._adapt import adapt_input_conv, first_conv_name
@@ -231,7 +231,7 @@ def load_tensors(model: torch.nn.Module, spec: Any, tensors: dict[str, torch.Ten
 
     report = PretrainedReport(source)
     own = model.state_dict()
-    rules = _FitRules(own, f"{first_conv_name(model)}.weight", f"{spec.classifier}.")
+    rules = _FitRules(f"{first_conv_name(model)}.weight", f"{spec.classifier}.")
     pairs = _pairs_by_name(tensors, own, report)
     if not any(not key.startswith(rules.head) for _, key in pairs):  # the names say nothing: try the order
         pairs = _pairs_by_order(tensors, own, rules, source, spec.name, ordered)
@@ -269,7 +269,6 @@ def load_tensors(model: torch.nn.Module, spec: Any, tensors: dict[str, torch.Ten
     return report
 
 
-COUNTER_SUFFIX = "num_batches_tracked"
 # The last part of a tensor's name that says what it is; paired by order, these must agree (a BatchNorm's four
 # vectors have the same shape, so the shape alone cannot tell a weight from a running mean).
 ROLE_NAMES = ("weight", "bias", "running_mean", "running_var")
@@ -284,7 +283,6 @@ class _FitRules:
     """Which shape differences a pretrained tensor may have from the model's: the first convolution's input
     channels (adapted) and anything in the classifier (re-initialised)."""
 
-    own: dict[str, Any]
     first_conv: str
     head: str
 
