@@ -27,8 +27,10 @@ from cnnctl.models.backbones import Candidate, offline_backbones, select
 Log = Callable[[str], None]
 MAX_VAL_IMAGES = 500  # the same validation images for every backbone; more adds time, not ranking quality
 TIMING_IMAGES = 8  # one batch, timed after a warm-up one, sets each backbone's rate
+TIMED_RUNS = 2
 HEAD_SHARE = 0.15  # of the budget left after timing, kept back for fitting the heads
 MIN_TRAIN_PER_CLASS = 2  # fewer training images than this per class is not a probe
+MIN_VAL_PER_CLASS = 5  # nor fewer validation images than this
 
 
 @dataclass
@@ -100,20 +102,28 @@ def probe(data_dir: str | Path, candidates: Sequence[Candidate], *, budget: floa
             backbone = pretrained_backbone(candidate.arch, candidate.pretrained, device=device, offline=True,
                                            img_size=img_size)
             _features(backbone, timing_items, scan.classes, batch_size, log)  # warm-up: first calls cost more
-            timing = time.perf_counter()
-            _features(backbone, timing_items, scan.classes, batch_size, log)
-            rate = (time.perf_counter() - timing) / len(timing_items)
+            timings = []
+            for _ in range(TIMED_RUNS):  # the quickest: other work on the machine only ever adds time
+                timing = time.perf_counter()
+                _features(backbone, timing_items, scan.classes, batch_size, log)
+                timings.append(time.perf_counter() - timing)
+            rate = min(timings) / len(timing_items)
         except CnnctlError as error:  # one backbone's failure (a file that does not fit) does not end the ranking
             result.note = f"failed: {error}"
             done.append(result)
             on_result(result)
             continue
         timed.append((result, backbone, rate))
-    # every backbone gets the same images: as many as the slowest one's rate affords within what is left
+    # every backbone gets the same images, as many as their rates afford within what is left; validation takes
+    # at most a third of them when the budget is tight
+    classes = len(scan.classes)
     while timed:
         left = (budget - (time.perf_counter() - started)) * (1 - HEAD_SHARE)
-        count = math.floor(left / sum(rate for _, _, rate in timed)) - len(val_items)
-        if count >= MIN_TRAIN_PER_CLASS * len(scan.classes):
+        total = math.floor(left / sum(rate for _, _, rate in timed))
+        val_count = min(len(val_items), max(MIN_VAL_PER_CLASS * classes, total // 3))
+        count = total - val_count
+        if count >= MIN_TRAIN_PER_CLASS * classes:
+            val_items = _subset(val_items, val_count, seed)
             break
         slowest = max(timed, key=lambda entry: entry[2])
         timed.remove(slowest)
@@ -126,7 +136,7 @@ def probe(data_dir: str | Path, candidates: Sequence[Candidate], *, budget: floa
             begun = time.perf_counter()
             val_features, val_labels = _features(backbone, val_items, scan.classes, batch_size, log)
             train_features, train_labels = _features(backbone, train_items, scan.classes, batch_size, log)
-            head = fit_linear_head(train_features, train_labels, len(scan.classes), seed=seed)
+            head = fit_linear_head(train_features, train_labels, classes, seed=seed)
             result.val_accuracy = float((head.logits(val_features).argmax(1) == val_labels).float().mean())
             result.train_images, result.val_images = int(train_labels.shape[0]), int(val_labels.shape[0])
             result.feature_dim = int(train_features.shape[1])

@@ -235,3 +235,21 @@ def test_names_that_begin_an_architecture_list_them_and_a_missing_folder_does_no
                           f"{tmp_path / 'nothere'} does not exist")
     (tmp_path / "file.txt").write_text("x")
     assert_one_line_error(run_cli("train", "lenet5", "--data", str(tmp_path / "file.txt")), "is a file, not a folder")
+
+
+@pytest.mark.parametrize(("kind", "fragment"), [
+    ("onnx", "is an ONNX model (what `cnnctl export` writes), not a cnnctl checkpoint — pass the .safetensors "
+             "checkpoint it was exported from: {checkpoint}"),
+    ("torchscript", "is a TorchScript model"), ("text", "is a text file, not a weights file"),
+    ("image", "is an image, not a weights file")])
+def test_pretrained_names_files_that_hold_no_weights(model_files: dict[str, Path], lenet5_checkpoint: Path,
+                                                     kind: str, fragment: str) -> None:
+    from cnnctl import registry
+    from cnnctl.errors import CheckpointError
+    from cnnctl.models.pretrained import load_pretrained
+
+    model = build_model("lenet5", num_classes=10, in_channels=1)
+    with pytest.raises(CheckpointError) as refused:
+        load_pretrained(model, registry.get_model_spec("lenet5"), model_files[kind])
+    assert str(refused.value).startswith(f"--pretrained {model_files[kind]} ")
+    assert fragment.format(checkpoint=lenet5_checkpoint) in str(refused.value)

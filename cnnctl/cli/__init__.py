@@ -50,6 +50,8 @@ SUMMARIES = {
     "train": "train an architecture on a dataset or your own images",
     "eval": "accuracy, per-class metrics, confusion matrix, --report",
     "predict": "classify image files and folders (CSV or JSON)",
+    "embed": "write L2-normalised features of images, with their paths",
+    "probe": "rank the pretrained backbones on this machine by a linear probe",
     "export": "export a checkpoint to ONNX or TorchScript, verified",
     "check": "check an image folder before training: unreadable files, leaks",
     "tune": "search hyper-parameters with Optuna",

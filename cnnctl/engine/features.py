@@ -40,9 +40,10 @@ def linear_head(model: torch.nn.Module, classifier: str, arch: str) -> torch.nn.
     from torch import nn
 
     module = classifier_module(model, classifier)
-    if not isinstance(module, nn.Linear):
+    if not isinstance(module, nn.Linear) or module.bias is None:
+        what = type(module).__name__ if not isinstance(module, nn.Linear) else "Linear layer without a bias"
         raise UsageError(f"--linear-probe trains a linear classifier, but {arch}'s classifier {classifier} is a "
-                         f"{type(module).__name__}", hint="fine-tune it instead (leave --linear-probe out), or pick "
+                         f"{what}", hint="fine-tune it instead (leave --linear-probe out), or pick "
                                                           "an architecture whose classifier is a Linear layer")
     return module
 

@@ -118,7 +118,7 @@ def _refuse_other_kinds(path: Path) -> None:
         error = wrong_kind_error(path, kind or filekind.ONNX)
         assert error is not None
         raise CheckpointError(f"--pretrained {error.message}", hint=error.hint)
-    if kind not in (None, "zip", filekind.TORCH_SAVE, filekind.PICKLE, filekind.SAFETENSORS):
+    if kind in (filekind.IMAGE, filekind.TEXT, "json", "html", "pdf"):  # others: the suffix check speaks
         raise CheckpointError(f"--pretrained {path} is {filekind.describe(kind)}, not a weights file",
                               hint="pass a .safetensors file, a .pth/.pt state dict or a run folder")
 
