@@ -124,7 +124,8 @@ class Predictor:
         self.timings = {"decode_s": 0.0, "inference_s": 0.0}
         self.max_pixels = max_pixels  # images with more pixels are refused from their header (data/images.py)
         self.tta = check_tta(tta)  # test-time augmentation (cnnctl/engine/tta.py)
-        self.input_check = InputCheck(meta.image_stats)  # images unlike the training images: input_warning()
+        # images unlike the training images: input_warning(); a model without a training run has no statistics
+        self.input_check = InputCheck(getattr(meta, "image_stats", None))
         self._torch = torch
 
     def model_inputs(self, images: torch.Tensor) -> torch.Tensor:
