@@ -17,11 +17,20 @@ from cnnctl.engine.schedules import SCHEDULERS, get_schedule
 from cnnctl.errors import UsageError
 from cnnctl.fsutil import atomic_write_text
 from cnnctl.models import check_arch_args
-from cnnctl.models.weights import ensure_weights_file, grey_input_mode, offline, weights_for_config
+from cnnctl.models.weights import (
+    ensure_weights_file,
+    grey_input_mode,
+    imagenet_weights_for_config,
+    offline,
+    weights_for_config,
+)
 from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, coerce, coerce_mapping, label, unknown_option
 from cnnctl.registry import get_dataset_spec, get_model_spec
 
 VALIDATION_ONLY_MONITORS = ("val_macro_f1", "val_balanced_acc")  # no train_ counterpart to fall back on
+# Fine-tuning defaults, each measured against its alternatives in benchmarks/finetune.py (docs/pretrained.md).
+FINETUNE_CROP_SCALE = 0.6  # resized crops keep at least this share of the image (ImageNet training: 0.08)
+FINETUNE_LABEL_SMOOTHING = 0.1
 
 
 class _OptimizerNames:
@@ -52,7 +61,8 @@ class _TrainConfigMethods:
         """The learning rate; with ``--lr auto`` not yet found, the optimizer's default (for the range checks)."""
         if self.lr is not None and self.lr != "auto":
             return self.lr
-        return get_optimizer(self.optimizer).default_lr(self.scheduler, self._is_lenet_sized())
+        return get_optimizer(self.optimizer).default_lr(self.scheduler, self._is_lenet_sized(),
+                                                        pretrained=bool(self.pretrained))
 
     def _is_lenet_sized(self) -> bool:
         try:
@@ -119,25 +129,38 @@ class _TrainConfigMethods:
         random-resized-crop + flip augmentation the published weights were trained with."""
         if self.backbone_lr_scale is None:
             self.backbone_lr_scale = 0.1 if self.pretrained else 1.0
+        imagenet = imagenet_weights_for_config(self) if self.pretrained else None
         if self.pretrained:
             self.grey_input = grey_input_mode(self)
+            self.head_init = self.head_init or "zero"
+            self.normalize = self.normalize or ("weights" if imagenet else "data")
+            self.crop_scale = self.crop_scale or FINETUNE_CROP_SCALE
+        if self.label_smoothing is None:
+            self.label_smoothing = FINETUNE_LABEL_SMOOTHING if self.pretrained else 0.0
         if self.linear_probe:  # one pass over un-augmented images; the backbone's statistics stay its own
             self.epochs, self.augment, self.precise_bn = 1, "none", False
             if self.channels_last is None:  # no training steps to time the memory formats with
                 self.channels_last = False
-        if self.augment is None and (self.data_dir or self.dataset == "folder") and weights_for_config(self):
+        if self.augment is None and (self.data_dir or self.dataset == "folder") and imagenet:
             self.augment = "resized-crop-flip"
 
     def _validate_pretrained(self) -> None:
         """Published weights exist for the architecture; offline, their file is already here (one line naming
         it and its folder otherwise) — before any data is loaded."""
         weights = weights_for_config(self)
-        if self.grey_input is not None and not self.pretrained:
-            raise UsageError(f"{label('grey_input')} applies only with {label('pretrained')}")
-        if self.grey_input == "replicate" and weights is None:
-            raise UsageError(f"{label('grey_input')} replicate applies to published weights ({label('pretrained')} "
-                             "imagenet); a weights file meets grey images with its first convolution's filters "
-                             "summed", hint=f"leave {label('grey_input')} out, or use {label('grey_input')} sum")
+        imagenet = imagenet_weights_for_config(self) if self.pretrained else None
+        for name in ("grey_input", "head_init", "normalize"):
+            if getattr(self, name) is not None and not self.pretrained:
+                raise UsageError(f"{label(name)} applies only with {label('pretrained')}")
+        if self.normalize == "weights" and imagenet is None:
+            raise UsageError(f"{label('normalize')} weights applies to ImageNet weights ({label('pretrained')} "
+                             f"imagenet, or a file of them); the preprocessing of {self.pretrained} is not known",
+                             hint=f"leave {label('normalize')} out, or use {label('normalize')} data")
+        if self.grey_input == "replicate" and imagenet is None:
+            raise UsageError(f"{label('grey_input')} replicate applies to ImageNet weights ({label('pretrained')} "
+                             "imagenet, or a file of them); other weights files meet grey images with their first "
+                             "convolution's filters summed",
+                             hint=f"leave {label('grey_input')} out, or use {label('grey_input')} sum")
         if weights is not None and offline(self.offline):
             ensure_weights_file(weights, mirror=self.weights_mirror, offline_only=True)
 

@@ -267,8 +267,9 @@ OPTIONS: tuple[Option, ...] = (
            synonyms=("optim", "opt", "optimiser")),
     Option("lr", float, DERIVED, "(peak) learning rate; auto: run `cnnctl lr-find` first and use its suggestion",
            panel=OPTIM, minimum=0, exclusive_min=True, words=("auto",),
-           derived="the optimizer's: adam/adamw 1e-3, or 5e-3 with onecycle for the LeNet family; sgd 0.1 with "
-                   "onecycle, else 0.05; rmsprop 1e-3",
+           derived="the optimizer's: adam/adamw 1e-3, or 5e-3 with onecycle for the LeNet family, or 3e-3 with "
+                   "--pretrained (the classifier's; see --backbone-lr-scale); sgd 0.1 with onecycle, else 0.05; "
+                   "rmsprop 1e-3",
            synonyms=("learning_rate", "lr_rate", "learningrate", "base_lr", "max_lr", "rate")),
     Option("momentum", float, DERIVED, "SGD/RMSprop momentum, Adam/AdamW β1", panel=OPTIM, minimum=0, maximum=1,
            exclusive_max=True, derived="the optimizer's: 0.9; rmsprop 0", synonyms=("beta1",)),
@@ -310,8 +311,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("ema", float, None, "keep an exponential moving average of the weights with this decay (e.g. 0.999); "
            "validation and best.safetensors use it", panel=REGULARISE, minimum=0, maximum=1, exclusive_min=True,
            exclusive_max=True, synonyms=("ema_decay", "model_ema", "model_ema_decay")),
-    Option("label_smoothing", float, 0.0, "label smoothing of the training loss (0-1)", panel=REGULARISE,
-           minimum=0, maximum=1, exclusive_max=True, synonyms=("smoothing",)),
+    Option("label_smoothing", float, DERIVED, "label smoothing of the training loss (0-1)", panel=REGULARISE,
+           derived="0.1 with --pretrained, else 0", minimum=0, maximum=1, exclusive_max=True,
+           synonyms=("smoothing",)),
     Option("grad_clip", float, None, "clip the gradients' global L2 norm to this", panel=REGULARISE, minimum=0,
            exclusive_min=True, synonyms=("clip_grad", "gradient_clip", "max_grad_norm", "clip")),
     Option("amp", bool, False, "mixed precision: bf16 or fp16 + gradient scaler on CUDA; bf16 on CPUs that have it",
@@ -361,6 +363,19 @@ OPTIONS: tuple[Option, ...] = (
            "--weights-mirror / --mirror folder) \\[env: CNNCTL_OFFLINE=1]", panel=PRETRAINED, resumable=True),
     Option("backbone_lr_scale", float, DERIVED, "learning rate of every layer but the classifier, relative to "
            "--lr", panel=PRETRAINED, derived="0.1 with --pretrained, else 1", minimum=0, exclusive_min=True),
+    Option("head_init", str, DERIVED, "the new classifier's starting weights when --pretrained replaces it: zero "
+           "(every class equally likely, so the first loss is ln(classes) and the backbone gets no gradient until "
+           "the head has learned) or random (the architecture's own initialisation)", panel=PRETRAINED,
+           derived="zero with --pretrained", choices=lambda: ("zero", "random"),
+           synonyms=("classifier_init", "zero_head", "zero_init_head")),
+    Option("normalize", str, DERIVED, "the mean/std images are normalised with when fine-tuning: the weights' own "
+           "(those they were trained with) or the training images'", panel=PRETRAINED,
+           derived="weights when the architecture's ImageNet preprocessing is known, also for a weights file",
+           choices=lambda: ("weights", "data"), synonyms=("normalise", "mean_std", "input_stats")),
+    Option("crop_scale", float, DERIVED, "resized-crop augmentation: the smallest share of the image's area a "
+           "random crop keeps (torchvision's RandomResizedCrop scale=(crop_scale, 1))", panel=REGULARISE,
+           derived="0.6 with --pretrained, else 0.08 (ImageNet training's)", minimum=0, maximum=1,
+           exclusive_min=True, synonyms=("min_scale", "scale", "rrc_scale")),
     Option("grey_input", str, DERIVED, "grey images with colour weights: replicate (to 3 channels) or sum (the "
            "first convolution's filters)", panel=PRETRAINED,
            derived="replicate for published weights, sum for weight files",

@@ -139,6 +139,7 @@ class AugmentSettings:
 
     channels: int = 3
     randaugment_magnitude: int = 9
+    crop_scale: float = 0.08  # resized-crop-flip: the smallest share of the area a crop keeps
 
 
 @dataclass(frozen=True)
@@ -209,8 +210,10 @@ register_augmentation("shift", "random shift: crop with zero padding (digits)", 
 register_augmentation("crop-flip", "crop with padding and horizontal flip (natural images)", _crop_flip)
 register_augmentation("affine", "small random rotation, scale and shift per image (handwriting)",
                       lambda image_size: random_affine)
-register_augmentation("resized-crop-flip", "random resized crop and horizontal flip (fine-tuning ImageNet weights)",
-                      RandomResizedCropFlip)
+register_augmentation("resized-crop-flip", "random resized crop (--crop-scale) and horizontal flip (fine-tuning "
+                      "ImageNet weights)",
+                      lambda image_size, settings: RandomResizedCropFlip(image_size, (settings.crop_scale, 1.0)),
+                      settings=True)
 
 
 def _policy(make: Callable[[AugmentSettings], Callable[[torch.Tensor], torch.Tensor]]

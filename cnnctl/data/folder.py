@@ -27,7 +27,13 @@ from cnnctl.data.splits import PreparedData, resolve_preprocessing, split_positi
 from cnnctl.data.stream import StreamedImages, memory_budget, plan_cache, size_text, stream_workers
 from cnnctl.engine.imbalance import check_class_names
 from cnnctl.errors import DataError, UsageError
-from cnnctl.models.weights import grey_input_mode, run_preprocessing, weights_for_config
+from cnnctl.models.weights import (
+    finetune_image_size,
+    grey_input_mode,
+    imagenet_weights_for_config,
+    run_preprocessing,
+    with_data_statistics,
+)
 from cnnctl.progress import plural
 from cnnctl.registry import DatasetSpec, get_dataset_spec, register_dataset
 
@@ -521,9 +527,12 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     # Decode straight to the size the model will see (a fixed-input model may ask for another one).
     size = resolve_preprocessing(model, (3, side, side), (0.0,) * 3, (1.0,) * 3, None).image_size
     # pretrained weights: their preprocessing; images are kept at the resize size, cropped per batch
-    weights = weights_for_config(config)
+    weights = imagenet_weights_for_config(config)
+    img_size = config.img_size
+    if weights is not None and img_size is None:  # small images upscaled, large ones at the weights' size
+        img_size = finetune_image_size(_typical_side(chosen.train), weights.preprocessing.crop[0])
     weights_prep = None if weights is None else run_preprocessing(
-        weights, 3, size, img_size=config.img_size, folder=True, grey_input=grey_input_mode(config))
+        weights, 3, size, img_size=img_size, folder=True, grey_input=grey_input_mode(config))
     resize = None
     if weights_prep is not None:
         resize = weights_prep.resize
@@ -571,9 +580,12 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     if weights is None:
         mean, std = train_sums.stats(channels) if train_sums is not None else _channel_stats(train.images)
         preprocessing = resolve_preprocessing(model, (channels, *size), mean, std, None)
-    else:  # the weights' own normalisation, resize and crop
-        preprocessing = run_preprocessing(weights, channels, size, img_size=config.img_size, folder=True,
+    else:  # the weights' own normalisation (unless --normalize data), resize and crop
+        preprocessing = run_preprocessing(weights, channels, size, img_size=img_size, folder=True,
                                           grey_input=grey_input_mode(config))
+        if getattr(config, "normalize", None) == "data":
+            stats = train_sums.stats(channels) if train_sums is not None else _channel_stats(train.images)
+            preprocessing = with_data_statistics(preprocessing, *stats)
     log(f"{root}: {len(scan.classes)} classes, {len(train):,} training images"
         + (f", {len(loaded['val']):,} validation" if loaded["val"] is not None else "")
         + (f", {len(loaded['test']):,} test" if loaded["test"] is not None else "")
@@ -582,7 +594,21 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
            if preprocessing.resize else ""))
     return PreparedData(train, loaded["val"], loaded["test"], scan.classes, preprocessing, "folder",
                         resolved={"data_dir": str(root), "dataset": "folder", "val_split": val_split,
-                                  "augment": augment})
+                                  "augment": augment, "img_size": img_size})
+
+
+def _typical_side(items: Any, sample: int = 16) -> int | None:
+    """The median shorter side of up to ``sample`` training images, read from their headers (no decoding)."""
+    from PIL import Image
+
+    sides = []
+    for path, _ in list(items or [])[:: max(1, len(items or []) // sample)][:sample]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # reported when the file is decoded
+    return sorted(sides)[len(sides) // 2] if sides else None
 
 
 def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | None = None,

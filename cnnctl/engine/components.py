@@ -16,7 +16,7 @@ from cnnctl.engine.imbalance import sampler_weights
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.fsutil import atomic_write_text
 from cnnctl.models import build_model as build_architecture
-from cnnctl.models.pretrained import load_pretrained
+from cnnctl.models.pretrained import initialise_new_head, load_pretrained
 from cnnctl.registry import get_dataset_spec
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ def build_model(config: TrainConfig, spec: ModelSpec, data: PreparedData, device
     report = None
     if config.pretrained:
         report = load_pretrained(model, spec, config.pretrained, log=log, config=config)
+        initialise_new_head(model, report.reinitialised, config.head_init or "random", log)
     if config.channels_last is None:
         config.channels_last = choose_channels_last(model, data.preprocessing.input_shape, config.batch_size or 1,
                                                     device)
@@ -165,7 +166,8 @@ def build_loaders(config: TrainConfig, data: PreparedData, device: torch.device,
     validation batches (only rank 0 validates)."""
     augment_name = config.augment or get_dataset_spec(data.dataset_label).augment  # the dataset's default
     settings = AugmentSettings(channels=data.preprocessing.channels,
-                               randaugment_magnitude=config.randaugment_magnitude)
+                               randaugment_magnitude=config.randaugment_magnitude,
+                               crop_scale=config.crop_scale or AugmentSettings.crop_scale)
     augment = make_augmentation(augment_name, data.preprocessing.image_size, settings,
                                 random_erasing=config.random_erasing)
     mix = make_mixing(config.mixup, config.cutmix, len(data.classes))

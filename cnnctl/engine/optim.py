@@ -41,11 +41,14 @@ class OptimizerInfo:
     lr: float
     onecycle_lr: float | None = None
     lenet_onecycle_lr: float | None = None
+    finetune_lr: float | None = None  # with --pretrained, the new classifier's (the backbone's is scaled down)
     momentum: float = 0.9
     weight_decay: float = 0.0
     nesterov: bool = False
 
-    def default_lr(self, scheduler: str, lenet_sized: bool) -> float:
+    def default_lr(self, scheduler: str, lenet_sized: bool, pretrained: bool = False) -> float:
+        if pretrained and self.finetune_lr is not None:
+            return self.finetune_lr
         if scheduler != "onecycle":
             return self.lr
         if lenet_sized and self.lenet_onecycle_lr is not None:
@@ -80,9 +83,15 @@ def build_optimizer(config: TrainConfig, parameters: Any) -> torch.optim.Optimiz
         weight_decay=config.resolved_weight_decay(), nesterov=config.nesterov)
 
 
+# Fine-tuning: the new classifier at 3e-3, the pretrained layers at a tenth of it (--backbone-lr-scale); 1e-3
+# leaves the head under-trained after a few epochs on a few hundred images (benchmarks/finetune.py).
+FINETUNE_LR = 3e-3
+
+
 # LeNet-sized networks train fastest at a 5e-3 one-cycle peak; deeper BatchNorm networks (ResNet, MobileNet) need
 # the usual 1e-3 or their running statistics cannot follow the weights and evaluation collapses.
-@register_optimizer("adam", description="Adam (β1 = --momentum)", lr=1e-3, lenet_onecycle_lr=5e-3)
+@register_optimizer("adam", description="Adam (β1 = --momentum)", lr=1e-3, lenet_onecycle_lr=5e-3,
+                    finetune_lr=FINETUNE_LR)
 def _adam(parameters: Any, *, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> Any:
     import torch
 
@@ -90,7 +99,7 @@ def _adam(parameters: Any, *, lr: float, momentum: float, weight_decay: float, n
 
 
 @register_optimizer("adamw", description="AdamW: Adam with decoupled weight decay (0.01 by default)", lr=1e-3,
-                    lenet_onecycle_lr=5e-3, weight_decay=0.01)
+                    lenet_onecycle_lr=5e-3, finetune_lr=FINETUNE_LR, weight_decay=0.01)
 def _adamw(parameters: Any, *, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> Any:
     import torch
 

@@ -24,8 +24,9 @@ from typing import Any
 
 from cnnctl.data.base import Preprocessing
 from cnnctl.data.download import RemoteFile, _is_url, ensure_files, offline_requested, verify_file
-from cnnctl.errors import DownloadError, UsageError
+from cnnctl.errors import CnnctlError, DownloadError, UsageError
 from cnnctl.models.torchvision_zoo import ZOO, registered_name
+from cnnctl.models.weights_file import read_weights
 from cnnctl.registry import get_model_spec, suggest
 
 IMAGENET_NAMES = ("imagenet", "imagenet1k", "default")  # --pretrained values meaning "the recommended weights"
@@ -264,13 +265,55 @@ def weights_for_config(config: Any) -> PublishedWeights | None:
     return resolve_cached(config.arch, str(config.pretrained))
 
 
+def imagenet_weights_for_config(config: Any) -> PublishedWeights | None:
+    """The ImageNet weights a run fine-tunes, carrying the preprocessing they expect: published weights named by
+    ``--pretrained``, or a local file holding the architecture's ImageNet weights (see
+    :func:`imagenet_file_weights`); None otherwise."""
+    named = weights_for_config(config)
+    if named is not None or not config.pretrained:
+        return named
+    return imagenet_file_weights(config.arch, str(config.pretrained))
+
+
+@functools.lru_cache(maxsize=16)
+def imagenet_file_weights(arch: str, path: str) -> PublishedWeights | None:
+    """:func:`local_imagenet_weights` for a file that holds ImageNet weights of ``arch``: the architecture has
+    published weights and the file's classifier (its last matrix) has their class count. Anything else (a cnnctl
+    checkpoint trained on other classes, an unreadable file, an architecture without published weights) is
+    None: its preprocessing is not known, and the data's own statistics are used."""
+    try:
+        published = resolve_cached(arch, "imagenet")
+        tensors = read_weights(path)
+    except (CnnctlError, OSError, ValueError):  # reported where the file is loaded
+        return None
+    matrices = [tensor for tensor in tensors.values() if tensor.ndim == 2]
+    classes = published.extra.get("num_classes")
+    if not matrices or classes is None or int(matrices[-1].shape[0]) != int(classes):
+        return None
+    return local_imagenet_weights(arch, path)
+
+
+FINETUNE_MIN_IMAGE_SIZE = 96  # benchmarks/finetune.py: 64 loses accuracy; 128 and more cost time, gain nothing
+IMAGE_SIZE_STEP = 32  # the networks' total stride
+
+
+def finetune_image_size(image_side: int | None, weights_crop: int) -> int:
+    """The input size when fine-tuning on a folder without ``--img-size``: the images' own shorter side rounded
+    up to a multiple of 32, at least FINETUNE_MIN_IMAGE_SIZE (small images are upscaled: ImageNet features
+    are made for objects tens of pixels wide) and at most the size the weights were trained at."""
+    if not image_side:
+        return weights_crop
+    rounded = -(-image_side // IMAGE_SIZE_STEP) * IMAGE_SIZE_STEP
+    return max(min(FINETUNE_MIN_IMAGE_SIZE, weights_crop), min(rounded, weights_crop))
+
+
 def grey_input_mode(config: Any) -> str:
-    """How grey images meet colour weights: ``replicate`` (default for published weights: the grey image is
-    repeated into 3 channels, exactly how the weights saw grey photos) or ``sum`` (a 1-channel first
-    convolution, its filters summed; the default for weight files, as before)."""
+    """How grey images meet colour weights: ``replicate`` (default for ImageNet weights, published or a local
+    file of them: the grey image is repeated into 3 channels, exactly how the weights saw grey photos) or
+    ``sum`` (a 1-channel first convolution, its filters summed; the default for other weight files)."""
     if getattr(config, "grey_input", None):
         return str(config.grey_input)
-    return "replicate" if weights_for_config(config) is not None else "sum"
+    return "replicate" if imagenet_weights_for_config(config) is not None else "sum"
 
 
 def run_preprocessing(weights: PublishedWeights, channels: int, image_size: tuple[int, int], *,
@@ -300,10 +343,25 @@ def run_preprocessing(weights: PublishedWeights, channels: int, image_size: tupl
 
 
 def in_memory_preprocessing(config: Any, preprocessing: Any) -> Any:
-    """A built-in dataset's preprocessing when fine-tuning published weights: theirs (see
-    :func:`run_preprocessing`), at the size already chosen; unchanged without published weights."""
-    weights = weights_for_config(config)
+    """A built-in dataset's preprocessing when fine-tuning ImageNet weights: theirs (see
+    :func:`run_preprocessing`), at the size already chosen; unchanged without them. ``--normalize data`` keeps
+    the dataset's own mean/std."""
+    weights = imagenet_weights_for_config(config)
     if weights is None:
         return preprocessing
-    return run_preprocessing(weights, preprocessing.channels, preprocessing.image_size, img_size=None,
-                             folder=False, grey_input=grey_input_mode(config))
+    prepared = run_preprocessing(weights, preprocessing.channels, preprocessing.image_size, img_size=None,
+                                 folder=False, grey_input=grey_input_mode(config))
+    if getattr(config, "normalize", None) == "data":
+        return with_data_statistics(prepared, preprocessing.mean, preprocessing.std)
+    return prepared
+
+
+def with_data_statistics(preprocessing: Any, mean: Any, std: Any) -> Any:
+    """``--normalize data``: ``preprocessing`` with the data's mean/std (a grey image's one value repeated when
+    it is fed to 3 channels)."""
+    import dataclasses
+
+    mean, std = tuple(mean), tuple(std)
+    if len(mean) == 1 and preprocessing.channels == 3:
+        mean, std = mean * 3, std * 3
+    return dataclasses.replace(preprocessing, mean=mean, std=std)
