@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from cnnctl.version import __version__
 
 __all__ = ["__version__", "train", "load", "load_pretrained", "predict", "export", "evaluate", "explain", "embed",
            "CnnctlError"]

@@ -11,7 +11,19 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.config import TrainConfig
+from cnnctl.config_file import build_train_config, coerce_options
+from cnnctl.engine.embed import check_output, open_backbone, write_embeddings
+from cnnctl.engine.embed import embed as _embed
+from cnnctl.engine.fit import Trainer
+from cnnctl.engine.heatmaps import explain as _explain
+from cnnctl.engine.predict import load_for_inference, model_with_meta, predict_api
 from cnnctl.errors import UsageError
+from cnnctl.exporter import export as _export
+from cnnctl.models.imagenet_classifier import imagenet_classifier
+from cnnctl.options import CONFIG_OPTIONS, naming
+from cnnctl.progress import PlainReporter
+from cnnctl.report import evaluate_and_report
 
 if TYPE_CHECKING:
     import torch
@@ -40,8 +52,6 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
     (see ``cnnctl.progress``) receives every event instead. ``callbacks`` (``cnnctl.engine.callbacks.Callback``
     instances) run beside the built-in ones.
     """
-    from cnnctl.options import naming
-
     with naming("param"):
         trainer = _trainer(arch, reporter if reporter is not None or not progress else _plain_reporter(),
                            resume, callbacks, options)
@@ -51,8 +61,6 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
 def _train_signature() -> inspect.Signature:
     """``train``'s signature with every option as a keyword (for help(), IDEs and REPL completion), generated
     from cnnctl/options.py; older spellings (``data_dir``) still arrive through ``**options``."""
-    from cnnctl.options import CONFIG_OPTIONS
-
     own = inspect.signature(train).parameters.values()
     explicit = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
     taken = {p.name for p in explicit}
@@ -66,17 +74,11 @@ train.__signature__ = _train_signature()  # type: ignore[attr-defined]
 
 
 def _plain_reporter() -> Reporter:
-    from cnnctl.progress import PlainReporter
-
     return PlainReporter()
 
 
 def _trainer(arch: Any, reporter: Reporter | None, resume: Any, callbacks: list[Callback] | None,
              options: dict[str, Any]) -> Any:
-    from cnnctl.config import TrainConfig
-    from cnnctl.config_file import build_train_config, coerce_options
-    from cnnctl.engine.fit import Trainer
-
     source = "cnnctl.train()"
     if resume is not None:
         if arch is not None:
@@ -101,8 +103,6 @@ def load(path: str | os.PathLike[str], device: str = "cpu") -> tuple[torch.nn.Mo
     The model is in eval mode on ``device``; ``model.cnnctl_meta`` holds the rest of the checkpoint's metadata
     (``classes``, ``arch``, ``dataset``, ``metrics``).
     """
-    from cnnctl.engine.predict import load_for_inference
-
     return load_for_inference(_as_path(path, "cnnctl.load"), device=device)
 
 
@@ -119,8 +119,6 @@ def load_pretrained(arch: str, weights: str | os.PathLike[str] = "imagenet", dev
     """
     from types import SimpleNamespace
 
-    from cnnctl.models.imagenet_classifier import imagenet_classifier
-
     model = imagenet_classifier(arch, os.fspath(weights), device=device,
                                 config=SimpleNamespace(weights_mirror=weights_mirror, offline=offline))
     return model, model.cnnctl_meta.preprocessing
@@ -133,10 +131,8 @@ def predict(model_or_path: Any, images: Any, *, device: str = "cpu",
 
     Returns ``(labels, probabilities)``: int64 class indices (N) and softmax probabilities (N×classes). The
     class names are ``model.cnnctl_meta.classes``. Preprocessing comes from the checkpoint, as in the CLI.
-    ``tta``: ``flip`` or ``flip-crop`` averages the probabilities over views of each image (cnnctl/tta.py).
+    ``tta``: ``flip`` or ``flip-crop`` averages the probabilities over views of each image (cnnctl/engine/tta.py).
     """
-
-    from cnnctl.engine.predict import predict_api
 
     model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.predict")
     return predict_api(model_or_path, images, device=device, tta=tta)
@@ -147,8 +143,6 @@ def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", *, out
     """``cnnctl export``: write ``<stem>.onnx`` or ``<stem>.torchscript.pt`` and ``<stem>.preprocessing.json``
     beside the checkpoint (or at ``output``), after checking that the exported model gives PyTorch's outputs
     within 1e-4. Returns the paths and the measured difference."""
-    from cnnctl.exporter import export as _export
-
     return _export(_as_path(checkpoint_path, "cnnctl.export"), format=format, output=output,
                    dynamic_batch=dynamic_batch, opset=opset, root=root)
 
@@ -158,8 +152,6 @@ def _model_and_images(model_or_path: Any, images: Any, device: str, caller: str)
     """The model (loaded when a path is given) and the images as the engine takes them: a checked uint8 batch,
     a path, or a list of paths."""
     import torch
-
-    from cnnctl.engine.predict import model_with_meta
 
     model_or_path, meta = model_with_meta(model_or_path, device, caller)
     if isinstance(images, torch.Tensor):
@@ -197,19 +189,21 @@ def _checked_batch(images: torch.Tensor, preprocessing: Preprocessing) -> torch.
 def evaluate(checkpoint_path: str | os.PathLike[str], *, dataset: str | None = None, split: str = "test",
              data: str | os.PathLike[str] | None = None, batch_size: int = 1000, device: str = "auto",
              root: str | None = None, mirror: str | None = None, report: str | os.PathLike[str] | None = None,
-             label_issues: bool = False, top_losses: int = 32) -> dict[str, Any]:
+             label_issues: bool = False, top_losses: int = 32, tta: str = "none",
+             plots: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """``cnnctl eval``: the numbers ``eval --json`` prints, as a dict — ``loss``, ``accuracy``, ``top5``,
     ``per_class``, ``macro_*``, ``confusion`` and ``calibration`` (``ece``, ``mce``, the reliability bins).
 
     ``report="DIR"`` also writes DIR/index.html and DIR/report.json and adds ``top_losses`` and
-    ``confused_pairs``; ``label_issues=True`` adds the images whose label looks wrong (cleanlab), ranked."""
-    from cnnctl.report import evaluate_and_report
-
+    ``confused_pairs``; ``label_issues=True`` adds the images whose label looks wrong (cleanlab), ranked.
+    ``tta``: none, flip, crop or flip-crop (as ``eval --tta``); ``plots="DIR"``: confusion.png and
+    predictions.png in DIR (as ``eval --plots``)."""
     return evaluate_and_report(_as_path(checkpoint_path, "cnnctl.evaluate"), dataset=dataset, split=split,
                                batch_size=batch_size, root=root, mirror=mirror, device=device,
                                data_dir=None if data is None else os.fspath(data),
                                report_dir=None if report is None else Path(report), label_issues=label_issues,
-                               top_losses=top_losses)
+                               top_losses=top_losses, tta=tta,
+                               plots_dir=None if plots is None else Path(plots))
 
 
 def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: str | None = None,
@@ -223,8 +217,6 @@ def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: 
     Returns one ``Explanation`` per image: ``.heatmap`` (H×W in [0, 1]), ``.target_name``, ``.topk``,
     ``.layer``, and ``.output``, the PNG written into the ``output`` folder when one is given."""
 
-    from cnnctl.heatmaps import explain as _explain
-
     model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.explain")
     return _explain(model_or_path, images, method=method, layer=layer, target=target,
                     output=None if output is None else Path(output), topk=topk, device=device)
@@ -237,9 +229,6 @@ def embed(checkpoint_or_arch: Any, images: Any, *, pretrained: str | None = None
     (``imagenet``, a weights name, a file). Returns ``Embeddings``: ``.features`` (N×D float32 NumPy array, unit
     rows), ``.paths`` (their order), ``.labels`` and ``.classes`` (class folders; None otherwise). ``output``
     also writes them (.npz or .parquet)."""
-    from cnnctl.engine.embed import check_output, open_backbone, write_embeddings
-    from cnnctl.engine.embed import embed as _embed
-
     if output is not None:
         check_output(os.fspath(output))
     paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)

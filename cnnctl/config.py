@@ -11,12 +11,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cnnctl.engine.linear_probe import check_probe_config
+from cnnctl.engine.optim import get_optimizer
+from cnnctl.engine.schedules import SCHEDULERS, get_schedule
 from cnnctl.errors import UsageError
-from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, coerce, label
+from cnnctl.fsutil import atomic_write_text
+from cnnctl.models import check_arch_args
+from cnnctl.models.weights import (
+    ensure_weights_file,
+    grey_input_mode,
+    imagenet_weights_for_config,
+    offline,
+    weights_for_config,
+)
+from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, coerce, coerce_mapping, label, unknown_option
+from cnnctl.registry import get_dataset_spec, get_model_spec
 
-MONITORS = ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc")
 VALIDATION_ONLY_MONITORS = ("val_macro_f1", "val_balanced_acc")  # no train_ counterpart to fall back on
-AMP_DTYPES = ("auto", "fp16", "bf16")
 # Fine-tuning defaults, each measured against its alternatives in benchmarks/finetune.py (docs/pretrained.md).
 FINETUNE_CROP_SCALE = 0.6  # resized crops keep at least this share of the image (ImageNet training: 0.08)
 FINETUNE_LABEL_SMOOTHING = 0.1
@@ -50,14 +61,10 @@ class _TrainConfigMethods:
         """The learning rate; with ``--lr auto`` not yet found, the optimizer's default (for the range checks)."""
         if self.lr is not None and self.lr != "auto":
             return self.lr
-        from cnnctl.engine.optim import get_optimizer
-
         return get_optimizer(self.optimizer).default_lr(self.scheduler, self._is_lenet_sized(),
                                                         pretrained=bool(self.pretrained))
 
     def _is_lenet_sized(self) -> bool:
-        from cnnctl.registry import get_model_spec
-
         try:
             return get_model_spec(self.arch).family == "lenet"
         except UsageError:  # an unknown name is reported by validate(), with suggestions
@@ -67,25 +74,19 @@ class _TrainConfigMethods:
         """SGD/RMSprop momentum, or Adam's β1: the optimizer's default unless given."""
         if self.momentum is not None:
             return self.momentum
-        from cnnctl.engine.optim import get_optimizer
-
         return get_optimizer(self.optimizer).momentum
 
     def resolved_weight_decay(self) -> float:
         """The optimizer's default decay (AdamW's decoupled 0.01, else 0) unless given."""
         if self.weight_decay is not None:
             return self.weight_decay
-        from cnnctl.engine.optim import get_optimizer
-
         return get_optimizer(self.optimizer).weight_decay
 
     def resolve_defaults(self) -> None:
         """Replace every "depends on other options" default by its value, so the saved configuration says
         exactly what ran, and a resumed run with more --epochs keeps its step size, milestones and cycle.
-        Built-in datasets also fix the augmentation and validation split here (an image folder's are resolved
-        when it is scanned, by :meth:`resolve_data_defaults`)."""
-        from cnnctl.engine.schedules import get_schedule
-
+        Built-in datasets also fix the augmentation and validation split here (an image folder's are settled
+        when it is scanned, and come back in ``PreparedData.resolved``)."""
         self.lr = self.resolved_lr()
         self.momentum = self.resolved_momentum()
         self.weight_decay = self.resolved_weight_decay()
@@ -94,8 +95,6 @@ class _TrainConfigMethods:
             schedule.defaults(self)
         self._resolve_fine_tuning_defaults()
         if not self.data_dir and self.dataset != "folder":
-            from cnnctl.registry import get_dataset_spec
-
             try:
                 spec = get_dataset_spec(self.dataset)
             except UsageError:  # reported, with suggestions, when the data is loaded
@@ -112,9 +111,6 @@ class _TrainConfigMethods:
 
     def validate(self) -> None:
         """Reject out-of-range or contradictory options before any work starts."""
-        from cnnctl.models import check_arch_args
-        from cnnctl.registry import get_model_spec
-
         for option in CONFIG_OPTIONS:  # each option's own range (already checked when given as text)
             if option.field is None:
                 coerce(option, getattr(self, option.name))
@@ -126,15 +122,11 @@ class _TrainConfigMethods:
         self._validate_input_size(spec)
         self._validate_combinations()
         self._validate_pretrained()
-        from cnnctl.engine.linear_probe import check_probe_config
-
         check_probe_config(self)
 
     def _resolve_fine_tuning_defaults(self) -> None:
         """With --pretrained: the backbone learns at a tenth of the head's rate, and image folders get the
         random-resized-crop + flip augmentation the published weights were trained with."""
-        from cnnctl.models.weights import grey_input_mode, imagenet_weights_for_config
-
         if self.backbone_lr_scale is None:
             self.backbone_lr_scale = 0.1 if self.pretrained else 1.0
         imagenet = imagenet_weights_for_config(self) if self.pretrained else None
@@ -155,8 +147,6 @@ class _TrainConfigMethods:
     def _validate_pretrained(self) -> None:
         """Published weights exist for the architecture; offline, their file is already here (one line naming
         it and its folder otherwise) — before any data is loaded."""
-        from cnnctl.models.weights import ensure_weights_file, imagenet_weights_for_config, offline, weights_for_config
-
         weights = weights_for_config(self)
         imagenet = imagenet_weights_for_config(self) if self.pretrained else None
         for name in ("grey_input", "head_init", "normalize"):
@@ -194,9 +184,6 @@ class _TrainConfigMethods:
 
     def _validate_combinations(self) -> None:
         """Options that cannot work together."""
-        from cnnctl.engine.optim import get_optimizer
-        from cnnctl.engine.schedules import get_schedule
-
         def need(condition: bool, message: str, hint: str | None = None) -> None:
             if not condition:
                 raise UsageError(message, hint=hint)
@@ -221,8 +208,6 @@ class _TrainConfigMethods:
 
     def needs_validation(self) -> str | None:
         """The option that cannot work without a validation split, if any."""
-        from cnnctl.engine.schedules import SCHEDULERS
-
         schedule = SCHEDULERS.get(self.scheduler)
         if schedule is not None and schedule.needs_validation:
             return f"{label('scheduler')} {self.scheduler}"
@@ -251,13 +236,9 @@ class _TrainConfigMethods:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Any:
         """A configuration from a mapping of option names (old spellings too: ``data_dir``), checked."""
-        from cnnctl.options import coerce_mapping
-
         return config_from_options(cls, coerce_mapping(data, source))
 
     def save(self, path: Path) -> None:
-        from cnnctl.fsutil import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
@@ -329,8 +310,6 @@ def config_from_options(cls: Any, values: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     stray = sorted(set(values) - known)
     if stray:  # command-line-only options (quiet, resume, ...) have no place in a configuration
-        from cnnctl.options import unknown_option
-
         raise unknown_option(stray[0], "the configuration")
     return cls(**values, arch_args=arch_args)
 

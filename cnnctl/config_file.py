@@ -13,8 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cnnctl.config import TrainConfig
-from cnnctl.errors import UsageError
+from cnnctl.config import TrainConfig, config_from_options
+from cnnctl.errors import UsageError, first_line
+from cnnctl.fsutil import atomic_write_text
+from cnnctl.options import coerce_mapping
 
 MAX_CONFIG_BYTES = 1_000_000  # a configuration is a few hundred bytes; anything near this is not one
 MAX_CONFIG_DEPTH = 8  # options are flat; arch_args adds one level
@@ -53,8 +55,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except RecursionError as error:
         raise UsageError(f"--config {path}: nested too deeply (at most {MAX_CONFIG_DEPTH} levels)") from error
     except Exception as error:  # each parser has its own error type; all mean "not valid syntax"
-        from cnnctl.errors import first_line
-
         raise UsageError(f"--config {path}: not valid {suffix[1:].upper()} ({first_line(error)})") from error
     if data is None:
         return {}
@@ -126,8 +126,6 @@ def _toml() -> Any:
 def coerce_options(values: dict[str, Any], *, source: str) -> dict[str, Any]:
     """Check every key names an option (any spelling: ``batch-size``, or an older name such as ``data_dir``) and
     convert and range-check each value; the result is keyed by the options' names."""
-    from cnnctl.options import coerce_mapping
-
     return coerce_mapping(values, source)
 
 
@@ -135,8 +133,6 @@ def build_train_config(options: dict[str, Any], config_file: str | Path | None =
                        source: str = "the command line") -> TrainConfig:
     """TrainConfig from ``options`` (given explicitly: on the command line, or to ``cnnctl.train()``) over
     ``config_file``; ``source`` names where the options came from in error messages."""
-    from cnnctl.config import config_from_options
-
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(coerce_options(read_config_file(config_file), source=str(config_file)))
@@ -163,8 +159,6 @@ def dump_yaml(config: TrainConfig) -> str | None:
 
 def save_run_config(config: TrainConfig, run_dir: Path) -> None:
     """``config.json`` (always) and ``config.yaml`` (with PyYAML) in the run folder."""
-    from cnnctl.fsutil import atomic_write_text
-
     config.save(run_dir / "config.json")
     text = dump_yaml(config)
     if text is not None:

@@ -13,6 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cnnctl.data.download import default_root
+from cnnctl.engine.threads import threads_for_this_process
+
 # (distribution, what cnnctl uses it for); the optional ones are the extras of pyproject.toml
 PACKAGES = (
     ("torch", "everything (core)"),
@@ -47,8 +50,6 @@ def package_version(name: str) -> str | None:
 def devices() -> list[dict[str, Any]]:
     """CPU, CUDA and MPS as torch sees them."""
     import torch
-
-    from cnnctl.engine.threads import threads_for_this_process
 
     choice = threads_for_this_process()
     training = f"training now would take {choice.note}" if choice.note else \
@@ -88,8 +89,6 @@ def folder_state(path: Path) -> tuple[bool, str]:
 
 
 def folders(root: str | None, runs: str) -> list[dict[str, Any]]:
-    from cnnctl.data.download import default_root
-
     data = Path(root).expanduser() if root else default_root()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
     rows = []

@@ -18,7 +18,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.checkpoint import existing_checkpoint, versions
+from cnnctl.checkpoint import load as load_checkpoint
+from cnnctl.data.download import is_present
+from cnnctl.data.folder import load_folder_eval_split
+from cnnctl.data.loader import Normalizer, fit_to_input
+from cnnctl.data.splits import eval_split
 from cnnctl.errors import CnnctlError, UsageError, first_line
+from cnnctl.fsutil import STDOUT, atomic_write_bytes, atomic_write_text, is_folder, require_writable_file
+from cnnctl.registry import datasets, suggest
 
 if TYPE_CHECKING:
     import torch
@@ -84,10 +92,6 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
     batches of exactly one image (an ONNX model refuses others; TorchScript is traced and checked at 1).
     Raises ``CnnctlError`` when the outputs differ by more than ``tolerance``; then nothing is written.
     """
-    from cnnctl.checkpoint import existing_checkpoint
-    from cnnctl.fsutil import atomic_write_bytes, atomic_write_text
-    from cnnctl.models import load_checkpoint
-
     info = get_format(format)
     format = info.name
     if opset is not None and not info.has_opset:
@@ -141,8 +145,6 @@ def require_onnx() -> None:
 def get_format(format: str) -> ExportFormat:
     name = format.strip().lower()
     if name not in FORMATS:
-        from cnnctl.registry import suggest
-
         raise suggest(format, list(FORMATS), "export format")
     return FORMATS[name]
 
@@ -150,8 +152,6 @@ def get_format(format: str) -> ExportFormat:
 def output_paths(source: Path, format: str, output: Any = None) -> tuple[Path, Path]:
     """Where the model and its preprocessing JSON go: ``<stem><suffix>`` and ``<stem>.preprocessing.json``.
     Both are checked now, before any work: only regular files (or links to them) in writable folders."""
-    from cnnctl.fsutil import STDOUT, is_folder, require_writable_file
-
     suffix = get_format(format).suffix
     default_name = source.name.removesuffix(".safetensors") + suffix
     if output is None:
@@ -179,8 +179,6 @@ def verification_inputs(meta: CheckpointMeta, *, root: Any = None,
     it is on this machine (nothing is downloaded), else deterministic random pixels. Also says which."""
     import torch
 
-    from cnnctl.data.loader import Normalizer, fit_to_input
-
     images, described = _local_test_images(meta, root, count)
     if images is None:
         channels, (height, width) = meta.preprocessing.channels, meta.preprocessing.image_size
@@ -193,10 +191,6 @@ def verification_inputs(meta: CheckpointMeta, *, root: Any = None,
 
 
 def _local_test_images(meta: CheckpointMeta, root: Any, count: int) -> tuple[torch.Tensor | None, str]:
-    from cnnctl.data.download import is_present
-    from cnnctl.data.splits import eval_split
-    from cnnctl.registry import datasets
-
     if not meta.dataset:
         return None, "the checkpoint names no dataset"
     if meta.dataset == "folder":
@@ -216,8 +210,6 @@ def _local_test_images(meta: CheckpointMeta, root: Any, count: int) -> tuple[tor
 
 def _folder_images(meta: CheckpointMeta, count: int) -> tuple[torch.Tensor | None, str]:
     """The first ``count`` images of the split eval would use, from the folder the checkpoint was trained on."""
-    from cnnctl.data.folder import load_folder_eval_split
-
     folder = meta.data_dir
     if not folder:
         return None, "the checkpoint does not say which image folder it was trained on"
@@ -341,8 +333,6 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
     One file serves every export of a checkpoint (``best.onnx`` and ``best.torchscript.pt`` share
     ``best.preprocessing.json``): what differs between them is listed under ``exports``, by file name.
     """
-    from cnnctl.checkpoint import versions
-
     prep = meta.preprocessing
     channels, input_height, input_width = prep.input_shape
     height, width = prep.image_size

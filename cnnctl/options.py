@@ -24,7 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cnnctl.engine.imbalance import read_class_weights_file
+from cnnctl.engine.loggers import logger_names, split_names
 from cnnctl.errors import UsageError
+from cnnctl.registry import suggest
 
 DATA = "Data"
 MODEL = "Model"
@@ -37,6 +40,9 @@ DIST = "Several processes (distributed)"
 PRETRAINED = "Pretrained weights and fine-tuning"
 
 SEED_MAX = 2**63 - 2  # torch.Generator seeds are 64-bit; the loader also seeds with seed + 1
+# The largest image side (pixels, after padding) a checkpoint may hold: --img-size is refused beyond it at the
+# start, and the checkpoint reader refuses larger inputs (cnnctl/checkpoint/schema.py), so a run can read its own.
+MAX_IMAGE_SIDE = 2048
 
 
 class _Derived:
@@ -139,15 +145,11 @@ def _choices_of(module: str, attribute: str) -> Callable[[], list[str]]:
 
 
 def _logger_names() -> list[str]:
-    from cnnctl.engine.loggers import logger_names
-
     return logger_names()
 
 
 def _join_names(value: str) -> str | None:
     """``" tensorboard,,mlflow "`` → ``"tensorboard,mlflow"``; nothing named → None."""
-    from cnnctl.engine.loggers import split_names
-
     return ",".join(split_names(value)) or None
 
 
@@ -187,8 +189,6 @@ def _class_weights(value: str) -> str | None:
     """``auto``, or a readable file of finite weights >= 0 (its class names are checked once the data is known)."""
     if value == "auto":
         return None
-    from cnnctl.engine.imbalance import read_class_weights_file
-
     try:
         read_class_weights_file(value)
     except UsageError as error:
@@ -220,7 +220,7 @@ OPTIONS: tuple[Option, ...] = (
            minimum=0, check=_val_split, normalize=_count_or_fraction,
            synonyms=("validation_split", "val_size", "val", "val_fraction")),
     Option("img_size", int, None, "resize images to this square size (networks with a fixed input take only that)",
-           panel=DATA, minimum=1, maximum=4096, synonyms=("image_size", "input_size", "size", "resolution")),
+           panel=DATA, minimum=1, maximum=MAX_IMAGE_SIDE, synonyms=("image_size", "input_size", "size", "resolution")),
     Option("limit", int, None, "train on this many randomly chosen training images", panel=DATA, minimum=1,
            synonyms=("max_images", "subset")),
     # small and imbalanced data (docs/data.md)
@@ -502,8 +502,6 @@ def check_value(option: Option, value: Any) -> None:
         known = list(option.choices())
         for item in [part.strip() for part in value.split(",") if part.strip()] if option.many else [value]:
             if item not in known:
-                from cnnctl.registry import suggest
-
                 kind = {"augment": "augmentation", "amp_dtype": where, "monitor": where}.get(option.name, option.name)
                 raise suggest(item, known, kind)
     if option.check is not None:

@@ -12,6 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.loader import Normalizer, fit_to_input
+from cnnctl.engine.predict import decode_image, true_label
+from cnnctl.errors import UsageError
+from cnnctl.fsutil import atomic_path
+
 if TYPE_CHECKING:
     import torch
 
@@ -31,8 +36,6 @@ def require() -> None:
     """Raise the one-line error when plots were asked for explicitly and cannot be drawn."""
     missing = available()
     if missing:
-        from cnnctl.errors import UsageError
-
         raise UsageError(missing.replace("plots skipped: ", "cannot draw plots: "))
 
 
@@ -46,8 +49,6 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save(figure: Any, path: Path) -> Path:
-    from cnnctl.fsutil import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         figure.savefig(handle, format="png")
     return path
@@ -207,8 +208,6 @@ def predictions_for(model: torch.nn.Module, images: torch.Tensor, preprocessing:
     at a time (a whole split of large images would not fit in memory at once)."""
     import torch
 
-    from cnnctl.data.loader import Normalizer, fit_to_input
-
     device = next(model.parameters()).device
     normalize = Normalizer(preprocessing.mean, preprocessing.std, device)
     was_training = model.training
@@ -277,13 +276,9 @@ def plot_file_predictions(predictions: Sequence[Any], meta: Any, path: str | Pat
     counts that class as its true label, and a wrong prediction is red."""
     import torch
 
-    from cnnctl.engine.predict import decode_image, true_label
-
     require()
     readable = [p for p in predictions if not p.error]
     if not readable:
-        from cnnctl.errors import UsageError
-
         raise UsageError("--plot: no image could be read, nothing to draw")
     index = {name: i for i, name in enumerate(meta.classes)}
     shown = readable[:limit]

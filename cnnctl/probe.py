@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnctl.data.folder import choose_splits, load_items, scan_folder
+from cnnctl.data.loader import BatchLoader
 from cnnctl.engine.embed import pretrained_backbone
 from cnnctl.engine.features import batch_features, fit_linear_head
 from cnnctl.errors import CnnctlError, DataError, UsageError
-from cnnctl.models.backbones import Candidate
+from cnnctl.models.backbones import Candidate, offline_backbones, select
 
 Log = Callable[[str], None]
 MAX_VAL_IMAGES = 500  # the same validation images for every backbone; more adds time, not ranking quality
@@ -51,8 +53,6 @@ class ProbeResult:
 def candidates_for(names: Sequence[str] = (), weights: Sequence[str] = (), log: Log = lambda _: None
                    ) -> list[Candidate]:
     """The backbones to probe: those named (each must be available offline), else all that are."""
-    from cnnctl.models.backbones import offline_backbones, select
-
     chosen = select(offline_backbones(weights, log), names)
     if not chosen:
         raise UsageError("no pretrained backbone is available offline on this machine",
@@ -86,8 +86,6 @@ def probe(data_dir: str | Path, candidates: Sequence[Candidate], *, budget: floa
 
     Each backbone is built and timed on one batch first; the rates say how many training images every
     backbone can be given alike (the slowest backbones are left out when even a few images would not fit)."""
-    from cnnctl.data.folder import choose_splits, scan_folder
-
     started = time.perf_counter()
     scan = scan_folder(data_dir, log=log)
     splits = choose_splits(scan, val_split=val_split, seed=seed, limit=None)
@@ -156,9 +154,6 @@ def _features(backbone: Any, items: list[tuple[Path, int]], classes: tuple[str, 
 def _batches(backbone: Any, items: list[tuple[Path, int]], classes: tuple[str, ...], batch_size: int,
              log: Log) -> Any:
     """Normalised, centre-cropped batches of ``items`` with the backbone's preprocessing, each image once."""
-    from cnnctl.data.folder import load_items
-    from cnnctl.data.loader import BatchLoader
-
     prep = backbone.preprocessing
     side = prep.resize or prep.image_size[0]
     images, _ = load_items(items, classes, (side, side), source="probe", log=log, resize=prep.resize,

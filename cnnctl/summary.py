@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cnnctl import checkpoint
 from cnnctl.errors import UsageError, first_line
+from cnnctl.models import build_model
+from cnnctl.registry import get_model_spec
 
 if TYPE_CHECKING:
     import torch
@@ -116,12 +119,7 @@ def summarize_target(target: str, input_size: str | None, num_classes: int | Non
     """Summary of an architecture name or a checkpoint path (whose metadata gives input size and classes)."""
     from pathlib import Path
 
-    from cnnctl.models import build_model
-    from cnnctl.registry import get_model_spec
-
     if target.endswith(".safetensors") or Path(target).is_dir() or Path(target).is_file():
-        from cnnctl import checkpoint
-
         model, meta = checkpoint.load(target)
         shape = (parse_input_size(input_size, meta.preprocessing.channels) if input_size
                  else meta.preprocessing.input_shape)

@@ -101,3 +101,21 @@ def test_a_train_config_can_be_passed_and_overridden(tiny_digits, tmp_path: Path
     with pytest.raises(UsageError, match="^batch_size must be at least 1"):
         cnnctl.train(config, batch_size=0)  # options override the config's fields
     assert config.batch_size is None  # and the config passed in is not changed (its batch size is derived later)
+
+
+def test_evaluate_takes_every_option_of_cnnctl_eval_with_its_default() -> None:
+    """The API and the command cannot drift: each option of `cnnctl eval` is a keyword of cnnctl.evaluate with
+    the same default (``--report`` is ``report``; ``--json`` is the command's own output format)."""
+    import inspect
+
+    from cnnctl.cli.eval_command import eval_command
+
+    command = inspect.signature(eval_command).parameters
+    api = inspect.signature(cnnctl.evaluate).parameters
+    renamed = {"report_dir": "report", "checkpoint_path": "checkpoint_path"}
+    for name, parameter in command.items():
+        if name == "json_output":
+            continue
+        assert renamed.get(name, name) in api, f"cnnctl.evaluate lacks {name}"
+        if name != "checkpoint_path":
+            assert api[renamed.get(name, name)].default == parameter.default, name

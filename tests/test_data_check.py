@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnctl.data.check import check_folder
+from cnnctl.data.folder import check_folder
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,8 @@ from cnnctl import checkpoint, registry
 from cnnctl.checkpoint import CheckpointMeta
 from cnnctl.cli import app
 from cnnctl.data.base import Preprocessing
+from cnnctl.engine.heatmaps import attribution_maps, default_target_layer
 from cnnctl.errors import UsageError
-from cnnctl.heatmaps import attribution_maps, default_target_layer
 from cnnctl.models import build_model
 
 ALL_ARCHS = sorted(registry.models())

@@ -232,7 +232,7 @@ def test_a_file_with_another_head_is_no_imagenet_classifier(photos: dict[str, Pa
 
 
 def test_bad_predict_arguments_and_a_damaged_mapping_are_one_line(photos: dict[str, Path]) -> None:
-    from cnnctl.checkpoint_schema import parse_document
+    from cnnctl.checkpoint.schema import parse_document
 
     image = str(photos["china.jpg"])
     line = one_error_line(runner.invoke(app, ["predict", "--pretrained", "imagenet", image]))

@@ -146,6 +146,25 @@ def test_a_fixed_input_network_refuses_an_image_size_it_would_ignore(micro_digit
     assert build_train_config({"arch": "lenet5", "img_size": 28}).img_size == 28  # padded 28 → 32, as MNIST is
 
 
+def test_an_image_size_no_checkpoint_may_hold_is_refused_before_training(micro_digits, tmp_path: Path) -> None:
+    """The largest side is stated once (options.MAX_IMAGE_SIDE), and the checkpoint reader refuses one pixel more:
+    a run cannot train at a size it then could not read back."""
+    from cnnctl.checkpoint.schema import parse_document
+    from cnnctl.options import MAX_IMAGE_SIDE
+
+    too_big = str(MAX_IMAGE_SIDE + 1)
+    one_line_error(runner.invoke(app, ["train", "simplecnn", *FAST, "--out", str(tmp_path), "--img-size", too_big]),
+                   "--img-size", too_big)
+    assert not (tmp_path / "simplecnn-microdigits").exists()
+    document = {"format": 1, "arch": "simplecnn", "arch_args": {}, "classes": ["a", "b"],
+                "preprocessing": {"channels": 1, "image_size": [MAX_IMAGE_SIDE, MAX_IMAGE_SIDE], "pad": 0,
+                                  "mean": [0.5], "std": [0.5]}}
+    assert parse_document(json.dumps(document), "ok")["arch"] == "simplecnn"
+    document["preprocessing"]["image_size"] = [MAX_IMAGE_SIDE + 1, MAX_IMAGE_SIDE + 1]
+    with pytest.raises(CnnctlError, match="preprocessing.image_size"):
+        parse_document(json.dumps(document), "too big")
+
+
 def test_a_count_val_split_is_stored_as_a_whole_number() -> None:
     assert build_train_config({"arch": "lenet5", "val_split": 2.0}).val_split == 2
     assert build_train_config({"arch": "lenet5", "val_split": "0.25"}).val_split == 0.25

@@ -111,7 +111,7 @@ def test_predict_plot_names_each_file_in_input_order(figures, tmp_path: Path) ->
 
 def test_lr_find_draws_beside_the_runs_of_its_options_and_not_in_the_current_folder(
         micro_digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cnnctl.lr_find import lr_find
+    from cnnctl.engine.lr_find import lr_find
 
     config = build_train_config({"arch": "simplecnn", "out": str(tmp_path / "runs"), **FAST}, source="test")
     result = lr_find(config, steps=12, plot=True)

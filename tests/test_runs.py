@@ -106,7 +106,7 @@ def test_an_interrupted_run_resumes_to_finished_and_compare_draws_one_line_per_r
     from matplotlib.colors import to_rgb
     from matplotlib.image import imread
 
-    from cnnctl.runs import comparison_figure, read_history, run_labels
+    from cnnctl.engine.runs import comparison_figure, read_history, run_labels
 
     out = tmp_path / "runs"
     first = cnnctl.train(epochs=2, out=str(out), **OPTIONS)
@@ -174,7 +174,7 @@ def test_an_epoch_stopped_half_way_has_its_time_and_resumes_counting_as_ctrl_c_d
 def test_a_folder_without_test_split_finishes_in_a_group_named_after_it(tmp_path: Path) -> None:
     from dataset_files import write_image_folder
 
-    from cnnctl.runs import resolve_checkpoint
+    from cnnctl.engine.runs import resolve_checkpoint
 
     photos = tmp_path / "my photos"
     write_image_folder(photos, ("cats", "dogs"), 20, size=16, seed=2)

@@ -273,8 +273,8 @@ def test_summary_input_size_takes_the_models_channels_and_refuses_ambiguity() ->
 
 
 def test_latest_run_group_folder_and_pickles(tmp_path: Path) -> None:
+    from cnnctl.engine.runs import latest_run, resolve_checkpoint
     from cnnctl.errors import CnnctlError, UsageError
-    from cnnctl.runs import latest_run, resolve_checkpoint
 
     runs = tmp_path / "runs"
     for number, when in (("1", 1000), ("2", 3000), ("10", 2000)):

@@ -128,13 +128,13 @@ def stderr_line(text: str) -> None:
 def checkpoint_argument(target: str | None) -> str:
     """A command's CHECKPOINT argument made concrete: nothing → the latest run under ./runs, a run group → its
     latest run (said on stderr), a .pth → refused with what to do instead."""
-    from cnnctl.runs import resolve_checkpoint
+    from cnnctl.engine.runs import resolve_checkpoint
 
     return resolve_checkpoint(target, log=stderr_line)
 
 
 def complete_checkpoint(incomplete: str) -> list[str]:
-    from cnnctl.runs import completion_candidates
+    from cnnctl.engine.runs import completion_candidates
 
     return completion_candidates(incomplete)
 

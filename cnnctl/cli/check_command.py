@@ -27,7 +27,7 @@ def check_command(
     """Data hygiene before training: unreadable or truncated files, special files, mixed sizes and modes,
     duplicate images within and across classes, images shared between splits (leakage), class counts and the
     imbalance ratio. Every file is decoded as training would decode it."""
-    from cnnctl.data.check import check_folder
+    from cnnctl.data.folder import check_folder
 
     report = check_folder(data, max_pixels=max_pixels, log=stderr_line)
     problems = report.problems()

@@ -27,8 +27,8 @@ def explain(
 ) -> None:
     """Heat maps of where the model finds its evidence (Captum: pip install 'cnnctl\\[explain]'): one PNG per
     image, with the map over the image and the top-k predictions."""
-    from cnnctl.heatmaps import METHODS
-    from cnnctl.heatmaps import explain as explain_images
+    from cnnctl.engine.heatmaps import METHODS
+    from cnnctl.engine.heatmaps import explain as explain_images
     from cnnctl.registry import suggest
 
     if method not in METHODS:

@@ -21,8 +21,8 @@ def lr_find(ctx: typer.Context, **params: Any) -> None:
     rate (beside the run folders `cnnctl train` makes with these options) and a suggested --lr (the smoothed
     loss's minimum ÷ 10). Writes nothing else."""
     from cnnctl.config_file import build_train_config
-    from cnnctl.lr_find import RULE
-    from cnnctl.lr_find import lr_find as sweep
+    from cnnctl.engine.lr_find import RULE
+    from cnnctl.engine.lr_find import lr_find as sweep
 
     explicit = _explicit_options(ctx)
     explicit.pop("lr", None)

@@ -90,10 +90,10 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         predictions_csv,
         predictions_json,
     )
+    from cnnctl.engine.runs import is_checkpoint_like
+    from cnnctl.engine.tta import check_tta
     from cnnctl.fsutil import STDOUT, atomic_write_text, displayable, require_writable_file
     from cnnctl.progress import counting, plural, rate_text
-    from cnnctl.runs import is_checkpoint_like
-    from cnnctl.tta import check_tta
 
     tta = check_tta(tta)
 

@@ -1,5 +1,5 @@
 """``cnnctl runs [DIR]`` (a table of run folders) and ``cnnctl runs compare RUN RUN...`` (their curves in one
-PNG). The work is in :mod:`cnnctl.runs`."""
+PNG). The work is in :mod:`cnnctl.engine.runs`."""
 
 from __future__ import annotations
 
@@ -31,13 +31,13 @@ runs_app = typer.Typer(cls=_RunsGroup, rich_markup_mode="rich", add_completion=F
 
 
 def _sort_keys() -> tuple[str, ...]:
-    from cnnctl.runs import SORT_KEYS
+    from cnnctl.engine.runs import SORT_KEYS
 
     return SORT_KEYS
 
 
 def _statuses() -> tuple[str, ...]:
-    from cnnctl.runs import STATUSES
+    from cnnctl.engine.runs import STATUSES
 
     return STATUSES
 
@@ -60,7 +60,7 @@ def runs(
     status (finished, running, interrupted or crashed)."""
     if ctx.invoked_subcommand is not None:
         return
-    from cnnctl.runs import list_runs
+    from cnnctl.engine.runs import list_runs
 
     infos = list_runs(directory, arch=arch, dataset=dataset, status=status, sort=sort, reverse=reverse)
     for info in infos:
@@ -146,7 +146,7 @@ def compare(
     output: Annotated[str, typer.Option("--output", "-o", help="the PNG to write")] = "compare.png",
 ) -> None:
     """Plot the runs' train/validation loss and accuracy per epoch in one PNG, one line per run."""
-    from cnnctl.runs import compare_runs
+    from cnnctl.engine.runs import compare_runs
 
     print(compare_runs(run_dirs, output))
 

@@ -21,7 +21,9 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from cnnctl.data.download import _locked
 from cnnctl.errors import CnnctlError, DataError
+from cnnctl.fsutil import atomic_write_text
 
 COPY_CHUNK = 1 << 20
 EXTRACTED_MARKER = ".cnnctl-extracted.json"
@@ -254,9 +256,6 @@ def extract_once(archive: Path, destination: Path, *, log: Callable[[str], None]
     The marker is written only after :func:`safe_extract` moved the finished folder into place, so an
     interrupted extraction is simply done again. Concurrent processes are serialised by the dataset's lock.
     """
-    from cnnctl.data.download import _locked
-    from cnnctl.fsutil import atomic_write_text
-
     archive, destination = Path(archive), Path(destination)
     try:
         status = archive.stat()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cnnctl.errors import UsageError
+from cnnctl.registry import suggest
 
 if TYPE_CHECKING:
     import torch
@@ -172,8 +173,6 @@ def make_augmentation(preset: str, image_size: tuple[int, int], settings: Augmen
                       *, random_erasing: float = 0.0) -> Augmentation | None:
     """The batch augmentation of one preset or several comma-separated ones (applied in order), for images of
     ``image_size``, then random erasing with probability ``random_erasing``."""
-    from cnnctl.registry import suggest
-
     settings = settings or AugmentSettings()
     parts: list[Augmentation] = []
     for name in [part.strip() for part in preset.split(",") if part.strip()] or ["none"]:

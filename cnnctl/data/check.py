@@ -156,19 +156,3 @@ class CheckReport:
         from dataclasses import asdict
 
         return {**asdict(self), "total": self.total, "problems": self.problems(), "notes": self.notes()}
-
-
-def check_folder(root: str | Path, *, max_pixels: int | None = None, workers: int | None = None,
-                 log: Log = lambda _: None) -> CheckReport:
-    """Scan and decode every file of a folder dataset (its ``train/``, ``val/``, ``test/`` folders as they are;
-    nothing is held out) and report on it."""
-    from cnnctl.data.folder import decode_files, scan_folder
-
-    scan = scan_folder(root, log=log, min_classes=1)
-    check = FolderCheck(scan)
-    for split in SPLIT_ORDER:
-        items = scan.splits.get(split)
-        if items:
-            check.add(split, items, decode_files([path for path, _ in items], None, workers=workers,
-                                                 max_pixels=max_pixels))
-    return check.report()

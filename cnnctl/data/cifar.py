@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.archive import extract_once
+from cnnctl.data.base import ImageTensors
 from cnnctl.data.download import RemoteFile
 from cnnctl.errors import DataError, first_line
 from cnnctl.registry import DatasetSpec, register_dataset
@@ -111,8 +113,6 @@ def _extractor(archive: str) -> Callable[..., Path]:
     """``prepare(directory)``: unpack the dataset's tarball into ``directory/extracted`` once; return that folder."""
 
     def prepare(directory: Path, log: Callable[[str], None] = lambda _: None) -> Path:
-        from cnnctl.data.archive import extract_once
-
         return extract_once(directory / archive, directory / EXTRACTED, log=log)
 
     return prepare
@@ -123,8 +123,6 @@ def _cifar_loader(prepare: Callable[..., Path], folder: str, splits: dict[str, t
     def load(directory: Path, split: str) -> ImageTensors:
         import numpy as np
         import torch
-
-        from cnnctl.data.base import ImageTensors
 
         root = prepare(directory) / folder
         parts = [batch_arrays(root / name, label_key, len(classes)) for name in splits[split]]

@@ -20,16 +20,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.base import ImageTensors
+from cnnctl.data.check import SPLIT_ORDER, CheckReport, FolderCheck
+from cnnctl.data.images import IMAGE_SUFFIXES, ResizeTarget, decode_file, fit_to_target, is_grey, to_grey
+from cnnctl.data.splits import PreparedData, resolve_preprocessing, split_positions
+from cnnctl.data.stream import StreamedImages, memory_budget, plan_cache, size_text, stream_workers
+from cnnctl.engine.imbalance import check_class_names
 from cnnctl.errors import DataError, UsageError
-from cnnctl.registry import DatasetSpec, register_dataset
+from cnnctl.models.weights import (
+    finetune_image_size,
+    grey_input_mode,
+    imagenet_weights_for_config,
+    run_preprocessing,
+    with_data_statistics,
+)
+from cnnctl.progress import plural
+from cnnctl.registry import DatasetSpec, get_dataset_spec, register_dataset
 
 if TYPE_CHECKING:
     import torch
 
     from cnnctl.config import TrainConfig
     from cnnctl.data.base import ImageTensors
-    from cnnctl.data.check import FolderCheck
-    from cnnctl.data.images import ImageHeader, ResizeTarget
     from cnnctl.data.splits import PreparedData
     from cnnctl.data.stream import StreamedImages
     from cnnctl.registry import ModelSpec
@@ -89,8 +101,6 @@ def _images_in(directory: Path, walk: _Walk) -> list[Path]:
     """Image files under ``directory`` (recursively, sorted). Hidden and non-image files are counted in
     ``walk.skipped``; image-named entries that are not regular files (a FIFO, a link to a device) are listed in
     ``walk.special``, never opened; symlinked folders are followed only while they stay inside the data folder."""
-    from cnnctl.data.images import IMAGE_SUFFIXES
-
     found: list[Path] = []
     pending = [directory]
     visited: set[str] = set()  # real paths: a link loop is walked once
@@ -224,8 +234,6 @@ def scan_folder(root: str | Path, *, classes: Sequence[str] | None = None, log: 
 
 
 def _suffix_list() -> str:
-    from cnnctl.data.images import IMAGE_SUFFIXES
-
     return "/".join(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
 
 
@@ -263,8 +271,6 @@ class _DecodeFiles:
 
     def __init__(self, files: Sequence[Path], size: tuple[int, int] | None, max_pixels: int | None = None,
                  resize: int | None = None, interpolation: str = "bilinear"):
-        from cnnctl.data.images import ResizeTarget
-
         self.files = list(files)
         self.max_pixels = max_pixels
         # ``resize`` (pretrained preprocessing): the shorter side to it, then the centre crop to ``size``
@@ -274,8 +280,6 @@ class _DecodeFiles:
         return len(self.files)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str, FileInfo | None]:
-        from cnnctl.data.images import fit_to_target
-
         path, target = self.files[position], self.target
         try:
             image, header = decode_file(path, self.max_pixels, target)
@@ -284,16 +288,6 @@ class _DecodeFiles:
         info = FileInfo(header.width, header.height, header.mode, header.format, header.animated,
                         pixel_digest(image))
         return position, (fit_to_target(image, header, target) if target else None), "", info
-
-
-def decode_file(path: Path, max_pixels: int | None, target: ResizeTarget | None = None
-                ) -> tuple[torch.Tensor, ImageHeader]:
-    """One folder image, oriented RGB uint8, and its header: the decode both the cache and streaming use. With
-    ``target`` (what the image will be resized to), a large JPEG is decoded at reduced size, as predict does, so
-    that training, eval and predict see the same pixels from the same file (``fit_to_target`` then resizes it)."""
-    from cnnctl.data.images import decode_with_header, read_file_bytes
-
-    return decode_with_header(read_file_bytes(path), path, max_pixels=max_pixels, target=target)
 
 
 def _collate(batch: list[tuple[int, Any, str, Any]]) -> tuple[list[tuple[int, str, Any]], Any]:
@@ -375,9 +369,6 @@ def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers
     import torch
     from torch.utils.data import DataLoader
 
-    from cnnctl.data.images import is_grey
-    from cnnctl.data.stream import memory_budget, size_text
-
     count = len(files)
     shape = size or (0, 0)
     keep = keep and size is not None
@@ -423,8 +414,6 @@ def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers
 def _report_failures(failures: list[tuple[Path, str]], log: Log) -> None:
     if not failures:
         return
-    from cnnctl.progress import plural
-
     log(f"could not read {plural(len(failures), 'image')}; left out:")
     for _, problem in failures[:_EXAMPLES]:
         log(f"  {problem}")
@@ -455,8 +444,6 @@ class FolderSplits:
 def choose_splits(scan: FolderScan, *, val_split: float | None, seed: int, limit: int | None) -> FolderSplits:
     """The files of each split: ``val/`` if the folder has one, else ``--val-split`` of ``train/`` held out,
     then ``--limit``; the positions come from :func:`cnnctl.data.splits.split_positions`, as for every dataset."""
-    from cnnctl.data.splits import split_positions
-
     train = scan.splits["train"]
     val = scan.splits.get("val")
     fraction = 0 if val is not None else (DEFAULT_VAL_SPLIT if val_split is None else val_split)
@@ -476,8 +463,6 @@ def load_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: tu
     ``check`` (data/check.py) collects what decoding found, for the data check's summary."""
     import torch
 
-    from cnnctl.data.base import ImageTensors
-
     decoded = decode_files([path for path, _ in items], size, workers=workers, max_pixels=max_pixels, resize=resize,
                            interpolation=interpolation)
     if check is not None:
@@ -496,8 +481,6 @@ def stream_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: 
     is grey and the channel sums, exactly as :func:`load_items` would, but keeps no pixels."""
     import torch
 
-    from cnnctl.data.stream import StreamedImages, stream_workers
-
     decoded = decode_files([path for path, _ in items], size, max_pixels=max_pixels, resize=resize,
                            interpolation=interpolation, keep=False)
     if check is not None:
@@ -512,8 +495,6 @@ def stream_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: 
 
 def _to_grey(data: ImageTensors | StreamedImages) -> ImageTensors | StreamedImages:
     """Every image is grey: keep one of its three equal channels."""
-    from cnnctl.data.base import ImageTensors
-
     if getattr(data, "streamed", False):
         return data.as_grey()
     return ImageTensors(data.images[:, :1].contiguous(), data.labels, data.classes, data.source, data.paths)
@@ -528,40 +509,30 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
 
     Records the absolute folder in ``config`` so the checkpoint (and eval) can find it again.
     """
-    from cnnctl.data.splits import PreparedData, resolve_preprocessing
-
     if not config.data_dir:
         raise UsageError("the folder dataset needs --data PATH (a folder with one sub-folder per class)")
     if config.dataset not in ("folder", "mnist"):  # mnist is only the option's default
         raise UsageError(f"--data and --dataset {config.dataset} contradict each other; pass one of them")
     root = Path(config.data_dir).expanduser().resolve()
     scan = scan_folder(root, log=log)
-    from cnnctl.registry import get_dataset_spec
-
-    # What ran goes into the saved configuration: a folder with its own val/ holds nothing out of train/.
-    config.resolve_data_defaults(get_dataset_spec("folder"),
-                                 default_val_split=0 if scan.splits.get("val") is not None else DEFAULT_VAL_SPLIT)
-    from cnnctl.engine.imbalance import check_class_names
-
+    # What ran goes into the saved configuration (PreparedData.resolved): a folder with its own val/ holds
+    # nothing out of train/.
+    val_split = config.val_split
+    if val_split is None:
+        val_split = 0 if scan.splits.get("val") is not None else DEFAULT_VAL_SPLIT
+    augment = config.augment if config.augment is not None else get_dataset_spec("folder").augment
     check_class_names(getattr(config, "class_weights", None), scan.classes)  # before any image is decoded
-    chosen = choose_splits(scan, val_split=config.val_split, seed=config.seed, limit=config.limit)
+    chosen = choose_splits(scan, val_split=val_split, seed=config.seed, limit=config.limit)
     side = DEFAULT_IMAGE_SIZE if config.img_size is None else config.img_size
     # Decode straight to the size the model will see (a fixed-input model may ask for another one).
     size = resolve_preprocessing(model, (3, side, side), (0.0,) * 3, (1.0,) * 3, None).image_size
     # pretrained weights: their preprocessing; images are kept at the resize size, cropped per batch
-    from cnnctl.models.weights import (
-        finetune_image_size,
-        grey_input_mode,
-        imagenet_weights_for_config,
-        run_preprocessing,
-        with_data_statistics,
-    )
-
     weights = imagenet_weights_for_config(config)
-    if weights is not None and config.img_size is None:  # small images upscaled, large ones at the weights' size
-        config.img_size = finetune_image_size(_typical_side(chosen.train), weights.preprocessing.crop[0])
+    img_size = config.img_size
+    if weights is not None and img_size is None:  # small images upscaled, large ones at the weights' size
+        img_size = finetune_image_size(_typical_side(chosen.train), weights.preprocessing.crop[0])
     weights_prep = None if weights is None else run_preprocessing(
-        weights, 3, size, img_size=config.img_size, folder=True, grey_input=grey_input_mode(config))
+        weights, 3, size, img_size=img_size, folder=True, grey_input=grey_input_mode(config))
     resize = None
     if weights_prep is not None:
         resize = weights_prep.resize
@@ -569,13 +540,9 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     loaded: dict[str, ImageTensors | StreamedImages | None] = {}
     all_grey = True
     counts = {split: len(getattr(chosen, split) or ()) for split in ("train", "val", "test")}
-    from cnnctl.data.stream import plan_cache, stream_workers
-
     plan = plan_cache(getattr(config, "cache", None) or "auto", counts, 3 * size[0] * size[1],
                       f"{root} at {size[0]}x{size[1]}", stream_workers(counts["train"]))
     log(plan.reason)
-    from cnnctl.data.check import FolderCheck
-
     check = FolderCheck(scan)
     train_sums = None
     for split in ("train", "val", "test"):
@@ -614,20 +581,20 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
         mean, std = train_sums.stats(channels) if train_sums is not None else _channel_stats(train.images)
         preprocessing = resolve_preprocessing(model, (channels, *size), mean, std, None)
     else:  # the weights' own normalisation (unless --normalize data), resize and crop
-        preprocessing = run_preprocessing(weights, channels, size, img_size=config.img_size, folder=True,
+        preprocessing = run_preprocessing(weights, channels, size, img_size=img_size, folder=True,
                                           grey_input=grey_input_mode(config))
         if getattr(config, "normalize", None) == "data":
             stats = train_sums.stats(channels) if train_sums is not None else _channel_stats(train.images)
             preprocessing = with_data_statistics(preprocessing, *stats)
-    config.data_dir = str(root)
-    config.dataset = "folder"
     log(f"{root}: {len(scan.classes)} classes, {len(train):,} training images"
         + (f", {len(loaded['val']):,} validation" if loaded["val"] is not None else "")
         + (f", {len(loaded['test']):,} test" if loaded["test"] is not None else "")
         + f", {'grey' if channels == 1 else 'RGB'} at {size[0]}x{size[1]}"
         + (f" (centre-cropped to {preprocessing.image_size[0]}x{preprocessing.image_size[1]})"
            if preprocessing.resize else ""))
-    return PreparedData(train, loaded["val"], loaded["test"], scan.classes, preprocessing, "folder")
+    return PreparedData(train, loaded["val"], loaded["test"], scan.classes, preprocessing, "folder",
+                        resolved={"data_dir": str(root), "dataset": "folder", "val_split": val_split,
+                                  "augment": augment, "img_size": img_size})
 
 
 def _typical_side(items: Any, sample: int = 16) -> int | None:
@@ -688,9 +655,6 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
                          resize=meta.preprocessing.resize, interpolation=meta.preprocessing.interpolation)
     if len(data) == 0:
         raise DataError(f"none of the {split} images in {root} could be read")
-    from cnnctl.data.base import ImageTensors
-    from cnnctl.data.images import to_grey
-
     images = to_grey(data.images) if meta.preprocessing.channels == 1 else data.images
     return ImageTensors(images, data.labels, data.classes, data.source, data.paths, split)
 
@@ -726,3 +690,17 @@ FOLDER = register_dataset(
         extra={"kind": "folder", "download_hint": "train on your images with `cnnctl train ARCH --data PATH`"},
     )
 )
+
+
+def check_folder(root: str | Path, *, max_pixels: int | None = None, workers: int | None = None,
+                 log: Log = lambda _: None) -> CheckReport:
+    """Scan and decode every file of a folder dataset (its ``train/``, ``val/``, ``test/`` folders as they are;
+    nothing is held out) and report on it."""
+    scan = scan_folder(root, log=log, min_classes=1)
+    check = FolderCheck(scan)
+    for split in SPLIT_ORDER:
+        items = scan.splits.get(split)
+        if items:
+            check.add(split, items, decode_files([path for path, _ in items], None, workers=workers,
+                                                 max_pixels=max_pixels))
+    return check.report()

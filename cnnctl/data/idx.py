@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.base import ImageTensors
 from cnnctl.data.download import RemoteFile
 from cnnctl.errors import DataError
 from cnnctl.registry import DatasetSpec, register_dataset
@@ -65,8 +66,6 @@ def read_idx(path: Path) -> Any:
 def load_idx_pair(images_path: Path, labels_path: Path, classes: tuple[str, ...]) -> ImageTensors:
     """Images (N×H×W) and labels (N) → an :class:`ImageTensors` with a channel axis."""
     import torch
-
-    from cnnctl.data.base import ImageTensors
 
     images = read_idx(images_path)
     labels = read_idx(labels_path)

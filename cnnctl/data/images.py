@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl import filekind
+from cnnctl.data.png_check import png_problem
 from cnnctl.errors import DataError
 from cnnctl.filekind import IMAGE_SUFFIXES  # noqa: F401 - part of this module's API
 
@@ -53,12 +55,6 @@ REDUCING_GAP = 2.0
 # libjpeg's 1/8 scale (one pixel per 8x8 block) came out 2-2.7 grey levels from the full decode after a resize to
 # 64x64, where 1/2 and 1/4 stay within 0.5, and it decodes only ~12% faster than 1/4: 1/4 is the smallest scale.
 MAX_JPEG_REDUCTION = 4
-PREPROCESSING_NOTES = (
-    "EXIF orientation applied (as PIL.ImageOps.exif_transpose)",
-    "animated images: first frame",
-    "alpha dropped, palettes expanded",
-    "grey = (19595 R + 38470 G + 7471 B + 32768) >> 16, as PIL convert('L')",
-)
 
 
 @dataclass(frozen=True)
@@ -80,7 +76,7 @@ class ImageHeader:
 
 @dataclass(frozen=True)
 class ResizeTarget:
-    """What a decoded image is resized to (``data.loader.resize_and_crop``'s arguments): ``size`` (H, W)
+    """What a decoded image is resized to (``resize_and_crop``'s arguments): ``size`` (H, W)
     directly, or with ``resize`` the shorter side to ``resize`` and then a centre crop to ``size``."""
 
     size: tuple[int, int]
@@ -103,8 +99,6 @@ def _reason(error: BaseException, data: bytes | None = None) -> str:
     from PIL import UnidentifiedImageError
 
     if isinstance(error, UnidentifiedImageError):  # "cannot identify image file <_io.BytesIO object at 0x...>"
-        from cnnctl import filekind
-
         kind = filekind.sniff_bytes(data[:filekind.PREFIX_BYTES]) if data is not None else None
         if kind is not None and kind != filekind.IMAGE:
             return f"it is {filekind.describe(kind)}"
@@ -261,7 +255,7 @@ def decode_image_bytes(data: bytes, path: Path, channels: int = 3, *, max_pixels
 
 def decode_to_target(data: bytes, path: Path, target: ResizeTarget, channels: int = 3, *,
                      max_pixels: int | None = None) -> torch.Tensor:
-    """uint8 ``channels``×H×W at ``target.size``: :func:`decode_image_bytes` then ``loader.resize_and_crop``, with
+    """uint8 ``channels``×H×W at ``target.size``: :func:`decode_image_bytes` then :func:`resize_and_crop`, with
     a large JPEG decoded at reduced size (module docstring, step 3)."""
     image, header = decode_with_header(data, path, max_pixels=max_pixels, target=target)
     if channels == 1:
@@ -269,12 +263,42 @@ def decode_to_target(data: bytes, path: Path, target: ResizeTarget, channels: in
     return fit_to_target(image, header, target)
 
 
+def resize_and_crop(images: torch.Tensor, size: tuple[int, int], resize: int | None = None,
+                    interpolation: str = "bilinear") -> torch.Tensor:
+    """uint8 (N×)C×H×W to ``size``: without ``resize``, resized to it (antialiased bilinear); with it, the shorter
+    side resized to ``resize`` (aspect ratio kept) and the centre cropped to ``size`` — exactly
+    ``weights.transforms()``'s resize and crop (torchvision's functional ops, on uint8)."""
+    height, width = size
+    if resize is None:
+        if tuple(images.shape[-2:]) == (height, width):
+            return images
+        from torchvision.transforms.v2 import functional as TF
+
+        return TF.resize(images, [height, width], antialias=True)
+    # torchvision.transforms.functional, not .v2: the functions weights.transforms() calls (their uint8 resize
+    # kernels differ by a grey level from v2's)
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    if min(images.shape[-2:]) != resize:
+        images = TF.resize(images, [resize], interpolation=InterpolationMode(interpolation), antialias=True)
+    if tuple(images.shape[-2:]) != (height, width):
+        images = TF.center_crop(images, [height, width])
+    return images
+
+
+def decode_file(path: Path, max_pixels: int | None, target: ResizeTarget | None = None
+                ) -> tuple[torch.Tensor, ImageHeader]:
+    """One folder image, oriented RGB uint8, and its header: the decode both the cache and streaming use. With
+    ``target`` (what the image will be resized to), a large JPEG is decoded at reduced size, as predict does, so
+    that training, eval and predict see the same pixels from the same file (``fit_to_target`` then resizes it)."""
+    return decode_with_header(read_file_bytes(path), path, max_pixels=max_pixels, target=target)
+
+
 def fit_to_target(image: torch.Tensor, header: ImageHeader, target: ResizeTarget) -> torch.Tensor:
     """An image from :func:`decode_with_header` resized (and cropped) to ``target.size``, contiguous. For a
     shorter-side resize of a reduced decode, the long side comes from the stored image's proportions, as the
     full decode would give it, so the centre crop covers the same region."""
-    from cnnctl.data.loader import resize_and_crop
-
     if target.resize is not None and tuple(image.shape[-2:]) != header.oriented_size:
         height, width = header.oriented_size
         from torchvision.transforms import InterpolationMode
@@ -305,8 +329,6 @@ def _decode_full(data: bytes, path: Path, header: ImageHeader) -> torch.Tensor:
         return _read_with_pillow(data, path)
     from torchvision.io import ImageReadMode, decode_image
 
-    from cnnctl.data.png_check import png_problem
-
     if problem := png_problem(data):  # torchvision's decoder would crash the process on this one
         raise DataError(f"{path}: not a readable image ({problem})")
     try:
@@ -322,11 +344,6 @@ def _decode_full(data: bytes, path: Path, header: ImageHeader) -> torch.Tensor:
 
         image = TF.to_dtype(image, torch.uint8, scale=True)
     return image
-
-
-def describe_header(header: ImageHeader) -> dict[str, Any]:
-    return {"format": header.format, "width": header.width, "height": header.height, "mode": header.mode,
-            "animated": header.animated}
 
 
 def is_grey(images: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from cnnctl.data.images import resize_and_crop, to_grey
+
 if TYPE_CHECKING:
     import torch
 
@@ -31,30 +33,6 @@ def default_batch_size(train_images: int) -> int:
         batch //= 2
     return batch
 
-
-
-def resize_and_crop(images: torch.Tensor, size: tuple[int, int], resize: int | None = None,
-                    interpolation: str = "bilinear") -> torch.Tensor:
-    """uint8 (N×)C×H×W to ``size``: without ``resize``, resized to it (antialiased bilinear); with it, the shorter
-    side resized to ``resize`` (aspect ratio kept) and the centre cropped to ``size`` — exactly
-    ``weights.transforms()``'s resize and crop (torchvision's functional ops, on uint8)."""
-    height, width = size
-    if resize is None:
-        if tuple(images.shape[-2:]) == (height, width):
-            return images
-        from torchvision.transforms.v2 import functional as TF
-
-        return TF.resize(images, [height, width], antialias=True)
-    # torchvision.transforms.functional, not .v2: the functions weights.transforms() calls (their uint8 resize
-    # kernels differ by a grey level from v2's)
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
-
-    if min(images.shape[-2:]) != resize:
-        images = TF.resize(images, [resize], interpolation=InterpolationMode(interpolation), antialias=True)
-    if tuple(images.shape[-2:]) != (height, width):
-        images = TF.center_crop(images, [height, width])
-    return images
 
 
 def fit_to_input(images: torch.Tensor, preprocessing: Preprocessing, *, crop: bool = True) -> torch.Tensor:
@@ -83,8 +61,6 @@ def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     if images.shape[1] == channels:
         return images
     if channels == 1:
-        from cnnctl.data.images import to_grey
-
         return to_grey(images[:, :3])
     if images.shape[1] == 1:
         return images.expand(-1, 3, -1, -1).contiguous()

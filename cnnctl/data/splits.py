@@ -10,13 +10,16 @@ one function, :func:`split_positions`, for every dataset.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.data.base import ImageTensors, Preprocessing
+from cnnctl.data.download import ensure_files
+from cnnctl.engine.imbalance import check_class_names
 from cnnctl.errors import UsageError
-from cnnctl.registry import DatasetSpec, ModelSpec
+from cnnctl.models.weights import in_memory_preprocessing
+from cnnctl.registry import DatasetSpec, ModelSpec, get_dataset_spec
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +32,9 @@ Log = Callable[[str], None]
 @dataclass
 class PreparedData:
     """What training gets from a dataset: the splits (uint8, in memory), class names, how images meet the model
-    and the dataset's name for the checkpoint."""
+    and the dataset's name for the checkpoint. ``resolved``: training options the data settled (the folder a
+    ``--data`` run read, as its dataset), which the trainer's setup writes into the configuration; code below
+    the engine never changes a TrainConfig."""
 
     train: ImageTensors
     val: ImageTensors | None
@@ -37,12 +42,11 @@ class PreparedData:
     classes: tuple[str, ...]
     preprocessing: Preprocessing
     dataset_label: str
+    resolved: dict[str, Any] = field(default_factory=dict)
 
 
 def training_dataset(config: TrainConfig) -> DatasetSpec:
     """The dataset a training configuration names: ``--data PATH`` means the image folder."""
-    from cnnctl.registry import get_dataset_spec
-
     return get_dataset_spec("folder" if config.data_dir else config.dataset)
 
 
@@ -51,8 +55,6 @@ def prepare_data(config: TrainConfig, model: ModelSpec, log: Log = lambda _: Non
     spec = training_dataset(config)
     if spec.prepare is not None:
         return spec.prepare(config, model, log)
-    from cnnctl.engine.imbalance import check_class_names
-
     check_class_names(config.class_weights, spec.classes)  # before anything is downloaded or read
     train = load_split(spec, "train", root=config.root, mirror=config.mirror, log=log)
     test = load_split(spec, "test", root=config.root, mirror=config.mirror, log=log)
@@ -61,8 +63,6 @@ def prepare_data(config: TrainConfig, model: ModelSpec, log: Log = lambda _: Non
     val = train.subset(val_index) if val_index is not None else None
     train = train.subset(train_index) if train_index is not None else train
     preprocessing = resolve_preprocessing(model, spec.image_shape, spec.mean, spec.std, config.img_size)
-    from cnnctl.models.weights import in_memory_preprocessing  # --pretrained imagenet: the weights' mean/std
-
     preprocessing = in_memory_preprocessing(config, preprocessing)
     return PreparedData(train, val, test, spec.classes, preprocessing, spec.name)
 
@@ -71,8 +71,6 @@ def eval_split(meta: Any, *, dataset: str | None = None, split: str = "test", ro
                mirror: str | None = None, data_dir: str | None = None, log: Log | None = None) -> ImageTensors:
     """The split a checkpoint should be evaluated on; ``val`` and ``train`` are rebuilt exactly as training
     chose them (same seed, same --val-split and --limit)."""
-    from cnnctl.registry import get_dataset_spec
-
     log = log or (lambda _: None)
     name = "folder" if data_dir else (dataset or meta.dataset)
     if not name:
@@ -101,8 +99,6 @@ def eval_split(meta: Any, *, dataset: str | None = None, split: str = "test", ro
 def dataset_directory(spec: DatasetSpec, *, root: str | None, mirror: str | None,
                       log: Callable[[str], None]) -> Path:
     """Where the dataset's files are, downloading (and verifying) whatever is missing."""
-    from cnnctl.data.download import ensure_files
-
     return ensure_files(spec.storage_name, spec.files, spec.mirrors, root=Path(root) if root else None,
                         mirror=mirror, log=log, report_present=False)
 

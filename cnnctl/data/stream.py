@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.images import ResizeTarget, decode_file, fit_to_target
+from cnnctl.data.memory import available_memory
 from cnnctl.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -47,8 +49,6 @@ def memory_budget() -> tuple[int | None, str]:
     value = os.environ.get(BUDGET_ENV)
     if value:
         return parse_bytes(value), BUDGET_ENV
-    from cnnctl.data.memory import available_memory
-
     available = available_memory()
     if available is None:
         return None, "the available memory is unknown"
@@ -97,8 +97,6 @@ class _StreamFiles:
     """Worker-side dataset: position → (position, uint8 C×H×W image as the one-time decode makes it, problem)."""
 
     def __init__(self, images: StreamedImages):
-        from cnnctl.data.images import ResizeTarget
-
         self.images = images
         self.target = ResizeTarget(images.size, images.resize, images.interpolation)
 
@@ -106,9 +104,6 @@ class _StreamFiles:
         return len(self.images.files)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str]:
-        from cnnctl.data.folder import decode_file
-        from cnnctl.data.images import fit_to_target
-
         spec = self.images
         try:
             image, header = decode_file(spec.files[position], spec.max_pixels, self.target)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.base import ImageTensors
 from cnnctl.data.download import RemoteFile
 from cnnctl.errors import CnnctlError, DataError
 from cnnctl.registry import DatasetSpec, register_dataset
@@ -41,8 +42,6 @@ def load_mat(path: Path, classes: tuple[str, ...]) -> ImageTensors:
     """Images (N×3×32×32) and labels (0-9) of one SVHN .mat file, checked for shape and range."""
     import numpy as np
     import torch
-
-    from cnnctl.data.base import ImageTensors
 
     contents = _loadmat(path)
     if "X" not in contents or "y" not in contents:

@@ -7,7 +7,17 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.augment import AugmentSettings, make_augmentation
+from cnnctl.data.loader import BatchLoader
+from cnnctl.data.mixing import make_mixing
+from cnnctl.engine.distributed import broadcast_object
+from cnnctl.engine.evaluate import evaluate
+from cnnctl.engine.imbalance import sampler_weights
 from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.fsutil import atomic_write_text
+from cnnctl.models import build_model as build_architecture
+from cnnctl.models.pretrained import initialise_new_head, load_pretrained
+from cnnctl.registry import get_dataset_spec
 
 if TYPE_CHECKING:
     import torch
@@ -27,14 +37,10 @@ def build_model(config: TrainConfig, spec: ModelSpec, data: PreparedData, device
     on a CPU, see :func:`choose_channels_last`; unless --channels-last / --no-channels-last says)."""
     import torch
 
-    from cnnctl.models import build_model as build_architecture
-
     model = build_architecture(config.arch, num_classes=len(data.classes), in_channels=data.preprocessing.channels,
                                **config.arch_args).to(device)
     report = None
     if config.pretrained:
-        from cnnctl.models.pretrained import initialise_new_head, load_pretrained
-
         report = load_pretrained(model, spec, config.pretrained, log=log, config=config)
         initialise_new_head(model, report.reinitialised, config.head_init or "random", log)
     if config.channels_last is None:
@@ -88,8 +94,6 @@ def choose_channels_last(model: torch.nn.Module, input_shape: tuple[int, ...], b
     chosen = speedup > PROBE_MARGIN or (rule and speedup > 1 / PROBE_MARGIN)
     known[key] = {"channels_last": chosen, "speedup": round(speedup, 3)}
     try:
-        from cnnctl.fsutil import atomic_write_text
-
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache, json.dumps(known, indent=1, sort_keys=True) + "\n")
     except OSError:
@@ -160,11 +164,6 @@ def build_loaders(config: TrainConfig, data: PreparedData, device: torch.device,
                   per_rank_batch: int) -> tuple[Any, Any]:
     """Training batches (shuffled, augmented; each rank its shard of every global batch) and, on rank 0 alone,
     validation batches (only rank 0 validates)."""
-    from cnnctl.data.augment import AugmentSettings, make_augmentation
-    from cnnctl.data.loader import BatchLoader
-    from cnnctl.data.mixing import make_mixing
-    from cnnctl.registry import get_dataset_spec
-
     augment_name = config.augment or get_dataset_spec(data.dataset_label).augment  # the dataset's default
     settings = AugmentSettings(channels=data.preprocessing.channels,
                                randaugment_magnitude=config.randaugment_magnitude,
@@ -179,8 +178,6 @@ def build_loaders(config: TrainConfig, data: PreparedData, device: torch.device,
                            channels_last=config.channels_last, mix=mix if shuffle else None)
 
     train = loader(data.train, True)
-    from cnnctl.engine.imbalance import sampler_weights
-
     train.sample_weights = sampler_weights(config.sampler, data)  # --sampler balanced
     if dist.enabled and len(data.train) < dist.world_size:
         raise UsageError(f"{len(data.train)} training image(s) cannot be shared by {dist.world_size} processes",
@@ -197,9 +194,6 @@ def validation_metrics(trainer: Any) -> dict[str, float]:
     numbers a single process computes, and validation is a small part of an epoch's time."""
     if trainer.data.val is None:
         return {}
-    from cnnctl.engine.distributed import broadcast_object
-    from cnnctl.engine.evaluate import evaluate
-
     row = {}
     if trainer.val_batches is not None:
         trainer.reporter.phase("validating")

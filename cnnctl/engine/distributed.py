@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.checkpoint import state_tensors
+from cnnctl.engine.device import resolve_device
+from cnnctl.engine.state import read_state_document
 from cnnctl.errors import CnnctlError, UsageError
 
 if TYPE_CHECKING:
@@ -117,9 +120,6 @@ def per_rank_batch(batch_size: int | None, world_size: int) -> int | None:
 def saved_world_size(run_dir: Path) -> int:
     """How many processes trained the run in ``run_dir`` (1 for runs from before distributed training). Reads
     only the state file's JSON header, not its tensors."""
-    from cnnctl.engine.state import read_state_document
-    from cnnctl.errors import CnnctlError
-
     try:
         return int(read_state_document(run_dir)["state"].get("extra", {}).get("world_size", 1))
     except CnnctlError:  # an unreadable state is reported by the resume itself, with its own message
@@ -241,8 +241,6 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over the parameters and buffers, to check that every rank ends with the same weights."""
     import torch
 
-    from cnnctl.checkpoint import state_tensors
-
     digest = hashlib.sha256()
     for name, tensor in sorted(state_tensors(model).items()):
         digest.update(name.encode())
@@ -363,8 +361,6 @@ def start_processes(config: Any, nproc: int, args: list[str], *, resume_dir: Pat
         raise UsageError(f"--nproc must be at least 1, got {nproc}")
     if nproc == 1:
         return None
-    from cnnctl.engine.device import resolve_device
-
     check_world(config.batch_size, resolve_device(config.device), nproc, nproc, sync_bn=config.sync_bn)
     if resume_dir is not None:
         check_resume_world(resume_dir, saved_world_size(resume_dir), nproc)

@@ -16,7 +16,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.folder import scan_folder
+from cnnctl.data.images import IMAGE_SUFFIXES
+from cnnctl.engine.device import resolve_device
+from cnnctl.engine.features import l2_normalised, penultimate
+from cnnctl.engine.predict import Predictor, find_images, load_for_inference
+from cnnctl.engine.runs import is_checkpoint_like, resolve_checkpoint
 from cnnctl.errors import CheckpointError, DataError, UsageError
+from cnnctl.fsutil import atomic_path
+from cnnctl.models import build_model
+from cnnctl.models.pretrained import load_pretrained
+from cnnctl.models.weights import is_weights_name, local_imagenet_weights, resolve_cached, run_preprocessing
+from cnnctl.registry import get_model_spec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -81,11 +92,7 @@ def labelled_images(paths: Sequence[str | Path], log: Log = lambda _: None
 
     One folder of class folders (or of train/val/test holding them) gives each image its class; plain images,
     files or several paths give none."""
-    from cnnctl.engine.predict import find_images
-
     if len(paths) == 1 and Path(paths[0]).is_dir() and _has_class_folders(Path(paths[0])):
-        from cnnctl.data.folder import scan_folder
-
         scan = scan_folder(paths[0], log=log, min_classes=1)
         items = [item for split in ("train", "val", "test") for item in scan.splits.get(split) or []]
         return [path for path, _ in items], [label for _, label in items], list(scan.classes)
@@ -97,8 +104,6 @@ def labelled_images(paths: Sequence[str | Path], log: Log = lambda _: None
 
 def _has_class_folders(root: Path) -> bool:
     """Sub-folders and no images directly inside: the images are labelled by their folder."""
-    from cnnctl.data.images import IMAGE_SUFFIXES
-
     entries = [entry for entry in root.iterdir() if not entry.name.startswith(".")]
     loose = any(entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES for entry in entries)
     return not loose and any(entry.is_dir() for entry in entries)
@@ -111,8 +116,6 @@ def open_backbone(target: str, pretrained: str | None = None, *, device: str = "
                   weights_mirror: str | None = None, log: Log = lambda _: None) -> Backbone:
     """A checkpoint or run folder (``target`` names one), or the architecture ``target`` with the weights
     ``pretrained`` names (``imagenet``, a weights name, or a file)."""
-    from cnnctl.runs import is_checkpoint_like
-
     if is_checkpoint_like(target) or Path(target).exists():
         if pretrained:
             raise UsageError(f"--pretrained applies to an architecture, but {target} is a checkpoint",
@@ -126,10 +129,6 @@ def open_backbone(target: str, pretrained: str | None = None, *, device: str = "
 
 
 def _checkpoint_backbone(target: str, device: str) -> Backbone:
-    from cnnctl.engine.predict import load_for_inference
-    from cnnctl.registry import get_model_spec
-    from cnnctl.runs import resolve_checkpoint
-
     path = resolve_checkpoint(target)
     model, preprocessing = load_for_inference(path, device=device)
     meta = model.cnnctl_meta  # type: ignore[attr-defined]
@@ -139,8 +138,6 @@ def _checkpoint_backbone(target: str, device: str) -> Backbone:
 def weights_of(arch: str, pretrained: str) -> Any:
     """The published weights whose preprocessing ``pretrained`` takes: the ones it names, or for a weights file
     the architecture's recommended ImageNet weights' (a file carries no preprocessing of its own)."""
-    from cnnctl.models.weights import is_weights_name, local_imagenet_weights, resolve_cached
-
     if is_weights_name(pretrained):
         return resolve_cached(arch, pretrained)
     try:
@@ -157,12 +154,6 @@ def pretrained_backbone(arch: str, pretrained: str, *, device: str = "cpu", offl
     """``arch`` built with its weights' number of classes, ``pretrained`` loaded (see
     :func:`cnnctl.models.pretrained.load_pretrained`), in eval mode on ``device``; ``img_size`` crops smaller
     (or larger) than the weights' crop, the resize scaled with it, as ``--img-size`` does in training."""
-    from cnnctl.engine.device import resolve_device
-    from cnnctl.models import build_model
-    from cnnctl.models.pretrained import load_pretrained
-    from cnnctl.models.weights import run_preprocessing
-    from cnnctl.registry import get_model_spec
-
     spec = get_model_spec(arch)
     weights = weights_of(spec.name, pretrained)
     model = build_model(spec.name, num_classes=int(weights.extra.get("num_classes") or 1000), in_channels=3)
@@ -183,9 +174,6 @@ def embed_files(backbone: Backbone, files: Sequence[Path], *, batch_size: int = 
     """L2-normalised features of the readable ``files`` (in their order), the positions of those files, and one
     line per file that could not be read."""
     import torch
-
-    from cnnctl.engine.features import l2_normalised, penultimate
-    from cnnctl.engine.predict import Predictor
 
     meta = SimpleNamespace(preprocessing=backbone.preprocessing, num_classes=1, classes=[])
     predictor = Predictor(backbone.model, meta, batch_size=batch_size, max_pixels=max_pixels)  # type: ignore
@@ -226,8 +214,6 @@ def embed(backbone: Backbone, paths: Sequence[str | Path], *, batch_size: int = 
 def write_embeddings(result: Embeddings, output: str, *, backbone: Backbone | None = None) -> Path:
     """Write ``result`` atomically as ``.npz`` (arrays ``features``, ``paths``, and ``labels``/``classes``
     when known) or ``.parquet`` (columns ``path``, ``features`` and ``label``/``class`` when known)."""
-    from cnnctl.fsutil import atomic_path
-
     kind = check_output(output)
     with atomic_path(output) as tmp:
         if kind == "npz":

@@ -7,6 +7,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cnnctl import plots
+from cnnctl.checkpoint import load as load_checkpoint
+from cnnctl.data.loader import BatchLoader
+from cnnctl.data.splits import eval_split
+from cnnctl.engine.device import resolve_device
+from cnnctl.engine.metrics import balanced_accuracy, confusion_matrix, macro_f1, per_class_report, topk_k
+from cnnctl.engine.tta import check_tta, tta_probabilities
+
 if TYPE_CHECKING:
     import torch
 
@@ -37,19 +45,13 @@ class EvalResult:
 
     @property
     def balanced_accuracy(self) -> float:
-        from cnnctl.engine.metrics import balanced_accuracy
-
         return balanced_accuracy(self.confusion)
 
     @property
     def macro_f1(self) -> float:
-        from cnnctl.engine.metrics import macro_f1
-
         return macro_f1(self.confusion)
 
     def as_dict(self, classes: list[str] | None = None) -> dict[str, Any]:
-        from cnnctl.engine.metrics import per_class_report
-
         result: dict[str, Any] = {"loss": self.loss, "accuracy": self.top1, self.topk_key: self.topk,
                                   "top_k": self.k, "balanced_accuracy": self.balanced_accuracy,
                                   "macro_f1": self.macro_f1, "count": self.count}
@@ -64,13 +66,11 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
              on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None, tta: str = "none") -> EvalResult:
     """Run ``model`` in eval mode over ``batches``; sums stay on the device until the end (one sync).
     ``on_batch(logits, labels)`` sees every batch's float logits (the evaluation report keeps them); ``tta``:
-    average the softmax over views of each image (:mod:`cnnctl.tta`; the logits are then log-probabilities)."""
+    average the softmax over views of each image (:mod:`cnnctl.engine.tta`; the logits are then log-probabilities)."""
     import contextlib
 
     import torch
     import torch.nn.functional as F
-
-    from cnnctl.engine.metrics import confusion_matrix, topk_k
 
     was_training = model.training
     model.eval()
@@ -87,8 +87,6 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
                 logits = model(inputs).float()
                 batch_loss = F.cross_entropy(logits, labels, reduction="sum")
             else:
-                from cnnctl.tta import tta_probabilities
-
                 logits = tta_probabilities(model, inputs, tta).clamp_min(1e-12).log()  # log of the mean softmax
                 batch_loss = F.nll_loss(logits, labels, reduction="sum")
             if on_batch is not None:
@@ -129,11 +127,6 @@ def open_evaluation(path: Any, *, dataset: str | None = None, split: str = "test
                     root: str | None = None, mirror: str | None = None, device: str = "auto", log: Any = None,
                     data_dir: str | None = None) -> Evaluation:
     """Load a checkpoint and the split it should be evaluated on; every other setting comes from its metadata."""
-    from cnnctl.data.loader import BatchLoader
-    from cnnctl.data.splits import eval_split
-    from cnnctl.engine.device import resolve_device
-    from cnnctl.models import load_checkpoint
-
     torch_device = resolve_device(device)
     model, meta = load_checkpoint(path, device=torch_device)
     data = eval_split(meta, dataset=dataset, split=split, root=root, mirror=mirror, data_dir=data_dir, log=log)
@@ -146,17 +139,13 @@ def evaluate_checkpoint(path: Any, *, dataset: str | None = None, split: str = "
                         log: Any = None, data_dir: str | None = None,
                         plots_dir: Any = None, tta: str = "none") -> tuple[EvalResult, Any]:
     """Evaluate a checkpoint on a split of its dataset; every other setting comes from its metadata.
-    With ``plots_dir``, also write confusion.png and predictions.png there; ``tta``: see :mod:`cnnctl.tta`."""
-    from cnnctl.tta import check_tta
-
+    With ``plots_dir``, also write confusion.png and predictions.png there; ``tta``: see :mod:`cnnctl.engine.tta`."""
     tta = check_tta(tta)  # before any work
     opened = open_evaluation(path, dataset=dataset, split=split, batch_size=batch_size, root=root, mirror=mirror,
                              device=device, log=log, data_dir=data_dir)
     model, meta, data = opened.model, opened.meta, opened.data
     result = evaluate(model, opened.batches, meta.num_classes, tta=tta)
     if plots_dir is not None:
-        from cnnctl import plots
-
         plots.require()
         plots.evaluation_plots(plots_dir, model, data, meta.preprocessing, meta.classes, result.confusion, split=split)
     return result, meta

@@ -15,14 +15,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.checkpoint import unwrap
 from cnnctl.config import TrainConfig
+from cnnctl.config_file import save_run_config
+from cnnctl.data.loader import default_batch_size
+from cnnctl.data.mixing import hard_labels
 from cnnctl.data.splits import PreparedData  # noqa: F401 - part of this module's API
+from cnnctl.data.splits import prepare_data as prepare
+from cnnctl.engine import components, distributed
 from cnnctl.engine.callbacks import Callback, CallbackList, default_callbacks
+from cnnctl.engine.callbacks.ema import build_average
 from cnnctl.engine.callbacks.metrics_csv import METRIC_COLUMNS  # noqa: F401 - part of this module's API
+from cnnctl.engine.components import check_finite, out_of_memory_error
+from cnnctl.engine.determinism import deterministic_mode
+from cnnctl.engine.device import resolve_device, seed_everything
+from cnnctl.engine.distributed import (
+    broadcast_object,
+    check_resume_world,
+    from_environment,
+    shutdown,
+    stop_agreed,
+    sum_over_ranks,
+)
+from cnnctl.engine.freeze import HeadOnlyPhase
+from cnnctl.engine.host_memory import reuse_freed_host_memory
+from cnnctl.engine.imbalance import loss_weights
+from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interrupted_error
+from cnnctl.engine.linear_probe import check_probe_head, probe_epoch
+from cnnctl.engine.loggers import build_loggers
+from cnnctl.engine.lr_sweep import resolve_auto_lr
 from cnnctl.engine.optim import build_optimizer  # noqa: F401 - part of this module's API
-from cnnctl.engine.run_folder import RunFolder, create_run_dir  # noqa: F401 - part of this module's API
+from cnnctl.engine.precision import resolve_precision
+from cnnctl.engine.run_folder import RunFolder, create_run_dir, default_run_name  # noqa: F401 - part of this module's API
+from cnnctl.engine.schedules import build_schedule
+from cnnctl.engine.state import (
+    read_state,
+    resolve_run_dir,
+    restore_training_state,
+    resume_settings,
+    save_training_state,
+)
+from cnnctl.engine.threads import threads_for_this_process
+from cnnctl.engine.tracking import MetricTracker
 from cnnctl.errors import UsageError
+from cnnctl.image_stats import training_image_stats
+from cnnctl.models import build_model as build_architecture
+from cnnctl.models.pretrained import parameter_groups
 from cnnctl.progress import Reporter, SilentReporter
+from cnnctl.registry import get_model_spec
 
 if TYPE_CHECKING:
     import torch
@@ -47,19 +87,18 @@ class FitResult:
 
 
 def prepare_data(config: TrainConfig, reporter: Reporter) -> PreparedData:
-    """Load (downloading if needed) the splits that ``config`` names and fit them to its architecture."""
-    from cnnctl.data.splits import prepare_data as prepare
-    from cnnctl.registry import get_model_spec
-
-    return prepare(config, get_model_spec(config.arch), reporter.message)
+    """Load (downloading if needed) the splits that ``config`` names and fit them to its architecture; what the
+    data settled (:attr:`PreparedData.resolved`) completes ``config``."""
+    data = prepare(config, get_model_spec(config.arch), reporter.message)
+    for name, value in data.resolved.items():
+        setattr(config, name, value)
+    return data
 
 
 def measure_training_images(data: PreparedData) -> dict[str, float] | None:
     """How the training images look (cnnctl/image_stats.py), for the checkpoints: from the training split, or
     the validation split when the training images stream from disk (not held in memory)."""
     import torch
-
-    from cnnctl.image_stats import training_image_stats
 
     for split in (data.train, data.val):
         images = getattr(split, "images", None)
@@ -74,14 +113,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, reporter: Reporter | None = None, *,
                  callbacks: list[Callback] | None = None, resume: str | Path | None = None):
-        from cnnctl.engine.distributed import from_environment
-        from cnnctl.engine.state import resolve_run_dir
-
         config.validate()
         self.config = config
         self.reporter = reporter or SilentReporter()
-        from cnnctl.engine.loggers import build_loggers
-
         self.callbacks = CallbackList([*default_callbacks(), *build_loggers(config), *(callbacks or [])])
         self.resume_dir = resolve_run_dir(resume) if resume is not None else None
         self.dist = from_environment()  # one process, or this rank among torchrun's (engine/distributed.py)
@@ -106,8 +140,6 @@ class Trainer:
         """Continue the run in ``path`` with its saved configuration; ``overrides`` may extend ``epochs``, change
         ``patience``, ``device``, ... (anything else that differs is an error, raised here, before any work). A
         run killed during its final test resumes to run it."""
-        from cnnctl.engine.state import resolve_run_dir, resume_settings
-
         run_dir = resolve_run_dir(path)
         config = resume_settings(run_dir, dict(overrides or {}), (reporter or SilentReporter()).message)
         return cls(config, reporter, callbacks=callbacks, resume=run_dir)
@@ -119,19 +151,12 @@ class Trainer:
     @property
     def default_name(self) -> str:
         """The run's folder name when --name is left out (after setup): ARCH-DATASET, or ARCH-FOLDER."""
-        from cnnctl.engine.run_folder import default_run_name
-
         return default_run_name(self.model_spec.name, self.data.dataset_label, self.config.data_dir)
 
     # ------------------------------------------------------------------------------------------------ the run
     def run(self) -> FitResult:
-        from cnnctl.engine.determinism import deterministic_mode
-        from cnnctl.engine.distributed import check_resume_world, shutdown
-        from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interrupted_error
-        from cnnctl.engine.state import read_state
-        from cnnctl.lr_find import resolve_auto_lr
 
-        self.lr_sweep = resolve_auto_lr(self.config, self.reporter.message)  # --lr auto: a sweep first
+        self.lr_sweep = resolve_auto_lr(type(self), self.config, self.reporter.message)  # --lr auto: a sweep first
         self.config.resolve_defaults()
         with deterministic_mode(self.config.deterministic), contextlib.ExitStack() as locked:
             loaded = None
@@ -145,8 +170,6 @@ class Trainer:
                     self.folder.interrupted.unlink(missing_ok=True)
             self.setup(loaded)
             if loaded is None:
-                from cnnctl.engine.run_folder import new_run_folder
-
                 self.folder = new_run_folder(self.config, self.default_name, self.dist)
                 self._lock(locked)
             try:
@@ -175,16 +198,6 @@ class Trainer:
         (and, resuming, the saved state put back)."""
         import torch
 
-        from cnnctl.checkpoint import unwrap
-        from cnnctl.engine import components, distributed
-        from cnnctl.engine.callbacks.ema import build_average
-        from cnnctl.engine.device import resolve_device, seed_everything
-        from cnnctl.engine.freeze import HeadOnlyPhase
-        from cnnctl.engine.precision import resolve_precision
-        from cnnctl.engine.schedules import build_schedule
-        from cnnctl.engine.tracking import MetricTracker
-        from cnnctl.registry import get_model_spec
-
         config = self.config
         self.device, self.per_rank_batch, self.owns_process_group = distributed.join(
             self.dist, resolve_device(config.device), config.batch_size, sync_bn=config.sync_bn)
@@ -193,21 +206,14 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         elif self.device.type == "cpu" and not self.dist.enabled:  # ranks share the cores as launch() set them
-            from cnnctl.engine.threads import threads_for_this_process
-
             self.thread_choice = threads_for_this_process()
             torch.set_num_threads(self.thread_choice.threads)
         if self.device.type == "cpu":
-            from cnnctl.engine.host_memory import reuse_freed_host_memory
-
             reuse_freed_host_memory()
         seed_everything(config.seed)
         self.model_spec = get_model_spec(config.arch)
         config.arch = self.model_spec.name
         if config.linear_probe:  # the classifier must be a linear layer: said before the data is read
-            from cnnctl.engine.linear_probe import check_probe_head
-            from cnnctl.models import build_model as build_architecture
-
             check_probe_head(self, build_architecture(config.arch, num_classes=2, in_channels=3, **config.arch_args))
         self.precision = resolve_precision(config.amp, config.amp_dtype, self.device)
         if self.precision.note:
@@ -215,13 +221,9 @@ class Trainer:
         self.data = distributed.in_turn(self.dist, lambda: prepare_data(config, self.reporter))
         self.image_stats = measure_training_images(self.data)
         if config.batch_size is None:  # the default depends on the training set (data/loader.py)
-            from cnnctl.data.loader import default_batch_size
-
             config.batch_size = default_batch_size(len(self.data.train))
             if self.dist.enabled:
                 self.per_rank_batch = distributed.per_rank_batch(config.batch_size, self.dist.world_size)
-        from cnnctl.engine.imbalance import loss_weights
-
         self.class_weights = loss_weights(config.class_weights, self.data, self.device, self.reporter.message)
         needs = config.needs_validation()
         if needs and self.data.val is None:
@@ -235,8 +237,6 @@ class Trainer:
         self.model = distributed.wrap_model(model, self.dist, self.device, sync_bn=config.sync_bn,
                                             find_unused=config.freeze_epochs > 0)
         self.head_only = HeadOnlyPhase(unwrap(self.model), self.model_spec.classifier, config.freeze_epochs)
-        from cnnctl.models.pretrained import parameter_groups  # --backbone-lr-scale
-
         self.optimizer = build_optimizer(config, parameter_groups(unwrap(self.model), self.model_spec.classifier,
                                                                   config))
         self.averaged = build_average(unwrap(self.model), config.ema)  # --ema, else None
@@ -247,28 +247,17 @@ class Trainer:
         self.scaler = self.precision.make_scaler()
         self.tracker = MetricTracker(monitor=self.monitor, keep=config.keep)
         if loaded is not None:
-            from cnnctl.engine.state import restore_training_state
-
             restore_training_state(self, loaded)
 
     # ------------------------------------------------------------------------------------------------ epochs
     def fit(self, guard: Any) -> None:
-        from cnnctl.engine import components
-        from cnnctl.engine.distributed import stop_agreed
-        from cnnctl.engine.interrupt import interrupted_error
-
         config, callbacks = self.config, self.callbacks
         callbacks.on_fit_start(self)
         for epoch in range(self.start_epoch + 1, config.epochs + 1):
             skip = self.start_batch if epoch == self.start_epoch + 1 else 0
             self.head_only.begin_epoch(epoch, self.reporter.message)
             callbacks.on_epoch_start(self, epoch)
-            if config.linear_probe:
-                from cnnctl.engine.linear_probe import probe_epoch
-
-                row = probe_epoch(self, epoch)
-            else:
-                row = self.train_epoch(epoch, guard, skip)
+            row = probe_epoch(self, epoch) if config.linear_probe else self.train_epoch(epoch, guard, skip)
             row.update(components.validation_metrics(self))
             if self.schedule.epoch_end(row.get(self.monitor)):
                 self.reporter.message(f"plateau: {self.monitor} has not improved for "
@@ -283,18 +272,17 @@ class Trainer:
             if stop_agreed(guard.requested is not None, self.dist, self.device) and epoch < config.epochs:
                 raise interrupted_error(self.run_dir, f"after epoch {epoch}", guard.requested, self.dist.world_size)
 
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss, defined once: the epochs and the learning-rate sweep both use it."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits, labels, weight=self.class_weights,
+                               label_smoothing=self.config.label_smoothing or 0.0)
+
     def train_epoch(self, epoch: int, guard: Any, skip: int = 0) -> dict[str, float]:
         """One epoch of optimizer steps. ``skip`` batches were already trained before an interruption: they are
         drawn again (same order and augmentation) but not trained on."""
         import torch
-        import torch.nn.functional as F
-
-        from cnnctl.checkpoint import unwrap
-        from cnnctl.data.mixing import hard_labels
-        from cnnctl.engine.components import check_finite, out_of_memory_error
-        from cnnctl.engine.distributed import stop_agreed, sum_over_ranks
-        from cnnctl.engine.interrupt import interrupted_error
-        from cnnctl.engine.state import save_training_state
 
         config, model, optimizer, batches = self.config, self.model, self.optimizer, self.train_batches
         model.train()
@@ -315,8 +303,7 @@ class Trainer:
             try:
                 with self.precision.autocast():
                     logits = model(inputs)
-                    loss = F.cross_entropy(logits, labels, weight=self.class_weights,
-                                           label_smoothing=config.label_smoothing or 0.0)
+                    loss = self.loss(logits, labels)
                 optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if config.grad_clip:
@@ -355,3 +342,13 @@ class Trainer:
         if self.averaged is not None:
             return self.averaged.module
         return getattr(self.model, "module", self.model) if self.dist.enabled else self.model
+
+
+def new_run_folder(config: Any, default_name: str, dist: Any) -> RunFolder:
+    """A fresh run folder for ``config`` (``--out``/``--name``), created by rank 0 alone with the resolved
+    configuration in it; its name reaches the other ranks by broadcast."""
+    path = None
+    if dist.is_main:
+        path = RunFolder.create(config.out, config.name or default_name).path
+        save_run_config(config, path)
+    return RunFolder(broadcast_object(path, dist))

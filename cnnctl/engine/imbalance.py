@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 
     from cnnctl.engine.fit import PreparedData
 
-SAMPLERS = ("shuffle", "balanced")
-
-
 def read_class_weights_file(path: str | Path) -> dict[str, float]:
     """Class name → weight from a JSON object or ``name,weight`` lines; every value a finite number >= 0."""
     path = Path(path).expanduser()
@@ -66,13 +63,6 @@ def read_class_weights_file(path: str | Path) -> dict[str, float]:
     if weights and not any(weights.values()):
         raise UsageError(f"--class-weights {path}: every weight is 0")
     return weights
-
-
-def check_class_weights_option(value: str | None) -> None:
-    """Reject a bad ``--class-weights`` before any data is loaded (the class names are checked once known)."""
-    if value is None or value == "auto":
-        return
-    read_class_weights_file(value)
 
 
 def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.checkpoint import unwrap
+from cnnctl.engine.features import PROBE_LR, batch_features, fit_linear_head, install_head, linear_head
 from cnnctl.errors import UsageError
+from cnnctl.options import label
 
 if TYPE_CHECKING:
     from cnnctl.engine.fit import Trainer
@@ -21,8 +24,6 @@ if TYPE_CHECKING:
 
 def check_probe_config(config: Any) -> None:
     """What a linear probe needs and refuses, before any work."""
-    from cnnctl.options import label
-
     if not config.linear_probe:
         return
     if not config.pretrained:
@@ -43,8 +44,6 @@ def check_probe_config(config: Any) -> None:
 
 def check_probe_head(trainer: Trainer, model: Any) -> None:
     """The classifier must be a linear layer, in one process (before the data is read)."""
-    from cnnctl.engine.features import linear_head
-
     if trainer.dist.enabled:
         raise UsageError("--linear-probe runs in one process: its features are computed once and the head "
                          "fitted in seconds", hint="leave --nproc out")
@@ -55,9 +54,6 @@ def check_probe_head(trainer: Trainer, model: Any) -> None:
 def probe_epoch(trainer: Trainer, epoch: int) -> dict[str, float]:
     """Compute the training images' features, train the head on them and put it into the model; the row of
     metrics a training epoch would give."""
-    from cnnctl.checkpoint import unwrap
-    from cnnctl.engine.features import PROBE_LR, batch_features, fit_linear_head, install_head, linear_head
-
     config, data = trainer.config, trainer.data
     model = unwrap(trainer.model)
     head_module = linear_head(model, trainer.model_spec.classifier, trainer.model_spec.name)

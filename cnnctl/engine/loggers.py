@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.errors import UsageError
+from cnnctl.registry import suggest
 
 if TYPE_CHECKING:
     from cnnctl.config import TrainConfig
@@ -88,8 +89,6 @@ def split_names(value: str | None) -> list[str]:
 def build_loggers(config: TrainConfig) -> list[Callback]:
     """The callbacks of ``config.logger``; an unknown name or a missing library is a one-line error here, before
     any work."""
-    from cnnctl.registry import suggest
-
     known = loggers()
     specs = []
     for name in split_names(config.logger):

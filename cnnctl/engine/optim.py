@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.registry import suggest
+
 if TYPE_CHECKING:
     import torch
 
@@ -69,8 +71,6 @@ def register_optimizer(name: str, *, description: str, lr: float, **defaults: An
 
 
 def get_optimizer(name: str) -> OptimizerInfo:
-    from cnnctl.registry import suggest
-
     if name not in OPTIMIZERS:
         raise suggest(name, list(OPTIMIZERS), "optimizer")
     return OPTIMIZERS[name]

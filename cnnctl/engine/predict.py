@@ -10,8 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.data.images import IMAGE_SUFFIXES
+from cnnctl import checkpoint
+from cnnctl.data.images import IMAGE_SUFFIXES, ResizeTarget, decode_to_target, read_file_bytes
+from cnnctl.data.loader import Normalizer
+from cnnctl.engine.device import resolve_device
+from cnnctl.engine.tta import check_tta, tta_probabilities
 from cnnctl.errors import CnnctlError, DataError
+from cnnctl.fsutil import displayable
 from cnnctl.image_stats import InputCheck
 
 if TYPE_CHECKING:
@@ -57,8 +62,6 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], int]:
 def decode_image(path: Path, preprocessing: Preprocessing, *, max_pixels: int | None = None) -> torch.Tensor:
     """Read one image as uint8 C×H×W with the checkpoint's channel count and size (not yet padded): resized,
     or resized and centre-cropped when the checkpoint's preprocessing has a ``resize`` (pretrained weights)."""
-    from cnnctl.data.images import read_file_bytes
-
     return decode_bytes(read_file_bytes(path), path, preprocessing, max_pixels=max_pixels)
 
 
@@ -66,8 +69,6 @@ def decode_bytes(data: bytes, path: Path, preprocessing: Preprocessing, *, max_p
                  ) -> torch.Tensor:
     """:func:`decode_image` for a file already read. A large JPEG is decoded at reduced size, never smaller than
     the resize needs (data/images.py, ``REDUCED_JPEG_DECODE``)."""
-    from cnnctl.data.images import ResizeTarget, decode_to_target
-
     height, width = preprocessing.image_size
     target = ResizeTarget((height, width), preprocessing.resize, preprocessing.interpolation)
     return decode_to_target(data, path, target, 1 if preprocessing.channels == 1 else 3, max_pixels=max_pixels)
@@ -87,9 +88,6 @@ def model_with_meta(model_or_path: Any, device: str, caller: str) -> tuple[torch
 
 
 def load_for_inference(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Preprocessing]:
-    from cnnctl import checkpoint
-    from cnnctl.engine.device import resolve_device
-
     model, meta = checkpoint.load(path, device=resolve_device(device))
     model.cnnctl_meta = meta  # type: ignore[attr-defined]
     return model, meta.preprocessing
@@ -114,9 +112,6 @@ class Predictor:
                  workers: int | None = None, max_pixels: int | None = None, tta: str = "none"):
         import torch
 
-        from cnnctl.data.loader import Normalizer
-        from cnnctl.tta import check_tta
-
         self.model = model.eval()
         self.meta = meta
         self.preprocessing = meta.preprocessing
@@ -128,7 +123,7 @@ class Predictor:
         self.normalize = Normalizer(self.preprocessing.mean, self.preprocessing.std, self.device)
         self.timings = {"decode_s": 0.0, "inference_s": 0.0}
         self.max_pixels = max_pixels  # images with more pixels are refused from their header (data/images.py)
-        self.tta = check_tta(tta)  # test-time augmentation (cnnctl/tta.py)
+        self.tta = check_tta(tta)  # test-time augmentation (cnnctl/engine/tta.py)
         # images unlike the training images: input_warning(); a model without a training run has no statistics
         self.input_check = InputCheck(getattr(meta, "image_stats", None))
         self._torch = torch
@@ -150,8 +145,6 @@ class Predictor:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×C×H×W at ``image_size`` → class probabilities, averaged over the ``tta`` views."""
-        from cnnctl.tta import tta_probabilities
-
         with self._torch.inference_mode():
             return tta_probabilities(self.model, self.model_inputs(images), self.tta)
 
@@ -170,8 +163,6 @@ class Predictor:
         """Decode small files now and hand large ones to ``pool``; returns images, error strings or futures."""
         started = time.perf_counter()
         pending: list[Any] = []
-        from cnnctl.data.images import read_file_bytes
-
         for path in chunk:
             try:
                 data = read_file_bytes(path)  # regular files only, bounded: a FIFO or /dev/zero is an error row
@@ -243,7 +234,7 @@ class Predictor:
 def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str = "cpu", tta: str = "none"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``cnnctl.predict``: labels (int64 N) and class probabilities (N×classes) for files, folders or a uint8
-    N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (cnnctl/tta.py)."""
+    N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (engine/tta.py)."""
     import torch
 
     model, meta = model_with_meta(model_or_path, device, "cnnctl.predict")
@@ -291,8 +282,6 @@ def topk_cell(ranked: Sequence[tuple[int, str, float]]) -> str:
 def displayable_prediction(p: Prediction) -> Prediction:
     """``p`` with file and class names that are not valid UTF-8 written with ``\\xNN`` escapes (printable,
     writable as UTF-8, and still naming the file)."""
-    from cnnctl.fsutil import displayable
-
     return Prediction(displayable(p.path), p.label, None if p.class_name is None else displayable(p.class_name),
                       p.probability, [(c, displayable(name), prob) for c, name, prob in p.topk],
                       None if p.error is None else displayable(p.error))

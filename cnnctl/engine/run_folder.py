@@ -12,9 +12,9 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path, PurePath
-from typing import Any
 
 from cnnctl.errors import UsageError
+from cnnctl.fsutil import atomic_write_text
 
 STATE_FILE = "state.safetensors"
 
@@ -100,8 +100,6 @@ class RunFolder:
         import json
         import time
 
-        from cnnctl.fsutil import atomic_write_text
-
         atomic_write_text(self.interrupted, json.dumps({"reason": reason, "time": time.time()}) + "\n")
 
     def top(self, epoch: int) -> Path:
@@ -148,19 +146,6 @@ class RunFolder:
             yield
         finally:
             handle.close()
-
-
-def new_run_folder(config: Any, default_name: str, dist: Any) -> RunFolder:
-    """A fresh run folder for ``config`` (``--out``/``--name``), created by rank 0 alone with the resolved
-    configuration in it; its name reaches the other ranks by broadcast."""
-    from cnnctl.config_file import save_run_config
-    from cnnctl.engine.distributed import broadcast_object
-
-    path = None
-    if dist.is_main:
-        path = RunFolder.create(config.out, config.name or default_name).path
-        save_run_config(config, path)
-    return RunFolder(broadcast_object(path, dist))
 
 
 def create_run_dir(out: str | Path, name: str) -> Path:

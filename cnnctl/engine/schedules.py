@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.registry import suggest
+
 if TYPE_CHECKING:
     import torch
 
@@ -116,8 +118,6 @@ def register_schedule(info: ScheduleInfo) -> ScheduleInfo:
 
 
 def get_schedule(name: str) -> ScheduleInfo:
-    from cnnctl.registry import suggest
-
     if name not in SCHEDULERS:
         raise suggest(name, list(SCHEDULERS), "scheduler")
     return SCHEDULERS[name]

@@ -18,8 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.checkpoint import load_weights_strict, state_tensors, unwrap
+from cnnctl.config import TrainConfig
 from cnnctl.engine.run_folder import STATE_FILE, run_lock  # noqa: F401 - part of this module's API
+from cnnctl.engine.tracking import MetricTracker
 from cnnctl.errors import CheckpointError, UsageError, first_line
+from cnnctl.fsutil import atomic_path
+from cnnctl.options import RESUMABLE, coerce_mapping, label
+from cnnctl.progress import plural
+from cnnctl.registry import get_model_spec
 
 if TYPE_CHECKING:
     import torch
@@ -130,8 +137,6 @@ def write_state(run_dir: Path, tensors: dict[str, torch.Tensor], state: Training
     """Write ``state.safetensors`` atomically (temporary file, fsync, rename)."""
     from safetensors.torch import save_file
 
-    from cnnctl.fsutil import atomic_path
-
     document = {"format": STATE_FORMAT, "state": state.__dict__, "rng": rng_document, "optimizer": optimizer_document}
     path = run_dir / STATE_FILE
     with atomic_path(path) as tmp:
@@ -233,8 +238,7 @@ def resume_settings(run_dir: Path, overrides: dict[str, Any], log: Any) -> Train
     train_on = int(overrides.get("epochs") or 0) > done or overrides.get("patience") is not None
     if train_on or not training_ended(run_dir):
         return resume_config(run_dir, overrides)
-    config = resume_config(run_dir, {**overrides, "epochs": done + 1})  # passes the "already finished" check
-    config.epochs = done
+    config = resume_config(run_dir, {**overrides, "epochs": done}, final_test_only=True)  # no epoch left to train
     log(f"{run_dir}: training ended but its final test did not (results.json is missing); running it now")
     return config
 
@@ -246,8 +250,6 @@ def save_training_state(trainer: Trainer, epoch: int, batch: int, loader_state: 
     ranks' together), and every callback's ``state_dict()``. Rank 0 only."""
     if not trainer.dist.is_main:
         return
-    from cnnctl.checkpoint import state_tensors
-
     tensors = {f"model.{name}": tensor for name, tensor in state_tensors(trainer.model).items()}
     if trainer.averaged is not None:  # --ema
         tensors.update({f"averaged.{name}": tensor.detach().to("cpu").contiguous().clone()
@@ -276,9 +278,6 @@ def save_training_state(trainer: Trainer, epoch: int, batch: int, loader_state: 
 
 def restore_training_state(trainer: Trainer, loaded: LoadedState) -> None:
     """Put model, optimizer, schedule, scaler, counters, callbacks and every random-number state back as saved."""
-    from cnnctl.checkpoint import load_weights_strict, unwrap
-    from cnnctl.engine.tracking import MetricTracker
-
     source = str(trainer.run_dir / STATE_FILE)
     state = loaded.state
     load_weights_strict(unwrap(trainer.model), loaded.model_tensors(), source=source)
@@ -316,20 +315,17 @@ def restore_training_state(trainer: Trainer, loaded: LoadedState) -> None:
 def resume_message(run_dir: Path, done: int, batch: int, steps: int, epochs: int) -> str:
     """Where a resumed run goes on, counted as the interruption message counts (epochs from 1): ``done``
     finished epochs and ``batch`` batches of the next."""
-    from cnnctl.progress import plural
-
     where = (f"in epoch {done + 1} after batch {batch} of {steps}" if batch
              else f"after epoch {done}, with epoch {done + 1}")
     return f"resuming {run_dir} {where} (training to {plural(epochs, 'epoch')})"
 
 
-def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+def resume_config(run_dir: Path, overrides: dict[str, Any], *, final_test_only: bool = False) -> TrainConfig:
     """The run's saved configuration with the options a resumed run may change (those declared ``resumable`` in
     cnnctl/options.py); anything else that differs from the saved value is a contradiction and says so before
-    any work starts. ``overrides`` are keyed by option name (``data``, ``dropout``; older names are accepted)."""
-    from cnnctl.config import TrainConfig
-    from cnnctl.options import RESUMABLE, coerce_mapping, label
-
+    any work starts. ``overrides`` are keyed by option name (``data``, ``dropout``; older names are accepted).
+    ``final_test_only``: the run's training has ended and only its final test is left, so a finished run is what
+    is expected, not refused."""
     state = TrainingState(**read_state_document(run_dir)["state"])
     source = str(run_dir / STATE_FILE)
     saved = TrainConfig.from_dict(dict(state.config), source=source).to_dict()  # old spellings → option names
@@ -340,8 +336,6 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
         if name in RESUMABLE or value is None or saved.get(name) == value:
             continue
         if name == "arch":
-            from cnnctl.registry import get_model_spec
-
             if get_model_spec(value).name == saved.get("arch"):
                 continue
             raise UsageError(f"--resume {run_dir}: the run trains {saved.get('arch')}, not {value}",
@@ -352,6 +346,8 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     merged = {**saved, **{k: v for k, v in overrides.items() if k in RESUMABLE and v is not None}}
     config = TrainConfig.from_dict(merged, source=source)
     done = state.epoch
+    if final_test_only:
+        return config
     if state.batch == 0 and done >= config.epochs:
         raise UsageError(f"{run_dir} has already finished {done} of {config.epochs} epochs",
                          hint=f"pass {label('epochs')} N with N > {done} to train it further")

@@ -7,33 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from cnnctl.errors import UsageError
+from cnnctl.registry import get_model_spec, suggest
+
 
 def build_model(name: str, *, num_classes: int, in_channels: int, **arch_args: Any) -> Any:
     """Build a registered architecture by name."""
-    from cnnctl.registry import get_model_spec
-
     spec = get_model_spec(name)
     check_arch_args(spec, arch_args)
     args = {**spec.default_args, **arch_args}
     return spec.builder(num_classes=num_classes, in_channels=in_channels, **args)
-
-
-def build_from_meta(meta: Any) -> Any:
-    """The untrained model a checkpoint's metadata describes (architecture, its arguments, classes, channels)."""
-    return build_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.preprocessing.channels,
-                       **meta.arch_args)
-
-
-def load_checkpoint(path: Any, *, device: Any = "cpu") -> tuple[Any, Any]:
-    """Rebuild the model a checkpoint describes, load its weights (exactly matching), and return it in eval mode
-    on ``device`` with its :class:`~cnnctl.checkpoint.CheckpointMeta`."""
-    from cnnctl import checkpoint
-
-    meta = checkpoint.read_meta(path)
-    tensors = checkpoint.read_tensors(path)
-    model = build_from_meta(meta)
-    checkpoint.load_weights_strict(model, tensors, source=str(path))
-    return model.to(device).eval(), meta
 
 
 def arch_options(spec: Any) -> set[str]:
@@ -50,16 +33,12 @@ def arch_options(spec: Any) -> set[str]:
 
 def check_arch_args(spec: Any, arch_args: dict[str, Any]) -> None:
     """Refuse options the architecture does not have (``--dropout`` on a head without dropout) or out of range."""
-    from cnnctl.errors import UsageError
-
     accepted = arch_options(spec)
     for key, value in arch_args.items():
         if key not in accepted:
             if key == "dropout":
                 raise UsageError(f"{spec.name} has no dropout before its classifier, so --dropout cannot be set",
                                  hint="leave --dropout out, or pick an architecture whose head has dropout")
-            from cnnctl.registry import suggest
-
             raise suggest(key, sorted(accepted) or ["(none)"], f"option for {spec.name}:")
         if key == "dropout" and not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise UsageError(f"--dropout must be in [0, 1), got {value}")

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnctl.errors import UsageError
+from cnnctl.models.timm_models import HF_FILES, _hub_cache
+from cnnctl.models.torchvision_zoo import ZOO, registered_name
+from cnnctl.models.weight_packages import installed
+from cnnctl.models.weights import hub_checkpoints, resolve_torchvision, verify_cached
+from cnnctl.registry import get_model_spec
 
 Log = Callable[[str], None]
 
@@ -34,9 +39,6 @@ class Candidate:
 def torchvision_cached(log: Log = lambda _: None) -> list[Candidate]:
     """torchvision weights present in torch.hub's cache whose content matches the hash in their name; one per
     architecture (its recommended weights when several are there)."""
-    from cnnctl.models.torchvision_zoo import ZOO, registered_name
-    from cnnctl.models.weights import hub_checkpoints, resolve_torchvision, verify_cached
-
     folder = hub_checkpoints()
     if not folder.is_dir():
         return []
@@ -72,8 +74,6 @@ def timm_cached() -> list[Candidate]:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return []
-    from cnnctl.models.timm_models import HF_FILES, _hub_cache
-
     cache = Path(_hub_cache())
     if not cache.is_dir():
         return []
@@ -92,15 +92,11 @@ def timm_cached() -> list[Candidate]:
 
 def packaged() -> list[Candidate]:
     """Installed weights packages, as ``--pretrained imagenet`` of the architecture they hold."""
-    from cnnctl.models.weight_packages import installed
-
     return [Candidate(entry.arch, "imagenet", f"package {entry.package}", path) for entry, path in installed()]
 
 
 def parse_weights_option(values: Sequence[str]) -> list[Candidate]:
     """``--weights ARCH=FILE`` values, checked (a known architecture, an existing file) before any work."""
-    from cnnctl.registry import get_model_spec
-
     found = []
     for value in values:
         arch, equals, file = value.partition("=")

@@ -15,19 +15,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cnnctl.checkpoint import CheckpointMeta
+from cnnctl.engine.device import resolve_device
 from cnnctl.errors import CheckpointError
+from cnnctl.models import build_model
+from cnnctl.models import weights as published
+from cnnctl.models.pretrained import load_pretrained
+from cnnctl.models.timm_models import timm_class_names
+from cnnctl.registry import get_model_spec
 
 
 def class_names(arch: str, pretrained: str) -> list[str]:
     """The class names of ``arch``'s published weights ``pretrained`` (``imagenet`` for a local file, whose
     classes are assumed to be those of the architecture's recommended weights)."""
-    from cnnctl.models import weights as published
-
     value = pretrained if published.is_weights_name(pretrained) else "imagenet"
     found = published.resolve_cached(arch, value)
     if found.source == "timm":
-        from cnnctl.models.timm_models import timm_class_names
-
         return timm_class_names(found.extra["timm_name"])
     from torchvision.models import get_weight
 
@@ -39,13 +42,6 @@ def imagenet_classifier(arch: str, pretrained: str | Path = "imagenet", *, devic
     """``arch`` with the weights ``pretrained`` names (published weights or a local file), in eval mode on
     ``device``, carrying ``cnnctl_meta`` like a model loaded from a checkpoint. ``config`` may carry
     ``weights_mirror`` / ``offline`` for fetching published weights."""
-    from cnnctl.checkpoint import CheckpointMeta
-    from cnnctl.engine.device import resolve_device
-    from cnnctl.models import build_model
-    from cnnctl.models import weights as published
-    from cnnctl.models.pretrained import load_pretrained
-    from cnnctl.registry import get_model_spec
-
     spec = get_model_spec(arch)
     value = str(pretrained)
     weights = (published.resolve_cached(spec.name, value) if published.is_weights_name(value)

@@ -19,16 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.checkpoint_schema import COUNTER_SUFFIX
-from cnnctl.errors import CheckpointError, UsageError, first_line
+from cnnctl.checkpoint.format import COUNTER_SUFFIX
+from cnnctl.errors import CheckpointError, UsageError
+from cnnctl.models import weights as published
+from cnnctl.models._adapt import adapt_input_conv, first_conv_name
+from cnnctl.models.timm_models import timm_reference_state
+from cnnctl.models.weights_file import (
+    TORCH_SUFFIXES,
+    read_weights,
+)
 
 if TYPE_CHECKING:
     import torch
 
+    from cnnctl.models.weights import PublishedWeights
+
 WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.", "pretrain_")
-# Where training frameworks put the weights inside a .pth file (Lightning: state_dict; many scripts: model).
-NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params")
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 MAPPING_SHOWN = 3  # pairs of an order mapping named on the terminal
 
 
@@ -74,77 +80,6 @@ class PretrainedReport:
                 "missing": list(self.missing), "mapping": dict(self.mapping)}
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a local weights file. ``.pth``/``.pt`` go through ``torch.load(weights_only=True)``, which
-    refuses arbitrary pickled objects; a cnnctl run folder means its best checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        from cnnctl.checkpoint import existing_checkpoint
-
-        path = existing_checkpoint(path)
-    if not path.is_file():
-        raise CheckpointError(f"--pretrained {path} does not exist",
-                              hint="pass a weights file, or `--pretrained imagenet` for the published weights")
-    _refuse_other_kinds(path)
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from cnnctl.checkpoint import read_tensors
-
-        return read_tensors(path)
-    if suffix not in TORCH_SUFFIXES:
-        raise UsageError(f"--pretrained {path}: unknown weights format {suffix or '(no suffix)'}",
-                         hint="pass a .safetensors file, or a .pth/.pt state dict")
-    import torch
-
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # UnpicklingError for objects weights_only refuses, RuntimeError for bad files
-        first = first_line(error)
-        raise CheckpointError(
-            f"--pretrained {path} cannot be read as plain tensors ({first})",
-            hint="cnnctl loads .pth files with torch.load(weights_only=True) only; re-save it with "
-                 "torch.save(model.state_dict(), path) or convert it to safetensors",
-        ) from error
-    return _state_dict_in(content, path)
-
-
-def _refuse_other_kinds(path: Path) -> None:
-    """An exported model, an image, a text file... given as --pretrained: named, with what to pass instead
-    (rather than the loader's own words about a format it was never meant to read)."""
-    from cnnctl import filekind
-
-    kind = filekind.sniff(path)
-    if kind in (filekind.ONNX, filekind.TORCHSCRIPT) or (kind is None and path.suffix.lower() == ".onnx"):
-        from cnnctl.checkpoint_schema import wrong_kind_error
-
-        error = wrong_kind_error(path, kind or filekind.ONNX)
-        assert error is not None
-        raise CheckpointError(f"--pretrained {error.message}", hint=error.hint)
-    if kind in (filekind.IMAGE, filekind.TEXT, "json", "html", "pdf"):  # others: the suffix check speaks
-        raise CheckpointError(f"--pretrained {path} is {filekind.describe(kind)}, not a weights file",
-                              hint="pass a .safetensors file, a .pth/.pt state dict or a run folder")
-
-
-def _state_dict_in(content: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a loaded .pth: a plain state dict, or one nested under a key like ``state_dict``."""
-    import torch
-
-    if isinstance(content, dict):
-        tensors = {str(k): v for k, v in content.items() if isinstance(v, torch.Tensor)}
-        if tensors:
-            return tensors
-        for key in NESTED_STATE_KEYS:
-            if isinstance(content.get(key), dict):
-                return _state_dict_in(content[key], path)
-    raise CheckpointError(f"--pretrained {path} holds no state dict of tensors "
-                          f"(found {type(content).__name__}{_keys_of(content)})",
-                          hint="save it with torch.save(model.state_dict(), path)")
-
-
-def _keys_of(content: Any) -> str:
-    return f" with keys {', '.join(map(str, list(content)[:5]))}" if isinstance(content, dict) and content else ""
-
-
 def _strip_prefixes(key: str, known: set[str], stripped: list[str]) -> str:
     """Remove wrapper prefixes from ``key`` while it is not one of the model's own keys."""
     while key not in known:
@@ -163,21 +98,66 @@ def load_pretrained(model: torch.nn.Module, spec: Any, path: str | Path,
     docstring. ``path`` is a file, or published weights (``imagenet``, ``IMAGENET1K_V2``, ...) fetched with
     ``config``'s ``weights_mirror``/``offline``. Shape mismatches outside the classifier and the first
     convolution are errors (wrong architecture), as is a file none of whose tensors fit."""
-    from cnnctl.models import weights as published
-
     if published.is_weights_name(str(path)):
         found = published.resolve_cached(spec.name, str(path))
         file = published.ensure_weights_file(found, mirror=getattr(config, "weights_mirror", None),
                                              offline_only=bool(getattr(config, "offline", False)),
                                              log=log or (lambda _: None))
         if found.source == "timm":
-            from cnnctl.models.timm_models import load_timm_pretrained
-
             return load_timm_pretrained(model, spec, found, file, log)
-        return load_tensors(model, spec, published.published_state_dict(found, file),
+        return load_tensors(model, spec, published_state_dict(found, file),
                             f"{file} ({found.describe()})", log)
     in_order = Path(path).suffix.lower() in TORCH_SUFFIXES  # torch.load keeps the saved order; safetensors sorts
     return load_tensors(model, spec, read_weights(path), str(path), log, ordered=in_order)
+
+
+def published_state_dict(weights: PublishedWeights, path: Path) -> dict[str, Any]:
+    """The tensors of a verified torchvision weights file, with the key names the torchvision model uses.
+
+    Read with ``torch.load(weights_only=True)`` (torch.hub's own loader would unpickle anything); DenseNet's old
+    key names are renamed by torchvision's own loader, given the tensors already read."""
+    tensors = read_weights(path)
+    tv_name = weights.extra.get("tv_name", "")
+    if tv_name.startswith("densenet"):
+        from torchvision.models import densenet, get_model
+
+        reference = get_model(tv_name, weights=None)
+
+        class _Read:
+            def get_state_dict(self, **_: Any) -> dict[str, Any]:
+                return dict(tensors)
+
+        densenet._load_state_dict(reference, _Read(), progress=False)  # type: ignore[arg-type]
+        tensors = reference.state_dict()
+    return tensors
+
+
+def load_timm_pretrained(model: Any, spec: Any, weights: Any, path: Path,
+                         log: Callable[[str], None] | None) -> PretrainedReport:
+    """Load a timm weights file into ``model``: timm builds the same architecture from the tensors (its own
+    filter, classifier reset and first-convolution adaptation), and its state dict is copied over."""
+    tensors = read_weights(path)
+    first = next(iter(model.parameters()))
+    num_classes = int(model.num_classes)
+    if not set(tensors) & set(model.state_dict()):  # another library's names (an installed weights package)
+        return load_tensors(model, spec, tensors, f"{path} ({weights.describe()})", log,
+                            ordered=path.suffix.lower() in TORCH_SUFFIXES)
+    reference, in_chans = timm_reference_state(model, weights, tensors)
+    model.load_state_dict(reference, strict=True)
+    model.to(first.device)
+    report = PretrainedReport(f"{path} ({weights.describe()})")
+    own = model.state_dict()
+    head = f"{spec.classifier}."
+    report.loaded = [key for key in own if key in tensors and tensors[key].shape == own[key].shape]
+    report.reinitialised = [key for key in own if key.startswith(head) and key not in report.loaded]
+    if report.reinitialised:
+        report.head_change = f"the weights have {weights.extra.get('num_classes')} classes, the model {num_classes}"
+    report.adapted = [f"{key} 3 → {in_chans} input channels" for key in own
+                      if key in tensors and tensors[key].ndim == 4 and tensors[key].shape[1] == 3
+                      and own[key].shape[1] == in_chans != 3][:1]
+    for line in report.lines():
+        (log or (lambda _: None))(line)
+    return report
 
 
 def load_tensors(model: torch.nn.Module, spec: Any, tensors: dict[str, torch.Tensor], source: str,
@@ -185,7 +165,6 @@ def load_tensors(model: torch.nn.Module, spec: Any, tensors: dict[str, torch.Ten
     """:func:`load_pretrained` for tensors already read; ``source`` names them in messages. ``ordered``: the
     tensors are in the order they were saved (a ``.pth``; safetensors files sort their names), so they may be
     paired with the model's by position when their names differ."""
-    from cnnctl.models._adapt import first_conv_name
 
     report = PretrainedReport(source)
     own = model.state_dict()
@@ -203,8 +182,6 @@ def load_tensors(model: torch.nn.Module, spec: Any, tensors: dict[str, torch.Ten
         if verdict == "load":
             accepted[key] = tensor
         elif verdict == "adapt":
-            from cnnctl.models._adapt import adapt_input_conv
-
             accepted[key] = adapt_input_conv(tensor.float(), want[1]).to(tensor.dtype)
             report.adapted.append(f"{key} {tensor.shape[1]} → {want[1]} input channels")
         elif verdict == "reinitialise":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cnnctl.errors import UsageError
 from cnnctl.registry import register_model
 
 
@@ -25,8 +26,6 @@ def smallvgg(num_classes: int = 10, in_channels: int = 1, width: int = 16, dropo
     classifier. A third stage costs about what widening the first two by a third does (it runs on 7×7 maps) and
     gives the network more depth and channels for the same time."""
     if not (isinstance(stages, int) and 1 <= stages <= 4):
-        from cnnctl.errors import UsageError
-
         raise UsageError(f"smallvgg takes 1 to 4 stages, got {stages!r}")
     from collections import OrderedDict
 

@@ -20,9 +20,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cnnctl.data.download import _is_url
 from cnnctl.errors import DownloadError, UsageError
+from cnnctl.fsutil import atomic_write_bytes
+from cnnctl.models._adapt import first_conv_name
+from cnnctl.models.torchvision_zoo import _catch_up_batch_norm
 from cnnctl.models.weight_packages import package_weights_for
-from cnnctl.registry import ModelSpec, register_model_resolver
+from cnnctl.models.weights import (
+    HASH_IN_NAME,
+    IMAGENET_NAMES,
+    PublishedWeights,
+    WeightsPreprocessing,
+    register_weights_source,
+)
+from cnnctl.registry import ModelSpec, register_model_resolver, suggest
 
 PREFIX = "timm:"
 # names in tutorials written for older libraries (pretrainedmodels/Cadene) → timm's own
@@ -60,8 +71,6 @@ def canonical_name(name: str) -> str:
     starting = [known for known in tags if known.startswith(tag)]
     if len(starting) == 1:
         return f"{base}.{starting[0]}"
-    from cnnctl.registry import suggest
-
     raise suggest(tag, tags or ["(none)"], f"weights tag for timm:{base}:")
 
 
@@ -74,8 +83,6 @@ def pretrained_cfg(name: str) -> Any:
 def build_timm(name: str, num_classes: int = 1000, in_channels: int = 3, dropout: float | None = None) -> Any:
     """``timm.create_model(name, num_classes=, in_chans=)`` (``dropout`` is timm's ``drop_rate``), with
     BatchNorm momentum raised to 0.1 for short runs as for torchvision's models."""
-    from cnnctl.models.torchvision_zoo import _catch_up_batch_norm
-
     options = {} if dropout is None else {"drop_rate": dropout}
     model = _timm().create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **options)
     _catch_up_batch_norm(model)
@@ -117,8 +124,6 @@ def list_timm(pattern: str = "*") -> list[dict[str, Any]]:
 
 def resolve_timm(spec: ModelSpec, value: str) -> Any:
     """The published weights of a ``timm:`` architecture: its own tag for ``imagenet``, or the tag ``value``."""
-    from cnnctl.models.weights import HASH_IN_NAME, IMAGENET_NAMES, PublishedWeights, WeightsPreprocessing
-
     full = spec.name[len(PREFIX):]
     if value.strip().lower() not in IMAGENET_NAMES:
         full = canonical_name(f"{full.partition('.')[0]}.{value.strip()}")
@@ -174,8 +179,6 @@ def fetch_hub_weights(weights: Any, *, mirror: str | None, dest: str | Path | No
                       log: Callable[[str], None]) -> Path:
     """A hub-published timm weights file: from a mirror folder, ``dest`` (already there), or the Hugging Face
     cache / hub (``hf_hub_download``; cache only when offline)."""
-    from cnnctl.data.download import _is_url
-
     hub_id = weights.extra["hf_hub_id"]
     chosen = mirror or os.environ.get("CNNCTL_WEIGHTS_MIRROR", "")
     for folder in ([Path(chosen).expanduser()] if chosen and not _is_url(chosen) else []) + (
@@ -236,50 +239,24 @@ def _hub_cache() -> str:
 
 
 def _copy_into(source: Path, target: Path, log: Callable[[str], None]) -> Path:
-    from cnnctl.fsutil import atomic_write_bytes
-
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, source.read_bytes())
     log(f"copied {source} to {target}")
     return target
 
 
-def load_timm_pretrained(model: Any, spec: ModelSpec, weights: Any, path: Path,
-                         log: Callable[[str], None] | None) -> Any:
-    """Load a timm weights file into ``model``: timm builds the same architecture from the tensors (its own
-    filter, classifier reset and first-convolution adaptation), and its state dict is copied over."""
-    from cnnctl.models.pretrained import PretrainedReport, read_weights
-
-    tensors = read_weights(path)
-    first = next(iter(model.parameters()))
+def timm_reference_state(model: Any, weights: Any, tensors: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The state dict timm builds for ``model``'s classes and input channels from a timm weights file's
+    ``tensors`` (its own filter, classifier reset and first-convolution adaptation), and those input channels."""
     num_classes = int(model.num_classes)
     in_chans = _input_channels(model)
-    if not set(tensors) & set(model.state_dict()):  # another library's names (an installed weights package)
-        from cnnctl.models.pretrained import TORCH_SUFFIXES, load_tensors
-
-        return load_tensors(model, spec, tensors, f"{path} ({weights.describe()})", log,
-                            ordered=path.suffix.lower() in TORCH_SUFFIXES)
-    timm = _timm()
-    reference = timm.create_model(weights.extra["timm_name"], pretrained=True, num_classes=num_classes,
-                                  in_chans=in_chans, pretrained_cfg_overlay={"state_dict": tensors})
-    model.load_state_dict(reference.state_dict(), strict=True)
-    model.to(first.device)
-    report = PretrainedReport(f"{path} ({weights.describe()})")
-    own = model.state_dict()
-    head = f"{spec.classifier}."
-    report.loaded = [key for key in own if key in tensors and tensors[key].shape == own[key].shape]
-    report.reinitialised = [key for key in own if key.startswith(head) and key not in report.loaded]
-    if report.reinitialised:
-        report.head_change = f"the weights have {weights.extra.get('num_classes')} classes, the model {num_classes}"
-    report.adapted = [f"{key} 3 → {in_chans} input channels" for key in own
-                      if key in tensors and tensors[key].ndim == 4 and tensors[key].shape[1] == 3
-                      and own[key].shape[1] == in_chans != 3][:1]
-    for line in report.lines():
-        (log or (lambda _: None))(line)
-    return report
+    reference = _timm().create_model(weights.extra["timm_name"], pretrained=True, num_classes=num_classes,
+                                     in_chans=in_chans, pretrained_cfg_overlay={"state_dict": tensors})
+    return reference.state_dict(), in_chans
 
 
 def _input_channels(model: Any) -> int:
-    from cnnctl.models._adapt import first_conv_name
-
     return int(model.get_submodule(first_conv_name(model)).in_channels)
+
+
+register_weights_source("timm", resolve=resolve_timm, fetch=fetch_hub_weights)

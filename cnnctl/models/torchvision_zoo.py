@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
+from cnnctl.models._adapt import replace_first_conv
 from cnnctl.models.resnet import SMALL_IMAGE_RESNETS
 from cnnctl.registry import ModelSpec, add_model
 
@@ -96,8 +97,6 @@ def build_torchvision(tv_name: str, num_classes: int = 1000, in_channels: int = 
     """``get_model(tv_name, weights=None, num_classes=...)``, with the first convolution replaced (same path)
     when the input does not have 3 channels. ``options`` go to the torchvision builder (e.g. ``dropout``)."""
     from torchvision.models import get_model
-
-    from cnnctl.models._adapt import replace_first_conv
 
     model = get_model(tv_name, weights=None, num_classes=num_classes, **options)
     if in_channels != 3:

@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnctl.errors import DownloadError, UsageError
+from cnnctl.data.base import Preprocessing
+from cnnctl.data.download import RemoteFile, _is_url, ensure_files, offline_requested, verify_file
+from cnnctl.errors import CnnctlError, DownloadError, UsageError
+from cnnctl.models.torchvision_zoo import ZOO, registered_name
+from cnnctl.models.weights_file import read_weights
+from cnnctl.registry import get_model_spec, suggest
 
 IMAGENET_NAMES = ("imagenet", "imagenet1k", "default")  # --pretrained values meaning "the recommended weights"
 MIRROR_ENV = "CNNCTL_WEIGHTS_MIRROR"
@@ -64,6 +69,24 @@ class PublishedWeights:
         return f"{self.label} ({self.source}{accuracy})"
 
 
+@dataclass(frozen=True)
+class WeightsSource:
+    """Published weights other than torchvision's: how a source resolves ``--pretrained`` for one of its
+    architectures and, optionally, fetches a file itself. Registered by the module of that source's
+    architectures (:mod:`cnnctl.models.timm_models`), which is imported whenever one of them is named."""
+
+    resolve: Callable[[Any, str], PublishedWeights]
+    fetch: Callable[..., Path] | None = None
+
+
+_SOURCES: dict[str, WeightsSource] = {}
+
+
+def register_weights_source(source: str, *, resolve: Callable[[Any, str], PublishedWeights],
+                            fetch: Callable[..., Path] | None = None) -> None:
+    _SOURCES[source] = WeightsSource(resolve, fetch)
+
+
 def is_weights_name(value: str) -> bool:
     """True when ``--pretrained`` names published weights rather than a file: not an existing path, no folder
     separator, no weights-file suffix (``imagenet``, ``IMAGENET1K_V2``, ``ResNet50_Weights.IMAGENET1K_V2``)."""
@@ -73,8 +96,6 @@ def is_weights_name(value: str) -> bool:
 
 
 def offline(explicit: bool = False) -> bool:
-    from cnnctl.data.download import offline_requested
-
     return explicit or offline_requested()
 
 
@@ -83,8 +104,6 @@ def offline(explicit: bool = False) -> bool:
 
 
 def _zoo_entry(arch: str) -> Any:
-    from cnnctl.models.torchvision_zoo import ZOO, registered_name
-
     return next((entry for entry in ZOO if registered_name(entry.tv_name) == arch), None)
 
 
@@ -105,8 +124,6 @@ def _choose_member(enum: Any, value: str, arch: str) -> Any:
     members = {member.name: member for member in enum}
     if wanted.upper() in members:
         return members[wanted.upper()]
-    from cnnctl.registry import suggest
-
     raise suggest(value, ["imagenet", "DEFAULT", *members], f"--pretrained for {arch}: weights")
 
 
@@ -131,13 +148,9 @@ def resolve_torchvision(arch: str, tv_name: str, value: str) -> PublishedWeights
 def resolve(arch: str, value: str) -> PublishedWeights:
     """The published weights ``--pretrained value`` means for ``arch`` (a registered name); one-line errors
     for architectures without published weights and for unknown weight names."""
-    from cnnctl.registry import get_model_spec
-
     spec = get_model_spec(arch)
-    if spec.source == "timm":
-        from cnnctl.models.timm_models import resolve_timm
-
-        return resolve_timm(spec, value)
+    if spec.source in _SOURCES:
+        return _SOURCES[spec.source].resolve(spec, value)
     entry = _zoo_entry(spec.name) if spec.source == "torchvision" else None
     if entry is None:
         if _zoo_entry(f"tv:{spec.name}") is not None:
@@ -186,14 +199,10 @@ def official_sources(weights: PublishedWeights) -> list[str]:
 
 
 def _remote(weights: PublishedWeights) -> Any:
-    from cnnctl.data.download import RemoteFile
-
     return RemoteFile(weights.file_name, file_sha256_prefix=weights.sha256_prefix)
 
 
 def verify_cached(path: Path, weights: PublishedWeights) -> bool:
-    from cnnctl.data.download import verify_file
-
     return verify_file(path, _remote(weights))
 
 
@@ -203,12 +212,9 @@ def ensure_weights_file(weights: PublishedWeights, *, mirror: str | None = None,
     """The verified local file of ``weights``: the cached copy if it still matches the SHA-256 prefix in its
     name, else fetched (``mirror`` / ``$CNNCTL_WEIGHTS_MIRROR`` first, then the official URL). Offline, only a
     folder mirror may be used, and a missing file is one error naming the file and the folder to put it in."""
-    from cnnctl.data.download import _is_url, ensure_files
-
-    if weights.extra.get("hf_hub_id"):  # timm weights on the Hugging Face hub
-        from cnnctl.models.timm_models import fetch_hub_weights
-
-        return fetch_hub_weights(weights, mirror=mirror, dest=dest, offline=offline(offline_only), log=log)
+    if weights.source in _SOURCES and _SOURCES[weights.source].fetch is not None and weights.extra.get("hf_hub_id"):
+        fetch = _SOURCES[weights.source].fetch  # timm weights on the Hugging Face hub
+        return fetch(weights, mirror=mirror, dest=dest, offline=offline(offline_only), log=log)
     directory = Path(dest).expanduser() if dest else hub_checkpoints()
     path = directory / weights.file_name
     damaged = False
@@ -242,34 +248,8 @@ def ensure_weights_file(weights: PublishedWeights, *, mirror: str | None = None,
     return path
 
 
-def published_state_dict(weights: PublishedWeights, path: Path) -> dict[str, Any]:
-    """The tensors of a verified torchvision weights file, with the key names the torchvision model uses.
-
-    Read with ``torch.load(weights_only=True)`` (torch.hub's own loader would unpickle anything); DenseNet's old
-    key names are renamed by torchvision's own loader, given the tensors already read."""
-    from cnnctl.models.pretrained import read_weights
-
-    tensors = read_weights(path)
-    tv_name = weights.extra.get("tv_name", "")
-    if tv_name.startswith("densenet"):
-        from torchvision.models import densenet, get_model
-
-        reference = get_model(tv_name, weights=None)
-
-        class _Read:
-            def get_state_dict(self, **_: Any) -> dict[str, Any]:
-                return dict(tensors)
-
-        densenet._load_state_dict(reference, _Read(), progress=False)  # type: ignore[arg-type]
-        tensors = reference.state_dict()
-    return tensors
-
-
 # --------------------------------------------------------------------------------------------------------------
 # a training run's view
-
-
-GREY_INPUT_MODES = ("replicate", "sum")
 
 
 @functools.lru_cache(maxsize=16)
@@ -301,12 +281,8 @@ def imagenet_file_weights(arch: str, path: str) -> PublishedWeights | None:
     published weights and the file's classifier (its last matrix) has their class count. Anything else (a cnnctl
     checkpoint trained on other classes, an unreadable file, an architecture without published weights) is
     None: its preprocessing is not known, and the data's own statistics are used."""
-    from cnnctl.errors import CnnctlError
-
     try:
         published = resolve_cached(arch, "imagenet")
-        from cnnctl.models.pretrained import read_weights
-
         tensors = read_weights(path)
     except (CnnctlError, OSError, ValueError):  # reported where the file is loaded
         return None
@@ -348,8 +324,6 @@ def run_preprocessing(weights: PublishedWeights, channels: int, image_size: tupl
     (``--img-size`` sets the crop and scales the resize with it); in-memory datasets (MNIST, CIFAR) keep their
     own size or ``--img-size``, since their images are already small crops. Grey data meets colour weights by
     ``grey_input`` (see :func:`grey_input_mode`)."""
-    from cnnctl.data.base import Preprocessing
-
     prep = weights.preprocessing
     mean, std = prep.mean, prep.std
     if channels == 1 and len(mean) == 3:

@@ -12,6 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cnnctl.engine.evaluate import evaluate, open_evaluation
+from cnnctl.engine.tta import check_tta
+from cnnctl.errors import UsageError
+from cnnctl.fsutil import atomic_write_text
+from cnnctl.report.page import write_page
+
 TOP_LOSSES = 32
 ISSUES_SHOWN = 48  # thumbnails in the page; label_issues.csv has them all
 
@@ -22,16 +28,13 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
                         plots_dir: Any = None, report_dir: Any = None, label_issues: bool = False,
                         top_losses: int = TOP_LOSSES, tta: str = "none") -> dict[str, Any]:
     """Evaluate a checkpoint in one pass over the split and return every number as a JSON-able dict.
-    ``tta``: average the softmax over views of each image (:mod:`cnnctl.tta`).
+    ``tta``: average the softmax over views of each image (:mod:`cnnctl.engine.tta`).
 
     Always: loss, top-1/top-5 accuracy, per-class precision/recall/F1, the confusion matrix and calibration
     (ECE over 15 bins). ``label_issues``: the images whose given label is suspect, ranked. ``report_dir``: also
     the top losses and most confused pairs, written with everything else to ``index.html`` and ``report.json``.
     """
-    from cnnctl.engine.evaluate import evaluate, open_evaluation
-    from cnnctl.errors import UsageError
     from cnnctl.report import analysis
-    from cnnctl.tta import check_tta
 
     tta = check_tta(tta)  # before any work
 
@@ -83,8 +86,6 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
 
 
 def _check_report_dir(directory: Path) -> None:
-    from cnnctl.errors import UsageError
-
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"--report {directory} is a file, not a folder", hint="pass a folder to write the report to")
 
@@ -122,9 +123,6 @@ def label_issues_csv(issues: list[dict[str, Any]]) -> str:
 def write_report(directory: Path, report: dict[str, Any], data: Any, outputs: Any, classes: list[str]) -> Path:
     """``index.html``, ``report.json`` and (with label issues) ``label_issues.csv`` in ``directory``."""
     import torch
-
-    from cnnctl.fsutil import atomic_write_text
-    from cnnctl.report.page import write_page
 
     confusion = torch.tensor(report["confusion"], dtype=torch.float64)
     normalised = (confusion / confusion.sum(dim=1, keepdim=True).clamp(min=1)).tolist()

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.errors import UsageError
+
 if TYPE_CHECKING:
     import torch
 
@@ -145,8 +147,6 @@ def require_cleanlab() -> None:
     try:
         import cleanlab  # noqa: F401
     except ImportError as error:
-        from cnnctl.errors import UsageError
-
         raise UsageError(LABELS_MISSING) from error
 
 

@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.fsutil import atomic_write_text
+from cnnctl.plots import _figure
+
 if TYPE_CHECKING:
     import torch
 
@@ -52,8 +55,6 @@ def confusion_figure(confusion: Any, classes: Sequence[str]) -> Any:
     import numpy as np
     from matplotlib.colors import LogNorm
 
-    from cnnctl.plots import _figure
-
     matrix = np.asarray(confusion, dtype=np.int64)
     count = len(classes)
     side = min(11.0, max(4.2, 0.45 * count + 2.2))
@@ -92,8 +93,6 @@ def confusion_figure(confusion: Any, classes: Sequence[str]) -> Any:
 def reliability_figure(calibration: dict[str, Any]) -> Any:
     """Accuracy against confidence per bin (a calibrated model follows the diagonal), and how many images fall
     in each bin."""
-    from cnnctl.plots import _figure
-
     figure = _figure(6.4, 6.4)
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     bins = calibration["bins"]
@@ -189,8 +188,6 @@ def render(report: dict[str, Any], data: Any, outputs: Any, classes: Sequence[st
 def write_page(directory: str | Path, report: dict[str, Any], data: Any, outputs: Any,
                classes: Sequence[str]) -> Path:
     """``DIR/index.html`` (atomically)."""
-    from cnnctl.fsutil import atomic_write_text
-
     path = Path(directory) / "index.html"
     atomic_write_text(path, render(report, data, outputs, classes))
     return path

@@ -15,7 +15,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from cnnctl.config_file import coerce_options
 from cnnctl.errors import UsageError
+from cnnctl.tune.report import finish
+from cnnctl.tune.space import build_param
+from cnnctl.tune.study import new_spec, open_search, start_search, work
 
 
 def require_optuna() -> None:
@@ -37,11 +41,6 @@ def search(arch: str | None = None, *, space: dict[str, Any] | None = None, tria
     search folder instead. Returns the summary (what ``--json`` prints: ``tune_dir``, ``best``, ``trials``);
     best.yaml, summary.json and the plots are written as by the command. ``progress=True`` prints each trial's
     epochs on stderr (its end is always one line there)."""
-    from cnnctl.config_file import coerce_options
-    from cnnctl.tune.report import finish
-    from cnnctl.tune.space import build_param
-    from cnnctl.tune.study import new_spec, open_search, start_search, work
-
     require_optuna()
     if resume is not None:
         if arch is not None or space or options:

@@ -8,6 +8,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl import plots
+from cnnctl.config_file import build_train_config, dump_yaml
+from cnnctl.fsutil import atomic_path, atomic_write_text
+from cnnctl.tune.space import MACHINE_OPTIONS
+from cnnctl.tune.storage import shown_url
+
 if TYPE_CHECKING:
     import optuna
 
@@ -96,10 +102,6 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 def write_best_config(search: Search, best: optuna.trial.FrozenTrial) -> Path | None:
     """``best.yaml`` in the search folder: the best trial's resolved configuration, which ``cnnctl train --config``
     trains again (into ``--out``'s usual numbered folders, not the search's)."""
-    from cnnctl.config_file import build_train_config, dump_yaml
-    from cnnctl.fsutil import atomic_write_text
-    from cnnctl.tune.study import MACHINE_OPTIONS
-
     document = best.user_attrs.get("config")
     if not document:
         return None
@@ -127,8 +129,6 @@ def plot_study(study: optuna.Study, tune_dir: Path, monitor: str) -> tuple[list[
     import optuna
     from optuna.trial import TrialState
 
-    from cnnctl import plots
-
     missing = plots.available()
     if missing:
         return [], [missing]
@@ -136,8 +136,6 @@ def plot_study(study: optuna.Study, tune_dir: Path, monitor: str) -> tuple[list[
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from cnnctl.fsutil import atomic_path
 
     written, notes = [], []
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -172,8 +170,6 @@ def plot_study(study: optuna.Study, tune_dir: Path, monitor: str) -> tuple[list[
 
 def summary_document(search: Search, rows: list[dict[str, Any]], best: optuna.trial.FrozenTrial | None,
                      best_config: Path | None, plots: list[Path]) -> dict[str, Any]:
-    from cnnctl.tune.storage import shown_url
-
     def clean(value: Any) -> Any:
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
@@ -191,8 +187,6 @@ def summary_document(search: Search, rows: list[dict[str, Any]], best: optuna.tr
 
 def finish(search: Search) -> dict[str, Any]:
     """Everything written at the end of a search (best.yaml, plots, summary.json); returns the summary."""
-    from cnnctl.fsutil import atomic_write_text
-
     rows = trial_rows(search.study)
     best = best_trial(search.study)
     best_config = write_best_config(search, best) if best is not None else None

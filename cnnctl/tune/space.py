@@ -13,9 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnctl.config_file import _toml, coerce_options
 from cnnctl.errors import UsageError
+from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, canonical_name
+from cnnctl.registry import suggest
 
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
+# Train options that each process of a shared study may set for itself: they say where, not what, it trains.
+MACHINE_OPTIONS = ("out", "root", "mirror", "device", "threads")
 
 # Train options that cannot be searched, and why.
 NOT_SEARCHABLE = {
@@ -84,14 +89,10 @@ def _render(value: Any) -> str:
 def option_type(name: str) -> type:
     """The type of train option ``name`` (from its declaration in cnnctl/options.py): bool, int, float, str, list
     or dict. Unknown or unsearchable names are one line, with the closest option name."""
-    from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, canonical_name
-
     canonical = canonical_name(name) or name
     if canonical in NOT_SEARCHABLE:
         raise UsageError(f"--param {name}: cannot be searched: {NOT_SEARCHABLE[canonical]}")
     if canonical not in OPTION_BY_NAME or not OPTION_BY_NAME[canonical].config:
-        from cnnctl.registry import suggest
-
         searchable = sorted(o.name for o in CONFIG_OPTIONS if o.name not in NOT_SEARCHABLE)
         raise suggest(name, searchable, "option in --param (not a `cnnctl train` option):")
     return OPTION_BY_NAME[canonical].type
@@ -110,16 +111,12 @@ def parse_param(text: str) -> Param:
 def build_param(name: str, spec: Any) -> Param:
     """A Param from an option name and its SPEC: a string, or (in a --space file) a list of choices or a mapping
     ``{kind: ..., low: ..., high: ..., step: ..., choices: [...]}``."""
-    from cnnctl.options import canonical_name
-
     name = name.strip().lstrip("-").replace("-", "_")
     where = f"--param {name}"
     kind_of_option = option_type(name)
     name = canonical_name(name) or name
     kind, arguments = _split_spec(spec, where)
     if kind not in KINDS:
-        from cnnctl.registry import suggest
-
         raise suggest(kind, list(KINDS), f"kind of range in {where}:")
     if kind_of_option in (list, dict):
         raise UsageError(f"{where}: cannot be searched (it takes a {kind_of_option.__name__})")
@@ -183,8 +180,6 @@ def _number(value: Any, where: str) -> float:
 
 
 def _choice(name: str, values: list[Any], kind_of_option: type, where: str) -> Param:
-    from cnnctl.config_file import coerce_options
-
     if not values:
         raise UsageError(f"{where}: the choice is empty", hint=f"e.g. {name}=choice:A,B")
     coerced = [coerce_options({name: value}, source=where)[name] for value in values]
@@ -215,8 +210,6 @@ def read_space_file(path: str | Path) -> list[Param]:
         elif suffix == ".json":
             data = json.loads(text)
         elif suffix == ".toml":
-            from cnnctl.config_file import _toml
-
             data = _toml().loads(text)
         else:
             raise UsageError(f"--space {path}: unknown format {suffix or '(no suffix)'}",

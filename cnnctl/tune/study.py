@@ -23,8 +23,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.config_file import build_train_config
+from cnnctl.engine.distributed import cpu_count, worker_program
+from cnnctl.engine.fit import Trainer
+from cnnctl.engine.interrupt import TrainingInterrupted
+from cnnctl.engine.run_folder import default_run_name
+from cnnctl.engine.state import STATE_FILE
 from cnnctl.errors import CheckpointError, CnnctlError, DataError, UsageError
-from cnnctl.tune.space import Param, apply_params, space_from_document
+from cnnctl.fsutil import atomic_write_text
+from cnnctl.registry import get_model_spec, suggest
+from cnnctl.tune.report import trial_line
+from cnnctl.tune.space import MACHINE_OPTIONS, Param, _render, apply_params, space_from_document, space_to_document
+from cnnctl.tune.storage import default_url, open_storage, shown_url
+from cnnctl.tune.trainer import PruningCallback, TrialReporter
 
 if TYPE_CHECKING:
     import optuna
@@ -33,8 +44,6 @@ SPEC_FILE = "tune.json"
 STUDY_ATTR = "cnnctl_search"
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = {"val_acc": "maximize", "val_loss": "minimize"}
-# Train options that each process of a shared study may set for itself: they say where, not what, it trains.
-MACHINE_OPTIONS = ("out", "root", "mirror", "device", "threads")
 
 
 @dataclass
@@ -91,10 +100,6 @@ class WorkSummary:
 # ------------------------------------------------------------------------------------------------ setting up
 def check_spec(spec: SearchSpec) -> None:
     """Everything about a search that is wrong without training anything: one line each."""
-    from cnnctl.config_file import build_train_config
-    from cnnctl.registry import suggest
-    from cnnctl.tune.space import _render
-
     if spec.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {spec.trials}")
     if spec.pruner not in PRUNERS:
@@ -122,10 +127,6 @@ def new_spec(options: dict[str, Any], space: list[Param], *, trials: int | None 
              pruner_startup: int = 2) -> tuple[SearchSpec, str, bool]:
     """A new search over ``space`` from train ``options`` (already converted to their types). Also returns the
     folder that holds searches (``out``) and whether a ``name`` was given (else ``ARCH-DATASET``, numbered)."""
-    from cnnctl.engine.run_folder import default_run_name
-    from cnnctl.registry import get_model_spec
-    from cnnctl.tune.space import space_to_document
-
     options = dict(options)
     if not options.get("arch"):
         raise UsageError("name an architecture to search with", hint="e.g. cnnctl tune lenet5 --param lr=...")
@@ -143,8 +144,6 @@ def make_study(spec: SearchSpec, url: str, *, create: bool, sampler_seed: int | 
     from start to end draws the same values again with the same --seed; every other process (workers, other
     machines, --resume) draws its own, or they would all try the same values."""
     import optuna
-
-    from cnnctl.tune.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnctl says what happens, in its own lines
     storage = open_storage(url)
@@ -186,8 +185,6 @@ def make_pruner(spec: SearchSpec) -> Any:
 
 
 def _shown(url: str) -> str:
-    from cnnctl.tune.storage import shown_url
-
     return shown_url(url)
 
 
@@ -213,8 +210,6 @@ def create_tune_dir(out: str | Path, name: str, *, numbered: bool) -> Path:
 def start_search(spec: SearchSpec, *, out: str | Path, name_given: bool, storage_url: str | None) -> Search:
     """A new search (or, with a shared ``--storage``, joining the study of that name): checks the spec, opens the
     storage, creates the folder and the study, writes tune.json. Nothing is trained yet."""
-    from cnnctl.tune.storage import default_url, open_storage, shown_url
-
     check_spec(spec)
     if storage_url is not None:
         open_storage(storage_url)  # unreachable: one line before any folder is made
@@ -247,8 +242,6 @@ def _check_same_storage(tune_dir: Path, spec: SearchSpec) -> None:
 
 def open_search(tune_dir: str | Path, *, storage_url: str | None = None, trials: int | None = None) -> Search:
     """An existing search folder (``--resume DIR``), with its storage; ``trials`` may raise the budget."""
-    from cnnctl.tune.storage import default_url
-
     tune_dir = Path(tune_dir)
     path = tune_dir / SPEC_FILE
     if not path.is_file():
@@ -274,8 +267,6 @@ def open_search(tune_dir: str | Path, *, storage_url: str | None = None, trials:
 
 
 def write_spec(tune_dir: Path, spec: SearchSpec) -> None:
-    from cnnctl.fsutil import atomic_write_text
-
     atomic_write_text(tune_dir / SPEC_FILE, json.dumps(asdict(spec), indent=2, default=str) + "\n")
 
 
@@ -325,8 +316,6 @@ def continue_interrupted(search: Search) -> list[int]:
     import optuna
     from optuna.trial import TrialState
 
-    from cnnctl.engine.state import STATE_FILE
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(search.study)  # trials of dead processes, past the heartbeat's grace
@@ -354,11 +343,6 @@ def run_trial(search: Search, trial: optuna.Trial, *, quiet: bool) -> float:
     never test); raise ``optuna.TrialPruned`` when the pruner stopped it."""
     import optuna
 
-    from cnnctl.config_file import build_train_config
-    from cnnctl.engine.fit import Trainer
-    from cnnctl.engine.interrupt import TrainingInterrupted
-    from cnnctl.tune.trainer import PruningCallback, TrialReporter
-
     spec = search.spec
     values = {param.name: param.suggest(trial) for param in spec.params()}
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -376,8 +360,6 @@ def run_trial(search: Search, trial: optuna.Trial, *, quiet: bool) -> float:
         started = time.monotonic()
         result = trainer.run()
     except (TrainingInterrupted, KeyboardInterrupt):
-        from cnnctl.engine.state import STATE_FILE
-
         run_dir = callback.run_dir
         if run_dir is not None and (run_dir / STATE_FILE).is_file():  # resumable: --resume continues it
             trial.set_user_attr("interrupted", str(run_dir))
@@ -410,8 +392,6 @@ def write_trial_file(run_dir: Path, number: int, state: str, values: dict[str, A
                      value: float | None = None, error: str | None = None) -> None:
     """``trial.json`` in the trial's run folder: its number, state (complete, pruned, failed, interrupted),
     parameters and objective value, so that the folder says what it was without the study."""
-    from cnnctl.fsutil import atomic_write_text
-
     document: dict[str, Any] = {"trial": number, "state": state, "params": values, "monitor": callback.monitor,
                                 "value": value, "epochs_reported": callback.reported}
     if callback.pruned_at is not None:
@@ -428,16 +408,12 @@ def work(search: Search, *, timeout: float | None = None, quiet: bool = False) -
     running then finishes). Ctrl-C stops the current trial after its batch, saved and resumable."""
     import optuna
 
-    from cnnctl.engine.interrupt import TrainingInterrupted
-
     summary = WorkSummary()
     deadline = None if timeout is None else time.monotonic() + timeout
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's end is said by announce(), in one line
 
     def announce(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         summary.ran.append(trial.number)
-        from cnnctl.tune.report import trial_line
-
         print(trial_line(trial, search.spec.monitor), file=sys.stderr, flush=True)
 
     while deadline is None or time.monotonic() < deadline:
@@ -472,8 +448,6 @@ def run_workers(search: Search, workers: int, *, timeout: float | None, quiet: b
     each of them once: every worker saves its trial and stops. Returns the highest exit code."""
     import signal
     import subprocess
-
-    from cnnctl.engine.distributed import cpu_count, worker_program
 
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, cpu_count() // workers)))

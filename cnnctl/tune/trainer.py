@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.engine.callbacks import Callback
+from cnnctl.errors import UsageError
 from cnnctl.progress import Reporter, epoch_line, plural
+from cnnctl.tune.report import format_params
 
 PRUNER_NAMES = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}
 
@@ -31,8 +33,6 @@ class PruningCallback(Callback):
 
     def on_fit_start(self, trainer: Any) -> None:
         """A trial that continues an interrupted run first reports the epochs that run had already trained."""
-        from cnnctl.errors import UsageError
-
         self.run_dir = trainer.run_dir
         self.trial.set_user_attr("run_dir", str(trainer.run_dir))
         if trainer.data.val is None:
@@ -72,8 +72,6 @@ class TrialReporter(Reporter):
         self.quiet = quiet
 
     def start(self, info: dict[str, Any]) -> None:
-        from cnnctl.tune.report import format_params
-
         self._say(f"{format_params(self.values)} → {info['run_dir']} ({info['train']:,} train / "
                   f"{info['val']:,} val images, {plural(info['epochs'], 'epoch')})")
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.errors import UsageError
+
 if TYPE_CHECKING:
     from cnnctl.engine.fit import FitResult, Trainer
 
@@ -57,8 +59,6 @@ class CallbackList(Callback):
         callbacks = list(callbacks)
         for callback in callbacks:
             if not isinstance(callback, Callback):
-                from cnnctl.errors import UsageError
-
                 raise UsageError(f"callbacks must be cnnctl.engine.callbacks.Callback instances, got "
                                  f"{type(callback).__name__}")
         self.callbacks = sorted(callbacks, key=lambda callback: callback.order)

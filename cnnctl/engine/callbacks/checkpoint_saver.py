@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cnnctl import checkpoint
+from cnnctl.checkpoint import CheckpointMeta
 from cnnctl.engine.callbacks.base import Callback
+from cnnctl.engine.state import save_training_state
+from cnnctl.fsutil import atomic_copy
 
 if TYPE_CHECKING:
     from cnnctl.engine.fit import Trainer
@@ -23,10 +27,6 @@ class CheckpointSaver(Callback):
     def on_validation_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         if not trainer.dist.is_main:
             return
-        from cnnctl import checkpoint
-        from cnnctl.engine.state import save_training_state
-        from cnnctl.fsutil import atomic_copy
-
         folder = trainer.folder
         improved, in_top, dropped = trainer.improvement
         # the weights validated: with --ema the average (the training state keeps the raw weights too)
@@ -42,8 +42,6 @@ class CheckpointSaver(Callback):
 
 def checkpoint_meta(trainer: Trainer, epoch: int, row: dict[str, float]) -> Any:
     """What a checkpoint of this run says about itself: architecture, classes, preprocessing, data, metrics."""
-    from cnnctl.checkpoint import CheckpointMeta
-
     config, data = trainer.config, trainer.data
     return CheckpointMeta(arch=config.arch, arch_args=dict(config.arch_args), classes=list(data.classes),
                           preprocessing=data.preprocessing, dataset=data.dataset_label, data_dir=config.data_dir,

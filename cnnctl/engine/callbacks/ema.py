@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.checkpoint import unwrap
 from cnnctl.engine.callbacks.base import Callback
 
 if TYPE_CHECKING:
@@ -49,6 +50,4 @@ class ExponentialMovingAverage(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, step: int, loss: Any) -> None:
         if trainer.averaged is not None:
-            from cnnctl.checkpoint import unwrap
-
             trainer.averaged.update_parameters(unwrap(trainer.model))

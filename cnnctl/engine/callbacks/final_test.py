@@ -10,7 +10,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from cnnctl import checkpoint
+from cnnctl.checkpoint import load as load_checkpoint
+from cnnctl.data.loader import BatchLoader
 from cnnctl.engine.callbacks.base import Callback
+from cnnctl.engine.distributed import broadcast_object, gather_object, weights_fingerprint
+from cnnctl.engine.evaluate import evaluate
+from cnnctl.fsutil import atomic_write_text
 
 if TYPE_CHECKING:
     from cnnctl.engine.fit import FitResult, Trainer
@@ -24,8 +30,6 @@ class FinalTest(Callback):
         self.evaluation: tuple[Any, Any, Any, str] | None = None
 
     def on_fit_end(self, trainer: Trainer, result: FitResult) -> None:
-        from cnnctl.engine.distributed import broadcast_object, gather_object, weights_fingerprint
-
         fingerprints: list[str] = []
         if trainer.dist.enabled:
             fingerprints = gather_object(weights_fingerprint(trainer.model), trainer.dist)
@@ -40,11 +44,6 @@ class FinalTest(Callback):
     def run_final(self, trainer: Trainer, fingerprints: list[str]) -> dict[str, Any]:
         """Evaluate best.safetensors on the test split (else the validation split), write results.json and
         show the result line."""
-        from cnnctl import checkpoint
-        from cnnctl.data.loader import BatchLoader
-        from cnnctl.engine.evaluate import evaluate
-        from cnnctl.fsutil import atomic_write_text
-        from cnnctl.models import load_checkpoint
 
         data, folder = trainer.data, trainer.folder
         split, images = next(((name, held_out) for name, held_out in (("test", data.test), ("val", data.val))

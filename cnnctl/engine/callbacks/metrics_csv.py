@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnctl.engine.callbacks.base import Callback
+from cnnctl.fsutil import atomic_write_text
 
 if TYPE_CHECKING:
     from cnnctl.engine.fit import Trainer
@@ -20,8 +21,6 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr
 
 def write_metrics(path: Path, history: list[dict[str, float]]) -> None:
     """Rewrite metrics.csv from the history (atomically): a known column order, then any other keys."""
-    from cnnctl.fsutil import atomic_write_text
-
     columns = [c for c in METRIC_COLUMNS if any(c in row for row in history)]
     for row in history:
         columns += [key for key in row if key not in columns]

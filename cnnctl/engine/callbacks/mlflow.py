@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl.engine.callbacks.base import Callback
 from cnnctl.engine.loggers import register_logger, run_params
+from cnnctl.errors import CnnctlError, first_line
 
 if TYPE_CHECKING:
     from cnnctl.config import TrainConfig
@@ -63,8 +64,6 @@ class MlflowLogger(Callback):
         try:
             self._start(trainer, uri)
         except Exception as error:  # noqa: BLE001 - MLflow raises its own and its HTTP library's errors
-            from cnnctl.errors import CnnctlError, first_line
-
             raise CnnctlError(f"mlflow: cannot log to {uri} ({first_line(error, 200)})",
                               hint="check MLFLOW_TRACKING_URI, or train without --logger mlflow") from error
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cnnctl import plots
 from cnnctl.engine.callbacks.base import Callback
 from cnnctl.engine.callbacks.final_test import FinalTest
+from cnnctl.engine.lr_sweep import plot_lr_find
 
 if TYPE_CHECKING:
     from cnnctl.engine.fit import FitResult, Trainer
@@ -21,8 +23,6 @@ class Plots(Callback):
     def on_fit_end(self, trainer: Trainer, result: FitResult) -> None:
         if not (trainer.config.plots and trainer.dist.is_main):
             return
-        from cnnctl import plots
-
         missing = plots.available()
         if missing:
             trainer.reporter.message(missing)
@@ -30,8 +30,6 @@ class Plots(Callback):
         trainer.reporter.phase("plotting")
         result.plots = [plots.plot_curves(trainer.history, trainer.run_dir / "curves.png")]
         if trainer.lr_sweep is not None:  # --lr auto
-            from cnnctl.lr_find import plot_lr_find
-
             result.plots.append(plot_lr_find(trainer.lr_sweep, trainer.run_dir / "lr-find.png"))
         if self.final_test.evaluation is not None:  # the test split's, or the validation split's without one
             model, evaluation, images, split = self.final_test.evaluation

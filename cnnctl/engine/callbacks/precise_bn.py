@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.checkpoint import unwrap
+from cnnctl.data.loader import BatchLoader
+from cnnctl.engine.batchnorm import PRECISE_BN_IMAGES, batchnorm_layers, recompute_batchnorm
 from cnnctl.engine.callbacks.base import Callback
 
 if TYPE_CHECKING:
@@ -28,9 +31,6 @@ class PreciseBatchNorm(Callback):
     def on_train_batch_end(self, trainer: Trainer, step: int, loss: Any) -> None:
         if step != len(trainer.train_batches) or not trainer.config.precise_bn or trainer.head_only.frozen:
             return
-        from cnnctl.checkpoint import unwrap
-        from cnnctl.engine.batchnorm import batchnorm_layers, recompute_batchnorm
-
         # the model that is validated and saved: with --ema the average, whose statistics the raw steps blurred
         model = trainer.averaged.module if trainer.averaged is not None else unwrap(trainer.model)
         if not batchnorm_layers(model):
@@ -41,9 +41,6 @@ class PreciseBatchNorm(Callback):
         """The same training images every epoch (seeded by --seed), un-augmented, at the training batch size."""
         if self._batches is None:
             import torch
-
-            from cnnctl.data.loader import BatchLoader
-            from cnnctl.engine.batchnorm import PRECISE_BN_IMAGES
 
             train, config = trainer.data.train, trainer.config
             generator = torch.Generator().manual_seed(config.seed)

@@ -8,6 +8,7 @@ import math
 from typing import TYPE_CHECKING
 
 from cnnctl.engine.callbacks.base import Callback
+from cnnctl.engine.evaluate import evaluate
 
 if TYPE_CHECKING:
     from cnnctl.engine.fit import Trainer
@@ -17,8 +18,6 @@ class SanityCheck(Callback):
     order = -90  # right after the progress display's first line
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        from cnnctl.engine.evaluate import evaluate
-
         dist, config = trainer.dist, trainer.config
         if dist.enabled:
             trainer.reporter.message(f"distributed: {dist.world_size} processes "

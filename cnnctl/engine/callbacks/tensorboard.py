@@ -21,7 +21,9 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl import plots
 from cnnctl.engine.callbacks.base import Callback
+from cnnctl.engine.callbacks.final_test import FinalTest
 from cnnctl.engine.loggers import register_logger, run_params
 
 if TYPE_CHECKING:
@@ -104,9 +106,6 @@ class TensorBoardLogger(Callback):
     def test_images(self, trainer: Trainer, result: FitResult) -> list[tuple[str, Any]]:
         """The final test's confusion matrix and prediction grid (the run folder's PNGs, or drawn for this
         logger alone under --no-plots) as HxWx3 uint8 arrays."""
-        from cnnctl import plots
-        from cnnctl.engine.callbacks.final_test import FinalTest
-
         names = {"test/confusion_matrix": "confusion.png", "test/predictions": "predictions.png"}
         with tempfile.TemporaryDirectory() as scratch:
             folder = trainer.run_dir

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.engine.callbacks.base import Callback
+from cnnctl.engine.threads import OthersMeter, adjust_threads
 
 if TYPE_CHECKING:
     from cnnctl.engine.fit import Trainer
@@ -27,8 +28,6 @@ class ThreadGovernor(Callback):
         if choice is None:  # --threads given, a GPU, or one of several processes
             self.meter = None
             return
-        from cnnctl.engine.threads import OthersMeter
-
         self.meter = OthersMeter()
         self.usable = choice.usable
         self.next_check = time.monotonic() + self.interval_s
@@ -37,8 +36,6 @@ class ThreadGovernor(Callback):
         if self.meter is None or time.monotonic() < self.next_check:
             return
         import torch
-
-        from cnnctl.engine.threads import adjust_threads
 
         self.next_check = time.monotonic() + self.interval_s
         others = self.meter.others()

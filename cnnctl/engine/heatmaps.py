@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.data.loader import Normalizer, fit_to_input
+from cnnctl.engine.predict import decode_image, find_images, model_with_meta
 from cnnctl.errors import UsageError
+from cnnctl.plots import _figure, _save
+from cnnctl.registry import get_model_spec
 
 if TYPE_CHECKING:
     import torch
@@ -200,9 +204,6 @@ def explain_tensor(model: torch.nn.Module, images: torch.Tensor, *, method: str 
     """
     import torch
 
-    from cnnctl.data.loader import Normalizer, fit_to_input
-    from cnnctl.registry import get_model_spec
-
     require_captum()
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -274,8 +275,6 @@ def output_names(sources: Sequence[str], method: str) -> list[str]:
 def plot_explanation(image: torch.Tensor, heatmap: torch.Tensor, topk: Sequence[tuple[int, str, float]],
                      target_name: str, path: Path, *, title: str) -> Path:
     """The image, the heat map over it, and the top-k probabilities with the explained class highlighted."""
-    from cnnctl.plots import _figure, _save
-
     figure = _figure(10.5, 3.6)
     axes = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.25]})
     picture = image.detach().cpu()
@@ -310,8 +309,6 @@ def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: 
     """``cnnctl explain``: a heat map per image (files, folders, or a uint8 N×C×H×W tensor at the checkpoint's
     image size); with ``output``, also ``<stem>.<method>.png`` per image in that folder."""
     import torch
-
-    from cnnctl.engine.predict import decode_image, find_images, model_with_meta
 
     require_captum()
     if method not in METHODS:

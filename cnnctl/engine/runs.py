@@ -25,7 +25,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnctl.errors import UsageError
+from cnnctl import filekind, plots
+from cnnctl.checkpoint.format import wrong_kind_error
+from cnnctl.engine.run_folder import RunFolder
+from cnnctl.engine.state import read_state_document
+from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.fsutil import require_writable_file
+from cnnctl.plots import _figure, _percent
+from cnnctl.registry import suggest
 
 CHECKPOINT_FILES = ("best.safetensors", "last.safetensors")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl", ".pickle")
@@ -73,8 +80,6 @@ def is_checkpoint_like(target: str | Path) -> bool:
         return True
     if path.is_dir():
         return next(_run_folders(path), None) is not None
-    from cnnctl import filekind
-
     return filekind.sniff(path) in (filekind.SAFETENSORS, filekind.ONNX, filekind.TORCHSCRIPT,
                                     filekind.TORCH_SAVE, filekind.PICKLE)
 
@@ -96,9 +101,6 @@ def resolve_checkpoint(target: str | None, *, runs: str | Path = DEFAULT_RUNS,
         return str(chosen)
     path = Path(target)
     if path.suffix.lower() in MODEL_SUFFIXES:  # another format's model: named, with what to pass instead
-        from cnnctl import filekind
-        from cnnctl.checkpoint_schema import wrong_kind_error
-
         kind = filekind.sniff(path) if path.is_file() else None  # missing: the suffix says what it would be
         if kind != filekind.SAFETENSORS:  # (a renamed cnnctl checkpoint is still read)
             if kind not in (filekind.ONNX, filekind.TORCHSCRIPT, filekind.TORCH_SAVE, filekind.PICKLE):
@@ -246,10 +248,6 @@ def read_history(folder: Path) -> list[dict[str, float]]:
 
 def read_run(folder: Path, root: Path) -> RunInfo:
     """What ``folder`` holds, and its status (removing stale temporary files when no process trains it)."""
-    from cnnctl.engine.run_folder import RunFolder
-    from cnnctl.engine.state import read_state_document
-    from cnnctl.errors import CnnctlError
-
     run = RunFolder(folder)
     config = _read_json(folder / "config.json") or {}
     with unless_training(folder) as free:
@@ -315,8 +313,6 @@ def _sort_value(info: RunInfo, key: str) -> Any:
 def list_runs(root: str | Path = "runs", *, arch: str | None = None, dataset: str | None = None,
               status: str | None = None, sort: str = "run", reverse: bool = False) -> list[RunInfo]:
     """The run folders under ``root``, filtered (architecture, dataset, status) and sorted by ``sort``."""
-    from cnnctl.registry import suggest
-
     if sort not in SORT_KEYS:
         raise suggest(sort, list(SORT_KEYS), "sort column")
     if status is not None and status not in STATUSES:
@@ -365,8 +361,6 @@ def comparison_figure(histories: Sequence[tuple[str, list[dict[str, float]]]]) -
     every panel."""
     from matplotlib.ticker import MaxNLocator
 
-    from cnnctl.plots import _figure, _percent
-
     figure = _figure(12, 8)
     axes = figure.subplots(2, 2)
     colours = [f"C{index % 10}" for index in range(len(histories))]
@@ -391,9 +385,6 @@ def comparison_figure(histories: Sequence[tuple[str, list[dict[str, float]]]]) -
 
 def compare_runs(paths: Sequence[str | Path], output: str | Path = "compare.png") -> Path:
     """Draw the runs' curves into one PNG (``output``); returns its path."""
-    from cnnctl import plots
-    from cnnctl.fsutil import require_writable_file
-
     plots.require()
     target = require_writable_file(output, option="--output")
     folders = resolve_runs(paths)

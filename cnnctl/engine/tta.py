@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from cnnctl.registry import suggest
+
 if TYPE_CHECKING:
     import torch
 
@@ -24,8 +26,6 @@ TTA_MODES = ("none", "flip", "crop", "flip-crop")
 def check_tta(mode: str | None) -> str:
     mode = (mode or "none").strip().lower()
     if mode not in TTA_MODES:
-        from cnnctl.registry import suggest
-
         raise suggest(mode, list(TTA_MODES), "--tta mode")
     return mode
 

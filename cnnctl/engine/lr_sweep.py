@@ -1,5 +1,5 @@
-"""``cnnctl lr-find``: an exponential learning-rate sweep (Smith, "Cyclical learning rates", 2017) and a
-suggested rate.
+"""The learning-rate sweep behind ``cnnctl lr-find`` and ``--lr auto``: an exponential learning-rate sweep
+(Smith, "Cyclical learning rates", 2017) and a suggested rate.
 
 The model, data, augmentation and optimizer are built exactly as ``cnnctl train`` builds them from the same
 options; then each of ``steps`` optimizer steps uses a rate ``start·(end/start)^(i/(steps−1))``. The loss is
@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.checkpoint import unwrap
+from cnnctl.engine.determinism import deterministic_mode
 from cnnctl.errors import UsageError
+from cnnctl.plots import _figure, _save
+from cnnctl.progress import SilentReporter
 
 if TYPE_CHECKING:
     from cnnctl.config import TrainConfig
+    from cnnctl.engine.fit import Trainer
 
 SMOOTHING = 0.98
 DIVERGED = 4.0
@@ -52,34 +58,28 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
     return min(max(lrs[best] / 10, lrs[0]), lrs[-1])
 
 
-def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200,
-            plot: str | Path | bool | None = None, log: Any = None) -> LrFindResult:
-    """Sweep the learning rate for ``config``'s run (which is not changed, nor saved) and suggest one. ``plot``:
-    a PNG path, or True for ``lr-find.png`` beside the run folders that ``cnnctl train`` with the same options
-    makes (``OUT/NAME/``, the sweep's own run), or None/False for no plot."""
+def sweep_lr(trainer_class: type[Trainer], config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0,
+             steps: int = 200, log: Any = None, after_setup: Callable[[Trainer], None] | None = None
+             ) -> LrFindResult:
+    """Sweep the learning rate for ``config``'s run (which is not changed, nor saved) with the training loop's
+    own setup (``trainer_class``: the Trainer) and suggest one. ``after_setup(trainer)`` runs once the run is set
+    up and before the first step (lr-find makes its plot's folder there, so that one it cannot write fails
+    first)."""
     import torch
-    import torch.nn.functional as F
 
-    from cnnctl.checkpoint import unwrap
-    from cnnctl.engine.determinism import deterministic_mode
-    from cnnctl.engine.fit import Trainer
-    from cnnctl.progress import SilentReporter
 
     if not 0 < start_lr < end_lr:
         raise UsageError(f"lr-find needs 0 < --start-lr < --end-lr, got {start_lr:g} and {end_lr:g}")
     if steps < 10:
         raise UsageError(f"lr-find needs at least 10 --steps, got {steps}")
-    if plot:
-        from cnnctl import plots
-
-        plots.require()
     config = dataclasses.replace(config, lr=start_lr, ema=None, arch_args=dict(config.arch_args))
-    trainer = Trainer(config, _Messages(log) if log is not None else SilentReporter())
+    trainer = trainer_class(config, _Messages(log) if log is not None else SilentReporter())
     config.resolve_defaults()
     result = LrFindResult()
     with deterministic_mode(config.deterministic):
         trainer.setup()
-        plot_path = beside_runs(config, trainer.default_name) if plot is True else Path(plot) if plot else None
+        if after_setup is not None:
+            after_setup(trainer)
         model, optimizer, scaler = trainer.model, trainer.optimizer, trainer.scaler
         model.train()
         batches, average, lowest = iter(trainer.train_batches), 0.0, math.inf
@@ -93,7 +93,7 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
                 batches = iter(trainer.train_batches)
                 inputs, labels = next(batches)
             with trainer.precision.autocast():
-                loss = F.cross_entropy(model(inputs), labels, label_smoothing=config.label_smoothing or 0.0)
+                loss = trainer.loss(model(inputs), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip:
@@ -117,23 +117,7 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
     if len(result.lrs) < 2:
         raise UsageError(f"lr-find could not sweep: {result.stopped}", hint="lower --start-lr")
     result.suggestion = suggest_lr(result.lrs, result.smoothed)
-    if plot_path is not None:
-        result.plot = plot_lr_find(result, plot_path)
     return result
-
-
-def beside_runs(config: TrainConfig, default_name: str) -> Path:
-    """``OUT/NAME/lr-find.png``: next to the numbered run folders ``cnnctl train`` makes with these options
-    (the folder is made now, before the sweep, so that a folder that cannot be written fails first)."""
-    from cnnctl.engine.run_folder import run_name
-
-    folder = Path(config.out) / run_name(config.name or default_name)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot write lr-find.png into {folder}: {error.strerror or error}",
-                         hint="pass --out DIR, or --plot PNG for another place") from None
-    return folder / "lr-find.png"
 
 
 class _Messages:
@@ -151,8 +135,6 @@ class _Messages:
 
 def plot_lr_find(result: LrFindResult, path: Path) -> Path:
     """Loss against learning rate (log scale): each step, the smoothed curve and the suggestion."""
-    from cnnctl.plots import _figure, _save
-
     figure = _figure(7, 4.5)
     axes = figure.add_subplot(1, 1, 1)
     axes.plot(result.lrs, result.losses, color="0.75", linewidth=0.8, label="loss per step")
@@ -169,12 +151,12 @@ def plot_lr_find(result: LrFindResult, path: Path) -> Path:
     return _save(figure, path)
 
 
-def resolve_auto_lr(config: TrainConfig, log: Any) -> LrFindResult | None:
+def resolve_auto_lr(trainer_class: type[Trainer], config: TrainConfig, log: Any) -> LrFindResult | None:
     """``--lr auto``: run the sweep with ``config``'s options and train with its suggestion; returns the sweep
     (the run draws it into its folder), or None without ``--lr auto``."""
     if config.lr != "auto":
         return None
-    found = lr_find(dataclasses.replace(config, lr=None), log=None)
+    found = sweep_lr(trainer_class, dataclasses.replace(config, lr=None), log=None)
     config.lr = float(f"{found.suggestion:.3g}")
     log(f"--lr auto: lr-find suggests {config.lr:g} ({RULE}; {len(found.lrs)} steps)")
     return found

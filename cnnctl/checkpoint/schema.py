@@ -1,5 +1,5 @@
-"""Checking a checkpoint before anything is built from it: a bounded read of the safetensors header, the cnnctl
-metadata against a schema (types, ranges), and the tensors against the architecture the metadata describes.
+"""The checkpoint's metadata: :class:`CheckpointMeta` and its schema (types, ranges), checked before anything is
+built from it. Sits above the file format (``format.py``) and below loading (``load.py``).
 
 A checkpoint is an untrusted file. Its metadata decides what gets allocated (the architecture's arguments, the
 input size, the number of classes), so every field is checked first and a bad one is refused in one message
@@ -9,157 +9,45 @@ and compared with the tensors listed in the header, so what ``load`` allocates i
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
-import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from cnnctl import filekind
-from cnnctl.errors import CheckpointError, CnnctlError, first_line
+from cnnctl.checkpoint.format import DAMAGED_HINT, FORMAT_VERSION, MAX_TENSORS, _is_int, versions
+from cnnctl.data.base import Preprocessing
+from cnnctl.errors import CheckpointError, CnnctlError
 from cnnctl.image_stats import STAT_KEYS
+from cnnctl.models import arch_options
+from cnnctl.options import MAX_IMAGE_SIDE  # pixels per side after padding: larger inputs are refused
+from cnnctl.registry import get_model_spec
 
-MAX_HEADER_BYTES = 16 * 2**20  # a ResNet-50 header is ~40 KB; safetensors itself allows 100 MB
-MAX_TENSORS = 50_000  # DenseNet-121 has ~1,000
 MAX_CLASSES = 100_000
 MAX_CLASS_NAME = 1_000
-MAX_INPUT_SIDE = 2048  # pixels per side after padding: larger inputs are refused, not attempted
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")  # the resize filters torchvision's transforms name
 MAX_PAD = 512
 MAX_ARCH_INT = 65_536
 MAX_TEXT = 4_096
-FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-COUNTER_DTYPES = ("I64", "I32")  # BatchNorm's num_batches_tracked
-COUNTER_SUFFIX = "num_batches_tracked"
-DAMAGED_HINT = "the file is damaged or was not written by cnnctl; train again or use the original file"
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    dtype: str
-    shape: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class Header:
-    """A safetensors header: the string metadata and each tensor's dtype and shape (no tensor data read)."""
-
-    metadata: dict[str, str]
-    tensors: dict[str, TensorInfo]
 
 
-def not_safetensors(path: Path | str, reason: str) -> CheckpointError:
-    return CheckpointError(f"{path} is not a readable safetensors checkpoint ({reason[:160]})",
-                           hint="it may be truncated or another format; cnnctl never unpickles checkpoints")
 
 
-def wrong_kind_error(path: Path | str, kind: str | None = None) -> CheckpointError | None:
-    """The message for a file that is not a cnnctl checkpoint but something cnnctl recognises (an export, a
-    PyTorch pickle, an image, a text file...), naming it and what to pass instead; None when ``path`` is a
-    safetensors file or of an unknown kind. ``kind``: already sniffed."""
-    path = Path(path)
-    kind = kind or filekind.sniff(path)
-    if path.suffix.lower() == ".onnx" and kind is None:  # ONNX files need not start as exporters write them
-        kind = filekind.ONNX
-    if kind is None or kind == filekind.SAFETENSORS:
-        return None
-    run = _run_folder_of(path)
-    instead = (f"pass the run folder {run} or its {(run / 'best.safetensors').name}" if run is not None
-               else "pass a run folder (runs/ARCH-DATA/N) or its best.safetensors")
-    if kind in (filekind.ONNX, filekind.TORCHSCRIPT):
-        source = filekind.exported_from(path)
-        how = "cnnctl export" if kind == filekind.ONNX else "cnnctl export --format torchscript"
-        return CheckpointError(
-            f"{path} is {filekind.describe(kind)} (what `{how}` writes), not a cnnctl checkpoint",
-            hint=f"pass the .safetensors checkpoint it was exported from{f': {source}' if source else ''}")
-    if kind in (filekind.TORCH_SAVE, filekind.PICKLE):
-        return CheckpointError(
-            f"{path} is a PyTorch pickle file: cnnctl never unpickles files (loading one can run any code it "
-            "holds); it evaluates, predicts with and exports its own .safetensors checkpoints",
-            hint=f"to start training from these weights: cnnctl train ARCH --pretrained {path}; to classify "
-                 f"with ImageNet weights: cnnctl predict {path} --arch ARCH PATH...")
-    if kind == filekind.IMAGE:
-        return CheckpointError(f"{path} is an image, not a checkpoint",
-                               hint=f"to classify it: cnnctl predict CHECKPOINT {path}")
-    return CheckpointError(f"{path} is {filekind.describe(kind)}, not a cnnctl checkpoint", hint=instead)
 
 
-def _run_folder_of(path: Path) -> Path | None:
-    """The run folder a file sits in (``runs/lenet5-mnist/1/config.json`` → ``runs/lenet5-mnist/1``)."""
-    folder = path.parent
-    return folder if (folder / "best.safetensors").is_file() or (folder / "last.safetensors").is_file() else None
 
 
-def _unreadable_header(path: Path, reason: str) -> CheckpointError:
-    """A file whose first bytes are no safetensors header: named by its kind where it is recognised."""
-    return wrong_kind_error(path) or not_safetensors(path, reason)
 
 
-def read_header(path: Path) -> Header:
-    """Parse the header, refusing a header over ``MAX_HEADER_BYTES`` or ``MAX_TENSORS`` before parsing it
-    (its length is the file's first 8 bytes), and one whose offsets point past the end of the file."""
-    try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, 2)
-            handle.seek(0)
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise _unreadable_header(path, "the file is empty" if size == 0 else
-                                         "the file is too short to hold a safetensors header")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > MAX_HEADER_BYTES:
-                if filekind.sniff(path) == filekind.SAFETENSORS:  # a header that large is built to exhaust memory
-                    raise not_safetensors(path, f"its header claims {length:,} bytes, more than the "
-                                                f"{MAX_HEADER_BYTES:,} cnnctl reads")
-                raise _unreadable_header(path, "it does not begin with a safetensors header")
-            if length > size - 8:
-                raise _unreadable_header(path, "it ends inside its own header: the file is truncated (an "
-                                               "interrupted copy or download?)")
-            raw = handle.read(length)
-    except PermissionError as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: permission denied",
-                              hint="check the file's permissions") from error
-    except OSError as error:
-        from cnnctl.fsutil import os_reason
-
-        raise CheckpointError(f"cannot read checkpoint {path}: {os_reason(error)}") from error
-    if raw.count(b'"data_offsets"') > MAX_TENSORS + 1:  # counted before parsing: a huge table costs seconds
-        raise not_safetensors(path, f"it lists more than {MAX_TENSORS:,} tensors, the most cnnctl accepts")
-    try:
-        document = json.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise not_safetensors(path, "its header is nested too deeply") from None
-    except ValueError as error:
-        raise _unreadable_header(path, f"its header is not JSON: {first_line(error, 80)}") from error
-    if not isinstance(document, dict):
-        raise not_safetensors(path, "its header is not a JSON object")
-    metadata = document.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise not_safetensors(path, "its __metadata__ is not a map of strings")
-    if len(document) > MAX_TENSORS:
-        raise not_safetensors(path, f"it lists more than {MAX_TENSORS:,} tensors, the most cnnctl accepts")
-    tensors: dict[str, TensorInfo] = {}
-    data_size = size - 8 - length
-    for name, entry in document.items():
-        try:
-            dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            valid = (isinstance(dtype, str) and isinstance(shape, list)
-                     and all(_is_int(d) and d >= 0 for d in shape) and _is_int(start) and _is_int(end)
-                     and 0 <= start <= end <= data_size)
-        except (KeyError, TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise not_safetensors(path, f"tensor {name!r} has a damaged entry or lies past the end of the file")
-        tensors[name] = TensorInfo(dtype, tuple(shape))
-    return Header(metadata, tensors)
 
 
 # ------------------------------------------------------------------------------------------ the metadata schema
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
@@ -236,8 +124,6 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{source}: its cnnctl metadata must be a JSON object, not {_type_name(data)}",
                               hint=DAMAGED_HINT)
-    from cnnctl.checkpoint import FORMAT_VERSION
-
     version = data.get("format", 0)
     check.integer(version, "format", 0, 2**31)
     if version > FORMAT_VERSION:
@@ -271,17 +157,17 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
     size = prep.get("image_size")
     if not isinstance(size, list) or len(size) != 2:
         raise check.fail("preprocessing.image_size", f"must be [height, width], not {_short(size)}")
-    height = check.integer(size[0], "preprocessing.image_size", 1, MAX_INPUT_SIDE)
-    width = check.integer(size[1], "preprocessing.image_size", 1, MAX_INPUT_SIDE)
+    height = check.integer(size[0], "preprocessing.image_size", 1, MAX_IMAGE_SIDE)
+    width = check.integer(size[1], "preprocessing.image_size", 1, MAX_IMAGE_SIDE)
     pad = check.integer(prep.get("pad", 0), "preprocessing.pad", 0, MAX_PAD)
     assert channels is not None and height is not None and width is not None and pad is not None
-    if max(height, width) + 2 * pad > MAX_INPUT_SIDE:
+    if max(height, width) + 2 * pad > MAX_IMAGE_SIDE:
         raise check.fail("preprocessing.pad", f"{pad} makes the input {height + 2 * pad}x{width + 2 * pad}, "
-                                              f"larger than {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}")
+                                              f"larger than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
     mean = check.numbers(prep.get("mean"), "preprocessing.mean", channels, -1e6, 1e6)
     std = check.numbers(prep.get("std"), "preprocessing.std", channels, 1e-6, 1e6)
     extra = check.obj(prep.get("extra"), "preprocessing.extra", optional=True)
-    resize = check.integer(prep.get("resize"), "preprocessing.resize", 1, MAX_INPUT_SIDE, optional=True)
+    resize = check.integer(prep.get("resize"), "preprocessing.resize", 1, MAX_IMAGE_SIDE, optional=True)
     interpolation = check.text(prep.get("interpolation"), "preprocessing.interpolation", optional=True, limit=20)
     if interpolation is not None and interpolation not in INTERPOLATIONS:
         raise check.fail("preprocessing.interpolation", f"is {_short(interpolation)}; one of "
@@ -341,8 +227,6 @@ def _image_stats(value: Any, check: _Checker) -> dict[str, float] | None:
 
 
 def _model_spec(arch: str, check: _Checker) -> Any:
-    from cnnctl.registry import get_model_spec
-
     try:
         return get_model_spec(arch)
     except CnnctlError as error:
@@ -351,10 +235,6 @@ def _model_spec(arch: str, check: _Checker) -> Any:
 
 def _arch_args(args: dict[str, Any], spec: Any, check: _Checker) -> dict[str, Any]:
     """Each argument must be one the builder takes, of the type of its default, in range."""
-    import inspect
-
-    from cnnctl.models import arch_options
-
     accepted = arch_options(spec)
     defaults = dict(spec.default_args)
     for parameter in inspect.signature(spec.builder).parameters.values():
@@ -407,58 +287,67 @@ def _few(items: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def check_dtypes(tensors: dict[str, TensorInfo], source: str) -> None:
-    """Weights are floating point (int8, bool or fp8 "weights" would load and predict nonsense); only BatchNorm's
-    batch counters are integers."""
-    for name in sorted(tensors):
-        allowed = COUNTER_DTYPES if name.endswith(COUNTER_SUFFIX) else FLOAT_DTYPES
-        if tensors[name].dtype not in allowed:
-            raise CheckpointError(f"{source}: tensor {name} is {tensors[name].dtype}; weights must be "
-                                  f"{'/'.join(allowed)}", hint=DAMAGED_HINT)
 
 
-def check_tensors(meta: Any, tensors: dict[str, TensorInfo], source: str) -> None:
-    """Weights must be floating point, and their names and shapes those of the architecture the metadata
-    describes (built on the ``meta`` device: no memory, whatever the arguments say) at its input size."""
-    check_dtypes(tensors, source)
-    import torch
 
-    from cnnctl.models import build_from_meta
-    from cnnctl.registry import get_model_spec
 
-    spec = get_model_spec(meta.arch)
-    channels, height, width = meta.preprocessing.input_shape
-    if spec.fixed_input and (height, width) != tuple(spec.input_size):
-        raise CheckpointError(f"{source}: checkpoint metadata field 'preprocessing.image_size' gives "
-                              f"{height}x{width} inputs (with padding), but {spec.name} takes "
-                              f"{spec.input_size[0]}x{spec.input_size[1]}", hint=DAMAGED_HINT)
-    if not spec.fixed_input and min(height, width) < spec.min_input:
-        raise CheckpointError(f"{source}: checkpoint metadata field 'preprocessing.image_size' gives "
-                              f"{height}x{width} inputs, smaller than the {spec.min_input}x{spec.min_input} "
-                              f"{spec.name} needs", hint=DAMAGED_HINT)
-    try:
-        with torch.device("meta"):
-            model = build_from_meta(meta)
-    except NotImplementedError:  # a builder that computes with tensors (RegNet): load compares the shapes
-        return
-    except CnnctlError as error:
-        raise CheckpointError(f"{source}: checkpoint metadata field 'arch_args' is refused: {error.message}",
-                              hint=DAMAGED_HINT) from None
-    except Exception as error:  # noqa: BLE001 - a builder refusing its arguments (negative sizes, ...)
-        raise CheckpointError(f"{source}: checkpoint metadata field 'arch_args' {_short(meta.arch_args)} cannot "
-                              f"build {meta.arch} ({type(error).__name__}: {first_line(error, 120)})",
-                              hint=DAMAGED_HINT) from None
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    problems = shape_problems(expected, {name: info.shape for name, info in tensors.items()})
-    if problems:
-        described = f"{meta.arch} with arch_args {json.dumps(meta.arch_args)}" if meta.arch_args else meta.arch
-        raise CheckpointError(f"{source} does not match its architecture ({described}): {'; '.join(problems)}")
-    try:
-        with torch.no_grad():
-            model.eval()(torch.empty(1, channels, height, width, device="meta"))
-    except NotImplementedError:
-        return
-    except Exception as error:  # noqa: BLE001 - the input size does not fit the layers
-        raise CheckpointError(f"{source}: checkpoint metadata field 'preprocessing' gives {channels}x{height}x"
-                              f"{width} inputs, which {meta.arch} cannot take ({first_line(error, 120)})",
-                              hint=DAMAGED_HINT) from None
+@dataclass
+class CheckpointMeta:
+    arch: str
+    arch_args: dict[str, Any]
+    classes: list[str]
+    preprocessing: Preprocessing
+    dataset: str | None = None
+    data_dir: str | None = None
+    epoch: int | None = None
+    metrics: dict[str, float] | None = None
+    versions: dict[str, str] | None = None
+    config: dict[str, Any] | None = None  # the training options (to rebuild the validation split, to resume)
+    pretrained: dict[str, Any] | None = None  # the weights it started from (PretrainedReport.to_dict())
+    image_stats: dict[str, float] | None = None  # how the training images look (cnnctl/image_stats.py)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> str:
+        document = (
+            {
+                "format": FORMAT_VERSION,
+                "arch": self.arch,
+                "arch_args": self.arch_args,
+                "num_classes": self.num_classes,
+                "classes": self.classes,
+                "preprocessing": self.preprocessing.to_dict(),
+                "input_shape": list(self.preprocessing.input_shape),
+                "dataset": self.dataset,
+                "data_dir": self.data_dir,
+                "epoch": self.epoch,
+                "metrics": self.metrics or {},
+                "versions": self.versions or versions(),
+                "config": self.config or {},
+                **({"image_stats": self.image_stats} if self.image_stats else {}),
+            }
+        )
+        if self.pretrained:  # absent otherwise: a checkpoint trained from scratch reads as before
+            document["pretrained"] = self.pretrained
+        return json.dumps(document)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str) -> CheckpointMeta:
+        """Parse metadata checked against the schema (``schema``): a bad field is one error naming it."""
+        data = parse_document(text, source)
+        return cls(
+            arch=data["arch"],
+            arch_args=data["arch_args"],
+            classes=data["classes"],
+            preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+            dataset=data["dataset"],
+            data_dir=data["data_dir"],
+            epoch=data["epoch"],
+            metrics=data["metrics"],
+            versions=data["versions"],
+            config=data["config"],
+            pretrained=data["pretrained"] or None,
+            image_stats=data["image_stats"],
+        )
