@@ -44,6 +44,7 @@ def list_command(
              "params": spec.params, "classifier": spec.classifier, "aliases": list(spec.aliases),
              "description": spec.description, **_imagenet_columns(spec.name)}
             for spec in registry.models().values()
+            if spec.source != "timm"  # registered on use; `--source timm` lists them all, whatever this process used
         ]
     if "datasets" in kinds[what]:
         root_path = Path(root) if root else None
