@@ -272,12 +272,20 @@ class Trainer:
             if stop_agreed(guard.requested is not None, self.dist, self.device) and epoch < config.epochs:
                 raise interrupted_error(self.run_dir, f"after epoch {epoch}", guard.requested, self.dist.world_size)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The training loss, defined once: the epochs and the learning-rate sweep both use it."""
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """The training loss, defined once: the epochs and the learning-rate sweep both use it. ``weights``: each
+        image's weight (a label file's ``weight`` column), a weighted mean like the class weights'."""
         import torch.nn.functional as F
 
-        return F.cross_entropy(logits, labels, weight=self.class_weights,
-                               label_smoothing=self.config.label_smoothing or 0.0)
+        smoothing = self.config.label_smoothing or 0.0
+        if weights is None:
+            return F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=smoothing)
+        per_image = F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=smoothing,
+                                    reduction="none")
+        if self.class_weights is not None and labels.dim() == 1:
+            weights = weights * self.class_weights[labels]
+        return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
 
     def train_epoch(self, epoch: int, guard: Any, skip: int = 0) -> dict[str, float]:
         """One epoch of optimizer steps. ``skip`` batches were already trained before an interruption: they are
@@ -295,7 +303,7 @@ class Trainer:
         seen, earlier_seconds = int(partial.get("seen", 0)), float(partial.get("seconds", 0.0))
         first_bad = torch.full((), -1, dtype=torch.int64, device=batches.device)
         check_every = 1 if batches.device.type == "cpu" else 32  # reading a CUDA value waits for the GPU
-        started = time.perf_counter()
+        started, skipped = time.perf_counter(), batches.skipped
         for index, (inputs, labels) in enumerate(batches):
             if index < skip:
                 continue
@@ -303,7 +311,7 @@ class Trainer:
             try:
                 with self.precision.autocast():
                     logits = model(inputs)
-                    loss = self.loss(logits, labels)
+                    loss = self.loss(logits, labels, batches.batch_weights)
                 optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if config.grad_clip:
@@ -329,6 +337,9 @@ class Trainer:
                                     {"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": seconds})
                 raise interrupted_error(self.run_dir, f"in epoch {epoch} after batch {index + 1} of {steps}",
                                         guard.requested, self.dist.world_size)
+        if batches.skipped > skipped:
+            self.reporter.message(f"epoch {epoch}: skipped {batches.skipped - skipped} training image(s) that could "
+                                  "not be read while streaming")
         seconds = earlier_seconds + time.perf_counter() - started
         loss_sum, correct, seen = sum_over_ranks(loss_sum, correct, seen, self.dist, unwrap(model))
         return {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1),
