@@ -235,8 +235,8 @@ class RowReader:
         where = f"{self.label_file} {row}"
         relative = _path_field(path, where)
         image = self.confine(relative, where)
-        target = _target(label, where)
-        item = Item(image, target, _split(split, where), _weight(weight, where), where, relative)
+        target = row_target(label, where)
+        item = Item(image, target, row_split(split, where), row_weight(weight, where), where, relative)
         real = os.path.realpath(image)
         earlier = self.seen.get(real)
         if earlier is not None:
@@ -288,7 +288,7 @@ def _path_field(value: Any, where: str) -> str:
     return value.strip()
 
 
-def _target(value: Any, where: str) -> Target:
+def row_target(value: Any, where: str) -> Target:
     """A label name; several (a list, or names joined by ``|``) make a multi-label target."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(int(value)) if float(value).is_integer() else str(value)
@@ -305,7 +305,7 @@ def _target(value: Any, where: str) -> Target:
     return parts[0]
 
 
-def _split(value: Any, where: str) -> str | None:
+def row_split(value: Any, where: str) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     name = SPLIT_NAMES.get(str(value).strip().lower())
@@ -315,7 +315,7 @@ def _split(value: Any, where: str) -> str | None:
     return name
 
 
-def _weight(value: Any, where: str) -> float | None:
+def row_weight(value: Any, where: str) -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
