@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cnnctl.cli._common import command, print_json, stderr_line
-from cnnctl.errors import CnnctlError
+from cnnctl.errors import CnnctlError, UsageError
 
 if TYPE_CHECKING:
     from cnnctl.data.check import CheckReport
@@ -35,7 +35,6 @@ def check_command(
     duplicate images within and across classes, images shared between splits (leakage), class counts and the
     imbalance ratio. Every file is decoded as training would decode it."""
     from cnnctl.data.folder import check_folder
-    from cnnctl.errors import UsageError
 
     if (data is None) == (data_option is None):
         raise UsageError("name the data once: cnnctl check DATA (or --data DATA)")

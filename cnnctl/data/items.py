@@ -178,12 +178,12 @@ def scan_items(root: Path, items: Sequence[Item], *, kind: str, classes: Sequenc
             known = ", ".join(class_names[:10]) + (" …" if len(class_names) > 10 else "")
             raise DataError(f"{item.where}: label {unknown[0]!r} is not one of the classes ({known})",
                             hint="the labels must match those training used")
-        label: Any = (tuple(sorted(index[name] for name in item.target)) if isinstance(item.target, tuple)
-                      else index[item.target])
+        # multi-label data: every label a tuple of class indices (an image with one label too)
+        label: Any = tuple(sorted(index[name] for name in item.labels)) if multilabel else index[item.target]
         per_split.setdefault(item.split or "train", []).append((item.image, label, item.key))
         if item.weight is not None:
             weights[str(item.image)] = item.weight
-    if "train" not in per_split and classes is None:
+    if "train" not in per_split and classes is None and min_classes > 1:
         raise DataError(f"{where} has no training images (every row names another split)",
                         hint="mark some rows train, or leave their split empty")
 
