@@ -18,6 +18,7 @@ import importlib
 import math
 import os
 import pkgutil
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -227,6 +228,7 @@ class RowReader:
     seen: dict[str, tuple[str, Target]] = field(default_factory=dict)  # real path → (row, target)
     duplicates: int = 0
     items: list[Item] = field(default_factory=list)
+    _folders: dict[str, str] = field(default_factory=dict)  # folder → its real path
 
     def __post_init__(self) -> None:
         self.root = os.path.realpath(self.label_file.parent)
@@ -237,7 +239,8 @@ class RowReader:
         image = self.confine(relative, where)
         target = row_target(label, where)
         item = Item(image, target, row_split(split, where), row_weight(weight, where), where, relative)
-        real = os.path.realpath(image)
+        real = os.path.realpath(image) if os.path.islink(image) else os.path.join(
+            self._folders[os.path.dirname(image)], image.name)
         earlier = self.seen.get(real)
         if earlier is not None:
             if earlier[1] != target:
@@ -250,20 +253,31 @@ class RowReader:
 
     def confine(self, relative: str, where: str) -> Path:
         """The image file a row names, refused unless it is a readable regular file inside the label file's
-        folder (after every symlink is followed)."""
+        folder (after every symlink is followed). The folders' real paths are looked up once each."""
         if os.path.isabs(relative) or relative.startswith("~"):
             raise DataError(f"{where}: {relative} is an absolute path; images must be inside {self.label_file.parent}",
                             hint="give the path relative to the label file's folder")
         candidate = Path(self.label_file.parent, relative)
-        real = os.path.realpath(candidate)
+        folder, name = os.path.split(candidate)
+        real_folder = self._folders.get(folder)
+        if real_folder is None:
+            real_folder = self._folders[folder] = os.path.realpath(folder)
+        real = os.path.join(real_folder, name)
+        try:
+            info = os.lstat(real)
+            if stat.S_ISLNK(info.st_mode):
+                real = os.path.realpath(real)
+                info = os.stat(real)
+        except OSError:
+            info = None
         if not (real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)):
             how = "leads out of" if ".." in PurePosixPath(relative.replace("\\", "/")).parts else "is a symlink out of"
             raise DataError(f"{where}: {relative} {how} {self.label_file.parent}; not read",
                             hint="copy the image into the label file's folder and give its path relative to it")
-        if not os.path.lexists(candidate) or not os.path.exists(real):
+        if info is None:
             raise DataError(f"{where}: {relative} does not exist",
                             hint="fix the path (relative to the label file's folder) or remove the row")
-        if not os.path.isfile(real):
+        if not stat.S_ISREG(info.st_mode):
             raise DataError(f"{where}: {relative} is not a regular file; not read", hint="remove the row")
         if not os.access(real, os.R_OK):
             raise DataError(f"{where}: {relative} is not readable (permission denied)",
