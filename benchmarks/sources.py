@@ -144,7 +144,7 @@ def near_section(work: Path, args: argparse.Namespace) -> list[str]:
     test, _ = load_mnist("test")
 
     def rgb(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array))[None].expand(3, -1, -1).contiguous()
+        return torch.from_numpy(np.array(array))[None].expand(3, -1, -1).contiguous()
 
     def bits(values: list[int]) -> torch.Tensor:
         return torch.tensor([[(v >> i) & 1 for i in range(64)] for v in values], dtype=torch.float32)

@@ -140,7 +140,10 @@ def source_for(data: str | Path) -> Source:
     if not path.exists() and not any(ch in str(data) for ch in "*?["):
         raise UsageError(f"{path} does not exist", hint="--data takes a folder with one sub-folder per class, a "
                                                          "labels.csv or .jsonl, a .parquet, or tar shards")
-    kinds = ", ".join(source.description for source in sources())
+    kinds = "; ".join(source.description for source in sources())
+    if path.is_file():
+        raise UsageError(f"{path} is a file, not a folder, a label file (.csv, .jsonl), a table (.parquet) or tar "
+                         "shards (.tar)", hint=f"--data takes {kinds}")
     raise UsageError(f"{path}: no data source reads this", hint=f"--data takes {kinds}")
 
 
