@@ -125,17 +125,19 @@ def load_pretrained(arch: str, weights: str | os.PathLike[str] = "imagenet", dev
 
 
 def predict(model_or_path: Any, images: Any, *, device: str = "cpu",
-            tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+            tta: str = "none", reject_below: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Classify ``images`` — an image file, a folder, a list of them, or a uint8 tensor (C×H×W or N×C×H×W at the
     checkpoint's image size) — with a model from ``load`` or a checkpoint path.
 
     Returns ``(labels, probabilities)``: int64 class indices (N) and softmax probabilities (N×classes). The
     class names are ``model.cnnctl_meta.classes``. Preprocessing comes from the checkpoint, as in the CLI.
     ``tta``: ``flip`` or ``flip-crop`` averages the probabilities over views of each image (cnnctl/engine/tta.py).
+    A calibrated checkpoint (``cnnctl calibrate``) divides the logits by its temperature; an image whose top
+    probability is below ``reject_below`` (default: the threshold ``calibrate --target-error`` stored) gets label -1.
     """
 
     model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.predict")
-    return predict_api(model_or_path, images, device=device, tta=tta)
+    return predict_api(model_or_path, images, device=device, tta=tta, reject_below=reject_below)
 
 
 def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", *, output: Any = None,

@@ -64,6 +64,10 @@ def predict(
         "--plot", metavar="PNG", help="also draw the first 64 images with their predicted classes (wrong ones in "
                                       "red where a parent folder names the true class)")] = None,
     tta: Annotated[str, typer.Option(metavar="[none|flip|crop|flip-crop]", help=TTA_HELP)] = "none",
+    reject_below: Annotated[float | None, typer.Option(
+        metavar="P", help="answer 'unknown' for images whose top probability (after the checkpoint's calibration "
+                          "temperature) is below P; 0 answers every image \\[default: the threshold `cnnctl "
+                          "calibrate --target-error` stored, else none]")] = None,
     pretrained: Annotated[str | None, typer.Option(
         metavar="WEIGHTS", help="classify with ImageNet weights, no training: the first argument is then the "
                                 "architecture (cnnctl predict tv:resnet50 --pretrained imagenet photo.jpg); "
@@ -96,6 +100,10 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
     from cnnctl.progress import counting, plural, rate_text
 
     tta = check_tta(tta)
+    if reject_below is not None:
+        from cnnctl.engine.predict import check_reject_below
+
+        check_reject_below(reject_below)
 
     to_file = output is not None and output != STDOUT
     if to_file:  # checked before any work: a device, a FIFO, a folder or an unwritable place is refused now
@@ -124,7 +132,7 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         raise UsageError("no image files found in " + ", ".join(displayable(p) for p in paths),
                          hint="pass png/jpg/bmp/webp/tif files or folders that contain them")
     predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk, max_pixels=max_pixels,
-                          tta=tta)
+                          tta=tta, reject_below=reject_below)
     predictor.import_decoders()  # start-up, not prediction: outside the time reported
     started = time.perf_counter()
     predictions = []
@@ -152,6 +160,11 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
                 f"image{'s' if len(predictions) != 1 else ''} in {seconds:.2f}s ({rate + '; ' if rate else ''}"
                 f"decode {timings['decode_s']:.2f}s, inference {timings['inference_s']:.2f}s)"
                 f"{note}" + (f"; wrote {output}" if to_file else ""))
+    if predictor.reject_below is not None:
+        rejected = sum(p.rejected for p in predictions)
+        source = "--reject-below" if reject_below is not None else "the checkpoint's threshold"
+        stderr_line(f"unknown: {rejected:,} of {len(predictions) - len(failures):,} images (top probability below "
+                    f"{predictor.reject_below:.4f}, {source})")
     accuracy = folder_accuracy(predictions, model.cnnctl_meta.classes)
     if accuracy is not None:
         correct, counted = accuracy
