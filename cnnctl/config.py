@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cnnctl.engine.distill import check_distill_config
 from cnnctl.engine.linear_probe import check_probe_config
 from cnnctl.engine.optim import get_optimizer
 from cnnctl.engine.schedules import SCHEDULERS, get_schedule
@@ -123,6 +124,7 @@ class _TrainConfigMethods:
         self._validate_combinations()
         self._validate_pretrained()
         check_probe_config(self)
+        check_distill_config(self)
 
     def _resolve_fine_tuning_defaults(self) -> None:
         """With --pretrained: the backbone learns at a tenth of the head's rate, and image folders get the
