@@ -93,25 +93,33 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--extra", default="", help="more options for the distilled runs, e.g. '--distill-weight 0.9'")
+    parser.add_argument("--teacher-extra", default="", help="more options for the teacher, e.g. '--augment shift'")
+    parser.add_argument("--teacher-epochs", type=int, default=None, help="\[default: --epochs]")
+    parser.add_argument("--student-extra", default="", help="options for both students, e.g. '--augment shift'")
+    parser.add_argument("--teacher-run", default=None, help="reuse this teacher run folder instead of training one")
     parser.add_argument("--work", default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="distill-"))
-    teacher_run = train(args.teacher, f"teacher-{args.teacher}", work, args, 0)
+    teacher_run = Path(args.teacher_run) if args.teacher_run else \
+        train(args.teacher, f"teacher-{args.teacher}", work, args, 0, *args.teacher_extra.split(),
+              *(["--epochs", args.teacher_epochs] if args.teacher_epochs else []))
     rows = {"teacher": describe(teacher_run)}
     print(json.dumps(rows["teacher"]), flush=True)
     for seed in args.seeds:
-        alone = train(args.student, f"alone-s{seed}", work, args, seed)
+        alone = train(args.student, f"alone-s{seed}", work, args, seed, *args.student_extra.split())
         distilled = train(args.student, f"distilled-s{seed}", work, args, seed, "--teacher", teacher_run,
-                          *args.extra.split())
+                          *args.student_extra.split(), *args.extra.split())
         rows[f"alone seed {seed}"] = describe(alone)
         rows[f"distilled seed {seed}"] = describe(distilled)
         print(json.dumps({key: rows[key] for key in (f"alone seed {seed}", f"distilled seed {seed}")}), flush=True)
     alone_acc = [rows[f"alone seed {s}"]["test_accuracy"] for s in args.seeds]
     distilled_acc = [rows[f"distilled seed {s}"]["test_accuracy"] for s in args.seeds]
     summary = {
-        "command": " ".join(sys.argv), "teacher": args.teacher, "student": args.student, "limit": args.limit,
+        "command": " ".join(sys.argv), "teacher": args.teacher, "teacher_extra": args.teacher_extra,
+        "teacher_epochs": args.teacher_epochs or args.epochs, "extra": args.extra,
+        "student_extra": args.student_extra, "teacher_run": str(teacher_run), "student": args.student, "limit": args.limit,
         "epochs": args.epochs, "seeds": args.seeds,
         "alone_mean": statistics.mean(alone_acc), "distilled_mean": statistics.mean(distilled_acc),
         "distilled_wins": sum(d > a for a, d in zip(alone_acc, distilled_acc)), "runs": rows,
