@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl.config import TrainConfig
 from cnnctl.config_file import build_train_config, coerce_options
+from cnnctl.engine.calibrate import calibrate as _calibrate
 from cnnctl.engine.embed import check_output, open_backbone, write_embeddings
 from cnnctl.engine.embed import embed as _embed
 from cnnctl.engine.fit import Trainer
@@ -138,6 +139,18 @@ def predict(model_or_path: Any, images: Any, *, device: str = "cpu",
 
     model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.predict")
     return predict_api(model_or_path, images, device=device, tta=tta, reject_below=reject_below)
+
+
+def calibrate(checkpoint_path: str | os.PathLike[str], *, target_error: float | None = None, output: Any = None,
+              device: str = "auto", batch_size: int = 1000, root: str | None = None, mirror: str | None = None,
+              data_dir: str | None = None) -> dict[str, Any]:
+    """``cnnctl calibrate``: fit the temperature (and with ``target_error`` the abstention threshold) on the
+    checkpoint's validation split and store them in it (in place, or in ``output``). Returns what was stored,
+    with ``checkpoint``: the file written (docs/calibration.md)."""
+    written, record = _calibrate(_as_path(checkpoint_path, "cnnctl.calibrate"), target_error=target_error,
+                                 output=output, device=device, batch_size=batch_size, root=root, mirror=mirror,
+                                 data_dir=data_dir)
+    return {"checkpoint": str(written), **record}
 
 
 def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", *, output: Any = None,

@@ -235,6 +235,10 @@ def test_calibrate_updates_in_place_atomically(trained: Path, tmp_path: Path) ->
     assert "temperature" in result.stdout and f"wrote {copy}" in result.stdout
     assert checkpoint.read_meta(copy).calibration["threshold"] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.safetensors"]  # no temporary file left
+    record = cnnctl.calibrate(copy, target_error=0.05, device="cpu")  # the Python API, in place again
+    assert record["checkpoint"] == str(copy)
+    assert checkpoint.read_meta(copy).calibration["threshold"] == pytest.approx(record["threshold"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.safetensors"]
 
 
 def test_bad_inputs_are_one_line(trained: Path, micro_digits, tmp_path: Path) -> None:
