@@ -204,8 +204,9 @@ def test_eval_predict_and_export_use_the_temperature_and_threshold(calibrated, t
     none = json.loads(invoke("predict", target, folder, "--reject-below", "0", "--json").stdout)
     assert not any(row["rejected"] for row in none)
     level = max(row["probability"] for row in none)  # the images below the most confident one
-    cut = invoke("predict", target, folder, "--reject-below", repr(level), "--json")
+    cut = invoke("predict", target, folder, "--reject-below", repr(level), "--json", "--plot", tmp_path / "p.png")
     assert cut.exit_code == 0, cut.output
+    assert (tmp_path / "p.png").stat().st_size > 0  # "unknown" drawn as a class name
     rows = json.loads(cut.stdout)
     below = [row["probability"] < level for row in none]
     count = sum(below)
