@@ -263,7 +263,7 @@ class Trainer:
                 self.reporter.message(f"plateau: {self.monitor} has not improved for "
                                       f"{config.plateau_patience + 1} epochs; learning rate × {config.gamma:g}")
             self.history.append(row)
-            self.improvement = self.tracker.update(epoch, row[self.monitor])
+            self.improvement = self.tracker.update(epoch, row[self.monitor], row.get(self.tracker.tiebreak))
             callbacks.on_validation_end(self, epoch, row)  # the checkpoint saver, last, writes the epoch
             callbacks.on_epoch_end(self, epoch, row)
             self.should_stop = stop_agreed(self.should_stop, self.dist, self.device)
