@@ -11,8 +11,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.config import TrainConfig
-from cnnctl.config_file import build_train_config, coerce_options
 from cnnctl.engine.embed import check_output, open_backbone, write_embeddings
 from cnnctl.engine.embed import embed as _embed
 from cnnctl.engine.fit import Trainer
@@ -21,19 +19,21 @@ from cnnctl.engine.predict import load_for_inference, model_with_meta, predict_a
 from cnnctl.errors import UsageError
 from cnnctl.exporter import export as _export
 from cnnctl.models.imagenet_classifier import imagenet_classifier
-from cnnctl.options import CONFIG_OPTIONS, naming
 from cnnctl.progress import PlainReporter
+from cnnctl.recipe.config import TrainConfig
+from cnnctl.recipe.config_file import build_train_config, coerce_options
+from cnnctl.recipe.options import CONFIG_OPTIONS, naming
 from cnnctl.report import evaluate_and_report
 
 if TYPE_CHECKING:
     import torch
 
-    from cnnctl.config import TrainConfig
     from cnnctl.data.base import Preprocessing
     from cnnctl.engine.callbacks import Callback
     from cnnctl.engine.fit import FitResult
     from cnnctl.exporter import ExportResult
     from cnnctl.progress import Reporter
+    from cnnctl.recipe.config import TrainConfig
 
 
 def train(arch: str | TrainConfig | None = None, *, progress: bool = False, reporter: Reporter | None = None,

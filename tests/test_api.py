@@ -95,7 +95,7 @@ def test_bad_images_raise_cnnctl_errors(simplecnn_checkpoint: Path, images, mess
 
 
 def test_a_train_config_can_be_passed_and_overridden(tiny_digits, tmp_path: Path) -> None:
-    from cnnctl.config import TrainConfig
+    from cnnctl.recipe.config import TrainConfig
 
     config = TrainConfig(arch="simplecnn", dataset="tinydigits", epochs=5, out=str(tmp_path))
     with pytest.raises(UsageError, match="^batch_size must be at least 1"):

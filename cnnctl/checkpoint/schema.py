@@ -19,9 +19,8 @@ from cnnctl.checkpoint.format import DAMAGED_HINT, FORMAT_VERSION, MAX_TENSORS, 
 from cnnctl.data.base import Preprocessing
 from cnnctl.errors import CheckpointError, CnnctlError
 from cnnctl.image_stats import STAT_KEYS
-from cnnctl.models import arch_options
-from cnnctl.options import MAX_IMAGE_SIDE  # pixels per side after padding: larger inputs are refused
-from cnnctl.registry import get_model_spec
+from cnnctl.recipe.options import MAX_IMAGE_SIDE  # pixels per side after padding: larger inputs are refused
+from cnnctl.registry import arch_options, get_model_spec
 
 MAX_CLASSES = 100_000
 MAX_CLASS_NAME = 1_000

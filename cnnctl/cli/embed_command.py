@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cnnctl.cli._common import command, stderr_line
-from cnnctl.options import OPTION_BY_NAME
+from cnnctl.recipe.options import OPTION_BY_NAME
 
 
 @command()

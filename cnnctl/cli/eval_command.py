@@ -17,7 +17,7 @@ from cnnctl.cli._common import (
     stderr_line,
     wrap_fields,
 )
-from cnnctl.options import choice_settings
+from cnnctl.recipe.options import choice_settings
 
 
 @command("eval")

@@ -8,7 +8,7 @@ import typer
 
 from cnnctl.cli._common import CHECKPOINT_HELP, checkpoint_argument, command, complete_checkpoint, print_json
 from cnnctl.exporter import FORMATS
-from cnnctl.options import choice_settings
+from cnnctl.recipe.options import choice_settings
 
 
 def _format_names() -> list[str]:

@@ -9,7 +9,7 @@ import typer
 
 from cnnctl.cli._common import command, print_json, stderr_line
 from cnnctl.cli.train_command import _explicit_options, _parameter
-from cnnctl.options import OPTIONS
+from cnnctl.recipe.options import OPTIONS
 
 NOT_FOR_A_SWEEP = ("resume", "nproc", "quiet")
 
@@ -20,9 +20,9 @@ def lr_find(ctx: typer.Context, **params: Any) -> None:
     """An exponential learning-rate sweep for ARCH with the options `cnnctl train` takes: a PNG of loss against
     rate (beside the run folders `cnnctl train` makes with these options) and a suggested --lr (the smoothed
     loss's minimum ÷ 10). Writes nothing else."""
-    from cnnctl.config_file import build_train_config
     from cnnctl.engine.lr_find import RULE
     from cnnctl.engine.lr_find import lr_find as sweep
+    from cnnctl.recipe.config_file import build_train_config
 
     explicit = _explicit_options(ctx)
     explicit.pop("lr", None)

@@ -9,7 +9,7 @@ import typer
 
 from cnnctl.cli._common import command, complete_arch, complete_checkpoint, complete_dataset
 from cnnctl.cli.help import with_brief_help
-from cnnctl.options import OPTIONS, Option, choice_settings
+from cnnctl.recipe.options import OPTIONS, Option, choice_settings
 
 # shell completion of the open-ended names (the closed lists complete through choice_settings)
 COMPLETIONS = {"arch": complete_arch, "dataset": complete_dataset, "resume": complete_checkpoint}
@@ -72,7 +72,7 @@ def train(ctx: typer.Context, **params: Any) -> None:
     from cnnctl.progress import make_reporter
 
     explicit = _explicit_options(ctx)
-    from cnnctl.options import OPTION_BY_NAME, coerce
+    from cnnctl.recipe.options import OPTION_BY_NAME, coerce
 
     if params.get("offline"):  # for everything this process (and any it starts) does: datasets obey it too
         import os
@@ -85,13 +85,13 @@ def train(ctx: typer.Context, **params: Any) -> None:
         if config_file is not None:
             raise UsageError("--config and --resume do not combine: a resumed run keeps its own configuration",
                              hint="pass --resume alone (with --epochs to extend it)")
-        from cnnctl.config_file import coerce_options
         from cnnctl.engine.fit import Trainer
+        from cnnctl.recipe.config_file import coerce_options
 
         trainer = Trainer.resuming(resume, coerce_options(explicit, source="the command line"))
     else:
-        from cnnctl.config_file import build_train_config
         from cnnctl.engine.fit import Trainer
+        from cnnctl.recipe.config_file import build_train_config
 
         trainer = Trainer(build_train_config(explicit, config_file))
     # --- output location: checked writable before any data is loaded ---
@@ -145,7 +145,7 @@ command(cls=with_brief_help(BRIEF_HELP))(train)
 def _explicit_options(ctx: typer.Context) -> dict[str, object]:
     """The configuration options given on the command line (or by environment variable), not left at defaults:
     only these override a --config file or a resumed run's settings."""
-    from cnnctl.options import OPTION_BY_NAME
+    from cnnctl.recipe.options import OPTION_BY_NAME
 
     explicit = {}
     for name, value in ctx.params.items():

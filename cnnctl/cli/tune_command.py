@@ -103,7 +103,7 @@ def _new_spec(ctx: typer.Context, train_args: list[str], params: list[str], spac
               trials: int | None, pruner: str, pruner_startup: int) -> tuple[Any, str, bool]:
     """The SearchSpec of a new search from the command line; also the folder that holds searches (--out) and
     whether --name was given."""
-    from cnnctl.config_file import coerce_options, read_config_file
+    from cnnctl.recipe.config_file import coerce_options, read_config_file
     from cnnctl.tune.space import build_space
     from cnnctl.tune.study import new_spec
 

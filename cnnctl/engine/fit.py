@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.checkpoint import unwrap
-from cnnctl.config import TrainConfig
-from cnnctl.config_file import save_run_config
 from cnnctl.data.loader import default_batch_size
 from cnnctl.data.mixing import hard_labels
 from cnnctl.data.splits import PreparedData  # noqa: F401 - part of this module's API
@@ -27,6 +25,7 @@ from cnnctl.engine.callbacks import Callback, CallbackList, default_callbacks
 from cnnctl.engine.callbacks.ema import build_average
 from cnnctl.engine.callbacks.metrics_csv import METRIC_COLUMNS  # noqa: F401 - part of this module's API
 from cnnctl.engine.components import check_finite, out_of_memory_error
+from cnnctl.engine.configure import check_config, complete_config
 from cnnctl.engine.determinism import deterministic_mode
 from cnnctl.engine.device import resolve_device, seed_everything
 from cnnctl.engine.distributed import (
@@ -48,13 +47,7 @@ from cnnctl.engine.optim import build_optimizer  # noqa: F401 - part of this mod
 from cnnctl.engine.precision import resolve_precision
 from cnnctl.engine.run_folder import RunFolder, create_run_dir, default_run_name  # noqa: F401 - part of this module's API
 from cnnctl.engine.schedules import build_schedule
-from cnnctl.engine.state import (
-    read_state,
-    resolve_run_dir,
-    restore_training_state,
-    resume_settings,
-    save_training_state,
-)
+from cnnctl.engine.state import read_state, restore_training_state, save_training_state
 from cnnctl.engine.threads import threads_for_this_process
 from cnnctl.engine.tracking import MetricTracker
 from cnnctl.errors import UsageError
@@ -62,6 +55,9 @@ from cnnctl.image_stats import training_image_stats
 from cnnctl.models import build_model as build_architecture
 from cnnctl.models.pretrained import parameter_groups
 from cnnctl.progress import Reporter, SilentReporter
+from cnnctl.recipe.config import TrainConfig
+from cnnctl.recipe.config_file import save_run_config
+from cnnctl.recipe.resume import resolve_run_dir, resume_settings
 from cnnctl.registry import get_model_spec
 
 if TYPE_CHECKING:
@@ -113,7 +109,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, reporter: Reporter | None = None, *,
                  callbacks: list[Callback] | None = None, resume: str | Path | None = None):
-        config.validate()
+        check_config(config)
         self.config = config
         self.reporter = reporter or SilentReporter()
         self.callbacks = CallbackList([*default_callbacks(), *build_loggers(config), *(callbacks or [])])
@@ -157,7 +153,7 @@ class Trainer:
     def run(self) -> FitResult:
 
         self.lr_sweep = resolve_auto_lr(type(self), self.config, self.reporter.message)  # --lr auto: a sweep first
-        self.config.resolve_defaults()
+        complete_config(self.config)
         with deterministic_mode(self.config.deterministic), contextlib.ExitStack() as locked:
             loaded = None
             if self.resume_dir is not None:  # the lock first: the state read under it is the one continued

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from cnnctl.checkpoint import unwrap
 from cnnctl.engine.features import PROBE_LR, batch_features, fit_linear_head, install_head, linear_head
 from cnnctl.errors import UsageError
-from cnnctl.options import label
+from cnnctl.recipe.options import label
 
 if TYPE_CHECKING:
     from cnnctl.engine.fit import Trainer

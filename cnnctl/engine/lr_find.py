@@ -14,7 +14,7 @@ from cnnctl.engine.run_folder import run_name
 from cnnctl.errors import UsageError
 
 if TYPE_CHECKING:
-    from cnnctl.config import TrainConfig
+    from cnnctl.recipe.config import TrainConfig
 
 __all__ = ["RULE", "LrFindResult", "lr_find", "plot_lr_find", "suggest_lr"]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cnnctl.config_file import coerce_options
 from cnnctl.errors import UsageError
+from cnnctl.recipe.config_file import coerce_options
 from cnnctl.tune.report import finish
 from cnnctl.tune.space import build_param
 from cnnctl.tune.study import new_spec, open_search, start_search, work
