@@ -248,8 +248,8 @@ def test_a_registered_optimizer_trains_through_the_cli_option(micro_digits, twis
 def test_closed_lists_read_their_registries() -> None:
     import typer.main
 
-    from cnnctl.data.augment import AUGMENT_PRESETS
     from cnnctl.exporter import FORMATS, get_format
+    from cnnctl.recipe.augmentations import AUGMENT_PRESETS
     from cnnctl.recipe.schedules import SCHEDULERS
 
     params = {p.name: p for p in typer.main.get_command(app).commands["train"].params}

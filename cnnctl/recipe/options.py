@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnnctl.errors import UsageError
-from cnnctl.recipe import optimizers, schedules
+from cnnctl.recipe import augmentations, optimizers, schedules
 from cnnctl.recipe.class_weights import read_class_weights_file
 from cnnctl.recipe.loggers import logger_names, split_names
 from cnnctl.registry import suggest
@@ -136,12 +136,6 @@ def label(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- value checks
-def _augment_names() -> list[str]:
-    import importlib
-
-    return list(importlib.import_module("cnnctl.data.augment").AUGMENT_PRESETS)
-
-
 def _logger_names() -> list[str]:
     return logger_names()
 
@@ -293,7 +287,7 @@ OPTIONS: tuple[Option, ...] = (
            panel=OPTIM, minimum=0),
     # regularisation and precision
     Option("augment", str, DERIVED, "batch augmentation; several combine in order, e.g. crop-flip,trivialaugment",
-           panel=REGULARISE, derived="the dataset's", choices=_augment_names,
+           panel=REGULARISE, derived="the dataset's", choices=lambda: tuple(augmentations.AUGMENT_PRESETS),
            many=True, normalize=lambda value: value.replace(" ", ""),
            synonyms=("augmentation", "aug", "transforms")),
     # training recipes (docs/recipes.md)
