@@ -152,7 +152,3 @@ def complete_dataset(incomplete: str) -> list[str]:
 
 
 CHECKPOINT_HELP = ".safetensors file, run folder or run group (its latest run) \\[default: the latest run under ./runs]"
-
-
-TTA_HELP = ("test-time augmentation: average the probabilities over the image and its mirror (flip), the image and "
-            "4 shifted copies (crop), or both (flip-crop, 10 views); mirrors suit natural images, not digits")

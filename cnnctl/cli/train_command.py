@@ -1,68 +1,21 @@
-"""``cnnctl train``: its parameters are generated from the declarations in cnnctl/options.py."""
+"""``cnnctl train``: its parameters are generated from the declarations in cnnctl/recipe/options.py."""
 
 from __future__ import annotations
 
-import inspect
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
 from cnnctl.cli._common import command, complete_arch, complete_checkpoint, complete_dataset
 from cnnctl.cli.help import with_brief_help
-from cnnctl.recipe.options import OPTIONS, Option, choice_settings
+from cnnctl.cli.params import context, declare
+from cnnctl.recipe.options import OPTIONS
 
 # shell completion of the open-ended names (the closed lists complete through choice_settings)
 COMPLETIONS = {"arch": complete_arch, "dataset": complete_dataset, "resume": complete_checkpoint}
 # `cnnctl train -h`: the options most runs need, in this order (`--help` shows every option, by panel)
 BRIEF_HELP = ("dataset", "data", "epochs", "batch_size", "lr", "optimizer", "augment", "pretrained", "img_size",
               "device", "out", "resume", "config_file", "seed", "patience")
-
-
-def _default_text(option: Option) -> str | None:
-    """The default as ``--help`` shows it, in one style for every option: inline, ``[default: ...]``."""
-    if option.derived:
-        return option.derived
-    if option.type is bool:
-        return f"on; {option.cli_flag.replace('--', '--no-', 1)} turns it off" if option.default else None
-    if option.default is None or option.argument:
-        return None
-    return str(option.default)
-
-
-def _help(option: Option) -> str:
-    default = _default_text(option)
-    return f"{option.help} \\[default: {default}]" if default else option.help
-
-
-def _parameter(option: Option) -> inspect.Parameter:
-    """The Typer parameter of one option."""
-    # numbers arrive as text and are converted by the option layer, so that `--seed 1e30` or `--epochs ten` is
-    # its one-line error, like the same value in a config file
-    cli_type: Any = str if option.type in (int, float, list, dict) else option.type
-    annotation: Any = cli_type | None if option.nullable else cli_type
-    if option.argument:
-        info: Any = typer.Argument(help=_help(option), show_default=False,
-                                   autocompletion=COMPLETIONS.get(option.name))
-    else:
-        flag = option.cli_flag
-        declarations = [f"{flag}/{flag.replace('--', '--no-', 1)}" if option.type is bool else flag]
-        if option.short:
-            declarations.append(option.short)
-        extra: dict[str, Any] = {"autocompletion": COMPLETIONS[option.name]} if option.name in COMPLETIONS else {}
-        if option.choices is not None:
-            extra.update(choice_settings(option.choices))
-            if option.many:
-                extra["metavar"] += "[,...]"
-        elif option.type is bool:
-            extra["metavar"] = ""  # a flag takes no value
-        elif option.type is list:
-            extra["metavar"] = "N,N,..."
-        elif option.type in (int, float):
-            extra["metavar"] = f"<{option.type.__name__}>"
-        info = typer.Option(*declarations, help=_help(option), rich_help_panel=option.panel, show_default=False,
-                            **extra)
-    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.stored_default,
-                             annotation=Annotated[annotation, info])
 
 
 def train(ctx: typer.Context, **params: Any) -> None:
@@ -133,12 +86,7 @@ def train(ctx: typer.Context, **params: Any) -> None:
     print(f"run folder: {result.run_dir}")
 
 
-train.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
-    + [_parameter(option) for option in OPTIONS if option.cli])
-train.__annotations__ = {parameter.name: parameter.annotation
-                         for parameter in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
-train.__annotations__["return"] = None
+declare(train, [option for option in OPTIONS if option.cli], leading=[context()], completions=COMPLETIONS)
 command(cls=with_brief_help(BRIEF_HELP))(train)
 
 

@@ -74,7 +74,7 @@ class Option:
     type: Any
     default: Any = None
     help: str = ""
-    panel: str = TRAINING
+    panel: str | None = TRAINING
     short: str | None = None
     derived: str | None = None
     choices: Callable[[], Sequence[str]] | None = None
@@ -94,6 +94,10 @@ class Option:
     flag: str | None = None  # the command-line flag when it is not --name-with-dashes
     many: bool = False  # a str option holding several of its choices, comma-separated ("a,b"), in that order
     words: tuple[str, ...] = ()  # a number option that also takes these words (``--lr auto``)
+    metavar: str | None = None  # how --help shows the value (``DIR``, ``PNG``)
+    envvar: str | None = None  # the environment variable that sets it when the flag is not given
+    hidden: bool = False  # left out of --help
+    negatable: bool = True  # a flag also has its --no- form
 
     @property
     def nullable(self) -> bool:
@@ -494,7 +498,8 @@ def check_value(option: Option, value: Any) -> None:
         known = list(option.choices())
         for item in [part.strip() for part in value.split(",") if part.strip()] if option.many else [value]:
             if item not in known:
-                kind = {"augment": "augmentation", "amp_dtype": where, "monitor": where}.get(option.name, option.name)
+                kind = {"augment": "augmentation", "amp_dtype": where, "monitor": where,
+                        "tta": f"{where} mode"}.get(option.name, option.name)
                 raise suggest(item, known, kind)
     if option.check is not None:
         problem = option.check(value)
