@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from cnnctl import registry
 from cnnctl.cli import app
-from cnnctl.engine.fit import build_optimizer
 from cnnctl.engine.freeze import HeadOnlyPhase
+from cnnctl.engine.optim import build_optimizer
 from cnnctl.errors import CheckpointError, UsageError
 from cnnctl.models import build_model
 from cnnctl.models.pretrained import load_pretrained

@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 import cnnctl
 from cnnctl import checkpoint, registry
 from cnnctl.cli import app
-from cnnctl.engine.fit import create_run_dir
-from cnnctl.engine.run_folder import run_lock
+from cnnctl.engine.run_folder import create_run_dir, run_lock
 from cnnctl.engine.state import read_state
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.recipe.config import TrainConfig

@@ -12,6 +12,7 @@ import typer
 
 from cnnctl.cli.help import Command, Group
 from cnnctl.errors import CnnctlError
+from cnnctl.fsutil import displayable, os_reason
 
 app = typer.Typer(
     name="cnnctl",
@@ -81,7 +82,6 @@ def handle_errors(func: F) -> F:
             if state.debug:
                 raise
             if isinstance(error, OSError) and error.filename is not None:  # a file the system refuses: not a bug
-                from cnnctl.fsutil import displayable, os_reason
 
                 fail(f"cannot use {displayable(str(error.filename))}: {os_reason(error)}")
             fail(f"unexpected {type(error).__name__}: {error} (run again with --debug for the traceback)")

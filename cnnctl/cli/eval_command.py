@@ -18,6 +18,7 @@ from cnnctl.cli._common import (
     wrap_fields,
 )
 from cnnctl.cli.params import declare
+from cnnctl.fsutil import require_writable_folder
 from cnnctl.recipe.commands import EVAL, command_values
 
 
@@ -25,7 +26,6 @@ def eval_command(checkpoint_path: str | None = None, **params: Any) -> None:
     """Loss, accuracy, top-k accuracy (k = 5, or the number of classes if fewer), balanced accuracy, macro-F1,
     per-class precision/recall/F1, the confusion matrix and the calibration error of a checkpoint;
     --report DIR shows why it is wrong, with pictures."""
-    from cnnctl.fsutil import require_writable_folder
     from cnnctl.report import evaluate_and_report
 
     values = command_values(EVAL, params)

@@ -10,6 +10,7 @@ from cnnctl.cli._common import command, print_json, stderr_line
 from cnnctl.cli.params import context, declare
 from cnnctl.cli.train_command import COMPLETIONS, _explicit_options
 from cnnctl.recipe.commands import LR_FIND, command_values
+from cnnctl.recipe.config_file import build_train_config
 from cnnctl.recipe.options import OPTIONS
 
 NOT_FOR_A_SWEEP = ("resume", "nproc", "quiet")
@@ -21,7 +22,6 @@ def lr_find(ctx: typer.Context, **params: Any) -> None:
     loss's minimum ÷ 10). Writes nothing else."""
     from cnnctl.engine.lr_find import RULE
     from cnnctl.engine.lr_find import lr_find as sweep
-    from cnnctl.recipe.config_file import build_train_config
 
     explicit = _explicit_options(ctx)
     explicit.pop("lr", None)

@@ -17,6 +17,8 @@ from cnnctl.cli._common import (
 )
 from cnnctl.cli.params import declare
 from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.fsutil import STDOUT, atomic_write_text, displayable, require_writable_file
+from cnnctl.progress import counting, plural, rate_text
 from cnnctl.recipe.commands import PREDICT, command_values
 
 
@@ -63,8 +65,6 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         predictions_json,
     )
     from cnnctl.engine.runs import is_checkpoint_like
-    from cnnctl.fsutil import STDOUT, atomic_write_text, displayable, require_writable_file
-    from cnnctl.progress import counting, plural, rate_text
 
     values = command_values(PREDICT, params)
     output, plot, tta = values["output"], values["plot"], values["tta"]

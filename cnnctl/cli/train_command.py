@@ -6,10 +6,14 @@ from typing import Any
 
 import typer
 
-from cnnctl.cli._common import command, complete_arch, complete_checkpoint, complete_dataset
+from cnnctl.cli._common import command, complete_arch, complete_checkpoint, complete_dataset, state
 from cnnctl.cli.help import with_brief_help
 from cnnctl.cli.params import context, declare
-from cnnctl.recipe.options import OPTIONS
+from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.fsutil import require_writable_folder
+from cnnctl.progress import end_line, make_reporter
+from cnnctl.recipe.config_file import build_train_config, coerce_options
+from cnnctl.recipe.options import OPTION_BY_NAME, OPTIONS, coerce
 
 # shell completion of the open-ended names (the closed lists complete through choice_settings)
 COMPLETIONS = {"arch": complete_arch, "dataset": complete_dataset, "resume": complete_checkpoint}
@@ -21,11 +25,8 @@ BRIEF_HELP = ("dataset", "data", "epochs", "batch_size", "lr", "optimizer", "aug
 def train(ctx: typer.Context, **params: Any) -> None:
     """Train ARCH on a dataset; writes runs/ARCH-DATASET/N/ with checkpoints, metrics.csv, config.yaml and plots."""
     from cnnctl.engine.interrupt import TrainingInterrupted
-    from cnnctl.errors import CnnctlError, UsageError
-    from cnnctl.progress import make_reporter
 
     explicit = _explicit_options(ctx)
-    from cnnctl.recipe.options import OPTION_BY_NAME, coerce
 
     if params.get("offline"):  # for everything this process (and any it starts) does: datasets obey it too
         import os
@@ -39,23 +40,19 @@ def train(ctx: typer.Context, **params: Any) -> None:
             raise UsageError("--config and --resume do not combine: a resumed run keeps its own configuration",
                              hint="pass --resume alone (with --epochs to extend it)")
         from cnnctl.engine.fit import Trainer
-        from cnnctl.recipe.config_file import coerce_options
 
         trainer = Trainer.resuming(resume, coerce_options(explicit, source="the command line"))
     else:
         from cnnctl.engine.fit import Trainer
-        from cnnctl.recipe.config_file import build_train_config
 
         trainer = Trainer(build_train_config(explicit, config_file))
     # --- output location: checked writable before any data is loaded ---
-    from cnnctl.fsutil import require_writable_folder
 
     if trainer.resume_dir is not None:
         require_writable_folder(trainer.resume_dir, option="--resume", create=False)
     else:
         require_writable_folder(trainer.config.out, option="--out")
     if nproc is not None:
-        from cnnctl.cli._common import state
         from cnnctl.engine.distributed import start_processes
 
         code = start_processes(trainer.config, nproc, ["train", *_given_arguments(ctx, leave_out="nproc")],
@@ -80,7 +77,6 @@ def train(ctx: typer.Context, **params: Any) -> None:
     if not trainer.dist.is_main:
         return
     if quiet and result.results:
-        from cnnctl.progress import end_line
 
         print(end_line(result.results))
     print(f"run folder: {result.run_dir}")
@@ -93,7 +89,6 @@ command(cls=with_brief_help(BRIEF_HELP))(train)
 def _explicit_options(ctx: typer.Context) -> dict[str, object]:
     """The configuration options given on the command line (or by environment variable), not left at defaults:
     only these override a --config file or a resumed run's settings."""
-    from cnnctl.recipe.options import OPTION_BY_NAME
 
     explicit = {}
     for name, value in ctx.params.items():

@@ -7,9 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnctl.cli._common import command, print_json, stderr_line
+from cnnctl.cli._common import command, print_json, state, stderr_line
 from cnnctl.cli.params import context, declare
+from cnnctl.errors import UsageError
 from cnnctl.recipe.commands import SEARCH, TUNE, command_values
+from cnnctl.recipe.config_file import coerce_options, read_config_file
 
 
 def tune(ctx: typer.Context, train_args: list[str] | None = None, param: list[str] | None = None,
@@ -17,8 +19,6 @@ def tune(ctx: typer.Context, train_args: list[str] | None = None, param: list[st
     """Search hyper-parameters with Optuna: each trial is a run folder runs/tune-NAME/trial-K/1, scored by
     --monitor on the validation split (never the test set); ends with a table, best.yaml, importance.png and
     history.png."""
-    from cnnctl.cli._common import state
-    from cnnctl.errors import UsageError
     from cnnctl.tune import require_optuna
     from cnnctl.tune import study as search_module
 
@@ -84,7 +84,6 @@ def _new_spec(ctx: typer.Context, train_args: list[str], params: list[str], spac
               trials: int | None, pruner: str, pruner_startup: int) -> tuple[Any, str, bool]:
     """The SearchSpec of a new search from the command line; also the folder that holds searches (--out) and
     whether --name was given."""
-    from cnnctl.recipe.config_file import coerce_options, read_config_file
     from cnnctl.tune.space import build_space
     from cnnctl.tune.study import new_spec
 
@@ -100,7 +99,6 @@ def _new_spec(ctx: typer.Context, train_args: list[str], params: list[str], spac
 def _parse_train_arguments(ctx: typer.Context, args: list[str]) -> tuple[dict[str, Any], str | None]:
     """``ARCH [TRAIN OPTIONS]`` parsed by `cnnctl train`'s own command: the options given, and --config."""
     from cnnctl.cli.train_command import _explicit_options
-    from cnnctl.errors import UsageError
 
     root = ctx.find_root()
     train_command = root.command.get_command(root, "train")  # type: ignore[attr-defined]

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl.data.base import ImageTensors
 from cnnctl.data.check import SPLIT_ORDER, CheckReport, FolderCheck
-from cnnctl.data.images import IMAGE_SUFFIXES, ResizeTarget, decode_file, fit_to_target, is_grey, to_grey
+from cnnctl.data.images import ResizeTarget, decode_file, fit_to_target, is_grey, to_grey
 from cnnctl.data.splits import PreparedData, resolve_preprocessing, split_positions
 from cnnctl.data.stream import StreamedImages, memory_budget, plan_cache, size_text, stream_workers
 from cnnctl.errors import DataError, UsageError
+from cnnctl.filekind import IMAGE_SUFFIXES
 from cnnctl.models.weights import (
     finetune_image_size,
     grey_input_mode,

@@ -18,7 +18,7 @@ from cnnctl.recipe.class_weights import check_class_names
 if TYPE_CHECKING:
     import torch
 
-    from cnnctl.engine.fit import PreparedData
+    from cnnctl.data.splits import PreparedData
 
 def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     import torch

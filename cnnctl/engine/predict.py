@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl import checkpoint
-from cnnctl.data.images import IMAGE_SUFFIXES, ResizeTarget, decode_to_target, read_file_bytes
+from cnnctl.data.image_stats import InputCheck
+from cnnctl.data.images import ResizeTarget, decode_to_target, read_file_bytes
 from cnnctl.data.loader import Normalizer
 from cnnctl.engine.device import resolve_device
 from cnnctl.engine.tta import check_tta, tta_probabilities
 from cnnctl.errors import CnnctlError, DataError
+from cnnctl.filekind import IMAGE_SUFFIXES
 from cnnctl.fsutil import displayable
-from cnnctl.image_stats import InputCheck
 
 if TYPE_CHECKING:
     import torch
