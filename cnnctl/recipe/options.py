@@ -337,7 +337,8 @@ OPTIONS: tuple[Option, ...] = (
            maximum=SEED_MAX, synonyms=("random_seed", "rng_seed")),
     Option("patience", int, None, "early stopping: stop after this many epochs without improvement of --monitor",
            panel=RUN, minimum=1, resumable=True, synonyms=("early_stopping", "early_stop")),
-    Option("monitor", str, "val_acc", "picks best.safetensors (equal values: the lower val_loss), early stopping and plateau", panel=RUN,
+    Option("monitor", str, "val_acc", "picks best.safetensors (equal values: the lower val_loss), early stopping "
+           "and plateau", panel=RUN,
            choices=lambda: ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc"), synonyms=("metric",)),
     Option("keep", int, 1, "keep the K best epochs in checkpoints/ (best.safetensors is always the best)",
            panel=RUN, minimum=1, resumable=True, synonyms=("save_top_k", "top_k", "keep_best")),
