@@ -133,7 +133,7 @@ def test_a_student_trains_on_cached_teacher_outputs_and_names_its_teacher(teache
 
 
 def test_cached_outputs_are_the_teachers_outputs_of_each_batch(teacher: Path) -> None:
-    from cnnctl.config import TrainConfig
+    from cnnctl.recipe.config import TrainConfig
 
     trainer = Trainer(TrainConfig(arch="lenet5", dataset="microdigits", teacher=str(teacher), threads=1,
                                   augment="none", batch_size=16))
@@ -149,7 +149,7 @@ def test_cached_outputs_are_the_teachers_outputs_of_each_batch(teacher: Path) ->
 
 
 def test_augmented_batches_get_the_teacher_per_batch(teacher: Path) -> None:
-    from cnnctl.config import TrainConfig
+    from cnnctl.recipe.config import TrainConfig
 
     trainer = Trainer(TrainConfig(arch="simplecnn", dataset="microdigits", teacher=str(teacher), threads=1,
                                   augment="shift", batch_size=16))

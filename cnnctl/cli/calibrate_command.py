@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import inspect
+from typing import Annotated, Any
 
 import typer
 
@@ -14,36 +15,23 @@ from cnnctl.cli._common import (
     print_json,
     stderr_line,
 )
+from cnnctl.cli.params import declare
+from cnnctl.recipe.commands import CALIBRATE, command_values
 
 
-@command("calibrate")
-def calibrate_command(
-    checkpoint_path: Annotated[str | None, typer.Argument(
-        metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint)] = None,
-    target_error: Annotated[float | None, typer.Option(
-        help="also choose the lowest confidence threshold whose accepted validation images are misclassified at "
-             "most this often (e.g. 0.01); predict then answers 'unknown' below it")] = None,
-    output: Annotated[str | None, typer.Option(
-        "--output", "-o", help="write the calibrated checkpoint here \\[default: update CHECKPOINT in place]")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 1000,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
-    root: Annotated[str | None, typer.Option(help="data folder \\[env: CNNCTL_DATA]")] = None,
-    mirror: Annotated[str | None, typer.Option(help="dataset mirror \\[env: CNNCTL_MIRROR]")] = None,
-    data: Annotated[str | None, typer.Option(help="the image folder of a folder run, if it moved")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-) -> None:
+def calibrate_command(checkpoint_path: str | None = None, **params: Any) -> None:
     """Fit temperature scaling on the checkpoint's validation split and store it in the checkpoint.
 
     One scalar T divides the logits (LBFGS on the validation NLL): predictions stay the same, probabilities \
 become honest. eval then reports the calibration error before and after, predict and export use T."""
     from cnnctl.engine.calibrate import calibrate
-    from cnnctl.engine.calibration import check_target_error
 
-    check_target_error(target_error)
+    values = command_values(CALIBRATE, params)  # before any work: --target-error 2 is one line
     checkpoint_path = checkpoint_argument(checkpoint_path)
-    written, record = calibrate(checkpoint_path, target_error=target_error, output=output, batch_size=batch_size,
-                                root=root, mirror=mirror, device=device, log=stderr_line, data_dir=data)
-    if json_output:
+    written, record = calibrate(checkpoint_path, target_error=values["target_error"], output=values["output"],
+                                batch_size=values["batch_size"], root=values["root"], mirror=values["mirror"],
+                                device=values["device"], log=stderr_line, data_dir=values["data"])
+    if values["json_output"]:
         print_json({"checkpoint": str(written), **record})
         return
     print(f"temperature {record['temperature']:.4f} on {record['images']:,} validation images: ECE "
@@ -53,3 +41,10 @@ become honest. eval then reports the calibration error before and after, predict
         print(f"threshold {record['threshold']:.4f} for error <= {record['target_error']:g}: accepts "
               f"{record['accepted']:.2%} of the validation images, {record['accepted_error']:.2%} of them wrong")
     print(f"wrote {written}")
+
+
+declare(calibrate_command, CALIBRATE, leading=[inspect.Parameter(
+    "checkpoint_path", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+    annotation=Annotated[str | None, typer.Argument(metavar="CHECKPOINT", help=CHECKPOINT_HELP,
+                                                    autocompletion=complete_checkpoint)])])
+command("calibrate")(calibrate_command)

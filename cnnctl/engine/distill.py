@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl import checkpoint
 from cnnctl.errors import UsageError
-from cnnctl.options import label
+from cnnctl.recipe.options import label
 
 if TYPE_CHECKING:
     import torch
