@@ -24,14 +24,15 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
     predict_command,
     probe_command,
     runs_command,
+    serve_command,
     train_command,
     tune_command,
 )
 from cnnctl.cli._common import app, state
 
 # `cnnctl --help` lists the commands in the order of a workflow; commands not named here follow, as registered
-WORKFLOW = ("download", "train", "eval", "predict", "embed", "probe", "export", "check", "runs", "tune", "summary",
-            "list", "doctor")
+WORKFLOW = ("download", "train", "eval", "predict", "serve", "embed", "probe", "export", "check", "runs", "tune",
+            "summary", "list", "doctor")
 
 
 def _in_workflow_order() -> None:
@@ -50,6 +51,7 @@ SUMMARIES = {
     "train": "train an architecture on a dataset or your own images",
     "eval": "accuracy, per-class metrics, confusion matrix, --report",
     "predict": "classify image files and folders (CSV or JSON)",
+    "serve": "serve a checkpoint over HTTP: POST /predict, batched",
     "embed": "write L2-normalised features of images, with their paths",
     "probe": "rank the pretrained backbones on this machine by a linear probe",
     "export": "export a checkpoint to ONNX or TorchScript, verified",
