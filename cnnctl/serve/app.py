@@ -258,8 +258,9 @@ def create_app(predictor: Predictor, batcher: Batcher, settings: ServeSettings, 
                         "device": str(predictor.device)},
         })
 
-    async def predict(request: Request) -> Response:
-        info: RequestInfo = request.scope["cnnctl"]
+    async def read_and_queue(request: Request, info: RequestInfo) -> tuple[list[tuple[str, bytes]], list[Any], Any]:
+        """The request's images, each decoded or its ``(status, reason)``, and the future of the readable ones'
+        predictions (None when there are none)."""
         body = await read_body(request.stream(), settings.max_body_bytes, settings.max_body_mb,
                                settings.body_timeout_s)
         if not body:
@@ -269,17 +270,23 @@ def create_app(predictor: Predictor, batcher: Batcher, settings: ServeSettings, 
         del body
         if not items:
             raise Refused(400, "no image in the multipart body")
-        if len(items) > settings.max_images:
-            raise Refused(413, f"{len(items)} images in one request, more than --max-images {settings.max_images}")
         info.images = len(items)
         decoded = await anyio.to_thread.run_sync(decode_all, items, predictor, limiter=decoders)
         good = [i for i, item in enumerate(decoded) if not isinstance(item, tuple)]
-        results: list[Prediction] = [Prediction(name, error=None) for name, _ in items]
-        if good:
-            try:
-                future = batcher.submit([items[i][0] for i in good], [decoded[i] for i in good])  # type: ignore[misc]
-            except QueueFull as full:
-                raise Refused(503, f"busy: {full}; try again", [(b"retry-after", b"1")]) from None
+        if not good:
+            return items, decoded, None
+        try:
+            return items, decoded, batcher.submit([items[i][0] for i in good], [decoded[i] for i in good])
+        except QueueFull as full:
+            raise Refused(503, f"busy: {full}; try again", [(b"retry-after", b"1")]) from None
+
+    async def predict(request: Request) -> Response:
+        info: RequestInfo = request.scope["cnnctl"]
+        with batcher.incoming():  # the batching worker may wait for this request's images
+            items, decoded, future = await read_and_queue(request, info)
+        results = [Prediction(name, error=None) for name, _ in items]
+        good = [i for i, item in enumerate(decoded) if not isinstance(item, tuple)]
+        if future is not None:
             for i, prediction in zip(good, await asyncio.wrap_future(future)):
                 results[i] = prediction
         failed = [(i, item) for i, item in enumerate(decoded) if isinstance(item, tuple)]
