@@ -249,8 +249,9 @@ def raw_exchange(port: int, data: bytes, then: Iterator[bytes] = iter(()), pause
     return answer, sent
 
 
-def test_a_content_length_lie_reads_only_what_it_says(server: Server, digits: Path) -> None:
-    """The body ends where Content-Length says; what follows is not a request: 400, and the connection closes."""
+def test_a_content_length_lie_and_an_endless_head(server: Server, digits: Path) -> None:
+    """The body ends where Content-Length says; what follows is not a request: 400, and the connection closes.
+    A request head that never ends is cut off the same way once h11 holds 16 KiB of it."""
     data = png_files(digits)[0].read_bytes()
     mark = len(server.lines())
     head = f"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: {len(data)}\r\n\r\n".encode()
@@ -259,6 +260,12 @@ def test_a_content_length_lie_reads_only_what_it_says(server: Server, digits: Pa
     assert sent < 64 * 2**20
     lines = server.lines_after(mark)
     assert len(lines) == 1 and " 400 " in lines[0], lines
+    mark = len(server.lines())
+    answer, sent = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nhost: x\r\nx-long: ",
+                                iter([b"a" * 65536] * 16384))  # a header of 1 GiB
+    assert answer.startswith(b"HTTP/1.1 400") and sent < 64 * 2**20
+    lines = server.lines_after(mark)
+    assert len(lines) == 1 and "request head still incomplete" in lines[0], lines
     assert server.alive()
 
 

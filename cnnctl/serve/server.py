@@ -52,8 +52,8 @@ class _Reworded(logging.Filter):
         self.words = {
             "Exceeded concurrency limit.": f"503 refused a request: {settings.limit_concurrency} connections are "
                                            "open (--limit-concurrency)",
-            "Invalid HTTP request received.": "400 invalid HTTP request (or a request head over "
-                                              f"{MAX_HEAD_BYTES // 1024} KiB); connection closed",
+            "Invalid HTTP request received.": "400 invalid HTTP request, or a request head still incomplete "
+                                              f"after {MAX_HEAD_BYTES // 1024} KiB; connection closed",
         }
 
     def filter(self, record: logging.LogRecord) -> bool:
