@@ -17,11 +17,10 @@ from typing import Any
 
 from cnnctl.checkpoint.format import DAMAGED_HINT, FORMAT_VERSION, MAX_TENSORS, _is_int, versions
 from cnnctl.data.base import Preprocessing
+from cnnctl.data.image_stats import STAT_KEYS
 from cnnctl.errors import CheckpointError, CnnctlError
-from cnnctl.image_stats import STAT_KEYS
-from cnnctl.models import arch_options
-from cnnctl.options import MAX_IMAGE_SIDE  # pixels per side after padding: larger inputs are refused
-from cnnctl.registry import get_model_spec
+from cnnctl.recipe.options import MAX_IMAGE_SIDE  # pixels per side after padding: larger inputs are refused
+from cnnctl.registry import arch_options, get_model_spec
 
 MAX_CLASSES = 100_000
 MAX_CLASS_NAME = 1_000
@@ -214,7 +213,7 @@ def _pretrained(found: dict[str, Any], check: _Checker) -> dict[str, Any]:
 
 
 def _image_stats(value: Any, check: _Checker) -> dict[str, float] | None:
-    """The training images' statistics (cnnctl/image_stats.py): optional (older checkpoints have none); every
+    """The training images' statistics (cnnctl/data/image_stats.py): optional (older checkpoints have none); every
     level a number from 0 to 1."""
     if value is None:
         return None
@@ -304,7 +303,7 @@ class CheckpointMeta:
     versions: dict[str, str] | None = None
     config: dict[str, Any] | None = None  # the training options (to rebuild the validation split, to resume)
     pretrained: dict[str, Any] | None = None  # the weights it started from (PretrainedReport.to_dict())
-    image_stats: dict[str, float] | None = None  # how the training images look (cnnctl/image_stats.py)
+    image_stats: dict[str, float] | None = None  # how the training images look (cnnctl/data/image_stats.py)
 
     @property
     def num_classes(self) -> int:

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 from cnnctl import filekind
 from cnnctl.data.png_check import png_problem
 from cnnctl.errors import DataError
-from cnnctl.filekind import IMAGE_SUFFIXES  # noqa: F401 - part of this module's API
 
 if TYPE_CHECKING:
     import torch

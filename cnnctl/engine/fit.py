@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.checkpoint import unwrap
-from cnnctl.config import TrainConfig
-from cnnctl.config_file import save_run_config
+from cnnctl.data.image_stats import training_image_stats
 from cnnctl.data.loader import default_batch_size
 from cnnctl.data.mixing import hard_labels
-from cnnctl.data.splits import PreparedData  # noqa: F401 - part of this module's API
+from cnnctl.data.splits import PreparedData
 from cnnctl.data.splits import prepare_data as prepare
 from cnnctl.engine import components, distributed
 from cnnctl.engine.callbacks import Callback, CallbackList, default_callbacks
 from cnnctl.engine.callbacks.ema import build_average
-from cnnctl.engine.callbacks.metrics_csv import METRIC_COLUMNS  # noqa: F401 - part of this module's API
 from cnnctl.engine.components import check_finite, out_of_memory_error
+from cnnctl.engine.configure import check_config, complete_config
 from cnnctl.engine.determinism import deterministic_mode
 from cnnctl.engine.device import resolve_device, seed_everything
 from cnnctl.engine.distributed import (
@@ -44,24 +43,20 @@ from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interru
 from cnnctl.engine.linear_probe import check_probe_head, probe_epoch
 from cnnctl.engine.loggers import build_loggers
 from cnnctl.engine.lr_sweep import resolve_auto_lr
-from cnnctl.engine.optim import build_optimizer  # noqa: F401 - part of this module's API
+from cnnctl.engine.optim import build_optimizer
 from cnnctl.engine.precision import resolve_precision
-from cnnctl.engine.run_folder import RunFolder, create_run_dir, default_run_name  # noqa: F401 - part of this module's API
+from cnnctl.engine.run_folder import RunFolder, default_run_name
 from cnnctl.engine.schedules import build_schedule
-from cnnctl.engine.state import (
-    read_state,
-    resolve_run_dir,
-    restore_training_state,
-    resume_settings,
-    save_training_state,
-)
+from cnnctl.engine.state import read_state, restore_training_state, save_training_state
 from cnnctl.engine.threads import threads_for_this_process
 from cnnctl.engine.tracking import MetricTracker
 from cnnctl.errors import UsageError
-from cnnctl.image_stats import training_image_stats
 from cnnctl.models import build_model as build_architecture
 from cnnctl.models.pretrained import parameter_groups
 from cnnctl.progress import Reporter, SilentReporter
+from cnnctl.recipe.config import TrainConfig
+from cnnctl.recipe.config_file import save_run_config
+from cnnctl.recipe.resume import resolve_run_dir, resume_settings
 from cnnctl.registry import get_model_spec
 
 if TYPE_CHECKING:
@@ -96,7 +91,7 @@ def prepare_data(config: TrainConfig, reporter: Reporter) -> PreparedData:
 
 
 def measure_training_images(data: PreparedData) -> dict[str, float] | None:
-    """How the training images look (cnnctl/image_stats.py), for the checkpoints: from the training split, or
+    """How the training images look (cnnctl/data/image_stats.py), for the checkpoints: from the training split, or
     the validation split when the training images stream from disk (not held in memory)."""
     import torch
 
@@ -113,7 +108,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, reporter: Reporter | None = None, *,
                  callbacks: list[Callback] | None = None, resume: str | Path | None = None):
-        config.validate()
+        check_config(config)
         self.config = config
         self.reporter = reporter or SilentReporter()
         self.callbacks = CallbackList([*default_callbacks(), *build_loggers(config), *(callbacks or [])])
@@ -157,7 +152,7 @@ class Trainer:
     def run(self) -> FitResult:
 
         self.lr_sweep = resolve_auto_lr(type(self), self.config, self.reporter.message)  # --lr auto: a sweep first
-        self.config.resolve_defaults()
+        complete_config(self.config)
         with deterministic_mode(self.config.deterministic), contextlib.ExitStack() as locked:
             loaded = None
             if self.resume_dir is not None:  # the lock first: the state read under it is the one continued
@@ -263,7 +258,7 @@ class Trainer:
                 self.reporter.message(f"plateau: {self.monitor} has not improved for "
                                       f"{config.plateau_patience + 1} epochs; learning rate × {config.gamma:g}")
             self.history.append(row)
-            self.improvement = self.tracker.update(epoch, row[self.monitor])
+            self.improvement = self.tracker.update(epoch, row[self.monitor], row.get(self.tracker.tiebreak))
             callbacks.on_validation_end(self, epoch, row)  # the checkpoint saver, last, writes the epoch
             callbacks.on_epoch_end(self, epoch, row)
             self.should_stop = stop_agreed(self.should_stop, self.dist, self.device)

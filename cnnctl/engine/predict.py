@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl import checkpoint
-from cnnctl.data.images import IMAGE_SUFFIXES, ResizeTarget, decode_to_target, read_file_bytes
+from cnnctl.data.image_stats import InputCheck
+from cnnctl.data.images import ResizeTarget, decode_to_target, read_file_bytes
 from cnnctl.data.loader import Normalizer
 from cnnctl.engine.device import resolve_device
 from cnnctl.engine.tta import check_tta, tta_probabilities
 from cnnctl.errors import CnnctlError, DataError
+from cnnctl.filekind import IMAGE_SUFFIXES
 from cnnctl.fsutil import displayable
-from cnnctl.image_stats import InputCheck
 
 if TYPE_CHECKING:
     import torch
@@ -240,14 +241,14 @@ class Predictor:
             yield from results  # type: ignore[misc]
 
 
-def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str = "cpu", tta: str = "none"
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_api(model_or_path: Any, images: Any, *, device: str = "cpu", tta: str = "none", batch_size: int = 256,
+                max_pixels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``cnnctl.predict``: labels (int64 N) and class probabilities (N×classes) for files, folders or a uint8
     N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (engine/tta.py)."""
     import torch
 
     model, meta = model_with_meta(model_or_path, device, "cnnctl.predict")
-    predictor = Predictor(model, meta, topk=topk, tta=tta)
+    predictor = Predictor(model, meta, batch_size=batch_size, max_pixels=max_pixels, tta=tta)
     if not isinstance(images, torch.Tensor):
         files, _ = find_images([images] if isinstance(images, (str, Path)) else images)
         if not files:
