@@ -363,16 +363,18 @@ def test_bad_command_lines_fail_in_one_line(server: Server, run_dir: Path, tmp_p
         ((str(tmp_path / "missing.safetensors"),), "missing.safetensors"),
         ((str(run_dir), "--port", str(server.port)), "the port is in use"),
         ((str(run_dir), "--max-body-mb", "0"), "--max-body-mb"),
+        ((str(run_dir), "--port", "eighty"), "--port"),
+        ((str(run_dir), "--batch-size", "32", "--queue-size", "8"), "--queue-size (8) must hold"),
     ):
         result = serve_cli(*args)
         lines = result.stderr.strip().splitlines()
         assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), (args, result.stderr)
         assert fragment in lines[0] and "Traceback" not in result.stderr, (args, lines)
     assert server.alive()
-    for settings, fragment in ((ServeSettings(port=70000), "--port must be at most 65535"),
-                               (ServeSettings(batch_size=32, queue_size=8), "--queue-size (8) must hold"),
-                               (ServeSettings(header_timeout_s=0), "--header-timeout must be at least"),
-                               (ServeSettings(limit_concurrency=0), "--limit-concurrency must be at least 1")):
+    for settings, fragment in ((ServeSettings(port=70000), "port must be in [0, 65535], got 70000"),
+                               (ServeSettings(batch_size=32, queue_size=8), "queue_size (8) must hold"),
+                               (ServeSettings(header_timeout=0), "header_timeout must be positive"),
+                               (ServeSettings(limit_concurrency=0), "limit_concurrency must be at least 1")):
         with pytest.raises(UsageError, match=re.escape(fragment)):
             settings.check()
 

@@ -262,7 +262,7 @@ def create_app(predictor: Predictor, batcher: Batcher, settings: ServeSettings, 
         """The request's images, each decoded or its ``(status, reason)``, and the future of the readable ones'
         predictions (None when there are none)."""
         body = await read_body(request.stream(), settings.max_body_bytes, settings.max_body_mb,
-                               settings.body_timeout_s)
+                               settings.body_timeout)
         if not body:
             raise Refused(400, "empty body: send an image (curl --data-binary @x.png) or multipart files "
                                "(curl -F image=@x.png)")

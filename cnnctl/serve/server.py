@@ -78,13 +78,13 @@ def server_logger(settings: ServeSettings, stream: Any = None) -> logging.Logger
     return logger
 
 
-def protocol_class(header_timeout_s: float, logger: logging.Logger) -> type:
+def protocol_class(header_timeout: float, logger: logging.Logger) -> type:
     """uvicorn's h11 protocol with a deadline for the request head: a connection that has not sent a complete
-    request line and headers within ``header_timeout_s`` of connecting (or of its previous response) is
+    request line and headers within ``header_timeout`` of connecting (or of its previous response) is
     answered 408 and closed, however slowly it keeps sending."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    body = json.dumps({"error": f"no complete request head within {header_timeout_s:g} s"}).encode()
+    body = json.dumps({"error": f"no complete request head within {header_timeout:g} s"}).encode()
     answer = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
               b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
@@ -97,7 +97,7 @@ def protocol_class(header_timeout_s: float, logger: logging.Logger) -> type:
 
         def _arm(self) -> None:
             self._disarm()
-            self._head_timer = self.loop.call_later(header_timeout_s, self._head_timeout)
+            self._head_timer = self.loop.call_later(header_timeout, self._head_timeout)
 
         def _disarm(self) -> None:
             if self._head_timer is not None:
@@ -111,7 +111,7 @@ def protocol_class(header_timeout_s: float, logger: logging.Logger) -> type:
             if self.cycle is not None and not self.cycle.response_complete:
                 return  # a request is being answered; its body has the application's own deadline
             client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
-            logger.warning(f"{client} 408 no complete request head within {header_timeout_s:g} s "
+            logger.warning(f"{client} 408 no complete request head within {header_timeout:g} s "
                            "(--header-timeout); connection closed")
             self.transport.write(answer)
             self.transport.close()
@@ -199,8 +199,8 @@ def serve(checkpoint: str | Path, settings: ServeSettings, *, log: Callable[[str
     app = create_app(predictor, batcher, settings, logger, checkpoint=str(checkpoint))
     config = uvicorn.Config(
         app, lifespan="off", access_log=False, log_config=None, server_header=False,
-        http=protocol_class(settings.header_timeout_s, logger), limit_concurrency=settings.limit_concurrency,
-        timeout_keep_alive=settings.keep_alive_s, timeout_graceful_shutdown=5,
+        http=protocol_class(settings.header_timeout, logger), limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.keep_alive, timeout_graceful_shutdown=5,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES, backlog=BACKLOG,
     )
     meta = predictor.meta
