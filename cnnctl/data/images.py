@@ -168,7 +168,7 @@ def read_header(data: bytes, path: Path, max_pixels: int | None = None) -> Image
         raise UnknownImageFormat(f"{path}: not a readable image ({_reason(error, data)})") from error
     if width * height > limit:
         raise TooManyPixels(f"{path}: {width:,}x{height:,} = {width * height:,} pixels, more than the limit of "
-                        f"{limit:,}; not decoded", hint="pass --max-pixels N to allow larger images")
+                            f"{limit:,}; not decoded", hint="pass --max-pixels N to allow larger images")
     return header
 
 

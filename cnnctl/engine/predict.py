@@ -210,8 +210,8 @@ class Predictor:
 
     def classify(self, names: Sequence[str], batch: torch.Tensor) -> list[Prediction]:
         """One :class:`Prediction` per image of ``batch`` (uint8 N×C×H×W at ``image_size``), ``names`` giving
-        their ``path`` field. What ``predict_files`` and the HTTP
-        server (cnnctl/serve/) both call, so a file gives the same row on both."""
+        their ``path`` field. ``predict_files`` and the HTTP server (cnnctl/serve/) both call it, so a file gives
+        the same row on both."""
         classes = self.meta.classes
         started = time.perf_counter()
         _, probabilities = self.predict_tensor(batch)
