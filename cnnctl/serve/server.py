@@ -14,8 +14,10 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -193,7 +195,8 @@ def serve(checkpoint: str | Path, settings: ServeSettings, *, log: Callable[[str
         sock.close()
         raise
     host, port = sock.getsockname()[:2]
-    _more_open_files(settings.limit_concurrency * 2 + 256)
+    # connections beyond --limit-concurrency are accepted (and answered 503): each holds a file until then
+    _more_open_files(max(65_536, settings.limit_concurrency * 2 + 256))
     batcher = Batcher(predictor, batch_size=settings.batch_size, max_wait_s=settings.max_wait_ms / 1000,
                       capacity=settings.queue_size).start()
     app = create_app(predictor, batcher, settings, logger, checkpoint=str(checkpoint))
@@ -214,11 +217,25 @@ def serve(checkpoint: str | Path, settings: ServeSettings, *, log: Callable[[str
     if not settings.is_loopback():
         logger.warning(f"warning: {settings.host} is reachable from other machines, and the server asks no one "
                        "for a password")
+    # uvicorn shuts down gracefully on Ctrl+C and SIGTERM, then raises the signal again once it has: here that
+    # ends run(), and the server says it stopped (a SIGTERM would otherwise end the process on the spot)
+    previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shut down gracefully, then raised Ctrl+C again: the way to stop a server
+    except (KeyboardInterrupt, _Stopped):
         pass
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         batcher.stop()
         sock.close()
     logger.info("stopped")
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise _Stopped
