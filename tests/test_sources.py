@@ -279,11 +279,11 @@ def test_multi_label_rows_and_weights(tmp_path: Path) -> None:
 def test_per_image_weights_are_a_weighted_mean_of_the_loss() -> None:
     generator = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(6, 3, generator=generator), torch.tensor([0, 1, 2, 0, 1, 2])
-    trainer = SimpleNamespace(class_weights=None, config=SimpleNamespace(label_smoothing=0.0))
+    trainer = SimpleNamespace(class_weights=None, config=SimpleNamespace(label_smoothing=0.0), distillation=None)
     plain = Trainer.loss(trainer, logits[:4], labels[:4])
-    weighted = Trainer.loss(trainer, logits, labels, torch.tensor([1.0, 1, 1, 1, 0, 0]))
+    weighted = Trainer.loss(trainer, logits, labels, weights=torch.tensor([1.0, 1, 1, 1, 0, 0]))
     assert torch.allclose(plain, weighted)
-    doubled = Trainer.loss(trainer, logits, labels, torch.tensor([2.0, 1, 1, 1, 1, 1]))
+    doubled = Trainer.loss(trainer, logits, labels, weights=torch.tensor([2.0, 1, 1, 1, 1, 1]))
     repeated = Trainer.loss(trainer, torch.cat([logits, logits[:1]]), torch.cat([labels, labels[:1]]))
     assert torch.allclose(doubled, repeated)
 
@@ -292,8 +292,8 @@ def test_weights_from_a_label_file_reach_the_training_split(tmp_path: Path, digi
     names = sorted(p.relative_to(digits).as_posix() for p in (digits / "train").rglob("*.png"))
     (digits / "weighted.csv").write_text("path,label,weight\n" + "".join(
         f"{n},{n.split('/')[1]},{3 if n.split('/')[1] == '0' else 1}\n" for n in names))
-    from cnnctl.config import TrainConfig
     from cnnctl.data.splits import prepare_data
+    from cnnctl.recipe.config import TrainConfig
     from cnnctl.registry import get_model_spec
 
     config = TrainConfig(arch="lenet5", data_dir=str(digits / "weighted.csv"), val_split=0)
