@@ -39,8 +39,14 @@ def calibrate(path: Any, *, target_error: float | None = None, output: Any = Non
     destination = Path(output) if output is not None else source
     if destination.is_dir():
         raise UsageError(f"--output {destination} is a folder", hint="name the checkpoint file to write")
-    opened = open_evaluation(source, split="val", batch_size=batch_size, root=root, mirror=mirror, device=device,
-                             log=log, data_dir=data_dir)
+    try:
+        opened = open_evaluation(source, split="val", batch_size=batch_size, root=root, mirror=mirror,
+                                 device=device, log=log, data_dir=data_dir)
+    except UsageError as error:
+        if "held out no validation split" not in error.message:
+            raise
+        raise UsageError(f"{source}: calibration is fitted on the validation split, and this run held out none",
+                         hint="train with --val-split N (images) or a fraction") from None
     logits, labels = split_logits(opened)
     check_calibration_split(labels, opened.meta.num_classes)
     record = calibration_record(logits, labels, target_error)
