@@ -10,6 +10,7 @@ from cnnctl import checkpoint
 from cnnctl.engine.calibration import calibration_record, check_calibration_split, check_target_error
 from cnnctl.engine.evaluate import evaluate, open_evaluation
 from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.fsutil import require_writable_file
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +40,8 @@ def calibrate(path: Any, *, target_error: float | None = None, output: Any = Non
     destination = Path(output) if output is not None else source
     if destination.is_dir():
         raise UsageError(f"--output {destination} is a folder", hint="name the checkpoint file to write")
+    # before any work: a folder where nothing can be written is found now, not after the evaluation
+    destination = require_writable_file(destination, option="--output" if output is not None else "CHECKPOINT")
     try:
         opened = open_evaluation(source, split="val", batch_size=batch_size, root=root, mirror=mirror,
                                  device=device, log=log, data_dir=data_dir)
