@@ -223,27 +223,36 @@ class Predictor:
         colours, brightness far outside their range), saying what the model expects."""
         return self.input_check.warning()
 
-    def predict_files(self, files: Sequence[Path]) -> Iterator[Prediction]:
+    def classify(self, names: Sequence[str], batch: torch.Tensor) -> list[Prediction]:
+        """One :class:`Prediction` per image of ``batch`` (uint8 N×C×H×W at ``image_size``), ``names`` giving
+        their ``path`` field. ``predict_files`` and the HTTP server (cnnctl/serve/) both call it, so a file gives
+        the same row on both."""
         classes = self.meta.classes
+        started = time.perf_counter()
+        _, probabilities = self.predict_tensor(batch)
+        top_p, top_i = probabilities.topk(self.topk, dim=1)
+        # one conversion per batch: indexing tensors element by element costs more than the model
+        top_p_rows, top_i_rows = top_p.tolist(), top_i.tolist()
+        self.timings["inference_s"] += time.perf_counter() - started
+        results = []
+        for name, p_row, i_row in zip(names, top_p_rows, top_i_rows):
+            ranked = [(c, classes[c], p) for p, c in zip(p_row, i_row)]
+            label, class_name, probability = ranked[0]
+            if self.rejects(probability):
+                results.append(Prediction(name, None, UNKNOWN, probability, ranked, rejected=True))
+            else:
+                results.append(Prediction(name, label, class_name, probability, ranked))
+        return results
+
+    def predict_files(self, files: Sequence[Path]) -> Iterator[Prediction]:
         for chunk, decoded in self.decoded_batches(files):
             good = [i for i, item in enumerate(decoded) if not isinstance(item, str)]
             results: list[Prediction | None] = [None] * len(chunk)
             if good:
-                started = time.perf_counter()
-                batch = self._torch.stack([decoded[i] for i in good])
+                batch = self._torch.stack([decoded[i] for i in good])  # type: ignore[misc]
                 self.input_check.add(batch)
-                _, probabilities = self.predict_tensor(batch)
-                top_p, top_i = probabilities.topk(self.topk, dim=1)
-                # one conversion per batch: indexing tensors element by element costs more than the model
-                top_p_rows, top_i_rows = top_p.tolist(), top_i.tolist()
-                self.timings["inference_s"] += time.perf_counter() - started
-                for row, i in enumerate(good):
-                    ranked = [(c, classes[c], p) for p, c in zip(top_p_rows[row], top_i_rows[row])]
-                    label, name, probability = ranked[0]
-                    if self.rejects(probability):
-                        results[i] = Prediction(str(chunk[i]), None, UNKNOWN, probability, ranked, rejected=True)
-                    else:
-                        results[i] = Prediction(str(chunk[i]), label, name, probability, ranked)
+                for i, prediction in zip(good, self.classify([str(chunk[i]) for i in good], batch)):
+                    results[i] = prediction
             for i, item in enumerate(decoded):
                 if isinstance(item, str):
                     results[i] = Prediction(str(chunk[i]), error=item)
