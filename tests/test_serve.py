@@ -363,18 +363,24 @@ def serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bad_command_lines_fail_in_one_line(server: Server, run_dir: Path, tmp_path: Path) -> None:
-    for args, fragment in (
+    for args, fragment in (  # through the console script
         ((str(tmp_path / "missing.safetensors"),), "missing.safetensors"),
         ((str(run_dir), "--port", str(server.port)), "the port is in use"),
-        ((str(run_dir), "--max-body-mb", "0"), "--max-body-mb"),
-        ((str(run_dir), "--port", "eighty"), "--port"),
-        ((str(run_dir), "--batch-size", "32", "--queue-size", "8"), "--queue-size (8) must hold"),
     ):
         result = serve_cli(*args)
         lines = result.stderr.strip().splitlines()
         assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), (args, result.stderr)
         assert fragment in lines[0] and "Traceback" not in result.stderr, (args, lines)
     assert server.alive()
+    for args, fragment in (  # in this process: refused before anything loads
+        (("--max-body-mb", "0"), "--max-body-mb must be in (0, 4096], got 0"),
+        (("--port", "eighty"), "--port must be a whole number"),
+        (("--batch-size", "32", "--queue-size", "8"), "--queue-size (8) must hold at least one batch"),
+        (("--header-timeout", "-1"), "--header-timeout must be positive"),
+    ):
+        result = CliRunner().invoke(app, ["serve", str(run_dir), *args])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {fragment}"), lines
     for settings, fragment in ((ServeSettings(port=70000), "port must be in [0, 65535], got 70000"),
                                (ServeSettings(batch_size=32, queue_size=8), "queue_size (8) must hold"),
                                (ServeSettings(header_timeout=0), "header_timeout must be positive"),
