@@ -275,6 +275,9 @@ def create_app(predictor: Predictor, batcher: Batcher, settings: ServeSettings, 
         good = [i for i, item in enumerate(decoded) if not isinstance(item, tuple)]
         if not good:
             return items, decoded, None
+        if len(good) > batcher.capacity:  # would never fit: not a matter of trying again
+            raise Refused(413, f"{len(good)} images in one request, more than the queue holds (--queue-size "
+                               f"{batcher.capacity})")
         try:
             return items, decoded, batcher.submit([items[i][0] for i in good], [decoded[i] for i in good])
         except QueueFull as full:
