@@ -77,6 +77,9 @@ PREDICT: tuple[Option, ...] = (
     _option("plot", str, None, "also draw the first 64 images with their predicted classes (wrong ones in red where "
            "a parent folder names the true class)", metavar="PNG", config=False),
     _tta(),
+    _option("reject_below", float, None, "answer 'unknown' for images whose top probability (after the checkpoint's "
+           "calibration temperature) is below P; 0 answers every image", derived="the threshold `cnnctl calibrate "
+           "--target-error` stored, else none", metavar="P", minimum=0, maximum=1),
     _option("pretrained", str, None, "classify with ImageNet weights, no training: the first argument is then the "
            "architecture (cnnctl predict tv:resnet50 --pretrained imagenet photo.jpg); imagenet, a weights name, or "
            "a .pth/.safetensors file", metavar="WEIGHTS", config=False),
@@ -128,6 +131,20 @@ LR_FIND: tuple[Option, ...] = (
     _json("the sweep as JSON on stdout"),
 )
 
+CALIBRATE: tuple[Option, ...] = (
+    _option("target_error", float, None, "also choose the lowest confidence threshold whose accepted validation "
+           "images are misclassified at most this often (e.g. 0.01); predict then answers 'unknown' below it",
+           minimum=0, maximum=1, exclusive_min=True, exclusive_max=True),
+    _option("output", str, None, "write the calibrated checkpoint here \\[default: update CHECKPOINT in place]",
+           short="-o", metavar="FILE"),
+    _option("batch_size", int, 1000, "images per batch", minimum=1),
+    _option("device", str, "auto", DEVICE_HELP),
+    _option("root", str, None, "data folder \\[env: CNNCTL_DATA]"),
+    _option("mirror", str, None, "dataset mirror \\[env: CNNCTL_MIRROR]"),
+    _option("data", str, None, "the image folder of a folder run, if it moved"),
+    _json("machine-readable output"),
+)
+
 # cnnctl serve (cnnctl/serve/settings.py's ServeSettings takes the same names and defaults). The limits bound what
 # one client can make the server hold; each one refused answers with its HTTP status and one log line.
 SERVE: tuple[Option, ...] = (
@@ -161,7 +178,8 @@ SERVE: tuple[Option, ...] = (
 )
 
 COMMANDS: dict[str, tuple[Option, ...]] = {"eval": EVAL, "predict": PREDICT, "export": EXPORT, "tune": TUNE,
-                                           "lr-find": LR_FIND, "serve": SERVE}
+                                           "lr-find": LR_FIND, "calibrate": CALIBRATE,
+                                           "serve": SERVE}
 
 
 def api_options(options: tuple[Option, ...]) -> tuple[Option, ...]:
