@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnctl.engine.calibrate import calibrate as _calibrate
 from cnnctl.engine.embed import check_output, open_backbone, write_embeddings
 from cnnctl.engine.embed import embed as _embed
 from cnnctl.engine.fit import Trainer
@@ -20,7 +21,7 @@ from cnnctl.errors import UsageError
 from cnnctl.exporter import export as _export
 from cnnctl.models.imagenet_classifier import imagenet_classifier
 from cnnctl.progress import PlainReporter
-from cnnctl.recipe.commands import EVAL, EXPORT, PREDICT, api_signature, api_values
+from cnnctl.recipe.commands import CALIBRATE, EVAL, EXPORT, PREDICT, api_signature, api_values
 from cnnctl.recipe.config import TrainConfig
 from cnnctl.recipe.config_file import build_train_config, coerce_options
 from cnnctl.recipe.options import CONFIG_OPTIONS, naming
@@ -133,7 +134,10 @@ def predict(model_or_path: Any, images: Any, **options: Any) -> tuple[torch.Tens
     class names are ``model.cnnctl_meta.classes``. Preprocessing comes from the checkpoint, as in the CLI.
     The options of ``cnnctl predict`` that shape the numbers, with its defaults (cnnctl/recipe/commands.py):
     ``tta`` (``flip`` or ``flip-crop`` averages the probabilities over views of each image), ``device`` (where a
-    checkpoint path is loaded; a loaded model stays where it is), ``batch_size``, ``max_pixels``.
+    checkpoint path is loaded; a loaded model stays where it is), ``batch_size``, ``max_pixels``,
+    ``reject_below``. A calibrated checkpoint (``cnnctl calibrate``) divides the logits by its temperature; an
+    image whose top probability is below ``reject_below`` (default: the threshold ``calibrate --target-error``
+    stored) gets label -1 ("unknown").
     """
     values = api_values(PREDICT, options, "cnnctl.predict")
     model_or_path, images = _model_and_images(model_or_path, images, values["device"], "cnnctl.predict")
@@ -143,6 +147,21 @@ def predict(model_or_path: Any, images: Any, **options: Any) -> tuple[torch.Tens
 predict.__signature__ = api_signature(PREDICT, [  # type: ignore[attr-defined]
     inspect.Parameter("model_or_path", inspect.Parameter.POSITIONAL_OR_KEYWORD),
     inspect.Parameter("images", inspect.Parameter.POSITIONAL_OR_KEYWORD)], "tuple[torch.Tensor, torch.Tensor]")
+
+
+def calibrate(checkpoint_path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+    """``cnnctl calibrate``: fit the temperature (and with ``target_error`` the abstention threshold) on the
+    checkpoint's validation split and store them in it (in place, or in ``output``). Returns what was stored,
+    with ``checkpoint``: the file written (docs/calibration.md). Every option of ``cnnctl calibrate`` under its
+    name, with the same default (cnnctl/recipe/commands.py)."""
+    values = api_values(CALIBRATE, options, "cnnctl.calibrate")
+    values["data_dir"] = values.pop("data")
+    written, record = _calibrate(_as_path(checkpoint_path, "cnnctl.calibrate"), **values)
+    return {"checkpoint": str(written), **record}
+
+
+calibrate.__signature__ = api_signature(CALIBRATE, [  # type: ignore[attr-defined]
+    inspect.Parameter("checkpoint_path", inspect.Parameter.POSITIONAL_OR_KEYWORD)], "dict[str, Any]")
 
 
 def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", **options: Any) -> ExportResult:

@@ -55,6 +55,10 @@ def eval_command(checkpoint_path: str | None = None, **params: Any) -> None:
     if "balanced_accuracy" in report:
         fields += [f"balanced accuracy {report['balanced_accuracy']:.2%}", f"macro-F1 {report['macro_f1']:.4f}"]
     fields += [f"loss {report['loss']:.4f}", f"ECE {report['calibration']['ece']:.4f}"]
+    if "calibrated" in report:  # cnnctl calibrate stored a temperature
+        after = report["calibrated"]
+        fields += [f"calibrated (T {after['temperature']:.3f}): loss {after['loss']:.4f}",
+                   f"ECE {after['ece']:.4f}"]
     if tta != "none":
         fields.append(f"(test-time augmentation: {tta})")
     head = f"{report['arch']} on {evaluated_on(report)} ({report['count']:,} images):"

@@ -97,7 +97,7 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         raise UsageError("no image files found in " + ", ".join(displayable(p) for p in paths),
                          hint="pass png/jpg/bmp/webp/tif files or folders that contain them")
     predictor = Predictor(model, model.cnnctl_meta, batch_size=values["batch_size"], topk=values["topk"],
-                          max_pixels=values["max_pixels"], tta=tta)
+                          max_pixels=values["max_pixels"], tta=tta, reject_below=values["reject_below"])
     predictor.import_decoders()  # start-up, not prediction: outside the time reported
     started = time.perf_counter()
     predictions = []
@@ -125,6 +125,11 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
                 f"image{'s' if len(predictions) != 1 else ''} in {seconds:.2f}s ({rate + '; ' if rate else ''}"
                 f"decode {timings['decode_s']:.2f}s, inference {timings['inference_s']:.2f}s)"
                 f"{note}" + (f"; wrote {output}" if to_file else ""))
+    if predictor.reject_below is not None:
+        rejected = sum(p.rejected for p in predictions)
+        source = "--reject-below" if values["reject_below"] is not None else "the checkpoint's threshold"
+        stderr_line(f"unknown: {rejected:,} of {len(predictions) - len(failures):,} images (top probability below "
+                    f"{predictor.reject_below:.4f}, {source})")
     accuracy = folder_accuracy(predictions, model.cnnctl_meta.classes)
     if accuracy is not None:
         correct, counted = accuracy

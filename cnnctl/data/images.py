@@ -56,6 +56,14 @@ REDUCING_GAP = 2.0
 MAX_JPEG_REDUCTION = 4
 
 
+class UnknownImageFormat(DataError):
+    """Bytes whose header no decoder recognises: not an image, or not one cnnctl can read."""
+
+
+class TooManyPixels(DataError):
+    """An image whose header declares more pixels than the limit: refused before any pixel is decoded."""
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     """What an image file's header says, read without decoding its pixels."""
@@ -157,10 +165,10 @@ def read_header(data: bytes, path: Path, max_pixels: int | None = None) -> Image
             header = ImageHeader(image.format or "?", width, height, image.mode,
                                  bool(getattr(image, "is_animated", False)), _orientation(image))
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for broken files
-        raise DataError(f"{path}: not a readable image ({_reason(error, data)})") from error
+        raise UnknownImageFormat(f"{path}: not a readable image ({_reason(error, data)})") from error
     if width * height > limit:
-        raise DataError(f"{path}: {width:,}x{height:,} = {width * height:,} pixels, more than the limit of "
-                        f"{limit:,}; not decoded", hint="pass --max-pixels N to allow larger images")
+        raise TooManyPixels(f"{path}: {width:,}x{height:,} = {width * height:,} pixels, more than the limit of "
+                            f"{limit:,}; not decoded", hint="pass --max-pixels N to allow larger images")
     return header
 
 

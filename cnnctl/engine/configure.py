@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cnnctl.engine.distill import check_distill_config
 from cnnctl.errors import UsageError
 from cnnctl.models.weights import (
     ensure_weights_file,
@@ -27,6 +28,7 @@ def check_config(config: Any) -> None:
     they exist for the architecture, and offline their file is already here (one line naming it and its folder
     otherwise), before any data is loaded."""
     config.validate()
+    check_distill_config(config)  # --teacher: a readable checkpoint, not with --linear-probe
     if not config.pretrained:
         return
     imagenet = imagenet_weights_for_config(config)

@@ -28,6 +28,7 @@ from cnnctl.engine.components import check_finite, out_of_memory_error
 from cnnctl.engine.configure import check_config, complete_config
 from cnnctl.engine.determinism import deterministic_mode
 from cnnctl.engine.device import resolve_device, seed_everything
+from cnnctl.engine.distill import Distillation
 from cnnctl.engine.distributed import (
     broadcast_object,
     check_resume_world,
@@ -127,6 +128,7 @@ class Trainer:
         self.thread_choice: Any = None  # the CPU threads setup() chose, when --threads was left to cnnctl
         self.averaged: Any = None  # --ema: the AveragedModel that validation and checkpoints use
         self.pretrained: Any = None  # --pretrained: the PretrainedReport the checkpoints' metadata keeps
+        self.distillation: Distillation | None = None  # --teacher: the teacher and the mixed loss (engine/distill.py)
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
 
     @classmethod
@@ -237,6 +239,8 @@ class Trainer:
         self.averaged = build_average(unwrap(self.model), config.ema)  # --ema, else None
         self.train_batches, self.val_batches = components.build_loaders(config, self.data, self.device, self.dist,
                                                                         self.per_rank_batch)
+        self.distillation = Distillation.start(config, self.data, self.device, self.train_batches,
+                                               self.reporter.message)
         self.schedule = build_schedule(config, self.optimizer, steps_per_epoch=len(self.train_batches),
                                        monitor=self.monitor)
         self.scaler = self.precision.make_scaler()
@@ -258,7 +262,7 @@ class Trainer:
                 self.reporter.message(f"plateau: {self.monitor} has not improved for "
                                       f"{config.plateau_patience + 1} epochs; learning rate × {config.gamma:g}")
             self.history.append(row)
-            self.improvement = self.tracker.update(epoch, row[self.monitor])
+            self.improvement = self.tracker.update(epoch, row[self.monitor], row.get(self.tracker.tiebreak))
             callbacks.on_validation_end(self, epoch, row)  # the checkpoint saver, last, writes the epoch
             callbacks.on_epoch_end(self, epoch, row)
             self.should_stop = stop_agreed(self.should_stop, self.dist, self.device)
@@ -267,12 +271,17 @@ class Trainer:
             if stop_agreed(guard.requested is not None, self.dist, self.device) and epoch < config.epochs:
                 raise interrupted_error(self.run_dir, f"after epoch {epoch}", guard.requested, self.dist.world_size)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The training loss, defined once: the epochs and the learning-rate sweep both use it."""
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss, defined once: the epochs and the learning-rate sweep both use it. With --teacher
+        (and the batch's ``inputs``) it mixes in the teacher's softened outputs (engine/distill.py)."""
         import torch.nn.functional as F
 
-        return F.cross_entropy(logits, labels, weight=self.class_weights,
+        hard = F.cross_entropy(logits, labels, weight=self.class_weights,
                                label_smoothing=self.config.label_smoothing or 0.0)
+        if self.distillation is None or inputs is None:
+            return hard
+        teacher = self.distillation.teacher_logits(inputs, self.train_batches.last_index)
+        return self.distillation.loss(logits, teacher, hard)
 
     def train_epoch(self, epoch: int, guard: Any, skip: int = 0) -> dict[str, float]:
         """One epoch of optimizer steps. ``skip`` batches were already trained before an interruption: they are
@@ -298,7 +307,7 @@ class Trainer:
             try:
                 with self.precision.autocast():
                     logits = model(inputs)
-                    loss = self.loss(logits, labels)
+                    loss = self.loss(logits, labels, inputs)
                 optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if config.grad_clip:

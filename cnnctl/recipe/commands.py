@@ -1,7 +1,8 @@
-"""The options of ``cnnctl eval``, ``predict``, ``export``, ``tune`` and ``lr-find``, declared once each, like
-train's (cnnctl/recipe/options.py): each declaration generates the command's Typer parameters (cnnctl/cli/params.py)
-and the keyword defaults of its Python function (``cnnctl.evaluate``, ``cnnctl.predict``, ``cnnctl.export``,
-``cnnctl.tune.search``, ``cnnctl.engine.lr_find.lr_find``), whose values are checked by the same option layer.
+"""The options of ``cnnctl eval``, ``predict``, ``export``, ``tune``, ``lr-find`` and ``serve``, declared once each,
+like train's (cnnctl/recipe/options.py): each declaration generates the command's Typer parameters
+(cnnctl/cli/params.py) and the keyword defaults of its Python function (``cnnctl.evaluate``, ``cnnctl.predict``,
+``cnnctl.export``, ``cnnctl.tune.search``, ``cnnctl.engine.lr_find.lr_find``, ``cnnctl.serve.ServeSettings``),
+whose values are checked by the same option layer.
 ``config=False`` marks what only the command line has (``--json``, where output goes). tests/test_api.py checks
 that every command and its function agree.
 """
@@ -24,6 +25,8 @@ DEVICE_HELP = "auto, cpu, cuda or mps"
 SEARCH = "Search"
 WHERE = "Storage, workers and resume"
 SWEEP = "Sweep"
+BATCHING = "Batching"
+LIMITS = "Limits"
 
 
 def _option(name: str, kind: Any, default: Any, help: str, *, panel: str | None = None, **facts: Any) -> Option:
@@ -74,6 +77,9 @@ PREDICT: tuple[Option, ...] = (
     _option("plot", str, None, "also draw the first 64 images with their predicted classes (wrong ones in red where "
             "a parent folder names the true class)", metavar="PNG", config=False),
     _tta(),
+    _option("reject_below", float, None, "answer 'unknown' for images whose top probability (after the checkpoint's "
+           "calibration temperature) is below P; 0 answers every image", derived="the threshold `cnnctl calibrate "
+           "--target-error` stored, else none", metavar="P", minimum=0, maximum=1),
     _option("pretrained", str, None, "classify with ImageNet weights, no training: the first argument is then the "
             "architecture (cnnctl predict tv:resnet50 --pretrained imagenet photo.jpg); imagenet, a weights name, or "
             "a .pth/.safetensors file", metavar="WEIGHTS", config=False),
@@ -125,8 +131,55 @@ LR_FIND: tuple[Option, ...] = (
     _json("the sweep as JSON on stdout"),
 )
 
+CALIBRATE: tuple[Option, ...] = (
+    _option("target_error", float, None, "also choose the lowest confidence threshold whose accepted validation "
+           "images are misclassified at most this often (e.g. 0.01); predict then answers 'unknown' below it",
+           minimum=0, maximum=1, exclusive_min=True, exclusive_max=True),
+    _option("output", str, None, "write the calibrated checkpoint here \\[default: update CHECKPOINT in place]",
+           short="-o", metavar="FILE"),
+    _option("batch_size", int, 1000, "images per batch", minimum=1),
+    _option("device", str, "auto", DEVICE_HELP),
+    _option("root", str, None, "data folder \\[env: CNNCTL_DATA]"),
+    _option("mirror", str, None, "dataset mirror \\[env: CNNCTL_MIRROR]"),
+    _option("data", str, None, "the image folder of a folder run, if it moved"),
+    _json("machine-readable output"),
+)
+
+# cnnctl serve (cnnctl/serve/settings.py's ServeSettings takes the same names and defaults). The limits bound what
+# one client can make the server hold; each one refused answers with its HTTP status and one log line.
+SERVE: tuple[Option, ...] = (
+    _option("host", str, "127.0.0.1", "address to listen on; another than 127.0.0.1 makes the server reachable from "
+           "other machines"),
+    _option("port", int, 8000, "TCP port; 0 picks a free one (the log says which)", minimum=0, maximum=65535),
+    _option("batch_size", int, 16, "images per forward pass, gathered from concurrent requests", panel=BATCHING,
+            minimum=1),
+    _option("max_wait_ms", float, 5.0, "how long a batch waits for a request on its way before it runs",
+            panel=BATCHING, minimum=0, maximum=10_000),
+    _option("queue_size", int, 256, "images waiting for the model; a request that does not fit is answered 503",
+            panel=BATCHING, minimum=1),
+    _option("max_body_mb", float, 8.0, "largest request body in MiB; the server reads no further (413)",
+            panel=LIMITS, minimum=0, exclusive_min=True, maximum=4096),
+    # 4096 x 4096: a phone's photo fits, a decompression bomb does not (48 MB decoded as RGB)
+    _option("max_pixels", int, 4096 * 4096, "refuse images with more pixels, read from the header before decoding "
+            "(413)", panel=LIMITS, minimum=1),
+    _option("max_images", int, 64, "images in one request (413 beyond)", panel=LIMITS, minimum=1),
+    _option("limit_concurrency", int, 64, "connections served at once; more are answered 503", panel=LIMITS,
+            minimum=1),
+    _option("header_timeout", float, 10.0, "seconds a connection has to send a request head (408, closed after)",
+            panel=LIMITS, minimum=0, exclusive_min=True),
+    _option("body_timeout", float, 30.0, "seconds a request has to send its body (408)", panel=LIMITS, minimum=0,
+            exclusive_min=True),
+    _option("keep_alive", int, 5, "seconds an idle keep-alive connection stays open", panel=LIMITS, minimum=1),
+    _option("decode_threads", int, 2, "threads decoding images", minimum=1),
+    _option("topk", int, 5, "how many top classes per image", minimum=1),
+    _option("device", str, "auto", DEVICE_HELP),
+    _option("threads", int, None, "CPU threads for the model", derived="the CPUs this process may use", minimum=1),
+    _option("access_log", bool, False, "log every request, not only refused ones"),
+)
+
 COMMANDS: dict[str, tuple[Option, ...]] = {"eval": EVAL, "predict": PREDICT, "export": EXPORT, "tune": TUNE,
-                                           "lr-find": LR_FIND}
+                                           "lr-find": LR_FIND, "calibrate": CALIBRATE,
+                                           "serve": SERVE}
 
 
 def api_options(options: tuple[Option, ...]) -> tuple[Option, ...]:

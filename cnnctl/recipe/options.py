@@ -39,6 +39,7 @@ OUTPUT = "Output"
 RUN = "Checkpoints, resume and reproducibility"
 DIST = "Several processes (distributed)"
 PRETRAINED = "Pretrained weights and fine-tuning"
+DISTILL = "Knowledge distillation"
 
 SEED_MAX = 2**63 - 2  # torch.Generator seeds are 64-bit; the loader also seeds with seed + 1
 # The largest image side (pixels, after padding) a checkpoint may hold: --img-size is refused beyond it at the
@@ -350,7 +351,8 @@ OPTIONS: tuple[Option, ...] = (
            maximum=SEED_MAX, synonyms=("random_seed", "rng_seed")),
     Option("patience", int, None, "early stopping: stop after this many epochs without improvement of --monitor",
            panel=RUN, minimum=1, resumable=True, synonyms=("early_stopping", "early_stop")),
-    Option("monitor", str, "val_acc", "picks best.safetensors, early stopping and plateau", panel=RUN,
+    Option("monitor", str, "val_acc", "picks best.safetensors (equal values: the lower val_loss), early stopping "
+           "and plateau", panel=RUN,
            choices=lambda: ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc"), synonyms=("metric",),
            unsearchable="it is the objective the search optimises (--monitor)"),
     Option("keep", int, 1, "keep the K best epochs in checkpoints/ (best.safetensors is always the best)",
@@ -394,6 +396,15 @@ OPTIONS: tuple[Option, ...] = (
            "(backbone frozen in eval mode, features of the un-augmented images computed once, a few hundred steps "
            "of the head); a run folder and checkpoint like any other, in one epoch", panel=PRETRAINED,
            synonyms=("probe", "linear_eval", "linear_classifier")),
+    Option("teacher", str, None, "distil from this checkpoint or run folder: the loss mixes the labels with the "
+           "teacher's outputs softened by --distill-temperature (its classes must be this run's); its outputs are "
+           "computed once when the training images are not augmented, else per batch", panel=DISTILL,
+           synonyms=("distill", "distill_from", "teacher_checkpoint", "distillation")),
+    Option("distill_temperature", float, 4.0, "with --teacher: the temperature T that softens the teacher's and "
+           "the student's outputs (the soft term is scaled by T², as Hinton et al.)", panel=DISTILL, minimum=0,
+           exclusive_min=True, maximum=100),
+    Option("distill_weight", float, 0.7, "with --teacher: the share w of the loss that is the teacher's soft "
+           "targets; 1 - w is the labels' cross-entropy", panel=DISTILL, minimum=0, maximum=1),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
