@@ -43,7 +43,7 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
           **options: Any) -> FitResult:
     """``cnnctl train ARCH --option value`` as ``train("ARCH", option=value)``: every option of ``cnnctl train``
     under its name (``dataset``, ``epochs``, ``batch_size``, ``lr``, ``data``, ``dropout``, ``out``, ...; see
-    cnnctl/options.py). A TrainConfig may be passed instead of the name, and options then override its fields.
+    cnnctl/recipe/options.py). A TrainConfig may be passed instead of the name, and options then override its fields.
     ``train(resume="runs/lenet5-mnist/1", epochs=20)`` continues a run exactly where it stopped, like
     ``--resume`` (and may extend it). Errors name the parameters (``epochs must be at least 1``).
 
@@ -62,7 +62,7 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
 
 def _train_signature() -> inspect.Signature:
     """``train``'s signature with every option as a keyword (for help(), IDEs and REPL completion), generated
-    from cnnctl/options.py; older spellings (``data_dir``) still arrive through ``**options``."""
+    from cnnctl/recipe/options.py; older spellings (``data_dir``) still arrive through ``**options``."""
     own = inspect.signature(train).parameters.values()
     explicit = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
     taken = {p.name for p in explicit}

@@ -31,10 +31,11 @@ from cnnctl.engine.run_folder import default_run_name
 from cnnctl.errors import CheckpointError, CnnctlError, DataError, UsageError
 from cnnctl.fsutil import atomic_write_text
 from cnnctl.recipe.config_file import build_train_config
+from cnnctl.recipe.options import MACHINE_OPTIONS
 from cnnctl.recipe.resume import STATE_FILE
 from cnnctl.registry import get_model_spec, suggest
 from cnnctl.tune.report import trial_line
-from cnnctl.tune.space import MACHINE_OPTIONS, Param, _render, apply_params, space_from_document, space_to_document
+from cnnctl.tune.space import Param, _render, apply_params, space_from_document, space_to_document
 from cnnctl.tune.storage import default_url, open_storage, shown_url
 from cnnctl.tune.trainer import PruningCallback, TrialReporter
 
