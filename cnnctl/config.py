@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.engine.linear_probe import check_probe_config
+from cnnctl.engine.multilabel import check_multilabel_options
 from cnnctl.engine.optim import get_optimizer
 from cnnctl.engine.schedules import SCHEDULERS, get_schedule
 from cnnctl.errors import UsageError
@@ -27,7 +28,7 @@ from cnnctl.models.weights import (
 from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, coerce, coerce_mapping, label, unknown_option
 from cnnctl.registry import get_dataset_spec, get_model_spec
 
-VALIDATION_ONLY_MONITORS = ("val_macro_f1", "val_balanced_acc")  # no train_ counterpart to fall back on
+VALIDATION_ONLY_MONITORS = ("val_macro_f1", "val_balanced_acc", "val_map")  # no train_ counterpart to fall back on
 # Fine-tuning defaults, each measured against its alternatives in benchmarks/finetune.py (docs/pretrained.md).
 FINETUNE_CROP_SCALE = 0.6  # resized crops keep at least this share of the image (ImageNet training: 0.08)
 FINETUNE_LABEL_SMOOTHING = 0.1
@@ -203,6 +204,11 @@ class _TrainConfigMethods:
                                    f"{label('warmup_epochs')}")
         lr = self.resolved_lr()
         need(self.min_lr < lr, f"{label('min_lr')} must be in [0, lr) = [0, {lr:g}), got {self.min_lr}")
+        if self.task == "multilabel":
+            check_multilabel_options(self)
+        need(not (self.task == "single" and self.monitor == "val_map"),
+             f"{label('monitor')} val_map (mean average precision) applies to multi-label data, not "
+             f"{label('task')} single")
         needs = self.needs_validation()
         need(not (needs and self.val_split == 0), f"{needs} needs a validation split, but {label('val_split')} is 0")
 

@@ -185,6 +185,7 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
     for key, value in versions.items():
         check.text(value, f"versions.{key}", limit=200)
     image_stats = _image_stats(data.get("image_stats"), check)
+    task, thresholds = _task(data, len(classes), check)
     return {
         "arch": arch,
         "arch_args": arch_args,
@@ -200,7 +201,33 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
         "config": check.obj(data.get("config"), "config", optional=True),
         "pretrained": _pretrained(check.obj(data.get("pretrained"), "pretrained", optional=True), check),
         "image_stats": image_stats,
+        "task": task,
+        "thresholds": thresholds,
     }
+
+
+TASKS = ("single", "multilabel")
+
+
+def _task(data: dict[str, Any], classes: int, check: _Checker) -> tuple[str, list[float] | None]:
+    """``task`` (single when absent: older checkpoints) and, for multilabel, one decision threshold per class,
+    each from 0 to 1."""
+    task = check.text(data.get("task", "single"), "task", limit=20)
+    if task not in TASKS:
+        raise check.fail("task", f"is {_short(task)}; one of {', '.join(TASKS)} expected")
+    value = data.get("thresholds")
+    if value is None:
+        return str(task), None
+    if task != "multilabel":
+        raise check.fail("thresholds", "is given, but only multi-label checkpoints have thresholds")
+    if not isinstance(value, list) or not all(_is_number(v) for v in value):
+        raise check.fail("thresholds", f"must be a list of {classes} numbers, not {_short(value)}")
+    if len(value) != classes:
+        raise check.fail("thresholds", f"has {len(value)} values but there are {classes} classes")
+    for v in value:
+        if not (math.isfinite(v) and 0 <= v <= 1):
+            raise check.fail("thresholds", f"holds {v}, outside 0..1")
+    return str(task), [float(v) for v in value]
 
 
 def _pretrained(found: dict[str, Any], check: _Checker) -> dict[str, Any]:
@@ -305,10 +332,21 @@ class CheckpointMeta:
     config: dict[str, Any] | None = None  # the training options (to rebuild the validation split, to resume)
     pretrained: dict[str, Any] | None = None  # the weights it started from (PretrainedReport.to_dict())
     image_stats: dict[str, float] | None = None  # how the training images look (cnnctl/image_stats.py)
+    task: str = "single"  # or "multilabel": a sigmoid per class, labels at or above ``thresholds``
+    thresholds: list[float] | None = None  # multilabel: each class's decision threshold (tuned on validation)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    @property
+    def resolved_thresholds(self) -> list[float]:
+        """Each class's decision threshold (multilabel; 0.5 where none were tuned)."""
+        return list(self.thresholds) if self.thresholds is not None else [0.5] * self.num_classes
 
     def to_json(self) -> str:
         document = (
@@ -331,6 +369,9 @@ class CheckpointMeta:
         )
         if self.pretrained:  # absent otherwise: a checkpoint trained from scratch reads as before
             document["pretrained"] = self.pretrained
+        if self.task != "single":  # likewise: a single-label checkpoint reads as before
+            document["task"] = self.task
+            document["thresholds"] = self.resolved_thresholds
         return json.dumps(document)
 
     @classmethod
@@ -350,4 +391,6 @@ class CheckpointMeta:
             config=data["config"],
             pretrained=data["pretrained"] or None,
             image_stats=data["image_stats"],
+            task=data["task"],
+            thresholds=data["thresholds"],
         )

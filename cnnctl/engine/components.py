@@ -12,7 +12,9 @@ from cnnctl.data.loader import BatchLoader
 from cnnctl.data.mixing import make_mixing
 from cnnctl.engine.distributed import broadcast_object
 from cnnctl.engine.evaluate import evaluate
+from cnnctl.data.targets import MULTILABEL
 from cnnctl.engine.imbalance import sampler_weights
+from cnnctl.engine.multilabel import evaluate_multilabel, metric_row
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.fsutil import atomic_write_text
 from cnnctl.models import build_model as build_architecture
@@ -194,14 +196,21 @@ def validation_metrics(trainer: Any) -> dict[str, float]:
     numbers a single process computes, and validation is a small part of an epoch's time."""
     if trainer.data.val is None:
         return {}
-    row = {}
-    if trainer.val_batches is not None:
+    row: dict[str, float] = {}
+    if trainer.val_batches is not None and trainer.task == MULTILABEL:  # thresholds chosen here, for the checkpoint
+        trainer.reporter.phase("validating")
+        val = evaluate_multilabel(trainer.eval_model(), trainer.val_batches, len(trainer.data.classes), tune=True,
+                                  autocast=trainer.precision.autocast())
+        row, trainer.thresholds = metric_row(val, "val"), val.thresholds
+    elif trainer.val_batches is not None:
         trainer.reporter.phase("validating")
         val = evaluate(trainer.eval_model(), trainer.val_batches, len(trainer.data.classes),
                        autocast=trainer.precision.autocast())
         row = {"val_loss": val.loss, "val_acc": val.top1, "val_balanced_acc": val.balanced_accuracy,
                "val_macro_f1": val.macro_f1}
-    return broadcast_object(row, trainer.dist)
+    row, thresholds = broadcast_object((row, trainer.thresholds), trainer.dist)
+    trainer.thresholds = thresholds
+    return row
 
 
 def check_finite(trainer: Any, first_bad: torch.Tensor, epoch: int, steps: int) -> None:

@@ -19,7 +19,6 @@ from cnnctl.checkpoint import unwrap
 from cnnctl.config import TrainConfig
 from cnnctl.config_file import save_run_config
 from cnnctl.data.loader import default_batch_size
-from cnnctl.data.mixing import hard_labels
 from cnnctl.data.splits import PreparedData  # noqa: F401 - part of this module's API
 from cnnctl.data.splits import prepare_data as prepare
 from cnnctl.engine import components, distributed
@@ -44,6 +43,7 @@ from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interru
 from cnnctl.engine.linear_probe import check_probe_head, probe_epoch
 from cnnctl.engine.loggers import build_loggers
 from cnnctl.engine.lr_sweep import resolve_auto_lr
+from cnnctl.engine.multilabel import correct_count, multilabel_loss, resolve_task, task_settings
 from cnnctl.engine.optim import build_optimizer  # noqa: F401 - part of this module's API
 from cnnctl.engine.precision import resolve_precision
 from cnnctl.engine.run_folder import RunFolder, create_run_dir, default_run_name  # noqa: F401 - part of this module's API
@@ -133,6 +133,7 @@ class Trainer:
         self.averaged: Any = None  # --ema: the AveragedModel that validation and checkpoints use
         self.pretrained: Any = None  # --pretrained: the PretrainedReport the checkpoints' metadata keeps
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
+        self.task, self.thresholds = "single", None  # multilabel: per-label thresholds from the last validation
 
     @classmethod
     def resuming(cls, path: str | Path, overrides: dict[str, Any] | None = None, reporter: Reporter | None = None,
@@ -220,6 +221,7 @@ class Trainer:
             self.reporter.message(self.precision.note)
         self.data = distributed.in_turn(self.dist, lambda: prepare_data(config, self.reporter))
         self.image_stats = measure_training_images(self.data)
+        self.task = config.task = task_settings(config, resolve_task(config.task, self.data, self.reporter.message))
         if config.batch_size is None:  # the default depends on the training set (data/loader.py)
             config.batch_size = default_batch_size(len(self.data.train))
             if self.dist.enabled:
@@ -276,6 +278,8 @@ class Trainer:
         """The training loss, defined once: the epochs and the learning-rate sweep both use it."""
         import torch.nn.functional as F
 
+        if self.task == "multilabel":
+            return multilabel_loss(logits, labels, self.class_weights, self.config.label_smoothing or 0.0)
         return F.cross_entropy(logits, labels, weight=self.class_weights,
                                label_smoothing=self.config.label_smoothing or 0.0)
 
@@ -316,7 +320,7 @@ class Trainer:
             detached = loss.detach().float()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), index, first_bad)
             loss_sum += detached * labels.shape[0]
-            correct += (logits.detach().argmax(1) == hard_labels(labels)).sum()  # mixup: the dominant label
+            correct += correct_count(logits.detach(), labels, self.task)  # mixup: the dominant label
             seen += int(labels.shape[0])
             if (index + 1) % check_every == 0 or index + 1 == steps:
                 check_finite(self, first_bad, epoch, steps)

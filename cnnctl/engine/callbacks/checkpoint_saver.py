@@ -47,4 +47,5 @@ def checkpoint_meta(trainer: Trainer, epoch: int, row: dict[str, float]) -> Any:
                           preprocessing=data.preprocessing, dataset=data.dataset_label, data_dir=config.data_dir,
                           epoch=epoch, metrics={k: float(v) for k, v in row.items() if k != "epoch"},
                           config=config.to_dict(), image_stats=trainer.image_stats,
-                          pretrained=trainer.pretrained.to_dict() if trainer.pretrained is not None else None)
+                          pretrained=trainer.pretrained.to_dict() if trainer.pretrained is not None else None,
+                          task=trainer.task, thresholds=trainer.thresholds)
