@@ -347,7 +347,8 @@ OPTIONS: tuple[Option, ...] = (
            panel=RUN, minimum=1, resumable=True, synonyms=("early_stopping", "early_stop")),
     Option("monitor", str, "val_acc", "picks best.safetensors, early stopping and plateau (multi-label: val_acc is "
            "the subset accuracy, val_map the mean average precision)", panel=RUN,
-           choices=lambda: ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_map"), synonyms=("metric",)),
+           choices=lambda: ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_map"),
+           synonyms=("metric",)),
     Option("keep", int, 1, "keep the K best epochs in checkpoints/ (best.safetensors is always the best)",
            panel=RUN, minimum=1, resumable=True, synonyms=("save_top_k", "top_k", "keep_best")),
     Option("deterministic", bool, False, "deterministic kernels: the same seed gives the same weights", panel=RUN),

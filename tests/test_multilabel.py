@@ -7,16 +7,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from multilabel_data import QUADRANTS, quadrant_images
 
 import cnnctl
 from cnnctl import registry
 from cnnctl.data.base import ImageTensors
-from cnnctl.errors import UsageError
 from cnnctl.registry import DatasetSpec
-from tests.multilabel_data import QUADRANTS, quadrant_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

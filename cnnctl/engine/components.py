@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 from cnnctl.data.augment import AugmentSettings, make_augmentation
 from cnnctl.data.loader import BatchLoader
 from cnnctl.data.mixing import make_mixing
+from cnnctl.data.targets import MULTILABEL
 from cnnctl.engine.distributed import broadcast_object
 from cnnctl.engine.evaluate import evaluate
-from cnnctl.data.targets import MULTILABEL
 from cnnctl.engine.imbalance import sampler_weights
 from cnnctl.engine.multilabel import evaluate_multilabel, metric_row
 from cnnctl.errors import CnnctlError, UsageError

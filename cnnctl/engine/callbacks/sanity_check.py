@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from cnnctl.engine.callbacks.base import Callback
 from cnnctl.data.targets import MULTILABEL
+from cnnctl.engine.callbacks.base import Callback
 from cnnctl.engine.evaluate import evaluate
 from cnnctl.engine.multilabel import evaluate_multilabel
 
