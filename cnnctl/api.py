@@ -124,18 +124,20 @@ def load_pretrained(arch: str, weights: str | os.PathLike[str] = "imagenet", dev
     return model, model.cnnctl_meta.preprocessing
 
 
-def predict(model_or_path: Any, images: Any, *, device: str = "cpu",
-            tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model_or_path: Any, images: Any, *, device: str = "cpu", tta: str = "none",
+            thresholds: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Classify ``images`` — an image file, a folder, a list of them, or a uint8 tensor (C×H×W or N×C×H×W at the
     checkpoint's image size) — with a model from ``load`` or a checkpoint path.
 
     Returns ``(labels, probabilities)``: int64 class indices (N) and softmax probabilities (N×classes). The
     class names are ``model.cnnctl_meta.classes``. Preprocessing comes from the checkpoint, as in the CLI.
     ``tta``: ``flip`` or ``flip-crop`` averages the probabilities over views of each image (cnnctl/engine/tta.py).
+    A multi-label checkpoint returns ``(given, probabilities)``: bool N×classes (each class at or above its
+    threshold: the checkpoint's, or ``thresholds``, one number or one per class) and each class's sigmoid.
     """
 
     model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.predict")
-    return predict_api(model_or_path, images, device=device, tta=tta)
+    return predict_api(model_or_path, images, device=device, tta=tta, thresholds=thresholds)
 
 
 def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", *, output: Any = None,
@@ -190,20 +192,22 @@ def evaluate(checkpoint_path: str | os.PathLike[str], *, dataset: str | None = N
              data: str | os.PathLike[str] | None = None, batch_size: int = 1000, device: str = "auto",
              root: str | None = None, mirror: str | None = None, report: str | os.PathLike[str] | None = None,
              label_issues: bool = False, top_losses: int = 32, tta: str = "none",
-             plots: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+             plots: str | os.PathLike[str] | None = None, thresholds: str | None = None) -> dict[str, Any]:
     """``cnnctl eval``: the numbers ``eval --json`` prints, as a dict — ``loss``, ``accuracy``, ``top5``,
     ``per_class``, ``macro_*``, ``confusion`` and ``calibration`` (``ece``, ``mce``, the reliability bins).
 
     ``report="DIR"`` also writes DIR/index.html and DIR/report.json and adds ``top_losses`` and
     ``confused_pairs``; ``label_issues=True`` adds the images whose label looks wrong (cleanlab), ranked.
     ``tta``: none, flip, crop or flip-crop (as ``eval --tta``); ``plots="DIR"``: confusion.png and
-    predictions.png in DIR (as ``eval --plots``)."""
+    predictions.png in DIR (as ``eval --plots``). A multi-label checkpoint gives ``map``, ``subset_accuracy``,
+    ``micro_f1``, ``macro_f1`` and per-label numbers instead, at its thresholds or at ``thresholds`` ("0.4": one
+    for every label, or one per label, comma-separated)."""
     return evaluate_and_report(_as_path(checkpoint_path, "cnnctl.evaluate"), dataset=dataset, split=split,
                                batch_size=batch_size, root=root, mirror=mirror, device=device,
                                data_dir=None if data is None else os.fspath(data),
                                report_dir=None if report is None else Path(report), label_issues=label_issues,
                                top_losses=top_losses, tta=tta,
-                               plots_dir=None if plots is None else Path(plots))
+                               plots_dir=None if plots is None else Path(plots), thresholds=thresholds)
 
 
 def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: str | None = None,

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from multilabel_data import QUADRANTS, quadrant_images
@@ -14,6 +15,7 @@ from multilabel_data import QUADRANTS, quadrant_images
 import cnnctl
 from cnnctl import registry
 from cnnctl.data.base import ImageTensors
+from cnnctl.errors import UsageError
 from cnnctl.registry import DatasetSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,31 +27,136 @@ def _loader(directory: Path, split: str) -> ImageTensors:
                         source=f"quadrants {split}")
 
 
-@pytest.fixture()
-def quadrants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DatasetSpec]:
+@pytest.fixture(scope="module")
+def quadrants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatasetSpec]:
     """``quadrants``: 160 training images (32 held out for validation) and 48 test images, 1-2 labels each."""
     registry.datasets()
     spec = DatasetSpec(name="quadrants", description="multi-label test data", classes=QUADRANTS,
                        image_shape=(1, 28, 28), mean=(0.2,), std=(0.3,), train_size=160, test_size=48,
                        loader=_loader, default_val_split=32)
     registry.register_dataset(spec)
-    monkeypatch.setenv("CNNCTL_DATA", str(tmp_path / "data"))
-    yield spec
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNCTL_DATA", str(tmp_path_factory.mktemp("data")))
+        yield spec
     registry._DATASETS.pop("quadrants", None)
 
 
 FAST = {"epochs": 3, "threads": 1, "plots": False, "batch_size": 16, "channels_last": False}
 
 
-@pytest.fixture()
-def trained(quadrants: DatasetSpec, tmp_path: Path) -> cnnctl.api.FitResult:
-    return cnnctl.train("lenet5", dataset="quadrants", out=str(tmp_path / "runs"), class_weights="auto", **FAST)
+@pytest.fixture(scope="module")
+def trained(quadrants: DatasetSpec, tmp_path_factory: pytest.TempPathFactory) -> cnnctl.api.FitResult:
+    """One multi-label run shared by the tests that only read it."""
+    return cnnctl.train("lenet5", dataset="quadrants", out=str(tmp_path_factory.mktemp("runs")),
+                        class_weights="auto", **FAST)
 
 
-def test_training_chooses_the_task_and_keeps_thresholds(trained, tmp_path: Path) -> None:
+def test_training_chooses_the_task_and_keeps_thresholds(trained) -> None:
     meta = cnnctl.checkpoint.read_meta(trained.best_path)
     assert meta.task == "multilabel" and meta.config["task"] == "multilabel"
     assert len(meta.thresholds) == 4 and all(0 <= t <= 1 for t in meta.thresholds)
     results = json.loads((trained.run_dir / "results.json").read_text())
     assert results["task"] == "multilabel" and results["test_map"] > 0.9
     assert {"val_map", "val_micro_f1", "val_acc"} <= set(trained.history[-1])
+
+
+def write_pngs(folder: Path, count: int = 6, seed: int = 5) -> tuple[list[Path], np.ndarray]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images, targets = quadrant_images(count, seed)
+    paths = []
+    for i in range(count):
+        paths.append(folder / f"q{i}.png")
+        Image.fromarray(images[i]).save(paths[-1])
+    return paths, targets
+
+
+def test_eval_predict_and_report(trained, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cnnctl.cli import app
+
+    report = cnnctl.evaluate(trained.run_dir, report=tmp_path / "report")
+    assert report["task"] == "multilabel" and report["map"] > 0.9
+    assert report["thresholds"] == cnnctl.checkpoint.read_meta(trained.best_path).thresholds
+    assert [row["class"] for row in report["per_class"]] == list(QUADRANTS)
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "subset accuracy" in html and "precision-recall-figure" in html and "Per label" in html
+    stored = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert stored["map"] == pytest.approx(report["map"])
+    lowered = cnnctl.evaluate(trained.run_dir, thresholds="0.01")
+    assert lowered["micro_recall"] == pytest.approx(1.0) and lowered["thresholds"] == [0.01] * 4
+
+    paths, targets = write_pngs(tmp_path / "images")
+    given, probabilities = cnnctl.predict(trained.run_dir, tmp_path / "images")
+    assert given.dtype == torch.bool and given.shape == probabilities.shape == (6, 4)
+    assert (given == torch.from_numpy(targets > 0.5)).all(dim=1).float().mean() >= 0.5
+    everything, _ = cnnctl.predict(trained.run_dir, tmp_path / "images", thresholds=0.0)
+    assert everything.all()
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", str(trained.run_dir), str(tmp_path / "images")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "path,labels,probabilities,error" and len(lines) == 7
+    names = set(lines[1].split(",")[1].split("|"))
+    assert names <= set(QUADRANTS) and lines[1].split(",")[2].count(":") == 4
+    result = runner.invoke(app, ["predict", str(trained.run_dir), str(paths[0]), "--json", "--thresholds",
+                                 "1,1,1,1"])
+    rows = json.loads(result.stdout)
+    assert rows[0]["labels"] == [] and set(rows[0]["probabilities"]) == set(QUADRANTS)
+    result = runner.invoke(app, ["eval", str(trained.run_dir)])
+    assert result.exit_code == 0 and "mAP" in result.stdout and "subset accuracy" in result.stdout
+
+
+@pytest.mark.parametrize("value,message", [
+    ("0.5,0.5", "--thresholds has 2 values but the checkpoint has 4 labels"),
+    ("1.5", "--thresholds takes numbers from 0 to 1, got 1.5"),
+    ("nan", "--thresholds takes numbers from 0 to 1"),
+    ("x", "--thresholds takes numbers from 0 to 1, got 'x'"),
+])
+def test_bad_thresholds_are_one_line(trained, tmp_path: Path, value: str, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from cnnctl.cli import app
+
+    paths, _ = write_pngs(tmp_path / "images", count=1)
+    result = CliRunner().invoke(app, ["predict", str(trained.run_dir), str(paths[0]), "--thresholds", value])
+    assert result.exit_code != 0 and message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) <= 2  # the error and, at most, its hint
+
+
+def test_thresholds_of_a_single_label_checkpoint_are_refused(trained, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cnnctl.cli import app
+
+    model, meta = cnnctl.checkpoint.load(trained.best_path)
+    meta.task, meta.thresholds = "single", None
+    single = cnnctl.checkpoint.save(tmp_path / "single.safetensors", model, meta)
+    paths, _ = write_pngs(tmp_path / "images", count=1)
+    result = CliRunner().invoke(app, ["predict", str(single), str(paths[0]), "--thresholds", "0.5"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "--thresholds applies to multi-label checkpoints; this one is single-label" in result.stderr
+
+
+def test_checkpoint_schema_refuses_bad_thresholds(trained, tmp_path: Path) -> None:
+    from cnnctl.errors import CheckpointError
+
+    model, meta = cnnctl.checkpoint.load(trained.best_path)
+    for thresholds, message in (([0.5] * 3, "has 3 values but there are 4 classes"),
+                                ([0.5, 0.5, 0.5, 2.0], "holds 2.0, outside 0..1")):
+        meta.thresholds = thresholds
+        path = cnnctl.checkpoint.save(tmp_path / "bad.safetensors", model, meta)
+        with pytest.raises(CheckpointError, match=message):
+            cnnctl.checkpoint.read_meta(path)
+
+
+def test_options_that_do_not_fit_several_labels_are_refused(quadrants, tmp_path: Path) -> None:
+    for options, message in (({"task": "multilabel", "mixup": 0.2}, "--mixup does not apply to multi-label"),
+                             ({"task": "single", "monitor": "val_map"}, "val_map (mean average precision)")):
+        with pytest.raises(UsageError, match=message.replace("--", "").replace("(", r"\(").replace(")", r"\)")):
+            cnnctl.train("lenet5", dataset="quadrants", out=str(tmp_path), **FAST, **options)
+    with pytest.raises(UsageError, match="images of this data have up to 2 labels"):
+        cnnctl.train("lenet5", dataset="quadrants", task="single", out=str(tmp_path), **FAST)

@@ -156,3 +156,6 @@ CHECKPOINT_HELP = ".safetensors file, run folder or run group (its latest run) \
 
 TTA_HELP = ("test-time augmentation: average the probabilities over the image and its mirror (flip), the image and "
             "4 shifted copies (crop), or both (flip-crop, 10 views); mirrors suit natural images, not digits")
+THRESHOLDS_HELP = ("multi-label checkpoints: the decision thresholds, one number from 0 to 1 for every label or one "
+                   "per label (comma-separated, in the order of the classes) \\[default: the checkpoint's, tuned on "
+                   "the validation split]")

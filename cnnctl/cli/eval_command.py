@@ -8,6 +8,7 @@ import typer
 
 from cnnctl.cli._common import (
     CHECKPOINT_HELP,
+    THRESHOLDS_HELP,
     TTA_HELP,
     checkpoint_argument,
     command,
@@ -45,6 +46,7 @@ def eval_command(
                                "pip install 'cnnctl\\[labels]'); in the report and its label_issues.csv")] = False,
     top_losses: Annotated[int, typer.Option(min=0, help="images in the report's top-losses grid")] = 32,
     tta: Annotated[str, typer.Option(metavar="[none|flip|crop|flip-crop]", help=TTA_HELP)] = "none",
+    thresholds: Annotated[str | None, typer.Option(metavar="T[,T...]", help=THRESHOLDS_HELP)] = None,
 ) -> None:
     """Loss, accuracy, top-k accuracy (k = 5, or the number of classes if fewer), balanced accuracy, macro-F1,
     per-class precision/recall/F1, the confusion matrix and the calibration error of a checkpoint;
@@ -60,9 +62,12 @@ def eval_command(
     report = evaluate_and_report(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size, root=root,
                                  mirror=mirror, device=device, log=stderr_line, data_dir=data, plots_dir=plots,
                                  report_dir=report_dir, label_issues=label_issues, top_losses=top_losses,
-                                 tta=tta)
+                                 tta=tta, thresholds=thresholds)
     if json_output:
         print_json(report)
+        return
+    if report.get("task") == "multilabel":
+        print_multilabel(report, tta)
         return
     from rich.console import Console
     from rich.table import Table
@@ -97,6 +102,33 @@ def eval_command(
     console.print(confusion)
     if label_issues:
         print_label_issues(console, report["label_issues"], report["count"], saved=report_dir is not None)
+
+
+def print_multilabel(report: dict[str, Any], tta: str) -> None:
+    """The multi-label numbers: mAP, subset accuracy, F1, and a table of the labels."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    fields = [f"mAP {report['map']:.4f}", f"subset accuracy {report['subset_accuracy']:.2%}",
+              f"micro-F1 {report['micro_f1']:.4f}", f"macro-F1 {report['macro_f1']:.4f}",
+              f"loss {report['loss']:.4f}"]
+    if tta != "none":
+        fields.append(f"(test-time augmentation: {tta})")
+    head = f"{report['arch']} on {evaluated_on(report)} ({report['count']:,} images, multi-label):"
+    console.print(wrap_fields(head, fields, console.width), highlight=False, soft_wrap=True)
+    table = Table(title=f"thresholds {report['threshold_source']}", title_justify="left")
+    for column in ("label", "AP", "threshold", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for row in report["per_class"]:
+        ap = row["average_precision"]
+        table.add_row(row["class"], "—" if ap is None else f"{ap:.4f}", f"{row['threshold']:.3f}",
+                      f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}")
+    table.add_row("macro avg", f"{report['map']:.4f}", "", f"{report['macro_precision']:.4f}",
+                  f"{report['macro_recall']:.4f}", f"{report['macro_f1']:.4f}", f"{report['count']:,}", style="bold")
+    table.add_row("micro avg", "", "", f"{report['micro_precision']:.4f}", f"{report['micro_recall']:.4f}",
+                  f"{report['micro_f1']:.4f}", "", style="bold")
+    console.print(table)
 
 
 ISSUES_PRINTED = 20

@@ -9,6 +9,7 @@ import typer
 
 from cnnctl.cli._common import (
     CHECKPOINT_HELP,
+    THRESHOLDS_HELP,
     TTA_HELP,
     checkpoint_argument,
     command,
@@ -64,6 +65,7 @@ def predict(
         "--plot", metavar="PNG", help="also draw the first 64 images with their predicted classes (wrong ones in "
                                       "red where a parent folder names the true class)")] = None,
     tta: Annotated[str, typer.Option(metavar="[none|flip|crop|flip-crop]", help=TTA_HELP)] = "none",
+    thresholds: Annotated[str | None, typer.Option(metavar="T[,T...]", help=THRESHOLDS_HELP)] = None,
     pretrained: Annotated[str | None, typer.Option(
         metavar="WEIGHTS", help="classify with ImageNet weights, no training: the first argument is then the "
                                 "architecture (cnnctl predict tv:resnet50 --pretrained imagenet photo.jpg); "
@@ -87,6 +89,7 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         find_images,
         folder_accuracy,
         load_for_inference,
+        parse_thresholds,
         predictions_csv,
         predictions_json,
     )
@@ -119,12 +122,16 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
                                     config=WeightsSource(weights_mirror, offline))
     else:
         model, _ = load_for_inference(checkpoint_argument(checkpoint_path), device=device)
+    meta = model.cnnctl_meta
+    given = parse_thresholds(thresholds, meta.classes, task=getattr(meta, "task", None))
+    if plot and getattr(meta, "multilabel", False):
+        raise UsageError("--plot draws one class per image; it does not apply to multi-label checkpoints")
     files, skipped = find_images(paths)
     if not files:
         raise UsageError("no image files found in " + ", ".join(displayable(p) for p in paths),
                          hint="pass png/jpg/bmp/webp/tif files or folders that contain them")
     predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk, max_pixels=max_pixels,
-                          tta=tta)
+                          tta=tta, thresholds=given)
     predictor.import_decoders()  # start-up, not prediction: outside the time reported
     started = time.perf_counter()
     predictions = []
@@ -139,7 +146,8 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
 
         plotted = plot_file_predictions(predictions, model.cnnctl_meta, plot, max_pixels=max_pixels)
         stderr_line(f"wrote {plotted}")
-    text = predictions_json(predictions) if json_output else predictions_csv(predictions)
+    multilabel = predictor.multilabel
+    text = predictions_json(predictions, multilabel) if json_output else predictions_csv(predictions, multilabel)
     if to_file:
         atomic_write_text(output, text)  # type: ignore[arg-type]
     else:
@@ -152,7 +160,7 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
                 f"image{'s' if len(predictions) != 1 else ''} in {seconds:.2f}s ({rate + '; ' if rate else ''}"
                 f"decode {timings['decode_s']:.2f}s, inference {timings['inference_s']:.2f}s)"
                 f"{note}" + (f"; wrote {output}" if to_file else ""))
-    accuracy = folder_accuracy(predictions, model.cnnctl_meta.classes)
+    accuracy = None if multilabel else folder_accuracy(predictions, model.cnnctl_meta.classes)
     if accuracy is not None:
         correct, counted = accuracy
         others = len(predictions) - len(failures) - counted

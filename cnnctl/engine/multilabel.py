@@ -20,6 +20,7 @@ from cnnctl.data.targets import MULTILABEL, SINGLE, as_multi_hot, is_multi_hot, 
 from cnnctl.engine import multilabel_metrics as metrics
 from cnnctl.engine.tta import tta_probabilities
 from cnnctl.errors import UsageError
+from cnnctl.options import label
 
 if TYPE_CHECKING:
     import torch
@@ -33,8 +34,8 @@ def resolve_task(requested: str | None, data: Any, log: Callable[[str], None]) -
     multi = is_multi_hot(data.train.labels)
     if requested == SINGLE and multi:
         most = int(labels_per_image(data.train.labels).max())
-        raise UsageError(f"--task single, but images of this data have up to {most} labels each",
-                         hint="use --task multilabel (or leave --task out)")
+        raise UsageError(f"{label('task')} single, but images of this data have up to {most} labels each",
+                         hint=f"use {label('task')} multilabel (or leave {label('task')} out)")
     if requested == SINGLE or (requested == "auto" and not multi):
         return SINGLE
     classes = len(data.classes)
@@ -55,19 +56,20 @@ def task_settings(config: Any, task: str) -> str:
     if task == MULTILABEL:
         check_multilabel_options(config)
     elif config.monitor == "val_map":
-        raise UsageError("--monitor val_map (mean average precision) applies to multi-label data",
-                         hint="use --task multilabel, or --monitor val_acc")
+        raise UsageError(f"{label('monitor')} val_map (mean average precision) applies to multi-label data",
+                         hint=f"use {label('task')} multilabel, or {label('monitor')} val_acc")
     return task
 
 
 def check_multilabel_options(config: Any) -> None:
     """Options that have no meaning for several labels per image, refused in one line."""
-    for name, flag in (("mixup", "--mixup"), ("cutmix", "--cutmix"), ("linear_probe", "--linear-probe")):
+    for name in ("mixup", "cutmix", "linear_probe"):
         if getattr(config, name, None):
-            raise UsageError(f"{flag} does not apply to multi-label data (--task multilabel)")
+            raise UsageError(f"{label(name)} does not apply to multi-label data ({label('task')} multilabel)")
     if getattr(config, "sampler", None) == "balanced":
-        raise UsageError("--sampler balanced draws images by their one class; it does not apply to multi-label data",
-                         hint="use --class-weights auto (each label's positives weighted by its rarity)")
+        raise UsageError(f"{label('sampler')} balanced draws images by their one class; it does not apply to "
+                         "multi-label data", hint=f"use {label('class_weights')} auto (each label's positives "
+                                                  "weighted by its rarity)")
 
 
 def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None,
@@ -206,7 +208,10 @@ def parse_thresholds(value: str | Sequence[float] | None, classes: Sequence[str]
     if task != MULTILABEL:
         raise UsageError(f"{option} applies to multi-label checkpoints; this one is single-label (it gives one "
                          "class per image)")
-    parts = [part.strip() for part in value.split(",")] if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        parts: list[Any] = [part.strip() for part in value.split(",")]
+    else:
+        parts = [value] if isinstance(value, (int, float)) else list(value)
     numbers = []
     for part in parts:
         try:

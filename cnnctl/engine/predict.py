@@ -14,6 +14,8 @@ from cnnctl import checkpoint
 from cnnctl.data.images import IMAGE_SUFFIXES, ResizeTarget, decode_to_target, read_file_bytes
 from cnnctl.data.loader import Normalizer
 from cnnctl.engine.device import resolve_device
+from cnnctl.engine.multilabel import parse_thresholds  # noqa: F401 - part of this module's API (predict --thresholds)
+from cnnctl.engine.multilabel_metrics import decisions
 from cnnctl.engine.tta import check_tta, tta_probabilities
 from cnnctl.errors import CnnctlError, DataError
 from cnnctl.fsutil import displayable
@@ -34,6 +36,15 @@ class Prediction:
     probability: float | None = None
     topk: list[tuple[int, str, float]] = field(default_factory=list)
     error: str | None = None
+    labels: list[str] | None = None  # multi-label: every class at or above its threshold
+    probabilities: dict[str, float] | None = None  # multi-label: every class's probability
+
+    def as_dict(self, multilabel: bool = False) -> dict[str, Any]:
+        """The JSON ``predict --json`` writes for this image: multi-label predictions list their labels and every
+        class's probability instead of one class and the top-k."""
+        if not multilabel:
+            return {key: value for key, value in self.__dict__.items() if key not in ("labels", "probabilities")}
+        return {"path": self.path, "labels": self.labels, "probabilities": self.probabilities, "error": self.error}
 
 
 def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], int]:
@@ -109,7 +120,8 @@ class Predictor:
     """
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, *, batch_size: int = 256, topk: int = 5,
-                 workers: int | None = None, max_pixels: int | None = None, tta: str = "none"):
+                 workers: int | None = None, max_pixels: int | None = None, tta: str = "none",
+                 thresholds: Sequence[float] | None = None):
         import torch
 
         self.model = model.eval()
@@ -124,6 +136,9 @@ class Predictor:
         self.timings = {"decode_s": 0.0, "inference_s": 0.0}
         self.max_pixels = max_pixels  # images with more pixels are refused from their header (data/images.py)
         self.tta = check_tta(tta)  # test-time augmentation (cnnctl/engine/tta.py)
+        self.multilabel = bool(getattr(meta, "multilabel", False))  # a sigmoid per class, labels at thresholds
+        self.thresholds = list(thresholds) if thresholds is not None else (
+            meta.resolved_thresholds if self.multilabel else None)
         # images unlike the training images: input_warning(); a model without a training run has no statistics
         self.input_check = InputCheck(getattr(meta, "image_stats", None))
         self._torch = torch
@@ -144,12 +159,17 @@ class Predictor:
             return self.model(self.model_inputs(images)).float()
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 N×C×H×W at ``image_size`` → class probabilities, averaged over the ``tta`` views."""
+        """uint8 N×C×H×W at ``image_size`` → class probabilities (multi-label: each class's sigmoid), averaged
+        over the ``tta`` views."""
         with self._torch.inference_mode():
-            return tta_probabilities(self.model, self.model_inputs(images), self.tta)
+            return tta_probabilities(self.model, self.model_inputs(images), self.tta, multilabel=self.multilabel)
 
     def predict_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class indices N, probabilities N×classes); multi-label: (bool N×classes, the labels given at the
+        thresholds, probabilities N×classes)."""
         probabilities = self.probabilities(images).cpu()
+        if self.multilabel:
+            return decisions(probabilities, self.thresholds), probabilities
         return probabilities.argmax(dim=1), probabilities
 
     def _safe_decode(self, data: bytes, path: Path) -> torch.Tensor | str:
@@ -216,7 +236,12 @@ class Predictor:
                 started = time.perf_counter()
                 batch = self._torch.stack([decoded[i] for i in good])
                 self.input_check.add(batch)
-                _, probabilities = self.predict_tensor(batch)
+                given, probabilities = self.predict_tensor(batch)
+                if self.multilabel:
+                    self.timings["inference_s"] += time.perf_counter() - started
+                    for row, i in enumerate(good):
+                        results[i] = self._multilabel_prediction(str(chunk[i]), given[row], probabilities[row])
+                    good = []
                 top_p, top_i = probabilities.topk(self.topk, dim=1)
                 # one conversion per batch: indexing tensors element by element costs more than the model
                 top_p_rows, top_i_rows = top_p.tolist(), top_i.tolist()
@@ -230,15 +255,26 @@ class Predictor:
                     results[i] = Prediction(str(chunk[i]), error=item)
             yield from results  # type: ignore[misc]
 
+    def _multilabel_prediction(self, path: str, given: torch.Tensor, probabilities: torch.Tensor) -> Prediction:
+        classes = self.meta.classes
+        values = probabilities.tolist()
+        best = max(range(len(values)), key=values.__getitem__)
+        labels = [classes[c] for c in given.nonzero().flatten().tolist()]
+        return Prediction(path, best, classes[best], values[best], labels=labels,
+                          probabilities={name: value for name, value in zip(classes, values)})
 
-def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str = "cpu", tta: str = "none"
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+
+def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str = "cpu", tta: str = "none",
+                thresholds: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``cnnctl.predict``: labels (int64 N) and class probabilities (N×classes) for files, folders or a uint8
-    N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (engine/tta.py)."""
+    N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (engine/tta.py).
+    A multi-label checkpoint gives (bool N×classes: the labels at its thresholds, or at ``thresholds``, and each
+    class's sigmoid probability)."""
     import torch
 
     model, meta = model_with_meta(model_or_path, device, "cnnctl.predict")
-    predictor = Predictor(model, meta, topk=topk, tta=tta)
+    given = parse_thresholds(thresholds, meta.classes, task=getattr(meta, "task", None), option="thresholds")
+    predictor = Predictor(model, meta, topk=topk, tta=tta, thresholds=given)
     if not isinstance(images, torch.Tensor):
         files, _ = find_images([images] if isinstance(images, (str, Path)) else images)
         if not files:
@@ -260,6 +296,7 @@ def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str =
 # ---------------------------------------------------------------------------------------------------- output
 
 CSV_COLUMNS = ("path", "label", "class", "probability", "topk", "error")
+MULTILABEL_CSV_COLUMNS = ("path", "labels", "probabilities", "error")
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -284,15 +321,36 @@ def displayable_prediction(p: Prediction) -> Prediction:
     writable as UTF-8, and still naming the file)."""
     return Prediction(displayable(p.path), p.label, None if p.class_name is None else displayable(p.class_name),
                       p.probability, [(c, displayable(name), prob) for c, name, prob in p.topk],
-                      None if p.error is None else displayable(p.error))
+                      None if p.error is None else displayable(p.error),
+                      None if p.labels is None else [displayable(name) for name in p.labels],
+                      None if p.probabilities is None else {displayable(name): value
+                                                            for name, value in p.probabilities.items()})
 
 
-def predictions_csv(predictions: Iterable[Prediction]) -> str:
-    """The CSV ``cnnctl predict`` writes: one row per file, text cells safe to open in a spreadsheet, names
-    escaped as in :func:`displayable_prediction`."""
+def multilabel_csv(predictions: Iterable[Prediction]) -> str:
+    """The CSV ``cnnctl predict`` writes for a multi-label checkpoint: path, the labels given (``a|b``, as a label
+    file writes them), every class's probability (``name:p;...``, as the top-k cell) and the error."""
     import csv
     import io
 
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(MULTILABEL_CSV_COLUMNS)
+    for p in map(displayable_prediction, predictions):
+        scores = [(0, name, value) for name, value in (p.probabilities or {}).items()]
+        writer.writerow([neutralise_formula(cell) for cell in (p.path, "|".join(p.labels or []), topk_cell(scores),
+                                                              p.error or "")])
+    return buffer.getvalue()
+
+
+def predictions_csv(predictions: Iterable[Prediction], multilabel: bool = False) -> str:
+    """The CSV ``cnnctl predict`` writes: one row per file, text cells safe to open in a spreadsheet, names
+    escaped as in :func:`displayable_prediction` (``multilabel``: :func:`multilabel_csv`)."""
+    import csv
+    import io
+
+    if multilabel:
+        return multilabel_csv(predictions)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
@@ -305,11 +363,11 @@ def predictions_csv(predictions: Iterable[Prediction]) -> str:
     return buffer.getvalue()
 
 
-def predictions_json(predictions: Iterable[Prediction]) -> str:
+def predictions_json(predictions: Iterable[Prediction], multilabel: bool = False) -> str:
     """The JSON ``cnnctl predict --json`` writes: a list of the predictions' fields, names escaped as in CSV."""
     import json
 
-    return json.dumps([displayable_prediction(p).__dict__ for p in predictions], indent=2) + "\n"
+    return json.dumps([displayable_prediction(p).as_dict(multilabel) for p in predictions], indent=2) + "\n"
 
 
 def true_label(path: str | Path, class_index: dict[str, int]) -> int | None:
