@@ -160,3 +160,19 @@ def test_options_that_do_not_fit_several_labels_are_refused(quadrants, tmp_path:
             cnnctl.train("lenet5", dataset="quadrants", out=str(tmp_path), **FAST, **options)
     with pytest.raises(UsageError, match="images of this data have up to 2 labels"):
         cnnctl.train("lenet5", dataset="quadrants", task="single", out=str(tmp_path), **FAST)
+
+
+def test_explain_draws_one_map_per_label_given(trained, tmp_path: Path) -> None:
+    paths, _ = write_pngs(tmp_path / "images", count=3)
+    meta = cnnctl.checkpoint.read_meta(trained.best_path)
+    given, probabilities = cnnctl.predict(trained.run_dir, paths)
+    explanations = cnnctl.explain(trained.run_dir, paths, output=tmp_path / "maps")
+    expected = [(str(path), QUADRANTS[c]) for path, row, p in zip(paths, given, probabilities)
+                for c in (row.nonzero().flatten().tolist() or [int(p.argmax())])]
+    assert [(item.source, item.target_name) for item in explanations] == expected
+    for item in explanations:
+        assert item.output.is_file() and f".{item.target_name}.gradcam.png" in item.output.name
+        assert item.heatmap.shape == (28, 28)
+        assert {name for _, name, _ in item.topk} <= set(meta.classes)
+    one = cnnctl.explain(trained.run_dir, paths[0], target="se")
+    assert len(one) == 1 and one[0].target_name == "se"
