@@ -176,3 +176,25 @@ def test_explain_draws_one_map_per_label_given(trained, tmp_path: Path) -> None:
         assert {name for _, name, _ in item.topk} <= set(meta.classes)
     one = cnnctl.explain(trained.run_dir, paths[0], target="se")
     assert len(one) == 1 and one[0].target_name == "se"
+
+
+def test_export_states_and_checks_the_thresholds(trained, tmp_path: Path) -> None:
+    result = cnnctl.export(trained.best_path, format="torchscript", output=tmp_path / "model.torchscript.pt")
+    document = json.loads(result.preprocessing_path.read_text())
+    meta = cnnctl.checkpoint.read_meta(trained.best_path)
+    assert document["task"] == "multilabel" and document["thresholds"] == meta.thresholds
+    assert "sigmoid" in document["output"] and result.label_decisions == 16 * 4
+    assert "decisions at the thresholds agree" in document["exports"]["model.torchscript.pt"]["verification"][
+        "label_decisions"]
+
+
+def test_export_refuses_label_decisions_unlike_pytorchs(trained) -> None:
+    from cnnctl.errors import CnnctlError
+    from cnnctl.exporter import compare_label_decisions
+
+    meta = cnnctl.checkpoint.read_meta(trained.best_path)
+    meta.thresholds = [0.5] * 4
+    expected = torch.tensor([[2.0, -2.0, 0.0, 1.0]])
+    assert compare_label_decisions(meta, expected, expected + 5e-5, 1e-4) == 4  # 0.0 sits at the threshold
+    with pytest.raises(CnnctlError, match="decides label 'nw' of verification image 0 unlike PyTorch"):
+        compare_label_decisions(meta, expected, torch.tensor([[2.0, 2.0, 0.0, 1.0]]), 1e-4)
