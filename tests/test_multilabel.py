@@ -198,3 +198,32 @@ def test_export_refuses_label_decisions_unlike_pytorchs(trained) -> None:
     assert compare_label_decisions(meta, expected, expected + 5e-5, 1e-4) == 4  # 0.0 sits at the threshold
     with pytest.raises(CnnctlError, match="decides label 'nw' of verification image 0 unlike PyTorch"):
         compare_label_decisions(meta, expected, torch.tensor([[2.0, 2.0, 0.0, 1.0]]), 1e-4)
+
+
+def test_tune_maximises_the_mean_average_precision(quadrants, tmp_path: Path) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    from cnnctl.cli import app
+
+    result = CliRunner().invoke(app, ["tune", "lenet5", "--dataset", "quadrants", "--task", "multilabel",
+                                      "--epochs", "1", "--batch-size", "16", "--threads", "1", "--no-plots",
+                                      "--out", str(tmp_path), "--trials", "2", "--pruner", "none", "--json",
+                                      "--param", "lr=loguniform:1e-3:5e-3"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["monitor"] == "val_map" and summary["direction"] == "maximize"
+    for row in summary["trials"]:
+        with open(Path(row["run_dir"]) / "metrics.csv", newline="") as handle:
+            assert row["value"] == pytest.approx(max(float(r["val_map"]) for r in csv.DictReader(handle)))
+
+
+def test_resume_continues_a_multilabel_run(quadrants, tmp_path: Path) -> None:
+    first = cnnctl.train("lenet5", dataset="quadrants", out=str(tmp_path), **{**FAST, "epochs": 1})
+    resumed = cnnctl.train(resume=first.run_dir, epochs=2)
+    assert resumed.run_dir == first.run_dir and [row["epoch"] for row in resumed.history] == [1, 2]
+    assert "val_map" in resumed.history[-1]
+    meta = cnnctl.checkpoint.read_meta(resumed.last_path)
+    assert meta.task == "multilabel" and meta.epoch == 2 and len(meta.thresholds) == 4
+    assert json.loads((resumed.run_dir / "results.json").read_text())["task"] == "multilabel"
