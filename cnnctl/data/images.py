@@ -131,6 +131,14 @@ def read_file_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
+def read_item_bytes(image: Any, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a dataset item's image: a file (:func:`read_file_bytes`), or an object that reads itself
+    (``read(max_bytes)``: bytes held in a table row, a member of a tar shard)."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_file_bytes(image, max_bytes)
+    return image.read(max_bytes)
+
+
 def _check_regular(path: Path, info: os.stat_result, max_bytes: int) -> None:
     if not stat.S_ISREG(info.st_mode):
         kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
@@ -292,7 +300,7 @@ def decode_file(path: Path, max_pixels: int | None, target: ResizeTarget | None 
     """One folder image, oriented RGB uint8, and its header: the decode both the cache and streaming use. With
     ``target`` (what the image will be resized to), a large JPEG is decoded at reduced size, as predict does, so
     that training, eval and predict see the same pixels from the same file (``fit_to_target`` then resizes it)."""
-    return decode_with_header(read_file_bytes(path), path, max_pixels=max_pixels, target=target)
+    return decode_with_header(read_item_bytes(path), path, max_pixels=max_pixels, target=target)
 
 
 def fit_to_target(image: torch.Tensor, header: ImageHeader, target: ResizeTarget) -> torch.Tensor:

@@ -43,7 +43,7 @@ from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interru
 from cnnctl.engine.linear_probe import check_probe_head, probe_epoch
 from cnnctl.engine.loggers import build_loggers
 from cnnctl.engine.lr_sweep import resolve_auto_lr
-from cnnctl.engine.multilabel import correct_count, multilabel_loss, resolve_task, task_settings
+from cnnctl.engine.multilabel import correct_count, resolve_task, task_settings, training_loss
 from cnnctl.engine.optim import build_optimizer  # noqa: F401 - part of this module's API
 from cnnctl.engine.precision import resolve_precision
 from cnnctl.engine.run_folder import RunFolder, create_run_dir, default_run_name  # noqa: F401 - part of this module's API
@@ -274,14 +274,12 @@ class Trainer:
             if stop_agreed(guard.requested is not None, self.dist, self.device) and epoch < config.epochs:
                 raise interrupted_error(self.run_dir, f"after epoch {epoch}", guard.requested, self.dist.world_size)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The training loss, defined once: the epochs and the learning-rate sweep both use it."""
-        import torch.nn.functional as F
-
-        if self.task == "multilabel":
-            return multilabel_loss(logits, labels, self.class_weights, self.config.label_smoothing or 0.0)
-        return F.cross_entropy(logits, labels, weight=self.class_weights,
-                               label_smoothing=self.config.label_smoothing or 0.0)
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """The training loss, defined once: the epochs and the learning-rate sweep both use it. ``weights``: each
+        image's weight (a label file's ``weight`` column), a weighted mean like the class weights'."""
+        return training_loss(logits, labels, task=self.task, class_weights=self.class_weights,
+                             smoothing=self.config.label_smoothing or 0.0, weights=weights)
 
     def train_epoch(self, epoch: int, guard: Any, skip: int = 0) -> dict[str, float]:
         """One epoch of optimizer steps. ``skip`` batches were already trained before an interruption: they are
@@ -299,7 +297,7 @@ class Trainer:
         seen, earlier_seconds = int(partial.get("seen", 0)), float(partial.get("seconds", 0.0))
         first_bad = torch.full((), -1, dtype=torch.int64, device=batches.device)
         check_every = 1 if batches.device.type == "cpu" else 32  # reading a CUDA value waits for the GPU
-        started = time.perf_counter()
+        started, skipped = time.perf_counter(), batches.skipped
         for index, (inputs, labels) in enumerate(batches):
             if index < skip:
                 continue
@@ -307,7 +305,7 @@ class Trainer:
             try:
                 with self.precision.autocast():
                     logits = model(inputs)
-                    loss = self.loss(logits, labels)
+                    loss = self.loss(logits, labels, batches.batch_weights)
                 optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if config.grad_clip:
@@ -333,6 +331,9 @@ class Trainer:
                                     {"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": seconds})
                 raise interrupted_error(self.run_dir, f"in epoch {epoch} after batch {index + 1} of {steps}",
                                         guard.requested, self.dist.world_size)
+        if batches.skipped > skipped:
+            self.reporter.message(f"epoch {epoch}: skipped {batches.skipped - skipped} training image(s) that could "
+                                  "not be read while streaming")
         seconds = earlier_seconds + time.perf_counter() - started
         loss_sum, correct, seen = sum_over_ranks(loss_sum, correct, seen, self.dist, unwrap(model))
         return {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1),

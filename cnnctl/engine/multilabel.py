@@ -73,14 +73,35 @@ def check_multilabel_options(config: Any) -> None:
 
 
 def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None,
-                    smoothing: float = 0.0) -> torch.Tensor:
-    """Binary cross-entropy per label, averaged; ``smoothing`` moves the targets towards 1/2."""
+                    smoothing: float = 0.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy per label, averaged; ``smoothing`` moves the targets towards 1/2; ``weights``: each
+    image's weight (a label file's ``weight`` column), a weighted mean over the images."""
     import torch.nn.functional as F
 
     targets = targets.to(logits.dtype)
     if smoothing:
         targets = targets * (1 - smoothing) + 0.5 * smoothing
-    return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+    if weights is None:
+        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+    per_image = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none").mean(1)
+    return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, *, task: str, class_weights: torch.Tensor | None,
+                  smoothing: float, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Training's loss for either task: cross-entropy (``class_weights`` per class) or, multi-label, binary
+    cross-entropy (``class_weights`` weighting each label's positives); ``weights``: each image's weight (a
+    label file's ``weight`` column), a weighted mean over the images."""
+    import torch.nn.functional as F
+
+    if task == MULTILABEL:
+        return multilabel_loss(logits, labels, class_weights, smoothing, weights)
+    if weights is None:
+        return F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=smoothing)
+    per_image = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=smoothing, reduction="none")
+    if class_weights is not None and labels.dim() == 1:
+        weights = weights * class_weights[labels]
+    return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
 def correct_count(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
