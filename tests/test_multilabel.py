@@ -227,3 +227,27 @@ def test_resume_continues_a_multilabel_run(quadrants, tmp_path: Path) -> None:
     meta = cnnctl.checkpoint.read_meta(resumed.last_path)
     assert meta.task == "multilabel" and meta.epoch == 2 and len(meta.thresholds) == 4
     assert json.loads((resumed.run_dir / "results.json").read_text())["task"] == "multilabel"
+
+
+def test_a_label_file_with_several_labels_trains_multilabel(tmp_path: Path) -> None:
+    from multilabel_data import write_label_file
+
+    labels = write_label_file(tmp_path / "data", 100, seed=3, splits=True)
+    messages: list[str] = []
+
+    from cnnctl.progress import SilentReporter
+
+    class Collect(SilentReporter):
+        def message(self, text: str) -> None:
+            messages.append(text)
+
+    run = cnnctl.train("lenet5", data=str(labels), out=str(tmp_path / "runs"), reporter=Collect(),
+                       **{**FAST, "epochs": 2})
+    said = [line for line in messages if line.startswith("multi-label task")]
+    assert len(said) == 1 and "of 60 training images have several labels" in said[0]
+    meta = cnnctl.checkpoint.read_meta(run.best_path)
+    assert meta.task == "multilabel" and meta.classes == list(QUADRANTS)
+    report = cnnctl.evaluate(run.run_dir)
+    assert report["count"] == 20 and report["split"] == "test" and 0 <= report["map"] <= 1
+    with pytest.raises(UsageError, match="several labels"):
+        cnnctl.train("lenet5", data=str(labels), task="single", out=str(tmp_path / "runs"), **FAST)

@@ -56,11 +56,14 @@ class FolderCheck:
             counts[split] = {name: 0 for name in classes}
             readable[split] = {name: 0 for name in classes}
             for (path, label), info in zip(self.files[split], self.infos[split]):
-                name = classes[label]
-                counts[split][name] += 1
+                names = [classes[i] for i in label] if isinstance(label, tuple) else [classes[label]]
+                name = "|".join(names)
+                for each in names:
+                    counts[split][each] += 1
                 if info is None:
                     continue
-                readable[split][name] += 1
+                for each in names:
+                    readable[split][each] += 1
                 sizes[f"{info.width}x{info.height}"] += 1
                 modes[info.mode] += 1
                 if info.animated:
