@@ -108,7 +108,7 @@ def combination_digit_map(run: Path, folder: Path) -> float:
 
     rows = [line.split(",") for line in (folder / "labels.csv").read_text().splitlines()[1:]]
     test = [(folder / path, label) for path, label, split in rows if split == "test"]
-    model = api.load(run)
+    model, _ = api.load(run)
     _, probabilities = api.predict(model, [path for path, _ in test])
     classes = model.cnnctl_meta.classes
     scores = torch.zeros(len(test), 10)

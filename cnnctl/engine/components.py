@@ -14,7 +14,7 @@ from cnnctl.data.targets import MULTILABEL
 from cnnctl.engine.distributed import broadcast_object
 from cnnctl.engine.evaluate import evaluate
 from cnnctl.engine.imbalance import sampler_weights
-from cnnctl.engine.multilabel import evaluate_multilabel, metric_row
+from cnnctl.engine.multilabel import evaluate_multilabel, initialise_output_bias, metric_row
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.fsutil import atomic_write_text
 from cnnctl.models import build_model as build_architecture
@@ -45,6 +45,8 @@ def build_model(config: TrainConfig, spec: ModelSpec, data: PreparedData, device
     if config.pretrained:
         report = load_pretrained(model, spec, config.pretrained, log=log, config=config)
         initialise_new_head(model, report.reinitialised, config.head_init or "random", log)
+    if getattr(config, "task", None) == MULTILABEL and not config.pretrained:  # pretrained: --head-init says
+        initialise_output_bias(model, data.train.labels)
     if config.channels_last is None:
         config.channels_last = choose_channels_last(model, data.preprocessing.input_shape, config.batch_size or 1,
                                                     device)

@@ -61,6 +61,21 @@ def task_settings(config: Any, task: str) -> str:
     return task
 
 
+def initialise_output_bias(model: torch.nn.Module, targets: torch.Tensor) -> bool:
+    """Start each label's output at its frequency in the training split (bias = log(p / (1 - p)) on the last
+    linear layer), so the first steps learn the images rather than how rare each label is (Lin et al. 2017's
+    prior initialisation). Returns whether an output layer was found."""
+    import torch
+
+    layers = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    if not layers or layers[-1].bias is None or layers[-1].out_features != targets.shape[1]:
+        return False
+    share = (targets > 0.5).double().mean(0).clamp(1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        layers[-1].bias.copy_(torch.log(share / (1 - share)).to(layers[-1].bias.dtype))
+    return True
+
+
 def check_multilabel_options(config: Any) -> None:
     """Options that have no meaning for several labels per image, refused in one line."""
     for name in ("mixup", "cutmix", "linear_probe"):
