@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.data.base import ImageTensors
-from cnnctl.data.check import SPLIT_ORDER, CheckReport, FolderCheck
+from cnnctl.data.check import NEAR_DISTANCE, SPLIT_ORDER, CheckReport, FolderCheck
 from cnnctl.data.images import (
     IMAGE_SUFFIXES,
     ResizeTarget,
     decode_file,
     fit_to_target,
     is_grey,
+    perceptual_hash,
     read_item_bytes,
+    thumbnail,
     to_grey,
 )
 from cnnctl.data.items import Source, SourceScan, label_index, register_source, scan_source
@@ -253,6 +255,8 @@ class FileInfo:
     format: str
     animated: bool
     digest: str
+    phash: int | None = None  # the 64-bit perceptual hash (data/images.py), where the check asked for it
+    thumb: bytes | None = None  # a 16x16 grey copy, to confirm a near-duplicate its hash suggests
 
 
 def pixel_digest(image: torch.Tensor) -> str:
@@ -270,9 +274,10 @@ class _DecodeFiles:
     :class:`FileInfo` or None). ``size`` None keeps the stored size (the data check needs no pixels back)."""
 
     def __init__(self, files: Sequence[Path], size: tuple[int, int] | None, max_pixels: int | None = None,
-                 resize: int | None = None, interpolation: str = "bilinear"):
+                 resize: int | None = None, interpolation: str = "bilinear", phash: bool = False):
         self.files = list(files)
         self.max_pixels = max_pixels
+        self.phash = phash
         # ``resize`` (pretrained preprocessing): the shorter side to it, then the centre crop to ``size``
         self.target = ResizeTarget(size, resize, interpolation) if size else None
 
@@ -286,7 +291,8 @@ class _DecodeFiles:
         except DataError as error:
             return position, None, error.message, None
         info = FileInfo(header.width, header.height, header.mode, header.format, header.animated,
-                        pixel_digest(image))
+                        pixel_digest(image), perceptual_hash(image) if self.phash else None,
+                        thumbnail(image) if self.phash else None)
         return position, (fit_to_target(image, header, target) if target else None), "", info
 
 
@@ -361,7 +367,7 @@ class ChannelSums:
 
 def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers: int | None = None,
                  max_pixels: int | None = None, resize: int | None = None, interpolation: str = "bilinear",
-                 keep: bool = True) -> Decoded:
+                 keep: bool = True, phash: bool = False) -> Decoded:
     """Decode and resize ``files`` into one uint8 tensor, in DataLoader workers. Unreadable files are reported
     back, not raised: one broken file should not stop a training run. ``size`` None only inspects the files
     (``infos``, ``failures``; ``images`` is empty); ``keep=False`` measures the resized images (``sums``,
@@ -386,7 +392,7 @@ def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers
     failures: list[tuple[Path, str]] = []
     infos: list[FileInfo | None] = [None] * count
     if count:
-        batches = DataLoader(_DecodeFiles(files, size, max_pixels, resize, interpolation), batch_size=64,
+        batches = DataLoader(_DecodeFiles(files, size, max_pixels, resize, interpolation, phash), batch_size=64,
                              num_workers=workers,
                              collate_fn=_collate)
         for found, decoded in batches:
@@ -727,14 +733,14 @@ SOURCE = register_source(Source(
 
 
 def check_folder(root: str | Path, *, max_pixels: int | None = None, workers: int | None = None,
-                 log: Log = lambda _: None) -> CheckReport:
+                 log: Log = lambda _: None, near_distance: int = NEAR_DISTANCE) -> CheckReport:
     """Scan and decode every image of a dataset (any source: a folder's ``train/``, ``val/``, ``test/`` folders, a
     label file's split column, as they are; nothing is held out) and report on it."""
     scan = scan_source(root, log=log, min_classes=1)
-    check = FolderCheck(scan)
+    check = FolderCheck(scan, near_distance=near_distance)
     for split in SPLIT_ORDER:
         items = scan.splits.get(split)
         if items:
             check.add(split, items, decode_files([path for path, _ in items], None, workers=workers,
-                                                 max_pixels=max_pixels))
+                                                 max_pixels=max_pixels, phash=near_distance >= 0))
     return check.report()

@@ -385,3 +385,38 @@ def resize_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     from torchvision.transforms.v2 import functional as TF
 
     return TF.resize(image, list(size), antialias=True)
+
+
+PHASH_SIDE = 32  # the image is shrunk to 32x32 grey, and its 8x8 lowest DCT frequencies make the 64-bit hash
+
+
+def perceptual_hash(image: torch.Tensor) -> int:
+    """The 64-bit DCT perceptual hash of an RGB uint8 3×H×W image (imagehash's ``phash``: grey, 32×32, 2-D DCT-II,
+    the 8×8 lowest frequencies compared with their median), as an int. Near-identical images (re-compressed,
+    slightly resized or brightened) differ in a few bits; unrelated images in about half of them."""
+    import torch
+
+    grey = luminance(image).float()[None]  # 1×1×H×W
+    small = resize_to(grey, (PHASH_SIDE, PHASH_SIDE))[0, 0].double()
+    dct = _dct_matrix(PHASH_SIDE)
+    low = (dct @ small @ dct.T)[:8, :8].flatten()
+    bits = (low > torch.quantile(low, 0.5)).tolist()  # numpy's median: the mean of the two middle values
+    return sum(1 << position for position, bit in enumerate(bits) if bit)
+
+
+def thumbnail(image: torch.Tensor, side: int = 16) -> bytes:
+    """A ``side``×``side`` grey uint8 copy of an RGB uint8 3×H×W image: what near-duplicate candidates are compared
+    on once their perceptual hashes matched."""
+    import torch
+
+    grey = luminance(image).float()[None]
+    return resize_to(grey, (side, side)).round().clamp(0, 255).to(torch.uint8).flatten().numpy().tobytes()
+
+
+def _dct_matrix(size: int) -> torch.Tensor:
+    """The (unnormalised) DCT-II matrix: ``D @ x`` is scipy's ``dct(x, type=2)`` up to a factor 2."""
+    import torch
+
+    k = torch.arange(size, dtype=torch.float64)[:, None]
+    n = torch.arange(size, dtype=torch.float64)[None, :]
+    return torch.cos(math.pi * k * (2 * n + 1) / (2 * size))

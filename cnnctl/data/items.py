@@ -18,6 +18,7 @@ import importlib
 import math
 import os
 import pkgutil
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -139,7 +140,10 @@ def source_for(data: str | Path) -> Source:
     if not path.exists() and not any(ch in str(data) for ch in "*?["):
         raise UsageError(f"{path} does not exist", hint="--data takes a folder with one sub-folder per class, a "
                                                          "labels.csv or .jsonl, a .parquet, or tar shards")
-    kinds = ", ".join(source.description for source in sources())
+    kinds = "; ".join(source.description for source in sources())
+    if path.is_file():
+        raise UsageError(f"{path} is a file, not a folder, a label file (.csv, .jsonl), a table (.parquet) or tar "
+                         "shards (.tar)", hint=f"--data takes {kinds}")
     raise UsageError(f"{path}: no data source reads this", hint=f"--data takes {kinds}")
 
 
@@ -178,12 +182,12 @@ def scan_items(root: Path, items: Sequence[Item], *, kind: str, classes: Sequenc
             known = ", ".join(class_names[:10]) + (" …" if len(class_names) > 10 else "")
             raise DataError(f"{item.where}: label {unknown[0]!r} is not one of the classes ({known})",
                             hint="the labels must match those training used")
-        label: Any = (tuple(sorted(index[name] for name in item.target)) if isinstance(item.target, tuple)
-                      else index[item.target])
+        # multi-label data: every label a tuple of class indices (an image with one label too)
+        label: Any = tuple(sorted(index[name] for name in item.labels)) if multilabel else index[item.target]
         per_split.setdefault(item.split or "train", []).append((item.image, label, item.key))
         if item.weight is not None:
             weights[str(item.image)] = item.weight
-    if "train" not in per_split and classes is None:
+    if "train" not in per_split and classes is None and min_classes > 1:
         raise DataError(f"{where} has no training images (every row names another split)",
                         hint="mark some rows train, or leave their split empty")
 
@@ -227,6 +231,7 @@ class RowReader:
     seen: dict[str, tuple[str, Target]] = field(default_factory=dict)  # real path → (row, target)
     duplicates: int = 0
     items: list[Item] = field(default_factory=list)
+    _folders: dict[str, str] = field(default_factory=dict)  # folder → its real path
 
     def __post_init__(self) -> None:
         self.root = os.path.realpath(self.label_file.parent)
@@ -235,9 +240,10 @@ class RowReader:
         where = f"{self.label_file} {row}"
         relative = _path_field(path, where)
         image = self.confine(relative, where)
-        target = _target(label, where)
-        item = Item(image, target, _split(split, where), _weight(weight, where), where, relative)
-        real = os.path.realpath(image)
+        target = row_target(label, where)
+        item = Item(image, target, row_split(split, where), row_weight(weight, where), where, relative)
+        real = os.path.realpath(image) if os.path.islink(image) else os.path.join(
+            self._folders[os.path.dirname(image)], image.name)
         earlier = self.seen.get(real)
         if earlier is not None:
             if earlier[1] != target:
@@ -250,20 +256,31 @@ class RowReader:
 
     def confine(self, relative: str, where: str) -> Path:
         """The image file a row names, refused unless it is a readable regular file inside the label file's
-        folder (after every symlink is followed)."""
+        folder (after every symlink is followed). The folders' real paths are looked up once each."""
         if os.path.isabs(relative) or relative.startswith("~"):
             raise DataError(f"{where}: {relative} is an absolute path; images must be inside {self.label_file.parent}",
                             hint="give the path relative to the label file's folder")
         candidate = Path(self.label_file.parent, relative)
-        real = os.path.realpath(candidate)
+        folder, name = os.path.split(candidate)
+        real_folder = self._folders.get(folder)
+        if real_folder is None:
+            real_folder = self._folders[folder] = os.path.realpath(folder)
+        real = os.path.join(real_folder, name)
+        try:
+            info = os.lstat(real)
+            if stat.S_ISLNK(info.st_mode):
+                real = os.path.realpath(real)
+                info = os.stat(real)
+        except OSError:
+            info = None
         if not (real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)):
             how = "leads out of" if ".." in PurePosixPath(relative.replace("\\", "/")).parts else "is a symlink out of"
             raise DataError(f"{where}: {relative} {how} {self.label_file.parent}; not read",
                             hint="copy the image into the label file's folder and give its path relative to it")
-        if not os.path.lexists(candidate) or not os.path.exists(real):
+        if info is None:
             raise DataError(f"{where}: {relative} does not exist",
                             hint="fix the path (relative to the label file's folder) or remove the row")
-        if not os.path.isfile(real):
+        if not stat.S_ISREG(info.st_mode):
             raise DataError(f"{where}: {relative} is not a regular file; not read", hint="remove the row")
         if not os.access(real, os.R_OK):
             raise DataError(f"{where}: {relative} is not readable (permission denied)",
@@ -288,7 +305,7 @@ def _path_field(value: Any, where: str) -> str:
     return value.strip()
 
 
-def _target(value: Any, where: str) -> Target:
+def row_target(value: Any, where: str) -> Target:
     """A label name; several (a list, or names joined by ``|``) make a multi-label target."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(int(value)) if float(value).is_integer() else str(value)
@@ -305,7 +322,7 @@ def _target(value: Any, where: str) -> Target:
     return parts[0]
 
 
-def _split(value: Any, where: str) -> str | None:
+def row_split(value: Any, where: str) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     name = SPLIT_NAMES.get(str(value).strip().lower())
@@ -315,7 +332,7 @@ def _split(value: Any, where: str) -> str | None:
     return name
 
 
-def _weight(value: Any, where: str) -> float | None:
+def row_weight(value: Any, where: str) -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
