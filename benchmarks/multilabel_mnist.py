@@ -91,7 +91,7 @@ def train_and_eval(label_file: Path, out: Path, arch: str, epochs: int, threads:
                    env: dict[str, str]) -> tuple[Path, dict, str, float]:
     started = time.perf_counter()
     done = cnnctl("train", arch, "--data", str(label_file), "--epochs", str(epochs), "--threads", str(threads),
-                  "--out", str(out), "--no-plots", "--quiet", env=env)
+                  "--out", str(out), "--no-plots", env=env)
     seconds = time.perf_counter() - started
     run = Path(done.stdout.strip().splitlines()[-1].removeprefix("run folder: ").strip())
     evaluated = json.loads(cnnctl("eval", str(run), "--json", env=env).stdout)

@@ -279,7 +279,7 @@ def test_multi_label_rows_and_weights(tmp_path: Path) -> None:
 def test_per_image_weights_are_a_weighted_mean_of_the_loss() -> None:
     generator = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(6, 3, generator=generator), torch.tensor([0, 1, 2, 0, 1, 2])
-    trainer = SimpleNamespace(class_weights=None, config=SimpleNamespace(label_smoothing=0.0))
+    trainer = SimpleNamespace(class_weights=None, config=SimpleNamespace(label_smoothing=0.0), task="single")
     plain = Trainer.loss(trainer, logits[:4], labels[:4])
     weighted = Trainer.loss(trainer, logits, labels, torch.tensor([1.0, 1, 1, 1, 0, 0]))
     assert torch.allclose(plain, weighted)
