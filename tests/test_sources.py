@@ -292,8 +292,8 @@ def test_weights_from_a_label_file_reach_the_training_split(tmp_path: Path, digi
     names = sorted(p.relative_to(digits).as_posix() for p in (digits / "train").rglob("*.png"))
     (digits / "weighted.csv").write_text("path,label,weight\n" + "".join(
         f"{n},{n.split('/')[1]},{3 if n.split('/')[1] == '0' else 1}\n" for n in names))
-    from cnnctl.config import TrainConfig
     from cnnctl.data.splits import prepare_data
+    from cnnctl.recipe.config import TrainConfig
     from cnnctl.registry import get_model_spec
 
     config = TrainConfig(arch="lenet5", data_dir=str(digits / "weighted.csv"), val_split=0)

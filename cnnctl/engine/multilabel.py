@@ -20,7 +20,8 @@ from cnnctl.data.targets import MULTILABEL, SINGLE, as_multi_hot, is_multi_hot, 
 from cnnctl.engine import multilabel_metrics as metrics
 from cnnctl.engine.tta import tta_probabilities
 from cnnctl.errors import UsageError
-from cnnctl.options import label
+from cnnctl.recipe.config import check_multilabel_options  # noqa: F401 - part of this module's API
+from cnnctl.recipe.options import label
 
 if TYPE_CHECKING:
     import torch
@@ -74,17 +75,6 @@ def initialise_output_bias(model: torch.nn.Module, targets: torch.Tensor) -> boo
     with torch.no_grad():
         layers[-1].bias.copy_(torch.log(share / (1 - share)).to(layers[-1].bias.dtype))
     return True
-
-
-def check_multilabel_options(config: Any) -> None:
-    """Options that have no meaning for several labels per image, refused in one line."""
-    for name in ("mixup", "cutmix", "linear_probe"):
-        if getattr(config, name, None):
-            raise UsageError(f"{label(name)} does not apply to multi-label data ({label('task')} multilabel)")
-    if getattr(config, "sampler", None) == "balanced":
-        raise UsageError(f"{label('sampler')} balanced draws images by their one class; it does not apply to "
-                         "multi-label data", hint=f"use {label('class_weights')} auto (each label's positives "
-                                                  "weighted by its rarity)")
 
 
 def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None,
