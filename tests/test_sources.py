@@ -279,11 +279,12 @@ def test_multi_label_rows_and_weights(tmp_path: Path) -> None:
 def test_per_image_weights_are_a_weighted_mean_of_the_loss() -> None:
     generator = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(6, 3, generator=generator), torch.tensor([0, 1, 2, 0, 1, 2])
-    trainer = SimpleNamespace(class_weights=None, config=SimpleNamespace(label_smoothing=0.0), task="single")
+    trainer = SimpleNamespace(class_weights=None, config=SimpleNamespace(label_smoothing=0.0), task="single",
+                              distillation=None)
     plain = Trainer.loss(trainer, logits[:4], labels[:4])
-    weighted = Trainer.loss(trainer, logits, labels, torch.tensor([1.0, 1, 1, 1, 0, 0]))
+    weighted = Trainer.loss(trainer, logits, labels, weights=torch.tensor([1.0, 1, 1, 1, 0, 0]))
     assert torch.allclose(plain, weighted)
-    doubled = Trainer.loss(trainer, logits, labels, torch.tensor([2.0, 1, 1, 1, 1, 1]))
+    doubled = Trainer.loss(trainer, logits, labels, weights=torch.tensor([2.0, 1, 1, 1, 1, 1]))
     repeated = Trainer.loss(trainer, torch.cat([logits, logits[:1]]), torch.cat([labels, labels[:1]]))
     assert torch.allclose(doubled, repeated)
 
