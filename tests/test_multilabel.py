@@ -255,18 +255,16 @@ def test_a_label_file_with_several_labels_trains_multilabel(tmp_path: Path) -> N
 
 
 def test_per_image_weights_weigh_the_multilabel_loss_too() -> None:
-    from cnnctl.engine.multilabel import training_loss
+    from cnnctl.engine.components import training_loss
 
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 3, generator=generator)
     targets = (torch.rand(5, 3, generator=generator) > 0.5).float()
 
     def loss(*args: torch.Tensor) -> torch.Tensor:
-        return training_loss(*args, task="multilabel", class_weights=None, smoothing=0.0)
+        return training_loss(*args, "multilabel", None, 0.0)
 
     assert torch.allclose(loss(logits[:3], targets[:3]),
-                          training_loss(logits, targets, task="multilabel", class_weights=None, smoothing=0.0,
-                                        weights=torch.tensor([1.0, 1, 1, 0, 0])))
-    doubled = training_loss(logits, targets, task="multilabel", class_weights=None, smoothing=0.0,
-                            weights=torch.tensor([2.0, 1, 1, 1, 1]))
+                          training_loss(logits, targets, "multilabel", None, 0.0, torch.tensor([1.0, 1, 1, 0, 0])))
+    doubled = training_loss(logits, targets, "multilabel", None, 0.0, torch.tensor([2.0, 1, 1, 1, 1]))
     assert torch.allclose(doubled, loss(torch.cat([logits, logits[:1]]), torch.cat([targets, targets[:1]])))

@@ -32,8 +32,8 @@ SPLIT_ORDER = ("train", "val", "test")
 _EXAMPLES = 5
 # Near-duplicates: perceptual hashes at most NEAR_DISTANCE of 64 bits apart, confirmed by the correlation of
 # their 16x16 grey thumbnails (at least NEAR_CORRELATION). Measured on real MNIST (benchmarks/sources.py): JPEG
-# re-compressed (quality 50), brightened (+20) and resized copies of training digits stay within 4 bits and above
-# 0.995; 1,182 pairs of distinct digits (of 5,000 x 1,000) came within 4 bits, none above 0.995.
+# re-compressed (quality 75; 99.3% at 50), brightened (+20) and resized copies of training digits stay within 4
+# bits and above 0.995; 1,108 pairs of distinct digits (of 5,000 x 1,000) came within 4 bits, none above 0.995.
 NEAR_DISTANCE = 4
 NEAR_CORRELATION = 0.995
 _HASH_CHUNK = 4096

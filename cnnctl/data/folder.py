@@ -450,7 +450,7 @@ class FolderSplits:
 def choose_splits(scan: FolderScan, *, val_split: float | None, seed: int, limit: int | None) -> FolderSplits:
     """The files of each split: ``val/`` if the folder has one, else ``--val-split`` of ``train/`` held out,
     then ``--limit``; the positions come from :func:`cnnctl.data.splits.split_positions`, as for every dataset."""
-    train = scan.splits["train"]
+    train = scan.splits.get("train") or []  # a source may hold only test images (eval --data test shards)
     val = scan.splits.get("val")
     fraction = 0 if val is not None else (DEFAULT_VAL_SPLIT if val_split is None else val_split)
     train_index, val_index = split_positions(len(train), fraction, seed, limit)
@@ -665,7 +665,7 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
             log(f"{root} has no test/ folder: evaluating on the validation images held out in training")
             split, items = "val", chosen.val
         else:  # a folder training never saw: all of it is new
-            items = scan.splits["train"] + (scan.splits.get("val") or [])
+            items = (scan.splits.get("train") or []) + (scan.splits.get("val") or [])
             split = "all"
             log(f"{root} has no test/ folder: evaluating on all {len(items):,} of its images")
     if not items:

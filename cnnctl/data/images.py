@@ -24,6 +24,7 @@ What an image file becomes, in order:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import stat
@@ -397,33 +398,44 @@ def resize_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 PHASH_SIDE = 32  # the image is shrunk to 32x32 grey, and its 8x8 lowest DCT frequencies make the 64-bit hash
 
 
-def perceptual_hash(image: torch.Tensor) -> int:
-    """The 64-bit DCT perceptual hash of an RGB uint8 3×H×W image (imagehash's ``phash``: grey, 32×32, 2-D DCT-II,
-    the 8×8 lowest frequencies compared with their median), as an int. Near-identical images (re-compressed,
-    slightly resized or brightened) differ in a few bits; unrelated images in about half of them."""
-    import torch
+def _grey_array(image: torch.Tensor) -> Any:
+    """H×W uint8 numpy grey of an RGB uint8 3×H×W image, by :func:`luminance`'s integer formula, in numpy: the
+    hashes are computed per image, where torch's per-operation cost (and, on a busy machine, its thread pool)
+    would cost more than the arithmetic."""
+    import numpy as np
 
-    grey = luminance(image).float()[None]  # 1×1×H×W
-    small = resize_to(grey, (PHASH_SIDE, PHASH_SIDE))[0, 0].double()
+    rgb = image.numpy().astype(np.int32)
+    return ((rgb[0] * 19595 + rgb[1] * 38470 + rgb[2] * 7471 + 32768) >> 16).astype(np.uint8)
+
+
+def perceptual_hash(image: torch.Tensor) -> int:
+    """The 64-bit DCT perceptual hash of an RGB uint8 3×H×W image, as imagehash's ``phash`` computes it: grey
+    (Pillow's ``convert("L")``), resized to 32×32 with Lanczos, 2-D DCT-II, the 8×8 lowest frequencies compared
+    with their median; as an int. Near-identical images (re-compressed, slightly resized or brightened) differ in
+    a few bits; unrelated photos in about half of them."""
+    import numpy as np
+    from PIL import Image
+
+    small = Image.fromarray(_grey_array(image)).resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)
     dct = _dct_matrix(PHASH_SIDE)
-    low = (dct @ small @ dct.T)[:8, :8].flatten()
-    bits = (low > torch.quantile(low, 0.5)).tolist()  # numpy's median: the mean of the two middle values
-    return sum(1 << position for position, bit in enumerate(bits) if bit)
+    low = (dct @ np.asarray(small, dtype=np.float64) @ dct.T)[:8, :8].flatten()
+    bits = low > np.median(low)
+    return sum(1 << position for position, bit in enumerate(bits.tolist()) if bit)
 
 
 def thumbnail(image: torch.Tensor, side: int = 16) -> bytes:
-    """A ``side``×``side`` grey uint8 copy of an RGB uint8 3×H×W image: what near-duplicate candidates are compared
-    on once their perceptual hashes matched."""
-    import torch
+    """A ``side``×``side`` grey uint8 copy of an RGB uint8 3×H×W image (Pillow's antialiased bilinear): what
+    near-duplicate candidates are compared on once their perceptual hashes matched."""
+    from PIL import Image
 
-    grey = luminance(image).float()[None]
-    return resize_to(grey, (side, side)).round().clamp(0, 255).to(torch.uint8).flatten().numpy().tobytes()
+    return Image.fromarray(_grey_array(image)).resize((side, side), Image.Resampling.BILINEAR).tobytes()
 
 
-def _dct_matrix(size: int) -> torch.Tensor:
+@functools.cache
+def _dct_matrix(size: int) -> Any:
     """The (unnormalised) DCT-II matrix: ``D @ x`` is scipy's ``dct(x, type=2)`` up to a factor 2."""
-    import torch
+    import numpy as np
 
-    k = torch.arange(size, dtype=torch.float64)[:, None]
-    n = torch.arange(size, dtype=torch.float64)[None, :]
-    return torch.cos(math.pi * k * (2 * n + 1) / (2 * size))
+    k = np.arange(size, dtype=np.float64)[:, None]
+    n = np.arange(size, dtype=np.float64)[None, :]
+    return np.cos(math.pi * k * (2 * n + 1) / (2 * size))

@@ -14,7 +14,7 @@ from cnnctl.data.targets import MULTILABEL
 from cnnctl.engine.distributed import broadcast_object
 from cnnctl.engine.evaluate import evaluate
 from cnnctl.engine.imbalance import sampler_weights
-from cnnctl.engine.multilabel import evaluate_multilabel, initialise_output_bias, metric_row
+from cnnctl.engine.multilabel import evaluate_multilabel, initialise_output_bias, metric_row, multilabel_loss
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.fsutil import atomic_write_text
 from cnnctl.models import build_model as build_architecture
@@ -190,6 +190,38 @@ def build_loaders(config: TrainConfig, data: PreparedData, device: torch.device,
         train.batch_size, train.shard = per_rank_batch, (dist.rank, dist.world_size)
     validate_here = data.val is not None and dist.is_main
     return train, (loader(data.val, False) if validate_here else None)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None,
+                  smoothing: float | None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Training's cross-entropy (``Trainer.loss``); with per-image ``weights`` (a label file's ``weight``
+    column) the weighted mean ``Σ wᵢ·lossᵢ / Σ wᵢ``, the class weight of each image's label times its own, as
+    torch weighs by class weights alone."""
+    import torch.nn.functional as F
+
+    if weights is None:
+        return F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=smoothing or 0.0)
+    per_image = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=smoothing or 0.0,
+                                reduction="none")
+    if class_weights is not None and labels.dim() == 1:
+        weights = weights * class_weights[labels]
+    return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, task: str, class_weights: torch.Tensor | None,
+                  smoothing: float | None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``Trainer.loss`` without the teacher: :func:`cross_entropy`, or for a multi-label run binary cross-entropy
+    per label (``class_weights`` then weighting each label's positives; engine/multilabel.py)."""
+    if task == MULTILABEL:
+        return multilabel_loss(logits, labels, class_weights, smoothing or 0.0, weights)
+    return cross_entropy(logits, labels, class_weights, smoothing, weights)
+
+
+def report_skipped(trainer: Any, epoch: int, count: int) -> None:
+    """Say how many streamed training images could not be read in ``epoch`` (left out of their batches)."""
+    if count:
+        trainer.reporter.message(f"epoch {epoch}: skipped {count} training image(s) that could not be read while "
+                                 "streaming")
 
 
 def validation_metrics(trainer: Any) -> dict[str, float]:

@@ -43,7 +43,7 @@ from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interru
 from cnnctl.engine.linear_probe import check_probe_head, probe_epoch
 from cnnctl.engine.loggers import build_loggers
 from cnnctl.engine.lr_sweep import resolve_auto_lr
-from cnnctl.engine.multilabel import correct_count, resolve_task, task_settings, training_loss
+from cnnctl.engine.multilabel import correct_count, resolve_task, task_settings
 from cnnctl.engine.optim import build_optimizer
 from cnnctl.engine.precision import resolve_precision
 from cnnctl.engine.run_folder import RunFolder, default_run_name
@@ -276,10 +276,10 @@ class Trainer:
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor | None = None,
              weights: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss, defined once: the epochs and the learning-rate sweep both use it. ``weights``: each
-        image's weight (a label file's ``weight`` column), a weighted mean like the class weights'. With --teacher
-        (and the batch's ``inputs``) it mixes in the teacher's softened outputs (engine/distill.py)."""
-        hard = training_loss(logits, labels, task=self.task, class_weights=self.class_weights,
-                             smoothing=self.config.label_smoothing or 0.0, weights=weights)
+        image's weight (a label file's ``weight`` column), a weighted mean like the class weights'. With
+        --teacher (and the batch's ``inputs``) it mixes in the teacher's softened outputs (engine/distill.py)."""
+        hard = components.training_loss(logits, labels, self.task, self.class_weights, self.config.label_smoothing,
+                                        weights)
         if self.distillation is None or inputs is None:
             return hard
         teacher = self.distillation.teacher_logits(inputs, self.train_batches.last_index)
@@ -301,7 +301,7 @@ class Trainer:
         seen, earlier_seconds = int(partial.get("seen", 0)), float(partial.get("seconds", 0.0))
         first_bad = torch.full((), -1, dtype=torch.int64, device=batches.device)
         check_every = 1 if batches.device.type == "cpu" else 32  # reading a CUDA value waits for the GPU
-        started, skipped = time.perf_counter(), batches.skipped
+        started, skipped = time.perf_counter(), batches.skipped  # unreadable streamed images, counted
         for index, (inputs, labels) in enumerate(batches):
             if index < skip:
                 continue
@@ -335,9 +335,7 @@ class Trainer:
                                     {"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": seconds})
                 raise interrupted_error(self.run_dir, f"in epoch {epoch} after batch {index + 1} of {steps}",
                                         guard.requested, self.dist.world_size)
-        if batches.skipped > skipped:
-            self.reporter.message(f"epoch {epoch}: skipped {batches.skipped - skipped} training image(s) that could "
-                                  "not be read while streaming")
+        components.report_skipped(self, epoch, batches.skipped - skipped)
         seconds = earlier_seconds + time.perf_counter() - started
         loss_sum, correct, seen = sum_over_ranks(loss_sum, correct, seen, self.dist, unwrap(model))
         return {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1),

@@ -92,23 +92,6 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, pos_weight: tor
     return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
-def training_loss(logits: torch.Tensor, labels: torch.Tensor, *, task: str, class_weights: torch.Tensor | None,
-                  smoothing: float, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Training's loss for either task: cross-entropy (``class_weights`` per class) or, multi-label, binary
-    cross-entropy (``class_weights`` weighting each label's positives); ``weights``: each image's weight (a
-    label file's ``weight`` column), a weighted mean over the images."""
-    import torch.nn.functional as F
-
-    if task == MULTILABEL:
-        return multilabel_loss(logits, labels, class_weights, smoothing, weights)
-    if weights is None:
-        return F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=smoothing)
-    per_image = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=smoothing, reduction="none")
-    if class_weights is not None and labels.dim() == 1:
-        weights = weights * class_weights[labels]
-    return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
-
-
 def correct_count(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
     """Training accuracy's numerator: images whose class (single) or whole set of labels at 0.5 is right."""
     if task == MULTILABEL:
