@@ -268,3 +268,17 @@ def test_per_image_weights_weigh_the_multilabel_loss_too() -> None:
                           training_loss(logits, targets, "multilabel", None, 0.0, torch.tensor([1.0, 1, 1, 0, 0])))
     doubled = training_loss(logits, targets, "multilabel", None, 0.0, torch.tensor([2.0, 1, 1, 1, 1]))
     assert torch.allclose(doubled, loss(torch.cat([logits, logits[:1]]), torch.cat([targets, targets[:1]])))
+
+
+def test_the_server_rows_are_predicts_json_rows(trained, tmp_path: Path) -> None:
+    from cnnctl.engine.predict import Predictor, load_for_inference, predictions_json
+    from cnnctl.serve.app import rows
+
+    model, _ = load_for_inference(trained.best_path)
+    predictor = Predictor(model, model.cnnctl_meta)
+    paths, _ = write_pngs(tmp_path / "images", count=2)
+    predictions = list(predictor.predict_files(paths))
+    assert rows(predictions) == json.loads(predictions_json(predictions, multilabel=True))
+    assert set(rows(predictions)[0]) == {"path", "labels", "probabilities", "error"}
+    with pytest.raises(UsageError, match="--reject-below .* does not apply to multi-label"):
+        Predictor(model, model.cnnctl_meta, reject_below=0.5)
