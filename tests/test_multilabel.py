@@ -282,3 +282,10 @@ def test_the_server_rows_are_predicts_json_rows(trained, tmp_path: Path) -> None
     assert set(rows(predictions)[0]) == {"path", "labels", "probabilities", "error"}
     with pytest.raises(UsageError, match="--reject-below .* does not apply to multi-label"):
         Predictor(model, model.cnnctl_meta, reject_below=0.5)
+
+
+def test_task_multilabel_trains_single_label_data_with_a_sigmoid_each(micro_digits, tmp_path: Path) -> None:
+    run = cnnctl.train("lenet5", dataset="microdigits", task="multilabel", out=str(tmp_path), **{**FAST, "epochs": 1})
+    meta = cnnctl.checkpoint.read_meta(run.best_path)
+    assert meta.task == "multilabel" and len(meta.thresholds) == 4
+    assert run.results["task"] == "multilabel" and 0 <= run.results["test_map"] <= 1
