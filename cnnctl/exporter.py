@@ -78,6 +78,7 @@ class ExportResult:
     tolerance: float
     verified_on: str  # which inputs the comparison used, in words
     verified_count: int
+    label_decisions: int | None = None  # multi-label: the (image, label) decisions at the thresholds compared
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -122,11 +123,29 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
     if not max_abs_diff <= tolerance:  # also catches NaN
         raise CnnctlError(f"the {format} export differs from PyTorch by up to {max_abs_diff:.3g} "
                           f"(> {tolerance:g}) on {verified_on}; nothing was written")
+    decided = compare_label_decisions(meta, expected, actual, tolerance) if meta.multilabel else None
     result = ExportResult(model_path, preprocessing_path, format, dynamic_batch, opset, max_abs_diff,
-                          tolerance, verified_on, int(inputs.shape[0]))
+                          tolerance, verified_on, int(inputs.shape[0]), decided)
     atomic_write_bytes(model_path, data)
     atomic_write_text(preprocessing_path, json.dumps(preprocessing_document(meta, result), indent=2) + "\n")
     return result
+
+
+def compare_label_decisions(meta: CheckpointMeta, expected: torch.Tensor, actual: torch.Tensor,
+                            tolerance: float) -> int:
+    """Multi-label: the labels the export gives at the checkpoint's thresholds (those the preprocessing JSON
+    states) must be PyTorch's, except where a probability lies within ``tolerance`` of its threshold. Returns the
+    number of (image, label) decisions compared."""
+    import torch
+
+    thresholds = torch.tensor(meta.resolved_thresholds, dtype=torch.float32).view(1, -1)
+    theirs, ours = actual.float().sigmoid(), expected.float().sigmoid()
+    differ = ((theirs >= thresholds) != (ours >= thresholds)) & ((ours - thresholds).abs() > tolerance)
+    if bool(differ.any()):
+        image, label = (int(v) for v in differ.nonzero()[0])
+        raise CnnctlError(f"the export decides label {meta.classes[label]!r} of verification image {image} unlike "
+                          f"PyTorch at its threshold {float(thresholds[0, label]):.4g}; nothing was written")
+    return int(differ.numel())
 
 
 def require_onnx() -> None:
@@ -371,9 +390,13 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
         "input_shape": [channels, input_height, input_width],
         "input_dtype": "float32",
         "output_name": OUTPUT_NAME,
-        "output": f"logits, N x {meta.num_classes}; softmax(logits / temperature) gives class probabilities in "
-                  "the order of classes" + ("; answer 'unknown' when the top probability is below reject_below"
-                                            if threshold is not None else ""),
+        "output": (f"logits, N x {meta.num_classes}; a sigmoid per class gives its probability, and an image has "
+                   "every class whose probability is at or above its threshold (thresholds, in the order of classes)"
+                   if meta.multilabel else
+                   f"logits, N x {meta.num_classes}; softmax(logits / temperature) gives class probabilities in "
+                   "the order of classes" + ("; answer 'unknown' when the top probability is below reject_below"
+                                             if threshold is not None else "")),
+        **({"task": meta.task, "thresholds": meta.resolved_thresholds} if meta.multilabel else {}),
         "temperature": temperature,  # `cnnctl calibrate` (1: not calibrated); the exported graph outputs raw logits
         "reject_below": threshold,  # `cnnctl calibrate --target-error`, or null
         "steps": steps,
@@ -386,7 +409,10 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
         "batch": "any" if result.dynamic_batch else 1,
         **({"opset": result.opset} if result.opset is not None else {}),
         "verification": {"max_abs_diff": result.max_abs_diff, "tolerance": result.tolerance,
-                         "inputs": result.verified_on},
+                         "inputs": result.verified_on,
+                         **({"label_decisions": f"{result.label_decisions} (image, label) decisions at the "
+                                                "thresholds agree with PyTorch's"}
+                            if result.label_decisions is not None else {})},
     }
     document["exports"] = dict(sorted(exports.items()))
     return document
@@ -401,8 +427,8 @@ def _other_exports(path: Path, document: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     shared = ("format", "arch", "classes", "channels", "image_size", "resize", "interpolation", "pad", "mean", "std",
-              "input_shape")
-    if any(earlier.get(key) != document[key] for key in shared):
+              "input_shape", "task", "thresholds")
+    if any(earlier.get(key) != document.get(key) for key in shared):
         return {}
     return {name: entry for name, entry in exports.items() if (path.parent / name).is_file()}
 

@@ -40,7 +40,8 @@ here); its preprocessing is written beside it as JSON."""
     batch = "any batch size" if result.dynamic_batch else "batch size 1"
     print(f"wrote {result.model_path} ({kind}, {batch}) and {result.preprocessing_path.name}")
     print(f"verified on {result.verified_on}: max abs difference from PyTorch {result.max_abs_diff:.2e} "
-          f"(tolerance {result.tolerance:g})")
+          f"(tolerance {result.tolerance:g})" + (f"; {result.label_decisions:,} label decisions at the thresholds "
+                                                 "agree" if result.label_decisions is not None else ""))
 
 
 declare(export_command, EXPORT, leading=[inspect.Parameter(

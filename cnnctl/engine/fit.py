@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from cnnctl.checkpoint import unwrap
 from cnnctl.data.image_stats import training_image_stats
 from cnnctl.data.loader import default_batch_size
-from cnnctl.data.mixing import hard_labels
 from cnnctl.data.splits import PreparedData
 from cnnctl.data.splits import prepare_data as prepare
 from cnnctl.engine import components, distributed
@@ -44,6 +43,7 @@ from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interru
 from cnnctl.engine.linear_probe import check_probe_head, probe_epoch
 from cnnctl.engine.loggers import build_loggers
 from cnnctl.engine.lr_sweep import resolve_auto_lr
+from cnnctl.engine.multilabel import correct_count, resolve_task, task_settings
 from cnnctl.engine.optim import build_optimizer
 from cnnctl.engine.precision import resolve_precision
 from cnnctl.engine.run_folder import RunFolder, default_run_name
@@ -130,6 +130,7 @@ class Trainer:
         self.pretrained: Any = None  # --pretrained: the PretrainedReport the checkpoints' metadata keeps
         self.distillation: Distillation | None = None  # --teacher: the teacher and the mixed loss (engine/distill.py)
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
+        self.task, self.thresholds = "single", None  # multilabel: per-label thresholds from the last validation
 
     @classmethod
     def resuming(cls, path: str | Path, overrides: dict[str, Any] | None = None, reporter: Reporter | None = None,
@@ -217,6 +218,7 @@ class Trainer:
             self.reporter.message(self.precision.note)
         self.data = distributed.in_turn(self.dist, lambda: prepare_data(config, self.reporter))
         self.image_stats = measure_training_images(self.data)
+        self.task = config.task = task_settings(config, resolve_task(config.task, self.data, self.reporter.message))
         if config.batch_size is None:  # the default depends on the training set (data/loader.py)
             config.batch_size = default_batch_size(len(self.data.train))
             if self.dist.enabled:
@@ -276,7 +278,8 @@ class Trainer:
         """The training loss, defined once: the epochs and the learning-rate sweep both use it. ``weights``: each
         image's weight (a label file's ``weight`` column), a weighted mean like the class weights'. With
         --teacher (and the batch's ``inputs``) it mixes in the teacher's softened outputs (engine/distill.py)."""
-        hard = components.cross_entropy(logits, labels, self.class_weights, self.config.label_smoothing, weights)
+        hard = components.training_loss(logits, labels, self.task, self.class_weights, self.config.label_smoothing,
+                                        weights)
         if self.distillation is None or inputs is None:
             return hard
         teacher = self.distillation.teacher_logits(inputs, self.train_batches.last_index)
@@ -319,7 +322,7 @@ class Trainer:
             detached = loss.detach().float()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), index, first_bad)
             loss_sum += detached * labels.shape[0]
-            correct += (logits.detach().argmax(1) == hard_labels(labels)).sum()  # mixup: the dominant label
+            correct += correct_count(logits.detach(), labels, self.task)  # mixup: the dominant label
             seen += int(labels.shape[0])
             if (index + 1) % check_every == 0 or index + 1 == steps:
                 check_finite(self, first_bad, epoch, steps)

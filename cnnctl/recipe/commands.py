@@ -22,6 +22,9 @@ TTA_MODES = ("none", "flip", "crop", "flip-crop")
 TTA_HELP = ("test-time augmentation: average the probabilities over the image and its mirror (flip), the image and "
             "4 shifted copies (crop), or both (flip-crop, 10 views); mirrors suit natural images, not digits")
 DEVICE_HELP = "auto, cpu, cuda or mps"
+THRESHOLDS_HELP = ("multi-label checkpoints: the decision thresholds, one number from 0 to 1 for every label or one "
+                   "per label (comma-separated, in the order of the classes) \\[default: the checkpoint's, tuned on "
+                   "the validation split]")
 SEARCH = "Search"
 WHERE = "Storage, workers and resume"
 SWEEP = "Sweep"
@@ -62,6 +65,7 @@ EVAL: tuple[Option, ...] = (
             "(cleanlab: pip install 'cnnctl\\[labels]'); in the report and its label_issues.csv"),
     _option("top_losses", int, 32, "images in the report's top-losses grid", minimum=0),
     _tta(),
+    _option("thresholds", str, None, THRESHOLDS_HELP, metavar="T[,T...]"),
 )
 
 PREDICT: tuple[Option, ...] = (
@@ -80,6 +84,7 @@ PREDICT: tuple[Option, ...] = (
     _option("reject_below", float, None, "answer 'unknown' for images whose top probability (after the checkpoint's "
            "calibration temperature) is below P; 0 answers every image", derived="the threshold `cnnctl calibrate "
            "--target-error` stored, else none", metavar="P", minimum=0, maximum=1),
+    _option("thresholds", str, None, THRESHOLDS_HELP, metavar="T[,T...]"),
     _option("pretrained", str, None, "classify with ImageNet weights, no training: the first argument is then the "
             "architecture (cnnctl predict tv:resnet50 --pretrained imagenet photo.jpg); imagenet, a weights name, or "
             "a .pth/.safetensors file", metavar="WEIGHTS", config=False),

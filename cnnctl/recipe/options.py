@@ -239,6 +239,10 @@ OPTIONS: tuple[Option, ...] = (
            synonyms=("cache_images", "in_memory", "streaming")),
     Option("class_weights", str, None, "weight the training loss per class: auto (inverse frequency) or a JSON/CSV "
            "file of class name → weight", panel=DATA, check=_class_weights, synonyms=("class_weight", "weights_file")),
+    Option("task", str, "auto", "single: one class per image (softmax); multilabel: any number of labels per image "
+           "(a sigmoid per label, binary cross-entropy, per-label thresholds tuned on the validation split); auto: "
+           "multilabel when an image of the data has several labels", panel=DATA,
+           choices=lambda: ("auto", "single", "multilabel"), synonyms=("multilabel", "multi_label", "problem")),
     Option("sampler", str, "shuffle", "how each epoch draws training images: shuffle, or balanced (every class "
            "equally often, with replacement)", panel=DATA, choices=lambda: ("shuffle", "balanced")),
     # model
@@ -353,9 +357,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("patience", int, None, "early stopping: stop after this many epochs without improvement of --monitor",
            panel=RUN, minimum=1, resumable=True, synonyms=("early_stopping", "early_stop")),
     Option("monitor", str, "val_acc", "picks best.safetensors (equal values: the lower val_loss), early stopping "
-           "and plateau", panel=RUN,
-           choices=lambda: ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc"), synonyms=("metric",),
-           unsearchable="it is the objective the search optimises (--monitor)"),
+           "and plateau (multi-label: val_acc is the subset accuracy, val_map the mean average precision)",
+           panel=RUN, choices=lambda: ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_map"),
+           synonyms=("metric",), unsearchable="it is the objective the search optimises (--monitor)"),
     Option("keep", int, 1, "keep the K best epochs in checkpoints/ (best.safetensors is always the best)",
            panel=RUN, minimum=1, resumable=True, synonyms=("save_top_k", "top_k", "keep_best")),
     Option("deterministic", bool, False, "deterministic kernels: the same seed gives the same weights", panel=RUN),

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 SPEC_FILE = "tune.json"
 STUDY_ATTR = "cnnctl_search"
 PRUNERS = ("median", "hyperband", "none")
-DIRECTIONS = {"val_acc": "maximize", "val_loss": "minimize"}
+DIRECTIONS = {"val_acc": "maximize", "val_loss": "minimize", "val_map": "maximize"}  # val_map: multi-label
 
 
 @dataclass
@@ -130,6 +130,8 @@ def new_spec(options: dict[str, Any], space: list[Param], *, trials: int | None 
     """A new search over ``space`` from train ``options`` (already converted to their types). Also returns the
     folder that holds searches (``out``) and whether a ``name`` was given (else ``ARCH-DATASET``, numbered)."""
     options = dict(options)
+    if options.get("task") == "multilabel" and "monitor" not in options:  # mean average precision: threshold-free
+        options["monitor"] = "val_map"
     if not options.get("arch"):
         raise UsageError("name an architecture to search with", hint="e.g. cnnctl tune lenet5 --param lr=...")
     name = options.pop("name", None)
