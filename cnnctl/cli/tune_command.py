@@ -68,7 +68,7 @@ def tune(
                              hint="with --resume give only --trials, --timeout, --workers or --storage")
         search = search_module.open_search(resume, storage_url=storage, trials=trials)
         if not worker:
-            with search_module.budget_lock(search.tune_dir):
+            with search_module.budget_lock(search):
                 continued = search_module.continue_interrupted(search)
             if continued:
                 stderr_line(f"continuing interrupted trial(s) {', '.join(map(str, continued))} from their run "

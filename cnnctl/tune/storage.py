@@ -3,9 +3,13 @@ one study between machines). Connection problems are one line, said before any t
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import random
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ DEFAULT_DB = "optuna.db"
 # GRACE_S and is marked failed by the next process that starts a trial, so its slot in the budget is run again.
 HEARTBEAT_S = 10
 GRACE_S = 60
+GRACE_ENV = "CNNCTL_TUNE_GRACE_S"  # a shorter (or longer) grace period, in seconds
 SCHEMA_RACE_ATTEMPTS = 5
 SQLITE_BUSY_TIMEOUT_S = 120  # several processes write one SQLite file: wait for the lock rather than fail
 
@@ -61,8 +66,10 @@ def open_storage(url: str) -> Any:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    grace = grace_period()
                     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                      heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+                                                      heartbeat_interval=min(HEARTBEAT_S, max(1, grace // 3)),
+                                                      grace_period=grace)
             except sqlalchemy.exc.SQLAlchemyError as error:
                 # Processes that open a new database at the same moment all create its tables: the losers see
                 # "already exists" (or a duplicate version row) and find the tables there when they try again.
@@ -73,14 +80,69 @@ def open_storage(url: str) -> Any:
                 time.sleep(0.5 + random.random())
         raise AssertionError("unreachable")
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as error:
-        driver = getattr(error, "name", None) or str(error).split(":")[-1].strip()
-        raise UsageError(f"{where}: the database driver is not installed ({driver})",
-                         hint="e.g. pip install psycopg2-binary for postgresql://, pymysql for mysql+pymysql://"
-                         ) from None
+        cause: BaseException | None = error
+        while cause is not None and not getattr(cause, "name", None):  # Optuna wraps the driver's ImportError
+            cause = cause.__cause__ or cause.__context__
+        driver = getattr(cause, "name", None) or str(error).split(":")[-1].strip()
+        hint = {"psycopg": "pip install 'psycopg[binary]' (it comes with cnnctl[tune])",
+                "psycopg2": "pip install psycopg2-binary"}.get(str(driver).split(".")[0],
+                                                                "e.g. pymysql for mysql+pymysql://")
+        raise UsageError(f"{where}: the database driver is not installed ({driver})", hint=hint) from None
     except sqlalchemy.exc.SQLAlchemyError as error:
         reason = " ".join(str(getattr(error, "orig", None) or error).split())
         raise UsageError(f"{where}: cannot connect ({reason[:300]})",
                          hint="check the host, port, database name and credentials") from None
+
+
+def grace_period() -> int:
+    """Seconds without a heartbeat after which a running trial counts as lost: ``$CNNCTL_TUNE_GRACE_S``, else 60.
+    The heartbeat comes every third of it (at most every 10 s)."""
+    text = os.environ.get(GRACE_ENV)
+    if not text:
+        return GRACE_S
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise UsageError(f"{GRACE_ENV}={text}: the grace period is a whole number of seconds, at least 2")
+    return value
+
+
+@contextlib.contextmanager
+def server_lock(url: str, name: str) -> Iterator[Callable[[], None]]:
+    """An exclusive lock that every process on every machine sharing the database ``url`` sees (PostgreSQL's
+    advisory lock, held by this connection's session, so it goes with a process that dies): counting the budget
+    and starting a trial are one step across machines too. Yields ``release``. On SQLite (one machine) the
+    search folder's lock file does this, and nothing is locked here."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    if make_url(url).get_backend_name() != "postgresql":
+        yield lambda: None
+        return
+    key = int.from_bytes(hashlib.sha256(f"cnnctl tune {name}".encode()).digest()[:8], "big", signed=True)
+    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    connection = engine.connect()
+    held = True
+
+    def release() -> None:
+        nonlocal held
+        if held:
+            held = False
+            with contextlib.suppress(Exception):  # a server gone away has released it already
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+
+    try:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        yield release
+    finally:
+        release()
+        connection.close()
+        engine.dispose()
 
 
 def _prepare_sqlite_file(path: Path, where: str) -> None:

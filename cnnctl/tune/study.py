@@ -34,7 +34,7 @@ from cnnctl.fsutil import atomic_write_text
 from cnnctl.registry import get_model_spec, suggest
 from cnnctl.tune.report import trial_line
 from cnnctl.tune.space import MACHINE_OPTIONS, Param, _render, apply_params, space_from_document, space_to_document
-from cnnctl.tune.storage import default_url, open_storage, shown_url
+from cnnctl.tune.storage import default_url, open_storage, server_lock, shown_url
 from cnnctl.tune.trainer import PruningCallback, TrialReporter
 
 if TYPE_CHECKING:
@@ -285,11 +285,31 @@ def counted_trials(study: optuna.Study) -> int:
     return count
 
 
+def waiting_trials(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
 @contextlib.contextmanager
-def budget_lock(tune_dir: Path) -> Iterator[Any]:
-    """Held from counting the study's trials until the next trial exists, so that processes sharing this folder
-    (``--workers``) never start one trial more than the budget. Processes on other machines with their own
-    folder can overshoot by one trial each, at most."""
+def budget_lock(search: Search) -> Iterator[Any]:
+    """Held from counting the study's trials until the next trial exists, so that processes sharing the study
+    never start one trial more than the budget: a lock file in the search folder (processes on this machine,
+    ``--workers``) and, on a PostgreSQL storage, an advisory lock in the database (every machine). Yields
+    ``release``."""
+    with contextlib.ExitStack() as stack:
+        server_release = stack.enter_context(server_lock(search.url, search.spec.study_name))
+        file_release = stack.enter_context(_folder_lock(search.tune_dir))
+
+        def release() -> None:
+            file_release()
+            server_release()
+
+        yield release
+
+
+@contextlib.contextmanager
+def _folder_lock(tune_dir: Path) -> Iterator[Any]:
     try:
         import fcntl
     except ImportError:  # no advisory locks (Windows): the count alone decides
@@ -417,12 +437,12 @@ def work(search: Search, *, timeout: float | None = None, quiet: bool = False) -
         print(trial_line(trial, search.spec.monitor), file=sys.stderr, flush=True)
 
     while deadline is None or time.monotonic() < deadline:
-        with budget_lock(search.tune_dir) as release:
+        with budget_lock(search) as release:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(search.study)
-            if counted_trials(search.study) >= search.spec.trials:
-                break
+            if counted_trials(search.study) >= search.spec.trials and not waiting_trials(search.study):
+                break  # a waiting trial (a continuation queued by --resume) is in the budget already: it runs
 
             def objective(trial: optuna.Trial, release: Any = release) -> float:
                 release()  # the trial exists: other processes may count it now
