@@ -79,7 +79,16 @@ def open_storage(url: str) -> Any:
                     raise
                 time.sleep(0.5 + random.random())
         raise AssertionError("unreachable")
-    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as error:
+    except sqlalchemy.exc.NoSuchModuleError:
+        import difflib
+
+        kind = parsed.drivername.split("+")[0]
+        known = ["sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql"]
+        close = difflib.get_close_matches(kind, known, n=1)
+        raise UsageError(f"{where}: {kind}:// is not a database SQLAlchemy knows"
+                         + (f" (did you mean {close[0]}://?)" if close else ""),
+                         hint="e.g. sqlite:///runs/study.db or postgresql://user@host/dbname") from None
+    except ImportError as error:
         cause: BaseException | None = error
         while cause is not None and not getattr(cause, "name", None):  # Optuna wraps the driver's ImportError
             cause = cause.__cause__ or cause.__context__
