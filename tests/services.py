@@ -251,3 +251,65 @@ def _wait_healthy(uri: str, process: subprocess.Popen, log: Path, timeout: float
         if process.poll() is not None or time.monotonic() > deadline:
             raise ServiceError(f"mlflow server at {uri} is not healthy: {tail(log)}")
         time.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------------ a server that goes away
+class TcpProxy:
+    """Forwards 127.0.0.1:``port`` to 127.0.0.1:``target``; :meth:`close` makes the server behind it "go away"
+    (open connections are cut, new ones refused) without stopping the server itself."""
+
+    def __init__(self, target: int):
+        import threading
+
+        self.target = target
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = int(self.listener.getsockname()[1])
+        self.connections: list[socket.socket] = []
+        self.closed = False
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                if self.closed:
+                    client.close()
+                    upstream.close()
+                    return
+                self.connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.listener.close()
+            for connection in self.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
