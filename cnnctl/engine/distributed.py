@@ -302,6 +302,26 @@ def stop_agreed(flag: bool, context: DistContext, device: torch.device, batches_
     return any_rank(bool(flag), context, device)
 
 
+def peer_lost(error: BaseException, context: DistContext, run_dir: Path | None) -> CnnctlError | None:
+    """The one-line error for a collective that failed because another process of the run is gone (its machine
+    was lost, it was killed, its network went away): gloo's and NCCL's errors, torch.distributed's DistError.
+    None for any other error. The last finished epoch is in the run folder; the same launch with ``--resume``
+    continues it."""
+    if not context.enabled or not isinstance(error, RuntimeError):
+        return None
+    import torch.distributed as dist
+
+    text = str(error)
+    if not (isinstance(error, getattr(dist, "DistError", ())) or "gloo" in text or "NCCL" in text
+            or "Connection reset by peer" in text or "Connection closed by peer" in text):
+        return None
+    reason = " ".join(text.split("] ", 1)[-1].split()).split(". ")[0][:160]  # gloo: "[file.cc:545] Read error..."
+    where = f"the last finished epoch is saved in {run_dir}" if run_dir is not None else "nothing was saved yet"
+    return CnnctlError(f"process {context.rank} of {context.world_size}: another training process is gone ({reason}); "
+                       f"{where}", hint=f"start the same launch on every node with `train --resume {run_dir}` in "
+                                        "place of the train options" if run_dir is not None else "start it again")
+
+
 # ------------------------------------------------------------------------------------------------ the launcher
 def worker_program() -> list[str]:
     """How each rank starts cnnctl: ``-m cnnctl``, or the same Python script when one was run as this process's
