@@ -100,16 +100,11 @@ class Postgres:
 
     def create_database(self, name: str) -> str:
         """A new, empty database; returns its URL."""
-        import psycopg2
+        import psycopg
 
-        connection = psycopg2.connect(self.admin_url)
-        try:
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
-                cursor.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            connection.close()
+        with psycopg.connect(self.admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
     def stop(self) -> None:
@@ -182,14 +177,14 @@ def postgres_server() -> Iterator[Postgres]:
 
 
 def _wait_until_accepting(server: Postgres, log: Path, timeout: float = 30) -> None:
-    import psycopg2
+    import psycopg
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            psycopg2.connect(server.admin_url, connect_timeout=3).close()
+            psycopg.connect(server.admin_url, connect_timeout=3).close()
             return
-        except psycopg2.OperationalError as error:
+        except psycopg.OperationalError as error:
             if time.monotonic() > deadline:
                 raise ServiceError(f"postgres on port {server.port} does not accept connections: {error} "
                                    f"{tail(log)}") from error

@@ -7,11 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from real_mnist import write_mnist_folder
@@ -35,11 +37,13 @@ def train_args(digits: Path, out: Path, epochs: int) -> list[str]:
             "20", "--no-plots", "--threads", "1", "--device", "cpu", "--deterministic", "--out", str(out)]
 
 
-def node(port: int, args: list[str], *, conf: str = "join_timeout=60") -> subprocess.Popen[str]:
+def node(port: int, args: list[str], *, conf: str = "join_timeout=60", start: bool = True) -> Any:
     """One node of the docs' recipe: ``torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d
     --rdzv-endpoint HOST:PORT --rdzv-id ID --rdzv-conf join_timeout=60 -m cnnctl train ...``."""
     command = [TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
                f"127.0.0.1:{port}", "--rdzv-id", "digits", "--rdzv-conf", conf, "-m", "cnnctl", *args]
+    if not start:
+        return command
     return subprocess.Popen(command, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -78,9 +82,28 @@ def kill_node(process: subprocess.Popen[str]) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def documented_recipe(port: int, digits: Path, out: Path) -> list[str]:
+    """docs/scale-out.md's multi-machine recipe, word for word, with this machine's address and folders."""
+    text = (Path(__file__).parent.parent / "docs" / "scale-out.md").read_text()
+    block = text.split("the rendezvous endpoint; any node can be it):\n\n```sh\n", 1)[1].split("```", 1)[0]
+    command = block.replace("\\\n", " ").replace("node1:29500", f"127.0.0.1:{port}")
+    command = command.replace("/shared/digits", str(digits)).replace("/shared/runs", str(out))
+    words = shlex.split(command)
+    assert words[0] == "torchrun"
+    return [TORCHRUN, *words[1:]]
+
+
+def test_the_documented_recipe_is_what_the_tests_run(digits: Path, tmp_path: Path) -> None:
+    recipe = documented_recipe(1234, digits, tmp_path)
+    launched = node(1234, train_args(digits, tmp_path, 2), start=False)
+    assert recipe == launched
+
+
 def test_two_nodes_train_exactly_like_one_node_with_two_processes(digits: Path, tmp_path: Path) -> None:
     port = free_port()
-    nodes = [node(port, train_args(digits, tmp_path / "two-nodes", 2)) for _ in range(2)]
+    nodes = [subprocess.Popen(documented_recipe(port, digits, tmp_path / "two-nodes"), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+             for _ in range(2)]
     for code, _, err in both(nodes):
         assert code == 0, err
     two_nodes = the_run(tmp_path / "two-nodes")

@@ -39,6 +39,25 @@ def shown_url(url: str) -> str:
         return url
 
 
+def with_driver(url: str) -> str:
+    """``postgresql://`` with the PostgreSQL driver that is installed: psycopg (3, which ``cnnctl[tune]`` brings
+    and SQLAlchemy 2.1 picks by default) or psycopg2 (SQLAlchemy 2.0's default). Any other URL as given."""
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - open_storage says what is wrong with it
+        return url
+    if parsed.drivername != "postgresql":
+        return url
+    for module, driver in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return parsed.set(drivername=driver).render_as_string(hide_password=False)
+    return url
+
+
 def open_storage(url: str) -> Any:
     """An ``optuna.storages.RDBStorage`` on ``url`` with the study tables created, or one line saying why not."""
     import optuna
@@ -67,7 +86,7 @@ def open_storage(url: str) -> Any:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     grace = grace_period()
-                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                    return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs,
                                                       heartbeat_interval=min(HEARTBEAT_S, max(1, grace // 3)),
                                                       grace_period=grace)
             except sqlalchemy.exc.SQLAlchemyError as error:
@@ -93,7 +112,7 @@ def open_storage(url: str) -> Any:
         while cause is not None and not getattr(cause, "name", None):  # Optuna wraps the driver's ImportError
             cause = cause.__cause__ or cause.__context__
         driver = getattr(cause, "name", None) or str(error).split(":")[-1].strip()
-        hint = {"psycopg": "pip install 'psycopg[binary]' (it comes with cnnctl[tune])",
+        hint = {"psycopg": "pip install 'cnnctl[tune]' (it brings psycopg)",
                 "psycopg2": "pip install psycopg2-binary"}.get(str(driver).split(".")[0],
                                                                 "e.g. pymysql for mysql+pymysql://")
         raise UsageError(f"{where}: the database driver is not installed ({driver})", hint=hint) from None
@@ -132,7 +151,7 @@ def server_lock(url: str, name: str) -> Iterator[Callable[[], None]]:
         yield lambda: None
         return
     key = int.from_bytes(hashlib.sha256(f"cnnctl tune {name}".encode()).digest()[:8], "big", signed=True)
-    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    engine = create_engine(with_driver(url), poolclass=NullPool, connect_args={"connect_timeout": 10})
     connection = engine.connect()
     held = True
 
