@@ -122,7 +122,7 @@ def test_two_nodes_train_exactly_like_one_node_with_two_processes(digits: Path, 
 
 def test_a_lost_node_ends_both_and_the_run_resumes(digits: Path, tmp_path: Path) -> None:
     out = tmp_path / "runs"
-    epochs = 60
+    epochs = 40
     port = free_port()
     first, second = [node(port, train_args(digits, out, epochs)) for _ in range(2)]
     deadline = time.monotonic() + 120
@@ -168,11 +168,11 @@ def test_a_lost_node_ends_both_and_the_run_resumes(digits: Path, tmp_path: Path)
 def test_a_rendezvous_nobody_answers_times_out(digits: Path, tmp_path: Path) -> None:
     started = time.monotonic()
     lonely = node(free_port(), train_args(digits, tmp_path / "runs", 1),
-                  conf="join_timeout=10,read_timeout=5,is_host=false")  # a node that is not the endpoint's host
+                  conf="join_timeout=6,read_timeout=3,is_host=false")  # a node that is not the endpoint's host
     code, _, err = both([lonely], timeout=120)[0]
     seconds = time.monotonic() - started
     assert code != 0 and seconds < 90, seconds
     assert "RendezvousConnectionError: The connection to the C10d store has failed" in err
-    assert "The client socket has timed out after 5000ms while trying to connect to (127.0.0.1" in err
+    assert "The client socket has timed out after 3000ms while trying to connect to (127.0.0.1" in err
     assert not (tmp_path / "runs").exists()
     print(f"an endpoint nobody answers: torchrun gave up after {seconds:.1f} s")

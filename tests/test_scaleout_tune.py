@@ -29,7 +29,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def search_args(digits: Path, out: Path, trials: int) -> list[str]:
     """The same command on every machine; only --out (each machine's own disk) differs."""
-    return ["tune", "lenet5", "--data", str(digits), "--val-split", "40", "--epochs", "4", "--batch-size", "20",
+    return ["tune", "lenet5", "--data", str(digits), "--val-split", "40", "--epochs", "3", "--batch-size", "20",
             "--no-plots", "--threads", "1", "--device", "cpu", "--name", "shared", "--trials", str(trials),
             "--param", "lr=loguniform:1e-5:1e-1", "--pruner-startup", "2", "--out", str(out), "-q"]
 
