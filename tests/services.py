@@ -59,7 +59,7 @@ def tail(log: Path, lines: int = 8) -> str:
         return "(no log)"
 
 
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5) -> None:
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)

@@ -94,7 +94,7 @@ def test_a_server_that_goes_away_costs_the_log_not_the_training(mlflow_tracking,
     proxy = TcpProxy(int(mlflow_tracking.uri.rsplit(":", 1)[1]))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{proxy.port}")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", EXPERIMENT + "-gone")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.2")  # the default (1) waits 1+2+4 s once
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")  # cnnctl's default (1) waits 1+2+4 s once
     started = time.monotonic()
     reporter = Messages()
     result = cnnctl.train(data=str(digits), epochs=3, out=str(tmp_path / "runs"), logger="mlflow", plots=False,
