@@ -133,7 +133,7 @@ def test_three_machines_share_one_postgres_study(postgres, digits: Path, tmp_pat
     print(f"three processes, 6 trials: {first_phase:.1f} s")
 
 
-def test_connection_problems_are_one_line(postgres, tmp_path: Path) -> None:
+def test_connection_problems_are_one_line(postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = postgres.create_database("tune_errors")
     server_down = f"postgresql://cnnctl:x@127.0.0.1:{free_port()}/tune_errors"
     cases = {
@@ -150,3 +150,8 @@ def test_connection_problems_are_one_line(postgres, tmp_path: Path) -> None:
         assert result.exit_code != 0 and len(lines) == 1 and message in lines[0], (url, result.stderr)
         assert "wrong" not in lines[0] and PG_PASSWORD not in lines[0]  # the password is never shown
     assert list(tmp_path.iterdir()) == []  # nothing was made
+    monkeypatch.setenv("CNNCTL_TUNE_GRACE_S", "soon")
+    result = CliRunner().invoke(app, ["tune", "lenet5", "--param", "lr=loguniform:1e-4:1e-2", "--storage", good,
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        "error: CNNCTL_TUNE_GRACE_S=soon: the grace period is a whole number of seconds, at least 2")
