@@ -130,6 +130,10 @@ def test_three_machines_share_one_postgres_study(postgres, digits: Path, tmp_pat
     shown = CliRunner().invoke(app, ["tune", "--resume", str(machines["a"] / "tune-shared"), "--storage", url])
     assert shown.exit_code == 0, shown.output
     assert table_rows(shown.stdout) == rows
+    # and so does a machine without a search folder: the study by its name, read only
+    shown = CliRunner().invoke(app, ["tune", "--storage", url, "--name", "shared", "--out", str(tmp_path / "e")])
+    assert shown.exit_code == 0, shown.output
+    assert table_rows(shown.stdout) == rows and not (tmp_path / "e").exists()
     print(f"three processes, 6 trials: {first_phase:.1f} s")
 
 

@@ -266,6 +266,25 @@ def open_search(tune_dir: str | Path, *, storage_url: str | None = None, trials:
     return Search(tune_dir, spec, url, study)
 
 
+def show_search(url: str, name: str, out: str | Path) -> Search:
+    """The study ``name`` in the storage ``url``, read only and without a folder: its table on any machine
+    (``cnnctl tune --storage URL --name NAME``). ``out`` only names where its search folders would be."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise UsageError(f"the storage {_shown(url)} has no study {name!r}",
+                         hint=f"its studies: {', '.join(names)}" if names else "it holds no study yet") from None
+    saved = study.user_attrs.get(STUDY_ATTR)
+    if saved is None:
+        raise UsageError(f"the study {name!r} in {_shown(url)} was not made by cnnctl tune")
+    return Search(Path(out) / f"tune-{name}", SearchSpec(**saved), url, study)
+
+
 def write_spec(tune_dir: Path, spec: SearchSpec) -> None:
     atomic_write_text(tune_dir / SPEC_FILE, json.dumps(asdict(spec), indent=2, default=str) + "\n")
 
