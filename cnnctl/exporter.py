@@ -3,7 +3,8 @@
 The exported model takes the *normalised* float input (N×C×H×W, after resizing and padding) and returns logits,
 exactly like the PyTorch model. How to get from an image file to that input is written to
 ``<stem>.preprocessing.json`` in plain terms (size, padding, mean/std, class names), so the export can be used
-from any language without cnnctl. Before anything is written, the exported file is loaded by its own runtime
+from any language without cnnctl; a calibrated checkpoint's temperature and threshold (``cnnctl calibrate``) are in
+it too. Before anything is written, the exported file is loaded by its own runtime
 (onnxruntime, or ``torch.jit.load``) and run on a batch of inputs; its outputs must match PyTorch's.
 """
 
@@ -24,6 +25,7 @@ from cnnctl.data.download import is_present
 from cnnctl.data.folder import load_folder_eval_split
 from cnnctl.data.loader import Normalizer, fit_to_input
 from cnnctl.data.splits import eval_split
+from cnnctl.engine.calibration import stored_temperature, stored_threshold
 from cnnctl.errors import CnnctlError, UsageError, first_line
 from cnnctl.fsutil import STDOUT, atomic_write_bytes, atomic_write_text, is_folder, require_writable_file
 from cnnctl.registry import datasets, suggest
@@ -334,6 +336,7 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
     ``best.preprocessing.json``): what differs between them is listed under ``exports``, by file name.
     """
     prep = meta.preprocessing
+    temperature, threshold = stored_temperature(meta), stored_threshold(meta)
     channels, input_height, input_width = prep.input_shape
     height, width = prep.image_size
     colour = "grayscale (1 channel)" if channels == 1 else f"RGB ({channels} channels)"
@@ -368,7 +371,11 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
         "input_shape": [channels, input_height, input_width],
         "input_dtype": "float32",
         "output_name": OUTPUT_NAME,
-        "output": f"logits, N x {meta.num_classes}; softmax gives class probabilities in the order of classes",
+        "output": f"logits, N x {meta.num_classes}; softmax(logits / temperature) gives class probabilities in "
+                  "the order of classes" + ("; answer 'unknown' when the top probability is below reject_below"
+                                            if threshold is not None else ""),
+        "temperature": temperature,  # `cnnctl calibrate` (1: not calibrated); the exported graph outputs raw logits
+        "reject_below": threshold,  # `cnnctl calibrate --target-error`, or null
         "steps": steps,
         "checkpoint": {"dataset": meta.dataset, "epoch": meta.epoch, "metrics": meta.metrics or {}},
         "versions": versions(),
