@@ -200,7 +200,7 @@ class Mlflow:
 
     def stop(self) -> None:
         if self.process is not None:
-            stop(self.process)
+            stop(self.process, signal.SIGKILL)  # a throw-away server: nothing to shut down cleanly
 
 
 @contextlib.contextmanager
@@ -230,7 +230,7 @@ def mlflow_server(*, use_given: bool = True) -> Iterator[Mlflow]:
         yield Mlflow(uri, process, folder)
     finally:
         if process is not None:
-            stop(process)
+            stop(process, signal.SIGKILL)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -35,7 +35,8 @@ def history(run_dir: Path) -> list[dict[str, str]]:
 
 
 def test_a_run_and_its_resume_are_one_mlflow_run_on_the_server(mlflow_tracking, digits: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capfd: pytest.CaptureFixture[str]) -> None:
     from mlflow import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking.uri)
@@ -59,6 +60,8 @@ def test_a_run_and_its_resume_are_one_mlflow_run_on_the_server(mlflow_tracking, 
         logged = client.get_metric_history(run.info.run_id, column)
         assert [(m.step, m.value) for m in logged] == [(int(row["epoch"]), pytest.approx(float(row[column])))
                                                         for row in rows]
+    said = capfd.readouterr()
+    assert "View run" not in said.out and f"View run {run.info.run_name} at: {mlflow_tracking.uri}" in said.err
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"best.safetensors", "last.safetensors", "metrics.csv", "results.json", "config.yaml", "confusion.png",
             "curves.png"} <= artifacts, artifacts

@@ -22,7 +22,9 @@ override it).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,7 +178,8 @@ class MlflowLogger(Callback):
                     part.startswith(".") for part in relative.parts):
                 parent = relative.parent.as_posix()
                 self.client.log_artifact(self.run_id, str(path), artifact_path=None if parent == "." else parent)
-        self.client.set_terminated(self.run_id, "FINISHED")
+        with contextlib.redirect_stdout(sys.stderr):  # a server's "View run ... at: URL": stdout holds results
+            self.client.set_terminated(self.run_id, "FINISHED")
         _OPEN_RUNS.pop(self.run_id, None)
 
     def state_dict(self) -> dict[str, Any]:
