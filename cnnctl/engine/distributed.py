@@ -260,7 +260,14 @@ def join(context: DistContext, device: torch.device, batch_size: int, *, sync_bn
     if not context.enabled:
         return device, batch_size, False
     per_rank = check_world(batch_size, device, context.world_size, context.local_world_size, sync_bn=sync_bn)
-    device, owns_group = init_process_group(context, device)
+    try:
+        device, owns_group = init_process_group(context, device)
+        barrier(context)  # every process is here: one that stopped before (say, refused its run folder) shows now
+    except RuntimeError as error:
+        lost = peer_lost(error, context, None)
+        if lost is None:
+            raise
+        raise lost from None
     return device, per_rank, owns_group
 
 
@@ -316,10 +323,12 @@ def peer_lost(error: BaseException, context: DistContext, run_dir: Path | None) 
             or "Connection reset by peer" in text or "Connection closed by peer" in text):
         return None
     reason = " ".join(text.split("] ", 1)[-1].split()).split(". ")[0][:160]  # gloo: "[file.cc:545] Read error..."
-    where = f"the last finished epoch is saved in {run_dir}" if run_dir is not None else "nothing was saved yet"
-    return CnnctlError(f"process {context.rank} of {context.world_size}: another training process is gone ({reason}); "
-                       f"{where}", hint=f"start the same launch on every node with `train --resume {run_dir}` in "
-                                        "place of the train options" if run_dir is not None else "start it again")
+    if run_dir is None:
+        return CnnctlError(f"another training process is gone before training started ({reason})",
+                           hint="the other processes' messages say why")
+    return CnnctlError(f"another training process is gone ({reason}); the last finished epoch is saved in {run_dir}",
+                       hint=f"start the same launch on every node with `train --resume {run_dir}` in place of the "
+                            "train options")
 
 
 # ------------------------------------------------------------------------------------------------ the launcher
