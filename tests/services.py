@@ -138,7 +138,8 @@ def postgres_server() -> Iterator[Postgres]:
         return
     initdb, postgres = postgres_bin("initdb"), postgres_bin("postgres")
     owner = _as_postgres_user()
-    folder = Path(tempfile.mkdtemp(prefix="cnnctl-pg-"))
+    # as root, in /tmp: the postgres user must reach the folder (a root-only $TMPDIR would hide it)
+    folder = Path(tempfile.mkdtemp(prefix="cnnctl-pg-", dir="/tmp" if owner is not None else None))
     data, log = folder / "data", folder / "postgres.log"
     (folder / "pwfile").write_text(PG_PASSWORD + "\n")
     if owner is not None:
