@@ -71,6 +71,26 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
             process.wait()
 
 
+def _prctl() -> object:
+    """libc's prctl, looked up in this process (a child that dropped root may not read Python's own files)."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+PRCTL = _prctl()
+
+
+def die_with_parent(sig: int) -> None:
+    """In a child before exec (Linux): ``sig`` reaches it when the test process dies, even by kill -9, so a test
+    run that is killed leaves no server behind."""
+    if PRCTL is not None:
+        PRCTL(1, int(sig))  # PR_SET_PDEATHSIG
+
+
 # ------------------------------------------------------------------------------------------------ PostgreSQL
 def postgres_bin(name: str) -> str:
     """``initdb``/``postgres``: on PATH, else Debian's /usr/lib/postgresql/VERSION/bin (not on PATH there)."""
@@ -151,6 +171,7 @@ def postgres_server() -> Iterator[Postgres]:
         if owner is not None:
             os.setgid(owner[1])
             os.setuid(owner[0])
+        die_with_parent(signal.SIGINT)  # PostgreSQL's fast shutdown; after setuid, which clears it
 
     port = free_port()
     process = None
@@ -224,7 +245,7 @@ def mlflow_server(*, use_given: bool = True) -> Iterator[Mlflow]:
     try:
         with open(log, "w") as handle:
             process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=folder, env=env,
-                                       start_new_session=True)
+                                       start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGKILL))
         wait_for_port(port, process, "mlflow server", log, timeout=90)
         uri = f"http://127.0.0.1:{port}"
         _wait_healthy(uri, process, log)
