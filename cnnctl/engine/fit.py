@@ -180,6 +180,11 @@ class Trainer:
                     raise
                 raise interrupted_error(self.run_dir, "before the current epoch ended (its progress is lost)",
                                         None, self.dist.world_size) from None
+            except RuntimeError as error:  # a collective whose other side is gone: one line, not gloo's report
+                lost = distributed.peer_lost(error, self.dist, self.run_dir if self.folder.state.is_file() else None)
+                if lost is None:
+                    raise
+                raise lost from None
             result = FitResult(self.run_dir, self.folder.best, self.folder.last, self.history,
                                stopped_early=self.should_stop)
             self.callbacks.on_fit_end(self, result)

@@ -116,8 +116,8 @@ TUNE: tuple[Option, ...] = (
             panel=SEARCH, metavar="FILE", config=False),  # cnnctl.tune.search takes the mapping itself
     _option("pruner_startup", int, 2, "median pruner: trials that must finish before any is pruned", panel=SEARCH),
     _option("storage", str, None, "SQLAlchemy database URL of the study, e.g. postgresql://user@host/db, shared by "
-            "every process that runs this search \\[default: sqlite optuna.db in the search folder]", panel=WHERE,
-            metavar="URL", envvar="CNNCTL_TUNE_STORAGE"),
+            "every process that runs this search; with only --name NAME, show that study's table \\[default: "
+            "sqlite optuna.db in the search folder]", panel=WHERE, metavar="URL", envvar="CNNCTL_TUNE_STORAGE"),
     _option("workers", int, 1, "worker processes on this machine, sharing the study and the CPU cores", panel=WHERE,
             minimum=1, config=False),
     _option("resume", str, None, "continue the search in this folder (runs/tune-NAME): interrupted trials continue, "
