@@ -153,7 +153,6 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ the run
     def run(self) -> FitResult:
-
         self.lr_sweep = resolve_auto_lr(type(self), self.config, self.reporter.message)  # --lr auto: a sweep first
         complete_config(self.config)
         with deterministic_mode(self.config.deterministic), contextlib.ExitStack() as locked:
@@ -250,8 +249,7 @@ class Trainer:
                                                self.reporter.message)
         self.schedule = build_schedule(config, self.optimizer, steps_per_epoch=len(self.train_batches),
                                        monitor=self.monitor)
-        self.scaler = self.precision.make_scaler()
-        self.tracker = MetricTracker(monitor=self.monitor, keep=config.keep)
+        self.scaler, self.tracker = self.precision.make_scaler(), MetricTracker(monitor=self.monitor, keep=config.keep)
         if loaded is not None:
             restore_training_state(self, loaded)
 
