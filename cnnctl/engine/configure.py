@@ -48,13 +48,12 @@ def check_config(config: Any) -> None:
 
 def complete_config(config: Any) -> None:
     """Replace every "depends on other options" default by its value, so the saved configuration says exactly
-    what ran: the options' own (:meth:`TrainConfig.resolve_defaults`), then fine-tuning's grey input,
-    normalisation and, for image folders, augmentation, which the ImageNet weights decide."""
+    what ran: the options' own (:meth:`TrainConfig.resolve_defaults`), then fine-tuning's grey input and
+    normalisation, which the ImageNet weights decide. An image folder keeps its default augmentation, none: on a
+    few hundred small images, five epochs fit better without it (benchmarks/finetune.py)."""
     config.resolve_defaults()
     if not config.pretrained:
         return
     imagenet = imagenet_weights_for_config(config)
     config.grey_input = grey_input_mode(config)
     config.normalize = config.normalize or ("weights" if imagenet else "data")
-    if config.augment is None and (config.data_dir or config.dataset == "folder") and imagenet:
-        config.augment = "resized-crop-flip"

@@ -99,10 +99,8 @@ class _TrainConfigMethods:
         self._validate_probe()
 
     def _resolve_fine_tuning_defaults(self) -> None:
-        """With --pretrained: the backbone learns at a tenth of the head's rate, the new head starts at zero, and
-        resized crops keep more of the image (the weights-dependent defaults are the engine's)."""
-        if self.backbone_lr_scale is None:
-            self.backbone_lr_scale = 0.1 if self.pretrained else 1.0
+        """With --pretrained: the new head starts at zero, resized crops keep more of the image and labels are
+        smoothed (the weights-dependent defaults are the engine's)."""
         if self.pretrained:
             self.head_init = self.head_init or "zero"
             self.crop_scale = self.crop_scale or FINETUNE_CROP_SCALE

@@ -378,8 +378,9 @@ OPTIONS: tuple[Option, ...] = (
            "before the official URL \\[env: CNNCTL_WEIGHTS_MIRROR]", panel=PRETRAINED, resumable=True),
     Option("offline", bool, False, "open no network connection: weights and datasets must be on disk (or in a "
            "--weights-mirror / --mirror folder) \\[env: CNNCTL_OFFLINE=1]", panel=PRETRAINED, resumable=True),
-    Option("backbone_lr_scale", float, DERIVED, "learning rate of every layer but the classifier, relative to "
-           "--lr", panel=PRETRAINED, derived="0.1 with --pretrained, else 1", minimum=0, exclusive_min=True),
+    Option("backbone_lr_scale", float, 1.0, "learning rate of every layer but the classifier, relative to --lr "
+           "(e.g. 0.1: discriminative rates for photos close to ImageNet's)", panel=PRETRAINED, minimum=0,
+           exclusive_min=True),
     Option("head_init", str, DERIVED, "the new classifier's starting weights when --pretrained replaces it: zero "
            "(every class equally likely, so the first loss is ln(classes) and the backbone gets no gradient until "
            "the head has learned) or random (the architecture's own initialisation)", panel=PRETRAINED,
