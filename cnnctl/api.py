@@ -139,13 +139,17 @@ def predict(model_or_path: Any, images: Any, *, device: str = "cpu",
 
 
 def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", *, output: Any = None,
-           dynamic_batch: bool = False, opset: int | None = None, root: Any = None) -> ExportResult:
-    """``cnnctl export``: write ``<stem>.onnx`` or ``<stem>.torchscript.pt`` and ``<stem>.preprocessing.json``
-    beside the checkpoint (or at ``output``), after checking that the exported model gives PyTorch's outputs
-    within 1e-4. Returns the paths and the measured difference."""
+           dynamic_batch: bool = False, opset: int | None = None, root: Any = None, data: Any = None,
+           max_drop: float = 1.0, force: bool = False, calibration_images: int = 300,
+           calibration_method: str | None = None) -> ExportResult:
+    """``cnnctl export``: write the export (``<stem>.onnx``, ``.int8.onnx``, ``.openvino.xml``, ...) and
+    ``<stem>.preprocessing.json`` beside the checkpoint (or at ``output``), after running it in its own runtime on
+    the checkpoint's test split (or the folder ``data``): an exact format must give PyTorch's logits (within 1e-4),
+    and no export may lose more than ``max_drop`` accuracy points unless ``force``. Returns the paths and the
+    measurements (``result.comparison``)."""
     return _export(_as_path(checkpoint_path, "cnnctl.export"), format=format, output=output,
-                   dynamic_batch=dynamic_batch, opset=opset, root=root)
-
+                   dynamic_batch=dynamic_batch, opset=opset, root=root, data=data, max_drop=max_drop, force=force,
+                   calibration_images=calibration_images, calibration_method=calibration_method)
 
 
 def _model_and_images(model_or_path: Any, images: Any, device: str, caller: str) -> tuple[Any, Any]:
