@@ -66,8 +66,11 @@ def serialise(converted: Any, suffix: str, *, fp16: bool) -> dict[str, bytes]:
 def export_openvino(model: torch.nn.Module, inputs: torch.Tensor, *, dynamic_batch: bool, opset: int | None,
                     arch: str, calibration: Calibration | None = None) -> Exported:
     converted = convert(model, inputs, dynamic_batch=dynamic_batch, arch=arch)
+    # OpenVINO's CPU plugin computes in bfloat16 by default where the CPU can: the FP32 export is checked, and should
+    # be compiled, in float32
     return Exported(serialise(converted, ".openvino.xml", fp16=False),
-                    details={"conversion": f"openvino {package_version('openvino')} convert_model"})
+                    details={"conversion": f"openvino {package_version('openvino')} convert_model",
+                             "compile_config": {"INFERENCE_PRECISION_HINT": "f32"}})
 
 
 def export_openvino_fp16(model: torch.nn.Module, inputs: torch.Tensor, *, dynamic_batch: bool, opset: int | None,
