@@ -192,3 +192,28 @@ def test_calibration_options_fail_in_one_line(random_checkpoint: Path, args: lis
     result = runner.invoke(app, ["export", str(random_checkpoint), *args])
     assert result.exit_code in (1, 2) and result.stderr.strip() == f"error: {message}"
     assert sorted(p.name for p in random_checkpoint.parent.iterdir()) == ["best.safetensors"]
+
+
+def test_benchmark_prints_a_table_with_every_runtime(random_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = runner.invoke(app, ["benchmark", str(random_checkpoint), "--threads", "1", "--seconds", "0.01",
+                                 "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("lenet5, input 1x32x32, 1 thread(s), throughput at batch 4; ")
+    assert lines[2] == "| runtime | version | latency, batch 1 (ms) | throughput, batch 4 (img/s) | size | note |"
+    rows = [line.split(" | ") for line in lines[4:] if line.startswith("| ")]
+    others = [entry.title for name, entry in FORMATS.items() if name != "torchscript"]
+    titles = ["PyTorch eager", "TorchScript", *others]
+    assert [row[0].removeprefix("| ") for row in rows] == titles
+    for row in rows:  # every runtime timed: a latency, a throughput and a size
+        assert float(row[2]) > 0 and float(row[3].replace(",", "")) > 0 and row[4].endswith(("kB", "MB")), row
+    assert lines[-1] == "int8 formats calibrated on 64 random images (seed 0)"  # the mnist images are not here
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    missing = runner.invoke(app, ["benchmark", str(random_checkpoint), "--formats", "openvino-fp16", "--json",
+                                  "--seconds", "0.01"])
+    assert missing.exit_code == 0, missing.output
+    pytorch, openvino = json.loads(missing.stdout)["rows"]
+    assert pytorch["name"] == "pytorch" and pytorch["latency_ms"] > 0
+    assert openvino["latency_ms"] is None and openvino["note"] == (
+        "OpenVINO export needs openvino, which is not installed — pip install 'cnnctl[openvino]'")

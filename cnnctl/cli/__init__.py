@@ -14,6 +14,7 @@ import typer
 import cnnctl.cli.explain_command  # noqa: F401  (registers `cnnctl explain`)
 import cnnctl.cli.export_command  # noqa: F401  (registers `cnnctl export`)
 from cnnctl.cli import (  # noqa: F401  (each registers its commands)
+    benchmark_command,
     check_command,
     data_commands,
     doctor_command,
@@ -30,8 +31,8 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
 from cnnctl.cli._common import app, state
 
 # `cnnctl --help` lists the commands in the order of a workflow; commands not named here follow, as registered
-WORKFLOW = ("download", "train", "eval", "predict", "embed", "probe", "export", "check", "runs", "tune", "summary",
-            "list", "doctor")
+WORKFLOW = ("download", "train", "eval", "predict", "embed", "probe", "export", "benchmark", "check", "runs", "tune",
+            "summary", "list", "doctor")
 
 
 def _in_workflow_order() -> None:
@@ -52,7 +53,8 @@ SUMMARIES = {
     "predict": "classify image files and folders (CSV or JSON)",
     "embed": "write L2-normalised features of images, with their paths",
     "probe": "rank the pretrained backbones on this machine by a linear probe",
-    "export": "export a checkpoint to ONNX or TorchScript, verified",
+    "export": "export to ONNX, OpenVINO or TorchScript, judged in its runtime",
+    "benchmark": "latency and throughput in PyTorch, ONNX Runtime, OpenVINO",
     "check": "check an image folder before training: unreadable files, leaks",
     "tune": "search hyper-parameters with Optuna",
     "summary": "layers, parameter counts and MACs of a model",

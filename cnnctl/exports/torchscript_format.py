@@ -43,7 +43,8 @@ def torchscript_runner(files: dict[str, bytes], threads: int | None = None) -> R
         with torch.inference_mode():
             return loaded(batch).float()
 
-    run.runtime = {"name": "torch.jit", "version": torch.__version__, "device": "cpu"}  # type: ignore[attr-defined]
+    version = torch.__version__.split("+")[0]
+    run.runtime = {"name": "torch.jit", "version": version, "device": "cpu"}  # type: ignore[attr-defined]
     return run
 
 
