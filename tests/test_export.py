@@ -85,7 +85,7 @@ def test_onnx_and_torchscript_exports_match_pytorch(checkpoint_and_images: tuple
     static = export_cli(str(path), "--format", "onnx")
     onnx_path, json_path = path.with_name(stem + ".onnx"), path.with_name(stem + ".preprocessing.json")
     assert f"wrote {onnx_path} (ONNX opset" in static.stdout and "batch size 1" in static.stdout
-    assert f"verified in onnxruntime {onnxruntime.__version__} on {verified_on}: max abs difference from PyTorch" \
+    assert f"verified on {verified_on} in onnxruntime {onnxruntime.__version__}: max abs difference from PyTorch" \
         in static.stdout
     spec = json.loads(json_path.read_text())
     assert spec["classes"] == meta.classes and spec["arch"] == meta.arch

@@ -82,10 +82,10 @@ def export_lines(result: ExportResult) -> list[str]:
         where += f", inference precision {runtime['inference_precision']}"
     comparison = result.comparison
     if result.tolerance is not None:
-        lines.append(f"verified in {where} on {result.verified_on}: max abs difference from PyTorch "
+        lines.append(f"verified on {result.verified_on} in {where}: max abs difference from PyTorch "
                      f"{result.max_abs_diff:.2e} (tolerance {result.tolerance:g})")
     else:
-        lines.append(f"compared in {where} on {result.verified_on}")
+        lines.append(f"compared on {result.verified_on} in {where}")
     if comparison is not None:
         k = comparison.k
         agreement = (f"top-1 agreement {100 * comparison.top1_agreement:.2f}%, top-{k} agreement "
