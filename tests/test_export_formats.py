@@ -217,3 +217,14 @@ def test_benchmark_prints_a_table_with_every_runtime(random_checkpoint: Path, mo
     assert pytorch["name"] == "pytorch" and pytorch["latency_ms"] > 0
     assert openvino["latency_ms"] is None and openvino["note"] == (
         "OpenVINO export needs openvino, which is not installed — pip install 'cnnctl[openvino]'")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--batch-size", "1"], "--batch-size must be at least 2 (batch 1 is the latency), not 1"),
+    (["--formats", "onnx,tflite"], "unknown export format 'tflite'"),
+    (["--seconds", "0"], "--seconds must be a positive number, not 0.0"),
+])
+def test_benchmark_bad_options_fail_in_one_line(random_checkpoint: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["benchmark", str(random_checkpoint), *args])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"error: {message}")
