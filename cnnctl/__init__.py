@@ -11,6 +11,7 @@ The Python API mirrors the CLI (see docs/api.md)::
     numbers = cnnctl.evaluate(run, report="report")            # eval --json's numbers; report/index.html
     maps = cnnctl.explain(run, ["digit.png"], output="maps")   # Grad-CAM heat maps, maps/digit.gradcam.png
     found = cnnctl.embed(run, "images/")                       # penultimate features: .features, .paths
+    record = cnnctl.calibrate(run, target_error=0.01)          # temperature + threshold, stored in best
 
 Every failure raises ``cnnctl.CnnctlError`` with a one-line message. Everything heavy (torch, torchvision) is
 imported on first use, so ``import cnnctl`` is instant.
@@ -23,17 +24,18 @@ from typing import TYPE_CHECKING, Any
 from cnnctl.version import __version__
 
 __all__ = ["__version__", "train", "load", "load_pretrained", "predict", "export", "evaluate", "explain", "embed",
-           "CnnctlError"]
+           "calibrate", "CnnctlError"]
 
 from cnnctl.errors import CnnctlError
 
 if TYPE_CHECKING:
-    from cnnctl.api import embed, evaluate, explain, export, load, load_pretrained, predict, train
+    from cnnctl.api import calibrate, embed, evaluate, explain, export, load, load_pretrained, predict, train
 else:
 
     def __getattr__(name: str) -> Any:
         """``cnnctl.train`` and friends live in cnnctl.api, imported on first use."""
-        if name in ("train", "load", "load_pretrained", "predict", "export", "evaluate", "explain", "embed"):
+        if name in ("train", "load", "load_pretrained", "predict", "export", "evaluate", "explain", "embed",
+                    "calibrate"):
             from cnnctl import api
 
             return getattr(api, name)

@@ -11,8 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.config import TrainConfig
-from cnnctl.config_file import build_train_config, coerce_options
+from cnnctl.engine.calibrate import calibrate as _calibrate
 from cnnctl.engine.embed import check_output, open_backbone, write_embeddings
 from cnnctl.engine.embed import embed as _embed
 from cnnctl.engine.fit import Trainer
@@ -21,19 +20,22 @@ from cnnctl.engine.predict import load_for_inference, model_with_meta, predict_a
 from cnnctl.errors import UsageError
 from cnnctl.exporter import export as _export
 from cnnctl.models.imagenet_classifier import imagenet_classifier
-from cnnctl.options import CONFIG_OPTIONS, naming
 from cnnctl.progress import PlainReporter
+from cnnctl.recipe.commands import CALIBRATE, EVAL, EXPORT, PREDICT, api_signature, api_values
+from cnnctl.recipe.config import TrainConfig
+from cnnctl.recipe.config_file import build_train_config, coerce_options
+from cnnctl.recipe.options import CONFIG_OPTIONS, naming
 from cnnctl.report import evaluate_and_report
 
 if TYPE_CHECKING:
     import torch
 
-    from cnnctl.config import TrainConfig
     from cnnctl.data.base import Preprocessing
     from cnnctl.engine.callbacks import Callback
     from cnnctl.engine.fit import FitResult
     from cnnctl.exporter import ExportResult
     from cnnctl.progress import Reporter
+    from cnnctl.recipe.config import TrainConfig
 
 
 def train(arch: str | TrainConfig | None = None, *, progress: bool = False, reporter: Reporter | None = None,
@@ -124,32 +126,58 @@ def load_pretrained(arch: str, weights: str | os.PathLike[str] = "imagenet", dev
     return model, model.cnnctl_meta.preprocessing
 
 
-def predict(model_or_path: Any, images: Any, *, device: str = "cpu",
-            tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model_or_path: Any, images: Any, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Classify ``images`` — an image file, a folder, a list of them, or a uint8 tensor (C×H×W or N×C×H×W at the
     checkpoint's image size) — with a model from ``load`` or a checkpoint path.
 
     Returns ``(labels, probabilities)``: int64 class indices (N) and softmax probabilities (N×classes). The
     class names are ``model.cnnctl_meta.classes``. Preprocessing comes from the checkpoint, as in the CLI.
-    ``tta``: ``flip`` or ``flip-crop`` averages the probabilities over views of each image (cnnctl/engine/tta.py).
+    The options of ``cnnctl predict`` that shape the numbers, with its defaults (cnnctl/recipe/commands.py):
+    ``tta`` (``flip`` or ``flip-crop`` averages the probabilities over views of each image), ``device`` (where a
+    checkpoint path is loaded; a loaded model stays where it is), ``batch_size``, ``max_pixels``,
+    ``reject_below``. A calibrated checkpoint (``cnnctl calibrate``) divides the logits by its temperature; an
+    image whose top probability is below ``reject_below`` (default: the threshold ``calibrate --target-error``
+    stored) gets label -1 ("unknown").
     """
+    values = api_values(PREDICT, options, "cnnctl.predict")
+    model_or_path, images = _model_and_images(model_or_path, images, values["device"], "cnnctl.predict")
+    return predict_api(model_or_path, images, **values)
 
-    model_or_path, images = _model_and_images(model_or_path, images, device, "cnnctl.predict")
-    return predict_api(model_or_path, images, device=device, tta=tta)
+
+predict.__signature__ = api_signature(PREDICT, [  # type: ignore[attr-defined]
+    inspect.Parameter("model_or_path", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    inspect.Parameter("images", inspect.Parameter.POSITIONAL_OR_KEYWORD)], "tuple[torch.Tensor, torch.Tensor]")
 
 
-def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", *, output: Any = None,
-           dynamic_batch: bool = False, opset: int | None = None, root: Any = None, data: Any = None,
-           max_drop: float = 1.0, force: bool = False, calibration_images: int = 300,
-           calibration_method: str | None = None) -> ExportResult:
-    """``cnnctl export``: write the export (``<stem>.onnx``, ``.int8.onnx``, ``.openvino.xml``, ...) and
-    ``<stem>.preprocessing.json`` beside the checkpoint (or at ``output``), after running it in its own runtime on
-    the checkpoint's test split (or the folder ``data``): an exact format must give PyTorch's logits (within 1e-4),
-    and no export may lose more than ``max_drop`` accuracy points unless ``force``. Returns the paths and the
-    measurements (``result.comparison``)."""
-    return _export(_as_path(checkpoint_path, "cnnctl.export"), format=format, output=output,
-                   dynamic_batch=dynamic_batch, opset=opset, root=root, data=data, max_drop=max_drop, force=force,
-                   calibration_images=calibration_images, calibration_method=calibration_method)
+def calibrate(checkpoint_path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+    """``cnnctl calibrate``: fit the temperature (and with ``target_error`` the abstention threshold) on the
+    checkpoint's validation split and store them in it (in place, or in ``output``). Returns what was stored,
+    with ``checkpoint``: the file written (docs/calibration.md). Every option of ``cnnctl calibrate`` under its
+    name, with the same default (cnnctl/recipe/commands.py)."""
+    values = api_values(CALIBRATE, options, "cnnctl.calibrate")
+    values["data_dir"] = values.pop("data")
+    written, record = _calibrate(_as_path(checkpoint_path, "cnnctl.calibrate"), **values)
+    return {"checkpoint": str(written), **record}
+
+
+calibrate.__signature__ = api_signature(CALIBRATE, [  # type: ignore[attr-defined]
+    inspect.Parameter("checkpoint_path", inspect.Parameter.POSITIONAL_OR_KEYWORD)], "dict[str, Any]")
+
+
+def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", **options: Any) -> ExportResult:
+    """``cnnctl export``: write ``<stem>.onnx`` or ``<stem>.torchscript.pt`` and ``<stem>.preprocessing.json``
+    beside the checkpoint (or at ``output``), after checking that the exported model gives PyTorch's outputs
+    within 1e-4. Returns the paths and the measured difference. Every option of ``cnnctl export`` under its name,
+    with the same default (cnnctl/recipe/commands.py)."""
+    values = api_values(EXPORT, {"format": format, **options}, "cnnctl.export")
+    return _export(_as_path(checkpoint_path, "cnnctl.export"), **values)
+
+
+export.__signature__ = api_signature(  # type: ignore[attr-defined]
+    tuple(option for option in EXPORT if option.name != "format"),
+    [inspect.Parameter("checkpoint_path", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+     inspect.Parameter("format", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                       default=next(o.default for o in EXPORT if o.name == "format"))], "ExportResult")
 
 
 def _model_and_images(model_or_path: Any, images: Any, device: str, caller: str) -> tuple[Any, Any]:
@@ -190,24 +218,26 @@ def _checked_batch(images: torch.Tensor, preprocessing: Preprocessing) -> torch.
     return images
 
 
-def evaluate(checkpoint_path: str | os.PathLike[str], *, dataset: str | None = None, split: str = "test",
-             data: str | os.PathLike[str] | None = None, batch_size: int = 1000, device: str = "auto",
-             root: str | None = None, mirror: str | None = None, report: str | os.PathLike[str] | None = None,
-             label_issues: bool = False, top_losses: int = 32, tta: str = "none",
-             plots: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def evaluate(checkpoint_path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
     """``cnnctl eval``: the numbers ``eval --json`` prints, as a dict — ``loss``, ``accuracy``, ``top5``,
     ``per_class``, ``macro_*``, ``confusion`` and ``calibration`` (``ece``, ``mce``, the reliability bins).
 
+    Every option of ``cnnctl eval`` under its name, with the same default (cnnctl/recipe/commands.py).
     ``report="DIR"`` also writes DIR/index.html and DIR/report.json and adds ``top_losses`` and
     ``confused_pairs``; ``label_issues=True`` adds the images whose label looks wrong (cleanlab), ranked.
     ``tta``: none, flip, crop or flip-crop (as ``eval --tta``); ``plots="DIR"``: confusion.png and
     predictions.png in DIR (as ``eval --plots``)."""
-    return evaluate_and_report(_as_path(checkpoint_path, "cnnctl.evaluate"), dataset=dataset, split=split,
-                               batch_size=batch_size, root=root, mirror=mirror, device=device,
-                               data_dir=None if data is None else os.fspath(data),
-                               report_dir=None if report is None else Path(report), label_issues=label_issues,
-                               top_losses=top_losses, tta=tta,
-                               plots_dir=None if plots is None else Path(plots))
+    values = api_values(EVAL, options, "cnnctl.evaluate")
+    return evaluate_and_report(_as_path(checkpoint_path, "cnnctl.evaluate"), dataset=values["dataset"],
+                               split=values["split"], batch_size=values["batch_size"], root=values["root"],
+                               mirror=values["mirror"], device=values["device"], data_dir=values["data"],
+                               report_dir=None if values["report"] is None else Path(values["report"]),
+                               label_issues=values["label_issues"], top_losses=values["top_losses"],
+                               tta=values["tta"], plots_dir=None if values["plots"] is None else Path(values["plots"]))
+
+
+evaluate.__signature__ = api_signature(EVAL, [  # type: ignore[attr-defined]
+    inspect.Parameter("checkpoint_path", inspect.Parameter.POSITIONAL_OR_KEYWORD)], "dict[str, Any]")
 
 
 def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: str | None = None,

@@ -61,9 +61,10 @@ class BenchmarkReport:
 
 
 def benchmark(checkpoint_path: Any, *, batch_size: int = BATCH, threads: int | None = None,
-              formats: list[str] | None = None, seconds: float = SECONDS, root: Any = None,
+              formats: str | list[str] | None = None, seconds: float = SECONDS, root: Any = None,
               log: Callable[[str], None] = lambda _: None) -> BenchmarkReport:
-    """Time ``checkpoint_path`` in PyTorch eager and in each of ``formats`` (default: every registered one);
+    """Time ``checkpoint_path`` in PyTorch eager and in each of ``formats`` (names, or one comma-separated text;
+    default: every registered one);
     ``threads`` for every runtime (default: torch's current number). A format whose runtime is missing, or which
     cannot export this model, gets a row saying why."""
     import torch
@@ -74,6 +75,8 @@ def benchmark(checkpoint_path: Any, *, batch_size: int = BATCH, threads: int | N
         raise UsageError(f"--seconds must be a positive number, not {seconds}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1, not {threads}")
+    if isinstance(formats, str):  # the command line's NAME[,...]
+        formats = [name.strip() for name in formats.split(",") if name.strip()]
     chosen = [get_format(name).name for name in formats] if formats else list(FORMATS)
     chosen.sort(key=lambda name: name != "torchscript")  # the other PyTorch row first; then the registry's order
     source = existing_checkpoint(Path(checkpoint_path))

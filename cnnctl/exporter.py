@@ -4,7 +4,8 @@ before it is written, with its preprocessing beside it as JSON.
 The exported model takes the *normalised* float input (N×C×H×W, after resizing and padding) and returns logits,
 exactly like the PyTorch model. How to get from an image file to that input is written to
 ``<stem>.preprocessing.json`` in plain terms (size, padding, mean/std, class names), so the export can be used
-from any language without cnnctl.
+from any language without cnnctl; a calibrated checkpoint's temperature and threshold (``cnnctl calibrate``) are in
+it too.
 
 The export is serialised in memory and run by its own runtime (ONNX Runtime, OpenVINO, ``torch.jit.load``) on the
 checkpoint's test split (or the folder ``data``) beside the PyTorch model (:mod:`cnnctl.exports.gate`): an exact
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl.checkpoint import existing_checkpoint, versions
 from cnnctl.checkpoint import load as load_checkpoint
+from cnnctl.engine.calibration import stored_temperature, stored_threshold
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.exports import images as export_images
 from cnnctl.exports import onnx_format, openvino_format, torchscript_format  # noqa: F401  (each registers formats)
@@ -50,7 +52,7 @@ EXAMPLE_COUNT = 16  # images the exporters trace with
 
 # Sections of the preprocessing JSON beyond what export writes itself, by key: ``build(meta)`` returns the
 # section (JSON-ready) or None to leave it out. Readers ignore keys they do not know, so a section can be added
-# (a temperature and a reject threshold, say) without a new PREPROCESSING_FORMAT.
+# without a new PREPROCESSING_FORMAT.
 DOCUMENT_SECTIONS: dict[str, Callable[[CheckpointMeta], Any]] = {}
 
 
@@ -250,6 +252,7 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
     ``best.preprocessing.json``): what differs between them is listed under ``exports``, by file name.
     """
     prep = meta.preprocessing
+    temperature, threshold = stored_temperature(meta), stored_threshold(meta)
     channels, input_height, input_width = prep.input_shape
     height, width = prep.image_size
     colour = "grayscale (1 channel)" if channels == 1 else f"RGB ({channels} channels)"
@@ -284,7 +287,11 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
         "input_shape": [channels, input_height, input_width],
         "input_dtype": "float32",
         "output_name": OUTPUT_NAME,
-        "output": f"logits, N x {meta.num_classes}; softmax gives class probabilities in the order of classes",
+        "output": f"logits, N x {meta.num_classes}; softmax(logits / temperature) gives class probabilities in "
+                  "the order of classes" + ("; answer 'unknown' when the top probability is below reject_below"
+                                            if threshold is not None else ""),
+        "temperature": temperature,  # `cnnctl calibrate` (1: not calibrated); the exported graph outputs raw logits
+        "reject_below": threshold,  # `cnnctl calibrate --target-error`, or null
         "steps": steps,
         "checkpoint": {"dataset": meta.dataset, "epoch": meta.epoch, "metrics": meta.metrics or {}},
         "versions": versions(),

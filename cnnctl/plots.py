@@ -282,13 +282,16 @@ def plot_file_predictions(predictions: Sequence[Any], meta: Any, path: str | Pat
         raise UsageError("--plot: no image could be read, nothing to draw")
     index = {name: i for i, name in enumerate(meta.classes)}
     shown = readable[:limit]
-    truth = [true_label(p.path, index) for p in shown]
+    # an image answered "unknown" (predict --reject-below) is drawn so, neither right nor wrong
+    truth = [None if getattr(p, "rejected", False) else true_label(p.path, index) for p in shown]
     known = any(t is not None for t in truth)
     images = torch.stack([decode_image(Path(p.path), meta.preprocessing, max_pixels=max_pixels) for p in shown])
     title = f"the first {len(shown)} of {len(readable):,} images, in input order"
     if known:
         wrong = sum(t is not None and t != p.label for t, p in zip(truth, shown))
         title += f"; {wrong} wrong, in red (true class from the folder name)"
-    return plot_predictions(images, [p.label for p in shown], meta.classes, Path(path),
+    classes = [*meta.classes, "unknown"]
+    labels = [len(meta.classes) if p.label is None else p.label for p in shown]
+    return plot_predictions(images, labels, classes, Path(path),
                             truth=truth if known else None, probabilities=[p.probability for p in shown],
                             title=title, count_wrong=False, names=[Path(p.path).name for p in shown])

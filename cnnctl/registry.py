@@ -197,3 +197,28 @@ def get_dataset_spec(name: str) -> DatasetSpec:
 def suggest(name: str, choices: list[str], kind: str) -> UsageError:
     """An error for a value that is not among ``choices``, with a close match if there is one."""
     return _unknown(kind, name, choices)
+
+
+def arch_options(spec: Any) -> set[str]:
+    """The builder arguments an architecture accepts besides ``num_classes``/``in_channels``: its builder's
+    named parameters, plus ``default_args`` for builders that pass options through (the torchvision zoo)."""
+    import inspect
+
+    named = {
+        parameter.name for parameter in inspect.signature(spec.builder).parameters.values()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }
+    return (named | set(spec.default_args)) - {"num_classes", "in_channels"}
+
+
+def check_arch_args(spec: Any, arch_args: dict[str, Any]) -> None:
+    """Refuse options the architecture does not have (``--dropout`` on a head without dropout) or out of range."""
+    accepted = arch_options(spec)
+    for key, value in arch_args.items():
+        if key not in accepted:
+            if key == "dropout":
+                raise UsageError(f"{spec.name} has no dropout before its classifier, so --dropout cannot be set",
+                                 hint="leave --dropout out, or pick an architecture whose head has dropout")
+            raise suggest(key, sorted(accepted) or ["(none)"], f"option for {spec.name}:")
+        if key == "dropout" and not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise UsageError(f"--dropout must be in [0, 1), got {value}")

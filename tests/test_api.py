@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -95,7 +96,7 @@ def test_bad_images_raise_cnnctl_errors(simplecnn_checkpoint: Path, images, mess
 
 
 def test_a_train_config_can_be_passed_and_overridden(tiny_digits, tmp_path: Path) -> None:
-    from cnnctl.config import TrainConfig
+    from cnnctl.recipe.config import TrainConfig
 
     config = TrainConfig(arch="simplecnn", dataset="tinydigits", epochs=5, out=str(tmp_path))
     with pytest.raises(UsageError, match="^batch_size must be at least 1"):
@@ -119,3 +120,44 @@ def test_evaluate_takes_every_option_of_cnnctl_eval_with_its_default() -> None:
         assert renamed.get(name, name) in api, f"cnnctl.evaluate lacks {name}"
         if name != "checkpoint_path":
             assert api[renamed.get(name, name)].default == parameter.default, name
+
+
+@pytest.mark.parametrize("name", ["train", "eval", "predict", "export", "tune", "lr-find", "serve"])
+def test_each_command_and_its_python_function_take_the_same_options(name: str) -> None:
+    """One declaration per command (cnnctl/recipe/options.py, cnnctl/recipe/commands.py) gives both its command-line
+    options and its function's keywords: the same names with the same defaults."""
+    import typer.main
+
+    import cnnctl.tune
+    from cnnctl.cli import app
+    from cnnctl.engine.lr_find import lr_find
+    from cnnctl.recipe.commands import COMMANDS, api_options
+    from cnnctl.recipe.options import CONFIG_OPTIONS
+    from cnnctl.serve import ServeSettings
+
+    functions = {"train": cnnctl.train, "eval": cnnctl.evaluate, "predict": cnnctl.predict,
+                 "export": cnnctl.export, "tune": cnnctl.tune.search, "lr-find": lr_find, "serve": ServeSettings}
+    declared = CONFIG_OPTIONS if name == "train" else api_options(COMMANDS[name])
+    cli = {param.name: param for param in typer.main.get_command(app).commands[name].params}
+    api = inspect.signature(functions[name]).parameters
+    assert declared
+    for option in declared:
+        if option.cli:
+            assert option.name in cli, f"cnnctl {name} lacks {option.name}"
+            assert cli[option.name].default == option.stored_default, option.name
+        assert option.name in api, f"the function of cnnctl {name} lacks {option.name}"
+        assert api[option.name].default == option.stored_default, option.name
+    if name != "train":  # and the function takes no option the command lacks, nor with another default
+        cli_only = {option.name for option in COMMANDS[name] if not option.config}
+        own = {p.name: p.default for p in api.values() if p.default is not inspect.Parameter.empty}
+        shared = {key: default for key, default in own.items() if key in cli and key not in cli_only}
+        assert shared == {option.name: option.stored_default for option in declared}
+
+
+def test_a_wrong_option_value_is_the_same_error_in_python_as_on_the_command_line(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="batch_size must be at least 1"):
+        cnnctl.evaluate(tmp_path, batch_size=0)
+    with pytest.raises(UsageError, match="did you mean flip"):
+        cnnctl.predict(tmp_path, [], tta="flp")
+    with pytest.raises(UsageError, match="did you mean batch_size"):
+        cnnctl.evaluate(tmp_path, batch_sise=5)

@@ -1,6 +1,7 @@
 """The import graph's shape, measured by tools/import_graph.py (``python tools/import_graph.py --verbose``): no
 cycle between cnnctl's modules even counting imports inside functions (those under ``if TYPE_CHECKING:`` aside),
-fewer than 100 function-level imports of cnnctl's own modules, and a Trainer of at most 250 lines."""
+fewer than 100 function-level imports of cnnctl's own modules, a Trainer of at most 250 lines, and a recipe floor
+(cnnctl/recipe/) that imports nothing that builds or runs."""
 
 from __future__ import annotations
 
@@ -54,6 +55,24 @@ def test_no_import_cycle_and_few_function_level_imports(import_graph) -> None:
     assert len(graph.edges) > 50  # it read the real package
     assert import_graph.cycles(graph.edges) == []
     assert len(graph.function_level) < 100, len(graph.function_level)
+
+
+RUNS = ("cnnctl.engine", "cnnctl.data", "cnnctl.models", "cnnctl.checkpoint", "cnnctl.cli")
+
+
+def test_the_recipe_imports_nothing_that_builds_or_runs(import_graph) -> None:
+    """cnnctl/recipe/ reaches no engine, data, models, checkpoint or cli module, not even through the modules it
+    imports, and imports cnnctl's modules only at the top of its own."""
+    graph = import_graph.build_graph()
+    recipe = {name for name in graph.edges if name == "cnnctl.recipe" or name.startswith("cnnctl.recipe.")}
+    assert len(recipe) >= 8
+    reached, todo = set(), list(recipe)
+    while todo:
+        for target in graph.edges[todo.pop()] - reached:
+            reached.add(target)
+            todo.append(target)
+    assert not [name for name in reached if name.startswith(RUNS)], sorted(reached)
+    assert [entry for entry in graph.function_level if entry[0] in recipe] == []
 
 
 def test_trainer_is_at_most_250_lines(import_graph) -> None:

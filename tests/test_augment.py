@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnctl.data.augment import AUGMENT_PRESETS, make_augmentation, random_affine, random_crop, random_hflip
+from cnnctl.data.augment import make_augmentation, random_affine, random_crop, random_hflip
 from cnnctl.errors import UsageError
+from cnnctl.recipe.augmentations import AUGMENT_PRESETS
 
 
 def images(batch: int = 64, channels: int = 1, size: int = 12) -> torch.Tensor:

@@ -221,3 +221,29 @@ def test_a_dataset_with_its_own_prepare_and_eval_split(micro_digits, tmp_path: P
     assert calls == ["prepare", "eval_split test"]
     assert meta.dataset == "ownprep" and meta.preprocessing.mean == (0.5,) and result.count == 8
     assert run.test["test_count"] == 32
+
+
+def test_equal_validation_accuracies_are_ranked_by_validation_loss() -> None:
+    from cnnctl.engine.tracking import MetricTracker
+
+    tracker = MetricTracker(monitor="val_acc", keep=2)
+    assert tracker.update(1, 1.0, 0.30)[0]  # first epoch: best
+    assert tracker.update(2, 1.0, 0.10)[0]  # same accuracy, lower loss: the new best
+    assert not tracker.update(3, 1.0, 0.20)[0]  # same accuracy, higher loss than the best
+    assert not tracker.update(4, 0.9, 0.01)[0]  # lower accuracy, whatever its loss
+    assert (tracker.best_epoch, tracker.bad_epochs) == (2, 2)
+    assert [item["epoch"] for item in tracker.top] == [2, 3]
+    by_loss = MetricTracker(monitor="val_loss")
+    assert by_loss.tiebreak is None and by_loss.update(1, 0.5)[0] and not by_loss.update(2, 0.5)[0]
+
+
+def test_best_checkpoint_is_the_lowest_loss_among_the_best_accuracies(micro_digits, tmp_path: Path) -> None:
+    import csv
+
+    run = cnnctl.train("lenet5", dataset="microdigits", epochs=6, out=str(tmp_path), plots=False, seed=0)
+    with open(run.run_dir / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    top = max(float(row["val_acc"]) for row in rows)
+    expected = min((float(row["val_loss"]), int(row["epoch"])) for row in rows if float(row["val_acc"]) == top)[1]
+    _, meta = checkpoint.load(run.run_dir / "best.safetensors")
+    assert meta.epoch == expected

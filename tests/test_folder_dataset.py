@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from cnnctl import checkpoint
 from cnnctl.cli import app
-from cnnctl.config import TrainConfig
 from cnnctl.engine.fit import Trainer
+from cnnctl.recipe.config import TrainConfig
 
 runner = CliRunner()
 CLASSES = ("cats", "dogs", "frogs")

@@ -18,7 +18,7 @@ from cnnctl import registry
 from cnnctl.cli import SUMMARIES, app
 from cnnctl.cli._common import wrap_fields
 from cnnctl.cli.train_command import BRIEF_HELP
-from cnnctl.options import OPTION_BY_NAME, OPTIONS
+from cnnctl.recipe.options import OPTION_BY_NAME, OPTIONS
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,8 +64,8 @@ def test_every_help_fits_and_names_every_option_whole(words: tuple[str, ...], co
 
 
 def test_choice_lists_are_in_the_help_text_whole() -> None:
-    from cnnctl.data.augment import AUGMENT_PRESETS
-    from cnnctl.engine import optim
+    from cnnctl.recipe import optimizers as optim
+    from cnnctl.recipe.augmentations import AUGMENT_PRESETS
 
     text = " ".join(help_text("train", "--help", columns=80).split())  # lines joined: a word broken would show
     assert "--optimizer NAME optimizer; one of: " + ", ".join(optim.OPTIMIZERS) in text

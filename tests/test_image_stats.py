@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import cnnctl
 from cnnctl import checkpoint
 from cnnctl.cli import app
-from cnnctl.image_stats import InputCheck, training_image_stats
+from cnnctl.data.image_stats import InputCheck, training_image_stats
 
 CLASSES = (0, 1, 2)
 

@@ -12,8 +12,9 @@ import torch
 from cnnctl.data.base import ImageTensors, Preprocessing
 from cnnctl.data.loader import BatchLoader, default_batch_size
 from cnnctl.engine.batchnorm import recompute_batchnorm
-from cnnctl.engine.imbalance import balanced_sample_weights, read_class_weights_file, resolve_class_weights
+from cnnctl.engine.imbalance import balanced_sample_weights, resolve_class_weights
 from cnnctl.errors import UsageError
+from cnnctl.recipe.class_weights import read_class_weights_file
 
 
 def test_auto_class_weights_are_scikit_learns_balanced() -> None:

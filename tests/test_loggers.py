@@ -158,8 +158,8 @@ def test_missing_library_or_unknown_logger_is_one_line_before_any_work(micro_dig
 
 
 def test_logger_choices_come_from_the_registry() -> None:
-    from cnnctl.engine.loggers import loggers
-    from cnnctl.options import OPTION_BY_NAME, coerce
+    from cnnctl.recipe.loggers import loggers
+    from cnnctl.recipe.options import OPTION_BY_NAME, coerce
 
     assert {"tensorboard", "mlflow"} <= set(loggers())
     assert coerce(OPTION_BY_NAME["logger"], " mlflow,,tensorboard,mlflow ") == "mlflow,tensorboard"
@@ -172,7 +172,7 @@ def test_the_documented_logger_registers_itself_and_runs(micro_digits, tmp_path:
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     import re
 
-    from cnnctl.engine import loggers
+    from cnnctl.recipe import loggers
 
     block = re.search(r"^```py\n(.*?)^```$", (Path(__file__).parent.parent / "docs" / "tracking.md").read_text(),
                       re.DOTALL | re.MULTILINE).group(1)

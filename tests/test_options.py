@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 
 import cnnctl
 from cnnctl.cli import app
-from cnnctl.config import TrainConfig
-from cnnctl.config_file import build_train_config, read_config_file
-from cnnctl.engine import optim
+from cnnctl.engine.optim import build_optimizer
 from cnnctl.errors import CnnctlError, UsageError
-from cnnctl.options import OPTIONS
+from cnnctl.recipe import optimizers as optim
+from cnnctl.recipe.config import TrainConfig
+from cnnctl.recipe.config_file import build_train_config, read_config_file
+from cnnctl.recipe.options import OPTIONS
 
 runner = CliRunner()
 FAST = ["--dataset", "microdigits", "--batch-size", "16", "--threads", "1", "--no-plots"]
@@ -150,7 +151,7 @@ def test_an_image_size_no_checkpoint_may_hold_is_refused_before_training(micro_d
     """The largest side is stated once (options.MAX_IMAGE_SIDE), and the checkpoint reader refuses one pixel more:
     a run cannot train at a size it then could not read back."""
     from cnnctl.checkpoint.schema import parse_document
-    from cnnctl.options import MAX_IMAGE_SIDE
+    from cnnctl.recipe.options import MAX_IMAGE_SIDE
 
     too_big = str(MAX_IMAGE_SIDE + 1)
     one_line_error(runner.invoke(app, ["train", "simplecnn", *FAST, "--out", str(tmp_path), "--img-size", too_big]),
@@ -194,7 +195,7 @@ def test_a_run_folder_written_with_the_older_option_names_resumes(micro_digits, 
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from cnnctl.engine.state import STATE_FILE, STATE_KEY, read_state_document
+    from cnnctl.recipe.resume import STATE_FILE, STATE_KEY, read_state_document
 
     first = cnnctl.train("smallvgg", dataset="microdigits", dropout=0.2, epochs=1, batch_size=16, threads=1,
                          plots=False, out=str(tmp_path))
@@ -247,9 +248,9 @@ def test_a_registered_optimizer_trains_through_the_cli_option(micro_digits, twis
 def test_closed_lists_read_their_registries() -> None:
     import typer.main
 
-    from cnnctl.data.augment import AUGMENT_PRESETS
-    from cnnctl.engine.schedules import SCHEDULERS
     from cnnctl.exporter import FORMATS, get_format
+    from cnnctl.recipe.augmentations import AUGMENT_PRESETS
+    from cnnctl.recipe.schedules import SCHEDULERS
 
     params = {p.name: p for p in typer.main.get_command(app).commands["train"].params}
     for name, registry in (("optimizer", optim.OPTIMIZERS), ("scheduler", SCHEDULERS), ("augment", AUGMENT_PRESETS)):
@@ -277,5 +278,5 @@ def test_the_readme_optimizer_example_is_one_entry_that_works(monkeypatch: pytes
     exec(compile(block, "docs/development.md", "exec"), {})  # noqa: S102
     config = build_train_config({"arch": "simplecnn", "optimizer": "sgd-nesterov", "scheduler": "cosine"})
     assert config.resolved_lr() == 0.05
-    built = optim.build_optimizer(config, torch.nn.Linear(2, 2).parameters())
+    built = build_optimizer(config, torch.nn.Linear(2, 2).parameters())
     assert isinstance(built, torch.optim.SGD) and built.defaults["nesterov"] is True

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from cnnctl import plots
 from cnnctl.cli import app
-from cnnctl.config_file import build_train_config
 from cnnctl.data.base import Preprocessing
 from cnnctl.engine.predict import Prediction
+from cnnctl.recipe.config_file import build_train_config
 
 FAST = {"dataset": "microdigits", "batch_size": 16, "threads": 1}
 

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from cnnctl import registry
 from cnnctl.cli import app
-from cnnctl.config import TrainConfig
-from cnnctl.engine.fit import build_optimizer
 from cnnctl.engine.freeze import HeadOnlyPhase
+from cnnctl.engine.optim import build_optimizer
 from cnnctl.errors import CheckpointError, UsageError
 from cnnctl.models import build_model
 from cnnctl.models.pretrained import load_pretrained
+from cnnctl.recipe.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

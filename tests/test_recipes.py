@@ -14,14 +14,15 @@ from typer.testing import CliRunner
 import cnnctl
 from cnnctl.checkpoint import unwrap
 from cnnctl.cli import app
-from cnnctl.config_file import build_train_config
-from cnnctl.data.augment import AUGMENT_PRESETS, AugmentSettings, make_augmentation
+from cnnctl.data.augment import AugmentSettings, make_augmentation
 from cnnctl.data.mixing import hard_labels, make_mixing
 from cnnctl.engine.callbacks import Callback
 from cnnctl.engine.lr_find import lr_find
 from cnnctl.engine.tta import tta_probabilities, tta_views
 from cnnctl.errors import UsageError
 from cnnctl.models import build_model
+from cnnctl.recipe.augmentations import AUGMENT_PRESETS
+from cnnctl.recipe.config_file import build_train_config
 
 runner = CliRunner()
 FAST = {"dataset": "microdigits", "batch_size": 16, "threads": 1, "plots": False}

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import cnnctl
-from cnnctl.config import OPTIMIZERS
-from cnnctl.engine.schedules import SCHEDULERS, PlateauState, SchedulePlan
+from cnnctl.engine.schedules import PlateauState, SchedulePlan
+from cnnctl.recipe.optimizers import OPTIMIZERS
+from cnnctl.recipe.schedules import SCHEDULERS
 
 
 def torch_trace(scheduler_factory, steps: int, lr: float = 0.1, per_epoch: int | None = None,

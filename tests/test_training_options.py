@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 import cnnctl
 from cnnctl import checkpoint, registry
 from cnnctl.cli import app
-from cnnctl.config import TrainConfig
-from cnnctl.engine.fit import create_run_dir
-from cnnctl.engine.state import read_state, run_lock
+from cnnctl.engine.run_folder import create_run_dir, run_lock
+from cnnctl.engine.state import read_state
 from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.recipe.config import TrainConfig
 
 runner = CliRunner()
 FAST = ["--dataset", "microdigits", "--batch-size", "16", "--threads", "1"]
@@ -90,7 +90,7 @@ def test_cli_defaults_are_the_config_defaults() -> None:
     """A flag left out means the TrainConfig default, with or without --config: the two must agree."""
     import typer.main
 
-    from cnnctl.config import TrainConfig
+    from cnnctl.recipe.config import TrainConfig
 
     command = typer.main.get_command(app).commands["train"]
     defaults = TrainConfig(arch="x")

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 import cnnctl
 from cnnctl.cli import app
-from cnnctl.config_file import build_train_config
+from cnnctl.recipe.config_file import build_train_config
 
 runner = CliRunner()
 # 400 training images, 200 validation: a trial trains in well under a second per epoch on one thread

@@ -271,11 +271,11 @@ def test_resize_and_crop_equals_weights_transforms_on_odd_sizes() -> None:
 
 
 def test_backbone_learns_at_a_tenth_of_the_heads_rate_through_the_schedule() -> None:
-    from cnnctl.config import TrainConfig
     from cnnctl.engine.optim import build_optimizer
     from cnnctl.engine.schedules import build_schedule
     from cnnctl.models import build_model
     from cnnctl.models.pretrained import parameter_groups
+    from cnnctl.recipe.config import TrainConfig
 
     config = TrainConfig(arch=ARCH, pretrained="some.safetensors", epochs=2)
     config.resolve_defaults()
@@ -329,14 +329,15 @@ def test_pretrained_name_for_a_file_path_still_means_the_file(tmp_path: Path) ->
 
 def test_offline_config_check_uses_a_folder_mirror(cache: Path, mirror: Path, weights_file: Path,
                                                    no_network: list[object]) -> None:
-    from cnnctl.config import TrainConfig
+    from cnnctl.engine.configure import check_config
+    from cnnctl.recipe.config import TrainConfig
 
     config = TrainConfig(arch=ARCH, pretrained="imagenet", offline=True, weights_mirror=str(mirror))
-    config.validate()
+    check_config(config)
     assert [path.name for path in cache.glob("*.pth")] == [weights_file.name]
     assert no_network == []
     with pytest.raises(DownloadError, match="--offline"):
-        TrainConfig(arch="squeezenet1_1", pretrained="imagenet", offline=True).validate()
+        check_config(TrainConfig(arch="squeezenet1_1", pretrained="imagenet", offline=True))
 
 
 def test_download_weights_dest_makes_a_folder_to_carry_to_an_offline_machine(cache: Path, mirror: Path,

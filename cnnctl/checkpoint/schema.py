@@ -17,11 +17,10 @@ from typing import Any
 
 from cnnctl.checkpoint.format import DAMAGED_HINT, FORMAT_VERSION, MAX_TENSORS, _is_int, versions
 from cnnctl.data.base import Preprocessing
+from cnnctl.data.image_stats import STAT_KEYS
 from cnnctl.errors import CheckpointError, CnnctlError
-from cnnctl.image_stats import STAT_KEYS
-from cnnctl.models import arch_options
-from cnnctl.options import MAX_IMAGE_SIDE  # pixels per side after padding: larger inputs are refused
-from cnnctl.registry import get_model_spec
+from cnnctl.recipe.options import MAX_IMAGE_SIDE  # pixels per side after padding: larger inputs are refused
+from cnnctl.registry import arch_options, get_model_spec
 
 MAX_CLASSES = 100_000
 MAX_CLASS_NAME = 1_000
@@ -29,6 +28,7 @@ INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")  # the resi
 MAX_PAD = 512
 MAX_ARCH_INT = 65_536
 MAX_TEXT = 4_096
+MAX_TEMPERATURE = 100.0  # the calibration temperature's upper bound (cnnctl/engine/calibration.py fits within it)
 
 
 
@@ -185,6 +185,8 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
     for key, value in versions.items():
         check.text(value, f"versions.{key}", limit=200)
     image_stats = _image_stats(data.get("image_stats"), check)
+    calibration = _calibration(data.get("calibration"), check)
+    distillation = check.obj(data.get("distillation"), "distillation", optional=True)
     return {
         "arch": arch,
         "arch_args": arch_args,
@@ -200,7 +202,30 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
         "config": check.obj(data.get("config"), "config", optional=True),
         "pretrained": _pretrained(check.obj(data.get("pretrained"), "pretrained", optional=True), check),
         "image_stats": image_stats,
+        "calibration": calibration,
+        "distillation": distillation or None,
     }
+
+
+
+def _calibration(value: Any, check: _Checker) -> dict[str, Any] | None:
+    """What ``cnnctl calibrate`` stored: a temperature in (0, 100], a threshold in [0, 1] or null, and numbers."""
+    if value is None:
+        return None
+    found = check.obj(value, "calibration")
+    temperature = found.get("temperature")
+    if not _is_number(temperature) or not (math.isfinite(temperature) and 0 < temperature <= MAX_TEMPERATURE):
+        raise check.fail("calibration.temperature", f"must be a number in (0, {MAX_TEMPERATURE:g}], not "
+                                                    f"{_short(temperature)}")
+    threshold = found.get("threshold")
+    if threshold is not None and (not _is_number(threshold) or not 0 <= threshold <= 1):
+        raise check.fail("calibration.threshold", f"must be a number from 0 to 1 or null, not {_short(threshold)}")
+    for key, number in found.items():
+        if key == "split":
+            check.text(number, "calibration.split", limit=20)
+        elif not (number is None or _is_number(number)):
+            raise check.fail(f"calibration.{key}", f"must be a number, not {_type_name(number)}")
+    return dict(found)
 
 
 def _pretrained(found: dict[str, Any], check: _Checker) -> dict[str, Any]:
@@ -214,7 +239,7 @@ def _pretrained(found: dict[str, Any], check: _Checker) -> dict[str, Any]:
 
 
 def _image_stats(value: Any, check: _Checker) -> dict[str, float] | None:
-    """The training images' statistics (cnnctl/image_stats.py): optional (older checkpoints have none); every
+    """The training images' statistics (cnnctl/data/image_stats.py): optional (older checkpoints have none); every
     level a number from 0 to 1."""
     if value is None:
         return None
@@ -304,7 +329,9 @@ class CheckpointMeta:
     versions: dict[str, str] | None = None
     config: dict[str, Any] | None = None  # the training options (to rebuild the validation split, to resume)
     pretrained: dict[str, Any] | None = None  # the weights it started from (PretrainedReport.to_dict())
-    image_stats: dict[str, float] | None = None  # how the training images look (cnnctl/image_stats.py)
+    image_stats: dict[str, float] | None = None  # how the training images look (cnnctl/data/image_stats.py)
+    calibration: dict[str, Any] | None = None  # `cnnctl calibrate`: temperature, threshold (engine/calibration.py)
+    distillation: dict[str, Any] | None = None  # --teacher: the teacher and the loss's settings (engine/distill.py)
 
     @property
     def num_classes(self) -> int:
@@ -331,6 +358,10 @@ class CheckpointMeta:
         )
         if self.pretrained:  # absent otherwise: a checkpoint trained from scratch reads as before
             document["pretrained"] = self.pretrained
+        if self.calibration:
+            document["calibration"] = self.calibration
+        if self.distillation:
+            document["distillation"] = self.distillation
         return json.dumps(document)
 
     @classmethod
@@ -350,4 +381,6 @@ class CheckpointMeta:
             config=data["config"],
             pretrained=data["pretrained"] or None,
             image_stats=data["image_stats"],
+            calibration=data["calibration"],
+            distillation=data["distillation"],
         )

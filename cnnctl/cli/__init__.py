@@ -15,6 +15,7 @@ import cnnctl.cli.explain_command  # noqa: F401  (registers `cnnctl explain`)
 import cnnctl.cli.export_command  # noqa: F401  (registers `cnnctl export`)
 from cnnctl.cli import (  # noqa: F401  (each registers its commands)
     benchmark_command,
+    calibrate_command,
     check_command,
     data_commands,
     doctor_command,
@@ -25,14 +26,15 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
     predict_command,
     probe_command,
     runs_command,
+    serve_command,
     train_command,
     tune_command,
 )
 from cnnctl.cli._common import app, state
 
 # `cnnctl --help` lists the commands in the order of a workflow; commands not named here follow, as registered
-WORKFLOW = ("download", "train", "eval", "predict", "embed", "probe", "export", "benchmark", "check", "runs", "tune",
-            "summary", "list", "doctor")
+WORKFLOW = ("download", "train", "eval", "predict", "calibrate", "serve", "embed", "probe", "export",
+            "benchmark", "check", "runs", "tune", "summary", "list", "doctor")
 
 
 def _in_workflow_order() -> None:
@@ -51,6 +53,8 @@ SUMMARIES = {
     "train": "train an architecture on a dataset or your own images",
     "eval": "accuracy, per-class metrics, confusion matrix, --report",
     "predict": "classify image files and folders (CSV or JSON)",
+    "calibrate": "fit temperature scaling (and an abstention threshold) on validation",
+    "serve": "serve a checkpoint over HTTP: POST /predict, batched",
     "embed": "write L2-normalised features of images, with their paths",
     "probe": "rank the pretrained backbones on this machine by a linear probe",
     "export": "export to ONNX, OpenVINO or TorchScript, judged in its runtime",

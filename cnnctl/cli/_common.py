@@ -12,6 +12,7 @@ import typer
 
 from cnnctl.cli.help import Command, Group
 from cnnctl.errors import CnnctlError
+from cnnctl.fsutil import displayable, os_reason
 
 app = typer.Typer(
     name="cnnctl",
@@ -81,7 +82,6 @@ def handle_errors(func: F) -> F:
             if state.debug:
                 raise
             if isinstance(error, OSError) and error.filename is not None:  # a file the system refuses: not a bug
-                from cnnctl.fsutil import displayable, os_reason
 
                 fail(f"cannot use {displayable(str(error.filename))}: {os_reason(error)}")
             fail(f"unexpected {type(error).__name__}: {error} (run again with --debug for the traceback)")
@@ -152,7 +152,3 @@ def complete_dataset(incomplete: str) -> list[str]:
 
 
 CHECKPOINT_HELP = ".safetensors file, run folder or run group (its latest run) \\[default: the latest run under ./runs]"
-
-
-TTA_HELP = ("test-time augmentation: average the probabilities over the image and its mirror (flip), the image and "
-            "4 shifted copies (crop), or both (flip-crop, 10 views); mirrors suit natural images, not digits")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+import inspect
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -14,34 +15,23 @@ from cnnctl.cli._common import (
     print_json,
     stderr_line,
 )
+from cnnctl.cli.params import declare
 from cnnctl.exporter import FORMATS
+from cnnctl.recipe.commands import BENCHMARK, command_values
 
 if TYPE_CHECKING:
     from cnnctl.benchmark import BenchmarkReport
 
 
-@command("benchmark")
-def benchmark_command(
-    checkpoint_path: Annotated[str | None, typer.Argument(
-        metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint)] = None,
-    batch_size: Annotated[int, typer.Option(help="batch size of the throughput measurement")] = 64,
-    threads: Annotated[int | None, typer.Option(
-        help="threads for every runtime \\[default: torch's, from the machine's load]")] = None,
-    formats: Annotated[str | None, typer.Option(
-        metavar="NAME[,...]", help=f"export formats to time: {', '.join(FORMATS)} \\[default: all]")] = None,
-    seconds: Annotated[float, typer.Option(help="least time spent on each measurement")] = 1.0,
-    root: Annotated[str | None, typer.Option(help="data folder with the training images the int8 formats "
-                                                  "calibrate on \\[env: CNNCTL_DATA]")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-) -> None:
+def benchmark_command(checkpoint_path: str | None = None, **params: Any) -> None:
     """Latency (batch 1) and throughput of a checkpoint in PyTorch eager and every export format (TorchScript, ONNX
     Runtime FP32/FP16/INT8, OpenVINO FP32/FP16/INT8) on this machine, and each export's size; nothing is written."""
     from cnnctl.benchmark import benchmark
 
+    values = command_values(BENCHMARK, params)
     checkpoint_path = checkpoint_argument(checkpoint_path)
-    names = [name.strip() for name in formats.split(",") if name.strip()] if formats is not None else None
-    report = benchmark(checkpoint_path, batch_size=batch_size, threads=threads, formats=names, seconds=seconds,
-                       root=root, log=stderr_line if not json_output else lambda _: None)
+    json_output = values.pop("json_output")
+    report = benchmark(checkpoint_path, **values, log=stderr_line if not json_output else lambda _: None)
     if json_output:
         print_json(report.to_dict())
         return
@@ -76,3 +66,11 @@ def _size(size: int | None) -> str:
         if size >= scale:
             return f"{size / scale:.3g} {unit}"
     return f"{size} B"
+
+
+declare(benchmark_command, BENCHMARK, leading=[inspect.Parameter(
+    "checkpoint_path", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+    annotation=Annotated[str | None, typer.Argument(metavar="CHECKPOINT", help=CHECKPOINT_HELP,
+                                                    autocompletion=complete_checkpoint)])],
+        extra={"formats": {"help": f"export formats to time: {', '.join(FORMATS)} \\[default: all]"}})
+command("benchmark")(benchmark_command)

@@ -8,7 +8,10 @@ from typing import Annotated
 import typer
 
 from cnnctl.cli._common import command, stderr_line
-from cnnctl.options import OPTION_BY_NAME
+from cnnctl.errors import DataError
+from cnnctl.fsutil import displayable, require_writable_file
+from cnnctl.progress import counting
+from cnnctl.recipe.options import OPTION_BY_NAME
 
 
 @command()
@@ -47,9 +50,6 @@ def embed(
         open_backbone,
         write_embeddings,
     )
-    from cnnctl.errors import DataError
-    from cnnctl.fsutil import displayable, require_writable_file
-    from cnnctl.progress import counting
 
     if offline:
         os.environ["CNNCTL_OFFLINE"] = "1"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Any
 
 import typer
 
 from cnnctl.cli._common import (
     CHECKPOINT_HELP,
-    TTA_HELP,
     checkpoint_argument,
     command,
     complete_checkpoint,
@@ -17,51 +17,31 @@ from cnnctl.cli._common import (
     stderr_line,
     wrap_fields,
 )
-from cnnctl.options import choice_settings
+from cnnctl.cli.params import declare
+from cnnctl.fsutil import require_writable_folder
+from cnnctl.recipe.commands import EVAL, command_values
 
 
-@command("eval")
-def eval_command(
-    checkpoint_path: Annotated[str | None, typer.Argument(
-        metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint)] = None,
-    dataset: Annotated[str | None, typer.Option(help="dataset \\[default: the checkpoint's]",
-                                                autocompletion=complete_dataset)] = None,
-    split: Annotated[str, typer.Option(**choice_settings(lambda: ("test", "val", "train")),
-                                       help="val: as held out in training")] = "test",
-    batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 1000,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
-    root: Annotated[str | None, typer.Option(help="data folder \\[env: CNNCTL_DATA]")] = None,
-    mirror: Annotated[str | None, typer.Option(help="dataset mirror \\[env: CNNCTL_MIRROR]")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    data: Annotated[str | None, typer.Option(help="a folder of class sub-folders to evaluate on \\[default: the "
-                                                  "checkpoint's folder, for folder runs]")] = None,
-    plots: Annotated[str | None, typer.Option(
-        "--plots", metavar="DIR", help="write confusion.png and predictions.png into this folder")] = None,
-    report_dir: Annotated[str | None, typer.Option(
-        "--report", metavar="DIR", help="write an HTML report (DIR/index.html, self-contained) and report.json: "
-                                        "metrics, confusion, top losses, confused pairs, calibration")] = None,
-    label_issues: Annotated[bool, typer.Option(
-        "--label-issues", help="rank the images whose given label the model finds least likely (cleanlab: "
-                               "pip install 'cnnctl\\[labels]'); in the report and its label_issues.csv")] = False,
-    top_losses: Annotated[int, typer.Option(min=0, help="images in the report's top-losses grid")] = 32,
-    tta: Annotated[str, typer.Option(metavar="[none|flip|crop|flip-crop]", help=TTA_HELP)] = "none",
-) -> None:
+def eval_command(checkpoint_path: str | None = None, **params: Any) -> None:
     """Loss, accuracy, top-k accuracy (k = 5, or the number of classes if fewer), balanced accuracy, macro-F1,
     per-class precision/recall/F1, the confusion matrix and the calibration error of a checkpoint;
     --report DIR shows why it is wrong, with pictures."""
-    from cnnctl.fsutil import require_writable_folder
     from cnnctl.report import evaluate_and_report
 
-    for folder, option in ((plots, "--plots"), (report_dir, "--report")):
-        if folder is not None:  # before any work: an unwritable folder is found now, not after the evaluation
-            require_writable_folder(folder, option=option)
+    values = command_values(EVAL, params)
+    for option in ("plots", "report"):
+        if values[option] is not None:  # before any work: an unwritable folder is found now, not after the evaluation
+            require_writable_folder(values[option], option="--" + option)
     checkpoint_path = checkpoint_argument(checkpoint_path)
 
-    report = evaluate_and_report(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size, root=root,
-                                 mirror=mirror, device=device, log=stderr_line, data_dir=data, plots_dir=plots,
-                                 report_dir=report_dir, label_issues=label_issues, top_losses=top_losses,
-                                 tta=tta)
-    if json_output:
+    report = evaluate_and_report(checkpoint_path, dataset=values["dataset"], split=values["split"],
+                                 batch_size=values["batch_size"], root=values["root"], mirror=values["mirror"],
+                                 device=values["device"], log=stderr_line, data_dir=values["data"],
+                                 plots_dir=values["plots"], report_dir=values["report"],
+                                 label_issues=values["label_issues"], top_losses=values["top_losses"],
+                                 tta=values["tta"])
+    tta = values["tta"]
+    if values["json_output"]:
         print_json(report)
         return
     from rich.console import Console
@@ -75,6 +55,10 @@ def eval_command(
     if "balanced_accuracy" in report:
         fields += [f"balanced accuracy {report['balanced_accuracy']:.2%}", f"macro-F1 {report['macro_f1']:.4f}"]
     fields += [f"loss {report['loss']:.4f}", f"ECE {report['calibration']['ece']:.4f}"]
+    if "calibrated" in report:  # cnnctl calibrate stored a temperature
+        after = report["calibrated"]
+        fields += [f"calibrated (T {after['temperature']:.3f}): loss {after['loss']:.4f}",
+                   f"ECE {after['ece']:.4f}"]
     if tta != "none":
         fields.append(f"(test-time augmentation: {tta})")
     head = f"{report['arch']} on {evaluated_on(report)} ({report['count']:,} images):"
@@ -95,13 +79,21 @@ def eval_command(
     for name, counts in zip(classes, report["confusion"]):
         confusion.add_row(name[:12], *(str(count) for count in counts))
     console.print(confusion)
-    if label_issues:
-        print_label_issues(console, report["label_issues"], report["count"], saved=report_dir is not None)
+    if values["label_issues"]:
+        print_label_issues(console, report["label_issues"], report["count"], saved=values["report"] is not None)
 
 
 ISSUES_PRINTED = 20
 SPLIT_NAMES = {"test": "test split", "val": "validation split, held out in training", "train": "training split",
                "all": "all images"}
+
+
+declare(eval_command, EVAL, leading=[inspect.Parameter(
+    "checkpoint_path", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+    annotation=Annotated[str | None, typer.Argument(metavar="CHECKPOINT", help=CHECKPOINT_HELP,
+                                                    autocompletion=complete_checkpoint)])],
+        completions={"dataset": complete_dataset})
+command("eval")(eval_command)
 
 
 def evaluated_on(report: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cnnctl.cli._common import command, print_json, stderr_line
+from cnnctl.registry import suggest
 
 
 @command()
@@ -29,7 +30,6 @@ def explain(
     image, with the map over the image and the top-k predictions."""
     from cnnctl.engine.heatmaps import METHODS
     from cnnctl.engine.heatmaps import explain as explain_images
-    from cnnctl.registry import suggest
 
     if method not in METHODS:
         raise suggest(method, list(METHODS), "--method")

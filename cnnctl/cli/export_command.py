@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+import inspect
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cnnctl.cli._common import CHECKPOINT_HELP, checkpoint_argument, command, complete_checkpoint, print_json
-from cnnctl.exporter import CALIBRATION_IMAGES, FORMATS, MAX_DROP
-from cnnctl.options import choice_settings
+from cnnctl.cli.params import declare
+from cnnctl.exporter import FORMATS
+from cnnctl.recipe.commands import EXPORT, command_values
+from cnnctl.recipe.options import choice_settings
 
 if TYPE_CHECKING:
     from cnnctl.exporter import ExportResult
@@ -21,31 +24,7 @@ def _format_names() -> list[str]:
 _FORMAT_HELP = "; ".join(f"{entry.name}: {entry.description}" for entry in FORMATS.values()).replace("[", "\\[")
 
 
-@command("export")
-def export_command(
-    checkpoint_path: Annotated[str | None, typer.Argument(
-        metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint)] = None,
-    format: Annotated[str, typer.Option("--format", "-f", help=_FORMAT_HELP, **choice_settings(_format_names))]
-        = "onnx",
-    dynamic_batch: Annotated[bool, typer.Option(
-        "--dynamic-batch", help="accept any batch size \\[default: exactly 1 image per call]")] = False,
-    opset: Annotated[int | None, typer.Option(min=7, help="ONNX opset \\[default: the exporter's own]")] = None,
-    output: Annotated[str | None, typer.Option(
-        "--output", "-o", help="model file or folder to write \\[default: beside the checkpoint]")] = None,
-    root: Annotated[str | None, typer.Option(help="data folder with the test images \\[env: CNNCTL_DATA]")] = None,
-    data: Annotated[str | None, typer.Option(
-        help="a folder of class sub-folders to check (and calibrate) on \\[default: the checkpoint's test split]")]
-        = None,
-    max_drop: Annotated[float, typer.Option(
-        help="accuracy points the export may lose against PyTorch before it is refused (0-100)")] = MAX_DROP,
-    force: Annotated[bool, typer.Option(
-        "--force", help="write the export even when it fails the accuracy check (and say so)")] = False,
-    calibration_images: Annotated[int, typer.Option(
-        help="training images an int8 format calibrates on")] = CALIBRATION_IMAGES,
-    calibration_method: Annotated[str | None, typer.Option(
-        metavar="[minmax|entropy|percentile]", help="how onnx-int8 sets its ranges \\[default: minmax]")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-) -> None:
+def export_command(checkpoint_path: str | None = None, **params: Any) -> None:
     """Export a checkpoint to ONNX (FP32, FP16, INT8), OpenVINO IR (FP32, FP16, INT8) or TorchScript.
 
     The export is run in its own runtime on the checkpoint's test split (or --data) beside PyTorch: exact formats \
@@ -53,10 +32,10 @@ must give PyTorch's outputs (within 1e-4; OpenVINO 1e-3), and no export may lose
 points, or nothing is written. Its preprocessing is written beside it as JSON."""
     from cnnctl.exporter import export
 
+    values = command_values(EXPORT, params)  # before any work: --max-drop 101 is one line
     checkpoint_path = checkpoint_argument(checkpoint_path)
-    result = export(checkpoint_path, format=format, output=output, dynamic_batch=dynamic_batch, opset=opset,
-                    root=root, data=data, max_drop=max_drop, force=force, calibration_images=calibration_images,
-                    calibration_method=calibration_method)
+    json_output = values.pop("json_output")
+    result = export(checkpoint_path, **values)
     if json_output:
         print_json(result.to_dict())
         return
@@ -100,3 +79,11 @@ def export_lines(result: ExportResult) -> list[str]:
     if result.forced is not None:
         lines.append(f"written because of --force: {result.forced}")
     return lines
+
+
+declare(export_command, EXPORT, leading=[inspect.Parameter(
+    "checkpoint_path", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+    annotation=Annotated[str | None, typer.Argument(metavar="CHECKPOINT", help=CHECKPOINT_HELP,
+                                                    autocompletion=complete_checkpoint)])],
+        extra={"format": {"help": _FORMAT_HELP, **choice_settings(_format_names)}})
+command("export")(export_command)

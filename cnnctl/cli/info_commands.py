@@ -8,7 +8,7 @@ import typer
 
 from cnnctl.cli._common import command, complete_arch, print_json
 from cnnctl.errors import UsageError
-from cnnctl.options import choice_settings
+from cnnctl.recipe.options import choice_settings
 
 
 @command("list")

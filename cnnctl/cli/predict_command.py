@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import time
-from typing import Annotated, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
 from cnnctl.cli._common import (
     CHECKPOINT_HELP,
-    TTA_HELP,
     checkpoint_argument,
     command,
     complete_checkpoint,
     stderr_line,
 )
+from cnnctl.cli.params import declare
 from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.fsutil import STDOUT, atomic_write_text, displayable, require_writable_file
+from cnnctl.progress import counting, plural, rate_text
+from cnnctl.recipe.commands import PREDICT, command_values
 
 
 class WeightsSource(NamedTuple):
@@ -45,37 +49,7 @@ def _pretrained_arguments(first: str | None, paths: list[str], arch: str | None,
     return str(arch), first, paths
 
 
-@command()
-def predict(
-    checkpoint_path: Annotated[str | None, typer.Argument(
-        metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint, show_default=False)] = None,
-    paths: Annotated[list[str] | None, typer.Argument(metavar="PATH", help="image files or folders",
-                                                      show_default=False)] = None,
-    output: Annotated[str | None, typer.Option(
-        "--output", "-o", help="write CSV (or JSON) to this file; - for stdout \\[default: stdout]")] = None,
-    topk: Annotated[int, typer.Option(min=1, help="how many top classes per image")] = 5,
-    batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 256,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
-    strict: Annotated[bool, typer.Option(help="fail (exit 1) if any image cannot be read")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="JSON instead of CSV")] = False,
-    max_pixels: Annotated[int | None, typer.Option(
-        min=1, help="refuse images with more pixels (read from the header) \\[default: 89,478,485]")] = None,
-    plot: Annotated[str | None, typer.Option(
-        "--plot", metavar="PNG", help="also draw the first 64 images with their predicted classes (wrong ones in "
-                                      "red where a parent folder names the true class)")] = None,
-    tta: Annotated[str, typer.Option(metavar="[none|flip|crop|flip-crop]", help=TTA_HELP)] = "none",
-    pretrained: Annotated[str | None, typer.Option(
-        metavar="WEIGHTS", help="classify with ImageNet weights, no training: the first argument is then the "
-                                "architecture (cnnctl predict tv:resnet50 --pretrained imagenet photo.jpg); "
-                                "imagenet, a weights name, or a .pth/.safetensors file")] = None,
-    arch: Annotated[str | None, typer.Option(
-        help="the architecture of a weights file given as the first argument (cnnctl predict lite0.pth --arch "
-             "timm:tf_efficientnet_lite0 photo.jpg)")] = None,
-    weights_mirror: Annotated[str | None, typer.Option(
-        help="with --pretrained: URL or folder tried before the official URL \\[env: CNNCTL_WEIGHTS_MIRROR]")] = None,
-    offline: Annotated[bool, typer.Option(
-        "--offline", envvar="CNNCTL_OFFLINE", help="open no network connection (weights must be on disk)")] = False,
-) -> None:
+def predict(checkpoint_path: str | None = None, paths: list[str] | None = None, **params: Any) -> None:
     """Classify images with a checkpoint, or with ImageNet weights (--pretrained).
 
     Preprocessing comes from the checkpoint (or the weights). Rows: path, label, class, probability, top-k. \
@@ -91,11 +65,10 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         predictions_json,
     )
     from cnnctl.engine.runs import is_checkpoint_like
-    from cnnctl.engine.tta import check_tta
-    from cnnctl.fsutil import STDOUT, atomic_write_text, displayable, require_writable_file
-    from cnnctl.progress import counting, plural, rate_text
 
-    tta = check_tta(tta)
+    values = command_values(PREDICT, params)
+    output, plot, tta = values["output"], values["plot"], values["tta"]
+    pretrained, arch, device = values["pretrained"], values["arch"], values["device"]
 
     to_file = output is not None and output != STDOUT
     if to_file:  # checked before any work: a device, a FIFO, a folder or an unwritable place is refused now
@@ -111,20 +84,20 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
     if pretrained and arch:
         from cnnctl.models.imagenet_classifier import imagenet_classifier
 
-        if offline:  # for everything this process does, as `train --offline`
+        if values["offline"]:  # for everything this process does, as `train --offline`
             import os
 
             os.environ["CNNCTL_OFFLINE"] = "1"
         model = imagenet_classifier(arch, pretrained, device=device, log=stderr_line,
-                                    config=WeightsSource(weights_mirror, offline))
+                                    config=WeightsSource(values["weights_mirror"], values["offline"]))
     else:
         model, _ = load_for_inference(checkpoint_argument(checkpoint_path), device=device)
     files, skipped = find_images(paths)
     if not files:
         raise UsageError("no image files found in " + ", ".join(displayable(p) for p in paths),
                          hint="pass png/jpg/bmp/webp/tif files or folders that contain them")
-    predictor = Predictor(model, model.cnnctl_meta, batch_size=batch_size, topk=topk, max_pixels=max_pixels,
-                          tta=tta)
+    predictor = Predictor(model, model.cnnctl_meta, batch_size=values["batch_size"], topk=values["topk"],
+                          max_pixels=values["max_pixels"], tta=tta, reject_below=values["reject_below"])
     predictor.import_decoders()  # start-up, not prediction: outside the time reported
     started = time.perf_counter()
     predictions = []
@@ -137,9 +110,9 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
     if plot:
         from cnnctl.plots import plot_file_predictions
 
-        plotted = plot_file_predictions(predictions, model.cnnctl_meta, plot, max_pixels=max_pixels)
+        plotted = plot_file_predictions(predictions, model.cnnctl_meta, plot, max_pixels=values["max_pixels"])
         stderr_line(f"wrote {plotted}")
-    text = predictions_json(predictions) if json_output else predictions_csv(predictions)
+    text = predictions_json(predictions) if values["json_output"] else predictions_csv(predictions)
     if to_file:
         atomic_write_text(output, text)  # type: ignore[arg-type]
     else:
@@ -152,6 +125,11 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
                 f"image{'s' if len(predictions) != 1 else ''} in {seconds:.2f}s ({rate + '; ' if rate else ''}"
                 f"decode {timings['decode_s']:.2f}s, inference {timings['inference_s']:.2f}s)"
                 f"{note}" + (f"; wrote {output}" if to_file else ""))
+    if predictor.reject_below is not None:
+        rejected = sum(p.rejected for p in predictions)
+        source = "--reject-below" if values["reject_below"] is not None else "the checkpoint's threshold"
+        stderr_line(f"unknown: {rejected:,} of {len(predictions) - len(failures):,} images (top probability below "
+                    f"{predictor.reject_below:.4f}, {source})")
     accuracy = folder_accuracy(predictions, model.cnnctl_meta.classes)
     if accuracy is not None:
         correct, counted = accuracy
@@ -166,5 +144,14 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         stderr_line(f"could not read {plural(len(failures), 'image')}{first}")
     for failure in failures[:5]:
         stderr_line(f"  {displayable(failure.error or '')}")
-    if failures and strict:
+    if failures and values["strict"]:
         raise CnnctlError(f"{len(failures)} of {len(predictions)} images could not be read (--strict)")
+
+
+declare(predict, PREDICT, leading=[
+    inspect.Parameter("checkpoint_path", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
+        str | None, typer.Argument(metavar="CHECKPOINT", help=CHECKPOINT_HELP, autocompletion=complete_checkpoint,
+                                   show_default=False)]),
+    inspect.Parameter("paths", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
+        list[str] | None, typer.Argument(metavar="PATH", help="image files or folders", show_default=False)])])
+command()(predict)

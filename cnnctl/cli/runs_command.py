@@ -9,7 +9,7 @@ import typer
 
 from cnnctl.cli._common import app, handle_errors, print_json, stderr_line
 from cnnctl.cli.help import Command, Group
-from cnnctl.options import choice_settings
+from cnnctl.recipe.options import choice_settings
 
 DEFAULT_DIR = "runs"
 

@@ -2,66 +2,30 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Any
 
 import typer
 
-from cnnctl.cli._common import command, print_json, stderr_line
+from cnnctl.cli._common import command, print_json, state, stderr_line
+from cnnctl.cli.params import context, declare
+from cnnctl.errors import UsageError
+from cnnctl.recipe.commands import SEARCH, TUNE, command_values
+from cnnctl.recipe.config_file import coerce_options, read_config_file
 
-SEARCH = "Search"
-WHERE = "Storage, workers and resume"
 
-
-@command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True})
-def tune(
-    ctx: typer.Context,
-    train_args: Annotated[list[str] | None, typer.Argument(
-        metavar="ARCH [TRAIN OPTIONS]",
-        help="the architecture and any `cnnctl train` options (--dataset/--data, --epochs, --limit, --monitor, "
-             "--config FILE, ...): every trial trains with them, plus its searched values")] = None,
-    trials: Annotated[int | None, typer.Option(
-        help="trials in the whole search (all workers and machines together) \\[default: 20; with --resume: "
-             "as before, or a new total]", rich_help_panel=SEARCH)] = None,
-    timeout: Annotated[float | None, typer.Option(
-        help="start no new trial after this many seconds (the running ones finish)", rich_help_panel=SEARCH)]
-        = None,
-    param: Annotated[list[str] | None, typer.Option(
-        "--param", "-p", metavar="NAME=SPEC",
-        help="a train option to search: lr=loguniform:1e-4:1e-1, weight_decay=uniform:0:1e-3, epochs=int:2:8, "
-             "batch_size=choice:64,128,256, optimizer=choice:adam,sgd (repeat for several)",
-        rich_help_panel=SEARCH)] = None,
-    space: Annotated[str | None, typer.Option(
-        metavar="FILE", help="YAML/JSON/TOML mapping of option names to SPECs (--param overrides its entries)",
-        rich_help_panel=SEARCH)] = None,
-    pruner: Annotated[str, typer.Option(
-        help="stop hopeless trials early: median (worse than the median of earlier trials at the same epoch), "
-             "hyperband, or none", rich_help_panel=SEARCH)] = "median",
-    pruner_startup: Annotated[int, typer.Option(
-        help="median pruner: trials that must finish before any is pruned", rich_help_panel=SEARCH)] = 2,
-    storage: Annotated[str | None, typer.Option(
-        envvar="CNNCTL_TUNE_STORAGE", metavar="URL",
-        help="SQLAlchemy database URL of the study, e.g. postgresql://user@host/db, shared by every process "
-             "that runs this search \\[default: sqlite optuna.db in the search folder]", rich_help_panel=WHERE)]
-        = None,
-    workers: Annotated[int, typer.Option(
-        min=1, help="worker processes on this machine, sharing the study and the CPU cores", rich_help_panel=WHERE)]
-        = 1,
-    resume: Annotated[str | None, typer.Option(
-        metavar="DIR", help="continue the search in this folder (runs/tune-NAME): interrupted trials continue, "
-                            "finished ones are kept", rich_help_panel=WHERE)] = None,
-    worker: Annotated[bool, typer.Option(hidden=True, help="run trials only (started by --workers)")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="one line per trial, not per epoch")] = False,
-) -> None:
+def tune(ctx: typer.Context, train_args: list[str] | None = None, param: list[str] | None = None,
+         **params: Any) -> None:
     """Search hyper-parameters with Optuna: each trial is a run folder runs/tune-NAME/trial-K/1, scored by
     --monitor on the validation split (never the test set); ends with a table, best.yaml, importance.png and
     history.png."""
-    from cnnctl.cli._common import state
-    from cnnctl.errors import UsageError
     from cnnctl.tune import require_optuna
     from cnnctl.tune import study as search_module
 
     require_optuna()
+    values = command_values(TUNE, params)
+    trials, timeout, space, storage = values["trials"], values["timeout"], values["space"], values["storage"]
+    workers, resume, worker, quiet = values["workers"], values["resume"], values["worker"], values["quiet"]
     if resume is not None:
         if train_args or param or space:
             raise UsageError("a resumed search keeps its own options and space",
@@ -76,7 +40,8 @@ def tune(
     else:
         if worker:
             raise UsageError("--worker is for the processes --workers starts, with --resume")
-        spec, out, name_given = _new_spec(ctx, train_args or [], param or [], space, trials, pruner, pruner_startup)
+        spec, out, name_given = _new_spec(ctx, train_args or [], param or [], space, trials, values["pruner"],
+                                          values["pruner_startup"])
         search = search_module.start_search(spec, out=out, name_given=name_given, storage_url=storage)
     if not worker:
         _say_start(search, workers)
@@ -92,18 +57,33 @@ def tune(
         code = done.interrupted.exit_code if done.interrupted is not None else 0
     if worker:
         raise typer.Exit(code)
-    _finish(search, json_output)
+    _finish(search, values["json_output"])
     if interrupted:
         stderr_line(f"search interrupted; continue it with: cnnctl tune --resume {search.tune_dir}")
     if code:
         raise typer.Exit(code)
 
 
+declare(tune, TUNE, leading=[
+    context(),
+    inspect.Parameter("train_args", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
+        list[str] | None, typer.Argument(
+            metavar="ARCH [TRAIN OPTIONS]",
+            help="the architecture and any `cnnctl train` options (--dataset/--data, --epochs, --limit, --monitor, "
+                 "--config FILE, ...): every trial trains with them, plus its searched values")]),
+    inspect.Parameter("param", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
+        list[str] | None, typer.Option(
+            "--param", "-p", metavar="NAME=SPEC",
+            help="a train option to search: lr=loguniform:1e-4:1e-1, weight_decay=uniform:0:1e-3, epochs=int:2:8, "
+                 "batch_size=choice:64,128,256, optimizer=choice:adam,sgd (repeat for several; cnnctl.tune.search "
+                 "takes them as its space mapping)", rich_help_panel=SEARCH)])])
+command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True})(tune)
+
+
 def _new_spec(ctx: typer.Context, train_args: list[str], params: list[str], space_file: str | None,
               trials: int | None, pruner: str, pruner_startup: int) -> tuple[Any, str, bool]:
     """The SearchSpec of a new search from the command line; also the folder that holds searches (--out) and
     whether --name was given."""
-    from cnnctl.config_file import coerce_options, read_config_file
     from cnnctl.tune.space import build_space
     from cnnctl.tune.study import new_spec
 
@@ -119,7 +99,6 @@ def _new_spec(ctx: typer.Context, train_args: list[str], params: list[str], spac
 def _parse_train_arguments(ctx: typer.Context, args: list[str]) -> tuple[dict[str, Any], str | None]:
     """``ARCH [TRAIN OPTIONS]`` parsed by `cnnctl train`'s own command: the options given, and --config."""
     from cnnctl.cli.train_command import _explicit_options
-    from cnnctl.errors import UsageError
 
     root = ctx.find_root()
     train_command = root.command.get_command(root, "train")  # type: ignore[attr-defined]

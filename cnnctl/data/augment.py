@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cnnctl.errors import UsageError
-from cnnctl.registry import suggest
+from cnnctl.recipe.augmentations import AugmentInfo, add_augmentation, get_augmentation
 
 if TYPE_CHECKING:
     import torch
@@ -143,26 +143,28 @@ class AugmentSettings:
 
 
 @dataclass(frozen=True)
-class AugmentPreset:
-    """One ``--augment`` preset: ``build(image_size)`` (or ``build(image_size, settings)`` when ``settings``)
-    returns the batch augmentation (None: leave images as they are). ``channels``: the only channel count it is
-    made for (None: any). Registered with :func:`register_augmentation`; listing, validation and ``--help`` read
-    the registry."""
+class AugmentBuilder:
+    """How one ``--augment`` preset (an entry of :mod:`cnnctl.recipe.augmentations`) is built: ``build(image_size)``
+    (or ``build(image_size, settings)`` when ``settings``) returns the batch augmentation (None: leave images as
+    they are)."""
 
-    name: str
-    description: str
     build: Callable[..., Augmentation | None]
-    channels: int | None = None
     settings: bool = False
 
 
-AUGMENT_PRESETS: dict[str, AugmentPreset] = {}
+AUGMENT_BUILDERS: dict[str, AugmentBuilder] = {}
+
+
+def augmentation_builder(name: str, build: Callable[..., Augmentation | None], *, settings: bool = False) -> None:
+    """The builder of the preset ``name`` declared in cnnctl/recipe/augmentations.py."""
+    AUGMENT_BUILDERS[name] = AugmentBuilder(build, settings)
 
 
 def register_augmentation(name: str, description: str, build: Callable[..., Augmentation | None], *,
-                          channels: int | None = None, settings: bool = False) -> AugmentPreset:
-    AUGMENT_PRESETS[name] = preset = AugmentPreset(name, description, build, channels, settings)
-    return preset
+                          channels: int | None = None, settings: bool = False) -> None:
+    """A new preset in one go: its entry (listing, validation, ``--help``) and its builder."""
+    add_augmentation(AugmentInfo(name, description, channels))
+    augmentation_builder(name, build, settings=settings)
 
 
 def _crop_padding(image_size: tuple[int, int]) -> int:
@@ -176,14 +178,13 @@ def make_augmentation(preset: str, image_size: tuple[int, int], settings: Augmen
     settings = settings or AugmentSettings()
     parts: list[Augmentation] = []
     for name in [part.strip() for part in preset.split(",") if part.strip()] or ["none"]:
-        if name not in AUGMENT_PRESETS:
-            raise suggest(name, list(AUGMENT_PRESETS), "augmentation")
-        entry = AUGMENT_PRESETS[name]
+        entry = get_augmentation(name)
         if entry.channels is not None and entry.channels != settings.channels:
             raise UsageError(f"--augment {name} is a policy for {entry.channels}-channel images, but this run's "
                              f"images have {settings.channels}",
                              hint="use trivialaugment or randaugment, which suit any channel count")
-        built = entry.build(image_size, settings) if entry.settings else entry.build(image_size)
+        builder = AUGMENT_BUILDERS[name]
+        built = builder.build(image_size, settings) if builder.settings else builder.build(image_size)
         if built is not None:
             parts.append(built)
     if random_erasing > 0:
@@ -205,15 +206,13 @@ def _crop_flip(image_size: tuple[int, int]) -> Augmentation:
     return lambda images, generator: random_hflip(random_crop(images, generator, padding), generator)
 
 
-register_augmentation("none", "no augmentation", lambda image_size: None)
-register_augmentation("shift", "random shift: crop with zero padding (digits)", _shift)
-register_augmentation("crop-flip", "crop with padding and horizontal flip (natural images)", _crop_flip)
-register_augmentation("affine", "small random rotation, scale and shift per image (handwriting)",
-                      lambda image_size: random_affine)
-register_augmentation("resized-crop-flip", "random resized crop (--crop-scale) and horizontal flip (fine-tuning "
-                      "ImageNet weights)",
-                      lambda image_size, settings: RandomResizedCropFlip(image_size, (settings.crop_scale, 1.0)),
-                      settings=True)
+augmentation_builder("none", lambda image_size: None)
+augmentation_builder("shift", _shift)
+augmentation_builder("crop-flip", _crop_flip)
+augmentation_builder("affine", lambda image_size: random_affine)
+augmentation_builder("resized-crop-flip",
+                     lambda image_size, settings: RandomResizedCropFlip(image_size, (settings.crop_scale, 1.0)),
+                     settings=True)
 
 
 def _policy(make: Callable[[AugmentSettings], Callable[[torch.Tensor], torch.Tensor]]
@@ -227,15 +226,11 @@ def _v2() -> object:
     return v2
 
 
-register_augmentation("trivialaugment", "TrivialAugment Wide: one random operation at a random strength per image",
-                      _policy(lambda settings: _v2().TrivialAugmentWide()), settings=True)
-register_augmentation("randaugment", "RandAugment: 2 random operations per image at --randaugment-magnitude",
-                      _policy(lambda settings: _v2().RandAugment(magnitude=settings.randaugment_magnitude)),
-                      settings=True)
+augmentation_builder("trivialaugment", _policy(lambda settings: _v2().TrivialAugmentWide()), settings=True)
+augmentation_builder("randaugment",
+                     _policy(lambda settings: _v2().RandAugment(magnitude=settings.randaugment_magnitude)),
+                     settings=True)
 for _policy_name in ("imagenet", "cifar10", "svhn"):
-    register_augmentation(
-        f"autoaugment-{_policy_name}", f"AutoAugment's policy learned on {_policy_name} (colour images)",
-        _policy(lambda settings, name=_policy_name: _v2().AutoAugment(
-            getattr(_v2().AutoAugmentPolicy, name.upper()))), channels=3, settings=True)
-register_augmentation("augmix", "AugMix: a blend of augmentation chains per image",
-                      _policy(lambda settings: _v2().AugMix()), settings=True)
+    augmentation_builder(f"autoaugment-{_policy_name}", _policy(lambda settings, name=_policy_name: _v2().AutoAugment(
+        getattr(_v2().AutoAugmentPolicy, name.upper()))), settings=True)
+augmentation_builder("augmix", _policy(lambda settings: _v2().AugMix()), settings=True)

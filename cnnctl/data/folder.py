@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl.data.base import ImageTensors
 from cnnctl.data.check import SPLIT_ORDER, CheckReport, FolderCheck
-from cnnctl.data.images import IMAGE_SUFFIXES, ResizeTarget, decode_file, fit_to_target, is_grey, to_grey
+from cnnctl.data.images import ResizeTarget, decode_file, fit_to_target, is_grey, to_grey
 from cnnctl.data.splits import PreparedData, resolve_preprocessing, split_positions
 from cnnctl.data.stream import StreamedImages, memory_budget, plan_cache, size_text, stream_workers
-from cnnctl.engine.imbalance import check_class_names
 from cnnctl.errors import DataError, UsageError
+from cnnctl.filekind import IMAGE_SUFFIXES
 from cnnctl.models.weights import (
     finetune_image_size,
     grey_input_mode,
@@ -35,15 +35,16 @@ from cnnctl.models.weights import (
     with_data_statistics,
 )
 from cnnctl.progress import plural
+from cnnctl.recipe.class_weights import check_class_names
 from cnnctl.registry import DatasetSpec, get_dataset_spec, register_dataset
 
 if TYPE_CHECKING:
     import torch
 
-    from cnnctl.config import TrainConfig
     from cnnctl.data.base import ImageTensors
     from cnnctl.data.splits import PreparedData
     from cnnctl.data.stream import StreamedImages
+    from cnnctl.recipe.config import TrainConfig
     from cnnctl.registry import ModelSpec
 
 DEFAULT_IMAGE_SIZE = 64  # folder images are resized to this square unless --img-size (or a fixed-input model) says

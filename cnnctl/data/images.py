@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 from cnnctl import filekind
 from cnnctl.data.png_check import png_problem
 from cnnctl.errors import DataError
-from cnnctl.filekind import IMAGE_SUFFIXES  # noqa: F401 - part of this module's API
 
 if TYPE_CHECKING:
     import torch
@@ -55,6 +54,14 @@ REDUCING_GAP = 2.0
 # libjpeg's 1/8 scale (one pixel per 8x8 block) came out 2-2.7 grey levels from the full decode after a resize to
 # 64x64, where 1/2 and 1/4 stay within 0.5, and it decodes only ~12% faster than 1/4: 1/4 is the smallest scale.
 MAX_JPEG_REDUCTION = 4
+
+
+class UnknownImageFormat(DataError):
+    """Bytes whose header no decoder recognises: not an image, or not one cnnctl can read."""
+
+
+class TooManyPixels(DataError):
+    """An image whose header declares more pixels than the limit: refused before any pixel is decoded."""
 
 
 @dataclass(frozen=True)
@@ -158,10 +165,10 @@ def read_header(data: bytes, path: Path, max_pixels: int | None = None) -> Image
             header = ImageHeader(image.format or "?", width, height, image.mode,
                                  bool(getattr(image, "is_animated", False)), _orientation(image))
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for broken files
-        raise DataError(f"{path}: not a readable image ({_reason(error, data)})") from error
+        raise UnknownImageFormat(f"{path}: not a readable image ({_reason(error, data)})") from error
     if width * height > limit:
-        raise DataError(f"{path}: {width:,}x{height:,} = {width * height:,} pixels, more than the limit of "
-                        f"{limit:,}; not decoded", hint="pass --max-pixels N to allow larger images")
+        raise TooManyPixels(f"{path}: {width:,}x{height:,} = {width * height:,} pixels, more than the limit of "
+                            f"{limit:,}; not decoded", hint="pass --max-pixels N to allow larger images")
     return header
 
 

@@ -133,6 +133,7 @@ class BatchLoader:
         # proportional to sample_weights[i] (engine/imbalance.py: 1 / images of its class)
         self.sample_weights = None if sample_weights is None else sample_weights.to("cpu", torch.float64)
         self.shard: tuple[int, int] = (0, 1)  # (rank, world size); batch_size is then the per-rank batch
+        self.last_index: torch.Tensor | None = None  # the split's indices of the batch last yielded
 
     def __len__(self) -> int:
         count = self._indices_count()
@@ -183,6 +184,7 @@ class BatchLoader:
                 inputs, labels = self.mix(inputs, labels, self.generator)
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
+            self.last_index = index
             yield inputs, labels
 
 

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl.data.base import ImageTensors, Preprocessing
 from cnnctl.data.download import ensure_files
-from cnnctl.engine.imbalance import check_class_names
 from cnnctl.errors import UsageError
 from cnnctl.models.weights import in_memory_preprocessing
+from cnnctl.recipe.class_weights import check_class_names
 from cnnctl.registry import DatasetSpec, ModelSpec, get_dataset_spec
 
 if TYPE_CHECKING:
     import torch
 
-    from cnnctl.config import TrainConfig
+    from cnnctl.recipe.config import TrainConfig
 
 Log = Callable[[str], None]
 

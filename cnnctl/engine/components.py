@@ -22,11 +22,11 @@ from cnnctl.registry import get_dataset_spec
 if TYPE_CHECKING:
     import torch
 
-    from cnnctl.config import TrainConfig
     from cnnctl.data.base import ImageTensors
     from cnnctl.data.splits import PreparedData
     from cnnctl.engine.distributed import DistContext
     from cnnctl.models.pretrained import PretrainedReport
+    from cnnctl.recipe.config import TrainConfig
     from cnnctl.registry import ModelSpec
 
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl.checkpoint import state_tensors
 from cnnctl.engine.device import resolve_device
-from cnnctl.engine.state import read_state_document
 from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.recipe.resume import read_state_document
 
 if TYPE_CHECKING:
     import torch

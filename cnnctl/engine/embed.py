@@ -17,12 +17,12 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.data.folder import scan_folder
-from cnnctl.data.images import IMAGE_SUFFIXES
 from cnnctl.engine.device import resolve_device
 from cnnctl.engine.features import l2_normalised, penultimate
 from cnnctl.engine.predict import Predictor, find_images, load_for_inference
 from cnnctl.engine.runs import is_checkpoint_like, resolve_checkpoint
 from cnnctl.errors import CheckpointError, DataError, UsageError
+from cnnctl.filekind import IMAGE_SUFFIXES
 from cnnctl.fsutil import atomic_path
 from cnnctl.models import build_model
 from cnnctl.models.pretrained import load_pretrained

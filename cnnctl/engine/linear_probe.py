@@ -16,30 +16,9 @@ from typing import TYPE_CHECKING, Any
 from cnnctl.checkpoint import unwrap
 from cnnctl.engine.features import PROBE_LR, batch_features, fit_linear_head, install_head, linear_head
 from cnnctl.errors import UsageError
-from cnnctl.options import label
 
 if TYPE_CHECKING:
     from cnnctl.engine.fit import Trainer
-
-
-def check_probe_config(config: Any) -> None:
-    """What a linear probe needs and refuses, before any work."""
-    if not config.linear_probe:
-        return
-    if not config.pretrained:
-        raise UsageError(f"{label('linear_probe')} trains a classifier on pretrained features, but no "
-                         f"{label('pretrained')} was given", hint=f"add {label('pretrained')} imagenet (or a weights "
-                                                                  "file), or leave the probe out to train everything")
-    if config.freeze_epochs:
-        raise UsageError(f"{label('linear_probe')} trains only the classifier already; {label('freeze_epochs')} "
-                         "does not combine with it")
-    given = [name for name in ("ema", "mixup", "cutmix") if getattr(config, name) is not None]
-    if config.augment not in (None, "none"):
-        given.append("augment")
-    if given:
-        raise UsageError(f"{label('linear_probe')} trains on features computed once from un-augmented images; "
-                         f"{', '.join(label(name) for name in given)} do{'es' if len(given) == 1 else ''} not "
-                         "apply to it", hint="leave them out")
 
 
 def check_probe_head(trainer: Trainer, model: Any) -> None:

@@ -12,15 +12,19 @@ from cnnctl.engine.fit import Trainer
 from cnnctl.engine.lr_sweep import RULE, LrFindResult, plot_lr_find, suggest_lr, sweep_lr
 from cnnctl.engine.run_folder import run_name
 from cnnctl.errors import UsageError
+from cnnctl.recipe.commands import LR_FIND
 
 if TYPE_CHECKING:
-    from cnnctl.config import TrainConfig
+    from cnnctl.recipe.config import TrainConfig
 
 __all__ = ["RULE", "LrFindResult", "lr_find", "plot_lr_find", "suggest_lr"]
 
 
-def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200,
-            plot: str | Path | bool | None = None, log: Any = None) -> LrFindResult:
+_SWEEP = {option.name: option.default for option in LR_FIND}  # the defaults `cnnctl lr-find` shows
+
+
+def lr_find(config: TrainConfig, *, start_lr: float = _SWEEP["start_lr"], end_lr: float = _SWEEP["end_lr"],
+            steps: int = _SWEEP["steps"], plot: str | Path | bool | None = None, log: Any = None) -> LrFindResult:
     """Sweep the learning rate for ``config``'s run (which is not changed, nor saved) and suggest one. ``plot``:
     a PNG path, or True for ``lr-find.png`` beside the run folders that ``cnnctl train`` with the same options
     makes (``OUT/NAME/``, the sweep's own run), or None/False for no plot."""

@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.checkpoint import unwrap
+from cnnctl.engine.configure import complete_config
 from cnnctl.engine.determinism import deterministic_mode
 from cnnctl.errors import UsageError
 from cnnctl.plots import _figure, _save
 from cnnctl.progress import SilentReporter
 
 if TYPE_CHECKING:
-    from cnnctl.config import TrainConfig
     from cnnctl.engine.fit import Trainer
+    from cnnctl.recipe.config import TrainConfig
 
 SMOOTHING = 0.98
 DIVERGED = 4.0
@@ -74,7 +75,7 @@ def sweep_lr(trainer_class: type[Trainer], config: TrainConfig, *, start_lr: flo
         raise UsageError(f"lr-find needs at least 10 --steps, got {steps}")
     config = dataclasses.replace(config, lr=start_lr, ema=None, arch_args=dict(config.arch_args))
     trainer = trainer_class(config, _Messages(log) if log is not None else SilentReporter())
-    config.resolve_defaults()
+    complete_config(config)
     result = LrFindResult()
     with deterministic_mode(config.deterministic):
         trainer.setup()
@@ -93,7 +94,7 @@ def sweep_lr(trainer_class: type[Trainer], config: TrainConfig, *, start_lr: flo
                 batches = iter(trainer.train_batches)
                 inputs, labels = next(batches)
             with trainer.precision.autocast():
-                loss = trainer.loss(model(inputs), labels)
+                loss = trainer.loss(model(inputs), labels, inputs)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip:

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl import checkpoint
-from cnnctl.data.images import IMAGE_SUFFIXES, ResizeTarget, decode_to_target, read_file_bytes
+from cnnctl.data.image_stats import InputCheck
+from cnnctl.data.images import ResizeTarget, decode_to_target, read_file_bytes
 from cnnctl.data.loader import Normalizer
+from cnnctl.engine.calibration import UNKNOWN, stored_temperature, stored_threshold
 from cnnctl.engine.device import resolve_device
 from cnnctl.engine.tta import check_tta, tta_probabilities
 from cnnctl.errors import CnnctlError, DataError
+from cnnctl.filekind import IMAGE_SUFFIXES
 from cnnctl.fsutil import displayable
-from cnnctl.image_stats import InputCheck
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +36,7 @@ class Prediction:
     probability: float | None = None
     topk: list[tuple[int, str, float]] = field(default_factory=list)
     error: str | None = None
+    rejected: bool = False  # the top probability is below the threshold: class_name is "unknown", label None
 
 
 def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], int]:
@@ -109,7 +112,8 @@ class Predictor:
     """
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, *, batch_size: int = 256, topk: int = 5,
-                 workers: int | None = None, max_pixels: int | None = None, tta: str = "none"):
+                 workers: int | None = None, max_pixels: int | None = None, tta: str = "none",
+                 reject_below: float | None = None):
         import torch
 
         self.model = model.eval()
@@ -126,6 +130,10 @@ class Predictor:
         self.tta = check_tta(tta)  # test-time augmentation (cnnctl/engine/tta.py)
         # images unlike the training images: input_warning(); a model without a training run has no statistics
         self.input_check = InputCheck(getattr(meta, "image_stats", None))
+        # `cnnctl calibrate`: logits are divided by the stored temperature; an image whose top probability is
+        # below the threshold (--reject-below, else the stored one) is answered "unknown"
+        self.temperature = stored_temperature(meta)
+        self.reject_below = check_reject_below(reject_below) if reject_below is not None else stored_threshold(meta)
         self._torch = torch
 
     def model_inputs(self, images: torch.Tensor) -> torch.Tensor:
@@ -141,12 +149,20 @@ class Predictor:
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×C×H×W at ``image_size`` → logits."""
         with self._torch.inference_mode():
-            return self.model(self.model_inputs(images)).float()
+            return self.model(self.model_inputs(images)).float() / self.temperature
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×C×H×W at ``image_size`` → class probabilities, averaged over the ``tta`` views."""
         with self._torch.inference_mode():
-            return tta_probabilities(self.model, self.model_inputs(images), self.tta)
+            return tta_probabilities(self.scaled_model, self.model_inputs(images), self.tta)
+
+    def scaled_model(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's logits divided by the calibration temperature."""
+        logits = self.model(inputs)
+        return logits if self.temperature == 1.0 else logits.float() / self.temperature
+
+    def rejects(self, probability: float) -> bool:
+        return self.reject_below is not None and probability < self.reject_below
 
     def predict_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         probabilities = self.probabilities(images).cpu()
@@ -207,38 +223,60 @@ class Predictor:
         colours, brightness far outside their range), saying what the model expects."""
         return self.input_check.warning()
 
-    def predict_files(self, files: Sequence[Path]) -> Iterator[Prediction]:
+    def classify(self, names: Sequence[str], batch: torch.Tensor) -> list[Prediction]:
+        """One :class:`Prediction` per image of ``batch`` (uint8 N×C×H×W at ``image_size``), ``names`` giving
+        their ``path`` field. ``predict_files`` and the HTTP server (cnnctl/serve/) both call it, so a file gives
+        the same row on both."""
         classes = self.meta.classes
+        started = time.perf_counter()
+        _, probabilities = self.predict_tensor(batch)
+        top_p, top_i = probabilities.topk(self.topk, dim=1)
+        # one conversion per batch: indexing tensors element by element costs more than the model
+        top_p_rows, top_i_rows = top_p.tolist(), top_i.tolist()
+        self.timings["inference_s"] += time.perf_counter() - started
+        results = []
+        for name, p_row, i_row in zip(names, top_p_rows, top_i_rows):
+            ranked = [(c, classes[c], p) for p, c in zip(p_row, i_row)]
+            label, class_name, probability = ranked[0]
+            if self.rejects(probability):
+                results.append(Prediction(name, None, UNKNOWN, probability, ranked, rejected=True))
+            else:
+                results.append(Prediction(name, label, class_name, probability, ranked))
+        return results
+
+    def predict_files(self, files: Sequence[Path]) -> Iterator[Prediction]:
         for chunk, decoded in self.decoded_batches(files):
             good = [i for i, item in enumerate(decoded) if not isinstance(item, str)]
             results: list[Prediction | None] = [None] * len(chunk)
             if good:
-                started = time.perf_counter()
-                batch = self._torch.stack([decoded[i] for i in good])
+                batch = self._torch.stack([decoded[i] for i in good])  # type: ignore[misc]
                 self.input_check.add(batch)
-                _, probabilities = self.predict_tensor(batch)
-                top_p, top_i = probabilities.topk(self.topk, dim=1)
-                # one conversion per batch: indexing tensors element by element costs more than the model
-                top_p_rows, top_i_rows = top_p.tolist(), top_i.tolist()
-                self.timings["inference_s"] += time.perf_counter() - started
-                for row, i in enumerate(good):
-                    ranked = [(c, classes[c], p) for p, c in zip(top_p_rows[row], top_i_rows[row])]
-                    label, name, probability = ranked[0]
-                    results[i] = Prediction(str(chunk[i]), label, name, probability, ranked)
+                for i, prediction in zip(good, self.classify([str(chunk[i]) for i in good], batch)):
+                    results[i] = prediction
             for i, item in enumerate(decoded):
                 if isinstance(item, str):
                     results[i] = Prediction(str(chunk[i]), error=item)
             yield from results  # type: ignore[misc]
 
 
-def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str = "cpu", tta: str = "none"
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def check_reject_below(value: float) -> float:
+    if not 0 <= value <= 1:
+        raise CnnctlError(f"--reject-below must be a probability from 0 to 1, got {value:g}",
+                          hint="0 answers every image (no rejection)")
+    return float(value)
+
+
+def predict_api(model_or_path: Any, images: Any, *, device: str = "cpu", tta: str = "none", batch_size: int = 256,
+                max_pixels: int | None = None, reject_below: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``cnnctl.predict``: labels (int64 N) and class probabilities (N×classes) for files, folders or a uint8
-    N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (engine/tta.py)."""
+    N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (engine/tta.py).
+    Probabilities are divided by the checkpoint's calibration temperature; an image whose top probability is below
+    ``reject_below`` (default: the checkpoint's stored threshold, if any) gets label -1 ("unknown")."""
     import torch
 
     model, meta = model_with_meta(model_or_path, device, "cnnctl.predict")
-    predictor = Predictor(model, meta, topk=topk, tta=tta)
+    predictor = Predictor(model, meta, batch_size=batch_size, max_pixels=max_pixels, tta=tta,
+                          reject_below=reject_below)
     if not isinstance(images, torch.Tensor):
         files, _ = find_images([images] if isinstance(images, (str, Path)) else images)
         if not files:
@@ -254,7 +292,10 @@ def predict_api(model_or_path: Any, images: Any, *, topk: int = 5, device: str =
         import warnings
 
         warnings.warn(warning.removeprefix("warning: "), UserWarning, stacklevel=3)
-    return predictor.predict_tensor(images)
+    labels, probabilities = predictor.predict_tensor(images)
+    if predictor.reject_below is not None:
+        labels = torch.where(probabilities.max(dim=1).values < predictor.reject_below, -1, labels)
+    return labels, probabilities
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -284,7 +325,7 @@ def displayable_prediction(p: Prediction) -> Prediction:
     writable as UTF-8, and still naming the file)."""
     return Prediction(displayable(p.path), p.label, None if p.class_name is None else displayable(p.class_name),
                       p.probability, [(c, displayable(name), prob) for c, name, prob in p.topk],
-                      None if p.error is None else displayable(p.error))
+                      None if p.error is None else displayable(p.error), p.rejected)
 
 
 def predictions_csv(predictions: Iterable[Prediction]) -> str:
@@ -320,7 +361,7 @@ def true_label(path: str | Path, class_index: dict[str, int]) -> int | None:
 def folder_accuracy(predictions: Sequence[Prediction], classes: Sequence[str]) -> tuple[int, int] | None:
     """(correct, counted) over the readable images whose folder names a class; None when none does."""
     index = {name: i for i, name in enumerate(classes)}
-    pairs = [(p.label, true_label(p.path, index)) for p in predictions if not p.error]
+    pairs = [(p.label, true_label(p.path, index)) for p in predictions if not p.error and not p.rejected]
     known = [(label, truth) for label, truth in pairs if truth is not None]
     if not known:
         return None

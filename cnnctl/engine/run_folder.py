@@ -15,8 +15,7 @@ from pathlib import Path, PurePath
 
 from cnnctl.errors import UsageError
 from cnnctl.fsutil import atomic_write_text
-
-STATE_FILE = "state.safetensors"
+from cnnctl.recipe.resume import STATE_FILE
 
 
 def run_name(name: str) -> str:

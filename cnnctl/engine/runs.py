@@ -28,10 +28,10 @@ from typing import Any
 from cnnctl import filekind, plots
 from cnnctl.checkpoint.format import wrong_kind_error
 from cnnctl.engine.run_folder import RunFolder
-from cnnctl.engine.state import read_state_document
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.fsutil import require_writable_file
 from cnnctl.plots import _figure, _percent
+from cnnctl.recipe.resume import read_state_document
 from cnnctl.registry import suggest
 
 CHECKPOINT_FILES = ("best.safetensors", "last.safetensors")

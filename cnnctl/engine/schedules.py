@@ -29,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.registry import suggest
+from cnnctl.recipe.schedules import get_schedule
 
 if TYPE_CHECKING:
     import torch
 
-    from cnnctl.config import TrainConfig
+    from cnnctl.recipe.config import TrainConfig
 
 ONECYCLE_PCT_START = 0.25
 ONECYCLE_DIV_FACTOR = 25.0
@@ -71,11 +71,11 @@ class SchedulePlan:
         """The learning rate of optimizer step ``step`` for a parameter group whose base (peak) rate is ``base``."""
         if step < self.warmup_steps:
             return base * (step + 1) / self.warmup_steps
-        return get_schedule(self.name).lr(self, base, step, plateau_scale)
+        return formula(self.name).lr(self, base, step, plateau_scale)
 
     def momentum(self, step: int) -> float | None:
         """OneCycle's cycled momentum for ``step``; ``None`` for every other schedule (momentum stays as set)."""
-        momentum = get_schedule(self.name).momentum
+        momentum = formula(self.name).momentum
         return momentum(self, step) if momentum is not None else None
 
     def _onecycle(self, peak: float, step: int) -> tuple[float, float]:
@@ -92,35 +92,12 @@ class SchedulePlan:
 
 
 @dataclass(frozen=True)
-class ScheduleInfo:
-    """One schedule: ``lr(plan, base, step, plateau_scale)`` after warm-up, and what it needs of the options.
+class Formula:
+    """How one schedule (an entry of :mod:`cnnctl.recipe.schedules`) sets the rate after warm-up:
+    ``lr(plan, base, step, plateau_scale)``, and ``momentum(plan, step)`` if it cycles the momentum."""
 
-    ``defaults(config)`` fills the options whose default depends on ``--epochs`` (step size, milestones, cycle);
-    ``needs_validation``: it reads a validation metric; ``own_warmup``: it warms up itself (no --warmup-epochs);
-    ``momentum(plan, step)``: a cycled momentum, if the schedule has one.
-    """
-
-    name: str
-    description: str
     lr: Callable[[SchedulePlan, float, int, float], float]
-    defaults: Callable[[TrainConfig], None] | None = None
-    needs_validation: bool = False
-    own_warmup: bool = False
     momentum: Callable[[SchedulePlan, int], float] | None = None
-
-
-SCHEDULERS: dict[str, ScheduleInfo] = {}
-
-
-def register_schedule(info: ScheduleInfo) -> ScheduleInfo:
-    SCHEDULERS[info.name] = info
-    return info
-
-
-def get_schedule(name: str) -> ScheduleInfo:
-    if name not in SCHEDULERS:
-        raise suggest(name, list(SCHEDULERS), "scheduler")
-    return SCHEDULERS[name]
 
 
 def _epoch(plan: SchedulePlan, step: int) -> int:
@@ -136,53 +113,29 @@ def _cosine_restarts(plan: SchedulePlan, base: float, step: int) -> float:
     return _cosine(base, plan.min_lr, position / length)
 
 
-def _third_of_epochs(config: TrainConfig) -> int:
-    return max(1, config.epochs // 3)
+FORMULAS: dict[str, Formula] = {
+    "none": Formula(lambda plan, base, step, scale: base),
+    "step": Formula(lambda plan, base, step, scale: base * plan.gamma ** (_epoch(plan, step) // plan.step_size)),
+    "multistep": Formula(lambda plan, base, step, scale:
+                         base * plan.gamma ** sum(1 for m in plan.milestones if m <= _epoch(plan, step))),
+    "cosine": Formula(lambda plan, base, step, scale:
+                      _cosine(base, plan.min_lr, (step - plan.warmup_steps)
+                              / max(1, plan.total_steps - plan.warmup_steps))),
+    "onecycle": Formula(lambda plan, base, step, scale: plan._onecycle(base, step)[0],
+                        momentum=lambda plan, step: plan._onecycle(1.0, step)[1]),
+    "plateau": Formula(lambda plan, base, step, scale: max(base * scale, plan.min_lr) if scale < 1 else base),
+    "cosine-restarts": Formula(lambda plan, base, step, scale: _cosine_restarts(plan, base, step)),
+}
 
 
-def _default_step_size(config: TrainConfig) -> None:
-    if config.step_size is None:
-        config.step_size = _third_of_epochs(config)
-
-
-def _default_milestones(config: TrainConfig) -> None:
-    if config.milestones is None:
-        config.milestones = sorted({max(1, round(config.epochs * 0.5)), max(1, round(config.epochs * 0.75))})
-
-
-def _default_t0(config: TrainConfig) -> None:
-    if config.t0 is None:
-        config.t0 = _third_of_epochs(config)
-
-
-register_schedule(ScheduleInfo("none", "constant rate", lambda plan, base, step, scale: base))
-register_schedule(ScheduleInfo(
-    "step", "multiply by --gamma every --step-size epochs",
-    lambda plan, base, step, scale: base * plan.gamma ** (_epoch(plan, step) // plan.step_size),
-    defaults=_default_step_size))
-register_schedule(ScheduleInfo(
-    "multistep", "multiply by --gamma after each of --milestones",
-    lambda plan, base, step, scale: base * plan.gamma ** sum(1 for m in plan.milestones if m <= _epoch(plan, step)),
-    defaults=_default_milestones))
-register_schedule(ScheduleInfo(
-    "cosine", "cosine annealing to --min-lr",
-    lambda plan, base, step, scale: _cosine(base, plan.min_lr, (step - plan.warmup_steps)
-                                            / max(1, plan.total_steps - plan.warmup_steps))))
-register_schedule(ScheduleInfo(
-    "onecycle", "one cycle: warm up to the peak, anneal to ~0 (momentum cycles the other way)",
-    lambda plan, base, step, scale: plan._onecycle(base, step)[0], own_warmup=True,
-    momentum=lambda plan, step: plan._onecycle(1.0, step)[1]))
-register_schedule(ScheduleInfo(
-    "plateau", "multiply by --gamma when --monitor stops improving",
-    lambda plan, base, step, scale: max(base * scale, plan.min_lr) if scale < 1 else base, needs_validation=True))
-register_schedule(ScheduleInfo(
-    "cosine-restarts", "cosine annealing with warm restarts every --t0 (x --t-mult) epochs",
-    lambda plan, base, step, scale: _cosine_restarts(plan, base, step), defaults=_default_t0))
-
+def formula(name: str) -> Formula:
+    """The formula of the schedule ``name`` (an unknown name: one line with a did-you-mean)."""
+    get_schedule(name)
+    return FORMULAS[name]
 
 
 def plan_from_config(config: TrainConfig, steps_per_epoch: int) -> SchedulePlan:
-    """The plan for ``config`` (its defaults already resolved by ``TrainConfig.resolve_defaults``)."""
+    """The plan for ``config`` (its defaults already resolved by ``complete_config``)."""
     return SchedulePlan(
         name=config.scheduler,
         epochs=config.epochs,

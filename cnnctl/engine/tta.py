@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from cnnctl.recipe.commands import TTA_MODES
 from cnnctl.registry import suggest
 
 if TYPE_CHECKING:
     import torch
 
-TTA_MODES = ("none", "flip", "crop", "flip-crop")
 
 
 def check_tta(mode: str | None) -> str:

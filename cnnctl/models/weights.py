@@ -162,13 +162,6 @@ def resolve(arch: str, value: str) -> PublishedWeights:
     return resolve_torchvision(spec.name, entry.tv_name, value)
 
 
-def imagenet_preprocessing(arch: str) -> WeightsPreprocessing:
-    """The preprocessing ``arch``'s published ImageNet weights were trained with (timm: the model's
-    ``pretrained_cfg``; torchvision: the weights enum's ``transforms()``); nothing is fetched. One-line error for
-    an architecture without published weights."""
-    return resolve_cached(arch, "imagenet").preprocessing
-
-
 def local_imagenet_weights(arch: str, path: str | Path) -> PublishedWeights:
     """A local file holding ``arch``'s ImageNet weights (a copy, or the same network converted from another
     library), described with the preprocessing of the architecture's published weights, so that

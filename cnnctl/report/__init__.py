@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cnnctl.engine.calibration import stored_temperature
 from cnnctl.engine.evaluate import evaluate, open_evaluation
 from cnnctl.engine.tta import check_tta
 from cnnctl.errors import UsageError
@@ -53,12 +54,22 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
     split = data.split or split  # a folder without test/ is evaluated on another split, which this names
     classes = list(meta.classes)
     collector = analysis.OutputCollector(keep=label_issues or report_dir is not None)
-    result = evaluate(opened.model, opened.batches, meta.num_classes, on_batch=collector, tta=tta)
+    temperature = stored_temperature(meta)
+    scaled = analysis.ScaledCalibration(temperature) if meta.calibration and tta == "none" else None
+
+    def on_batch(logits: Any, labels: Any) -> None:
+        collector(logits, labels)
+        if scaled is not None:
+            scaled(logits, labels)
+
+    result = evaluate(opened.model, opened.batches, meta.num_classes, on_batch=on_batch, tta=tta)
     report: dict[str, Any] = {"checkpoint": str(checkpoint_path), "arch": meta.arch,
                               "dataset": dataset or meta.dataset, "split": split, "tta": tta,
                               **({"data": str(Path(data.source).parent)} if data.split else {}),
                               **result.as_dict(classes),
                               "calibration": collector.calibration.result()}
+    if scaled is not None:  # a calibrated checkpoint: the numbers above are of the raw logits, these after T
+        report["calibrated"] = scaled.result(meta.calibration)
     outputs = collector.outputs() if collector.keep else None
     if label_issues and outputs is not None:
         if split == "train" and log:

@@ -68,6 +68,30 @@ class CalibrationBins:
         return {"ece": ece, "mce": mce, "num_bins": self.bins, "bins": rows}
 
 
+class ScaledCalibration:
+    """``evaluate(on_batch=...)`` of a calibrated checkpoint: reliability bins and loss of ``logits / T``."""
+
+    def __init__(self, temperature: float, bins: int = CALIBRATION_BINS):
+        self.temperature = temperature
+        self.bins = CalibrationBins(bins)
+        self.loss_sum = 0.0
+        self.count = 0
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        import torch.nn.functional as F
+
+        scaled = logits.float() / self.temperature
+        self.bins.add(scaled.softmax(dim=1), labels)
+        self.loss_sum += float(F.cross_entropy(scaled, labels, reduction="sum"))
+        self.count += int(labels.shape[0])
+
+    def result(self, stored: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``temperature``, ``loss`` and ``ece``/``mce``/``bins`` after scaling, with the stored ``threshold``."""
+        stored = stored or {}
+        return {"temperature": self.temperature, "threshold": stored.get("threshold"),
+                "loss": self.loss_sum / self.count if self.count else float("nan"), **self.bins.result()}
+
+
 @dataclass
 class OutputCollector:
     """``evaluate(on_batch=...)``: calibration bins always; every image's logits too when ``keep`` (the report

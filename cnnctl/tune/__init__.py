@@ -12,11 +12,13 @@ plots at the end.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
-from cnnctl.config_file import coerce_options
 from cnnctl.errors import UsageError
+from cnnctl.recipe.commands import TUNE, api_options, api_signature, api_values
+from cnnctl.recipe.config_file import coerce_options
 from cnnctl.tune.report import finish
 from cnnctl.tune.space import build_param
 from cnnctl.tune.study import new_spec, open_search, start_search, work
@@ -31,17 +33,20 @@ def require_optuna() -> None:
                          hint="pip install 'cnnctl[tune]'") from error
 
 
-def search(arch: str | None = None, *, space: dict[str, Any] | None = None, trials: int | None = None,
-           timeout: float | None = None, pruner: str = "median", pruner_startup: int = 2,
-           storage: str | None = None, resume: str | os.PathLike[str] | None = None, progress: bool = False,
+def search(arch: str | None = None, *, space: dict[str, Any] | None = None, progress: bool = False,
            **options: Any) -> dict[str, Any]:
     """``cnnctl tune ARCH --param NAME=SPEC ... --trials N`` as a function, in this process: ``space`` maps train
     option names to SPECs (``{"lr": "loguniform:1e-4:1e-1", "batch_size": [64, 128]}``), ``options`` are the
     train options every trial shares (``dataset``, ``epochs``, ``out``, ``name``, ...). ``resume`` continues a
     search folder instead. Returns the summary (what ``--json`` prints: ``tune_dir``, ``best``, ``trials``);
     best.yaml, summary.json and the plots are written as by the command. ``progress=True`` prints each trial's
-    epochs on stderr (its end is always one line there)."""
+    epochs on stderr (its end is always one line there). The search's own options (``trials``, ``timeout``,
+    ``pruner``, ``pruner_startup``, ``storage``, ``resume``) are ``cnnctl tune``'s, with its defaults
+    (cnnctl/recipe/commands.py)."""
     require_optuna()
+    own = api_values(TUNE, {name: options.pop(name) for name in _OWN if name in options}, "cnnctl.tune.search")
+    trials, timeout, pruner, pruner_startup = own["trials"], own["timeout"], own["pruner"], own["pruner_startup"]
+    storage, resume = own["storage"], own["resume"]
     if resume is not None:
         if arch is not None or space or options:
             raise UsageError("a resumed search keeps its own options and space",
@@ -59,3 +64,12 @@ def search(arch: str | None = None, *, space: dict[str, Any] | None = None, tria
     if done.interrupted is not None:
         raise done.interrupted
     return summary
+
+
+_OWN = tuple(option.name for option in api_options(TUNE))
+search.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    inspect.Parameter("arch", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+    inspect.Parameter("space", inspect.Parameter.KEYWORD_ONLY, default=None),
+    *api_signature(TUNE).parameters.values(),
+    inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=False),
+    inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD)], return_annotation="dict[str, Any]")

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl import plots
-from cnnctl.config_file import build_train_config, dump_yaml
 from cnnctl.fsutil import atomic_path, atomic_write_text
+from cnnctl.recipe.config_file import build_train_config, dump_yaml
 from cnnctl.tune.space import MACHINE_OPTIONS
 from cnnctl.tune.storage import shown_url
 

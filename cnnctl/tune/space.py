@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnctl.config_file import _toml, coerce_options
 from cnnctl.errors import UsageError
-from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, canonical_name
+from cnnctl.recipe.config_file import _toml, coerce_options
+from cnnctl.recipe.options import CONFIG_OPTIONS, OPTION_BY_NAME, canonical_name
 from cnnctl.registry import suggest
 
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")

@@ -23,14 +23,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.config_file import build_train_config
+from cnnctl.engine.configure import check_config
 from cnnctl.engine.distributed import cpu_count, worker_program
 from cnnctl.engine.fit import Trainer
 from cnnctl.engine.interrupt import TrainingInterrupted
 from cnnctl.engine.run_folder import default_run_name
-from cnnctl.engine.state import STATE_FILE
 from cnnctl.errors import CheckpointError, CnnctlError, DataError, UsageError
 from cnnctl.fsutil import atomic_write_text
+from cnnctl.recipe.config_file import build_train_config
+from cnnctl.recipe.resume import STATE_FILE
 from cnnctl.registry import get_model_spec, suggest
 from cnnctl.tune.report import trial_line
 from cnnctl.tune.space import MACHINE_OPTIONS, Param, _render, apply_params, space_from_document, space_to_document
@@ -112,12 +113,12 @@ def check_spec(spec: SearchSpec) -> None:
         raise UsageError("a search needs a validation split: its objective is --monitor on it (the test set "
                          "never chooses)", hint="leave out --val-split 0")
     base = build_train_config(spec.options, source="the command line")
-    base.validate()
+    check_config(base)
     for param in spec.params():  # each edge of each range with the other options as given
         for value in param.extremes():
             try:
-                build_train_config(apply_params(spec.options, {param.name: value}),
-                                   source="the command line").validate()
+                check_config(build_train_config(apply_params(spec.options, {param.name: value}),
+                                                source="the command line"))
             except UsageError as error:
                 raise UsageError(f"--param {param.name}={param.spec}: {_render(value)} cannot be trained "
                                  f"({error.message})", hint=error.hint) from None

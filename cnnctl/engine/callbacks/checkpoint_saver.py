@@ -43,8 +43,10 @@ class CheckpointSaver(Callback):
 def checkpoint_meta(trainer: Trainer, epoch: int, row: dict[str, float]) -> Any:
     """What a checkpoint of this run says about itself: architecture, classes, preprocessing, data, metrics."""
     config, data = trainer.config, trainer.data
+    distillation = getattr(trainer, "distillation", None)  # --teacher (engine/distill.py)
     return CheckpointMeta(arch=config.arch, arch_args=dict(config.arch_args), classes=list(data.classes),
                           preprocessing=data.preprocessing, dataset=data.dataset_label, data_dir=config.data_dir,
                           epoch=epoch, metrics={k: float(v) for k, v in row.items() if k != "epoch"},
                           config=config.to_dict(), image_stats=trainer.image_stats,
-                          pretrained=trainer.pretrained.to_dict() if trainer.pretrained is not None else None)
+                          pretrained=trainer.pretrained.to_dict() if trainer.pretrained is not None else None,
+                          distillation=distillation.record() if distillation is not None else None)

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.engine.callbacks.base import Callback
-from cnnctl.engine.loggers import register_logger, run_params
+from cnnctl.engine.loggers import logger_builder, run_params
 from cnnctl.errors import CnnctlError, first_line
 
 if TYPE_CHECKING:
-    from cnnctl.config import TrainConfig
     from cnnctl.engine.fit import FitResult, Trainer
+    from cnnctl.recipe.config import TrainConfig
 
 # the runs this process has open, with their client: marked KILLED at exit unless they finished
 _OPEN_RUNS: dict[str, Any] = {}
@@ -170,7 +170,6 @@ def _mark_unfinished() -> None:
     _OPEN_RUNS.clear()
 
 
-@register_logger("mlflow", description="an MLflow run: params, metrics per epoch, the run folder as artifacts "
-                 "(local store OUT/mlflow.db, or $MLFLOW_TRACKING_URI)", extra="mlflow", requires="mlflow")
+@logger_builder("mlflow")
 def _mlflow(config: TrainConfig) -> Callback:
     return MlflowLogger()

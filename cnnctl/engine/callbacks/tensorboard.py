@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 from cnnctl import plots
 from cnnctl.engine.callbacks.base import Callback
 from cnnctl.engine.callbacks.final_test import FinalTest
-from cnnctl.engine.loggers import register_logger, run_params
+from cnnctl.engine.loggers import logger_builder, run_params
 
 if TYPE_CHECKING:
-    from cnnctl.config import TrainConfig
     from cnnctl.engine.fit import FitResult, Trainer
+    from cnnctl.recipe.config import TrainConfig
 
 TENSORBOARD_DIR = "tensorboard"
 # the scalars the hparams plugin shows beside the hyper-parameters (their last value)
@@ -143,7 +143,6 @@ def read_png(path: Path) -> Any:
     return image[..., :3]
 
 
-@register_logger("tensorboard", description="TensorBoard event files in RUN/tensorboard/ (tensorboard --logdir runs)",
-                 extra="tensorboard", requires="tensorboard")
+@logger_builder("tensorboard")
 def _tensorboard(config: TrainConfig) -> Callback:
     return TensorBoardLogger()

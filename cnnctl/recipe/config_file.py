@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cnnctl.config import TrainConfig, config_from_options
 from cnnctl.errors import UsageError, first_line
 from cnnctl.fsutil import atomic_write_text
-from cnnctl.options import coerce_mapping
+from cnnctl.recipe.config import TrainConfig, config_from_options
+from cnnctl.recipe.options import coerce_mapping
 
 MAX_CONFIG_BYTES = 1_000_000  # a configuration is a few hundred bytes; anything near this is not one
 MAX_CONFIG_DEPTH = 8  # options are flat; arch_args adds one level

@@ -1,7 +1,10 @@
 """TrainConfig: every option of ``cnnctl train``, resolved. It is what config.json in a run folder holds.
 
-Its fields are generated from the declarations in :mod:`cnnctl.options` (name, type, default); this module adds
-what a configuration does with them: derived defaults, the checks that involve several options, and saving.
+Its fields are generated from the declarations in :mod:`cnnctl.recipe.options` (name, type, default); this module
+adds what a configuration does with them: the derived defaults the options alone decide, the checks that involve
+several options, and saving. What the published-weights catalogue decides (fine-tuning's grey input and
+normalisation, whether an offline weights file is here) is completed and checked by the engine
+(cnnctl/engine/configure.py), the one place a configuration is completed before a run.
 """
 
 from __future__ import annotations
@@ -11,21 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cnnctl.engine.linear_probe import check_probe_config
-from cnnctl.engine.optim import get_optimizer
-from cnnctl.engine.schedules import SCHEDULERS, get_schedule
 from cnnctl.errors import UsageError
 from cnnctl.fsutil import atomic_write_text
-from cnnctl.models import check_arch_args
-from cnnctl.models.weights import (
-    ensure_weights_file,
-    grey_input_mode,
-    imagenet_weights_for_config,
-    offline,
-    weights_for_config,
-)
-from cnnctl.options import CONFIG_OPTIONS, OPTION_BY_NAME, coerce, coerce_mapping, label, unknown_option
-from cnnctl.registry import get_dataset_spec, get_model_spec
+from cnnctl.recipe import optimizers
+from cnnctl.recipe.optimizers import get_optimizer
+from cnnctl.recipe.options import CONFIG_OPTIONS, OPTION_BY_NAME, coerce, coerce_mapping, label, unknown_option
+from cnnctl.recipe.schedules import SCHEDULERS, get_schedule
+from cnnctl.registry import check_arch_args, get_dataset_spec, get_model_spec
 
 VALIDATION_ONLY_MONITORS = ("val_macro_f1", "val_balanced_acc")  # no train_ counterpart to fall back on
 # Fine-tuning defaults, each measured against its alternatives in benchmarks/finetune.py (docs/pretrained.md).
@@ -33,29 +28,8 @@ FINETUNE_CROP_SCALE = 0.6  # resized crops keep at least this share of the image
 FINETUNE_LABEL_SMOOTHING = 0.1
 
 
-class _OptimizerNames:
-    """``OPTIMIZERS``: the registered optimizer names, read when used (the registry is engine/optim.py)."""
-
-    def _names(self) -> tuple[str, ...]:
-        from cnnctl.engine.optim import OPTIMIZERS as registry
-
-        return tuple(registry)
-
-    def __iter__(self) -> Any:
-        return iter(self._names())
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names()
-
-
-OPTIMIZERS = _OptimizerNames()
-
-
 class _TrainConfigMethods:
-    """The behaviour of :class:`TrainConfig` (its fields come from cnnctl.options)."""
+    """The behaviour of :class:`TrainConfig` (its fields come from cnnctl.recipe.options)."""
 
     def resolved_lr(self) -> float:
         """The learning rate; with ``--lr auto`` not yet found, the optimizer's default (for the range checks)."""
@@ -122,18 +96,15 @@ class _TrainConfigMethods:
         self._validate_input_size(spec)
         self._validate_combinations()
         self._validate_pretrained()
-        check_probe_config(self)
+        self._validate_probe()
 
     def _resolve_fine_tuning_defaults(self) -> None:
-        """With --pretrained: the backbone learns at a tenth of the head's rate, and image folders get the
-        random-resized-crop + flip augmentation the published weights were trained with."""
+        """With --pretrained: the backbone learns at a tenth of the head's rate, the new head starts at zero, and
+        resized crops keep more of the image (the weights-dependent defaults are the engine's)."""
         if self.backbone_lr_scale is None:
             self.backbone_lr_scale = 0.1 if self.pretrained else 1.0
-        imagenet = imagenet_weights_for_config(self) if self.pretrained else None
         if self.pretrained:
-            self.grey_input = grey_input_mode(self)
             self.head_init = self.head_init or "zero"
-            self.normalize = self.normalize or ("weights" if imagenet else "data")
             self.crop_scale = self.crop_scale or FINETUNE_CROP_SCALE
         if self.label_smoothing is None:
             self.label_smoothing = FINETUNE_LABEL_SMOOTHING if self.pretrained else 0.0
@@ -141,28 +112,32 @@ class _TrainConfigMethods:
             self.epochs, self.augment, self.precise_bn = 1, "none", False
             if self.channels_last is None:  # no training steps to time the memory formats with
                 self.channels_last = False
-        if self.augment is None and (self.data_dir or self.dataset == "folder") and imagenet:
-            self.augment = "resized-crop-flip"
 
     def _validate_pretrained(self) -> None:
-        """Published weights exist for the architecture; offline, their file is already here (one line naming
-        it and its folder otherwise) — before any data is loaded."""
-        weights = weights_for_config(self)
-        imagenet = imagenet_weights_for_config(self) if self.pretrained else None
+        """The fine-tuning controls apply only with --pretrained (what the weights allow is checked by the engine)."""
         for name in ("grey_input", "head_init", "normalize"):
             if getattr(self, name) is not None and not self.pretrained:
                 raise UsageError(f"{label(name)} applies only with {label('pretrained')}")
-        if self.normalize == "weights" and imagenet is None:
-            raise UsageError(f"{label('normalize')} weights applies to ImageNet weights ({label('pretrained')} "
-                             f"imagenet, or a file of them); the preprocessing of {self.pretrained} is not known",
-                             hint=f"leave {label('normalize')} out, or use {label('normalize')} data")
-        if self.grey_input == "replicate" and imagenet is None:
-            raise UsageError(f"{label('grey_input')} replicate applies to ImageNet weights ({label('pretrained')} "
-                             "imagenet, or a file of them); other weights files meet grey images with their first "
-                             "convolution's filters summed",
-                             hint=f"leave {label('grey_input')} out, or use {label('grey_input')} sum")
-        if weights is not None and offline(self.offline):
-            ensure_weights_file(weights, mirror=self.weights_mirror, offline_only=True)
+
+    def _validate_probe(self) -> None:
+        """What a linear probe needs and refuses, before any work."""
+        if not self.linear_probe:
+            return
+        if not self.pretrained:
+            raise UsageError(f"{label('linear_probe')} trains a classifier on pretrained features, but no "
+                             f"{label('pretrained')} was given", hint=f"add {label('pretrained')} imagenet (or a "
+                                                                      "weights file), or leave the probe out to train "
+                                                                      "everything")
+        if self.freeze_epochs:
+            raise UsageError(f"{label('linear_probe')} trains only the classifier already; {label('freeze_epochs')} "
+                             "does not combine with it")
+        given = [name for name in ("ema", "mixup", "cutmix") if getattr(self, name) is not None]
+        if self.augment not in (None, "none"):
+            given.append("augment")
+        if given:
+            raise UsageError(f"{label('linear_probe')} trains on features computed once from un-augmented images; "
+                             f"{', '.join(label(name) for name in given)} do{'es' if len(given) == 1 else ''} not "
+                             "apply to it", hint="leave them out")
 
     def _validate_input_size(self, spec: Any) -> None:
         """``--img-size`` an architecture cannot take: below its minimum, or (fixed-input networks) a size that
@@ -193,7 +168,7 @@ class _TrainConfigMethods:
         momentum = self.resolved_momentum()
         if self.nesterov:
             need(optimizer.nesterov, f"{label('nesterov')} applies to {label('optimizer')} "
-                 f"{' or '.join(n for n in OPTIMIZERS if get_optimizer(n).nesterov)}, not {self.optimizer}")
+                 f"{' or '.join(n for n in optimizers.OPTIMIZERS if get_optimizer(n).nesterov)}, not {self.optimizer}")
             need(momentum > 0, f"{label('nesterov')} needs {label('momentum')} > 0")
         need(self.warmup_epochs < self.epochs, f"{label('warmup_epochs')} must be in [0, {label('epochs')}) = "
              f"[0, {self.epochs}), got {self.warmup_epochs}")
@@ -292,8 +267,8 @@ def _fields() -> list[tuple[str, Any, Any]]:
 
 TrainConfig = dataclasses.make_dataclass("TrainConfig", _fields(), bases=(_TrainConfigMethods,))
 TrainConfig.__module__ = __name__
-TrainConfig.__doc__ = ("Every option of `cnnctl train` (see cnnctl/options.py). Attributes are the options' names, "
-                       "except --data, kept as `data_dir`, and --dropout, kept in `arch_args`.")
+TrainConfig.__doc__ = ("Every option of `cnnctl train` (see cnnctl/recipe/options.py). Attributes are the options' "
+                       "names, except --data, kept as `data_dir`, and --dropout, kept in `arch_args`.")
 
 
 def config_from_options(cls: Any, values: dict[str, Any]) -> Any:

@@ -1,9 +1,9 @@
 """Every option of ``cnnctl train``, declared once.
 
 Each :class:`Option` says its name, type, default (or how it is derived), help text, ``--help`` panel, choices and
-valid range. From this one list come: the ``TrainConfig`` dataclass (cnnctl/config.py), the Typer parameters of
-``cnnctl train`` (cnnctl/cli/train_command.py), the keys and value checks of ``--config`` files, the keyword
-arguments of ``cnnctl.train()``, and which options a resumed run may change. The names are the same everywhere:
+valid range. From this one list come: the ``TrainConfig`` dataclass (cnnctl/recipe/config.py), the Typer
+parameters of ``cnnctl train`` (cnnctl/cli/train_command.py), the keys and value checks of ``--config`` files, the
+keyword arguments of ``cnnctl.train()``, and which options a resumed run may change. The names are the same everywhere:
 ``--batch-size`` on the command line is ``batch_size`` in a config file, in ``config.yaml`` and in the API.
 
 Adding an option is one entry in :data:`OPTIONS` (plus its use in the engine), e.g.::
@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cnnctl.engine.imbalance import read_class_weights_file
-from cnnctl.engine.loggers import logger_names, split_names
 from cnnctl.errors import UsageError
+from cnnctl.recipe import augmentations, optimizers, schedules
+from cnnctl.recipe.class_weights import read_class_weights_file
+from cnnctl.recipe.loggers import logger_names, split_names
 from cnnctl.registry import suggest
 
 DATA = "Data"
@@ -38,6 +39,7 @@ OUTPUT = "Output"
 RUN = "Checkpoints, resume and reproducibility"
 DIST = "Several processes (distributed)"
 PRETRAINED = "Pretrained weights and fine-tuning"
+DISTILL = "Knowledge distillation"
 
 SEED_MAX = 2**63 - 2  # torch.Generator seeds are 64-bit; the loader also seeds with seed + 1
 # The largest image side (pixels, after padding) a checkpoint may hold: --img-size is refused beyond it at the
@@ -73,7 +75,7 @@ class Option:
     type: Any
     default: Any = None
     help: str = ""
-    panel: str = TRAINING
+    panel: str | None = TRAINING
     short: str | None = None
     derived: str | None = None
     choices: Callable[[], Sequence[str]] | None = None
@@ -93,6 +95,10 @@ class Option:
     flag: str | None = None  # the command-line flag when it is not --name-with-dashes
     many: bool = False  # a str option holding several of its choices, comma-separated ("a,b"), in that order
     words: tuple[str, ...] = ()  # a number option that also takes these words (``--lr auto``)
+    metavar: str | None = None  # how --help shows the value (``DIR``, ``PNG``)
+    envvar: str | None = None  # the environment variable that sets it when the flag is not given
+    hidden: bool = False  # left out of --help
+    negatable: bool = True  # a flag also has its --no- form
 
     @property
     def nullable(self) -> bool:
@@ -135,15 +141,6 @@ def label(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- value checks
-def _choices_of(module: str, attribute: str) -> Callable[[], list[str]]:
-    def read() -> list[str]:
-        import importlib
-
-        return list(getattr(importlib.import_module(module), attribute))
-
-    return read
-
-
 def _logger_names() -> list[str]:
     return logger_names()
 
@@ -263,7 +260,7 @@ OPTIONS: tuple[Option, ...] = (
            "process may use that other work leaves free, followed while training]",
            minimum=1, check=_threads, resumable=True, synonyms=("num_threads", "n_threads", "cpu_threads")),
     # optimizer and schedule
-    Option("optimizer", str, "adam", "optimizer", panel=OPTIM, choices=_choices_of("cnnctl.engine.optim", "OPTIMIZERS"),
+    Option("optimizer", str, "adam", "optimizer", panel=OPTIM, choices=lambda: tuple(optimizers.OPTIMIZERS),
            synonyms=("optim", "opt", "optimiser")),
     Option("lr", float, DERIVED, "(peak) learning rate; auto: run `cnnctl lr-find` first and use its suggestion",
            panel=OPTIM, minimum=0, exclusive_min=True, words=("auto",),
@@ -277,7 +274,7 @@ OPTIONS: tuple[Option, ...] = (
            derived="the optimizer's: 0; adamw 0.01", synonyms=("wd", "decay", "l2")),
     Option("nesterov", bool, False, "Nesterov momentum (sgd)", panel=OPTIM),
     Option("scheduler", str, "onecycle", "learning-rate schedule", panel=OPTIM,
-           choices=_choices_of("cnnctl.engine.schedules", "SCHEDULERS"),
+           choices=lambda: tuple(schedules.SCHEDULERS),
            synonyms=("schedule", "lr_scheduler", "sched", "lr_schedule")),
     Option("warmup_epochs", float, 0.0, "linear warm-up from ~0 to the learning rate over this many epochs (not "
            "with onecycle)", panel=OPTIM, minimum=0, synonyms=("warmup",)),
@@ -295,7 +292,7 @@ OPTIONS: tuple[Option, ...] = (
            panel=OPTIM, minimum=0),
     # regularisation and precision
     Option("augment", str, DERIVED, "batch augmentation; several combine in order, e.g. crop-flip,trivialaugment",
-           panel=REGULARISE, derived="the dataset's", choices=_choices_of("cnnctl.data.augment", "AUGMENT_PRESETS"),
+           panel=REGULARISE, derived="the dataset's", choices=lambda: tuple(augmentations.AUGMENT_PRESETS),
            many=True, normalize=lambda value: value.replace(" ", ""),
            synonyms=("augmentation", "aug", "transforms")),
     # training recipes (docs/recipes.md)
@@ -331,7 +328,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("plots", bool, True, "write curves.png, confusion.png and predictions.png into the run folder",
            panel=OUTPUT, resumable=True),
     Option("quiet", bool, False, "print only the final result", panel=OUTPUT, short="-q", config=False),
-    # experiment tracking: the loggers' registry is cnnctl/engine/loggers.py
+    # experiment tracking: the loggers' registry is cnnctl/recipe/loggers.py
     Option("logger", str, None, "log the run to these experiment trackers too, comma-separated (see "
            "docs/tracking.md)", panel=OUTPUT, choices=_logger_names, many=True,
            normalize=_join_names, resumable=True,
@@ -341,7 +338,8 @@ OPTIONS: tuple[Option, ...] = (
            maximum=SEED_MAX, synonyms=("random_seed", "rng_seed")),
     Option("patience", int, None, "early stopping: stop after this many epochs without improvement of --monitor",
            panel=RUN, minimum=1, resumable=True, synonyms=("early_stopping", "early_stop")),
-    Option("monitor", str, "val_acc", "picks best.safetensors, early stopping and plateau", panel=RUN,
+    Option("monitor", str, "val_acc", "picks best.safetensors (equal values: the lower val_loss), early stopping "
+           "and plateau", panel=RUN,
            choices=lambda: ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc"), synonyms=("metric",)),
     Option("keep", int, 1, "keep the K best epochs in checkpoints/ (best.safetensors is always the best)",
            panel=RUN, minimum=1, resumable=True, synonyms=("save_top_k", "top_k", "keep_best")),
@@ -384,6 +382,15 @@ OPTIONS: tuple[Option, ...] = (
            "(backbone frozen in eval mode, features of the un-augmented images computed once, a few hundred steps "
            "of the head); a run folder and checkpoint like any other, in one epoch", panel=PRETRAINED,
            synonyms=("probe", "linear_eval", "linear_classifier")),
+    Option("teacher", str, None, "distil from this checkpoint or run folder: the loss mixes the labels with the "
+           "teacher's outputs softened by --distill-temperature (its classes must be this run's); its outputs are "
+           "computed once when the training images are not augmented, else per batch", panel=DISTILL,
+           synonyms=("distill", "distill_from", "teacher_checkpoint", "distillation")),
+    Option("distill_temperature", float, 4.0, "with --teacher: the temperature T that softens the teacher's and "
+           "the student's outputs (the soft term is scaled by T², as Hinton et al.)", panel=DISTILL, minimum=0,
+           exclusive_min=True, maximum=100),
+    Option("distill_weight", float, 0.7, "with --teacher: the share w of the loss that is the teacher's soft "
+           "targets; 1 - w is the labels' cross-entropy", panel=DISTILL, minimum=0, maximum=1),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -502,7 +509,8 @@ def check_value(option: Option, value: Any) -> None:
         known = list(option.choices())
         for item in [part.strip() for part in value.split(",") if part.strip()] if option.many else [value]:
             if item not in known:
-                kind = {"augment": "augmentation", "amp_dtype": where, "monitor": where}.get(option.name, option.name)
+                kind = {"augment": "augmentation", "amp_dtype": where, "monitor": where,
+                        "tta": f"{where} mode"}.get(option.name, option.name)
                 raise suggest(item, known, kind)
     if option.check is not None:
         problem = option.check(value)
