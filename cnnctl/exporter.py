@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from cnnctl.checkpoint import existing_checkpoint, versions
 from cnnctl.checkpoint import load as load_checkpoint
 from cnnctl.engine.calibration import stored_temperature, stored_threshold
-from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.errors import CnnctlError, UsageError, first_line
 from cnnctl.exports import images as export_images
 from cnnctl.exports import onnx_format, openvino_format, torchscript_format  # noqa: F401  (each registers formats)
 from cnnctl.exports.formats import (  # noqa: F401  (the registry's names, where they always were)
@@ -131,12 +131,18 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
     with quiet_exporters():  # the model is serialised in memory and judged before a byte is written
         exported = info.write(model, example, dynamic_batch=dynamic_batch, opset=opset, arch=meta.arch,
                               calibration=calibration)
-        run = info.runner(exported.files)
         try:
+            run = info.runner(exported.files)
             comparison = compare(model, run, batches, num_classes=meta.num_classes, on=on,
                                  batch=None if dynamic_batch else 1)
         except ShapeMismatch as error:
             raise CnnctlError(f"{error}; nothing was written") from error
+        except CnnctlError:
+            raise
+        except Exception as error:  # the runtime's own failure (an operator it lacks, say): its first line
+            raise CnnctlError(f"{info.runtime} could not run the {info.name} export of {meta.arch}: "
+                              f"{first_line(error, 200)}; nothing was written",
+                              hint="try another --format, or --debug for the traceback") from error
     tolerance = info.tolerance if tolerance is None else tolerance
     refusal = _refusal(info, comparison, tolerance, max_drop, why)
     if refusal is not None and not force:

@@ -126,7 +126,10 @@ def test_onnx_and_torchscript_exports_match_pytorch(checkpoint_and_images: tuple
 
 
 @pytest.fixture()
-def small_checkpoint(tmp_path: Path) -> Path:
+def small_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An untrained simplecnn named as an MNIST checkpoint, with no MNIST in the data folder (other tests of the
+    session may have fetched it into the default one): exports are compared on 16 random images."""
+    monkeypatch.setenv("CNNCTL_DATA", str(tmp_path / "empty"))
     torch.manual_seed(0)
     meta = CheckpointMeta(arch="simplecnn", arch_args={}, classes=[str(i) for i in range(10)],
                           preprocessing=Preprocessing(1, (28, 28), 0, (0.13,), (0.31,)), dataset="mnist")
@@ -152,8 +155,12 @@ def test_a_mismatch_fails_in_one_line_and_writes_nothing(small_checkpoint: Path,
     from cnnctl.exports import onnx_format
 
     real_runner = onnx_format.onnx_runner
-    monkeypatch.setattr(onnx_format, "onnx_runner", lambda files, threads=None: (
-        lambda batch: real_runner(files)(batch) + 1e-3))
+
+    def shifted(files: dict, threads: int | None = None):
+        run = real_runner(files, threads)
+        return lambda batch: run(batch) + 1e-3
+
+    monkeypatch.setattr(onnx_format, "onnx_runner", shifted)
     result = runner.invoke(app, ["export", str(small_checkpoint)])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: the onnx export differs from PyTorch by up to 0.001")

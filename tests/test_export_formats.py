@@ -238,3 +238,16 @@ def test_benchmark_bad_options_fail_in_one_line(random_checkpoint: Path, args: l
     result = runner.invoke(app, ["benchmark", str(random_checkpoint), *args])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(f"error: {message}")
+
+
+def test_a_runtime_that_cannot_run_the_export_is_one_line(random_checkpoint: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(files: dict, threads: int | None = None):
+        raise RuntimeError("Could not find an implementation for HardSwish(14) node\nwith more detail")
+
+    monkeypatch.setattr(onnx_format, "onnx_runner", refuse)
+    result = runner.invoke(app, ["export", str(random_checkpoint), "-f", "onnx"])
+    assert result.exit_code == 1 and result.stderr.strip() == (
+        "error: onnxruntime could not run the onnx export of lenet5: Could not find an implementation for "
+        "HardSwish(14) node; nothing was written — try another --format, or --debug for the traceback")
+    assert sorted(p.name for p in random_checkpoint.parent.iterdir()) == ["best.safetensors"]
