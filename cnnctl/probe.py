@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnctl.data.folder import choose_splits, load_items, scan_folder
+from cnnctl.data.folder import choose_splits, load_items
+from cnnctl.data.items import scan_source
 from cnnctl.data.loader import BatchLoader
 from cnnctl.engine.embed import pretrained_backbone
 from cnnctl.engine.features import batch_features, fit_linear_head
@@ -87,7 +88,7 @@ def probe(data_dir: str | Path, candidates: Sequence[Candidate], *, budget: floa
     Each backbone is built and timed on one batch first; the rates say how many training images every
     backbone can be given alike (the slowest backbones are left out when even a few images would not fit)."""
     started = time.perf_counter()
-    scan = scan_folder(data_dir, log=log)
+    scan = scan_source(data_dir, log=log)
     splits = choose_splits(scan, val_split=val_split, seed=seed, limit=None)
     if not splits.val:
         raise DataError(f"{data_dir} has no validation images to rank the backbones with",

@@ -248,6 +248,9 @@ def test_bad_inputs_are_one_line(trained: Path, micro_digits, tmp_path: Path) ->
     run = cnnctl.train("lenet5", dataset="microdigits", epochs=1, out=str(tmp_path / "runs"), plots=False,
                        threads=1, val_split=8)
     one_line_error(invoke("calibrate", run.best_path), "holds 8 images; calibration needs at least 20")
+    none = cnnctl.train("lenet5", dataset="microdigits", epochs=1, out=str(tmp_path / "none"), plots=False,
+                        threads=1, val_split=0)
+    one_line_error(invoke("calibrate", none.best_path), "this run held out none")
     # a temperature out of range in the metadata is refused when the checkpoint is read
     meta = checkpoint.read_meta(trained)
     meta.calibration = {"temperature": -1.0, "threshold": None}

@@ -231,7 +231,7 @@ def test_equal_validation_accuracies_are_ranked_by_validation_loss() -> None:
     assert tracker.update(2, 1.0, 0.10)[0]  # same accuracy, lower loss: the new best
     assert not tracker.update(3, 1.0, 0.20)[0]  # same accuracy, higher loss than the best
     assert not tracker.update(4, 0.9, 0.01)[0]  # lower accuracy, whatever its loss
-    assert (tracker.best_epoch, tracker.bad_epochs) == (2, 2)
+    assert (tracker.best_epoch, tracker.bad_epochs) == (2, 3)  # patience counts only better accuracies
     assert [item["epoch"] for item in tracker.top] == [2, 3]
     by_loss = MetricTracker(monitor="val_loss")
     assert by_loss.tiebreak is None and by_loss.update(1, 0.5)[0] and not by_loss.update(2, 0.5)[0]

@@ -35,7 +35,7 @@ from cnnctl.serve.settings import ServeSettings
 
 SERVER_OPTIONS = ("--max-body-mb", "1", "--max-images", "8", "--header-timeout", "3", "--body-timeout", "3",
                   "--limit-concurrency", "64", "--batch-size", "8", "--max-wait-ms", "2", "--threads", "1",
-                  "--max-pixels", "1000000")
+                  "--max-pixels", "1000000", "--reject-below", "0.3")
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,8 @@ def png_files(digits: Path) -> list[Path]:
 
 def test_predictions_equal_predict_json(server: Server, run_dir: Path, digits: Path) -> None:
     files = png_files(digits)[:12]
-    expected = json.loads(CliRunner().invoke(app, ["predict", str(run_dir), *map(str, files), "--json"]).stdout)
+    expected = json.loads(CliRunner().invoke(app, ["predict", str(run_dir), *map(str, files), "--json",
+                                                   "--reject-below", "0.3"]).stdout)
     multipart = [("image", (f.name, f.read_bytes(), "image/png")) for f in files[:8]]
     answered = httpx.post(server.url + "/predict", files=multipart)
     assert answered.status_code == 200, answered.text
@@ -124,7 +125,8 @@ def test_predictions_equal_predict_json(server: Server, run_dir: Path, digits: P
         rows += [{**row, "path": f.name} for row in raw.json()]
     assert [row["path"] for row in rows] == [f.name for f in files]
     for row, reference in zip(rows, expected):
-        assert (row["label"], row["class_name"], row["error"]) == (reference["label"], reference["class_name"], None)
+        assert (row["label"], row["class_name"], row["rejected"], row["error"]) == \
+            (reference["label"], reference["class_name"], reference["rejected"], None)
         assert [entry[:2] for entry in row["topk"]] == [entry[:2] for entry in reference["topk"]]
         np.testing.assert_allclose([p for *_, p in row["topk"]], [p for *_, p in reference["topk"]], atol=1e-6)
 
@@ -138,6 +140,7 @@ def test_health_and_model(server: Server, run_dir: Path) -> None:
     assert model["preprocessing"] == json.loads(json.dumps(meta.preprocessing.to_dict()))
     assert model["metrics"] == meta.metrics
     assert model["serving"]["batch_size"] == 8 and model["serving"]["max_body_mb"] == 1
+    assert model["serving"]["reject_below"] == 0.3
 
 
 # ------------------------------------------------------------------------------------------ bad requests
@@ -363,18 +366,24 @@ def serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bad_command_lines_fail_in_one_line(server: Server, run_dir: Path, tmp_path: Path) -> None:
-    for args, fragment in (
+    for args, fragment in (  # through the console script
         ((str(tmp_path / "missing.safetensors"),), "missing.safetensors"),
         ((str(run_dir), "--port", str(server.port)), "the port is in use"),
-        ((str(run_dir), "--max-body-mb", "0"), "--max-body-mb"),
-        ((str(run_dir), "--port", "eighty"), "--port"),
-        ((str(run_dir), "--batch-size", "32", "--queue-size", "8"), "--queue-size (8) must hold"),
     ):
         result = serve_cli(*args)
         lines = result.stderr.strip().splitlines()
         assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), (args, result.stderr)
         assert fragment in lines[0] and "Traceback" not in result.stderr, (args, lines)
     assert server.alive()
+    for args, fragment in (  # in this process: refused before anything loads
+        (("--max-body-mb", "0"), "--max-body-mb must be in (0, 4096], got 0"),
+        (("--port", "eighty"), "--port must be a whole number"),
+        (("--batch-size", "32", "--queue-size", "8"), "--queue-size (8) must hold at least one batch"),
+        (("--header-timeout", "-1"), "--header-timeout must be positive"),
+    ):
+        result = CliRunner().invoke(app, ["serve", str(run_dir), *args])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {fragment}"), lines
     for settings, fragment in ((ServeSettings(port=70000), "port must be in [0, 65535], got 70000"),
                                (ServeSettings(batch_size=32, queue_size=8), "queue_size (8) must hold"),
                                (ServeSettings(header_timeout=0), "header_timeout must be positive"),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cnnctl.cli._common import command, print_json, stderr_line
-from cnnctl.errors import CnnctlError
+from cnnctl.errors import CnnctlError, UsageError
 
 if TYPE_CHECKING:
     from cnnctl.data.check import CheckReport
@@ -17,8 +17,15 @@ _LISTED = 5
 
 @command("check")
 def check_command(
-    data: Annotated[str, typer.Argument(metavar="DATA", help="an image folder: a sub-folder per class, or train/ "
-                                                             "(val/, test/) holding them")],
+    data: Annotated[str | None, typer.Argument(
+        metavar="DATA", help="an image folder (a sub-folder per class, or train/, val/, test/ holding them), a "
+                             "labels.csv or .jsonl, a .parquet or Hugging Face datasets folder, or .tar shards",
+        show_default=False)] = None,
+    data_option: Annotated[str | None, typer.Option("--data", help="DATA, as train takes it", show_default=False)
+                           ] = None,
+    near_distance: Annotated[int, typer.Option(
+        min=-1, max=64, help="images in different splits whose perceptual hashes differ in at most this many of "
+                             "64 bits are near-duplicates; -1: do not look")] = 4,
     json_output: Annotated[bool, typer.Option("--json", help="the whole report as JSON on stdout")] = False,
     strict: Annotated[bool, typer.Option(help="exit 1 when a problem is found")] = False,
     max_pixels: Annotated[int | None, typer.Option(
@@ -29,7 +36,10 @@ def check_command(
     imbalance ratio. Every file is decoded as training would decode it."""
     from cnnctl.data.folder import check_folder
 
-    report = check_folder(data, max_pixels=max_pixels, log=stderr_line)
+    if (data is None) == (data_option is None):
+        raise UsageError("name the data once: cnnctl check DATA (or --data DATA)")
+    data = data or data_option
+    report = check_folder(data, max_pixels=max_pixels, log=stderr_line, near_distance=near_distance)
     problems = report.problems()
     if json_output:
         print_json(report.as_dict())
@@ -92,6 +102,9 @@ def _problem_rows(r: CheckReport) -> list[tuple[str, int, list[str]]]:
         ("images repeated within a class", len(r.duplicates_within_class), groups(r.duplicates_within_class)),
         ("images in more than one class", len(r.duplicates_across_classes), groups(r.duplicates_across_classes)),
         ("images in more than one split (leakage)", len(r.shared_between_splits), groups(r.shared_between_splits)),
+        ("near-duplicate pairs across splits (perceptual hash)", len(r.near_duplicates_across_splits),
+         [f"{p['path']} ({p['split']}) ~ {p['other_path']} ({p['other_split']}): {p['distance']} of 64 bits differ"
+          for p in r.near_duplicates_across_splits[:3]]),
     ]
     return [(name, count, examples + ([f"… {count - 3} more"] if count > 3 else []))
             for name, count, examples in rows if count]

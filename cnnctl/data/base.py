@@ -20,14 +20,16 @@ class ImageTensors:
     source: str = ""
     paths: tuple[str, ...] | None = None
     split: str | None = None  # set where it may differ from the split asked for (a folder without test/)
+    weights: torch.Tensor | None = None  # float N: each image's weight in the training loss (a label file's)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, indices: torch.Tensor) -> ImageTensors:
         paths = None if self.paths is None else tuple(self.paths[i] for i in indices.tolist())
+        weights = None if self.weights is None else self.weights[indices]
         return ImageTensors(self.images[indices], self.labels[indices], self.classes, self.source, paths,
-                            self.split)
+                            self.split, weights)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,11 @@ re-compression (new pixels) is not.
 Problems (``--strict`` fails on them): unreadable or truncated files, image-named entries that are not regular
 files, symlinked folders leading out of the data folder, a class left without any readable image, the same image
 twice in a class, the same image in two classes (its label is contradictory) and the same image in two splits
-(leakage: the test score is not a test any more). Notes (reported, never a failure): mixed sizes, mixed colour
-modes, animated images (their first frame is used), class counts and the imbalance ratio (largest class /
-smallest).
+(leakage: the test score is not a test any more), and *near*-duplicates across splits: images whose 64-bit
+perceptual hashes (data/images.py) differ in at most ``near_distance`` bits but whose pixels are not identical (a
+re-compressed, resized or brightened copy of a training image in the test split). Notes (reported, never a
+failure): mixed sizes, mixed colour modes, animated images (their first frame is used), class counts and the
+imbalance ratio (largest class / smallest).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ if TYPE_CHECKING:
 Log = Callable[[str], None]
 SPLIT_ORDER = ("train", "val", "test")
 _EXAMPLES = 5
+# Near-duplicates: perceptual hashes at most NEAR_DISTANCE of 64 bits apart, confirmed by the correlation of
+# their 16x16 grey thumbnails (at least NEAR_CORRELATION). Measured on real MNIST (benchmarks/sources.py): JPEG
+# re-compressed (quality 75; 99.3% at 50), brightened (+20) and resized copies of training digits stay within 4
+# bits and above 0.995; 1,108 pairs of distinct digits (of 5,000 x 1,000) came within 4 bits, none above 0.995.
+NEAR_DISTANCE = 4
+NEAR_CORRELATION = 0.995
+_HASH_CHUNK = 4096
 
 
 @dataclass
@@ -38,6 +47,7 @@ class FolderCheck:
     files: dict[str, list[tuple[Path, int]]] = field(default_factory=dict)  # split → (path, class) as decoded
     infos: dict[str, list[FileInfo | None]] = field(default_factory=dict)
     failures: list[tuple[Path, str]] = field(default_factory=list)
+    near_distance: int = -1  # < 0: near-duplicates are not looked for (training's summary line)
 
     def add(self, split: str, items: list[tuple[Path, int]], decoded: Decoded) -> None:
         self.files[split] = list(items)
@@ -56,11 +66,14 @@ class FolderCheck:
             counts[split] = {name: 0 for name in classes}
             readable[split] = {name: 0 for name in classes}
             for (path, label), info in zip(self.files[split], self.infos[split]):
-                name = classes[label]
-                counts[split][name] += 1
+                names = [classes[i] for i in label] if isinstance(label, tuple) else [classes[label]]
+                name = "|".join(names)
+                for each in names:
+                    counts[split][each] += 1
                 if info is None:
                     continue
-                readable[split][name] += 1
+                for each in names:
+                    readable[split][each] += 1
                 sizes[f"{info.width}x{info.height}"] += 1
                 modes[info.mode] += 1
                 if info.animated:
@@ -89,7 +102,51 @@ class FolderCheck:
             animated=animated, duplicates_within_class=within, duplicates_across_classes=across,
             shared_between_splits=leaks, empty_classes=empty,
             imbalance_ratio=(max(present) / min(present)) if present else None,
+            near_duplicates_across_splits=self.near_pairs(),
         )
+
+    def near_pairs(self) -> list[dict[str, Any]]:
+        """Pairs of images in different splits whose perceptual hashes differ in at most ``near_distance`` bits
+        and whose pixels differ (identical ones are leakage already), closest first."""
+        import torch
+
+        if self.near_distance < 0:
+            return []
+        hashed: dict[str, list[tuple[str, str, int, bytes]]] = {}
+        for split, infos in self.infos.items():
+            hashed[split] = [(str(path), info.digest, info.phash, info.thumb or b"")
+                             for (path, _), info in zip(self.files[split], infos)
+                             if info is not None and info.phash is not None]
+        bits = {split: torch.tensor([[(value >> position) & 1 for position in range(64)] for _, _, value, _ in entries],
+                                    dtype=torch.float32).reshape(-1, 64) for split, entries in hashed.items()}
+        pairs = []
+        present = [split for split in SPLIT_ORDER if hashed.get(split)]
+        for position, first in enumerate(present):
+            for second in present[position + 1:]:
+                a, b = bits[first], bits[second]
+                for start in range(0, a.shape[0], _HASH_CHUNK):  # Hamming distances as a product of bit matrices
+                    block = a[start:start + _HASH_CHUNK]
+                    distance = block.sum(1, keepdim=True) + b.sum(1) - 2 * block @ b.T
+                    for i, j in (distance <= self.near_distance).nonzero().tolist():
+                        left, right = hashed[first][start + i], hashed[second][j]
+                        correlation = _correlation(left[3], right[3])
+                        if left[1] != right[1] and correlation >= NEAR_CORRELATION:
+                            pairs.append({"distance": int(distance[i, j]), "correlation": round(correlation, 4),
+                                          "split": first, "path": left[0], "other_split": second,
+                                          "other_path": right[0]})
+        return sorted(pairs, key=lambda pair: (pair["distance"], pair["path"], pair["other_path"]))
+
+
+def _correlation(first: bytes, second: bytes) -> float:
+    """Pearson correlation of two thumbnails (1: the same picture up to brightness and contrast)."""
+    import torch
+
+    if not first or len(first) != len(second):
+        return 0.0
+    a, b = (torch.frombuffer(bytearray(data), dtype=torch.uint8).double() for data in (first, second))
+    a, b = a - a.mean(), b - b.mean()
+    norm = float(a.norm() * b.norm())
+    return float(a @ b) / norm if norm > 0 else float(torch.equal(a, b))
 
 
 @dataclass
@@ -110,6 +167,7 @@ class CheckReport:
     shared_between_splits: list[list[dict[str, str]]]
     empty_classes: list[str]
     imbalance_ratio: float | None
+    near_duplicates_across_splits: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -125,6 +183,7 @@ class CheckReport:
             "images repeated within a class": len(self.duplicates_within_class),
             "images in more than one class": len(self.duplicates_across_classes),
             "images in more than one split (leakage)": len(self.shared_between_splits),
+            "near-duplicate pairs across splits": len(self.near_duplicates_across_splits),
         }
         return {name: count for name, count in found.items() if count}
 

@@ -16,13 +16,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.data.base import ImageTensors
-from cnnctl.data.check import SPLIT_ORDER, CheckReport, FolderCheck
-from cnnctl.data.images import ResizeTarget, decode_file, fit_to_target, is_grey, to_grey
+from cnnctl.data.check import NEAR_DISTANCE, SPLIT_ORDER, CheckReport, FolderCheck
+from cnnctl.data.images import (
+    ResizeTarget,
+    decode_file,
+    fit_to_target,
+    is_grey,
+    perceptual_hash,
+    read_item_bytes,
+    thumbnail,
+    to_grey,
+)
+from cnnctl.data.items import Source, SourceScan, label_index, register_source, scan_source
 from cnnctl.data.splits import PreparedData, resolve_preprocessing, split_positions
 from cnnctl.data.stream import StreamedImages, memory_budget, plan_cache, size_text, stream_workers
 from cnnctl.errors import DataError, UsageError
@@ -55,16 +65,7 @@ _EXAMPLES = 3
 Log = Callable[[str], None]
 
 
-@dataclass
-class FolderScan:
-    """What a folder holds: class names and, per split, (file, class index) pairs in a stable order."""
-
-    root: Path
-    classes: tuple[str, ...]
-    splits: dict[str, list[tuple[Path, int]]] = field(default_factory=dict)
-    skipped: int = 0  # hidden files and files that are not images
-    special: list[Path] = field(default_factory=list)  # image-named entries that are not regular files (FIFOs, ...)
-    outside_links: list[Path] = field(default_factory=list)  # symlinked folders leading out of the data folder
+FolderScan = SourceScan  # the class folder is one source among others (data/items.py)
 
 
 @dataclass
@@ -254,6 +255,8 @@ class FileInfo:
     format: str
     animated: bool
     digest: str
+    phash: int | None = None  # the 64-bit perceptual hash (data/images.py), where the check asked for it
+    thumb: bytes | None = None  # a 16x16 grey copy, to confirm a near-duplicate its hash suggests
 
 
 def pixel_digest(image: torch.Tensor) -> str:
@@ -271,9 +274,10 @@ class _DecodeFiles:
     :class:`FileInfo` or None). ``size`` None keeps the stored size (the data check needs no pixels back)."""
 
     def __init__(self, files: Sequence[Path], size: tuple[int, int] | None, max_pixels: int | None = None,
-                 resize: int | None = None, interpolation: str = "bilinear"):
+                 resize: int | None = None, interpolation: str = "bilinear", phash: bool = False):
         self.files = list(files)
         self.max_pixels = max_pixels
+        self.phash = phash
         # ``resize`` (pretrained preprocessing): the shorter side to it, then the centre crop to ``size``
         self.target = ResizeTarget(size, resize, interpolation) if size else None
 
@@ -287,7 +291,8 @@ class _DecodeFiles:
         except DataError as error:
             return position, None, error.message, None
         info = FileInfo(header.width, header.height, header.mode, header.format, header.animated,
-                        pixel_digest(image))
+                        pixel_digest(image), perceptual_hash(image) if self.phash else None,
+                        thumbnail(image) if self.phash else None)
         return position, (fit_to_target(image, header, target) if target else None), "", info
 
 
@@ -362,7 +367,7 @@ class ChannelSums:
 
 def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers: int | None = None,
                  max_pixels: int | None = None, resize: int | None = None, interpolation: str = "bilinear",
-                 keep: bool = True) -> Decoded:
+                 keep: bool = True, phash: bool = False) -> Decoded:
     """Decode and resize ``files`` into one uint8 tensor, in DataLoader workers. Unreadable files are reported
     back, not raised: one broken file should not stop a training run. ``size`` None only inspects the files
     (``infos``, ``failures``; ``images`` is empty); ``keep=False`` measures the resized images (``sums``,
@@ -387,7 +392,7 @@ def decode_files(files: Sequence[Path], size: tuple[int, int] | None, *, workers
     failures: list[tuple[Path, str]] = []
     infos: list[FileInfo | None] = [None] * count
     if count:
-        batches = DataLoader(_DecodeFiles(files, size, max_pixels, resize, interpolation), batch_size=64,
+        batches = DataLoader(_DecodeFiles(files, size, max_pixels, resize, interpolation, phash), batch_size=64,
                              num_workers=workers,
                              collate_fn=_collate)
         for found, decoded in batches:
@@ -445,7 +450,7 @@ class FolderSplits:
 def choose_splits(scan: FolderScan, *, val_split: float | None, seed: int, limit: int | None) -> FolderSplits:
     """The files of each split: ``val/`` if the folder has one, else ``--val-split`` of ``train/`` held out,
     then ``--limit``; the positions come from :func:`cnnctl.data.splits.split_positions`, as for every dataset."""
-    train = scan.splits["train"]
+    train = scan.splits.get("train") or []  # a source may hold only test images (eval --data test shards)
     val = scan.splits.get("val")
     fraction = 0 if val is not None else (DEFAULT_VAL_SPLIT if val_split is None else val_split)
     train_index, val_index = split_positions(len(train), fraction, seed, limit)
@@ -459,46 +464,56 @@ def choose_splits(scan: FolderScan, *, val_split: float | None, seed: int, limit
 def load_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: tuple[int, int], *, source: str,
                workers: int | None = None, log: Log = lambda _: None, max_pixels: int | None = None,
                check: FolderCheck | None = None, split: str = "train", resize: int | None = None,
-               interpolation: str = "bilinear") -> tuple[ImageTensors, bool]:
+               interpolation: str = "bilinear", weights: dict[str, float] | None = None,
+               multilabel: bool = False) -> tuple[ImageTensors, bool]:
     """Decode a split's files into :class:`ImageTensors` (RGB); also say whether every image was grey.
     ``check`` (data/check.py) collects what decoding found, for the data check's summary."""
-    import torch
-
     decoded = decode_files([path for path, _ in items], size, workers=workers, max_pixels=max_pixels, resize=resize,
                            interpolation=interpolation)
     if check is not None:
         check.add(split, items, decoded)
     _report_failures(decoded.failures, log)
-    labels = torch.tensor([items[i][1] for i in decoded.kept], dtype=torch.int64)
+    labels = label_index([items[i][1] for i in decoded.kept], len(classes), multilabel)
     paths = tuple(str(items[i][0]) for i in decoded.kept)
-    return ImageTensors(decoded.images, labels, classes, source=source, paths=paths), decoded.grey
+    return ImageTensors(decoded.images, labels, classes, source=source, paths=paths,
+                        weights=_item_weights(paths, weights)), decoded.grey
+
+
+def _item_weights(names: tuple[str, ...], weights: dict[str, float] | None) -> torch.Tensor | None:
+    """Each image's loss weight (1 where the source gave none), or None when the source gave none at all."""
+    import torch
+
+    if not weights:
+        return None
+    return torch.tensor([weights.get(name, 1.0) for name in names], dtype=torch.float32)
 
 
 def stream_items(items: list[tuple[Path, int]], classes: tuple[str, ...], size: tuple[int, int], *, source: str,
                  log: Log = lambda _: None, max_pixels: int | None = None, check: FolderCheck | None = None,
-                 split: str = "train", resize: int | None = None, interpolation: str = "bilinear"
+                 split: str = "train", resize: int | None = None, interpolation: str = "bilinear",
+                 weights: dict[str, float] | None = None, multilabel: bool = False
                  ) -> tuple[StreamedImages, bool, ChannelSums]:
     """A split that streams (data/stream.py): one decoding pass finds the unreadable files, whether every image
     is grey and the channel sums, exactly as :func:`load_items` would, but keeps no pixels."""
-    import torch
-
     decoded = decode_files([path for path, _ in items], size, max_pixels=max_pixels, resize=resize,
                            interpolation=interpolation, keep=False)
     if check is not None:
         check.add(split, items, decoded)
     _report_failures(decoded.failures, log)
-    labels = torch.tensor([items[i][1] for i in decoded.kept], dtype=torch.int64)
+    labels = label_index([items[i][1] for i in decoded.kept], len(classes), multilabel)
     files = tuple(items[i][0] for i in decoded.kept)
     assert decoded.sums is not None
     return (StreamedImages(files, labels, classes, source, size, resize=resize, interpolation=interpolation,
-                           max_pixels=max_pixels, workers=stream_workers(len(files))), decoded.grey, decoded.sums)
+                           max_pixels=max_pixels, workers=stream_workers(len(files)),
+                           weights=_item_weights(tuple(str(f) for f in files), weights)),
+            decoded.grey, decoded.sums)
 
 
 def _to_grey(data: ImageTensors | StreamedImages) -> ImageTensors | StreamedImages:
     """Every image is grey: keep one of its three equal channels."""
     if getattr(data, "streamed", False):
         return data.as_grey()
-    return ImageTensors(data.images[:, :1].contiguous(), data.labels, data.classes, data.source, data.paths)
+    return replace(data, images=data.images[:, :1].contiguous())
 
 
 def _channels(data: ImageTensors | StreamedImages) -> int:
@@ -514,8 +529,11 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
         raise UsageError("the folder dataset needs --data PATH (a folder with one sub-folder per class)")
     if config.dataset not in ("folder", "mnist"):  # mnist is only the option's default
         raise UsageError(f"--data and --dataset {config.dataset} contradict each other; pass one of them")
-    root = Path(config.data_dir).expanduser().resolve()
-    scan = scan_folder(root, log=log)
+    root = data_root(config.data_dir)
+    scan = scan_source(root, log=log)
+    if scan.multilabel:
+        raise UsageError(f"{root} gives some images several labels (multi-label data); single-label training "
+                         "needs one label per image", hint="give each image one label")
     # What ran goes into the saved configuration (PreparedData.resolved): a folder with its own val/ holds
     # nothing out of train/.
     val_split = config.val_split
@@ -553,7 +571,8 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
             continue
         reading = dict(source=str(root / split), log=log, max_pixels=getattr(config, "max_pixels", None),
                        check=check, split=split, resize=resize,
-                       interpolation=weights_prep.interpolation if weights_prep else "bilinear")
+                       interpolation=weights_prep.interpolation if weights_prep else "bilinear",
+                       weights=scan.weights if split == "train" else None, multilabel=scan.multilabel)
         if split == "train" and plan.stream:
             data, grey, train_sums = stream_items(items, scan.classes, size, **reading)
         else:
@@ -600,14 +619,16 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
 
 def _typical_side(items: Any, sample: int = 16) -> int | None:
     """The median shorter side of up to ``sample`` training images, read from their headers (no decoding)."""
+    import io
+
     from PIL import Image
 
     sides = []
     for path, _ in list(items or [])[:: max(1, len(items or []) // sample)][:sample]:
         try:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(read_item_bytes(path))) as image:
                 sides.append(min(image.size))
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except (OSError, ValueError, Image.DecompressionBombError, DataError):
             continue  # reported when the file is decoded
     return sorted(sides)[len(sides) // 2] if sides else None
 
@@ -625,14 +646,14 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
     if not folder:
         raise UsageError("the checkpoint does not say which folder it was trained on", hint="pass --data PATH")
     root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise UsageError(f"the folder this checkpoint was trained on, {root}, does not exist",
+    if not root.exists() and not _is_glob(folder):
+        raise UsageError(f"the data this checkpoint was trained on, {root}, does not exist",
                          hint="pass --data PATH to evaluate on another copy")
     if split not in ("test", "val", "train"):
         raise UsageError(f"unknown split {split!r}; choose test, val or train")
     config = meta.config or {}
-    scan = scan_folder(root, classes=meta.classes, log=log, min_classes=1)
-    trained_here = bool(meta.data_dir) and Path(meta.data_dir).expanduser().resolve() == root.resolve()
+    scan = scan_source(root, classes=meta.classes, log=log, min_classes=1)
+    trained_here = bool(meta.data_dir) and data_root(meta.data_dir) == data_root(folder)
     if meta.dataset == "folder":  # rebuild the run's own splits (also in another copy of its folder)
         chosen = choose_splits(scan, val_split=config.get("val_split"), seed=int(config.get("seed", 0)),
                                limit=config.get("limit"))
@@ -644,7 +665,7 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
             log(f"{root} has no test/ folder: evaluating on the validation images held out in training")
             split, items = "val", chosen.val
         else:  # a folder training never saw: all of it is new
-            items = scan.splits["train"] + (scan.splits.get("val") or [])
+            items = (scan.splits.get("train") or []) + (scan.splits.get("val") or [])
             split = "all"
             log(f"{root} has no test/ folder: evaluating on all {len(items):,} of its images")
     if not items:
@@ -653,11 +674,24 @@ def load_folder_eval_split(meta: Any, split: str = "test", *, data_dir: str | No
         items = items[:max_items]
     data, _ = load_items(items, tuple(meta.classes), tuple(meta.preprocessing.image_size),
                          source=str(root / split), log=log, max_pixels=config.get("max_pixels"),
-                         resize=meta.preprocessing.resize, interpolation=meta.preprocessing.interpolation)
+                         resize=meta.preprocessing.resize, interpolation=meta.preprocessing.interpolation,
+                         multilabel=scan.multilabel)
     if len(data) == 0:
         raise DataError(f"none of the {split} images in {root} could be read")
     images = to_grey(data.images) if meta.preprocessing.channels == 1 else data.images
     return ImageTensors(images, data.labels, data.classes, data.source, data.paths, split)
+
+
+def data_root(data: str | Path) -> Path:
+    """``--data`` as an absolute path (a shard glob keeps its pattern; its folder is resolved)."""
+    path = Path(data).expanduser()
+    if _is_glob(str(data)):
+        return path.parent.resolve() / path.name
+    return path.resolve()
+
+
+def _is_glob(text: str | Path) -> bool:
+    return any(ch in str(text) for ch in "*?[")
 
 
 def load_folder(directory: Path, split: str) -> ImageTensors:
@@ -693,15 +727,20 @@ FOLDER = register_dataset(
 )
 
 
+SOURCE = register_source(Source(
+    name="folder", description="a folder with one sub-folder per class (or train/, val/, test/ holding them)",
+    claims=lambda path: path.is_dir(), scan=scan_folder, priority=90))
+
+
 def check_folder(root: str | Path, *, max_pixels: int | None = None, workers: int | None = None,
-                 log: Log = lambda _: None) -> CheckReport:
-    """Scan and decode every file of a folder dataset (its ``train/``, ``val/``, ``test/`` folders as they are;
-    nothing is held out) and report on it."""
-    scan = scan_folder(root, log=log, min_classes=1)
-    check = FolderCheck(scan)
+                 log: Log = lambda _: None, near_distance: int = NEAR_DISTANCE) -> CheckReport:
+    """Scan and decode every image of a dataset (any source: a folder's ``train/``, ``val/``, ``test/`` folders, a
+    label file's split column, as they are; nothing is held out) and report on it."""
+    scan = scan_source(root, log=log, min_classes=1)
+    check = FolderCheck(scan, near_distance=near_distance)
     for split in SPLIT_ORDER:
         items = scan.splits.get(split)
         if items:
             check.add(split, items, decode_files([path for path, _ in items], None, workers=workers,
-                                                 max_pixels=max_pixels))
+                                                 max_pixels=max_pixels, phash=near_distance >= 0))
     return check.report()

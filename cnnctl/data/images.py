@@ -24,6 +24,7 @@ What an image file becomes, in order:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import stat
@@ -136,6 +137,14 @@ def read_file_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     if len(data) > max_bytes:
         raise DataError(f"{path}: larger than {max_bytes / 2**20:.0f} MiB; not read")
     return data
+
+
+def read_item_bytes(image: Any, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a dataset item's image: a file (:func:`read_file_bytes`), or an object that reads itself
+    (``read(max_bytes)``: bytes held in a table row, a member of a tar shard)."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_file_bytes(image, max_bytes)
+    return image.read(max_bytes)
 
 
 def _check_regular(path: Path, info: os.stat_result, max_bytes: int) -> None:
@@ -299,7 +308,7 @@ def decode_file(path: Path, max_pixels: int | None, target: ResizeTarget | None 
     """One folder image, oriented RGB uint8, and its header: the decode both the cache and streaming use. With
     ``target`` (what the image will be resized to), a large JPEG is decoded at reduced size, as predict does, so
     that training, eval and predict see the same pixels from the same file (``fit_to_target`` then resizes it)."""
-    return decode_with_header(read_file_bytes(path), path, max_pixels=max_pixels, target=target)
+    return decode_with_header(read_item_bytes(path), path, max_pixels=max_pixels, target=target)
 
 
 def fit_to_target(image: torch.Tensor, header: ImageHeader, target: ResizeTarget) -> torch.Tensor:
@@ -384,3 +393,49 @@ def resize_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     from torchvision.transforms.v2 import functional as TF
 
     return TF.resize(image, list(size), antialias=True)
+
+
+PHASH_SIDE = 32  # the image is shrunk to 32x32 grey, and its 8x8 lowest DCT frequencies make the 64-bit hash
+
+
+def _grey_array(image: torch.Tensor) -> Any:
+    """H×W uint8 numpy grey of an RGB uint8 3×H×W image, by :func:`luminance`'s integer formula, in numpy: the
+    hashes are computed per image, where torch's per-operation cost (and, on a busy machine, its thread pool)
+    would cost more than the arithmetic."""
+    import numpy as np
+
+    rgb = image.numpy().astype(np.int32)
+    return ((rgb[0] * 19595 + rgb[1] * 38470 + rgb[2] * 7471 + 32768) >> 16).astype(np.uint8)
+
+
+def perceptual_hash(image: torch.Tensor) -> int:
+    """The 64-bit DCT perceptual hash of an RGB uint8 3×H×W image, as imagehash's ``phash`` computes it: grey
+    (Pillow's ``convert("L")``), resized to 32×32 with Lanczos, 2-D DCT-II, the 8×8 lowest frequencies compared
+    with their median; as an int. Near-identical images (re-compressed, slightly resized or brightened) differ in
+    a few bits; unrelated photos in about half of them."""
+    import numpy as np
+    from PIL import Image
+
+    small = Image.fromarray(_grey_array(image)).resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)
+    dct = _dct_matrix(PHASH_SIDE)
+    low = (dct @ np.asarray(small, dtype=np.float64) @ dct.T)[:8, :8].flatten()
+    bits = low > np.median(low)
+    return sum(1 << position for position, bit in enumerate(bits.tolist()) if bit)
+
+
+def thumbnail(image: torch.Tensor, side: int = 16) -> bytes:
+    """A ``side``×``side`` grey uint8 copy of an RGB uint8 3×H×W image (Pillow's antialiased bilinear): what
+    near-duplicate candidates are compared on once their perceptual hashes matched."""
+    from PIL import Image
+
+    return Image.fromarray(_grey_array(image)).resize((side, side), Image.Resampling.BILINEAR).tobytes()
+
+
+@functools.cache
+def _dct_matrix(size: int) -> Any:
+    """The (unnormalised) DCT-II matrix: ``D @ x`` is scipy's ``dct(x, type=2)`` up to a factor 2."""
+    import numpy as np
+
+    k = np.arange(size, dtype=np.float64)[:, None]
+    n = np.arange(size, dtype=np.float64)[None, :]
+    return np.cos(math.pi * k * (2 * n + 1) / (2 * size))

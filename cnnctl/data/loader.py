@@ -92,6 +92,10 @@ class BatchLoader:
 
     Images are moved to ``device`` once as uint8 (CIFAR-10 is 150 MB, MNIST 47 MB) and fitted to the model's
     input size once; each batch is then only an index, a cast, an optional augmentation and a normalisation.
+
+    A split with per-image loss weights (a label file's ``weight`` column) leaves the current batch's weights in
+    ``batch_weights`` while that batch is in use (None without weights). A streamed image that cannot be read
+    in an epoch is left out of its batch and counted in ``skipped``.
     """
 
     def __init__(
@@ -120,6 +124,10 @@ class BatchLoader:
         self.images = None if self.stream is not None else fit_to_input(data.images, preprocessing,
                                                                          crop=self.crop).to(device)
         self.labels = data.labels.to(device)
+        weights = getattr(data, "weights", None)
+        self.weights = None if weights is None else weights.to(device)
+        self.batch_weights: torch.Tensor | None = None
+        self.skipped = 0  # streamed images that could not be read, left out of their batch
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.augment = augment
@@ -176,7 +184,14 @@ class BatchLoader:
             if streamed is None:
                 images = self.images.index_select(0, index)
             else:  # the same pixels the in-memory path would index, decoded now
-                images = fit_to_input(next(streamed), self.preprocessing, crop=self.crop).to(self.device)
+                decoded, kept = next(streamed)
+                if kept is not None:  # unreadable images this epoch: left out of the batch, counted
+                    self.skipped += int(index.shape[0]) - int(kept.sum())
+                    index = index[kept.to(self.device)]
+                    if decoded is None:
+                        continue
+                images = fit_to_input(decoded, self.preprocessing, crop=self.crop).to(self.device)
+            self.batch_weights = None if self.weights is None else self.weights.index_select(0, index)
             if self.augment is not None:
                 images = self.augment(images, self.generator)
             inputs, labels = self.normalize(images), self.labels.index_select(0, index)

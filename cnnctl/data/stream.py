@@ -113,13 +113,12 @@ class _StreamFiles:
 
 
 def _stack(batch: list[tuple[int, Any, str]]) -> tuple[Any, list[str]]:
-    """One uint8 batch tensor (one transfer from the worker, not one per image), or what went wrong."""
+    """One uint8 batch tensor of the images that decoded (one transfer from the worker, not one per image) and
+    what went wrong with the others (one entry per image, empty where it decoded)."""
     import torch
 
-    problems = [problem for _, image, problem in batch if image is None]
-    if problems:
-        return None, problems
-    return torch.stack([image for _, image, _ in batch]), []
+    images = [image for _, image, _ in batch if image is not None]
+    return (torch.stack(images) if images else None), [problem for _, _, problem in batch]
 
 
 @dataclass(frozen=True)
@@ -139,6 +138,7 @@ class StreamedImages:
     interpolation: str = "bilinear"
     max_pixels: int | None = None
     workers: int = 2
+    weights: torch.Tensor | None = None  # float N: each image's weight in the training loss (a label file's)
 
     streamed = True  # BatchLoader decodes this split's batches in workers (data/loader.py)
 
@@ -151,13 +151,16 @@ class StreamedImages:
 
     def subset(self, indices: torch.Tensor) -> StreamedImages:
         chosen = indices.tolist()
-        return replace(self, files=tuple(self.files[i] for i in chosen), labels=self.labels[indices])
+        return replace(self, files=tuple(self.files[i] for i in chosen), labels=self.labels[indices],
+                       weights=None if self.weights is None else self.weights[indices])
 
     def as_grey(self) -> StreamedImages:
         return replace(self, channels=1)
 
-    def batches(self, chunks: Sequence[Sequence[int]]) -> Iterator[torch.Tensor]:
-        """The uint8 images of each chunk of positions, in order, decoded by worker processes ahead of use."""
+    def batches(self, chunks: Sequence[Sequence[int]]) -> Iterator[tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """The uint8 images of each chunk of positions, in order, decoded by worker processes ahead of use, and
+        None, or where an image could not be read (changed or broken since the decode that checked it: a row of a
+        streamed epoch is skipped, never a crash) a bool mask of those that could (the images are those only)."""
         import torch
         from torch.utils.data import DataLoader
 
@@ -170,12 +173,10 @@ class StreamedImages:
                             num_workers=workers, collate_fn=_stack, generator=torch.Generator().manual_seed(0),
                             prefetch_factor=PREFETCH_BATCHES if workers else None)
         for images, problems in loader:
-            if problems:
-                raise DataError(f"while streaming the training images: {problems[0]}"
-                                + (f" (and {len(problems) - 1} more in this batch)" if len(problems) > 1 else ""),
-                                hint="the file changed since training started; restore it, or start again "
-                                     "(unreadable files are then left out)")
-            yield images
+            if any(problems):
+                yield images, torch.tensor([not problem for problem in problems], dtype=torch.bool)
+            else:
+                yield images, None
 
 
 def stream_workers(count: int) -> int:

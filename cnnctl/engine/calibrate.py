@@ -10,6 +10,7 @@ from cnnctl import checkpoint
 from cnnctl.engine.calibration import calibration_record, check_calibration_split, check_target_error
 from cnnctl.engine.evaluate import evaluate, open_evaluation
 from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.fsutil import require_writable_file
 
 if TYPE_CHECKING:
     import torch
@@ -39,8 +40,16 @@ def calibrate(path: Any, *, target_error: float | None = None, output: Any = Non
     destination = Path(output) if output is not None else source
     if destination.is_dir():
         raise UsageError(f"--output {destination} is a folder", hint="name the checkpoint file to write")
-    opened = open_evaluation(source, split="val", batch_size=batch_size, root=root, mirror=mirror, device=device,
-                             log=log, data_dir=data_dir)
+    # before any work: a folder where nothing can be written is found now, not after the evaluation
+    destination = require_writable_file(destination, option="--output" if output is not None else "CHECKPOINT")
+    try:
+        opened = open_evaluation(source, split="val", batch_size=batch_size, root=root, mirror=mirror,
+                                 device=device, log=log, data_dir=data_dir)
+    except UsageError as error:
+        if "held out no validation split" not in error.message:
+            raise
+        raise UsageError(f"{source}: calibration is fitted on the validation split, and this run held out none",
+                         hint="train with --val-split N (images) or a fraction") from None
     logits, labels = split_logits(opened)
     check_calibration_split(labels, opened.meta.num_classes)
     record = calibration_record(logits, labels, target_error)

@@ -188,6 +188,29 @@ def build_loaders(config: TrainConfig, data: PreparedData, device: torch.device,
     return train, (loader(data.val, False) if validate_here else None)
 
 
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None,
+                  smoothing: float | None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Training's cross-entropy (``Trainer.loss``); with per-image ``weights`` (a label file's ``weight``
+    column) the weighted mean ``Σ wᵢ·lossᵢ / Σ wᵢ``, the class weight of each image's label times its own, as
+    torch weighs by class weights alone."""
+    import torch.nn.functional as F
+
+    if weights is None:
+        return F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=smoothing or 0.0)
+    per_image = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=smoothing or 0.0,
+                                reduction="none")
+    if class_weights is not None and labels.dim() == 1:
+        weights = weights * class_weights[labels]
+    return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def report_skipped(trainer: Any, epoch: int, count: int) -> None:
+    """Say how many streamed training images could not be read in ``epoch`` (left out of their batches)."""
+    if count:
+        trainer.reporter.message(f"epoch {epoch}: skipped {count} training image(s) that could not be read while "
+                                 "streaming")
+
+
 def validation_metrics(trainer: Any) -> dict[str, float]:
     """Validation loss and accuracy. With several processes rank 0 evaluates the whole split and broadcasts
     the numbers: simpler than sharding the split and reducing sums (no uneven shards to pad), exactly the

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl import checkpoint
-from cnnctl.errors import UsageError
+from cnnctl.errors import CheckpointError, CnnctlError, UsageError
 from cnnctl.recipe.options import label
 
 if TYPE_CHECKING:
@@ -46,7 +46,12 @@ def check_distill_config(config: Any) -> None:
     if config.linear_probe:
         raise UsageError(f"{label('teacher')} trains the whole student; {label('linear_probe')} fits only a "
                          "classifier on fixed features", hint="leave one of them out")
-    checkpoint.read_meta(config.teacher)  # one line naming the file and what is wrong with it
+    try:
+        checkpoint.read_meta(config.teacher)  # one line naming the file and what is wrong with it
+    except CnnctlError as error:
+        raise CheckpointError(f"{label('teacher')}: {error.message}",
+                              hint="pass the teacher's run folder (runs/ARCH-DATA/N) or its best.safetensors"
+                              ) from None
 
 
 def check_classes(teacher_classes: list[str], student_classes: list[str], source: str) -> None:

@@ -271,13 +271,12 @@ class Trainer:
             if stop_agreed(guard.requested is not None, self.dist, self.device) and epoch < config.epochs:
                 raise interrupted_error(self.run_dir, f"after epoch {epoch}", guard.requested, self.dist.world_size)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
-        """The training loss, defined once: the epochs and the learning-rate sweep both use it. With --teacher
-        (and the batch's ``inputs``) it mixes in the teacher's softened outputs (engine/distill.py)."""
-        import torch.nn.functional as F
-
-        hard = F.cross_entropy(logits, labels, weight=self.class_weights,
-                               label_smoothing=self.config.label_smoothing or 0.0)
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor | None = None,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss, defined once: the epochs and the learning-rate sweep both use it. ``weights``: each
+        image's weight (a label file's ``weight`` column), a weighted mean like the class weights'. With
+        --teacher (and the batch's ``inputs``) it mixes in the teacher's softened outputs (engine/distill.py)."""
+        hard = components.cross_entropy(logits, labels, self.class_weights, self.config.label_smoothing, weights)
         if self.distillation is None or inputs is None:
             return hard
         teacher = self.distillation.teacher_logits(inputs, self.train_batches.last_index)
@@ -299,7 +298,7 @@ class Trainer:
         seen, earlier_seconds = int(partial.get("seen", 0)), float(partial.get("seconds", 0.0))
         first_bad = torch.full((), -1, dtype=torch.int64, device=batches.device)
         check_every = 1 if batches.device.type == "cpu" else 32  # reading a CUDA value waits for the GPU
-        started = time.perf_counter()
+        started, skipped = time.perf_counter(), batches.skipped  # unreadable streamed images, counted
         for index, (inputs, labels) in enumerate(batches):
             if index < skip:
                 continue
@@ -307,7 +306,7 @@ class Trainer:
             try:
                 with self.precision.autocast():
                     logits = model(inputs)
-                    loss = self.loss(logits, labels, inputs)
+                    loss = self.loss(logits, labels, inputs, batches.batch_weights)
                 optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if config.grad_clip:
@@ -333,6 +332,7 @@ class Trainer:
                                     {"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": seconds})
                 raise interrupted_error(self.run_dir, f"in epoch {epoch} after batch {index + 1} of {steps}",
                                         guard.requested, self.dist.world_size)
+        components.report_skipped(self, epoch, batches.skipped - skipped)
         seconds = earlier_seconds + time.perf_counter() - started
         loss_sum, correct, seen = sum_over_ranks(loss_sum, correct, seen, self.dist, unwrap(model))
         return {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1),

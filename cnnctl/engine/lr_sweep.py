@@ -94,7 +94,7 @@ def sweep_lr(trainer_class: type[Trainer], config: TrainConfig, *, start_lr: flo
                 batches = iter(trainer.train_batches)
                 inputs, labels = next(batches)
             with trainer.precision.autocast():
-                loss = trainer.loss(model(inputs), labels, inputs)
+                loss = trainer.loss(model(inputs), labels, inputs, trainer.train_batches.batch_weights)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip:

@@ -45,11 +45,12 @@ class MetricTracker:
     def update(self, epoch: int, value: float, tiebreak: float | None = None) -> tuple[bool, bool, list[int]]:
         """Record an epoch (``tiebreak``: its value of :attr:`tiebreak`). Returns (new best?, among the kept top
         K?, epochs that dropped out of the top K)."""
-        improved = self.better(value, self.best_value, tiebreak, self.best_tiebreak)
+        strictly = self.better(value, self.best_value)
+        improved = strictly or self.better(value, self.best_value, tiebreak, self.best_tiebreak)
         if improved:
-            self.best_value, self.best_epoch, self.best_tiebreak, self.bad_epochs = value, epoch, tiebreak, 0
-        else:
-            self.bad_epochs += 1
+            self.best_value, self.best_epoch, self.best_tiebreak = value, epoch, tiebreak
+        # patience counts epochs without a better monitored value: a tie-break picks a checkpoint, nothing more
+        self.bad_epochs = 0 if strictly else self.bad_epochs + 1
         ranked = [*self.top, {"epoch": epoch, "value": value, "tiebreak": tiebreak}]
         ranked.sort(key=lambda item: (-item["value"] if self.maximize else item["value"],
                                       item.get("tiebreak") if item.get("tiebreak") is not None else float("inf"),

@@ -191,6 +191,9 @@ SERVE: tuple[Option, ...] = (
     _option("keep_alive", int, 5, "seconds an idle keep-alive connection stays open", panel=LIMITS, minimum=1),
     _option("decode_threads", int, 2, "threads decoding images", minimum=1),
     _option("topk", int, 5, "how many top classes per image", minimum=1),
+    _option("reject_below", float, None, "answer 'unknown' for images whose top probability (after the checkpoint's "
+           "calibration temperature) is below P; 0 answers every image", derived="the threshold `cnnctl calibrate "
+           "--target-error` stored, else none", metavar="P", minimum=0, maximum=1),
     _option("device", str, "auto", DEVICE_HELP),
     _option("threads", int, None, "CPU threads for the model", derived="the CPUs this process may use", minimum=1),
     _option("access_log", bool, False, "log every request, not only refused ones"),

@@ -206,8 +206,9 @@ OPTIONS: tuple[Option, ...] = (
     # data
     Option("dataset", str, "mnist", "registered dataset name (see `cnnctl list datasets`)", panel=DATA, short="-d",
            synonyms=("data_set", "dataset_name")),
-    Option("data", str, None, "train on your own images: a folder with one sub-folder per class, or with train/ "
-           "(val/, test/) holding them; resized to --img-size (64 unless given)", panel=DATA, field="data_dir",
+    Option("data", str, None, "train on your own images: a folder with one sub-folder per class (or train/, val/, "
+           "test/ holding them), a labels.csv or .jsonl (path,label[,split][,weight]), a .parquet or Hugging Face "
+           "datasets folder, or .tar shards; resized to --img-size (64 unless given)", panel=DATA, field="data_dir",
            aliases=("data_dir",), synonyms=("data_path", "image_dir", "images", "folder")),
     Option("root", str, None, "data folder \\[env: CNNCTL_DATA]", panel=DATA, resumable=True,
            synonyms=("data_root",)),

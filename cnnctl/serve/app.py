@@ -253,7 +253,8 @@ def create_app(predictor: Predictor, batcher: Batcher, settings: ServeSettings, 
             "preprocessing": meta.preprocessing.to_dict(), "metrics": meta.metrics or {}, "dataset": meta.dataset,
             "epoch": meta.epoch, "versions": meta.versions or {},
             "serving": {"batch_size": settings.batch_size, "max_wait_ms": settings.max_wait_ms,
-                        "topk": predictor.topk, "max_body_mb": settings.max_body_mb,
+                        "topk": predictor.topk, "reject_below": predictor.reject_below,
+                        "max_body_mb": settings.max_body_mb,
                         "max_pixels": settings.max_pixels, "max_images": settings.max_images,
                         "device": str(predictor.device)},
         })
@@ -275,6 +276,9 @@ def create_app(predictor: Predictor, batcher: Batcher, settings: ServeSettings, 
         good = [i for i, item in enumerate(decoded) if not isinstance(item, tuple)]
         if not good:
             return items, decoded, None
+        if len(good) > batcher.capacity:  # would never fit: not a matter of trying again
+            raise Refused(413, f"{len(good)} images in one request, more than the queue holds (--queue-size "
+                               f"{batcher.capacity})")
         try:
             return items, decoded, batcher.submit([items[i][0] for i in good], [decoded[i] for i in good])
         except QueueFull as full:

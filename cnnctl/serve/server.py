@@ -172,7 +172,7 @@ def prepare(checkpoint: str | Path, settings: ServeSettings) -> Predictor:
     model, _ = load_for_inference(checkpoint, device=settings.device)
     torch.set_num_threads(settings.threads or threads_for_this_process().threads)
     predictor = Predictor(model, model.cnnctl_meta, batch_size=settings.batch_size, topk=settings.topk,
-                          max_pixels=settings.max_pixels)
+                          max_pixels=settings.max_pixels, reject_below=settings.reject_below)
     predictor.import_decoders()
     height, width = predictor.preprocessing.image_size  # decoded images' size, before the padding
     predictor.classify(["warm-up"], torch.zeros(1, predictor.preprocessing.channels, height, width,

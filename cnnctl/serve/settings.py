@@ -40,6 +40,7 @@ class ServeSettings:
     keep_alive: int = DEFAULTS["keep_alive"]
     decode_threads: int = DEFAULTS["decode_threads"]
     topk: int = DEFAULTS["topk"]
+    reject_below: float | None = DEFAULTS["reject_below"]
     device: str = DEFAULTS["device"]
     threads: int | None = DEFAULTS["threads"]
     access_log: bool = DEFAULTS["access_log"]
