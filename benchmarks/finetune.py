@@ -67,6 +67,7 @@ ABLATION = {
     "augment-none": ["--augment", "none"],
     "no-precise-bn": ["--no-precise-bn"],
     "adamw": ["--optimizer", "adamw"],
+    "augment-none-backbone-lr-1": ["--augment", "none", "--backbone-lr-scale", "1"],
     "old-defaults": ["--head-init", "random", "--normalize", "data", "--grey-input", "sum", "--img-size", "64",
                      "--crop-scale", "0.08", "--lr", "1e-3", "--label-smoothing", "0"],
 }

@@ -43,7 +43,7 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
           **options: Any) -> FitResult:
     """``cnnctl train ARCH --option value`` as ``train("ARCH", option=value)``: every option of ``cnnctl train``
     under its name (``dataset``, ``epochs``, ``batch_size``, ``lr``, ``data``, ``dropout``, ``out``, ...; see
-    cnnctl/options.py). A TrainConfig may be passed instead of the name, and options then override its fields.
+    cnnctl/recipe/options.py). A TrainConfig may be passed instead of the name, and options then override its fields.
     ``train(resume="runs/lenet5-mnist/1", epochs=20)`` continues a run exactly where it stopped, like
     ``--resume`` (and may extend it). Errors name the parameters (``epochs must be at least 1``).
 
@@ -62,7 +62,7 @@ def train(arch: str | TrainConfig | None = None, *, progress: bool = False, repo
 
 def _train_signature() -> inspect.Signature:
     """``train``'s signature with every option as a keyword (for help(), IDEs and REPL completion), generated
-    from cnnctl/options.py; older spellings (``data_dir``) still arrive through ``**options``."""
+    from cnnctl/recipe/options.py; older spellings (``data_dir``) still arrive through ``**options``."""
     own = inspect.signature(train).parameters.values()
     explicit = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
     taken = {p.name for p in explicit}
@@ -137,7 +137,9 @@ def predict(model_or_path: Any, images: Any, **options: Any) -> tuple[torch.Tens
     checkpoint path is loaded; a loaded model stays where it is), ``batch_size``, ``max_pixels``,
     ``reject_below``. A calibrated checkpoint (``cnnctl calibrate``) divides the logits by its temperature; an
     image whose top probability is below ``reject_below`` (default: the threshold ``calibrate --target-error``
-    stored) gets label -1 ("unknown").
+    stored) gets label -1 ("unknown"). A multi-label checkpoint returns ``(given, probabilities)``: bool
+    N×classes (each class at or above its threshold: the checkpoint's, or ``thresholds``, one number or one per
+    class) and each class's sigmoid.
     """
     values = api_values(PREDICT, options, "cnnctl.predict")
     model_or_path, images = _model_and_images(model_or_path, images, values["device"], "cnnctl.predict")
@@ -228,14 +230,17 @@ def evaluate(checkpoint_path: str | os.PathLike[str], **options: Any) -> dict[st
     ``report="DIR"`` also writes DIR/index.html and DIR/report.json and adds ``top_losses`` and
     ``confused_pairs``; ``label_issues=True`` adds the images whose label looks wrong (cleanlab), ranked.
     ``tta``: none, flip, crop or flip-crop (as ``eval --tta``); ``plots="DIR"``: confusion.png and
-    predictions.png in DIR (as ``eval --plots``)."""
+    predictions.png in DIR (as ``eval --plots``). A multi-label checkpoint gives ``map``, ``subset_accuracy``,
+    ``micro_f1``, ``macro_f1`` and per-label numbers instead, at its thresholds or at ``thresholds`` ("0.4": one
+    for every label, or one per label, comma-separated)."""
     values = api_values(EVAL, options, "cnnctl.evaluate")
     return evaluate_and_report(_as_path(checkpoint_path, "cnnctl.evaluate"), dataset=values["dataset"],
                                split=values["split"], batch_size=values["batch_size"], root=values["root"],
                                mirror=values["mirror"], device=values["device"], data_dir=values["data"],
                                report_dir=None if values["report"] is None else Path(values["report"]),
                                label_issues=values["label_issues"], top_losses=values["top_losses"],
-                               tta=values["tta"], plots_dir=None if values["plots"] is None else Path(values["plots"]))
+                               tta=values["tta"], plots_dir=None if values["plots"] is None else Path(values["plots"]),
+                               thresholds=values["thresholds"])
 
 
 evaluate.__signature__ = api_signature(EVAL, [  # type: ignore[attr-defined]

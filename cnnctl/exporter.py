@@ -44,6 +44,8 @@ from cnnctl.exports.gate import MAX_DROP, Comparison, ShapeMismatch, check_max_d
 from cnnctl.fsutil import STDOUT, atomic_write_bytes, atomic_write_text, is_folder, require_writable_file
 
 if TYPE_CHECKING:
+    import torch
+
     from cnnctl.checkpoint import CheckpointMeta
 
 PREPROCESSING_FORMAT = 1
@@ -79,6 +81,7 @@ class ExportResult:
     max_drop: float = MAX_DROP
     forced: str | None = None  # why the export would have been refused, when --force wrote it anyway
     details: dict[str, Any] = field(default_factory=dict)  # how it was converted or quantised
+    label_decisions: int | None = None  # multi-label: the (image, label) decisions at the thresholds compared
 
     @property
     def gated(self) -> bool:
@@ -123,6 +126,15 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
     else:
         example = export_images.random_inputs(meta)
         batches, on, count = [(example, None)], f"{example.shape[0]} random images (seed 0; {why})", len(example)
+    tolerance = info.tolerance if tolerance is None else tolerance
+    decisions: list[int] = []
+    on_batch = None
+    if meta.multilabel:  # accuracy and top-k are single-label measures: the decisions at the thresholds are compared
+        batches = ((inputs, None) for inputs, _ in batches)
+        why = "accuracy is not measured for a multi-label checkpoint"
+        if tolerance is not None:
+            def on_batch(expected: Any, actual: Any) -> None:
+                decisions.append(compare_label_decisions(meta, expected, actual, tolerance))
     calibration = None
     if info.calibrated:
         calibration = export_images.calibration_images(meta, count=calibration_images, root=root, data=data,
@@ -134,7 +146,7 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
         try:
             run = info.runner(exported.files)
             comparison = compare(model, run, batches, num_classes=meta.num_classes, on=on,
-                                 batch=None if dynamic_batch else 1)
+                                 batch=None if dynamic_batch else 1, on_batch=on_batch)
         except ShapeMismatch as error:
             raise CnnctlError(f"{error}; nothing was written") from error
         except CnnctlError:
@@ -143,7 +155,6 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
             raise CnnctlError(f"{info.runtime} could not run the {info.name} export of {meta.arch}: "
                               f"{first_line(error, 200)}; nothing was written",
                               hint="try another --format, or --debug for the traceback") from error
-    tolerance = info.tolerance if tolerance is None else tolerance
     refusal = _refusal(info, comparison, tolerance, max_drop, why)
     if refusal is not None and not force:
         raise CnnctlError(f"{refusal}; nothing was written", hint=_refusal_hint(info, comparison, tolerance))
@@ -153,7 +164,7 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
     result = ExportResult(model_path, preprocessing_path, info.name, dynamic_batch, exported.opset,
                           comparison.max_abs_diff, tolerance, on, count, info.precision,
                           getattr(run, "runtime", {"name": info.runtime}), files, exported.size, comparison,
-                          max_drop, refusal, exported.details)
+                          max_drop, refusal, exported.details, sum(decisions) if decisions else None)
     for suffix, content in exported.files.items():  # companions first, the model file (what users open) last
         if suffix != info.suffix:
             atomic_write_bytes(paths[suffix], content)
@@ -173,6 +184,23 @@ def _check_options(info: ExportFormat, opset: int | None, calibration_images: in
             raise UsageError(f"{info.name} calibrates by {' or '.join(info.methods)}, not {calibration_method!r}")
     if isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 1:
         raise UsageError(f"--calibration-images must be a whole number of at least 1, not {calibration_images!r}")
+
+
+def compare_label_decisions(meta: CheckpointMeta, expected: torch.Tensor, actual: torch.Tensor,
+                            tolerance: float) -> int:
+    """Multi-label: the labels the export gives at the checkpoint's thresholds (those the preprocessing JSON
+    states) must be PyTorch's, except where a probability lies within ``tolerance`` of its threshold. Returns the
+    number of (image, label) decisions compared."""
+    import torch
+
+    thresholds = torch.tensor(meta.resolved_thresholds, dtype=torch.float32).view(1, -1)
+    theirs, ours = actual.float().sigmoid(), expected.float().sigmoid()
+    differ = ((theirs >= thresholds) != (ours >= thresholds)) & ((ours - thresholds).abs() > tolerance)
+    if bool(differ.any()):
+        image, label = (int(v) for v in differ.nonzero()[0])
+        raise CnnctlError(f"the export decides label {meta.classes[label]!r} of verification image {image} unlike "
+                          f"PyTorch at its threshold {float(thresholds[0, label]):.4g}; nothing was written")
+    return int(differ.numel())
 
 
 def _names(chosen: Callable[[ExportFormat], bool]) -> str:
@@ -293,9 +321,13 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
         "input_shape": [channels, input_height, input_width],
         "input_dtype": "float32",
         "output_name": OUTPUT_NAME,
-        "output": f"logits, N x {meta.num_classes}; softmax(logits / temperature) gives class probabilities in "
-                  "the order of classes" + ("; answer 'unknown' when the top probability is below reject_below"
-                                            if threshold is not None else ""),
+        "output": (f"logits, N x {meta.num_classes}; a sigmoid per class gives its probability, and an image has "
+                   "every class whose probability is at or above its threshold (thresholds, in the order of classes)"
+                   if meta.multilabel else
+                   f"logits, N x {meta.num_classes}; softmax(logits / temperature) gives class probabilities in "
+                   "the order of classes" + ("; answer 'unknown' when the top probability is below reject_below"
+                                             if threshold is not None else "")),
+        **({"task": meta.task, "thresholds": meta.resolved_thresholds} if meta.multilabel else {}),
         "temperature": temperature,  # `cnnctl calibrate` (1: not calibrated); the exported graph outputs raw logits
         "reject_below": threshold,  # `cnnctl calibrate --target-error`, or null
         "steps": steps,
@@ -313,7 +345,10 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
         "size_bytes": result.size,
         **result.details,
         "verification": {"max_abs_diff": result.max_abs_diff, "tolerance": result.tolerance,
-                         "inputs": result.verified_on},
+                         "inputs": result.verified_on,
+                         **({"label_decisions": f"{result.label_decisions} (image, label) decisions at the "
+                                                "thresholds agree with PyTorch's"}
+                            if result.label_decisions is not None else {})},
         "accuracy": _accuracy_entry(result),
     }
     document["exports"] = dict(sorted(exports.items()))
@@ -348,8 +383,8 @@ def _other_exports(path: Path, document: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     shared = ("format", "arch", "classes", "channels", "image_size", "resize", "interpolation", "pad", "mean", "std",
-              "input_shape")
-    if any(earlier.get(key) != document[key] for key in shared):
+              "input_shape", "task", "thresholds")
+    if any(earlier.get(key) != document.get(key) for key in shared):
         return {}
     return {name: entry for name, entry in exports.items() if (path.parent / name).is_file()}
 

@@ -116,7 +116,8 @@ def epoch_line(row: dict[str, float], epochs: int) -> str:
     parts = [f"epoch {int(row['epoch']):>{width}}/{epochs}",
              f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}"]
     if "val_loss" in row:
-        parts.append(f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}")
+        parts.append(f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}"
+                     + (f" mAP {row['val_map']:.4f}" if "val_map" in row else ""))
     parts.append(f"lr {row['lr']:.3g}")
     parts.append(f"{row['epoch_time_s']:.1f}s {row['images_per_s']:,.0f} img/s")
     return "  ".join(parts)
@@ -144,6 +145,12 @@ def end_line(summary: dict[str, Any]) -> str:
             else f"{value:.2%}"
         return (f"best epoch {summary.get('best_epoch')} ({summary.get('monitor')} {shown}); no validation or "
                 "test split to score it on")
+    if f"{split}_map" in summary:  # multi-label
+        line = (f"{'test' if split == 'test' else 'validation'} subset accuracy {summary[f'{split}_acc']:.2%} (mAP "
+                f"{summary[f'{split}_map']:.4f}, micro-F1 {summary[f'{split}_micro_f1']:.4f}, loss "
+                f"{summary[f'{split}_loss']:.4f}) on {plural(summary[f'{split}_count'], 'image')}, best epoch "
+                f"{summary['best_epoch']}")
+        return line if split == "test" else line + " (no test split: a test/ folder gives an unbiased score)"
     key = next((k for k in summary if k.startswith(f"{split}_top") and k[len(split) + 4:].isdigit()), None)
     topk = f"top-{key[len(split) + 4:]} {summary[key]:.2%}, " if key else ""
     line = (f"{'test' if split == 'test' else 'validation'} accuracy {summary[f'{split}_acc']:.2%} "

@@ -159,3 +159,22 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     return attempts
+
+
+# --- real servers for the scale-out tests (tests/services.py): started once per session, when first needed ---
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A PostgreSQL server on 127.0.0.1 (a throw-away cluster); a server that cannot start fails the test."""
+    from services import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking() -> Iterator[object]:
+    """An ``mlflow server`` on 127.0.0.1 with its own SQLite store and served artifacts."""
+    from services import mlflow_server
+
+    with mlflow_server() as server:
+        yield server

@@ -122,7 +122,7 @@ def test_evaluate_takes_every_option_of_cnnctl_eval_with_its_default() -> None:
             assert api[renamed.get(name, name)].default == parameter.default, name
 
 
-@pytest.mark.parametrize("name", ["train", "eval", "predict", "export", "tune", "lr-find", "serve"])
+@pytest.mark.parametrize("name", ["train", "eval", "predict", "export", "tune", "lr-find", "calibrate", "serve"])
 def test_each_command_and_its_python_function_take_the_same_options(name: str) -> None:
     """One declaration per command (cnnctl/recipe/options.py, cnnctl/recipe/commands.py) gives both its command-line
     options and its function's keywords: the same names with the same defaults."""
@@ -136,7 +136,8 @@ def test_each_command_and_its_python_function_take_the_same_options(name: str) -
     from cnnctl.serve import ServeSettings
 
     functions = {"train": cnnctl.train, "eval": cnnctl.evaluate, "predict": cnnctl.predict,
-                 "export": cnnctl.export, "tune": cnnctl.tune.search, "lr-find": lr_find, "serve": ServeSettings}
+                 "export": cnnctl.export, "tune": cnnctl.tune.search, "lr-find": lr_find, "serve": ServeSettings,
+                 "calibrate": cnnctl.calibrate}
     declared = CONFIG_OPTIONS if name == "train" else api_options(COMMANDS[name])
     cli = {param.name: param for param in typer.main.get_command(app).commands[name].params}
     api = inspect.signature(functions[name]).parameters

@@ -157,4 +157,4 @@ def test_the_launcher_passes_on_the_command_without_nproc(tiny_digits, monkeypat
                                       "--deterministic", "--lr", "0.01", "--device", "cpu"])
     assert result.exit_code == 3  # the ranks' exit code
     assert launched == [(["train", "lenet5", "--dataset", "tinydigits", "--device", "cpu", "--lr", "0.01",
-                          "--no-plots", "--deterministic"], 2)]  # in the order of cnnctl/options.py
+                          "--no-plots", "--deterministic"], 2)]  # in the order of cnnctl/recipe/options.py

@@ -1,4 +1,4 @@
-"""Options declared once (cnnctl/options.py): the command line, config files, the API and resume agree on names,
+"""Options declared once (cnnctl/recipe/options.py): the command line, config files, the API and resume agree on names,
 types, defaults and ranges; config files are untrusted input; closed lists are registries."""
 
 from __future__ import annotations

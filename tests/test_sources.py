@@ -279,7 +279,8 @@ def test_multi_label_rows_and_weights(tmp_path: Path) -> None:
 def test_per_image_weights_are_a_weighted_mean_of_the_loss() -> None:
     generator = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(6, 3, generator=generator), torch.tensor([0, 1, 2, 0, 1, 2])
-    trainer = SimpleNamespace(class_weights=None, config=SimpleNamespace(label_smoothing=0.0), distillation=None)
+    trainer = SimpleNamespace(class_weights=None, config=SimpleNamespace(label_smoothing=0.0), task="single",
+                              distillation=None)
     plain = Trainer.loss(trainer, logits[:4], labels[:4])
     weighted = Trainer.loss(trainer, logits, labels, weights=torch.tensor([1.0, 1, 1, 1, 0, 0]))
     assert torch.allclose(plain, weighted)
@@ -300,3 +301,24 @@ def test_weights_from_a_label_file_reach_the_training_split(tmp_path: Path, digi
     data = prepare_data(config, get_model_spec("lenet5"))
     assert data.train.weights is not None
     assert data.train.weights.tolist() == [3.0 if label == 0 else 1.0 for label in data.train.labels.tolist()]
+
+
+def test_tables_and_shards_read_nothing_outside_their_folder(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    table = {"image": [{"bytes": None, "path": "/etc/passwd"}], "label": ["cat"]}
+    pq.write_table(pa.table(table), data / "t.parquet")
+    with pytest.raises(DataError, match=r"t.parquet row 0: /etc/passwd is an absolute path"):
+        scan_source(data / "t.parquet")
+    pq.write_table(pa.table({"image": [{"bytes": None, "path": "../secret.png"}], "label": ["cat"]}),
+                   data / "u.parquet")
+    with pytest.raises(DataError, match=r"u.parquet row 0: ../secret.png leads out of"):
+        scan_source(data / "u.parquet")
+    outside = tmp_path / "elsewhere.tar"
+    with tarfile.open(outside, "w") as archive:
+        add_member(archive, "k.cls", b"0")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "train-000.tar").symlink_to(outside)
+    with pytest.raises(DataError, match=r"train-000.tar is a symlink out of"):
+        scan_source(shards)

@@ -185,6 +185,7 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
     for key, value in versions.items():
         check.text(value, f"versions.{key}", limit=200)
     image_stats = _image_stats(data.get("image_stats"), check)
+    task, thresholds = _task(data, len(classes), check)
     calibration = _calibration(data.get("calibration"), check)
     distillation = check.obj(data.get("distillation"), "distillation", optional=True)
     return {
@@ -204,7 +205,33 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
         "image_stats": image_stats,
         "calibration": calibration,
         "distillation": distillation or None,
+        "task": task,
+        "thresholds": thresholds,
     }
+
+
+TASKS = ("single", "multilabel")
+
+
+def _task(data: dict[str, Any], classes: int, check: _Checker) -> tuple[str, list[float] | None]:
+    """``task`` (single when absent: older checkpoints) and, for multilabel, one decision threshold per class,
+    each from 0 to 1."""
+    task = check.text(data.get("task", "single"), "task", limit=20)
+    if task not in TASKS:
+        raise check.fail("task", f"is {_short(task)}; one of {', '.join(TASKS)} expected")
+    value = data.get("thresholds")
+    if value is None:
+        return str(task), None
+    if task != "multilabel":
+        raise check.fail("thresholds", "is given, but only multi-label checkpoints have thresholds")
+    if not isinstance(value, list) or not all(_is_number(v) for v in value):
+        raise check.fail("thresholds", f"must be a list of {classes} numbers, not {_short(value)}")
+    if len(value) != classes:
+        raise check.fail("thresholds", f"has {len(value)} values but there are {classes} classes")
+    for v in value:
+        if not (math.isfinite(v) and 0 <= v <= 1):
+            raise check.fail("thresholds", f"holds {v}, outside 0..1")
+    return str(task), [float(v) for v in value]
 
 
 
@@ -332,10 +359,21 @@ class CheckpointMeta:
     image_stats: dict[str, float] | None = None  # how the training images look (cnnctl/data/image_stats.py)
     calibration: dict[str, Any] | None = None  # `cnnctl calibrate`: temperature, threshold (engine/calibration.py)
     distillation: dict[str, Any] | None = None  # --teacher: the teacher and the loss's settings (engine/distill.py)
+    task: str = "single"  # or "multilabel": a sigmoid per class, labels at or above ``thresholds``
+    thresholds: list[float] | None = None  # multilabel: each class's decision threshold (tuned on validation)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    @property
+    def resolved_thresholds(self) -> list[float]:
+        """Each class's decision threshold (multilabel; 0.5 where none were tuned)."""
+        return list(self.thresholds) if self.thresholds is not None else [0.5] * self.num_classes
 
     def to_json(self) -> str:
         document = (
@@ -362,6 +400,9 @@ class CheckpointMeta:
             document["calibration"] = self.calibration
         if self.distillation:
             document["distillation"] = self.distillation
+        if self.task != "single":  # likewise: a single-label checkpoint reads as before
+            document["task"] = self.task
+            document["thresholds"] = self.resolved_thresholds
         return json.dumps(document)
 
     @classmethod
@@ -383,4 +424,6 @@ class CheckpointMeta:
             image_stats=data["image_stats"],
             calibration=data["calibration"],
             distillation=data["distillation"],
+            task=data["task"],
+            thresholds=data["thresholds"],
         )

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from cnnctl import registry
 from cnnctl.cli.help import Command, Group
 from cnnctl.errors import CnnctlError
 from cnnctl.fsutil import displayable, os_reason
@@ -140,14 +141,10 @@ def complete_checkpoint(incomplete: str) -> list[str]:
 
 
 def complete_arch(incomplete: str) -> list[str]:
-    from cnnctl import registry
-
     return [name for name in registry.models() if name.startswith(incomplete)]
 
 
 def complete_dataset(incomplete: str) -> list[str]:
-    from cnnctl import registry
-
     return [name for name in registry.datasets() if name.startswith(incomplete)]
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cnnctl import registry
 from cnnctl.cli._common import command, stderr_line
 from cnnctl.errors import UsageError
 
@@ -40,7 +41,6 @@ def download(
     import os
     from pathlib import Path
 
-    from cnnctl import registry
     from cnnctl.data.download import ensure_files, import_files
 
     if offline:

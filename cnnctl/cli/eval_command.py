@@ -39,10 +39,13 @@ def eval_command(checkpoint_path: str | None = None, **params: Any) -> None:
                                  device=values["device"], log=stderr_line, data_dir=values["data"],
                                  plots_dir=values["plots"], report_dir=values["report"],
                                  label_issues=values["label_issues"], top_losses=values["top_losses"],
-                                 tta=values["tta"])
+                                 tta=values["tta"], thresholds=values["thresholds"])
     tta = values["tta"]
     if values["json_output"]:
         print_json(report)
+        return
+    if report.get("task") == "multilabel":
+        print_multilabel(report, tta)
         return
     from rich.console import Console
     from rich.table import Table
@@ -81,6 +84,33 @@ def eval_command(checkpoint_path: str | None = None, **params: Any) -> None:
     console.print(confusion)
     if values["label_issues"]:
         print_label_issues(console, report["label_issues"], report["count"], saved=values["report"] is not None)
+
+
+def print_multilabel(report: dict[str, Any], tta: str) -> None:
+    """The multi-label numbers: mAP, subset accuracy, F1, and a table of the labels."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    fields = [f"mAP {report['map']:.4f}", f"subset accuracy {report['subset_accuracy']:.2%}",
+              f"micro-F1 {report['micro_f1']:.4f}", f"macro-F1 {report['macro_f1']:.4f}",
+              f"loss {report['loss']:.4f}"]
+    if tta != "none":
+        fields.append(f"(test-time augmentation: {tta})")
+    head = f"{report['arch']} on {evaluated_on(report)} ({report['count']:,} images, multi-label):"
+    console.print(wrap_fields(head, fields, console.width), highlight=False, soft_wrap=True)
+    table = Table(title=f"thresholds {report['threshold_source']}", title_justify="left")
+    for column in ("label", "AP", "threshold", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for row in report["per_class"]:
+        ap = row["average_precision"]
+        table.add_row(row["class"], "—" if ap is None else f"{ap:.4f}", f"{row['threshold']:.3f}",
+                      f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}")
+    table.add_row("macro avg", f"{report['map']:.4f}", "", f"{report['macro_precision']:.4f}",
+                  f"{report['macro_recall']:.4f}", f"{report['macro_f1']:.4f}", f"{report['count']:,}", style="bold")
+    table.add_row("micro avg", "", "", f"{report['micro_precision']:.4f}", f"{report['micro_recall']:.4f}",
+                  f"{report['micro_f1']:.4f}", "", style="bold")
+    console.print(table)
 
 
 ISSUES_PRINTED = 20

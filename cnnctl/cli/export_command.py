@@ -62,7 +62,9 @@ def export_lines(result: ExportResult) -> list[str]:
     comparison = result.comparison
     if result.tolerance is not None:
         lines.append(f"verified on {result.verified_on} in {where}: max abs difference from PyTorch "
-                     f"{result.max_abs_diff:.2e} (tolerance {result.tolerance:g})")
+                     f"{result.max_abs_diff:.2e} (tolerance {result.tolerance:g})"
+                     + (f"; {result.label_decisions:,} label decisions at the thresholds agree"
+                        if result.label_decisions is not None else ""))
     else:
         lines.append(f"compared on {result.verified_on} in {where}")
     if comparison is not None:
@@ -75,7 +77,8 @@ def export_lines(result: ExportResult) -> list[str]:
             lines.append(f"accuracy {100 * comparison.accuracy:.2f}% (PyTorch {reference:.2f}%, "
                          f"{0.0 - comparison.drop:+.2f} points; --max-drop {result.max_drop:g}); {agreement}")
         else:
-            lines.append(f"accuracy not checked (no labelled images); {agreement}")
+            reason = "multi-label" if result.label_decisions is not None else "no labelled images"
+            lines.append(f"accuracy not checked ({reason}); {agreement}")
     if result.forced is not None:
         lines.append(f"written because of --force: {result.forced}")
     return lines

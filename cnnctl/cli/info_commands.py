@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cnnctl import registry
 from cnnctl.cli._common import command, complete_arch, print_json
 from cnnctl.errors import UsageError
 from cnnctl.recipe.options import choice_settings
@@ -25,7 +26,6 @@ def list_command(
     """List the registered architectures and datasets."""
     from pathlib import Path
 
-    from cnnctl import registry
     from cnnctl.data.download import is_present
 
     if source is not None:
@@ -129,8 +129,6 @@ def _imagenet_columns(name: str) -> dict[str, object]:
 def _list_timm(source: str, pattern: str, json_output: bool) -> None:
     """`cnnctl list --source timm [PATTERN]`: timm's names (nothing is built) and their weights tags."""
     if source != "timm":
-        from cnnctl import registry
-
         raise registry.suggest(source, ["timm"], "--source")
     from cnnctl.models.timm_models import list_timm
 

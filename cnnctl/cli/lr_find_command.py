@@ -13,8 +13,6 @@ from cnnctl.recipe.commands import LR_FIND, command_values
 from cnnctl.recipe.config_file import build_train_config
 from cnnctl.recipe.options import OPTIONS
 
-NOT_FOR_A_SWEEP = ("resume", "nproc", "quiet")
-
 
 def lr_find(ctx: typer.Context, **params: Any) -> None:
     """An exponential learning-rate sweep for ARCH with the options `cnnctl train` takes: a PNG of loss against
@@ -40,6 +38,6 @@ def lr_find(ctx: typer.Context, **params: Any) -> None:
     print(f"suggested lr: {result.suggestion:.3g}")
 
 
-declare(lr_find, [*(option for option in OPTIONS if option.cli and option.name not in NOT_FOR_A_SWEEP
-                   and option.name != "lr"), *LR_FIND], leading=[context()], completions=COMPLETIONS)
+declare(lr_find, [*(option for option in OPTIONS if option.cli and option.sweep), *LR_FIND], leading=[context()],
+        completions=COMPLETIONS)
 command("lr-find")(lr_find)

@@ -61,6 +61,7 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         find_images,
         folder_accuracy,
         load_for_inference,
+        parse_thresholds,
         predictions_csv,
         predictions_json,
     )
@@ -92,12 +93,17 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
                                     config=WeightsSource(values["weights_mirror"], values["offline"]))
     else:
         model, _ = load_for_inference(checkpoint_argument(checkpoint_path), device=device)
+    meta = model.cnnctl_meta
+    given = parse_thresholds(values["thresholds"], meta.classes, task=getattr(meta, "task", None))
+    if plot and getattr(meta, "multilabel", False):
+        raise UsageError("--plot draws one class per image; it does not apply to multi-label checkpoints")
     files, skipped = find_images(paths)
     if not files:
         raise UsageError("no image files found in " + ", ".join(displayable(p) for p in paths),
                          hint="pass png/jpg/bmp/webp/tif files or folders that contain them")
     predictor = Predictor(model, model.cnnctl_meta, batch_size=values["batch_size"], topk=values["topk"],
-                          max_pixels=values["max_pixels"], tta=tta, reject_below=values["reject_below"])
+                          max_pixels=values["max_pixels"], tta=tta, reject_below=values["reject_below"],
+                          thresholds=given)
     predictor.import_decoders()  # start-up, not prediction: outside the time reported
     started = time.perf_counter()
     predictions = []
@@ -112,7 +118,9 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
 
         plotted = plot_file_predictions(predictions, model.cnnctl_meta, plot, max_pixels=values["max_pixels"])
         stderr_line(f"wrote {plotted}")
-    text = predictions_json(predictions) if values["json_output"] else predictions_csv(predictions)
+    multilabel = predictor.multilabel
+    text = (predictions_json(predictions, multilabel) if values["json_output"]
+            else predictions_csv(predictions, multilabel))
     if to_file:
         atomic_write_text(output, text)  # type: ignore[arg-type]
     else:
@@ -130,7 +138,7 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         source = "--reject-below" if values["reject_below"] is not None else "the checkpoint's threshold"
         stderr_line(f"unknown: {rejected:,} of {len(predictions) - len(failures):,} images (top probability below "
                     f"{predictor.reject_below:.4f}, {source})")
-    accuracy = folder_accuracy(predictions, model.cnnctl_meta.classes)
+    accuracy = None if multilabel else folder_accuracy(predictions, model.cnnctl_meta.classes)
     if accuracy is not None:
         correct, counted = accuracy
         others = len(predictions) - len(failures) - counted

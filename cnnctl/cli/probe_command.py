@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cnnctl.cli._common import command, print_json, stderr_line
+from cnnctl.recipe.options import MAX_IMAGE_SIDE
 
 
 @command()
@@ -25,8 +26,8 @@ def probe(
         min=0, help="validation fraction held out of train when the folder has no val/ \\[default: 0.1]",
         show_default=False)] = None,
     img_size: Annotated[int | None, typer.Option(
-        min=16, max=4096, help="centre crop to probe at (the resize scales with it, as in training) \\[default: "
-                               "each weights' own]", show_default=False)] = None,
+        min=16, max=MAX_IMAGE_SIDE, help="centre crop to probe at (the resize scales with it, as in training) "
+                                         "\\[default: each weights' own]", show_default=False)] = None,
     seed: Annotated[int, typer.Option(min=0, help="which images are held out and drawn")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="images per batch")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",

@@ -32,7 +32,7 @@ def tune(ctx: typer.Context, train_args: list[str] | None = None, param: list[st
                              hint="with --resume give only --trials, --timeout, --workers or --storage")
         search = search_module.open_search(resume, storage_url=storage, trials=trials)
         if not worker:
-            with search_module.budget_lock(search.tune_dir):
+            with search_module.budget_lock(search):
                 continued = search_module.continue_interrupted(search)
             if continued:
                 stderr_line(f"continuing interrupted trial(s) {', '.join(map(str, continued))} from their run "
@@ -40,6 +40,9 @@ def tune(ctx: typer.Context, train_args: list[str] | None = None, param: list[st
     else:
         if worker:
             raise UsageError("--worker is for the processes --workers starts, with --resume")
+        if storage is not None and not param and not space and _show_study(ctx, train_args or [], storage,
+                                                                            values["json_output"]):
+            return
         spec, out, name_given = _new_spec(ctx, train_args or [], param or [], space, trials, values["pruner"],
                                           values["pruner_startup"])
         search = search_module.start_search(spec, out=out, name_given=name_given, storage_url=storage)
@@ -131,10 +134,31 @@ def _say_start(search: Any, workers: int) -> None:
                 + (f", {workers} workers" if workers > 1 else "") + where)
 
 
+def _show_study(ctx: typer.Context, train_args: list[str], storage: str, json_output: bool) -> bool:
+    """``cnnctl tune --storage URL --name NAME`` (no architecture, nothing to search): the table of that study as
+    it stands, on any machine, with nothing written. False when the command is a search after all."""
+    from cnnctl.tune.report import best_trial, summary_document, trial_rows
+    from cnnctl.tune.study import show_search
+
+    explicit, config_file = _parse_train_arguments(ctx, train_args)
+    if config_file is not None or "arch" in explicit or not set(explicit) <= {"name", "out"}:
+        return False
+    if "name" not in explicit:
+        raise UsageError("name the study to show (--name NAME), or an architecture to search with",
+                         hint="e.g. cnnctl tune --storage URL --name lenet5-mnist")
+    search = show_search(storage, str(explicit["name"]), str(explicit.get("out", "runs")))
+    study = search.study
+    _render(summary_document(search, trial_rows(study), best_trial(study), None, []), json_output)
+    return True
+
+
 def _finish(search: Any, json_output: bool) -> None:
     from cnnctl.tune.report import finish
 
-    summary = finish(search)
+    _render(finish(search), json_output)
+
+
+def _render(summary: dict[str, Any], json_output: bool) -> None:
     if json_output:
         print_json(summary)
     else:

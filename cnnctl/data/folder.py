@@ -531,9 +531,9 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
         raise UsageError(f"--data and --dataset {config.dataset} contradict each other; pass one of them")
     root = data_root(config.data_dir)
     scan = scan_source(root, log=log)
-    if scan.multilabel:
-        raise UsageError(f"{root} gives some images several labels (multi-label data); single-label training "
-                         "needs one label per image", hint="give each image one label")
+    if scan.multilabel and getattr(config, "task", "auto") == "single":  # before any image is decoded
+        raise UsageError(f"{root} gives some images several labels (multi-label data); --task single needs one "
+                         "label per image", hint="use --task multilabel (or leave --task out)")
     # What ran goes into the saved configuration (PreparedData.resolved): a folder with its own val/ holds
     # nothing out of train/.
     val_split = config.val_split

@@ -239,11 +239,9 @@ class RowReader:
     def row(self, row: str, path: Any, label: Any, split: Any = None, weight: Any = None) -> None:
         where = f"{self.label_file} {row}"
         relative = _path_field(path, where)
-        image = self.confine(relative, where)
+        image, real = self.resolve(relative, where)
         target = row_target(label, where)
         item = Item(image, target, row_split(split, where), row_weight(weight, where), where, relative)
-        real = os.path.realpath(image) if os.path.islink(image) else os.path.join(
-            self._folders[os.path.dirname(image)], image.name)
         earlier = self.seen.get(real)
         if earlier is not None:
             if earlier[1] != target:
@@ -256,7 +254,11 @@ class RowReader:
 
     def confine(self, relative: str, where: str) -> Path:
         """The image file a row names, refused unless it is a readable regular file inside the label file's
-        folder (after every symlink is followed). The folders' real paths are looked up once each."""
+        folder (after every symlink is followed)."""
+        return self.resolve(relative, where)[0]
+
+    def resolve(self, relative: str, where: str) -> tuple[Path, str]:
+        """:meth:`confine`'s file and its real path. The folders' real paths are looked up once each."""
         if os.path.isabs(relative) or relative.startswith("~"):
             raise DataError(f"{where}: {relative} is an absolute path; images must be inside {self.label_file.parent}",
                             hint="give the path relative to the label file's folder")
@@ -285,7 +287,7 @@ class RowReader:
         if not os.access(real, os.R_OK):
             raise DataError(f"{where}: {relative} is not readable (permission denied)",
                             hint="make the file readable or remove the row")
-        return candidate
+        return candidate, real
 
     def scan(self, *, kind: str, classes: Sequence[str] | None, log: Log, min_classes: int) -> SourceScan:
         if self.duplicates:

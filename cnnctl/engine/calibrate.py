@@ -40,6 +40,10 @@ def calibrate(path: Any, *, target_error: float | None = None, output: Any = Non
     destination = Path(output) if output is not None else source
     if destination.is_dir():
         raise UsageError(f"--output {destination} is a folder", hint="name the checkpoint file to write")
+    if checkpoint.read_meta(source).multilabel:  # its thresholds were tuned on the validation split in training
+        raise UsageError("cnnctl calibrate fits a softmax temperature; it does not apply to multi-label checkpoints",
+                         hint="their per-label thresholds are tuned on the validation split in training; "
+                              "--thresholds overrides them")
     # before any work: a folder where nothing can be written is found now, not after the evaluation
     destination = require_writable_file(destination, option="--output" if output is not None else "CHECKPOINT")
     try:

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 from cnnctl.data.augment import AugmentSettings, make_augmentation
 from cnnctl.data.loader import BatchLoader
 from cnnctl.data.mixing import make_mixing
+from cnnctl.data.targets import MULTILABEL
 from cnnctl.engine.distributed import broadcast_object
 from cnnctl.engine.evaluate import evaluate
 from cnnctl.engine.imbalance import sampler_weights
+from cnnctl.engine.multilabel import evaluate_multilabel, initialise_output_bias, metric_row, multilabel_loss
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.fsutil import atomic_write_text
 from cnnctl.models import build_model as build_architecture
@@ -43,6 +45,8 @@ def build_model(config: TrainConfig, spec: ModelSpec, data: PreparedData, device
     if config.pretrained:
         report = load_pretrained(model, spec, config.pretrained, log=log, config=config)
         initialise_new_head(model, report.reinitialised, config.head_init or "random", log)
+    if getattr(config, "task", None) == MULTILABEL and not config.pretrained:  # pretrained: --head-init says
+        initialise_output_bias(model, data.train.labels)
     if config.channels_last is None:
         config.channels_last = choose_channels_last(model, data.preprocessing.input_shape, config.batch_size or 1,
                                                     device)
@@ -204,6 +208,15 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, class_weights: tor
     return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, task: str, class_weights: torch.Tensor | None,
+                  smoothing: float | None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``Trainer.loss`` without the teacher: :func:`cross_entropy`, or for a multi-label run binary cross-entropy
+    per label (``class_weights`` then weighting each label's positives; engine/multilabel.py)."""
+    if task == MULTILABEL:
+        return multilabel_loss(logits, labels, class_weights, smoothing or 0.0, weights)
+    return cross_entropy(logits, labels, class_weights, smoothing, weights)
+
+
 def report_skipped(trainer: Any, epoch: int, count: int) -> None:
     """Say how many streamed training images could not be read in ``epoch`` (left out of their batches)."""
     if count:
@@ -217,14 +230,21 @@ def validation_metrics(trainer: Any) -> dict[str, float]:
     numbers a single process computes, and validation is a small part of an epoch's time."""
     if trainer.data.val is None:
         return {}
-    row = {}
-    if trainer.val_batches is not None:
+    row: dict[str, float] = {}
+    if trainer.val_batches is not None and trainer.task == MULTILABEL:  # thresholds chosen here, for the checkpoint
+        trainer.reporter.phase("validating")
+        val = evaluate_multilabel(trainer.eval_model(), trainer.val_batches, len(trainer.data.classes), tune=True,
+                                  autocast=trainer.precision.autocast())
+        row, trainer.thresholds = metric_row(val, "val"), val.thresholds
+    elif trainer.val_batches is not None:
         trainer.reporter.phase("validating")
         val = evaluate(trainer.eval_model(), trainer.val_batches, len(trainer.data.classes),
                        autocast=trainer.precision.autocast())
         row = {"val_loss": val.loss, "val_acc": val.top1, "val_balanced_acc": val.balanced_accuracy,
                "val_macro_f1": val.macro_f1}
-    return broadcast_object(row, trainer.dist)
+    row, thresholds = broadcast_object((row, trainer.thresholds), trainer.dist)
+    trainer.thresholds = thresholds
+    return row
 
 
 def check_finite(trainer: Any, first_bad: torch.Tensor, epoch: int, steps: int) -> None:

@@ -260,7 +260,14 @@ def join(context: DistContext, device: torch.device, batch_size: int, *, sync_bn
     if not context.enabled:
         return device, batch_size, False
     per_rank = check_world(batch_size, device, context.world_size, context.local_world_size, sync_bn=sync_bn)
-    device, owns_group = init_process_group(context, device)
+    try:
+        device, owns_group = init_process_group(context, device)
+        barrier(context)  # every process is here: one that stopped before (say, refused its run folder) shows now
+    except RuntimeError as error:
+        lost = peer_lost(error, context, None)
+        if lost is None:
+            raise
+        raise lost from None
     return device, per_rank, owns_group
 
 
@@ -300,6 +307,28 @@ def stop_agreed(flag: bool, context: DistContext, device: torch.device, batches_
     if batches_done is not None and batches_done % STOP_CHECK_EVERY:
         return False
     return any_rank(bool(flag), context, device)
+
+
+def peer_lost(error: BaseException, context: DistContext, run_dir: Path | None) -> CnnctlError | None:
+    """The one-line error for a collective that failed because another process of the run is gone (its machine
+    was lost, it was killed, its network went away): gloo's and NCCL's errors, torch.distributed's DistError.
+    None for any other error. The last finished epoch is in the run folder; the same launch with ``--resume``
+    continues it."""
+    if not context.enabled or not isinstance(error, RuntimeError):
+        return None
+    import torch.distributed as dist
+
+    text = str(error)
+    if not (isinstance(error, getattr(dist, "DistError", ())) or "gloo" in text or "NCCL" in text
+            or "Connection reset by peer" in text or "Connection closed by peer" in text):
+        return None
+    reason = " ".join(text.split("] ", 1)[-1].split()).split(". ")[0][:160]  # gloo: "[file.cc:545] Read error..."
+    if run_dir is None:
+        return CnnctlError(f"another training process is gone before training started ({reason})",
+                           hint="the other processes' messages say why")
+    return CnnctlError(f"another training process is gone ({reason}); the last finished epoch is saved in {run_dir}",
+                       hint=f"start the same launch on every node with `train --resume {run_dir}` in place of the "
+                            "train options")
 
 
 # ------------------------------------------------------------------------------------------------ the launcher

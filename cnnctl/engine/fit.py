@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from cnnctl.checkpoint import unwrap
 from cnnctl.data.image_stats import training_image_stats
 from cnnctl.data.loader import default_batch_size
-from cnnctl.data.mixing import hard_labels
 from cnnctl.data.splits import PreparedData
 from cnnctl.data.splits import prepare_data as prepare
 from cnnctl.engine import components, distributed
@@ -44,6 +43,7 @@ from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interru
 from cnnctl.engine.linear_probe import check_probe_head, probe_epoch
 from cnnctl.engine.loggers import build_loggers
 from cnnctl.engine.lr_sweep import resolve_auto_lr
+from cnnctl.engine.multilabel import correct_count, resolve_task, task_settings
 from cnnctl.engine.optim import build_optimizer
 from cnnctl.engine.precision import resolve_precision
 from cnnctl.engine.run_folder import RunFolder, default_run_name
@@ -130,6 +130,7 @@ class Trainer:
         self.pretrained: Any = None  # --pretrained: the PretrainedReport the checkpoints' metadata keeps
         self.distillation: Distillation | None = None  # --teacher: the teacher and the mixed loss (engine/distill.py)
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
+        self.task, self.thresholds = "single", None  # multilabel: per-label thresholds from the last validation
 
     @classmethod
     def resuming(cls, path: str | Path, overrides: dict[str, Any] | None = None, reporter: Reporter | None = None,
@@ -152,7 +153,6 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ the run
     def run(self) -> FitResult:
-
         self.lr_sweep = resolve_auto_lr(type(self), self.config, self.reporter.message)  # --lr auto: a sweep first
         complete_config(self.config)
         with deterministic_mode(self.config.deterministic), contextlib.ExitStack() as locked:
@@ -179,6 +179,11 @@ class Trainer:
                     raise
                 raise interrupted_error(self.run_dir, "before the current epoch ended (its progress is lost)",
                                         None, self.dist.world_size) from None
+            except RuntimeError as error:  # a collective whose other side is gone: one line, not gloo's report
+                lost = distributed.peer_lost(error, self.dist, self.run_dir if self.folder.state.is_file() else None)
+                if lost is None:
+                    raise
+                raise lost from None
             result = FitResult(self.run_dir, self.folder.best, self.folder.last, self.history,
                                stopped_early=self.should_stop)
             self.callbacks.on_fit_end(self, result)
@@ -217,6 +222,7 @@ class Trainer:
             self.reporter.message(self.precision.note)
         self.data = distributed.in_turn(self.dist, lambda: prepare_data(config, self.reporter))
         self.image_stats = measure_training_images(self.data)
+        self.task = config.task = task_settings(config, resolve_task(config.task, self.data, self.reporter.message))
         if config.batch_size is None:  # the default depends on the training set (data/loader.py)
             config.batch_size = default_batch_size(len(self.data.train))
             if self.dist.enabled:
@@ -243,8 +249,7 @@ class Trainer:
                                                self.reporter.message)
         self.schedule = build_schedule(config, self.optimizer, steps_per_epoch=len(self.train_batches),
                                        monitor=self.monitor)
-        self.scaler = self.precision.make_scaler()
-        self.tracker = MetricTracker(monitor=self.monitor, keep=config.keep)
+        self.scaler, self.tracker = self.precision.make_scaler(), MetricTracker(monitor=self.monitor, keep=config.keep)
         if loaded is not None:
             restore_training_state(self, loaded)
 
@@ -276,7 +281,8 @@ class Trainer:
         """The training loss, defined once: the epochs and the learning-rate sweep both use it. ``weights``: each
         image's weight (a label file's ``weight`` column), a weighted mean like the class weights'. With
         --teacher (and the batch's ``inputs``) it mixes in the teacher's softened outputs (engine/distill.py)."""
-        hard = components.cross_entropy(logits, labels, self.class_weights, self.config.label_smoothing, weights)
+        hard = components.training_loss(logits, labels, self.task, self.class_weights, self.config.label_smoothing,
+                                        weights)
         if self.distillation is None or inputs is None:
             return hard
         teacher = self.distillation.teacher_logits(inputs, self.train_batches.last_index)
@@ -319,7 +325,7 @@ class Trainer:
             detached = loss.detach().float()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), index, first_bad)
             loss_sum += detached * labels.shape[0]
-            correct += (logits.detach().argmax(1) == hard_labels(labels)).sum()  # mixup: the dominant label
+            correct += correct_count(logits.detach(), labels, self.task)  # mixup: the dominant label
             seen += int(labels.shape[0])
             if (index + 1) % check_every == 0 or index + 1 == steps:
                 check_finite(self, first_bad, epoch, steps)

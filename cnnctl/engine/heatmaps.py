@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.data.loader import Normalizer, fit_to_input
+from cnnctl.engine.multilabel_metrics import decisions
 from cnnctl.engine.predict import decode_image, find_images, model_with_meta
 from cnnctl.errors import UsageError
 from cnnctl.plots import _figure, _save
@@ -196,11 +197,13 @@ def _gradcam_plus_plus(model: torch.nn.Module, module: torch.nn.Module, inputs: 
 
 def explain_tensor(model: torch.nn.Module, images: torch.Tensor, *, method: str = "gradcam",
                    layer: str | None = None, target: int | str | None = None, topk: int = 5
-                   ) -> tuple[list[tuple[torch.Tensor, int, list[tuple[int, str, float]]]], str | None]:
+                   ) -> tuple[list[tuple[torch.Tensor, int, list[tuple[int, str, float]], int]], str | None]:
     """Heat maps for uint8 N×C×H×W ``images`` at the checkpoint's image size, for a model from ``cnnctl.load``.
 
-    Returns ``([(heatmap H×W, target, top-k), ...], layer)``: the target is ``target`` (a class name or index)
-    or else each image's predicted class; the layer is the one Grad-CAM used (None for integrated gradients).
+    Returns ``([(heatmap H×W, target, top-k, image row), ...], layer)``: the target is ``target`` (a class name or
+    index) or else each image's predicted class; for a multi-label checkpoint every label at or above its
+    threshold (the most probable one when none is), one map each, with the labels' sigmoid probabilities as the
+    top-k. The layer is the one Grad-CAM used (None for integrated gradients).
     """
     import torch
 
@@ -215,11 +218,20 @@ def explain_tensor(model: torch.nn.Module, images: torch.Tensor, *, method: str 
     _without_inplace(model)
     normalize = Normalizer(preprocessing.mean, preprocessing.std, device)
     inputs = normalize(fit_to_input(images, preprocessing).to(device))
+    multilabel = bool(getattr(meta, "multilabel", False))
     with torch.no_grad():
-        probabilities = model(inputs).float().softmax(dim=1).cpu()
-    targets = probabilities.argmax(dim=1)
+        logits = model(inputs).float()
+    probabilities = (logits.sigmoid() if multilabel else logits.softmax(dim=1)).cpu()
     if target is not None:
-        targets = torch.full_like(targets, _class_index(target, classes))
+        pairs = [(row, _class_index(target, classes)) for row in range(probabilities.shape[0])]
+    elif multilabel:  # one map per label given
+        given = decisions(probabilities, meta.resolved_thresholds)
+        pairs = [(row, c) for row in range(probabilities.shape[0])
+                 for c in (given[row].nonzero().flatten().tolist() or [int(probabilities[row].argmax())])]
+    else:
+        pairs = [(row, int(c)) for row, c in enumerate(probabilities.argmax(dim=1).tolist())]
+    rows = torch.tensor([row for row, _ in pairs], dtype=torch.int64)
+    targets = torch.tensor([c for _, c in pairs], dtype=torch.int64)
     if method == "integrated-gradients":
         if layer is not None:
             raise UsageError("--layer applies to gradcam and gradcam++, not to integrated gradients")
@@ -230,16 +242,17 @@ def explain_tensor(model: torch.nn.Module, images: torch.Tensor, *, method: str 
         chosen = check_layer(model, layer, shape, spec_classifier) if layer else \
             default_target_layer(model, shape, spec_classifier)
     black = normalize(torch.zeros(1, *inputs.shape[1:], dtype=torch.uint8, device=device))
-    maps = attribution_maps(model, inputs, targets.to(device), method, layer=chosen, baseline=black).cpu()
+    maps = attribution_maps(model, inputs[rows.to(device)], targets.to(device), method, layer=chosen,
+                            baseline=black).cpu()
     pad = preprocessing.pad
     if pad:
         maps = maps[:, pad:maps.shape[1] - pad, pad:maps.shape[2] - pad]
     k = max(1, min(topk, len(classes)))
     top_p, top_i = probabilities.topk(k, dim=1)
     results = []
-    for row in range(maps.shape[0]):
+    for position, row in enumerate(rows.tolist()):
         ranked = [(int(c), classes[int(c)], float(p)) for p, c in zip(top_p[row], top_i[row])]
-        results.append((maps[row], int(targets[row]), ranked))
+        results.append((maps[position], int(targets[position]), ranked, row))
     return results, chosen
 
 
@@ -325,18 +338,28 @@ def explain(model_or_path: Any, images: Any, *, method: str = "gradcam", layer: 
         sources = [str(path) for path in files]
         decoded = [decode_image(path, meta.preprocessing) for path in files]  # DataError names a bad file
     names = output_names(sources, method) if output is not None else []
+    per_label = bool(getattr(meta, "multilabel", False)) and target is None  # several maps per image
     explanations: list[Explanation] = []
     for start in range(0, len(decoded), batch_size):
         chunk = torch.stack(decoded[start:start + batch_size])
         results, chosen = explain_tensor(model, chunk, method=method, layer=layer, target=target, topk=topk)
-        for offset, (heatmap, label, ranked) in enumerate(results):
+        for heatmap, label, ranked, offset in results:
             position = start + offset
-            explanation = Explanation(sources[position], method, label, meta.classes[label], heatmap, ranked,
-                                      chosen)
+            name = meta.classes[label]
+            explanation = Explanation(sources[position], method, label, name, heatmap, ranked, chosen)
             if output is not None:
                 where = f" ({chosen})" if chosen else ""
                 title = f"{Path(sources[position]).name}: {method}{where}"
-                explanation.output = plot_explanation(chunk[offset], heatmap, ranked, meta.classes[label],
-                                                      Path(output) / names[position], title=title)
+                file_name = label_file_name(names[position], name) if per_label else names[position]
+                explanation.output = plot_explanation(chunk[offset], heatmap, ranked, name, Path(output) / file_name,
+                                                      title=title)
             explanations.append(explanation)
     return explanations
+
+
+def label_file_name(name: str, label: str) -> str:
+    """``x.gradcam.png`` for label ``cat`` → ``x.cat.gradcam.png`` (a multi-label image's map per label); the label
+    reduced to letters, digits, ``-`` and ``_``."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)[:60] or "label"
+    stem, method, suffix = name.rsplit(".", 2)
+    return f"{stem}.{safe}.{method}.{suffix}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from cnnctl.engine.multilabel_metrics import positive_weights
 from cnnctl.recipe.class_weights import check_class_names
 
 if TYPE_CHECKING:
@@ -55,7 +56,19 @@ def balanced_sample_weights(labels: torch.Tensor, num_classes: int) -> torch.Ten
 
 def loss_weights(value: str | None, data: PreparedData, device: torch.device,
                  log: Callable[[str], None]) -> torch.Tensor | None:
-    """``--class-weights`` resolved against the training split, on ``device``, said in one line."""
+    """``--class-weights`` resolved against the training split, on ``device``, said in one line. For multi-label
+    data (0/1 rows) they weight each label's positives: auto is its negatives / positives."""
+    if value is not None and data.train.labels.dim() == 2:
+        import torch
+
+        if value == "auto":
+            weights = positive_weights(data.train.labels)
+        else:
+            given = check_class_names(value, data.classes)
+            weights = torch.tensor([given.get(name, 1.0) for name in data.classes], dtype=torch.float32)
+        log(f"positive weights ({'negatives / positives' if value == 'auto' else value}): "
+            f"{describe_weights(weights, data.classes)}")
+        return weights.to(device)
     weights = resolve_class_weights(value, data.classes, data.train.labels)
     if weights is None:
         return None

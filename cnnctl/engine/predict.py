@@ -16,8 +16,10 @@ from cnnctl.data.images import ResizeTarget, decode_to_target, read_file_bytes
 from cnnctl.data.loader import Normalizer
 from cnnctl.engine.calibration import UNKNOWN, stored_temperature, stored_threshold
 from cnnctl.engine.device import resolve_device
+from cnnctl.engine.multilabel import parse_thresholds  # noqa: F401 - part of this module's API (predict --thresholds)
+from cnnctl.engine.multilabel_metrics import decisions
 from cnnctl.engine.tta import check_tta, tta_probabilities
-from cnnctl.errors import CnnctlError, DataError
+from cnnctl.errors import CnnctlError, DataError, UsageError
 from cnnctl.filekind import IMAGE_SUFFIXES
 from cnnctl.fsutil import displayable
 
@@ -37,6 +39,15 @@ class Prediction:
     topk: list[tuple[int, str, float]] = field(default_factory=list)
     error: str | None = None
     rejected: bool = False  # the top probability is below the threshold: class_name is "unknown", label None
+    labels: list[str] | None = None  # multi-label: every class at or above its threshold
+    probabilities: dict[str, float] | None = None  # multi-label: every class's probability
+
+    def as_dict(self, multilabel: bool | None = None) -> dict[str, Any]:
+        """The JSON ``predict --json`` writes for this image: multi-label predictions list their labels and every
+        class's probability instead of one class and the top-k (``multilabel`` None: when it has probabilities)."""
+        if not (self.probabilities is not None if multilabel is None else multilabel):
+            return {key: value for key, value in self.__dict__.items() if key not in ("labels", "probabilities")}
+        return {"path": self.path, "labels": self.labels, "probabilities": self.probabilities, "error": self.error}
 
 
 def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], int]:
@@ -113,7 +124,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, *, batch_size: int = 256, topk: int = 5,
                  workers: int | None = None, max_pixels: int | None = None, tta: str = "none",
-                 reject_below: float | None = None):
+                 reject_below: float | None = None, thresholds: Sequence[float] | None = None):
         import torch
 
         self.model = model.eval()
@@ -128,12 +139,18 @@ class Predictor:
         self.timings = {"decode_s": 0.0, "inference_s": 0.0}
         self.max_pixels = max_pixels  # images with more pixels are refused from their header (data/images.py)
         self.tta = check_tta(tta)  # test-time augmentation (cnnctl/engine/tta.py)
+        self.multilabel = bool(getattr(meta, "multilabel", False))  # a sigmoid per class, labels at thresholds
+        self.thresholds = list(thresholds) if thresholds is not None else (
+            meta.resolved_thresholds if self.multilabel else None)
         # images unlike the training images: input_warning(); a model without a training run has no statistics
         self.input_check = InputCheck(getattr(meta, "image_stats", None))
         # `cnnctl calibrate`: logits are divided by the stored temperature; an image whose top probability is
         # below the threshold (--reject-below, else the stored one) is answered "unknown"
         self.temperature = stored_temperature(meta)
         self.reject_below = check_reject_below(reject_below) if reject_below is not None else stored_threshold(meta)
+        if self.multilabel and reject_below is not None:
+            raise UsageError("--reject-below answers 'unknown' below one class's probability; it does not apply to "
+                             "multi-label checkpoints", hint="raise --thresholds instead")
         self._torch = torch
 
     def model_inputs(self, images: torch.Tensor) -> torch.Tensor:
@@ -152,9 +169,11 @@ class Predictor:
             return self.model(self.model_inputs(images)).float() / self.temperature
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 N×C×H×W at ``image_size`` → class probabilities, averaged over the ``tta`` views."""
+        """uint8 N×C×H×W at ``image_size`` → class probabilities (multi-label: each class's sigmoid), averaged
+        over the ``tta`` views."""
         with self._torch.inference_mode():
-            return tta_probabilities(self.scaled_model, self.model_inputs(images), self.tta)
+            return tta_probabilities(self.scaled_model, self.model_inputs(images), self.tta,
+                                     multilabel=self.multilabel)
 
     def scaled_model(self, inputs: torch.Tensor) -> torch.Tensor:
         """The model's logits divided by the calibration temperature."""
@@ -165,7 +184,11 @@ class Predictor:
         return self.reject_below is not None and probability < self.reject_below
 
     def predict_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class indices N, probabilities N×classes); multi-label: (bool N×classes, the labels given at the
+        thresholds, probabilities N×classes)."""
         probabilities = self.probabilities(images).cpu()
+        if self.multilabel:
+            return decisions(probabilities, self.thresholds), probabilities
         return probabilities.argmax(dim=1), probabilities
 
     def _safe_decode(self, data: bytes, path: Path) -> torch.Tensor | str:
@@ -229,7 +252,10 @@ class Predictor:
         the same row on both."""
         classes = self.meta.classes
         started = time.perf_counter()
-        _, probabilities = self.predict_tensor(batch)
+        given, probabilities = self.predict_tensor(batch)
+        if self.multilabel:  # every label at or above its threshold, every label's probability
+            self.timings["inference_s"] += time.perf_counter() - started
+            return [self._multilabel_prediction(name, row, p) for name, row, p in zip(names, given, probabilities)]
         top_p, top_i = probabilities.topk(self.topk, dim=1)
         # one conversion per batch: indexing tensors element by element costs more than the model
         top_p_rows, top_i_rows = top_p.tolist(), top_i.tolist()
@@ -258,6 +284,14 @@ class Predictor:
                     results[i] = Prediction(str(chunk[i]), error=item)
             yield from results  # type: ignore[misc]
 
+    def _multilabel_prediction(self, path: str, given: torch.Tensor, probabilities: torch.Tensor) -> Prediction:
+        classes = self.meta.classes
+        values = probabilities.tolist()
+        best = max(range(len(values)), key=values.__getitem__)
+        labels = [classes[c] for c in given.nonzero().flatten().tolist()]
+        return Prediction(path, best, classes[best], values[best], labels=labels,
+                          probabilities={name: value for name, value in zip(classes, values)})
+
 
 def check_reject_below(value: float) -> float:
     if not 0 <= value <= 1:
@@ -267,16 +301,20 @@ def check_reject_below(value: float) -> float:
 
 
 def predict_api(model_or_path: Any, images: Any, *, device: str = "cpu", tta: str = "none", batch_size: int = 256,
-                max_pixels: int | None = None, reject_below: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                max_pixels: int | None = None, reject_below: float | None = None, thresholds: Any = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """``cnnctl.predict``: labels (int64 N) and class probabilities (N×classes) for files, folders or a uint8
     N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (engine/tta.py).
     Probabilities are divided by the checkpoint's calibration temperature; an image whose top probability is below
-    ``reject_below`` (default: the checkpoint's stored threshold, if any) gets label -1 ("unknown")."""
+    ``reject_below`` (default: the checkpoint's stored threshold, if any) gets label -1 ("unknown"). A multi-label
+    checkpoint gives (bool N×classes: the labels at its thresholds, or at ``thresholds``, and each class's sigmoid
+    probability)."""
     import torch
 
     model, meta = model_with_meta(model_or_path, device, "cnnctl.predict")
+    given = parse_thresholds(thresholds, meta.classes, task=getattr(meta, "task", None), option="thresholds")
     predictor = Predictor(model, meta, batch_size=batch_size, max_pixels=max_pixels, tta=tta,
-                          reject_below=reject_below)
+                          reject_below=reject_below, thresholds=given)
     if not isinstance(images, torch.Tensor):
         files, _ = find_images([images] if isinstance(images, (str, Path)) else images)
         if not files:
@@ -293,7 +331,7 @@ def predict_api(model_or_path: Any, images: Any, *, device: str = "cpu", tta: st
 
         warnings.warn(warning.removeprefix("warning: "), UserWarning, stacklevel=3)
     labels, probabilities = predictor.predict_tensor(images)
-    if predictor.reject_below is not None:
+    if predictor.reject_below is not None and not predictor.multilabel:
         labels = torch.where(probabilities.max(dim=1).values < predictor.reject_below, -1, labels)
     return labels, probabilities
 
@@ -301,6 +339,7 @@ def predict_api(model_or_path: Any, images: Any, *, device: str = "cpu", tta: st
 # ---------------------------------------------------------------------------------------------------- output
 
 CSV_COLUMNS = ("path", "label", "class", "probability", "topk", "error")
+MULTILABEL_CSV_COLUMNS = ("path", "labels", "probabilities", "error")
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -325,15 +364,36 @@ def displayable_prediction(p: Prediction) -> Prediction:
     writable as UTF-8, and still naming the file)."""
     return Prediction(displayable(p.path), p.label, None if p.class_name is None else displayable(p.class_name),
                       p.probability, [(c, displayable(name), prob) for c, name, prob in p.topk],
-                      None if p.error is None else displayable(p.error), p.rejected)
+                      None if p.error is None else displayable(p.error), p.rejected,
+                      None if p.labels is None else [displayable(name) for name in p.labels],
+                      None if p.probabilities is None else {displayable(name): value
+                                                            for name, value in p.probabilities.items()})
 
 
-def predictions_csv(predictions: Iterable[Prediction]) -> str:
-    """The CSV ``cnnctl predict`` writes: one row per file, text cells safe to open in a spreadsheet, names
-    escaped as in :func:`displayable_prediction`."""
+def multilabel_csv(predictions: Iterable[Prediction]) -> str:
+    """The CSV ``cnnctl predict`` writes for a multi-label checkpoint: path, the labels given (``a|b``, as a label
+    file writes them), every class's probability (``name:p;...``, as the top-k cell) and the error."""
     import csv
     import io
 
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(MULTILABEL_CSV_COLUMNS)
+    for p in map(displayable_prediction, predictions):
+        scores = [(0, name, value) for name, value in (p.probabilities or {}).items()]
+        writer.writerow([neutralise_formula(cell) for cell in (p.path, "|".join(p.labels or []), topk_cell(scores),
+                                                              p.error or "")])
+    return buffer.getvalue()
+
+
+def predictions_csv(predictions: Iterable[Prediction], multilabel: bool = False) -> str:
+    """The CSV ``cnnctl predict`` writes: one row per file, text cells safe to open in a spreadsheet, names
+    escaped as in :func:`displayable_prediction` (``multilabel``: :func:`multilabel_csv`)."""
+    import csv
+    import io
+
+    if multilabel:
+        return multilabel_csv(predictions)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
@@ -346,11 +406,11 @@ def predictions_csv(predictions: Iterable[Prediction]) -> str:
     return buffer.getvalue()
 
 
-def predictions_json(predictions: Iterable[Prediction]) -> str:
+def predictions_json(predictions: Iterable[Prediction], multilabel: bool = False) -> str:
     """The JSON ``cnnctl predict --json`` writes: a list of the predictions' fields, names escaped as in CSV."""
     import json
 
-    return json.dumps([displayable_prediction(p).__dict__ for p in predictions], indent=2) + "\n"
+    return json.dumps([displayable_prediction(p).as_dict(multilabel) for p in predictions], indent=2) + "\n"
 
 
 def true_label(path: str | Path, class_index: dict[str, int]) -> int | None:

@@ -49,12 +49,14 @@ def tta_views(inputs: torch.Tensor, mode: str) -> list[torch.Tensor]:
 
 
 def tta_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
-                      mode: str) -> torch.Tensor:
-    """``forward``'s softmax averaged over the views of ``inputs`` (float32, N×classes)."""
+                      mode: str, *, multilabel: bool = False) -> torch.Tensor:
+    """``forward``'s softmax (``multilabel``: each label's sigmoid) averaged over the views of ``inputs`` (float32,
+    N×classes)."""
     views = tta_views(inputs, mode)
     total = None
     for view in views:
-        probabilities = forward(view.contiguous()).float().softmax(dim=1)
+        logits = forward(view.contiguous()).float()
+        probabilities = logits.sigmoid() if multilabel else logits.softmax(dim=1)
         total = probabilities if total is None else total + probabilities
     return total / len(views)
 

@@ -53,9 +53,10 @@ def check_max_drop(max_drop: float) -> float:
 
 def compare(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
             batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], *, num_classes: int, on: str,
-            batch: int | None = None) -> Comparison:
+            batch: int | None = None,
+            on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> Comparison:
     """Run ``model`` (PyTorch) and ``run`` (the export) on every batch; ``batch``: the export's fixed batch size
-    (1), None for any. Labels of None: agreement only."""
+    (1), None for any. Labels of None: agreement only. ``on_batch(expected, actual)`` sees both logits."""
     import torch
 
     k = topk_k(num_classes)
@@ -70,6 +71,8 @@ def compare(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
         actual = torch.cat([run(piece) for piece in pieces])
         if actual.shape != expected.shape:
             raise ShapeMismatch(tuple(actual.shape), tuple(expected.shape))
+        if on_batch is not None:
+            on_batch(expected, actual)
         max_logit = _worst(max_logit, (actual - expected).abs().max())
         max_prob = _worst(max_prob, (actual.softmax(1) - expected.softmax(1)).abs().max())
         top_actual, top_expected = actual.topk(k, dim=1).indices, expected.topk(k, dim=1).indices

@@ -22,6 +22,9 @@ TTA_MODES = ("none", "flip", "crop", "flip-crop")
 TTA_HELP = ("test-time augmentation: average the probabilities over the image and its mirror (flip), the image and "
             "4 shifted copies (crop), or both (flip-crop, 10 views); mirrors suit natural images, not digits")
 DEVICE_HELP = "auto, cpu, cuda or mps"
+THRESHOLDS_HELP = ("multi-label checkpoints: the decision thresholds, one number from 0 to 1 for every label or one "
+                   "per label (comma-separated, in the order of the classes) \\[default: the checkpoint's, tuned on "
+                   "the validation split]")
 SEARCH = "Search"
 WHERE = "Storage, workers and resume"
 SWEEP = "Sweep"
@@ -54,41 +57,43 @@ EVAL: tuple[Option, ...] = (
     _option("mirror", str, None, "dataset mirror \\[env: CNNCTL_MIRROR]"),
     _json("machine-readable output"),
     _option("data", str, None, "a folder of class sub-folders to evaluate on \\[default: the checkpoint's folder, "
-           "for folder runs]"),
+            "for folder runs]"),
     _option("plots", str, None, "write confusion.png and predictions.png into this folder", metavar="DIR"),
     _option("report", str, None, "write an HTML report (DIR/index.html, self-contained) and report.json: metrics, "
-           "confusion, top losses, confused pairs, calibration", metavar="DIR"),
+            "confusion, top losses, confused pairs, calibration", metavar="DIR"),
     _option("label_issues", bool, False, "rank the images whose given label the model finds least likely "
-           "(cleanlab: pip install 'cnnctl\\[labels]'); in the report and its label_issues.csv"),
+            "(cleanlab: pip install 'cnnctl\\[labels]'); in the report and its label_issues.csv"),
     _option("top_losses", int, 32, "images in the report's top-losses grid", minimum=0),
     _tta(),
+    _option("thresholds", str, None, THRESHOLDS_HELP, metavar="T[,T...]"),
 )
 
 PREDICT: tuple[Option, ...] = (
     _option("output", str, None, "write CSV (or JSON) to this file; - for stdout \\[default: stdout]", short="-o",
-           config=False),
+            config=False),
     _option("topk", int, 5, "how many top classes per image", minimum=1, config=False),
     _option("batch_size", int, 256, "images per batch", minimum=1),
     _option("device", str, "auto", DEVICE_HELP),
     _option("strict", bool, False, "fail (exit 1) if any image cannot be read", config=False),
     _json("JSON instead of CSV"),
     _option("max_pixels", int, None, "refuse images with more pixels (read from the header)",
-           derived="89,478,485", minimum=1),
+            derived="89,478,485", minimum=1),
     _option("plot", str, None, "also draw the first 64 images with their predicted classes (wrong ones in red where "
-           "a parent folder names the true class)", metavar="PNG", config=False),
+            "a parent folder names the true class)", metavar="PNG", config=False),
     _tta(),
     _option("reject_below", float, None, "answer 'unknown' for images whose top probability (after the checkpoint's "
            "calibration temperature) is below P; 0 answers every image", derived="the threshold `cnnctl calibrate "
            "--target-error` stored, else none", metavar="P", minimum=0, maximum=1),
+    _option("thresholds", str, None, THRESHOLDS_HELP, metavar="T[,T...]"),
     _option("pretrained", str, None, "classify with ImageNet weights, no training: the first argument is then the "
-           "architecture (cnnctl predict tv:resnet50 --pretrained imagenet photo.jpg); imagenet, a weights name, or "
-           "a .pth/.safetensors file", metavar="WEIGHTS", config=False),
+            "architecture (cnnctl predict tv:resnet50 --pretrained imagenet photo.jpg); imagenet, a weights name, or "
+            "a .pth/.safetensors file", metavar="WEIGHTS", config=False),
     _option("arch", str, None, "the architecture of a weights file given as the first argument (cnnctl predict "
-           "lite0.pth --arch timm:tf_efficientnet_lite0 photo.jpg)", config=False),
+            "lite0.pth --arch timm:tf_efficientnet_lite0 photo.jpg)", config=False),
     _option("weights_mirror", str, None, "with --pretrained: URL or folder tried before the official URL "
-           "\\[env: CNNCTL_WEIGHTS_MIRROR]", config=False),
+            "\\[env: CNNCTL_WEIGHTS_MIRROR]", config=False),
     _option("offline", bool, False, "open no network connection (weights must be on disk)", envvar="CNNCTL_OFFLINE",
-           config=False),
+            config=False),
 )
 
 EXPORT: tuple[Option, ...] = (
@@ -121,21 +126,21 @@ BENCHMARK: tuple[Option, ...] = (
 
 TUNE: tuple[Option, ...] = (
     _option("trials", int, None, "trials in the whole search (all workers and machines together) \\[default: 20; "
-           "with --resume: as before, or a new total]", panel=SEARCH),
+            "with --resume: as before, or a new total]", panel=SEARCH),
     _option("timeout", float, None, "start no new trial after this many seconds (the running ones finish)",
             panel=SEARCH),
     _option("pruner", str, "median", "stop hopeless trials early: median (worse than the median of earlier trials at "
-           "the same epoch), hyperband, or none", panel=SEARCH),
+            "the same epoch), hyperband, or none", panel=SEARCH),
     _option("space", str, None, "YAML/JSON/TOML mapping of option names to SPECs (--param overrides its entries)",
             panel=SEARCH, metavar="FILE", config=False),  # cnnctl.tune.search takes the mapping itself
     _option("pruner_startup", int, 2, "median pruner: trials that must finish before any is pruned", panel=SEARCH),
     _option("storage", str, None, "SQLAlchemy database URL of the study, e.g. postgresql://user@host/db, shared by "
-           "every process that runs this search \\[default: sqlite optuna.db in the search folder]", panel=WHERE,
-           metavar="URL", envvar="CNNCTL_TUNE_STORAGE"),
+            "every process that runs this search; with only --name NAME, show that study's table \\[default: "
+            "sqlite optuna.db in the search folder]", panel=WHERE, metavar="URL", envvar="CNNCTL_TUNE_STORAGE"),
     _option("workers", int, 1, "worker processes on this machine, sharing the study and the CPU cores", panel=WHERE,
-           minimum=1, config=False),
+            minimum=1, config=False),
     _option("resume", str, None, "continue the search in this folder (runs/tune-NAME): interrupted trials continue, "
-           "finished ones are kept", panel=WHERE, metavar="DIR"),
+            "finished ones are kept", panel=WHERE, metavar="DIR"),
     _option("worker", bool, False, "run trials only (started by --workers)", hidden=True, config=False),
     _json("print the summary as JSON"),
     _option("quiet", bool, False, "one line per trial, not per epoch", short="-q", config=False),
@@ -146,7 +151,7 @@ LR_FIND: tuple[Option, ...] = (
     _option("end_lr", float, 10.0, "last rate of the sweep", panel=SWEEP, minimum=0),
     _option("steps", int, 200, "optimizer steps of the sweep", panel=SWEEP, minimum=10),
     _option("plot", str, None, "where to draw loss against rate ('' for no plot) \\[default: OUT/NAME/lr-find.png, "
-           "beside the run folders train makes]", panel=SWEEP, metavar="PNG", config=False),
+            "beside the run folders train makes]", panel=SWEEP, metavar="PNG", config=False),
     _json("the sweep as JSON on stdout"),
 )
 

@@ -22,7 +22,7 @@ from cnnctl.recipe.options import CONFIG_OPTIONS, OPTION_BY_NAME, coerce, coerce
 from cnnctl.recipe.schedules import SCHEDULERS, get_schedule
 from cnnctl.registry import check_arch_args, get_dataset_spec, get_model_spec
 
-VALIDATION_ONLY_MONITORS = ("val_macro_f1", "val_balanced_acc")  # no train_ counterpart to fall back on
+VALIDATION_ONLY_MONITORS = ("val_macro_f1", "val_balanced_acc", "val_map")  # no train_ counterpart to fall back on
 # Fine-tuning defaults, each measured against its alternatives in benchmarks/finetune.py (docs/pretrained.md).
 FINETUNE_CROP_SCALE = 0.6  # resized crops keep at least this share of the image (ImageNet training: 0.08)
 FINETUNE_LABEL_SMOOTHING = 0.1
@@ -178,6 +178,11 @@ class _TrainConfigMethods:
                                    f"{label('warmup_epochs')}")
         lr = self.resolved_lr()
         need(self.min_lr < lr, f"{label('min_lr')} must be in [0, lr) = [0, {lr:g}), got {self.min_lr}")
+        if self.task == "multilabel":
+            check_multilabel_options(self)
+        need(not (self.task == "single" and self.monitor == "val_map"),
+             f"{label('monitor')} val_map (mean average precision) applies to multi-label data, not "
+             f"{label('task')} single")
         needs = self.needs_validation()
         need(not (needs and self.val_split == 0), f"{needs} needs a validation split, but {label('val_split')} is 0")
 
@@ -215,6 +220,17 @@ class _TrainConfigMethods:
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def check_multilabel_options(config: Any) -> None:
+    """Options that have no meaning for several labels per image, refused in one line."""
+    for name in ("mixup", "cutmix", "linear_probe", "teacher"):
+        if getattr(config, name, None):
+            raise UsageError(f"{label(name)} does not apply to multi-label data ({label('task')} multilabel)")
+    if getattr(config, "sampler", None) == "balanced":
+        raise UsageError(f"{label('sampler')} balanced draws images by their one class; it does not apply to "
+                         "multi-label data", hint=f"use {label('class_weights')} auto (each label's positives "
+                                                  "weighted by its rarity)")
 
 
 def _check_arch_arg_types(spec: Any, arch_args: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """``--config FILE`` for ``cnnctl train``: YAML, TOML or JSON holding any TrainConfig option.
 
 Precedence: TrainConfig's defaults < the file < options given on the command line. Keys are the options' names
-(cnnctl/options.py), written ``batch_size`` or ``batch-size``; older names (``data_dir``) are accepted. Each
+(cnnctl/recipe/options.py), written ``batch_size`` or ``batch-size``; older names (``data_dir``) are accepted. Each
 value is checked against the option's type and range, so a wrong key or value is
 one clear line before any work starts. A run folder's ``config.yaml`` is such a file: passing it back
 reproduces the run.

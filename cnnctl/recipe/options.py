@@ -68,7 +68,8 @@ class Option:
     ``TrainConfig`` when that is not ``name`` (``arch_args.dropout`` for an architecture argument); ``aliases`` are
     older names still accepted in config files and the API; ``synonyms`` only feed the did-you-mean of an unknown
     key. ``config=False``: a command-line-only option (not in TrainConfig); ``cli=False``: files and API only.
-    ``resumable``: a resumed run may change it.
+    ``resumable``: a resumed run may change it. ``machine``, ``unsearchable`` and ``sweep`` are what ``cnnctl tune``
+    and ``cnnctl lr-find`` read of it.
     """
 
     name: str
@@ -99,6 +100,9 @@ class Option:
     envvar: str | None = None  # the environment variable that sets it when the flag is not given
     hidden: bool = False  # left out of --help
     negatable: bool = True  # a flag also has its --no- form
+    machine: bool = False  # where, not what, a run trains: each process of a shared search sets its own
+    unsearchable: str | None = None  # why `cnnctl tune --param` cannot search it
+    sweep: bool = True  # `cnnctl lr-find` takes it too
 
     @property
     def nullable(self) -> bool:
@@ -209,10 +213,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("data", str, None, "train on your own images: a folder with one sub-folder per class (or train/, val/, "
            "test/ holding them), a labels.csv or .jsonl (path,label[,split][,weight]), a .parquet or Hugging Face "
            "datasets folder, or .tar shards; resized to --img-size (64 unless given)", panel=DATA, field="data_dir",
-           aliases=("data_dir",), synonyms=("data_path", "image_dir", "images", "folder")),
-    Option("root", str, None, "data folder \\[env: CNNCTL_DATA]", panel=DATA, resumable=True,
+           aliases=("data_dir",), unsearchable="it is the dataset, not a hyper-parameter",
+           synonyms=("data_path", "image_dir", "images", "folder")),
+    Option("root", str, None, "data folder \\[env: CNNCTL_DATA]", panel=DATA, resumable=True, machine=True,
+           unsearchable="it is where the data lives, not a hyper-parameter",
            synonyms=("data_root",)),
-    Option("mirror", str, None, "dataset mirror URL or folder \\[env: CNNCTL_MIRROR]", panel=DATA, resumable=True),
+    Option("mirror", str, None, "dataset mirror URL or folder \\[env: CNNCTL_MIRROR]", panel=DATA, resumable=True,
+           machine=True, unsearchable="it is where the data comes from, not a hyper-parameter"),
     Option("val_split", float, DERIVED, "validation images held out of train: a fraction below 1, or a whole "
            "number of images; 0 for none", panel=DATA, derived="the dataset's, 5000 for MNIST; 10% of a folder",
            minimum=0, check=_val_split, normalize=_count_or_fraction,
@@ -232,6 +239,10 @@ OPTIONS: tuple[Option, ...] = (
            synonyms=("cache_images", "in_memory", "streaming")),
     Option("class_weights", str, None, "weight the training loss per class: auto (inverse frequency) or a JSON/CSV "
            "file of class name → weight", panel=DATA, check=_class_weights, synonyms=("class_weight", "weights_file")),
+    Option("task", str, "auto", "single: one class per image (softmax); multilabel: any number of labels per image "
+           "(a sigmoid per label, binary cross-entropy, per-label thresholds tuned on the validation split); auto: "
+           "multilabel when an image of the data has several labels", panel=DATA,
+           choices=lambda: ("auto", "single", "multilabel"), synonyms=("multilabel", "multi_label", "problem")),
     Option("sampler", str, "shuffle", "how each epoch draws training images: shuffle, or balanced (every class "
            "equally often, with replacement)", panel=DATA, choices=lambda: ("shuffle", "balanced")),
     # model
@@ -247,7 +258,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("channels_last", bool, DERIVED, "channels-last (NHWC) memory format", panel=MODEL,
            derived="on for networks without BatchNorm, where it is faster on CPU; see benchmarks/choices.py"),
     Option("arch_args", dict, None, "the architecture's own arguments, e.g. {batch_norm: true} (files and API)",
-           panel=MODEL, cli=False, synonyms=("model_args", "arch_kwargs")),
+           panel=MODEL, cli=False, synonyms=("model_args", "arch_kwargs"),
+           unsearchable="search its entries instead (e.g. dropout)"),
     # training
     Option("epochs", int, 10, "training epochs (with --resume: the new total)", minimum=1,
            resumable=True, synonyms=("num_epochs", "n_epochs", "epoch", "max_epochs")),
@@ -255,16 +267,17 @@ OPTIONS: tuple[Option, ...] = (
            derived="128, or for a small training set the largest power of two down to 16 that gives an epoch 32 "
                    "steps (720 images: 16); see docs/data.md",
            synonyms=("batch", "bs", "batchsize", "train_batch_size")),
-    Option("device", str, "auto", "auto, cpu, cuda, cuda:N or mps", check=_device, resumable=True,
+    Option("device", str, "auto", "auto, cpu, cuda, cuda:N or mps", check=_device, resumable=True, machine=True,
            synonyms=("gpu", "accelerator")),
     Option("threads", int, None, "CPU threads (at most the machine's cores) \\[default: the CPUs this "
            "process may use that other work leaves free, followed while training]",
-           minimum=1, check=_threads, resumable=True, synonyms=("num_threads", "n_threads", "cpu_threads")),
+           minimum=1, check=_threads, resumable=True, machine=True,
+           synonyms=("num_threads", "n_threads", "cpu_threads")),
     # optimizer and schedule
     Option("optimizer", str, "adam", "optimizer", panel=OPTIM, choices=lambda: tuple(optimizers.OPTIMIZERS),
            synonyms=("optim", "opt", "optimiser")),
     Option("lr", float, DERIVED, "(peak) learning rate; auto: run `cnnctl lr-find` first and use its suggestion",
-           panel=OPTIM, minimum=0, exclusive_min=True, words=("auto",),
+           panel=OPTIM, minimum=0, exclusive_min=True, words=("auto",), sweep=False,
            derived="the optimizer's: adam/adamw 1e-3, or 5e-3 with onecycle for the LeNet family, or 3e-3 with "
                    "--pretrained (the classifier's; see --backbone-lr-scale); sgd 0.1 with onecycle, else 0.05; "
                    "rmsprop 1e-3",
@@ -283,7 +296,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("gamma", float, 0.1, "step, multistep, plateau: factor per decay", panel=OPTIM, minimum=0, maximum=1,
            exclusive_min=True),
     Option("milestones", list, DERIVED, "multistep: epochs after which to decay, e.g. 30,60", panel=OPTIM,
-           derived="50% and 75% of epochs", check=_milestones),
+           derived="50% and 75% of epochs", check=_milestones,
+           unsearchable="a list of epochs; search step_size or gamma instead"),
     Option("t0", int, DERIVED, "cosine-restarts: epochs of the first cycle", panel=OPTIM, derived="epochs/3",
            minimum=1, synonyms=("t_0",)),
     Option("t_mult", int, 1, "cosine-restarts: each cycle is this many times longer", panel=OPTIM, minimum=1),
@@ -322,13 +336,16 @@ OPTIONS: tuple[Option, ...] = (
            "every validation (stale running averages make small data evaluate at chance)", panel=REGULARISE,
            synonyms=("precise_batchnorm", "recompute_bn")),
     # output
-    Option("out", str, "runs", "folder that holds run folders", panel=OUTPUT,
+    Option("out", str, "runs", "folder that holds run folders", panel=OUTPUT, machine=True,
+           unsearchable="the trials' folders are under the search folder",
            synonyms=("output", "output_dir", "out_dir", "runs_dir")),
     Option("name", str, None, "run group name, a plain folder name \\[default: ARCH-DATASET]", panel=OUTPUT,
-           check=_plain_folder_name, synonyms=("run_name", "experiment")),
+           check=_plain_folder_name, synonyms=("run_name", "experiment"),
+           unsearchable="the search has one name (--name)"),
     Option("plots", bool, True, "write curves.png, confusion.png and predictions.png into the run folder",
            panel=OUTPUT, resumable=True),
-    Option("quiet", bool, False, "print only the final result", panel=OUTPUT, short="-q", config=False),
+    Option("quiet", bool, False, "print only the final result", panel=OUTPUT, short="-q", config=False,
+           sweep=False),
     # experiment tracking: the loggers' registry is cnnctl/recipe/loggers.py
     Option("logger", str, None, "log the run to these experiment trackers too, comma-separated (see "
            "docs/tracking.md)", panel=OUTPUT, choices=_logger_names, many=True,
@@ -340,19 +357,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("patience", int, None, "early stopping: stop after this many epochs without improvement of --monitor",
            panel=RUN, minimum=1, resumable=True, synonyms=("early_stopping", "early_stop")),
     Option("monitor", str, "val_acc", "picks best.safetensors (equal values: the lower val_loss), early stopping "
-           "and plateau", panel=RUN,
-           choices=lambda: ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc"), synonyms=("metric",)),
+           "and plateau (multi-label: val_acc is the subset accuracy, val_map the mean average precision)",
+           panel=RUN, choices=lambda: ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_map"),
+           synonyms=("metric",), unsearchable="it is the objective the search optimises (--monitor)"),
     Option("keep", int, 1, "keep the K best epochs in checkpoints/ (best.safetensors is always the best)",
            panel=RUN, minimum=1, resumable=True, synonyms=("save_top_k", "top_k", "keep_best")),
     Option("deterministic", bool, False, "deterministic kernels: the same seed gives the same weights", panel=RUN),
     Option("config_file", str, None, "YAML, TOML or JSON file of options (flags given here override it), e.g. a "
            "run's config.yaml", panel=RUN, flag="--config", config=False),
     Option("resume", str, None, "continue the run in this folder (or its last.safetensors); --epochs may extend it",
-           panel=RUN, config=False),
+           panel=RUN, config=False, sweep=False),
     # several processes
     Option("nproc", int, None, "train with N processes on this machine (torchrun + DistributedDataParallel; one GPU "
            "each on CUDA); --batch-size is the global batch, split among them", panel=DIST, minimum=1,
-           config=False),
+           config=False, sweep=False),
     Option("sync_bn", bool, False, "with several processes on CUDA: BatchNorm statistics over the global batch "
            "(SyncBatchNorm)", panel=DIST),
     # pretrained weights: where they come from, offline use, fine-tuning controls (cnnctl/models/weights.py)
@@ -398,6 +416,7 @@ OPTION_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 CONFIG_OPTIONS: tuple[Option, ...] = tuple(option for option in OPTIONS if option.config)
 _ALIASES: dict[str, str] = {alias: option.name for option in CONFIG_OPTIONS for alias in option.aliases}
 RESUMABLE: frozenset[str] = frozenset(option.name for option in OPTIONS if option.resumable)
+MACHINE_OPTIONS: tuple[str, ...] = tuple(option.name for option in OPTIONS if option.machine)
 
 
 def canonical_name(key: str) -> str | None:

@@ -114,7 +114,7 @@ def resume_settings(run_dir: Path, overrides: dict[str, Any], log: Any) -> Train
 
 def resume_config(run_dir: Path, overrides: dict[str, Any], *, final_test_only: bool = False) -> TrainConfig:
     """The run's saved configuration with the options a resumed run may change (those declared ``resumable`` in
-    cnnctl/options.py); anything else that differs from the saved value is a contradiction and says so before
+    cnnctl/recipe/options.py); anything else that differs from the saved value is a contradiction and says so before
     any work starts. ``overrides`` are keyed by option name (``data``, ``dropout``; older names are accepted).
     ``final_test_only``: the run's training has ended and only its final test is left, so a finished run is what
     is expected, not refused."""

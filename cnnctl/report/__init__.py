@@ -12,11 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cnnctl.checkpoint import existing_checkpoint, read_meta
 from cnnctl.engine.calibration import stored_temperature
 from cnnctl.engine.evaluate import evaluate, open_evaluation
+from cnnctl.engine.multilabel import parse_thresholds
 from cnnctl.engine.tta import check_tta
 from cnnctl.errors import UsageError
 from cnnctl.fsutil import atomic_write_text
+from cnnctl.report.multilabel import multilabel_report
 from cnnctl.report.page import write_page
 
 TOP_LOSSES = 32
@@ -27,13 +30,16 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
                         batch_size: int = 1000, root: str | None = None, mirror: str | None = None,
                         device: str = "auto", log: Any = None, data_dir: str | None = None,
                         plots_dir: Any = None, report_dir: Any = None, label_issues: bool = False,
-                        top_losses: int = TOP_LOSSES, tta: str = "none") -> dict[str, Any]:
+                        top_losses: int = TOP_LOSSES, tta: str = "none",
+                        thresholds: str | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint in one pass over the split and return every number as a JSON-able dict.
     ``tta``: average the softmax over views of each image (:mod:`cnnctl.engine.tta`).
 
     Always: loss, top-1/top-5 accuracy, per-class precision/recall/F1, the confusion matrix and calibration
     (ECE over 15 bins). ``label_issues``: the images whose given label is suspect, ranked. ``report_dir``: also
     the top losses and most confused pairs, written with everything else to ``index.html`` and ``report.json``.
+    A multi-label checkpoint gets mAP, subset accuracy and per-label numbers instead (:mod:`cnnctl.report.multilabel`)
+    at its thresholds, or at ``thresholds`` (one number, or one per label).
     """
     from cnnctl.report import analysis
 
@@ -48,10 +54,21 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
         plots.require()
     if top_losses < 0:
         raise UsageError(f"--top-losses must be 0 or more, got {top_losses}")
+    meta = read_meta(existing_checkpoint(checkpoint_path)) if thresholds is not None or label_issues else None
+    given = parse_thresholds(thresholds, meta.classes, task=meta.task) if meta is not None else None
+    if label_issues and meta is not None and meta.multilabel:
+        raise UsageError("--label-issues ranks the one given class of each image; it applies to single-label "
+                         "checkpoints, not to this multi-label one")
     opened = open_evaluation(checkpoint_path, dataset=dataset, split=split, batch_size=batch_size, root=root,
                              mirror=mirror, device=device, log=log, data_dir=data_dir)
     meta, data = opened.meta, opened.data
     split = data.split or split  # a folder without test/ is evaluated on another split, which this names
+    if meta.multilabel:
+        if plots_dir is not None:
+            raise UsageError("--plots draws a confusion matrix of single-label checkpoints",
+                             hint="use --report DIR for a multi-label checkpoint")
+        return multilabel_report(opened, checkpoint=checkpoint_path, dataset=dataset, split=split, tta=tta,
+                                 thresholds=given, report_dir=report_dir, top_losses=top_losses, log=log)
     classes = list(meta.classes)
     collector = analysis.OutputCollector(keep=label_issues or report_dir is not None)
     temperature = stored_temperature(meta)

@@ -214,7 +214,7 @@ def decode_all(items: Sequence[tuple[str, bytes]], predictor: Predictor
 
 def rows(predictions: Sequence[Prediction]) -> list[dict[str, Any]]:
     """The rows ``cnnctl predict --json`` writes."""
-    return [displayable_prediction(p).__dict__ for p in predictions]
+    return [displayable_prediction(p).as_dict() for p in predictions]
 
 
 # ------------------------------------------------------------------------------------------ the application

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from cnnctl import plots
 from cnnctl.fsutil import atomic_path, atomic_write_text
 from cnnctl.recipe.config_file import build_train_config, dump_yaml
-from cnnctl.tune.space import MACHINE_OPTIONS
+from cnnctl.recipe.options import MACHINE_OPTIONS
 from cnnctl.tune.storage import shown_url
 
 if TYPE_CHECKING:

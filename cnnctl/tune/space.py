@@ -19,25 +19,9 @@ from cnnctl.recipe.options import CONFIG_OPTIONS, OPTION_BY_NAME, canonical_name
 from cnnctl.registry import suggest
 
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
-# Train options that each process of a shared study may set for itself: they say where, not what, it trains.
-MACHINE_OPTIONS = ("out", "root", "mirror", "device", "threads")
-
-# Train options that cannot be searched, and why.
-NOT_SEARCHABLE = {
-    "monitor": "it is the objective the search optimises (--monitor)",
-    "out": "the trials' folders are under the search folder",
-    "name": "the search has one name (--name)",
-    "root": "it is where the data lives, not a hyper-parameter",
-    "mirror": "it is where the data comes from, not a hyper-parameter",
-    "data": "it is the dataset, not a hyper-parameter",
-    "arch_args": "search its entries instead (e.g. dropout)",
-    "milestones": "a list of epochs; search step_size or gamma instead",
-}
-
-
 @dataclass(frozen=True)
 class Param:
-    """One searched option (by its name in cnnctl/options.py) and its distribution."""
+    """One searched option (by its name in cnnctl/recipe/options.py) and its distribution."""
 
     name: str
     kind: str
@@ -87,13 +71,14 @@ def _render(value: Any) -> str:
 
 # ------------------------------------------------------------------------------------------------ option types
 def option_type(name: str) -> type:
-    """The type of train option ``name`` (from its declaration in cnnctl/options.py): bool, int, float, str, list
+    """The type of train option ``name`` (from its declaration in cnnctl/recipe/options.py): bool, int, float, str, list
     or dict. Unknown or unsearchable names are one line, with the closest option name."""
     canonical = canonical_name(name) or name
-    if canonical in NOT_SEARCHABLE:
-        raise UsageError(f"--param {name}: cannot be searched: {NOT_SEARCHABLE[canonical]}")
+    option = OPTION_BY_NAME.get(canonical)
+    if option is not None and option.unsearchable:
+        raise UsageError(f"--param {name}: cannot be searched: {option.unsearchable}")
     if canonical not in OPTION_BY_NAME or not OPTION_BY_NAME[canonical].config:
-        searchable = sorted(o.name for o in CONFIG_OPTIONS if o.name not in NOT_SEARCHABLE)
+        searchable = sorted(o.name for o in CONFIG_OPTIONS if not o.unsearchable)
         raise suggest(name, searchable, "option in --param (not a `cnnctl train` option):")
     return OPTION_BY_NAME[canonical].type
 

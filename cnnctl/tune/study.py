@@ -31,11 +31,12 @@ from cnnctl.engine.run_folder import default_run_name
 from cnnctl.errors import CheckpointError, CnnctlError, DataError, UsageError
 from cnnctl.fsutil import atomic_write_text
 from cnnctl.recipe.config_file import build_train_config
+from cnnctl.recipe.options import MACHINE_OPTIONS
 from cnnctl.recipe.resume import STATE_FILE
 from cnnctl.registry import get_model_spec, suggest
 from cnnctl.tune.report import trial_line
-from cnnctl.tune.space import MACHINE_OPTIONS, Param, _render, apply_params, space_from_document, space_to_document
-from cnnctl.tune.storage import default_url, open_storage, shown_url
+from cnnctl.tune.space import Param, _render, apply_params, space_from_document, space_to_document
+from cnnctl.tune.storage import default_url, open_storage, server_lock, shown_url
 from cnnctl.tune.trainer import PruningCallback, TrialReporter
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 SPEC_FILE = "tune.json"
 STUDY_ATTR = "cnnctl_search"
 PRUNERS = ("median", "hyperband", "none")
-DIRECTIONS = {"val_acc": "maximize", "val_loss": "minimize"}
+DIRECTIONS = {"val_acc": "maximize", "val_loss": "minimize", "val_map": "maximize"}  # val_map: multi-label
 
 
 @dataclass
@@ -129,6 +130,8 @@ def new_spec(options: dict[str, Any], space: list[Param], *, trials: int | None 
     """A new search over ``space`` from train ``options`` (already converted to their types). Also returns the
     folder that holds searches (``out``) and whether a ``name`` was given (else ``ARCH-DATASET``, numbered)."""
     options = dict(options)
+    if options.get("task") == "multilabel" and "monitor" not in options:  # mean average precision: threshold-free
+        options["monitor"] = "val_map"
     if not options.get("arch"):
         raise UsageError("name an architecture to search with", hint="e.g. cnnctl tune lenet5 --param lr=...")
     name = options.pop("name", None)
@@ -267,6 +270,25 @@ def open_search(tune_dir: str | Path, *, storage_url: str | None = None, trials:
     return Search(tune_dir, spec, url, study)
 
 
+def show_search(url: str, name: str, out: str | Path) -> Search:
+    """The study ``name`` in the storage ``url``, read only and without a folder: its table on any machine
+    (``cnnctl tune --storage URL --name NAME``). ``out`` only names where its search folders would be."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise UsageError(f"the storage {_shown(url)} has no study {name!r}",
+                         hint=f"its studies: {', '.join(names)}" if names else "it holds no study yet") from None
+    saved = study.user_attrs.get(STUDY_ATTR)
+    if saved is None:
+        raise UsageError(f"the study {name!r} in {_shown(url)} was not made by cnnctl tune")
+    return Search(Path(out) / f"tune-{name}", SearchSpec(**saved), url, study)
+
+
 def write_spec(tune_dir: Path, spec: SearchSpec) -> None:
     atomic_write_text(tune_dir / SPEC_FILE, json.dumps(asdict(spec), indent=2, default=str) + "\n")
 
@@ -286,11 +308,31 @@ def counted_trials(study: optuna.Study) -> int:
     return count
 
 
+def waiting_trials(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
 @contextlib.contextmanager
-def budget_lock(tune_dir: Path) -> Iterator[Any]:
-    """Held from counting the study's trials until the next trial exists, so that processes sharing this folder
-    (``--workers``) never start one trial more than the budget. Processes on other machines with their own
-    folder can overshoot by one trial each, at most."""
+def budget_lock(search: Search) -> Iterator[Any]:
+    """Held from counting the study's trials until the next trial exists, so that processes sharing the study
+    never start one trial more than the budget: a lock file in the search folder (processes on this machine,
+    ``--workers``) and, on a PostgreSQL storage, an advisory lock in the database (every machine). Yields
+    ``release``."""
+    with contextlib.ExitStack() as stack:
+        server_release = stack.enter_context(server_lock(search.url, search.spec.study_name))
+        file_release = stack.enter_context(_folder_lock(search.tune_dir))
+
+        def release() -> None:
+            file_release()
+            server_release()
+
+        yield release
+
+
+@contextlib.contextmanager
+def _folder_lock(tune_dir: Path) -> Iterator[Any]:
     try:
         import fcntl
     except ImportError:  # no advisory locks (Windows): the count alone decides
@@ -418,12 +460,12 @@ def work(search: Search, *, timeout: float | None = None, quiet: bool = False) -
         print(trial_line(trial, search.spec.monitor), file=sys.stderr, flush=True)
 
     while deadline is None or time.monotonic() < deadline:
-        with budget_lock(search.tune_dir) as release:
+        with budget_lock(search) as release:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(search.study)
-            if counted_trials(search.study) >= search.spec.trials:
-                break
+            if counted_trials(search.study) >= search.spec.trials and not waiting_trials(search.study):
+                break  # a waiting trial (a continuation queued by --resume) is in the budget already: it runs
 
             def objective(trial: optuna.Trial, release: Any = release) -> float:
                 release()  # the trial exists: other processes may count it now

@@ -53,14 +53,18 @@ class PruningCallback(Callback):
         self.trial.report(value if math.isfinite(value) else self._worst(), int(row["epoch"]))
         self.reported.append(value)
 
+    @property
+    def maximize(self) -> bool:
+        return not self.monitor.endswith("loss")
+
     def _worst(self) -> float:
-        return 0.0 if self.monitor == "val_acc" else 1e30
+        return 0.0 if self.maximize else 1e30
 
     def best_value(self, history: list[dict[str, float]]) -> float:
         """The objective: the best epoch's value (the epoch best.safetensors holds)."""
         values = [float(row[self.monitor]) for row in history if self.monitor in row]
         values = [value if math.isfinite(value) else self._worst() for value in values] or [self._worst()]
-        return max(values) if self.monitor == "val_acc" else min(values)
+        return max(values) if self.maximize else min(values)
 
 
 class TrialReporter(Reporter):

@@ -49,4 +49,5 @@ def checkpoint_meta(trainer: Trainer, epoch: int, row: dict[str, float]) -> Any:
                           epoch=epoch, metrics={k: float(v) for k, v in row.items() if k != "epoch"},
                           config=config.to_dict(), image_stats=trainer.image_stats,
                           pretrained=trainer.pretrained.to_dict() if trainer.pretrained is not None else None,
-                          distillation=distillation.record() if distillation is not None else None)
+                          distillation=distillation.record() if distillation is not None else None,
+                          task=trainer.task, thresholds=trainer.thresholds)

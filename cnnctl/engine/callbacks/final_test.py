@@ -16,6 +16,7 @@ from cnnctl.data.loader import BatchLoader
 from cnnctl.engine.callbacks.base import Callback
 from cnnctl.engine.distributed import broadcast_object, gather_object, weights_fingerprint
 from cnnctl.engine.evaluate import evaluate
+from cnnctl.engine.multilabel import evaluate_multilabel, metric_row
 from cnnctl.fsutil import atomic_write_text
 
 if TYPE_CHECKING:
@@ -56,16 +57,22 @@ class FinalTest(Callback):
             model, meta = load_checkpoint(folder.best, device=trainer.device)
             batches = BatchLoader(images, data.preprocessing, batch_size=max(trainer.config.batch_size, 512),
                                   device=trainer.device)
-            evaluation = evaluate(model, batches, len(data.classes))
-            summary = {"split": split, f"{split}_loss": evaluation.loss, f"{split}_acc": evaluation.top1,
-                       f"{split}_{evaluation.topk_key}": evaluation.topk,
-                       f"{split}_balanced_acc": evaluation.balanced_accuracy,
-                       f"{split}_macro_f1": evaluation.macro_f1, f"{split}_count": evaluation.count,
-                       "best_epoch": meta.epoch}
+            if meta.multilabel:  # at the thresholds the checkpoint keeps (tuned on validation)
+                evaluation = evaluate_multilabel(model, batches, len(data.classes),
+                                                 thresholds=meta.resolved_thresholds)
+                summary = {"split": split, "task": meta.task, **metric_row(evaluation, split),
+                           f"{split}_count": evaluation.count, "best_epoch": meta.epoch}
+            else:
+                evaluation = evaluate(model, batches, len(data.classes))
+                summary = {"split": split, f"{split}_loss": evaluation.loss, f"{split}_acc": evaluation.top1,
+                           f"{split}_{evaluation.topk_key}": evaluation.topk,
+                           f"{split}_balanced_acc": evaluation.balanced_accuracy,
+                           f"{split}_macro_f1": evaluation.macro_f1, f"{split}_count": evaluation.count,
+                           "best_epoch": meta.epoch}
             if split == "test":  # the checkpoint carries its test numbers (validation ones it has already)
                 meta.metrics = {**(meta.metrics or {}), **{k: v for k, v in summary.items() if k.startswith("test_")}}
                 checkpoint.save(folder.best, model, meta)
-            self.evaluation = (model, evaluation, images, split)
+            self.evaluation = None if meta.multilabel else (model, evaluation, images, split)
         if fingerprints:  # distributed: one sha256 of the final weights per rank (all equal)
             summary.update(processes=len(fingerprints), weights_sha256=fingerprints)
         atomic_write_text(folder.results, json.dumps(summary, indent=2) + "\n")

@@ -10,12 +10,21 @@ says otherwise.
 A resumed cnnctl run continues the same MLflow run: its id is in this callback's state (saved with the training
 state), and epochs the store does not have yet are logged from the history first, so each epoch is there once.
 A run that ends without finishing (Ctrl-C, an error) is marked KILLED when the process exits. Rank 0 alone logs.
+
+A tracking server that does not answer when the run starts is one line before any work (the run would be
+missing from the tracker, and fixing that costs nothing yet). One that goes away during training costs the log,
+never the training: one warning, and the run goes on without MLflow (everything stays in the run folder; a later
+``--resume`` of an unfinished run logs the epochs the server missed). Requests to a server give up after a few
+seconds of retries, not MLflow's minutes (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``/``_BACKOFF_FACTOR``/``_TIMEOUT``
+override it).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,10 +48,20 @@ def tracking_uri(out: str | Path, saved: str | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or saved or f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
 
 
+# A server that stopped answering: give up after ~7 s (retries after 1, 2, 4 s), not MLflow's default of 7
+# retries with a backoff factor of 2 (minutes), during which the training would wait.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 def _client(uri: str) -> Any:
     import logging
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow would otherwise report usage online
+    if uri.startswith(("http://", "https://")):
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # a line per retry; cnnctl says one
     from mlflow import MlflowClient
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial tables..."
@@ -120,7 +139,18 @@ class MlflowLogger(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         if self.client is not None:
-            self._log_metrics(metrics, epoch)
+            try:
+                self._log_metrics(metrics, epoch)
+            except Exception as error:  # noqa: BLE001 - MLflow raises its own and its HTTP library's errors
+                self._lost(trainer, f"epoch {epoch}", error)
+
+    def _lost(self, trainer: Trainer, when: str, error: Exception) -> None:
+        """The store stopped answering: say so once and go on without it (the run folder has everything)."""
+        trainer.reporter.message(
+            f"warning: mlflow: {self.uri} stopped answering at {when} ({first_line(error, 160)}); training goes on "
+            f"without MLflow, and {trainer.run_dir} keeps everything")
+        _OPEN_RUNS.pop(self.run_id or "", None)  # nor wait for it at exit
+        self.client = None
 
     def _log_metrics(self, values: dict[str, Any], step: int) -> None:
         from mlflow.entities import Metric
@@ -133,6 +163,12 @@ class MlflowLogger(Callback):
     def on_fit_end(self, trainer: Trainer, result: FitResult) -> None:
         if self.client is None:
             return
+        try:
+            self._finish(trainer, result)
+        except Exception as error:  # noqa: BLE001 - as in on_epoch_end
+            self._lost(trainer, "the end of the run", error)
+
+    def _finish(self, trainer: Trainer, result: FitResult) -> None:
         if result.test is not None:
             self._log_metrics({k: v for k, v in result.test.items() if k.startswith("test_") or k == "best_epoch"},
                               len(trainer.history))
@@ -142,7 +178,8 @@ class MlflowLogger(Callback):
                     part.startswith(".") for part in relative.parts):
                 parent = relative.parent.as_posix()
                 self.client.log_artifact(self.run_id, str(path), artifact_path=None if parent == "." else parent)
-        self.client.set_terminated(self.run_id, "FINISHED")
+        with contextlib.redirect_stdout(sys.stderr):  # a server's "View run ... at: URL": stdout holds results
+            self.client.set_terminated(self.run_id, "FINISHED")
         _OPEN_RUNS.pop(self.run_id, None)
 
     def state_dict(self) -> dict[str, Any]:
@@ -172,4 +209,26 @@ def _mark_unfinished() -> None:
 
 @logger_builder("mlflow")
 def _mlflow(config: TrainConfig) -> Callback:
+    check_server()
     return MlflowLogger()
+
+
+def check_server() -> None:
+    """A tracking server (``MLFLOW_TRACKING_URI=http(s)://...``) that does not answer is one line before any work:
+    its host and port must take a connection (MLflow's client would retry for seconds before saying anything).
+    Only the process that logs asks (rank 0; every process of ``--nproc`` builds its loggers)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")) or os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        if not host:
+            raise ValueError("no host in it")
+        socket.create_connection((host, port), timeout=10).close()
+    except (OSError, ValueError) as error:
+        raise CnnctlError(f"mlflow: the tracking server {uri} does not answer ({first_line(error, 200)})",
+                          hint="start it, fix MLFLOW_TRACKING_URI, or train without --logger mlflow") from None

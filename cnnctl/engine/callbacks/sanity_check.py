@@ -7,8 +7,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from cnnctl.data.targets import MULTILABEL
 from cnnctl.engine.callbacks.base import Callback
 from cnnctl.engine.evaluate import evaluate
+from cnnctl.engine.multilabel import evaluate_multilabel
 
 if TYPE_CHECKING:
     from cnnctl.engine.fit import Trainer
@@ -26,6 +28,10 @@ class SanityCheck(Callback):
                                      + (", SyncBatchNorm" if config.sync_bn else ""))
         if trainer.val_batches is not None and trainer.resume_dir is None:
             classes = len(trainer.data.classes)
-            sanity = evaluate(trainer.eval_model(), trainer.val_batches, classes, max_batches=2)
-            trainer.reporter.message(f"sanity check on 2 validation batches: loss {sanity.loss:.3f} "
-                                     f"(chance ≈ {math.log(classes):.3f})")
+            if trainer.task == MULTILABEL:  # an untrained label is a coin toss: ln 2 per label
+                loss = evaluate_multilabel(trainer.eval_model(), trainer.val_batches, classes, max_batches=2).loss
+                chance = f"chance ≈ {math.log(2):.3f} per label"
+            else:
+                loss = evaluate(trainer.eval_model(), trainer.val_batches, classes, max_batches=2).loss
+                chance = f"chance ≈ {math.log(classes):.3f}"
+            trainer.reporter.message(f"sanity check on 2 validation batches: loss {loss:.3f} ({chance})")
