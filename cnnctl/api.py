@@ -167,10 +167,12 @@ calibrate.__signature__ = api_signature(CALIBRATE, [  # type: ignore[attr-define
 
 
 def export(checkpoint_path: str | os.PathLike[str], format: str = "onnx", **options: Any) -> ExportResult:
-    """``cnnctl export``: write ``<stem>.onnx`` or ``<stem>.torchscript.pt`` and ``<stem>.preprocessing.json``
-    beside the checkpoint (or at ``output``), after checking that the exported model gives PyTorch's outputs
-    within 1e-4. Returns the paths and the measured difference. Every option of ``cnnctl export`` under its name,
-    with the same default (cnnctl/recipe/commands.py)."""
+    """``cnnctl export``: write the export (``<stem>.onnx``, ``.int8.onnx``, ``.openvino.xml``, ...,
+    docs/export.md) and ``<stem>.preprocessing.json`` beside the checkpoint (or at ``output``), after running it in
+    its own runtime on the checkpoint's test split (or the folder ``data``): an exact format must give PyTorch's
+    logits within its tolerance, and no export may lose more than ``max_drop`` accuracy points unless ``force``.
+    Returns the paths and the measurements (``result.comparison``). Every option of ``cnnctl export`` under its
+    name, with the same default (cnnctl/recipe/commands.py)."""
     values = api_values(EXPORT, {"format": format, **options}, "cnnctl.export")
     return _export(_as_path(checkpoint_path, "cnnctl.export"), **values)
 

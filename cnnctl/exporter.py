@@ -1,70 +1,65 @@
-"""Export a checkpoint to ONNX or TorchScript, verified against PyTorch, with its preprocessing beside it as JSON.
+"""Export a checkpoint (ONNX FP32/FP16/INT8, OpenVINO IR FP32/FP16/INT8, TorchScript), judged in its own runtime
+before it is written, with its preprocessing beside it as JSON.
 
 The exported model takes the *normalised* float input (N×C×H×W, after resizing and padding) and returns logits,
 exactly like the PyTorch model. How to get from an image file to that input is written to
 ``<stem>.preprocessing.json`` in plain terms (size, padding, mean/std, class names), so the export can be used
 from any language without cnnctl; a calibrated checkpoint's temperature and threshold (``cnnctl calibrate``) are in
-it too. Before anything is written, the exported file is loaded by its own runtime
-(onnxruntime, or ``torch.jit.load``) and run on a batch of inputs; its outputs must match PyTorch's.
+it too.
+
+The export is serialised in memory and run by its own runtime (ONNX Runtime, OpenVINO, ``torch.jit.load``) on the
+checkpoint's test split (or the folder ``data``) beside the PyTorch model (:mod:`cnnctl.exports.gate`): an exact
+format must give PyTorch's logits within its tolerance, and no export may lose more than ``max_drop`` accuracy
+points; otherwise nothing is written (``force`` writes it anyway and says so). Without the labelled images here,
+an exact format is compared on seeded random pixels, and a lossy one (FP16, INT8) is refused unless ``force``.
+Files are written through a temporary file and a rename.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnctl.checkpoint import existing_checkpoint, versions
 from cnnctl.checkpoint import load as load_checkpoint
-from cnnctl.data.download import is_present
-from cnnctl.data.folder import load_folder_eval_split
-from cnnctl.data.loader import Normalizer, fit_to_input
-from cnnctl.data.splits import eval_split
 from cnnctl.engine.calibration import stored_temperature, stored_threshold
 from cnnctl.errors import CnnctlError, UsageError, first_line
+from cnnctl.exports import images as export_images
+from cnnctl.exports import onnx_format, openvino_format, torchscript_format  # noqa: F401  (each registers formats)
+from cnnctl.exports.formats import (  # noqa: F401  (the registry's names, where they always were)
+    FORMATS,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TOLERANCE,
+    ExportFormat,
+    get_format,
+    quiet_exporters,
+    register_format,
+)
+from cnnctl.exports.gate import MAX_DROP, Comparison, ShapeMismatch, check_max_drop, compare
 from cnnctl.fsutil import STDOUT, atomic_write_bytes, atomic_write_text, is_folder, require_writable_file
-from cnnctl.registry import datasets, suggest
 
 if TYPE_CHECKING:
     import torch
 
     from cnnctl.checkpoint import CheckpointMeta
 
-TOLERANCE = 1e-4  # largest accepted absolute difference between exported and PyTorch logits
-VERIFY_COUNT = 16
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 PREPROCESSING_FORMAT = 1
-ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+CALIBRATION_IMAGES = 300  # training images a quantised format calibrates on
+EXAMPLE_COUNT = 16  # images the exporters trace with
+
+# Sections of the preprocessing JSON beyond what export writes itself, by key: ``build(meta)`` returns the
+# section (JSON-ready) or None to leave it out. Readers ignore keys they do not know, so a section can be added
+# without a new PREPROCESSING_FORMAT.
+DOCUMENT_SECTIONS: dict[str, Callable[[CheckpointMeta], Any]] = {}
 
 
-@dataclass(frozen=True)
-class ExportFormat:
-    """One ``--format``: ``write(model, inputs, *, dynamic_batch, opset, arch)`` serialises the model in memory
-    (returning the file's bytes and the opset written, or None), ``runner(data)`` loads those bytes with the
-    format's own runtime as a batch → logits function (the file is written only after it verified);
-    ``require()`` fails in one line when an optional package is missing; ``has_opset``: ``--opset`` applies."""
-
-    name: str
-    description: str
-    suffix: str
-    write: Callable[..., tuple[bytes, int | None]]
-    runner: Callable[[bytes], Callable[[torch.Tensor], torch.Tensor]]
-    require: Callable[[], None] | None = None
-    has_opset: bool = False
-
-
-FORMATS: dict[str, ExportFormat] = {}
-
-
-def register_format(info: ExportFormat) -> ExportFormat:
-    FORMATS[info.name] = info
-    return info
+def register_document_section(key: str, build: Callable[[CheckpointMeta], Any]) -> None:
+    DOCUMENT_SECTIONS[key] = build
 
 
 @dataclass
@@ -75,60 +70,120 @@ class ExportResult:
     dynamic_batch: bool
     opset: int | None
     max_abs_diff: float
-    tolerance: float
+    tolerance: float | None  # None: a lossy format, judged by accuracy alone
     verified_on: str  # which inputs the comparison used, in words
     verified_count: int
+    precision: str = "fp32"
+    runtime: dict[str, Any] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)  # every file written, the model file last
+    size: int = 0  # bytes on disk, all files
+    comparison: Comparison | None = None
+    max_drop: float = MAX_DROP
+    forced: str | None = None  # why the export would have been refused, when --force wrote it anyway
+    details: dict[str, Any] = field(default_factory=dict)  # how it was converted or quantised
     label_decisions: int | None = None  # multi-label: the (image, label) decisions at the thresholds compared
 
+    @property
+    def gated(self) -> bool:
+        """Whether its accuracy was measured (on labelled images)."""
+        return self.comparison is not None and self.comparison.accuracy is not None
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {key: getattr(self, key) for key in self.__dataclass_fields__}
         data["model_path"], data["preprocessing_path"] = str(self.model_path), str(self.preprocessing_path)
+        data["files"] = [str(path) for path in self.files]
+        data["comparison"] = self.comparison.to_dict() if self.comparison else None
         return data
 
 
 def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dynamic_batch: bool = False,
-           opset: int | None = None, root: Any = None, tolerance: float = TOLERANCE) -> ExportResult:
-    """Export ``checkpoint_path`` (a .safetensors file or run folder) and verify it; see the module docstring.
+           opset: int | None = None, root: Any = None, data: Any = None, max_drop: float = MAX_DROP,
+           force: bool = False, calibration_images: int = CALIBRATION_IMAGES,
+           calibration_method: str | None = None, tolerance: float | None = None) -> ExportResult:
+    """Export ``checkpoint_path`` (a .safetensors file or run folder), judge it in its runtime, then write it.
 
     ``output`` is the model file to write (or a folder to write it in); by default it goes beside the
-    checkpoint as ``<stem>.onnx`` / ``<stem>.torchscript.pt``. Without ``dynamic_batch`` the model takes
-    batches of exactly one image (an ONNX model refuses others; TorchScript is traced and checked at 1).
-    Raises ``CnnctlError`` when the outputs differ by more than ``tolerance``; then nothing is written.
+    checkpoint as ``<stem><suffix>`` (``best.onnx``, ``best.int8.onnx``, ``best.openvino.xml`` + ``.bin``, ...).
+    Without ``dynamic_batch`` the model takes batches of exactly one image. ``data``: a folder of class
+    sub-folders to judge (and calibrate) on instead of the checkpoint's dataset. ``max_drop``: accuracy points
+    the export may lose (0-100). ``calibration_images``/``calibration_method``: for the int8 formats.
+    ``tolerance``: replaces an exact format's own. Raises ``CnnctlError`` when the export fails a check (then
+    nothing is written) unless ``force``.
     """
     info = get_format(format)
-    format = info.name
-    if opset is not None and not info.has_opset:
-        with_opset = " or ".join(name for name, entry in FORMATS.items() if entry.has_opset)
-        raise UsageError(f"--opset applies only to --format {with_opset}")
+    max_drop = check_max_drop(max_drop)
+    _check_options(info, opset, calibration_images, calibration_method)
     if info.require is not None:
         info.require()
     source = existing_checkpoint(Path(checkpoint_path))  # a run folder means its best.safetensors
-    model_path, preprocessing_path = output_paths(source, format, output)
+    model_path, preprocessing_path = output_paths(source, info.name, output)
+    companions = companion_paths(model_path, info)
     model, meta = load_checkpoint(source, device="cpu")
-
-    inputs, verified_on = verification_inputs(meta, root=root)
-    import torch
-
-    with torch.inference_mode():
-        expected = model(inputs).float()
-    batch = None if dynamic_batch else 1
-    with _quiet_exporters():  # the model is serialised in memory and checked before a byte is written
-        data, opset = info.write(model, inputs, dynamic_batch=dynamic_batch, opset=opset, arch=meta.arch)
-        run = info.runner(data)
-        actual = torch.cat([run(chunk) for chunk in _chunks(inputs, batch)])
-    if actual.shape != expected.shape:
-        raise CnnctlError(f"the exported model returned shape {tuple(actual.shape)} instead of "
-                          f"{tuple(expected.shape)}; nothing was written")
-    max_abs_diff = float((actual - expected).abs().max())
-    if not max_abs_diff <= tolerance:  # also catches NaN
-        raise CnnctlError(f"the {format} export differs from PyTorch by up to {max_abs_diff:.3g} "
-                          f"(> {tolerance:g}) on {verified_on}; nothing was written")
-    decided = compare_label_decisions(meta, expected, actual, tolerance) if meta.multilabel else None
-    result = ExportResult(model_path, preprocessing_path, format, dynamic_batch, opset, max_abs_diff,
-                          tolerance, verified_on, int(inputs.shape[0]), decided)
-    atomic_write_bytes(model_path, data)
+    labelled, why = export_images.labelled_split(meta, root=root, data=data)
+    if labelled is not None:
+        example = next(iter(labelled.batches))[0][:EXAMPLE_COUNT]
+        batches, on, count = labelled.batches, labelled.described, labelled.count
+    else:
+        example = export_images.random_inputs(meta)
+        batches, on, count = [(example, None)], f"{example.shape[0]} random images (seed 0; {why})", len(example)
+    tolerance = info.tolerance if tolerance is None else tolerance
+    decisions: list[int] = []
+    on_batch = None
+    if meta.multilabel:  # accuracy and top-k are single-label measures: the decisions at the thresholds are compared
+        batches = ((inputs, None) for inputs, _ in batches)
+        why = "accuracy is not measured for a multi-label checkpoint"
+        if tolerance is not None:
+            def on_batch(expected: Any, actual: Any) -> None:
+                decisions.append(compare_label_decisions(meta, expected, actual, tolerance))
+    calibration = None
+    if info.calibrated:
+        calibration = export_images.calibration_images(meta, count=calibration_images, root=root, data=data,
+                                                       method=calibration_method or info.methods[0], format=info.name)
+    model.eval()
+    with quiet_exporters():  # the model is serialised in memory and judged before a byte is written
+        exported = info.write(model, example, dynamic_batch=dynamic_batch, opset=opset, arch=meta.arch,
+                              calibration=calibration)
+        try:
+            run = info.runner(exported.files)
+            comparison = compare(model, run, batches, num_classes=meta.num_classes, on=on,
+                                 batch=None if dynamic_batch else 1, on_batch=on_batch)
+        except ShapeMismatch as error:
+            raise CnnctlError(f"{error}; nothing was written") from error
+        except CnnctlError:
+            raise
+        except Exception as error:  # the runtime's own failure (an operator it lacks, say): its first line
+            raise CnnctlError(f"{info.runtime} could not run the {info.name} export of {meta.arch}: "
+                              f"{first_line(error, 200)}; nothing was written",
+                              hint="try another --format, or --debug for the traceback") from error
+    refusal = _refusal(info, comparison, tolerance, max_drop, why)
+    if refusal is not None and not force:
+        raise CnnctlError(f"{refusal}; nothing was written", hint=_refusal_hint(info, comparison, tolerance))
+    paths = {suffix: path for suffix, path in zip(info.companions, companions)}
+    paths[info.suffix] = model_path
+    files = [paths[suffix] for suffix in exported.files if suffix != info.suffix] + [model_path]
+    result = ExportResult(model_path, preprocessing_path, info.name, dynamic_batch, exported.opset,
+                          comparison.max_abs_diff, tolerance, on, count, info.precision,
+                          getattr(run, "runtime", {"name": info.runtime}), files, exported.size, comparison,
+                          max_drop, refusal, exported.details, sum(decisions) if decisions else None)
+    for suffix, content in exported.files.items():  # companions first, the model file (what users open) last
+        if suffix != info.suffix:
+            atomic_write_bytes(paths[suffix], content)
+    atomic_write_bytes(model_path, exported.files[info.suffix])
     atomic_write_text(preprocessing_path, json.dumps(preprocessing_document(meta, result), indent=2) + "\n")
     return result
+
+
+def _check_options(info: ExportFormat, opset: int | None, calibration_images: int,
+                   calibration_method: str | None) -> None:
+    if opset is not None and not info.has_opset:
+        raise UsageError(f"--opset applies only to --format {_names(lambda entry: entry.has_opset)}")
+    if calibration_method is not None:
+        if not info.calibrated:
+            raise UsageError(f"--calibration-method applies only to --format {_names(lambda entry: entry.calibrated)}")
+        if calibration_method not in info.methods:
+            raise UsageError(f"{info.name} calibrates by {' or '.join(info.methods)}, not {calibration_method!r}")
+    if isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 1:
+        raise UsageError(f"--calibration-images must be a whole number of at least 1, not {calibration_images!r}")
 
 
 def compare_label_decisions(meta: CheckpointMeta, expected: torch.Tensor, actual: torch.Tensor,
@@ -148,32 +203,53 @@ def compare_label_decisions(meta: CheckpointMeta, expected: torch.Tensor, actual
     return int(differ.numel())
 
 
-def require_onnx() -> None:
-    """Fail early, in one line, when the optional ONNX packages are missing."""
-    import importlib
-
-    missing = []
-    for name in ONNX_PACKAGES:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise CnnctlError(f"ONNX export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                          "not installed", hint="pip install 'cnnctl[onnx]'")
+def _names(chosen: Callable[[ExportFormat], bool]) -> str:
+    """``onnx, onnx-fp16 or onnx-int8``: the formats ``chosen`` picks, in words."""
+    names = [name for name, entry in FORMATS.items() if chosen(entry)]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
-def get_format(format: str) -> ExportFormat:
-    name = format.strip().lower()
-    if name not in FORMATS:
-        raise suggest(format, list(FORMATS), "export format")
-    return FORMATS[name]
+def _refusal(info: ExportFormat, comparison: Comparison, tolerance: float | None, max_drop: float,
+             why: str) -> str | None:
+    """Why this export should not be written, or None."""
+    name, on = info.name, comparison.on
+    if tolerance is not None and not comparison.max_abs_diff <= tolerance:  # also catches NaN
+        return (f"the {name} export differs from PyTorch by up to {comparison.max_abs_diff:.3g} (> {tolerance:g}) "
+                f"on {on}")
+    drop = comparison.drop
+    if drop is not None and not drop <= max_drop:
+        return (f"the {name} export's accuracy is {100 * comparison.accuracy:.2f}% against PyTorch's "
+                f"{100 * comparison.reference_accuracy:.2f}% on {on}: a drop of {drop:.2f} points "
+                f"(> --max-drop {max_drop:g})")
+    if drop is None and tolerance is None:
+        return f"the accuracy of the {name} export (a lossy format) could not be checked: {why}"
+    return None
+
+
+def _refusal_hint(info: ExportFormat, comparison: Comparison, tolerance: float | None) -> str:
+    if comparison.drop is None and tolerance is None:
+        return "pass --data FOLDER to check it on your images, or --force to write it unchecked"
+    return "--force writes it anyway"
+
+
+def companion_paths(model_path: Path, info: ExportFormat) -> list[Path]:
+    """The files written beside the model file (an OpenVINO IR's weights: the .xml's name with .bin)."""
+    name = model_path.name
+    stem = name.removesuffix(info.suffix) if name.endswith(info.suffix) else model_path.stem
+    paths = []
+    for suffix in info.companions:
+        path = model_path.with_name(stem + suffix) if name.endswith(info.suffix) else model_path.with_suffix(
+            Path(suffix).suffix)
+        paths.append(require_writable_file(path, option="--output"))
+    return paths
 
 
 def output_paths(source: Path, format: str, output: Any = None) -> tuple[Path, Path]:
     """Where the model and its preprocessing JSON go: ``<stem><suffix>`` and ``<stem>.preprocessing.json``.
-    Both are checked now, before any work: only regular files (or links to them) in writable folders."""
-    suffix = get_format(format).suffix
+    Both are checked now, before any work: only regular files (or links to them) in writable folders. Every
+    format of a checkpoint shares the one JSON (``best.int8.onnx`` too: ``best.preprocessing.json``)."""
+    info = get_format(format)
+    suffix = info.suffix
     default_name = source.name.removesuffix(".safetensors") + suffix
     if output is None:
         model_path = source.with_name(default_name)
@@ -186,166 +262,21 @@ def output_paths(source: Path, format: str, output: Any = None) -> tuple[Path, P
         model_path = output / default_name if folder else output
     if os.path.realpath(model_path) == os.path.realpath(source):
         raise UsageError(f"--output {model_path} is the checkpoint itself", hint="choose another file name")
-    stem = model_path.name.removesuffix(suffix) if model_path.name.endswith(suffix) else model_path.stem
+    stem = _stem(model_path.name, suffix)
     preprocessing_path = model_path.with_name(stem + ".preprocessing.json")
     option = "--output" if output is not None else "export"
     return (require_writable_file(model_path, option=option),
             require_writable_file(preprocessing_path, option=option))
 
 
-def verification_inputs(meta: CheckpointMeta, *, root: Any = None,
-                        count: int = VERIFY_COUNT) -> tuple[torch.Tensor, str]:
-    """A normalised batch to compare the export on: the first ``count`` test images of the checkpoint's dataset
-    (for an image folder: of the folder it was trained on, its test split or the validation images held out) if
-    it is on this machine (nothing is downloaded), else deterministic random pixels. Also says which."""
-    import torch
-
-    images, described = _local_test_images(meta, root, count)
-    if images is None:
-        channels, (height, width) = meta.preprocessing.channels, meta.preprocessing.image_size
-        generator = torch.Generator().manual_seed(0)
-        images = torch.randint(0, 256, (count, channels, height, width), dtype=torch.uint8, generator=generator)
-        described = f"{count} random images (seed 0; {described})"
-    fitted = fit_to_input(images, meta.preprocessing)
-    normalize = Normalizer(meta.preprocessing.mean, meta.preprocessing.std, torch.device("cpu"))
-    return normalize(fitted).contiguous(), described
-
-
-def _local_test_images(meta: CheckpointMeta, root: Any, count: int) -> tuple[torch.Tensor | None, str]:
-    if not meta.dataset:
-        return None, "the checkpoint names no dataset"
-    if meta.dataset == "folder":
-        return _folder_images(meta, count)
-    spec = datasets().get(meta.dataset)
-    if spec is None:
-        return None, f"dataset {meta.dataset} is not registered"
-    if not spec.files or not is_present(spec.storage_name, spec.files, Path(root) if root else None):
-        return None, f"the {spec.name} test split is not on this machine; `cnnctl download {spec.name}` fetches it"
-    try:
-        test = eval_split(meta, split="test", root=str(root) if root else None)
-    except CnnctlError as error:
-        return None, f"the {spec.name} test split could not be read: {error.message}"
-    taken = min(count, len(test))
-    return test.images[:taken], f"{taken} images from the {spec.name} test split"
-
-
-def _folder_images(meta: CheckpointMeta, count: int) -> tuple[torch.Tensor | None, str]:
-    """The first ``count`` images of the split eval would use, from the folder the checkpoint was trained on."""
-    folder = meta.data_dir
-    if not folder:
-        return None, "the checkpoint does not say which image folder it was trained on"
-    if not Path(folder).expanduser().is_dir():
-        return None, f"the image folder it was trained on, {folder}, is not on this machine"
-    try:
-        data = load_folder_eval_split(meta, max_items=count)
-    except CnnctlError as error:
-        return None, f"the images of {folder} could not be read: {error.message}"
-    split = Path(data.source).name
-    return data.images, f"{len(data)} images of the {split} split of {folder}"
-
-
-def _chunks(inputs: torch.Tensor, batch: int | None) -> Iterator[torch.Tensor]:
-    if batch is None:
-        yield inputs
-        return
-    yield from inputs.split(batch)
-
-
-@contextlib.contextmanager
-def _quiet_exporters() -> Iterator[None]:
-    """The exporters warn and log about their own future (TorchScript is deprecated), opset conversion and
-    tracing details; cnnctl checks the result itself and reports what matters in one line."""
-    import logging
-
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
-    levels = [logger.level for logger in loggers]
-    try:
-        for logger in loggers:
-            logger.setLevel(logging.CRITICAL)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.filterwarnings("ignore", module=r"torch\..*")
-            warnings.filterwarnings("ignore", module=r"onnxscript\..*")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
-def _export_onnx(model: torch.nn.Module, inputs: torch.Tensor, *, dynamic_batch: bool, opset: int | None,
-                 arch: str) -> tuple[bytes, int]:
-    """torch.export-based ONNX export (the default since torch 2.9; the TorchScript-based one is deprecated),
-    serialised in memory: the model file's bytes and the opset written."""
-    import torch
-
-    example = inputs[:2] if dynamic_batch else inputs[:1]  # a batch of 1 would be specialised to 1
-    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    try:
-        program = torch.onnx.export(model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    opset_version=opset, dynamo=True, external_data=False,
-                                    dynamic_shapes=dynamic_shapes, verbose=False)
-        proto = program.model_proto
-        data = proto.SerializeToString()
-    except Exception as error:  # the exporter raises many types; the message is what matters
-        reason = first_line(error, 200)
-        target = f" at opset {opset}" if opset else ""
-        raise CnnctlError(f"could not export {arch} to ONNX{target}: {reason}",
-                          hint="try another --opset, or --debug for the traceback") from error
-    written = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
-    if opset is not None and written != opset:  # the exporter falls back silently when it cannot convert
-        raise CnnctlError(f"could not export {arch} to ONNX opset {opset}: the exporter could only write opset "
-                          f"{written}; nothing was written", hint=f"use --opset {written}, or leave it out")
-    return data, written
-
-
-def _onnx_runner(data: bytes) -> Callable[[torch.Tensor], torch.Tensor]:
-    import onnxruntime
-    import torch
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})
-        return torch.from_numpy(logits).float()
-
-    return run
-
-
-def _export_torchscript(model: torch.nn.Module, inputs: torch.Tensor, *, dynamic_batch: bool, opset: int | None,
-                        arch: str) -> tuple[bytes, None]:
-    """Traced, not scripted: tracing takes any model that runs, and verification checks that it traced well.
-    Saved to memory (a full disk would abort inside libtorch's writer); the caller writes the bytes."""
-    import io
-
-    import torch
-
-    try:
-        with torch.no_grad():
-            traced = torch.jit.trace(model, inputs[:1], check_trace=False)  # verified below, on 16 images
-        buffer = io.BytesIO()
-        torch.jit.save(traced, buffer)
-    except Exception as error:
-        reason = first_line(error, 200)
-        raise CnnctlError(f"could not export {arch} to TorchScript: {reason}",
-                          hint="--debug shows the traceback") from error
-    return buffer.getvalue(), None
-
-
-def _torchscript_runner(data: bytes) -> Callable[[torch.Tensor], torch.Tensor]:
-    import io
-
-    import torch
-
-    loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")  # the model just traced, not an untrusted file
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return loaded(batch).float()
-
-    return run
+def _stem(name: str, suffix: str) -> str:
+    """``best`` of ``best.int8.onnx`` (the format's suffix, or a precision tag before the file's own suffix)."""
+    if name.endswith(suffix):
+        return name.removesuffix(suffix)
+    stem = Path(name).stem
+    for tag in (".fp16", ".int8", ".openvino"):
+        stem = stem.removesuffix(tag)
+    return stem
 
 
 def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[str, Any]:
@@ -408,14 +339,39 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
         "format": result.format,
         "batch": "any" if result.dynamic_batch else 1,
         **({"opset": result.opset} if result.opset is not None else {}),
+        "precision": result.precision,
+        "runtime": result.runtime,
+        "files": [path.name for path in result.files],
+        "size_bytes": result.size,
+        **result.details,
         "verification": {"max_abs_diff": result.max_abs_diff, "tolerance": result.tolerance,
                          "inputs": result.verified_on,
                          **({"label_decisions": f"{result.label_decisions} (image, label) decisions at the "
                                                 "thresholds agree with PyTorch's"}
                             if result.label_decisions is not None else {})},
+        "accuracy": _accuracy_entry(result),
     }
     document["exports"] = dict(sorted(exports.items()))
+    for key, build in DOCUMENT_SECTIONS.items():
+        section = build(meta)
+        if section is not None:
+            document[key] = section
     return document
+
+
+def _accuracy_entry(result: ExportResult) -> dict[str, Any]:
+    """The gate's measurements, as the export's JSON keeps them."""
+    comparison = result.comparison
+    entry: dict[str, Any] = {"images": result.verified_on, "count": result.verified_count}
+    if comparison is not None:
+        entry.update({"accuracy": comparison.accuracy, "pytorch_accuracy": comparison.reference_accuracy,
+                      "drop_points": comparison.drop, "top1_agreement": comparison.top1_agreement,
+                      f"top{comparison.k}_agreement": comparison.topk_agreement,
+                      "max_probability_diff": comparison.max_prob_diff})
+    entry.update({"max_drop": result.max_drop, "checked": result.gated, "passed": result.forced is None})
+    if result.forced is not None:
+        entry["forced"] = result.forced
+    return entry
 
 
 def _other_exports(path: Path, document: dict[str, Any]) -> dict[str, Any]:
@@ -433,10 +389,3 @@ def _other_exports(path: Path, document: dict[str, Any]) -> dict[str, Any]:
     return {name: entry for name, entry in exports.items() if (path.parent / name).is_file()}
 
 
-# The entries call the functions by name, so a test (or a plugin) that replaces one is used.
-register_format(ExportFormat("onnx", "ONNX, run by onnxruntime (pip install 'cnnctl[onnx]')", ".onnx",
-                             lambda *args, **kwargs: _export_onnx(*args, **kwargs),
-                             lambda data: _onnx_runner(data), require=lambda: require_onnx(), has_opset=True))
-register_format(ExportFormat("torchscript", "TorchScript (traced), run by torch.jit.load", ".torchscript.pt",
-                             lambda *args, **kwargs: _export_torchscript(*args, **kwargs),
-                             lambda data: _torchscript_runner(data)))

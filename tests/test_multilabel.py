@@ -184,7 +184,7 @@ def test_export_states_and_checks_the_thresholds(trained, tmp_path: Path) -> Non
     document = json.loads(result.preprocessing_path.read_text())
     meta = cnnctl.checkpoint.read_meta(trained.best_path)
     assert document["task"] == "multilabel" and document["thresholds"] == meta.thresholds
-    assert "sigmoid" in document["output"] and result.label_decisions == 16 * 4
+    assert "sigmoid" in document["output"] and result.label_decisions == result.verified_count * 4
     assert "decisions at the thresholds agree" in document["exports"]["model.torchscript.pt"]["verification"][
         "label_decisions"]
 

@@ -14,6 +14,7 @@ import typer
 import cnnctl.cli.explain_command  # noqa: F401  (registers `cnnctl explain`)
 import cnnctl.cli.export_command  # noqa: F401  (registers `cnnctl export`)
 from cnnctl.cli import (  # noqa: F401  (each registers its commands)
+    benchmark_command,
     calibrate_command,
     check_command,
     data_commands,
@@ -32,8 +33,8 @@ from cnnctl.cli import (  # noqa: F401  (each registers its commands)
 from cnnctl.cli._common import app, state
 
 # `cnnctl --help` lists the commands in the order of a workflow; commands not named here follow, as registered
-WORKFLOW = ("download", "train", "eval", "predict", "calibrate", "serve", "embed", "probe", "export", "check",
-            "runs", "tune", "summary", "list", "doctor")
+WORKFLOW = ("download", "train", "eval", "predict", "calibrate", "serve", "embed", "probe", "export",
+            "benchmark", "check", "runs", "tune", "summary", "list", "doctor")
 
 
 def _in_workflow_order() -> None:
@@ -56,7 +57,8 @@ SUMMARIES = {
     "serve": "serve a checkpoint over HTTP: POST /predict, batched",
     "embed": "write L2-normalised features of images, with their paths",
     "probe": "rank the pretrained backbones on this machine by a linear probe",
-    "export": "export a checkpoint to ONNX or TorchScript, verified",
+    "export": "export to ONNX, OpenVINO or TorchScript, judged in its runtime",
+    "benchmark": "latency and throughput in PyTorch, ONNX Runtime, OpenVINO",
     "check": "check an image folder before training: unreadable files, leaks",
     "tune": "search hyper-parameters with Optuna",
     "summary": "layers, parameter counts and MACs of a model",

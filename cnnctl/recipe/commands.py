@@ -103,6 +103,25 @@ EXPORT: tuple[Option, ...] = (
     _option("output", str, None, "model file or folder to write \\[default: beside the checkpoint]", short="-o"),
     _option("root", str, None, "data folder with the test images \\[env: CNNCTL_DATA]"),
     _json("machine-readable output"),
+    _option("data", str, None, "a folder of class sub-folders to check (and calibrate) on \\[default: the "
+           "checkpoint's test split]"),
+    _option("max_drop", float, 1.0, "accuracy points the export may lose against PyTorch before it is refused",
+            minimum=0, maximum=100),
+    _option("force", bool, False, "write the export even when it fails the accuracy check (and say so)"),
+    _option("calibration_images", int, 300, "training images an int8 format calibrates on", minimum=1),
+    _option("calibration_method", str, None, "how onnx-int8 sets its ranges \\[default: minmax]",
+            choices=lambda: ("minmax", "entropy", "percentile")),
+)
+
+# `cnnctl benchmark` (cnnctl/benchmark.py)
+BENCHMARK: tuple[Option, ...] = (
+    _option("batch_size", int, 64, "batch size of the throughput measurement", minimum=2),
+    _option("threads", int, None, "threads for every runtime", derived="torch's, from the machine's load", minimum=1),
+    _option("formats", str, None, "export formats to time, comma-separated \\[default: all]", metavar="NAME[,...]"),
+    _option("seconds", float, 1.0, "least time spent on each measurement", minimum=0, exclusive_min=True),
+    _option("root", str, None, "data folder with the training images the int8 formats calibrate on "
+           "\\[env: CNNCTL_DATA]"),
+    _json("machine-readable output"),
 )
 
 TUNE: tuple[Option, ...] = (
@@ -185,7 +204,8 @@ SERVE: tuple[Option, ...] = (
     _option("access_log", bool, False, "log every request, not only refused ones"),
 )
 
-COMMANDS: dict[str, tuple[Option, ...]] = {"eval": EVAL, "predict": PREDICT, "export": EXPORT, "tune": TUNE,
+COMMANDS: dict[str, tuple[Option, ...]] = {"eval": EVAL, "predict": PREDICT, "export": EXPORT,
+                                           "benchmark": BENCHMARK, "tune": TUNE,
                                            "lr-find": LR_FIND, "calibrate": CALIBRATE,
                                            "serve": SERVE}
 
