@@ -85,7 +85,10 @@ def cnnctl_leg(weights: Path, data: Path, size: int, channels_last: bool, epochs
     out = work / f"runs-{size}-{int(channels_last)}"
     command = [sys.executable, "-m", "cnnctl", "train", ARCH, "--pretrained", str(weights), "--data", str(data),
                "--img-size", str(size), "--batch-size", str(BATCH), "--val-split", "0", "--epochs", str(epochs),
-               "--channels-last" if channels_last else "--no-channels-last", "--out", str(out)]
+               "--channels-last" if channels_last else "--no-channels-last", "--out", str(out),
+               # the compute leg's thread count: left to itself, cnnctl takes only the cores the load average
+               # leaves free, and this benchmark's own previous leg is that load
+               "--threads", str(os.cpu_count() or 1)]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env(), cwd=work)
     wall = time.perf_counter() - started
