@@ -39,3 +39,18 @@ def first_line(error: BaseException, limit: int = 160) -> str:
     how a library's multi-line error is quoted inside one of cnnctl's one-line messages."""
     text = str(error).strip()
     return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
+def require_packages(packages: tuple[str, ...], extra: str, what: str) -> None:
+    """Fail early, in one line naming the extra to install, when an optional package is missing."""
+    import importlib
+
+    missing = []
+    for name in packages:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise CnnctlError(f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                          "not installed", hint=f"pip install 'cnnctl[{extra}]'")

@@ -400,3 +400,11 @@ def test_help_imports_neither_the_web_framework_nor_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--max-body-mb" in result.stdout
+
+
+def test_without_the_serve_extra_one_line_names_it(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # `import uvicorn` now raises ImportError
+    result = CliRunner().invoke(app, ["serve", str(run_dir), "--port", "0"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1, result.output
+    assert "cnnctl serve needs uvicorn, which is not installed" in lines[0] and "cnnctl[serve]" in lines[0]

@@ -9,13 +9,11 @@ touching the disk. Adding a format is one ``register_format(ExportFormat(...))``
 from __future__ import annotations
 
 import contextlib
-import importlib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import CnnctlError
 from cnnctl.registry import suggest
 
 if TYPE_CHECKING:
@@ -103,19 +101,6 @@ def get_format(format: str) -> ExportFormat:
     if name not in FORMATS:
         raise suggest(format, list(FORMATS), "export format")
     return FORMATS[name]
-
-
-def require_packages(packages: tuple[str, ...], extra: str, what: str) -> None:
-    """Fail early, in one line naming the extra to install, when an optional package is missing."""
-    missing = []
-    for name in packages:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise CnnctlError(f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                          "not installed", hint=f"pip install 'cnnctl[{extra}]'")
 
 
 def package_version(name: str) -> str:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.errors import CnnctlError, UsageError, first_line
+from cnnctl.errors import CnnctlError, UsageError, first_line, require_packages
 from cnnctl.exports.formats import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -20,7 +20,6 @@ from cnnctl.exports.formats import (
     Runner,
     package_version,
     register_format,
-    require_packages,
 )
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import Any
 
 from cnnctl.engine.predict import Predictor, load_for_inference
 from cnnctl.engine.threads import threads_for_this_process
-from cnnctl.errors import CnnctlError, first_line
+from cnnctl.errors import CnnctlError, first_line, require_packages
 from cnnctl.serve.app import create_app, one_line
 from cnnctl.serve.batcher import Batcher
 from cnnctl.serve.settings import ServeSettings
@@ -184,6 +184,7 @@ def prepare(checkpoint: str | Path, settings: ServeSettings) -> Predictor:
 def serve(checkpoint: str | Path, settings: ServeSettings, *, log: Callable[[str], None] | None = None) -> None:
     """Serve ``checkpoint`` over HTTP until interrupted (Ctrl+C, SIGTERM). ``log``: where the start line goes
     (the server's log by default)."""
+    require_packages(("fastapi", "uvicorn", "multipart"), "serve", "cnnctl serve")
     import uvicorn
 
     settings = settings.check()
