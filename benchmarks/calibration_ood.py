@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from cnnctl_process import cnnctl  # benchmarks/, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -45,13 +44,6 @@ LETTERS = "ACEFHJKLMNPRTUVWXYacdefhkmnprtuvwxy"
 THRESHOLDS = (0.5, 0.9, 0.99, 0.999)
 
 
-def cnnctl(*args: object, threads: int = 1) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "cnnctl", *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
-    return result
 
 
 # ------------------------------------------------------------------------------------------ unseen images

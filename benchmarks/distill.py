@@ -20,24 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def cnnctl(*args: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "cnnctl", *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
-    return result
+from cnnctl_process import cnnctl  # benchmarks/, beside this script
 
 
 def train(arch: str, name: str, work: Path, args: argparse.Namespace, seed: int, *extra: object) -> Path:
@@ -94,7 +83,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--extra", default="", help="more options for the distilled runs, e.g. '--distill-weight 0.9'")
     parser.add_argument("--teacher-extra", default="", help="more options for the teacher, e.g. '--augment shift'")
-    parser.add_argument("--teacher-epochs", type=int, default=None, help="\[default: --epochs]")
+    parser.add_argument("--teacher-epochs", type=int, default=None, help=r"\[default: --epochs]")
     parser.add_argument("--student-extra", default="", help="options for both students, e.g. '--augment shift'")
     parser.add_argument("--teacher-run", default=None, help="reuse this teacher run folder instead of training one")
     parser.add_argument("--work", default=None)
@@ -119,7 +108,8 @@ def main() -> None:
     summary = {
         "command": " ".join(sys.argv), "teacher": args.teacher, "teacher_extra": args.teacher_extra,
         "teacher_epochs": args.teacher_epochs or args.epochs, "extra": args.extra,
-        "student_extra": args.student_extra, "teacher_run": str(teacher_run), "student": args.student, "limit": args.limit,
+        "student_extra": args.student_extra, "teacher_run": str(teacher_run), "student": args.student,
+        "limit": args.limit,
         "epochs": args.epochs, "seeds": args.seeds,
         "alone_mean": statistics.mean(alone_acc), "distilled_mean": statistics.mean(distilled_acc),
         "distilled_wins": sum(d > a for a, d in zip(alone_acc, distilled_acc)), "runs": rows,

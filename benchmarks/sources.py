@@ -24,7 +24,6 @@ MNIST comes as for ``cnnctl download mnist`` (tests/real_mnist.py; ``CNNCTL_MIRR
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import io
 import json
@@ -50,19 +49,10 @@ def cnnctl(*args: str) -> subprocess.CompletedProcess[str]:
 def write_sources(root: Path) -> dict[str, Path]:
     """The folder's images as every other source, rows in reverse order."""
     import datasets
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from dataset_files import write_label_files
 
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))[::-1]
-    rows = [{"path": name, "label": name.split("/")[1], "split": name.split("/")[0]} for name in files]
-    with open(root / "labels.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["path", "label", "split"])
-        writer.writeheader()
-        writer.writerows(rows)
-    (root / "labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    rows = write_label_files(root)
     images = [{"bytes": (root / row["path"]).read_bytes(), "path": row["path"]} for row in rows]
-    pq.write_table(pa.table({"image": images, "label": [row["label"] for row in rows],
-                             "split": [row["split"] for row in rows]}), root / "digits.parquet")
     classes = sorted({row["label"] for row in rows})
     parts = {}
     for split in ("train", "test"):

@@ -236,3 +236,26 @@ def write_image_folder(root: Path, classes: tuple[str, ...], per_class: int, *, 
             Image.fromarray(pixels[:, :, 0] if grey else pixels).save(path)
             written[name].append(path)
     return written
+
+
+def write_label_files(root: Path) -> list[dict[str, str]]:
+    """Beside a class folder ``root/SPLIT/CLASS/*.png``: ``labels.csv``, ``labels.jsonl`` and ``digits.parquet``
+    (image bytes, label, split) naming the same images, rows in reverse order (the order of the rows must not
+    matter). Returns the rows."""
+    import csv
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))[::-1]
+    rows = [{"path": name, "label": name.split("/")[1], "split": name.split("/")[0]} for name in files]
+    with open(root / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (root / "labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    images = [{"bytes": (root / row["path"]).read_bytes(), "path": row["path"]} for row in rows]
+    pq.write_table(pa.table({"image": images, "label": [row["label"] for row in rows],
+                             "split": [row["split"] for row in rows]}), root / "digits.parquet")
+    return rows

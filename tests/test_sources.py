@@ -4,7 +4,6 @@ to do, before training starts; near-duplicates across splits are found; per-imag
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from dataset_files import write_label_files
 from PIL import Image
 from real_mnist import write_mnist_folder
 from safetensors.torch import load_file
@@ -41,16 +41,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real MNIST 0-3, 50 training and 10 test images per digit, as a class folder with a label file of each
     kind beside it (rows in reverse order: the order of the rows does not matter)."""
     root = write_mnist_folder(tmp_path_factory.mktemp("digits"), train_per_class=50, test_per_class=10)
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))[::-1]
-    rows = [{"path": name, "label": name.split("/")[1], "split": name.split("/")[0]} for name in files]
-    with open(root / "labels.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["path", "label", "split"])
-        writer.writeheader()
-        writer.writerows(rows)
-    (root / "labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    images = [{"bytes": (root / row["path"]).read_bytes(), "path": row["path"]} for row in rows]
-    pq.write_table(pa.table({"image": images, "label": [row["label"] for row in rows],
-                             "split": [row["split"] for row in rows]}), root / "digits.parquet")
+    write_label_files(root)
     return root
 
 
