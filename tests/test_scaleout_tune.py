@@ -29,7 +29,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def search_args(digits: Path, out: Path, trials: int) -> list[str]:
     """The same command on every machine; only --out (each machine's own disk) differs."""
-    return ["tune", "lenet5", "--data", str(digits), "--val-split", "40", "--epochs", "3", "--batch-size", "20",
+    return ["tune", "lenet5", "--data", str(digits), "--val-split", "40", "--epochs", "8", "--batch-size", "20",
             "--no-plots", "--threads", "1", "--device", "cpu", "--name", "shared", "--trials", str(trials),
             "--param", "lr=loguniform:1e-5:1e-1", "--pruner-startup", "2", "--out", str(out), "-q"]
 
@@ -100,7 +100,9 @@ def test_three_machines_share_one_postgres_study(postgres, digits: Path, tmp_pat
     while not state.is_file():
         assert killed.poll() is None, killed.communicate()[1]
         assert time.monotonic() < deadline, "trial 7 never saved an epoch"
-        time.sleep(0.02)
+        time.sleep(0.002)
+    # stopped at once, then killed: the 7 epochs after the first leave a wide margin to land mid-trial
+    os.killpg(killed.pid, signal.SIGSTOP)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.communicate()
     assert not (d_tune / "trial-7" / "1" / "results.json").exists()  # killed mid-trial
