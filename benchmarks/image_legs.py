@@ -170,8 +170,8 @@ def train_epochs(model, batches_per_epoch, epochs: int, warmup: bool = False) ->
     """
     import torch.nn.functional as F
 
-    from cnnctl.recipe.config import TrainConfig
     from cnnctl.engine.optim import build_optimizer
+    from cnnctl.recipe.config import TrainConfig
 
     optimizer = build_optimizer(TrainConfig(arch="resnet18"), model.parameters())
     model.train()

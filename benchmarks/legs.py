@@ -90,9 +90,9 @@ def compute_leg(args: argparse.Namespace) -> dict:
     """Pre-normalised in-memory tensors sliced in order: the cost of the model alone."""
     import torch
 
-    from cnnctl.recipe.config import TrainConfig
     from cnnctl.data.loader import Normalizer, fit_to_input
     from cnnctl.data.splits import load_split, resolve_preprocessing, split_positions
+    from cnnctl.recipe.config import TrainConfig
     from cnnctl.registry import get_dataset_spec, get_model_spec
 
     defaults = TrainConfig(arch="lenet5", dataset=args.dataset)

@@ -139,7 +139,8 @@ def predict(model_or_path: Any, images: Any, **options: Any) -> tuple[torch.Tens
     image whose top probability is below ``reject_below`` (default: the threshold ``calibrate --target-error``
     stored) gets label -1 ("unknown"). A multi-label checkpoint returns ``(given, probabilities)``: bool
     N×classes (each class at or above its threshold: the checkpoint's, or ``thresholds``, one number or one per
-    class) and each class's sigmoid.
+    class; kept within the checkpoint's range of labels per image, or ``label_count``: any, N or MIN-MAX) and each
+    class's sigmoid.
     """
     values = api_values(PREDICT, options, "cnnctl.predict")
     model_or_path, images = _model_and_images(model_or_path, images, values["device"], "cnnctl.predict")
@@ -240,7 +241,7 @@ def evaluate(checkpoint_path: str | os.PathLike[str], **options: Any) -> dict[st
                                report_dir=None if values["report"] is None else Path(values["report"]),
                                label_issues=values["label_issues"], top_losses=values["top_losses"],
                                tta=values["tta"], plots_dir=None if values["plots"] is None else Path(values["plots"]),
-                               thresholds=values["thresholds"])
+                               thresholds=values["thresholds"], label_count=values["label_count"])
 
 
 evaluate.__signature__ = api_signature(EVAL, [  # type: ignore[attr-defined]

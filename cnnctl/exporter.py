@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from cnnctl.checkpoint import existing_checkpoint, versions
 from cnnctl.checkpoint import load as load_checkpoint
 from cnnctl.engine.calibration import stored_temperature, stored_threshold
+from cnnctl.engine.multilabel_metrics import decisions as label_decisions
 from cnnctl.errors import CnnctlError, UsageError, first_line
 from cnnctl.exports import images as export_images
 from cnnctl.exports import onnx_format, openvino_format, torchscript_format  # noqa: F401  (each registers formats)
@@ -188,14 +189,24 @@ def _check_options(info: ExportFormat, opset: int | None, calibration_images: in
 
 def compare_label_decisions(meta: CheckpointMeta, expected: torch.Tensor, actual: torch.Tensor,
                             tolerance: float) -> int:
-    """Multi-label: the labels the export gives at the checkpoint's thresholds (those the preprocessing JSON
-    states) must be PyTorch's, except where a probability lies within ``tolerance`` of its threshold. Returns the
-    number of (image, label) decisions compared."""
+    """Multi-label: the labels the export gives at the checkpoint's thresholds and label count (those the
+    preprocessing JSON states) must be PyTorch's, except on an image where a probability lies within ``tolerance``
+    of its threshold (that label alone without a label count, the whole image with one, as it can move the others),
+    or the label count's cut falls between two probabilities within ``tolerance``. Returns the number of (image,
+    label) decisions compared."""
     import torch
 
     thresholds = torch.tensor(meta.resolved_thresholds, dtype=torch.float32).view(1, -1)
     theirs, ours = actual.float().sigmoid(), expected.float().sigmoid()
-    differ = ((theirs >= thresholds) != (ours >= thresholds)) & ((ours - thresholds).abs() > tolerance)
+    label_count = meta.label_count_range
+    ours_given = label_decisions(ours, meta.resolved_thresholds, label_count)
+    excused = (ours - thresholds).abs() <= tolerance
+    if label_count is not None:
+        infinity = torch.full_like(ours, float("inf"))
+        lowest_kept = torch.where(ours_given, ours, infinity).amin(1, keepdim=True)
+        highest_left = torch.where(ours_given, -infinity, ours).amax(1, keepdim=True)
+        excused = excused.any(1, keepdim=True) | ((lowest_kept - highest_left).abs() <= tolerance)
+    differ = (label_decisions(theirs, meta.resolved_thresholds, label_count) != ours_given) & ~excused
     if bool(differ.any()):
         image, label = (int(v) for v in differ.nonzero()[0])
         raise CnnctlError(f"the export decides label {meta.classes[label]!r} of verification image {image} unlike "
@@ -323,11 +334,15 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
         "output_name": OUTPUT_NAME,
         "output": (f"logits, N x {meta.num_classes}; a sigmoid per class gives its probability, and an image has "
                    "every class whose probability is at or above its threshold (thresholds, in the order of classes)"
+                   + ("; an image given fewer than label_count[0] classes also gets its most probable others up to "
+                      "that many, one given more than label_count[1] keeps its most probable ones"
+                      if meta.label_count is not None else "")
                    if meta.multilabel else
                    f"logits, N x {meta.num_classes}; softmax(logits / temperature) gives class probabilities in "
                    "the order of classes" + ("; answer 'unknown' when the top probability is below reject_below"
                                              if threshold is not None else "")),
-        **({"task": meta.task, "thresholds": meta.resolved_thresholds} if meta.multilabel else {}),
+        **({"task": meta.task, "thresholds": meta.resolved_thresholds, "label_count": meta.label_count}
+           if meta.multilabel else {}),
         "temperature": temperature,  # `cnnctl calibrate` (1: not calibrated); the exported graph outputs raw logits
         "reject_below": threshold,  # `cnnctl calibrate --target-error`, or null
         "steps": steps,
@@ -383,7 +398,7 @@ def _other_exports(path: Path, document: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     shared = ("format", "arch", "classes", "channels", "image_size", "resize", "interpolation", "pad", "mean", "std",
-              "input_shape", "task", "thresholds")
+              "input_shape", "task", "thresholds", "label_count")
     if any(earlier.get(key) != document.get(key) for key in shared):
         return {}
     return {name: entry for name, entry in exports.items() if (path.parent / name).is_file()}

@@ -55,6 +55,7 @@ def test_training_chooses_the_task_and_keeps_thresholds(trained) -> None:
     meta = cnnctl.checkpoint.read_meta(trained.best_path)
     assert meta.task == "multilabel" and meta.config["task"] == "multilabel"
     assert len(meta.thresholds) == 4 and all(0 <= t <= 1 for t in meta.thresholds)
+    assert meta.label_count == [1, 2]  # the quadrant images have one or two labels each
     results = json.loads((trained.run_dir / "results.json").read_text())
     assert results["task"] == "multilabel" and results["test_map"] > 0.9
     assert {"val_map", "val_micro_f1", "val_acc"} <= set(trained.history[-1])
@@ -85,15 +86,25 @@ def test_eval_predict_and_report(trained, tmp_path: Path) -> None:
     assert "subset accuracy" in html and "precision-recall-figure" in html and "Per label" in html
     stored = json.loads((tmp_path / "report" / "report.json").read_text())
     assert stored["map"] == pytest.approx(report["map"])
-    lowered = cnnctl.evaluate(trained.run_dir, thresholds="0.01")
+    assert report["label_count"] == [1, 2]
+    lowered = cnnctl.evaluate(trained.run_dir, thresholds="0.01", label_count="any")
     assert lowered["micro_recall"] == pytest.approx(1.0) and lowered["thresholds"] == [0.01] * 4
+    everything = cnnctl.evaluate(trained.run_dir, thresholds="0", label_count="any")
+    assert everything["label_count"] is None and everything["labels_per_image"]["predicted"] == pytest.approx(4.0)
+    kept = cnnctl.evaluate(trained.run_dir, thresholds="0")  # every label passes; the two most probable stay
+    assert kept["labels_per_image"]["predicted"] == pytest.approx(2.0)
+    assert cnnctl.evaluate(trained.run_dir, thresholds="1", label_count="1")["labels_per_image"][
+        "predicted"] == pytest.approx(1.0)
 
     paths, targets = write_pngs(tmp_path / "images")
     given, probabilities = cnnctl.predict(trained.run_dir, tmp_path / "images")
     assert given.dtype == torch.bool and given.shape == probabilities.shape == (6, 4)
     assert (given == torch.from_numpy(targets > 0.5)).all(dim=1).float().mean() >= 0.5
-    everything, _ = cnnctl.predict(trained.run_dir, tmp_path / "images", thresholds="0")
+    everything, _ = cnnctl.predict(trained.run_dir, tmp_path / "images", thresholds="0", label_count="any")
     assert everything.all()
+    two, probabilities = cnnctl.predict(trained.run_dir, tmp_path / "images", thresholds="0")
+    assert (two.sum(1) == 2).all()
+    assert (two == torch.zeros_like(two).scatter_(1, probabilities.topk(2, dim=1).indices, True)).all()
 
     runner = CliRunner()
     result = runner.invoke(app, ["predict", str(trained.run_dir), str(tmp_path / "images")])
@@ -103,10 +114,13 @@ def test_eval_predict_and_report(trained, tmp_path: Path) -> None:
     names = set(lines[1].split(",")[1].split("|"))
     assert names <= set(QUADRANTS) and lines[1].split(",")[2].count(":") == 4
     result = runner.invoke(app, ["predict", str(trained.run_dir), str(paths[0]), "--json", "--thresholds",
-                                 "1,1,1,1"])
+                                 "1,1,1,1", "--label-count", "any"])
     rows = json.loads(result.stdout)
     assert set(rows[0]["probabilities"]) == set(QUADRANTS)
     assert rows[0]["labels"] == [name for name, p in rows[0]["probabilities"].items() if p >= 1.0]
+    result = runner.invoke(app, ["predict", str(trained.run_dir), str(paths[0]), "--json", "--thresholds", "1"])
+    row = json.loads(result.stdout)[0]  # none reaches 1: the most probable label is given, as at least one is
+    assert row["labels"] == [max(row["probabilities"], key=row["probabilities"].get)]
     result = runner.invoke(app, ["eval", str(trained.run_dir)])
     assert result.exit_code == 0 and "mAP" in result.stdout and "subset accuracy" in result.stdout
 
@@ -128,6 +142,24 @@ def test_bad_thresholds_are_one_line(trained, tmp_path: Path, value: str, messag
     assert len(result.stderr.strip().splitlines()) <= 2  # the error and, at most, its hint
 
 
+@pytest.mark.parametrize("value,message", [
+    ("x", "--label-count takes any, N or MIN-MAX labels per image, got 'x'"),
+    ("3-1", "--label-count 3-1 is outside 0 <= MIN <= MAX <= 4"),
+    ("5", "--label-count 5 is outside 0 <= MIN <= MAX <= 4"),
+    ("1-", "--label-count takes any, N or MIN-MAX labels per image"),
+])
+def test_bad_label_counts_are_one_line(trained, tmp_path: Path, value: str, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from cnnctl.cli import app
+
+    paths, _ = write_pngs(tmp_path / "images", count=1)
+    for command in (["predict", str(trained.run_dir), str(paths[0])], ["eval", str(trained.run_dir)]):
+        result = CliRunner().invoke(app, [*command, "--label-count", value])
+        assert result.exit_code != 0 and message in result.stderr and "Traceback" not in result.output
+        assert len(result.stderr.strip().splitlines()) <= 2
+
+
 def test_thresholds_of_a_single_label_checkpoint_are_refused(trained, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -140,6 +172,8 @@ def test_thresholds_of_a_single_label_checkpoint_are_refused(trained, tmp_path: 
     result = CliRunner().invoke(app, ["predict", str(single), str(paths[0]), "--thresholds", "0.5"])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "--thresholds applies to multi-label checkpoints; this one is single-label" in result.stderr
+    result = CliRunner().invoke(app, ["predict", str(single), str(paths[0]), "--label-count", "1"])
+    assert result.exit_code != 0 and "--label-count applies to multi-label checkpoints" in result.stderr
 
 
 def test_checkpoint_schema_refuses_bad_thresholds(trained, tmp_path: Path) -> None:
@@ -151,6 +185,13 @@ def test_checkpoint_schema_refuses_bad_thresholds(trained, tmp_path: Path) -> No
         meta.thresholds = thresholds
         path = cnnctl.checkpoint.save(tmp_path / "bad.safetensors", model, meta)
         with pytest.raises(CheckpointError, match=message):
+            cnnctl.checkpoint.read_meta(path)
+    meta.thresholds = [0.5] * 4
+    for label_count, message in (([2, 1], r"is \[2, 1\]; 0 <= fewest <= most <= 4"), ([1, 5], "<= 4"),
+                                 ([1], "must be \\[fewest, most\\]"), ([1.0, 2], "two whole numbers")):
+        meta.label_count = label_count
+        path = cnnctl.checkpoint.save(tmp_path / "bad.safetensors", model, meta)
+        with pytest.raises(CheckpointError, match=f"label_count.*{message}"):
             cnnctl.checkpoint.read_meta(path)
 
 
@@ -184,6 +225,7 @@ def test_export_states_and_checks_the_thresholds(trained, tmp_path: Path) -> Non
     document = json.loads(result.preprocessing_path.read_text())
     meta = cnnctl.checkpoint.read_meta(trained.best_path)
     assert document["task"] == "multilabel" and document["thresholds"] == meta.thresholds
+    assert document["label_count"] == meta.label_count == [1, 2] and "label_count[1]" in document["output"]
     assert "sigmoid" in document["output"] and result.label_decisions == result.verified_count * 4
     assert "decisions at the thresholds agree" in document["exports"]["model.torchscript.pt"]["verification"][
         "label_decisions"]
@@ -194,11 +236,18 @@ def test_export_refuses_label_decisions_unlike_pytorchs(trained) -> None:
     from cnnctl.exporter import compare_label_decisions
 
     meta = cnnctl.checkpoint.read_meta(trained.best_path)
-    meta.thresholds = [0.5] * 4
+    meta.thresholds, meta.label_count = [0.5] * 4, None
     expected = torch.tensor([[2.0, -2.0, 0.0, 1.0]])
     assert compare_label_decisions(meta, expected, expected + 5e-5, 1e-4) == 4  # 0.0 sits at the threshold
     with pytest.raises(CnnctlError, match="decides label 'nw' of verification image 0 unlike PyTorch"):
         compare_label_decisions(meta, expected, torch.tensor([[2.0, 2.0, 0.0, 1.0]]), 1e-4)
+    meta.label_count = [1, 1]  # one label each: the most probable, so a change of order changes the decision
+    expected = torch.tensor([[2.0, -2.0, -1.0, 1.0]])
+    assert compare_label_decisions(meta, expected, expected + 5e-5, 1e-4) == 4
+    near = torch.tensor([[2.0, -2.0, -1.0, 2.0 - 1e-5]])  # the two most probable within the tolerance: excused
+    assert compare_label_decisions(meta, near, torch.tensor([[2.0, -2.0, -1.0, 2.0 + 1e-5]]), 1e-4) == 4
+    with pytest.raises(CnnctlError, match="decides label 'ne' of verification image 0 unlike PyTorch"):
+        compare_label_decisions(meta, expected, torch.tensor([[2.0, -2.0, -1.0, 2.5]]), 1e-4)
 
 
 def test_tune_maximises_the_mean_average_precision(quadrants, tmp_path: Path) -> None:
@@ -246,6 +295,9 @@ def test_a_label_file_with_several_labels_trains_multilabel(tmp_path: Path) -> N
                        **{**FAST, "epochs": 2})
     said = [line for line in messages if line.startswith("multi-label task")]
     assert len(said) == 1 and "of 60 training images have several labels" in said[0]
+    assert any(line.startswith("multi-label decisions keep to 1 to 2 labels per image, as the training images "
+                               "have") for line in messages)
+    assert not [line for line in messages if "no training image of class" in line]  # every label has images
     meta = cnnctl.checkpoint.read_meta(run.best_path)
     assert meta.task == "multilabel" and meta.classes == list(QUADRANTS)
     report = cnnctl.evaluate(run.run_dir)
@@ -287,5 +339,5 @@ def test_the_server_rows_are_predicts_json_rows(trained, tmp_path: Path) -> None
 def test_task_multilabel_trains_single_label_data_with_a_sigmoid_each(micro_digits, tmp_path: Path) -> None:
     run = cnnctl.train("lenet5", dataset="microdigits", task="multilabel", out=str(tmp_path), **{**FAST, "epochs": 1})
     meta = cnnctl.checkpoint.read_meta(run.best_path)
-    assert meta.task == "multilabel" and len(meta.thresholds) == 4
+    assert meta.task == "multilabel" and len(meta.thresholds) == 4 and meta.label_count == [1, 1]
     assert run.results["task"] == "multilabel" and 0 <= run.results["test_map"] <= 1

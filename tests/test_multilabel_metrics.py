@@ -95,3 +95,38 @@ def test_thresholds_of_a_label_without_positives_stay_at_the_default() -> None:
 def test_positive_weights_are_negatives_over_positives() -> None:
     targets = torch.tensor([[1, 0, 1], [0, 0, 1], [0, 1, 1], [0, 0, 1]])
     assert ml.positive_weights(targets).tolist() == pytest.approx([3.0, 3.0, 1.0])
+
+
+def _decisions_one_by_one(probabilities: torch.Tensor, thresholds: list[float],
+                          label_count: tuple[int, int]) -> torch.Tensor:
+    """The label-count rule written out per image: the labels at their thresholds; too few: add the most probable
+    others; too many: keep the most probable of them."""
+    fewest, most = label_count
+    rows = []
+    for scores in probabilities.tolist():
+        given = [c for c, p in enumerate(scores) if p >= thresholds[c]]
+        others = [c for c in range(len(scores)) if c not in given]
+        if len(given) < fewest:
+            given += sorted(others, key=lambda c, row=scores: -row[c])[:fewest - len(given)]
+        elif len(given) > most:
+            given = sorted(given, key=lambda c, row=scores: -row[c])[:most]
+        rows.append([c in given for c in range(len(scores))])
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_decisions_keep_to_the_label_count(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    probabilities = torch.rand(300, 6, generator=generator)
+    thresholds = torch.rand(6, generator=generator).tolist()
+    for label_count in ((0, 6), (1, 6), (2, 2), (1, 3), (0, 1), (3, 5)):
+        got = ml.decisions(probabilities, thresholds, label_count)
+        assert torch.equal(got, _decisions_one_by_one(probabilities, thresholds, label_count)), label_count
+        assert ((got.sum(1) >= label_count[0]) & (got.sum(1) <= label_count[1])).all()
+    assert torch.equal(ml.decisions(probabilities, thresholds, (0, 6)), ml.decisions(probabilities, thresholds))
+
+
+def test_label_count_range_is_the_fewest_and_most_labels_of_an_image() -> None:
+    targets = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.float32)
+    assert ml.label_count_range(targets) == (1, 3)
+    assert ml.label_count_range(torch.zeros(0, 4)) == (0, 4)

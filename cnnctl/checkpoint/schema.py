@@ -186,6 +186,7 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
         check.text(value, f"versions.{key}", limit=200)
     image_stats = _image_stats(data.get("image_stats"), check)
     task, thresholds = _task(data, len(classes), check)
+    label_count = _label_count(data.get("label_count"), task, len(classes), check)
     calibration = _calibration(data.get("calibration"), check)
     distillation = check.obj(data.get("distillation"), "distillation", optional=True)
     return {
@@ -207,6 +208,7 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
         "distillation": distillation or None,
         "task": task,
         "thresholds": thresholds,
+        "label_count": label_count,
     }
 
 
@@ -232,6 +234,21 @@ def _task(data: dict[str, Any], classes: int, check: _Checker) -> tuple[str, lis
         if not (math.isfinite(v) and 0 <= v <= 1):
             raise check.fail("thresholds", f"holds {v}, outside 0..1")
     return str(task), [float(v) for v in value]
+
+
+def _label_count(value: Any, task: str, classes: int, check: _Checker) -> list[int] | None:
+    """``label_count``: [fewest, most] labels per image seen in training (multilabel), 0 <= fewest <= most <=
+    classes."""
+    if value is None:
+        return None
+    if task != "multilabel":
+        raise check.fail("label_count", "is given, but only multi-label checkpoints have one")
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 for v in value)):
+        raise check.fail("label_count", f"must be [fewest, most], two whole numbers, not {_short(value)}")
+    if not 0 <= value[0] <= value[1] <= classes:
+        raise check.fail("label_count", f"is {value}; 0 <= fewest <= most <= {classes} (the classes) expected")
+    return [int(v) for v in value]
 
 
 
@@ -361,6 +378,7 @@ class CheckpointMeta:
     distillation: dict[str, Any] | None = None  # --teacher: the teacher and the loss's settings (engine/distill.py)
     task: str = "single"  # or "multilabel": a sigmoid per class, labels at or above ``thresholds``
     thresholds: list[float] | None = None  # multilabel: each class's decision threshold (tuned on validation)
+    label_count: list[int] | None = None  # multilabel: [fewest, most] labels per training image; decisions keep to it
 
     @property
     def num_classes(self) -> int:
@@ -374,6 +392,11 @@ class CheckpointMeta:
     def resolved_thresholds(self) -> list[float]:
         """Each class's decision threshold (multilabel; 0.5 where none were tuned)."""
         return list(self.thresholds) if self.thresholds is not None else [0.5] * self.num_classes
+
+    @property
+    def label_count_range(self) -> tuple[int, int] | None:
+        """(fewest, most) labels per image the decisions keep to (multilabel; None: any number)."""
+        return (self.label_count[0], self.label_count[1]) if self.label_count is not None else None
 
     def to_json(self) -> str:
         document = (
@@ -403,6 +426,8 @@ class CheckpointMeta:
         if self.task != "single":  # likewise: a single-label checkpoint reads as before
             document["task"] = self.task
             document["thresholds"] = self.resolved_thresholds
+            if self.label_count is not None:
+                document["label_count"] = list(self.label_count)
         return json.dumps(document)
 
     @classmethod
@@ -426,4 +451,5 @@ class CheckpointMeta:
             distillation=data["distillation"],
             task=data["task"],
             thresholds=data["thresholds"],
+            label_count=data["label_count"],
         )

@@ -39,7 +39,8 @@ def eval_command(checkpoint_path: str | None = None, **params: Any) -> None:
                                  device=values["device"], log=stderr_line, data_dir=values["data"],
                                  plots_dir=values["plots"], report_dir=values["report"],
                                  label_issues=values["label_issues"], top_losses=values["top_losses"],
-                                 tta=values["tta"], thresholds=values["thresholds"])
+                                 tta=values["tta"], thresholds=values["thresholds"],
+                                 label_count=values["label_count"])
     tta = values["tta"]
     if values["json_output"]:
         print_json(report)
@@ -99,7 +100,12 @@ def print_multilabel(report: dict[str, Any], tta: str) -> None:
         fields.append(f"(test-time augmentation: {tta})")
     head = f"{report['arch']} on {evaluated_on(report)} ({report['count']:,} images, multi-label):"
     console.print(wrap_fields(head, fields, console.width), highlight=False, soft_wrap=True)
-    table = Table(title=f"thresholds {report['threshold_source']}", title_justify="left")
+    count = report.get("label_count")
+    within = ("any number of labels per image" if count is None else
+              f"{count[0]} label{'s' if count[0] != 1 else ''} per image" if count[0] == count[1] else
+              f"{count[0]} to {count[1]} labels per image")
+    table = Table(title=f"thresholds {report['threshold_source']}; decisions keep to {within}",
+                  title_justify="left")
     for column in ("label", "AP", "threshold", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "label" else "right")
     for row in report["per_class"]:

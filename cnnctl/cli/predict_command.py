@@ -61,6 +61,7 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         find_images,
         folder_accuracy,
         load_for_inference,
+        parse_label_count,
         parse_thresholds,
         predictions_csv,
         predictions_json,
@@ -95,6 +96,7 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
         model, _ = load_for_inference(checkpoint_argument(checkpoint_path), device=device)
     meta = model.cnnctl_meta
     given = parse_thresholds(values["thresholds"], meta.classes, task=getattr(meta, "task", None))
+    label_count = parse_label_count(values["label_count"], meta)
     if plot and getattr(meta, "multilabel", False):
         raise UsageError("--plot draws one class per image; it does not apply to multi-label checkpoints")
     files, skipped = find_images(paths)
@@ -103,7 +105,7 @@ Images in folders named after classes (digits/7/x.png) also give the accuracy.""
                          hint="pass png/jpg/bmp/webp/tif files or folders that contain them")
     predictor = Predictor(model, model.cnnctl_meta, batch_size=values["batch_size"], topk=values["topk"],
                           max_pixels=values["max_pixels"], tta=tta, reject_below=values["reject_below"],
-                          thresholds=given)
+                          thresholds=given, label_count=label_count)
     predictor.import_decoders()  # start-up, not prediction: outside the time reported
     started = time.perf_counter()
     predictions = []

@@ -35,6 +35,7 @@ from cnnctl.data.images import (
 from cnnctl.data.items import Source, SourceScan, label_index, register_source, scan_source
 from cnnctl.data.splits import PreparedData, resolve_preprocessing, split_positions
 from cnnctl.data.stream import StreamedImages, memory_budget, plan_cache, size_text, stream_workers
+from cnnctl.data.targets import images_per_class
 from cnnctl.errors import DataError, UsageError
 from cnnctl.filekind import IMAGE_SUFFIXES
 from cnnctl.models.weights import (
@@ -588,7 +589,8 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
         names = ", ".join(report.empty_classes[:5]) + (" …" if len(report.empty_classes) > 5 else "")
         raise DataError(f"class(es) {names}: none of their training images could be read (see above)",
                         hint=f"fix or remove the files (`cnnctl check {root}` lists them)")
-    missing = [name for index, name in enumerate(scan.classes) if not bool((train.labels == index).any())]
+    per_class = images_per_class(train.labels, len(scan.classes))
+    missing = [name for index, name in enumerate(scan.classes) if int(per_class[index]) == 0]
     if missing:
         log(f"warning: no training image of class(es) {', '.join(missing[:5])} (unreadable files or --limit); "
             "the model cannot learn them")

@@ -39,6 +39,15 @@ def as_multi_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels.to(torch.int64), num_classes).to(torch.float32)
 
 
+def images_per_class(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """How many images have each class (int64 classes), for class indices and 0/1 rows alike."""
+    import torch
+
+    if is_multi_hot(labels):
+        return (labels > 0.5).sum(0).to(torch.int64)
+    return torch.bincount(labels.to("cpu", torch.int64), minlength=num_classes)
+
+
 def labels_per_image(labels: torch.Tensor) -> torch.Tensor:
     """How many labels each image has (int64 N)."""
     import torch

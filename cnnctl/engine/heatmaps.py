@@ -225,7 +225,7 @@ def explain_tensor(model: torch.nn.Module, images: torch.Tensor, *, method: str 
     if target is not None:
         pairs = [(row, _class_index(target, classes)) for row in range(probabilities.shape[0])]
     elif multilabel:  # one map per label given
-        given = decisions(probabilities, meta.resolved_thresholds)
+        given = decisions(probabilities, meta.resolved_thresholds, meta.label_count_range)
         pairs = [(row, c) for row in range(probabilities.shape[0])
                  for c in (given[row].nonzero().flatten().tolist() or [int(probabilities[row].argmax())])]
     else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from cnnctl.data.targets import images_per_class
 from cnnctl.engine.multilabel_metrics import positive_weights
 from cnnctl.recipe.class_weights import check_class_names
 
@@ -21,12 +22,6 @@ if TYPE_CHECKING:
 
     from cnnctl.data.splits import PreparedData
 
-def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    import torch
-
-    return torch.bincount(labels.to("cpu", torch.int64), minlength=num_classes)
-
-
 def resolve_class_weights(value: str | None, classes: Sequence[str], labels: torch.Tensor) -> torch.Tensor | None:
     """The loss weight of each class (float32, in ``classes`` order), or None for plain cross-entropy."""
     import torch
@@ -34,7 +29,7 @@ def resolve_class_weights(value: str | None, classes: Sequence[str], labels: tor
     if value is None:
         return None
     if value == "auto":
-        counts = class_counts(labels, len(classes)).double()
+        counts = images_per_class(labels, len(classes)).double()
         present = counts > 0
         weights = torch.zeros(len(classes), dtype=torch.float64)
         weights[present] = counts.sum() / (int(present.sum()) * counts[present])
@@ -50,7 +45,7 @@ def describe_weights(weights: torch.Tensor, classes: Sequence[str], limit: int =
 
 def balanced_sample_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per-image sampling weight 1 / (images of its class): every class is drawn equally often."""
-    counts = class_counts(labels, num_classes).double().clamp_min(1)
+    counts = images_per_class(labels, num_classes).double().clamp_min(1)
     return (1.0 / counts)[labels.to("cpu").long()]
 
 

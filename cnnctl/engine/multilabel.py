@@ -3,8 +3,9 @@
 Training minimises binary cross-entropy per label (``--class-weights auto``: each label's positives weighted by
 its negatives / positives in the training split). After every validation each label's decision threshold is
 chosen to maximise its F1 on the validation split (:func:`~cnnctl.engine.multilabel_metrics.tune_thresholds`);
-the checkpoint keeps them in its metadata, and ``predict`` gives every label whose probability reaches its
-threshold (``--thresholds`` overrides them). The task is chosen automatically when an image of the training data
+the checkpoint keeps them in its metadata with the range of labels per image in the training split, and
+``predict`` gives every label whose probability reaches its threshold, within that range (``--thresholds`` and
+``--label-count`` override them). The task is chosen automatically when an image of the training data
 has several labels, and said in one line.
 """
 
@@ -48,7 +49,23 @@ def resolve_task(requested: str | None, data: Any, log: Callable[[str], None]) -
         log(f"multi-label task: {several:,} of {len(data.train):,} training images have several labels, so "
             f"each of the {classes} labels gets a sigmoid and binary cross-entropy (--task single refuses this "
             "data)")
+    fewest, most = metrics.label_count_range(data.train.labels)
+    log(f"multi-label decisions keep to {describe_label_count((fewest, most))} per image, as the training images "
+        "have (eval/predict --label-count any lifts this)")
     return MULTILABEL
+
+
+def training_label_count(data: Any) -> tuple[int, int]:
+    """(fewest, most) labels per image in the training split: the range a multi-label model's decisions keep
+    to, so that data whose images all have two labels is answered with two."""
+    return metrics.label_count_range(data.train.labels)
+
+
+def describe_label_count(label_count: tuple[int, int] | None) -> str:
+    if label_count is None:
+        return "any number of labels"
+    fewest, most = label_count
+    return f"{fewest} label{'s' if fewest != 1 else ''}" if fewest == most else f"{fewest} to {most} labels"
 
 
 def task_settings(config: Any, task: str) -> str:
@@ -111,6 +128,7 @@ class MultiLabelResult:
     probabilities: Any  # float32 N×C
     targets: Any  # float32 N×C (0/1)
     average_precision: list[float] = field(default_factory=list)
+    label_count: tuple[int, int] | None = None  # (fewest, most) labels an image is given; None: any number
 
     @property
     def map(self) -> float:
@@ -119,7 +137,7 @@ class MultiLabelResult:
 
     @property
     def predicted(self) -> torch.Tensor:
-        return metrics.decisions(self.probabilities, self.thresholds)
+        return metrics.decisions(self.probabilities, self.thresholds, self.label_count)
 
     @property
     def subset_accuracy(self) -> float:
@@ -143,7 +161,8 @@ class MultiLabelResult:
                                   "subset_accuracy": self.subset_accuracy, "map": self.map,
                                   "micro_f1": self.micro_f1, "macro_f1": self.macro_f1,
                                   "balanced_accuracy": self.balanced_accuracy, "count": self.count,
-                                  "thresholds": list(self.thresholds)}
+                                  "thresholds": list(self.thresholds),
+                                  "label_count": list(self.label_count) if self.label_count else None}
         if classes is not None:
             report = metrics.per_label_report(self.predicted, self.targets, list(classes))
             for row, ap, threshold in zip(report["per_class"], self.average_precision, self.thresholds):
@@ -158,10 +177,12 @@ class MultiLabelResult:
 
 def evaluate_multilabel(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                         num_classes: int, *, thresholds: Sequence[float] | None = None, tune: bool = False,
+                        label_count: tuple[int, int] | None = None,
                         max_batches: int | None = None, autocast: Any = None, tta: str = "none",
                         on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> MultiLabelResult:
     """Run ``model`` over ``batches`` (labels: 0/1 rows, or class indices) and score the sigmoid outputs at
-    ``thresholds`` (0.5 each when None); ``tune``: choose each label's threshold for its best F1 here first."""
+    ``thresholds`` (0.5 each when None) within ``label_count`` (fewest, most labels per image); ``tune``: choose
+    each label's threshold for its best F1 here first."""
     import contextlib
 
     import torch
@@ -196,7 +217,8 @@ def evaluate_multilabel(model: torch.nn.Module, batches: Iterable[tuple[torch.Te
     chosen = [metrics.DEFAULT_THRESHOLD] * num_classes if thresholds is None else [float(t) for t in thresholds]
     return MultiLabelResult(loss=loss_sum / (count * num_classes) if count else float("nan"), count=count,
                             thresholds=chosen, probabilities=scores, targets=truth,
-                            average_precision=metrics.per_label_average_precision(scores, truth))
+                            average_precision=metrics.per_label_average_precision(scores, truth),
+                            label_count=label_count)
 
 
 def metric_row(result: MultiLabelResult, prefix: str) -> dict[str, float]:
@@ -236,3 +258,30 @@ def parse_thresholds(value: str | Sequence[float] | None, classes: Sequence[str]
         raise UsageError(f"{option} has {len(numbers)} values but the checkpoint has {len(classes)} labels",
                          hint="give one value for every label, or one per label in the order of the classes")
     return numbers
+
+
+STORED = "stored"  # --label-count left out: the range the checkpoint keeps
+
+
+def parse_label_count(value: str | int | None, meta: Any, option: str = "--label-count"
+                      ) -> tuple[int, int] | None | str:
+    """``--label-count``: ``any`` (no limit), ``N`` or ``MIN-MAX`` labels per image; :data:`STORED` when left out.
+    Only for a multi-label checkpoint."""
+    if value is None:
+        return STORED
+    if not getattr(meta, "multilabel", False):
+        raise UsageError(f"{option} applies to multi-label checkpoints; this one is single-label (it gives one "
+                         "class per image)")
+    text = str(value).strip().lower()
+    if text == "any":
+        return None
+    low, dash, high = text.partition("-")
+    try:
+        fewest, most = int(low), int(high if dash else low)
+    except ValueError:
+        raise UsageError(f"{option} takes any, N or MIN-MAX labels per image, got {value!r}") from None
+    if not 0 <= fewest <= most <= meta.num_classes:
+        raise UsageError(f"{option} {value} is outside 0 <= MIN <= MAX <= {meta.num_classes} (the checkpoint's "
+                         "labels)", hint="e.g. --label-count 1-3, or any")
+    return fewest, most
+

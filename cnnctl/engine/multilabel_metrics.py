@@ -6,6 +6,8 @@ each checked against scikit-learn in the tests.
 - precision, recall and F1 per label at per-label decision thresholds (0 where undefined, as scikit-learn's
   ``zero_division=0``), micro F1 (over every image-label decision) and macro F1 (the mean over all labels);
 - subset accuracy: the share of images whose whole set of labels is right;
+- the decisions: each label at or above its threshold, kept within the range of labels per image that the
+  training split has (an image of data whose images all have two labels gets two);
 - the decision thresholds that maximise each label's F1 on a split (the validation split in training).
 """
 
@@ -49,12 +51,31 @@ def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float
     return sum(values) / len(values) if values else float("nan")
 
 
-def decisions(probabilities: torch.Tensor, thresholds: Any) -> torch.Tensor:
-    """Which labels each image is given: probability >= its label's threshold (bool N×C)."""
+def decisions(probabilities: torch.Tensor, thresholds: Any,
+              label_count: tuple[int, int] | None = None) -> torch.Tensor:
+    """Which labels each image is given (bool N×C): those whose probability reaches their label's threshold.
+    ``label_count`` (fewest, most), the range of labels per image seen in training: an image given fewer labels
+    also gets its most probable other labels up to the fewest, one given more keeps its most probable ones."""
     import torch
 
     limits = torch.as_tensor(thresholds, dtype=probabilities.dtype, device=probabilities.device).view(1, -1)
-    return probabilities >= limits
+    given = probabilities >= limits
+    if label_count is None or probabilities.shape[0] == 0:
+        return given
+    fewest, most = label_count
+    wanted = given.sum(1, keepdim=True).clamp(min=fewest, max=most)
+    order = torch.argsort(probabilities + 2.0 * given, dim=1, descending=True, stable=True)  # given ones first
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device)
+                                            .expand_as(order).contiguous())
+    return rank < wanted
+
+
+def label_count_range(targets: torch.Tensor) -> tuple[int, int]:
+    """The fewest and the most labels an image of ``targets`` (0/1 N×C) has."""
+    per_image = (targets.detach().cpu() > 0.5).sum(1)
+    if per_image.numel() == 0:
+        return 0, targets.shape[1]
+    return int(per_image.min()), int(per_image.max())
 
 
 def counts(predicted: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -16,7 +16,11 @@ from cnnctl.data.images import ResizeTarget, decode_to_target, read_file_bytes
 from cnnctl.data.loader import Normalizer
 from cnnctl.engine.calibration import UNKNOWN, stored_temperature, stored_threshold
 from cnnctl.engine.device import resolve_device
-from cnnctl.engine.multilabel import parse_thresholds  # noqa: F401 - part of this module's API (predict --thresholds)
+from cnnctl.engine.multilabel import (  # noqa: F401 - part of this module's API (predict --thresholds)
+    STORED,
+    parse_label_count,
+    parse_thresholds,
+)
 from cnnctl.engine.multilabel_metrics import decisions
 from cnnctl.engine.tta import check_tta, tta_probabilities
 from cnnctl.errors import CnnctlError, DataError, UsageError
@@ -124,7 +128,8 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, *, batch_size: int = 256, topk: int = 5,
                  workers: int | None = None, max_pixels: int | None = None, tta: str = "none",
-                 reject_below: float | None = None, thresholds: Sequence[float] | None = None):
+                 reject_below: float | None = None, thresholds: Sequence[float] | None = None,
+                 label_count: tuple[int, int] | None | str = STORED):
         import torch
 
         self.model = model.eval()
@@ -142,6 +147,8 @@ class Predictor:
         self.multilabel = bool(getattr(meta, "multilabel", False))  # a sigmoid per class, labels at thresholds
         self.thresholds = list(thresholds) if thresholds is not None else (
             meta.resolved_thresholds if self.multilabel else None)
+        self.label_count = (getattr(meta, "label_count_range", None) if label_count == STORED
+                            else label_count)  # (fewest, most) labels per image, or None: any number
         # images unlike the training images: input_warning(); a model without a training run has no statistics
         self.input_check = InputCheck(getattr(meta, "image_stats", None))
         # `cnnctl calibrate`: logits are divided by the stored temperature; an image whose top probability is
@@ -188,7 +195,7 @@ class Predictor:
         thresholds, probabilities N×classes)."""
         probabilities = self.probabilities(images).cpu()
         if self.multilabel:
-            return decisions(probabilities, self.thresholds), probabilities
+            return decisions(probabilities, self.thresholds, self.label_count), probabilities
         return probabilities.argmax(dim=1), probabilities
 
     def _safe_decode(self, data: bytes, path: Path) -> torch.Tensor | str:
@@ -301,20 +308,21 @@ def check_reject_below(value: float) -> float:
 
 
 def predict_api(model_or_path: Any, images: Any, *, device: str = "cpu", tta: str = "none", batch_size: int = 256,
-                max_pixels: int | None = None, reject_below: float | None = None, thresholds: Any = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                max_pixels: int | None = None, reject_below: float | None = None, thresholds: Any = None,
+                label_count: str | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``cnnctl.predict``: labels (int64 N) and class probabilities (N×classes) for files, folders or a uint8
     N×C×H×W tensor already at the checkpoint's image size; ``tta``: none, flip, crop or flip-crop (engine/tta.py).
     Probabilities are divided by the checkpoint's calibration temperature; an image whose top probability is below
     ``reject_below`` (default: the checkpoint's stored threshold, if any) gets label -1 ("unknown"). A multi-label
-    checkpoint gives (bool N×classes: the labels at its thresholds, or at ``thresholds``, and each class's sigmoid
-    probability)."""
+    checkpoint gives (bool N×classes: the labels at its thresholds, or at ``thresholds``, within its label count,
+    or ``label_count`` (any, N or MIN-MAX), and each class's sigmoid probability)."""
     import torch
 
     model, meta = model_with_meta(model_or_path, device, "cnnctl.predict")
     given = parse_thresholds(thresholds, meta.classes, task=getattr(meta, "task", None), option="thresholds")
     predictor = Predictor(model, meta, batch_size=batch_size, max_pixels=max_pixels, tta=tta,
-                          reject_below=reject_below, thresholds=given)
+                          reject_below=reject_below, thresholds=given,
+                          label_count=parse_label_count(label_count, meta, option="label_count"))
     if not isinstance(images, torch.Tensor):
         files, _ = find_images([images] if isinstance(images, (str, Path)) else images)
         if not files:

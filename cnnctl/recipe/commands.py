@@ -25,6 +25,9 @@ DEVICE_HELP = "auto, cpu, cuda or mps"
 THRESHOLDS_HELP = ("multi-label checkpoints: the decision thresholds, one number from 0 to 1 for every label or one "
                    "per label (comma-separated, in the order of the classes) \\[default: the checkpoint's, tuned on "
                    "the validation split]")
+LABEL_COUNT_HELP = ("multi-label checkpoints: labels per image, any, N or MIN-MAX; an image given fewer at the "
+                    "thresholds also gets its most probable others, one given more keeps its most probable "
+                    "\\[default: the checkpoint's, the range of the training images]")
 SEARCH = "Search"
 WHERE = "Storage, workers and resume"
 SWEEP = "Sweep"
@@ -66,6 +69,7 @@ EVAL: tuple[Option, ...] = (
     _option("top_losses", int, 32, "images in the report's top-losses grid", minimum=0),
     _tta(),
     _option("thresholds", str, None, THRESHOLDS_HELP, metavar="T[,T...]"),
+    _option("label_count", str, None, LABEL_COUNT_HELP, metavar="any|N|MIN-MAX"),
 )
 
 PREDICT: tuple[Option, ...] = (
@@ -85,6 +89,7 @@ PREDICT: tuple[Option, ...] = (
            "calibration temperature) is below P; 0 answers every image", derived="the threshold `cnnctl calibrate "
            "--target-error` stored, else none", metavar="P", minimum=0, maximum=1),
     _option("thresholds", str, None, THRESHOLDS_HELP, metavar="T[,T...]"),
+    _option("label_count", str, None, LABEL_COUNT_HELP, metavar="any|N|MIN-MAX"),
     _option("pretrained", str, None, "classify with ImageNet weights, no training: the first argument is then the "
             "architecture (cnnctl predict tv:resnet50 --pretrained imagenet photo.jpg); imagenet, a weights name, or "
             "a .pth/.safetensors file", metavar="WEIGHTS", config=False),

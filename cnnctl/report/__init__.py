@@ -15,7 +15,7 @@ from typing import Any
 from cnnctl.checkpoint import existing_checkpoint, read_meta
 from cnnctl.engine.calibration import stored_temperature
 from cnnctl.engine.evaluate import evaluate, open_evaluation
-from cnnctl.engine.multilabel import parse_thresholds
+from cnnctl.engine.multilabel import STORED, parse_label_count, parse_thresholds
 from cnnctl.engine.tta import check_tta
 from cnnctl.errors import UsageError
 from cnnctl.fsutil import atomic_write_text
@@ -31,7 +31,7 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
                         device: str = "auto", log: Any = None, data_dir: str | None = None,
                         plots_dir: Any = None, report_dir: Any = None, label_issues: bool = False,
                         top_losses: int = TOP_LOSSES, tta: str = "none",
-                        thresholds: str | None = None) -> dict[str, Any]:
+                        thresholds: str | None = None, label_count: str | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint in one pass over the split and return every number as a JSON-able dict.
     ``tta``: average the softmax over views of each image (:mod:`cnnctl.engine.tta`).
 
@@ -39,7 +39,8 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
     (ECE over 15 bins). ``label_issues``: the images whose given label is suspect, ranked. ``report_dir``: also
     the top losses and most confused pairs, written with everything else to ``index.html`` and ``report.json``.
     A multi-label checkpoint gets mAP, subset accuracy and per-label numbers instead (:mod:`cnnctl.report.multilabel`)
-    at its thresholds, or at ``thresholds`` (one number, or one per label).
+    at its thresholds, or at ``thresholds`` (one number, or one per label), within its label count, or
+    ``label_count`` (any, N or MIN-MAX labels per image).
     """
     from cnnctl.report import analysis
 
@@ -54,8 +55,10 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
         plots.require()
     if top_losses < 0:
         raise UsageError(f"--top-losses must be 0 or more, got {top_losses}")
-    meta = read_meta(existing_checkpoint(checkpoint_path)) if thresholds is not None or label_issues else None
+    needs_meta = thresholds is not None or label_count is not None or label_issues
+    meta = read_meta(existing_checkpoint(checkpoint_path)) if needs_meta else None
     given = parse_thresholds(thresholds, meta.classes, task=meta.task) if meta is not None else None
+    count = parse_label_count(label_count, meta) if meta is not None else STORED
     if label_issues and meta is not None and meta.multilabel:
         raise UsageError("--label-issues ranks the one given class of each image; it applies to single-label "
                          "checkpoints, not to this multi-label one")
@@ -68,7 +71,8 @@ def evaluate_and_report(checkpoint_path: Any, *, dataset: str | None = None, spl
             raise UsageError("--plots draws a confusion matrix of single-label checkpoints",
                              hint="use --report DIR for a multi-label checkpoint")
         return multilabel_report(opened, checkpoint=checkpoint_path, dataset=dataset, split=split, tta=tta,
-                                 thresholds=given, report_dir=report_dir, top_losses=top_losses, log=log)
+                                 thresholds=given, label_count=count, report_dir=report_dir,
+                                 top_losses=top_losses, log=log)
     classes = list(meta.classes)
     collector = analysis.OutputCollector(keep=label_issues or report_dir is not None)
     temperature = stored_temperature(meta)

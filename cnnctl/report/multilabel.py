@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnctl.engine.multilabel import evaluate_multilabel
+from cnnctl.engine.multilabel import STORED, evaluate_multilabel
 from cnnctl.fsutil import atomic_write_text
 from cnnctl.plots import _figure
 from cnnctl.report.page import figure_uri, image_uri, percent
@@ -18,14 +18,16 @@ TEMPLATE = "template_multilabel.html.j2"
 
 
 def multilabel_report(opened: Any, *, checkpoint: Any, dataset: str | None, split: str, tta: str,
-                      thresholds: Sequence[float] | None = None, report_dir: Any = None, top_losses: int = 32,
-                      log: Any = None) -> dict[str, Any]:
-    """Evaluate an opened multi-label checkpoint at its thresholds (or ``thresholds``) and return the numbers
+                      thresholds: Sequence[float] | None = None, label_count: Any = STORED,
+                      report_dir: Any = None, top_losses: int = 32, log: Any = None) -> dict[str, Any]:
+    """Evaluate an opened multi-label checkpoint at its thresholds (or ``thresholds``) and label count (or
+    ``label_count``, :func:`~cnnctl.engine.multilabel.parse_label_count`'s) and return the numbers
     ``eval --json`` prints; with ``report_dir``, also write index.html and report.json there."""
     meta, data = opened.meta, opened.data
     classes = list(meta.classes)
     result = evaluate_multilabel(opened.model, opened.batches, meta.num_classes, tta=tta,
-                                 thresholds=thresholds if thresholds is not None else meta.resolved_thresholds)
+                                 thresholds=thresholds if thresholds is not None else meta.resolved_thresholds,
+                                 label_count=meta.label_count_range if label_count == STORED else label_count)
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "arch": meta.arch, "dataset": dataset or meta.dataset,
                               "split": split, "tta": tta,
                               **({"data": str(Path(data.source).parent)} if data.split else {}),

@@ -59,7 +59,8 @@ class FinalTest(Callback):
                                   device=trainer.device)
             if meta.multilabel:  # at the thresholds the checkpoint keeps (tuned on validation)
                 evaluation = evaluate_multilabel(model, batches, len(data.classes),
-                                                 thresholds=meta.resolved_thresholds)
+                                                 thresholds=meta.resolved_thresholds,
+                                                 label_count=meta.label_count_range)
                 summary = {"split": split, "task": meta.task, **metric_row(evaluation, split),
                            f"{split}_count": evaluation.count, "best_epoch": meta.epoch}
             else:
