@@ -14,13 +14,7 @@ from cnnctl.data.targets import MULTILABEL
 from cnnctl.engine.distributed import broadcast_object
 from cnnctl.engine.evaluate import evaluate
 from cnnctl.engine.imbalance import sampler_weights
-from cnnctl.engine.multilabel import (
-    evaluate_multilabel,
-    initialise_output_bias,
-    metric_row,
-    multilabel_loss,
-    training_label_count,
-)
+from cnnctl.engine.multilabel import evaluate_multilabel, initialise_output_bias, metric_row, multilabel_loss
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.fsutil import atomic_write_text
 from cnnctl.models import build_model as build_architecture
@@ -240,7 +234,7 @@ def validation_metrics(trainer: Any) -> dict[str, float]:
     if trainer.val_batches is not None and trainer.task == MULTILABEL:  # thresholds chosen here, for the checkpoint
         trainer.reporter.phase("validating")
         val = evaluate_multilabel(trainer.eval_model(), trainer.val_batches, len(trainer.data.classes), tune=True,
-                                  autocast=trainer.precision.autocast(), label_count=training_label_count(trainer.data))
+                                  autocast=trainer.precision.autocast(), label_count=trainer.label_count)
         row, trainer.thresholds = metric_row(val, "val"), val.thresholds
     elif trainer.val_batches is not None:
         trainer.reporter.phase("validating")

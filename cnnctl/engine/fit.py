@@ -43,7 +43,7 @@ from cnnctl.engine.interrupt import InterruptGuard, TrainingInterrupted, interru
 from cnnctl.engine.linear_probe import check_probe_head, probe_epoch
 from cnnctl.engine.loggers import build_loggers
 from cnnctl.engine.lr_sweep import resolve_auto_lr
-from cnnctl.engine.multilabel import correct_count, resolve_task, task_settings
+from cnnctl.engine.multilabel import correct_count, resolve_task, task_settings, training_label_count
 from cnnctl.engine.optim import build_optimizer
 from cnnctl.engine.precision import resolve_precision
 from cnnctl.engine.run_folder import RunFolder, default_run_name
@@ -130,7 +130,7 @@ class Trainer:
         self.pretrained: Any = None  # --pretrained: the PretrainedReport the checkpoints' metadata keeps
         self.distillation: Distillation | None = None  # --teacher: the teacher and the mixed loss (engine/distill.py)
         self.per_rank_batch, self.owns_process_group = config.batch_size, False
-        self.task, self.thresholds = "single", None  # multilabel: per-label thresholds from the last validation
+        self.task, self.thresholds, self.label_count = "single", None, None  # multilabel: see engine/multilabel.py
 
     @classmethod
     def resuming(cls, path: str | Path, overrides: dict[str, Any] | None = None, reporter: Reporter | None = None,
@@ -223,6 +223,7 @@ class Trainer:
         self.data = distributed.in_turn(self.dist, lambda: prepare_data(config, self.reporter))
         self.image_stats = measure_training_images(self.data)
         self.task = config.task = task_settings(config, resolve_task(config.task, self.data, self.reporter.message))
+        self.label_count = training_label_count(self.data, self.task)
         if config.batch_size is None:  # the default depends on the training set (data/loader.py)
             config.batch_size = default_batch_size(len(self.data.train))
             if self.dist.enabled:
@@ -325,7 +326,7 @@ class Trainer:
             detached = loss.detach().float()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), index, first_bad)
             loss_sum += detached * labels.shape[0]
-            correct += correct_count(logits.detach(), labels, self.task)  # mixup: the dominant label
+            correct += correct_count(logits.detach(), labels, self.task, self.label_count)  # mixup: the dominant label
             seen += int(labels.shape[0])
             if (index + 1) % check_every == 0 or index + 1 == steps:
                 check_finite(self, first_bad, epoch, steps)

@@ -55,10 +55,10 @@ def resolve_task(requested: str | None, data: Any, log: Callable[[str], None]) -
     return MULTILABEL
 
 
-def training_label_count(data: Any) -> tuple[int, int]:
+def training_label_count(data: Any, task: str) -> tuple[int, int] | None:
     """(fewest, most) labels per image in the training split: the range a multi-label model's decisions keep
-    to, so that data whose images all have two labels is answered with two."""
-    return metrics.label_count_range(data.train.labels)
+    to, so that data whose images all have two labels is answered with two (None for a single-label task)."""
+    return metrics.label_count_range(data.train.labels) if task == MULTILABEL else None
 
 
 def describe_label_count(label_count: tuple[int, int] | None) -> str:
@@ -109,10 +109,13 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, pos_weight: tor
     return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
-def correct_count(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
-    """Training accuracy's numerator: images whose class (single) or whole set of labels at 0.5 is right."""
+def correct_count(logits: torch.Tensor, labels: torch.Tensor, task: str,
+                  label_count: tuple[int, int] | None = None) -> torch.Tensor:
+    """Training accuracy's numerator: images whose class (single) or whole set of labels (at 0.5, within
+    ``label_count``) is right."""
     if task == MULTILABEL:
-        return ((logits > 0) == (labels > 0.5)).all(dim=1).sum()
+        given = metrics.decisions(logits.sigmoid(), [metrics.DEFAULT_THRESHOLD] * logits.shape[1], label_count)
+        return (given == (labels > 0.5)).all(dim=1).sum()
     return (logits.argmax(1) == hard_labels(labels)).sum()
 
 

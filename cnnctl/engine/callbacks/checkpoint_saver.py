@@ -9,9 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl import checkpoint
 from cnnctl.checkpoint import CheckpointMeta
-from cnnctl.data.targets import MULTILABEL
 from cnnctl.engine.callbacks.base import Callback
-from cnnctl.engine.multilabel import training_label_count
 from cnnctl.engine.state import save_training_state
 from cnnctl.fsutil import atomic_copy
 
@@ -53,4 +51,4 @@ def checkpoint_meta(trainer: Trainer, epoch: int, row: dict[str, float]) -> Any:
                           pretrained=trainer.pretrained.to_dict() if trainer.pretrained is not None else None,
                           distillation=distillation.record() if distillation is not None else None,
                           task=trainer.task, thresholds=trainer.thresholds,
-                          label_count=list(training_label_count(data)) if trainer.task == MULTILABEL else None)
+                          label_count=list(trainer.label_count) if trainer.label_count is not None else None)
