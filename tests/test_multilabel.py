@@ -84,6 +84,7 @@ def test_eval_predict_and_report(trained, tmp_path: Path) -> None:
     assert [row["class"] for row in report["per_class"]] == list(QUADRANTS)
     html = (tmp_path / "report" / "index.html").read_text()
     assert "subset accuracy" in html and "precision-recall-figure" in html and "Per label" in html
+    assert "kept to 1 to 2 label(s) per image" in html
     stored = json.loads((tmp_path / "report" / "report.json").read_text())
     assert stored["map"] == pytest.approx(report["map"])
     assert report["label_count"] == [1, 2]

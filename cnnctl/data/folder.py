@@ -47,6 +47,7 @@ from cnnctl.models.weights import (
 )
 from cnnctl.progress import plural
 from cnnctl.recipe.class_weights import check_class_names
+from cnnctl.recipe.options import label
 from cnnctl.registry import DatasetSpec, get_dataset_spec, register_dataset
 
 if TYPE_CHECKING:
@@ -533,8 +534,9 @@ def prepare_folder(config: TrainConfig, model: ModelSpec, log: Log) -> PreparedD
     root = data_root(config.data_dir)
     scan = scan_source(root, log=log)
     if scan.multilabel and getattr(config, "task", "auto") == "single":  # before any image is decoded
-        raise UsageError(f"{root} gives some images several labels (multi-label data); --task single needs one "
-                         "label per image", hint="use --task multilabel (or leave --task out)")
+        task = label("task")
+        raise UsageError(f"{root} gives some images several labels (multi-label data); {task} single needs one "
+                         "label per image", hint=f"use {task} multilabel (or leave {task} out)")
     # What ran goes into the saved configuration (PreparedData.resolved): a folder with its own val/ holds
     # nothing out of train/.
     val_split = config.val_split
