@@ -126,39 +126,27 @@ def test_eval_predict_and_report(trained, tmp_path: Path) -> None:
     assert result.exit_code == 0 and "mAP" in result.stdout and "subset accuracy" in result.stdout
 
 
-@pytest.mark.parametrize("value,message", [
-    ("0.5,0.5", "--thresholds has 2 values but the checkpoint has 4 labels"),
-    ("1.5", "--thresholds takes numbers from 0 to 1, got 1.5"),
-    ("nan", "--thresholds takes numbers from 0 to 1"),
-    ("x", "--thresholds takes numbers from 0 to 1, got 'x'"),
+@pytest.mark.parametrize("option,value,message", [
+    ("--thresholds", "0.5,0.5", "--thresholds has 2 values but the checkpoint has 4 labels"),
+    ("--thresholds", "1.5", "--thresholds takes numbers from 0 to 1, got 1.5"),
+    ("--thresholds", "nan", "--thresholds takes numbers from 0 to 1"),
+    ("--thresholds", "x", "--thresholds takes numbers from 0 to 1, got 'x'"),
+    ("--label-count", "x", "--label-count takes any, N or MIN-MAX labels per image, got 'x'"),
+    ("--label-count", "3-1", "--label-count 3-1 is outside 0 <= MIN <= MAX <= 4"),
+    ("--label-count", "5", "--label-count 5 is outside 0 <= MIN <= MAX <= 4"),
+    ("--label-count", "1-", "--label-count takes any, N or MIN-MAX labels per image"),
 ])
-def test_bad_thresholds_are_one_line(trained, tmp_path: Path, value: str, message: str) -> None:
-    from typer.testing import CliRunner
-
-    from cnnctl.cli import app
-
-    paths, _ = write_pngs(tmp_path / "images", count=1)
-    result = CliRunner().invoke(app, ["predict", str(trained.run_dir), str(paths[0]), "--thresholds", value])
-    assert result.exit_code != 0 and message in result.stderr and "Traceback" not in result.output
-    assert len(result.stderr.strip().splitlines()) <= 2  # the error and, at most, its hint
-
-
-@pytest.mark.parametrize("value,message", [
-    ("x", "--label-count takes any, N or MIN-MAX labels per image, got 'x'"),
-    ("3-1", "--label-count 3-1 is outside 0 <= MIN <= MAX <= 4"),
-    ("5", "--label-count 5 is outside 0 <= MIN <= MAX <= 4"),
-    ("1-", "--label-count takes any, N or MIN-MAX labels per image"),
-])
-def test_bad_label_counts_are_one_line(trained, tmp_path: Path, value: str, message: str) -> None:
+def test_bad_thresholds_and_label_counts_are_one_line(trained, tmp_path: Path, option: str, value: str,
+                                                      message: str) -> None:
     from typer.testing import CliRunner
 
     from cnnctl.cli import app
 
     paths, _ = write_pngs(tmp_path / "images", count=1)
     for command in (["predict", str(trained.run_dir), str(paths[0])], ["eval", str(trained.run_dir)]):
-        result = CliRunner().invoke(app, [*command, "--label-count", value])
+        result = CliRunner().invoke(app, [*command, option, value])
         assert result.exit_code != 0 and message in result.stderr and "Traceback" not in result.output
-        assert len(result.stderr.strip().splitlines()) <= 2
+        assert len(result.stderr.strip().splitlines()) <= 2  # the error and, at most, its hint
 
 
 def test_thresholds_of_a_single_label_checkpoint_are_refused(trained, tmp_path: Path) -> None:

@@ -100,12 +100,11 @@ def print_multilabel(report: dict[str, Any], tta: str) -> None:
         fields.append(f"(test-time augmentation: {tta})")
     head = f"{report['arch']} on {evaluated_on(report)} ({report['count']:,} images, multi-label):"
     console.print(wrap_fields(head, fields, console.width), highlight=False, soft_wrap=True)
+    from cnnctl.engine.multilabel import describe_label_count
+
     count = report.get("label_count")
-    within = ("any number of labels per image" if count is None else
-              f"{count[0]} label{'s' if count[0] != 1 else ''} per image" if count[0] == count[1] else
-              f"{count[0]} to {count[1]} labels per image")
-    table = Table(title=f"thresholds {report['threshold_source']}; decisions keep to {within}",
-                  title_justify="left")
+    table = Table(title=f"thresholds {report['threshold_source']}; decisions keep to "
+                        f"{describe_label_count(tuple(count) if count else None)} per image", title_justify="left")
     for column in ("label", "AP", "threshold", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "label" else "right")
     for row in report["per_class"]:

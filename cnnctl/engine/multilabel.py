@@ -285,6 +285,5 @@ def parse_label_count(value: str | int | None, meta: Any, option: str = "--label
         raise UsageError(f"{option} takes any, N or MIN-MAX labels per image, got {value!r}") from None
     if not 0 <= fewest <= most <= meta.num_classes:
         raise UsageError(f"{option} {value} is outside 0 <= MIN <= MAX <= {meta.num_classes} (the checkpoint's "
-                         "labels)", hint="e.g. --label-count 1-3, or any")
+                         "labels)", hint=f"e.g. {option} 1-3, or any")
     return fewest, most
-

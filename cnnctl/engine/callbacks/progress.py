@@ -20,7 +20,7 @@ class ProgressDisplay(Callback):
         data, config = trainer.data, trainer.config
         trainer.reporter.start({
             "arch": trainer.model_spec.name, "device": str(trainer.device),
-            "dataset": f"folder {Path(config.data_dir).name}" if config.data_dir else data.dataset_label,
+            "dataset": _data_name(config.data_dir) if config.data_dir else data.dataset_label,
             "parameters": sum(p.numel() for p in trainer.model.parameters()), "train": len(data.train),
             "val": len(data.val) if data.val is not None else 0,
             "test": len(data.test) if data.test is not None else 0, "run_dir": str(trainer.run_dir),
@@ -36,3 +36,9 @@ class ProgressDisplay(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         trainer.reporter.epoch_end(metrics, trainer.config.epochs)
+
+
+def _data_name(data_dir: str) -> str:
+    """``folder flowers`` for a class folder, the file's name for a label file or a shard."""
+    path = Path(data_dir)
+    return f"folder {path.name}" if path.is_dir() else path.name
