@@ -151,3 +151,14 @@ def test_export_of_a_folder_checkpoint_verifies_on_its_folder(tmp_path: Path) ->
     result = export(path, format="torchscript", output=tmp_path / "again.torchscript.pt")
     assert "random images" in result.verified_on and f"{folder}, is not on this machine" in result.verified_on
     assert "cnnctl download" not in result.verified_on
+
+
+def test_a_large_group_of_identical_files_is_shown_by_its_first_files_and_its_size(tmp_path: Path) -> None:
+    for index in range(7):
+        (tmp_path / "data" / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 9, dtype=np.uint8)).save(tmp_path / "data" / "a" / f"same{index}.png")
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(tmp_path / "data" / "a" / "other.png")
+    shown = run_cli("check", str(tmp_path / "data"))
+    assert shown.returncode == 0, shown.stderr
+    group = next(line for line in shown.stdout.splitlines() if "same0.png" in line)
+    assert group.count(".png") == 4 and group.endswith("= … (7 identical files in all)")

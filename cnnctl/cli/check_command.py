@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from cnnctl.data.check import CheckReport
 
 _LISTED = 5
+_GROUP_SHOWN = 4  # files shown of a group of identical ones
 
 
 @command("check")
@@ -91,7 +92,10 @@ def _render(report: CheckReport) -> None:
 def _problem_rows(r: CheckReport) -> list[tuple[str, int, list[str]]]:
     """(problem, count, up to 3 examples) for each problem found."""
     def groups(entries: list[list[dict[str, str]]]) -> list[str]:
-        return [" = ".join(f"{e['path']} ({e['split']}/{e['class']})" for e in group) for group in entries[:3]]
+        """Each group on one line: its first files, and how many it holds when that is more."""
+        return [" = ".join(f"{e['path']} ({e['split']}/{e['class']})" for e in group[:_GROUP_SHOWN])
+                + (f" = … ({len(group):,} identical files in all)" if len(group) > _GROUP_SHOWN else "")
+                for group in entries[:3]]
 
     rows = [
         ("unreadable files", len(r.unreadable), [item["reason"] for item in r.unreadable[:3]]),
