@@ -118,6 +118,33 @@ def test_parquet_holds_what_npz_holds(embedded: Path, few_digits: Path, tmp_path
     np.testing.assert_allclose(parquet.features, npz.features, atol=1e-6)
 
 
+def test_a_label_file_and_a_table_embed_as_the_class_folder(embedded: Path, few_digits: Path,
+                                                             tmp_path: Path) -> None:
+    """The same images listed in a labels.csv (rows in reverse order) and held as bytes in a Parquet table give
+    the class folder's features, labels and classes, in the same order."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cnnctl.engine.embed import read_embeddings
+
+    root = tmp_path / "data"
+    shutil.copytree(few_digits, root)
+    names = sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.png"))[::-1]
+    (root / "labels.csv").write_text("path,label\n" + "".join(f"{n},{n.split('/')[0]}\n" for n in names))
+    pq.write_table(pa.table({"image": [{"bytes": (root / n).read_bytes(), "path": n} for n in names],
+                             "label": [n.split("/")[0] for n in names]}), tmp_path / "digits.parquet")
+    folder = read_embeddings(embedded)
+    for data in (root / "labels.csv", tmp_path / "digits.parquet"):
+        output = tmp_path / f"{data.stem}.npz"
+        result = CliRunner().invoke(app, ["embed", LITE0, str(data), "--pretrained", "imagenet", "-o", str(output)])
+        assert result.exit_code == 0, result.output
+        listed = read_embeddings(output)
+        assert listed.labels == folder.labels and listed.classes == folder.classes, data
+        np.testing.assert_allclose(listed.features, folder.features, atol=1e-6)
+
+
 def test_embed_takes_plain_images_and_a_checkpoint(few_digits: Path, tmp_path: Path) -> None:
     """Files without class folders have no labels; a cnnctl checkpoint embeds with its own preprocessing."""
     import cnnctl

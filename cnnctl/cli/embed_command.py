@@ -39,7 +39,8 @@ def embed(
     """Write the L2-normalised penultimate features of images, with their paths and labels.
 
     The features are what the classifier sees, computed with the weights' own preprocessing. Rows follow the
-    image paths (sorted); labels come from class folders. Read with numpy.load or pyarrow.parquet.read_table."""
+    image paths (sorted); labels come from a dataset (class folders, a label file, a table or tar shards, as
+    train --data reads them). Read with numpy.load or pyarrow.parquet.read_table."""
     import os
 
     from cnnctl.engine.embed import (

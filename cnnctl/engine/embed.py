@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from cnnctl.data.folder import scan_folder
+from cnnctl.data.items import scan_source, source_for, sources
 from cnnctl.engine.device import resolve_device
 from cnnctl.engine.features import l2_normalised, penultimate
 from cnnctl.engine.predict import Predictor, find_images, load_for_inference
@@ -87,19 +87,32 @@ def _pyarrow() -> Any:
 
 
 def labelled_images(paths: Sequence[str | Path], log: Log = lambda _: None
-                    ) -> tuple[list[Path], list[int] | None, list[str]]:
-    """The image files to embed, in a stable order, with labels where the data has them.
+                    ) -> tuple[list[Any], list[int] | None, list[str]]:
+    """The images to embed, in a stable order, with labels where the data has them.
 
-    One folder of class folders (or of train/val/test holding them) gives each image its class; plain images,
-    files or several paths give none."""
-    if len(paths) == 1 and Path(paths[0]).is_dir() and _has_class_folders(Path(paths[0])):
-        scan = scan_folder(paths[0], log=log, min_classes=1)
+    One dataset — a folder of class folders (or of train/val/test holding them), a label file, a Parquet table
+    or Hugging Face folder, tar shards: whatever ``train --data`` reads — gives each image its class (multi-label
+    data gives none: a row keeps one class); plain images, files or several paths give none."""
+    if len(paths) == 1 and _is_dataset(Path(paths[0]).expanduser()):
+        scan = scan_source(paths[0], log=log, min_classes=1)
         items = [item for split in ("train", "val", "test") for item in scan.splits.get(split) or []]
-        return [path for path, _ in items], [label for _, label in items], list(scan.classes)
+        images = [image for image, _ in items]
+        if scan.multilabel:
+            log(f"{paths[0]} gives images several labels: the embeddings are written without labels")
+            return images, None, []
+        return images, [label for _, label in items], list(scan.classes)
     files, skipped = find_images(paths)
     if skipped:
         log(f"skipped {skipped} hidden or non-image file(s)")
     return files, None, []
+
+
+def _is_dataset(path: Path) -> bool:
+    """A folder of class folders or a dataset another source reads (a label file, a table, shards), rather than
+    loose images."""
+    if path.is_dir():
+        return _has_class_folders(path) or source_for(path).name != "folder"
+    return path.suffix.lower() not in IMAGE_SUFFIXES and any(source.claims(path) for source in sources())
 
 
 def _has_class_folders(root: Path) -> bool:
@@ -168,11 +181,11 @@ def pretrained_backbone(arch: str, pretrained: str, *, device: str = "cpu", offl
 # ----------------------------------------------------------------------------------------------- the features
 
 
-def embed_files(backbone: Backbone, files: Sequence[Path], *, batch_size: int = 64,
+def embed_files(backbone: Backbone, files: Sequence[Any], *, batch_size: int = 64,
                 max_pixels: int | None = None, advance: Callable[[int], None] = lambda _: None
                 ) -> tuple[torch.Tensor, list[int], list[str]]:
-    """L2-normalised features of the readable ``files`` (in their order), the positions of those files, and one
-    line per file that could not be read."""
+    """L2-normalised features of the readable ``files`` (in their order: paths, or a dataset's items such as a
+    tar shard's member), the positions of those files, and one line per file that could not be read."""
     import torch
 
     meta = SimpleNamespace(preprocessing=backbone.preprocessing, num_classes=1, classes=[])

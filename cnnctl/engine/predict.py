@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl import checkpoint
 from cnnctl.data.image_stats import InputCheck
-from cnnctl.data.images import ResizeTarget, decode_to_target, read_file_bytes
+from cnnctl.data.images import ResizeTarget, decode_to_target, read_file_bytes, read_item_bytes
 from cnnctl.data.loader import Normalizer
 from cnnctl.engine.calibration import UNKNOWN, stored_temperature, stored_threshold
 from cnnctl.engine.device import resolve_device
@@ -211,7 +211,7 @@ class Predictor:
         pending: list[Any] = []
         for path in chunk:
             try:
-                data = read_file_bytes(path)  # regular files only, bounded: a FIFO or /dev/zero is an error row
+                data = read_item_bytes(path)  # regular files only, bounded: a FIFO or /dev/zero is an error row
             except DataError as error:
                 pending.append(str(error))
                 continue
