@@ -17,6 +17,7 @@ Files are written through a temporary file and a rename.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnctl.checkpoint import existing_checkpoint, versions
 from cnnctl.checkpoint import load as load_checkpoint
+from cnnctl.data.targets import as_multi_hot
 from cnnctl.engine.calibration import stored_temperature, stored_threshold
 from cnnctl.engine.multilabel_metrics import decisions as label_decisions
 from cnnctl.errors import CnnctlError, UsageError, first_line
@@ -83,6 +85,7 @@ class ExportResult:
     forced: str | None = None  # why the export would have been refused, when --force wrote it anyway
     details: dict[str, Any] = field(default_factory=dict)  # how it was converted or quantised
     label_decisions: int | None = None  # multi-label: the (image, label) decisions at the thresholds compared
+    multilabel: bool = False  # accuracy is then the subset accuracy of the checkpoint's decisions
 
     @property
     def gated(self) -> bool:
@@ -129,10 +132,9 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
         batches, on, count = [(example, None)], f"{example.shape[0]} random images (seed 0; {why})", len(example)
     tolerance = info.tolerance if tolerance is None else tolerance
     decisions: list[int] = []
-    on_batch = None
-    if meta.multilabel:  # accuracy and top-k are single-label measures: the decisions at the thresholds are compared
-        batches = ((inputs, None) for inputs, _ in batches)
-        why = "accuracy is not measured for a multi-label checkpoint"
+    on_batch = right = None
+    if meta.multilabel:  # accuracy is the subset accuracy of the decisions; exact formats also compare each one
+        right = functools.partial(subset_right, meta)
         if tolerance is not None:
             def on_batch(expected: Any, actual: Any) -> None:
                 decisions.append(compare_label_decisions(meta, expected, actual, tolerance))
@@ -147,7 +149,8 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
         try:
             run = info.runner(exported.files)
             comparison = compare(model, run, batches, num_classes=meta.num_classes, on=on,
-                                 batch=None if dynamic_batch else 1, on_batch=on_batch)
+                                 batch=None if dynamic_batch else 1, on_batch=on_batch, right=right,
+                                 multilabel=meta.multilabel)
         except ShapeMismatch as error:
             raise CnnctlError(f"{error}; nothing was written") from error
         except CnnctlError:
@@ -156,7 +159,7 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
             raise CnnctlError(f"{info.runtime} could not run the {info.name} export of {meta.arch}: "
                               f"{first_line(error, 200)}; nothing was written",
                               hint="try another --format, or --debug for the traceback") from error
-    refusal = _refusal(info, comparison, tolerance, max_drop, why)
+    refusal = _refusal(info, comparison, tolerance, max_drop, why, meta.multilabel)
     if refusal is not None and not force:
         raise CnnctlError(f"{refusal}; nothing was written", hint=_refusal_hint(info, comparison, tolerance))
     paths = {suffix: path for suffix, path in zip(info.companions, companions)}
@@ -165,7 +168,8 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
     result = ExportResult(model_path, preprocessing_path, info.name, dynamic_batch, exported.opset,
                           comparison.max_abs_diff, tolerance, on, count, info.precision,
                           getattr(run, "runtime", {"name": info.runtime}), files, exported.size, comparison,
-                          max_drop, refusal, exported.details, sum(decisions) if decisions else None)
+                          max_drop, refusal, exported.details, sum(decisions) if decisions else None,
+                          meta.multilabel)
     for suffix, content in exported.files.items():  # companions first, the model file (what users open) last
         if suffix != info.suffix:
             atomic_write_bytes(paths[suffix], content)
@@ -185,6 +189,12 @@ def _check_options(info: ExportFormat, opset: int | None, calibration_images: in
             raise UsageError(f"{info.name} calibrates by {' or '.join(info.methods)}, not {calibration_method!r}")
     if isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 1:
         raise UsageError(f"--calibration-images must be a whole number of at least 1, not {calibration_images!r}")
+
+
+def subset_right(meta: CheckpointMeta, logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """Multi-label: the images whose whole set of labels the checkpoint's decisions get right."""
+    given = label_decisions(logits.float().sigmoid(), meta.resolved_thresholds, meta.label_count_range)
+    return int((given == (as_multi_hot(labels, meta.num_classes) > 0.5)).all(1).sum())
 
 
 def compare_label_decisions(meta: CheckpointMeta, expected: torch.Tensor, actual: torch.Tensor,
@@ -221,7 +231,7 @@ def _names(chosen: Callable[[ExportFormat], bool]) -> str:
 
 
 def _refusal(info: ExportFormat, comparison: Comparison, tolerance: float | None, max_drop: float,
-             why: str) -> str | None:
+             why: str, multilabel: bool = False) -> str | None:
     """Why this export should not be written, or None."""
     name, on = info.name, comparison.on
     if tolerance is not None and not comparison.max_abs_diff <= tolerance:  # also catches NaN
@@ -229,7 +239,8 @@ def _refusal(info: ExportFormat, comparison: Comparison, tolerance: float | None
                 f"on {on}")
     drop = comparison.drop
     if drop is not None and not drop <= max_drop:
-        return (f"the {name} export's accuracy is {100 * comparison.accuracy:.2f}% against PyTorch's "
+        measure = "subset accuracy" if multilabel else "accuracy"
+        return (f"the {name} export's {measure} is {100 * comparison.accuracy:.2f}% against PyTorch's "
                 f"{100 * comparison.reference_accuracy:.2f}% on {on}: a drop of {drop:.2f} points "
                 f"(> --max-drop {max_drop:g})")
     if drop is None and tolerance is None:
@@ -377,7 +388,8 @@ def preprocessing_document(meta: CheckpointMeta, result: ExportResult) -> dict[s
 def _accuracy_entry(result: ExportResult) -> dict[str, Any]:
     """The gate's measurements, as the export's JSON keeps them."""
     comparison = result.comparison
-    entry: dict[str, Any] = {"images": result.verified_on, "count": result.verified_count}
+    entry: dict[str, Any] = {"images": result.verified_on, "count": result.verified_count,
+                             **({"measure": "subset accuracy"} if result.multilabel else {})}
     if comparison is not None:
         entry.update({"accuracy": comparison.accuracy, "pytorch_accuracy": comparison.reference_accuracy,
                       "drop_points": comparison.drop, "top1_agreement": comparison.top1_agreement,

@@ -4,6 +4,7 @@ predict, report, explain, export, tune and resume."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -218,6 +219,34 @@ def test_export_states_and_checks_the_thresholds(trained, tmp_path: Path) -> Non
     assert "sigmoid" in document["output"] and result.label_decisions == result.verified_count * 4
     assert "decisions at the thresholds agree" in document["exports"]["model.torchscript.pt"]["verification"][
         "label_decisions"]
+
+
+def test_a_lossy_export_is_gated_by_its_subset_accuracy(trained, tmp_path: Path) -> None:
+    """INT8 on labelled multi-label images: the export's and PyTorch's subset accuracy, PyTorch's equal to
+    ``cnnctl.predict``'s decisions scored against the label file."""
+    import csv
+
+    from multilabel_data import write_label_file
+    from typer.testing import CliRunner
+
+    from cnnctl.cli import app
+
+    labels = write_label_file(tmp_path / "data", 60, seed=9)
+    output = tmp_path / "model.int8.onnx"
+    result = CliRunner().invoke(app, ["export", str(trained.best_path), "-f", "onnx-int8", "-o", str(output),
+                                      "--data", str(labels), "--max-drop", "100"])
+    assert result.exit_code == 0, result.output
+    shown = re.search(r"subset accuracy ([\d.]+)% \(PyTorch ([\d.]+)%", result.output)
+    assert shown is not None, result.output
+    with open(labels) as handle:
+        rows = list(csv.DictReader(handle))
+    given, _ = cnnctl.predict(trained.run_dir, [labels.parent / row["path"] for row in rows])
+    truth = torch.tensor([[name in row["label"].split("|") for name in QUADRANTS] for row in rows])
+    assert float(shown.group(2)) == pytest.approx(100 * float((given == truth).all(1).float().mean()), abs=0.01)
+    document = json.loads((tmp_path / "model.preprocessing.json").read_text())
+    entry = document["exports"]["model.int8.onnx"]["accuracy"]
+    assert entry["checked"] and entry["measure"] == "subset accuracy" and entry["count"] == 60
+    assert entry["accuracy"] == pytest.approx(float(shown.group(1)) / 100, abs=1e-4)
 
 
 def test_export_refuses_label_decisions_unlike_pytorchs(trained) -> None:

@@ -74,11 +74,11 @@ def export_lines(result: ExportResult) -> list[str]:
                      f"{comparison.max_prob_diff:.2g}")
         if comparison.accuracy is not None:
             reference = 100 * comparison.reference_accuracy
-            lines.append(f"accuracy {100 * comparison.accuracy:.2f}% (PyTorch {reference:.2f}%, "
+            measure = "subset accuracy" if result.multilabel else "accuracy"
+            lines.append(f"{measure} {100 * comparison.accuracy:.2f}% (PyTorch {reference:.2f}%, "
                          f"{0.0 - comparison.drop:+.2f} points; --max-drop {result.max_drop:g}); {agreement}")
         else:
-            reason = "multi-label" if result.label_decisions is not None else "no labelled images"
-            lines.append(f"accuracy not checked ({reason}); {agreement}")
+            lines.append(f"accuracy not checked (no labelled images); {agreement}")
     if result.forced is not None:
         lines.append(f"written because of --force: {result.forced}")
     return lines

@@ -1,8 +1,10 @@
 """The accuracy gate: an export, run in its own runtime, against the PyTorch model on the same images.
 
-What is measured: the accuracy of both (on a labelled split), how often the export's top-1 class is PyTorch's
+What is measured: the accuracy of both (on a labelled split; a multi-label checkpoint's is its subset accuracy,
+by the decisions it makes), how often the export's top-1 class is PyTorch's
 (top-1 agreement), how often its k most likely classes are PyTorch's k, in any order (top-k agreement, k = 5 or
-the number of classes when fewer), the largest difference of a class probability (softmax) and of a logit.
+the number of classes when fewer), the largest difference of a class probability (softmax; a multi-label
+checkpoint's sigmoids) and of a logit.
 """
 
 from __future__ import annotations
@@ -54,11 +56,16 @@ def check_max_drop(max_drop: float) -> float:
 def compare(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
             batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], *, num_classes: int, on: str,
             batch: int | None = None,
-            on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> Comparison:
+            on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+            right: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
+            multilabel: bool = False) -> Comparison:
     """Run ``model`` (PyTorch) and ``run`` (the export) on every batch; ``batch``: the export's fixed batch size
-    (1), None for any. Labels of None: agreement only. ``on_batch(expected, actual)`` sees both logits."""
+    (1), None for any. Labels of None: agreement only. ``on_batch(expected, actual)`` sees both logits;
+    ``right(logits, labels)``: how many images of a batch are right (default: the top-1 class is the label);
+    ``multilabel``: probabilities are each class's sigmoid, not the softmax."""
     import torch
 
+    right = right or (lambda logits, labels: int((logits.argmax(1) == labels).sum()))
     k = topk_k(num_classes)
     count = agree1 = agreek = correct = reference_correct = 0
     labelled = True
@@ -74,15 +81,16 @@ def compare(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
         if on_batch is not None:
             on_batch(expected, actual)
         max_logit = _worst(max_logit, (actual - expected).abs().max())
-        max_prob = _worst(max_prob, (actual.softmax(1) - expected.softmax(1)).abs().max())
+        probability = torch.sigmoid if multilabel else (lambda logits: logits.softmax(1))
+        max_prob = _worst(max_prob, (probability(actual) - probability(expected)).abs().max())
         top_actual, top_expected = actual.topk(k, dim=1).indices, expected.topk(k, dim=1).indices
         agree1 += int((top_actual[:, 0] == top_expected[:, 0]).sum())
         agreek += int((top_actual.sort(1).values == top_expected.sort(1).values).all(1).sum())
         if labels is None:
             labelled = False
         else:
-            correct += int((top_actual[:, 0] == labels).sum())
-            reference_correct += int((top_expected[:, 0] == labels).sum())
+            correct += right(actual, labels)
+            reference_correct += right(expected, labels)
         count += int(inputs.shape[0])
     share = (lambda hits: hits / count) if count else (lambda hits: float("nan"))
     return Comparison(count, on, k, share(agree1), share(agreek), max_prob, max_logit,

@@ -62,17 +62,18 @@ def labelled_split(meta: CheckpointMeta, *, split: str = "test", root: Any = Non
 def _where(meta: CheckpointMeta, split: str, root: Any, data: Any) -> str | None:
     """The split in words, or ``!why`` it is not on this machine."""
     if data:
-        if not Path(data).expanduser().is_dir():
-            raise CnnctlError(f"--data {data} is not a folder")
+        if not _present(data):
+            raise CnnctlError(f"--data {data} does not exist",
+                              hint="a class folder, a label file, a .parquet table or tar shards")
         return f"the images of {data}"
     if not meta.dataset:
         return "!the checkpoint names no dataset"
     if meta.dataset == "folder":
         folder = meta.data_dir
         if not folder:
-            return "!the checkpoint does not say which image folder it was trained on"
-        if not Path(folder).expanduser().is_dir():
-            return f"!the image folder it was trained on, {folder}, is not on this machine"
+            return "!the checkpoint does not say which data it was trained on"
+        if not _present(folder):
+            return f"!the data it was trained on, {folder}, is not on this machine"
         return f"the {split} split of {folder}"
     spec = datasets().get(meta.dataset)
     if spec is None:
@@ -81,6 +82,14 @@ def _where(meta: CheckpointMeta, split: str, root: Any, data: Any) -> str | None
         return (f"!the {spec.name} {split} split is not on this machine; `cnnctl download {spec.name}` fetches it"
                 " (or pass --data FOLDER)")
     return f"the {spec.name} {'training' if split == 'train' else split} split"
+
+
+def _present(data: Any) -> bool:
+    """Whether ``--data`` names something here: a folder, a file (label file, table, shard) or shards by pattern."""
+    import glob
+
+    path = str(Path(str(data)).expanduser())
+    return Path(path).exists() or bool(glob.glob(path))
 
 
 def random_inputs(meta: CheckpointMeta, count: int = RANDOM_COUNT) -> torch.Tensor:
