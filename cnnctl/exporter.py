@@ -106,13 +106,13 @@ def export(checkpoint_path: Any, *, format: str = "onnx", output: Any = None, dy
            calibration_method: str | None = None, tolerance: float | None = None) -> ExportResult:
     """Export ``checkpoint_path`` (a .safetensors file or run folder), judge it in its runtime, then write it.
 
-    ``output`` is the model file to write (or a folder to write it in); by default it goes beside the
-    checkpoint as ``<stem><suffix>`` (``best.onnx``, ``best.int8.onnx``, ``best.openvino.xml`` + ``.bin``, ...).
-    Without ``dynamic_batch`` the model takes batches of exactly one image. ``data``: a folder of class
-    sub-folders to judge (and calibrate) on instead of the checkpoint's dataset. ``max_drop``: accuracy points
-    the export may lose (0-100). ``calibration_images``/``calibration_method``: for the int8 formats.
-    ``tolerance``: replaces an exact format's own. Raises ``CnnctlError`` when the export fails a check (then
-    nothing is written) unless ``force``.
+    ``output`` is the model file to write (or a folder to write it in); by default it goes beside the checkpoint as
+    ``<stem><suffix>`` (``best.onnx``, ``best.int8.onnx``, ``best.openvino.xml`` + ``.bin``, ...). Without
+    ``dynamic_batch`` the model takes batches of exactly one image. ``data``: labelled images to judge (and
+    calibrate) on instead of the checkpoint's dataset: a class folder, a label file, a table or shards.
+    ``max_drop``: accuracy points the export may lose (0-100). ``calibration_images``/``calibration_method``: for
+    the int8 formats. ``tolerance``: replaces an exact format's own. Raises ``CnnctlError`` when the export fails a
+    check (then nothing is written) unless ``force``.
     """
     info = get_format(format)
     max_drop = check_max_drop(max_drop)
