@@ -354,6 +354,26 @@ def test_the_server_rows_are_predicts_json_rows(trained, tmp_path: Path) -> None
         Predictor(model, model.cnnctl_meta, reject_below=0.5)
 
 
+def test_the_servers_model_page_states_the_decision_rule(trained) -> None:
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from cnnctl.engine.predict import Predictor, load_for_inference
+    from cnnctl.serve.app import create_app
+    from cnnctl.serve.batcher import Batcher
+    from cnnctl.serve.settings import ServeSettings
+
+    model, _ = load_for_inference(trained.best_path)
+    meta = model.cnnctl_meta
+    predictor = Predictor(model, meta)
+    app = create_app(predictor, Batcher(predictor, batch_size=4, max_wait_s=0.01, capacity=8), ServeSettings(),
+                     logging.getLogger("test"))
+    page = TestClient(app).get("/model").json()
+    assert page["task"] == "multilabel" and page["thresholds"] == meta.thresholds
+    assert page["label_count"] == meta.label_count == [1, 2]
+
+
 def test_task_multilabel_trains_single_label_data_with_a_sigmoid_each(micro_digits, tmp_path: Path) -> None:
     run = cnnctl.train("lenet5", dataset="microdigits", task="multilabel", out=str(tmp_path), **{**FAST, "epochs": 1})
     meta = cnnctl.checkpoint.read_meta(run.best_path)
