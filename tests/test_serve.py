@@ -360,6 +360,55 @@ def test_waiting_requests_share_a_batch_and_the_queue_is_bounded(run_dir: Path, 
     np.testing.assert_allclose([p.probability for p in answers], [p.probability for p in alone], atol=1e-6)
 
 
+def test_a_full_queue_is_answered_503_over_http(run_dir: Path, digits: Path) -> None:
+    """The worker held inside the model (its classify waits to be released): a request whose image does not fit
+    behind the two waiting ones is answered 503 with Retry-After, and the waiting requests are answered once the
+    model runs again."""
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from cnnctl.serve.app import create_app
+
+    model, _ = load_for_inference(run_dir)
+    predictor = Predictor(model, model.cnnctl_meta)
+    inside, release = threading.Event(), threading.Event()
+    classify = predictor.classify
+
+    def held(names: list[str], batch: object) -> object:
+        inside.set()
+        release.wait(30)
+        return classify(names, batch)
+
+    predictor.classify = held  # type: ignore[method-assign]
+    batcher = Batcher(predictor, batch_size=1, max_wait_s=0.0, capacity=2).start()
+    app = create_app(predictor, batcher, ServeSettings(batch_size=1, queue_size=2), logging.getLogger("serve-test"))
+    files = png_files(digits)
+    try:
+        with TestClient(app) as client, ThreadPoolExecutor(2) as pool:
+            def post(paths: list[Path]) -> httpx.Response:
+                return client.post("/predict", files=[("image", (p.name, p.read_bytes(), "image/png"))
+                                                      for p in paths])
+
+            first = pool.submit(post, files[:1])
+            assert inside.wait(30)  # the worker holds the first image inside the model
+            second = pool.submit(post, files[1:3])  # two images wait: the queue (2) is full
+            deadline = time.monotonic() + 30
+            while batcher.waiting < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            refused = post(files[3:4])
+            release.set()
+            answered = [first.result(30), second.result(30)]
+    finally:
+        release.set()
+        batcher.stop()
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "busy: 2 images are waiting for the model (--queue-size 2)" in refused.text
+    assert [response.status_code for response in answered] == [200, 200]
+    assert [len(response.json()) for response in answered] == [1, 2]
+
+
 def serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cnnctl", "serve", *args], capture_output=True, text=True,
                           timeout=120, env={**os.environ})
