@@ -11,6 +11,7 @@ has several labels, and said in one line.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -138,8 +139,9 @@ class MultiLabelResult:
         values = [value for value in self.average_precision if not math.isnan(value)]
         return sum(values) / len(values) if values else float("nan")
 
-    @property
+    @functools.cached_property
     def predicted(self) -> torch.Tensor:
+        """The decisions, made once: every metric below and the report read them."""
         return metrics.decisions(self.probabilities, self.thresholds, self.label_count)
 
     @property
